@@ -1,0 +1,192 @@
+// Package image holds what every virtual-disk image format of snapscan
+// shares: the Image interface (a read-only disk as an io.ReaderAt with a
+// size), the ErrWrongType sentinel used for detection by content, the
+// FormatError type for corrupt input, and the rules for opening the other
+// files an image refers to (backing files, parent disks, extents).
+//
+// Each format lives in a subpackage (qcow2, vmdk, vhd, vhdx). A format's
+// Open returns an error wrapping ErrWrongType when the bytes are not of that
+// format, so a caller can try the formats in turn; any other error means the
+// bytes are that format but cannot be read.
+package image
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Image is a virtual disk opened read-only. ReadAt is safe for concurrent
+// use; reads past Size return io.EOF as io.ReaderAt requires. Close releases
+// the image and every file it opened (extents, backing chain).
+type Image interface {
+	io.ReaderAt
+	io.Closer
+	// Size is the virtual size of the disk in bytes (what the guest sees).
+	Size() int64
+	// Format names the image format: "raw", "qcow2", "vmdk", "vhd", "vhdx",
+	// optionally with a variant ("vmdk/streamOptimized", "vhd/dynamic").
+	Format() string
+}
+
+// ErrWrongType is wrapped by a format's Open when the bytes are not of
+// that format. Detection moves on to the next format only on this error.
+var ErrWrongType = errors.New("image: wrong image type")
+
+// ErrUnsafePath is wrapped when an image names a related file (backing
+// file, parent disk, extent) outside the folders it may read.
+var ErrUnsafePath = errors.New("image: related file outside allowed folders")
+
+// MaxChainDepth bounds backing-file and parent chains.
+const MaxChainDepth = 16
+
+// FormatError reports corrupt or unsupported content at a byte offset of
+// an image file.
+type FormatError struct {
+	Format string // "qcow2", "vmdk", ...
+	Offset int64  // byte offset in the image file, -1 if not known
+	Msg    string // what is wrong
+}
+
+func (e *FormatError) Error() string {
+	if e.Offset < 0 {
+		return fmt.Sprintf("%s: %s", e.Format, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s (at offset %d)", e.Format, e.Msg, e.Offset)
+}
+
+// Options controls how an image opens the files it refers to.
+type Options struct {
+	// AllowedDirs lists folders, besides the image's own folder and those
+	// below it, whose files may be opened as backing files, parents or
+	// extents. Hostile images name paths like /etc/shadow or ../../x: a
+	// snapshot must never make the scanner read the appliance's own files.
+	AllowedDirs []string
+
+	// OpenParent opens a related image (a qcow2 backing file, a VHD or
+	// VHDX parent) at an already resolved and checked path, detecting its
+	// format by content. The snapshot package sets it; it tracks depth and
+	// loops. When nil, images with a parent cannot be opened.
+	OpenParent func(path string) (Image, error)
+}
+
+// Resolve turns the name of a related file, as written inside the image
+// at imagePath, into a path that may be opened: a relative name is taken
+// against the image's folder; the result, after symbolic links are
+// resolved, must lie in the image's folder (or below) or in one of
+// opts.AllowedDirs. Otherwise the error wraps ErrUnsafePath.
+func (opts *Options) Resolve(imagePath, name string) (string, error) {
+	if name == "" || strings.ContainsRune(name, 0) {
+		return "", fmt.Errorf("%w: %q is not a valid file name", ErrUnsafePath, name)
+	}
+	p := name
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(filepath.Dir(imagePath), p)
+	}
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("related file %q of %s does not exist: %w", name, imagePath, err)
+		}
+		return "", fmt.Errorf("related file %q of %s: %w", name, imagePath, err)
+	}
+	real, err = filepath.Abs(real)
+	if err != nil {
+		return "", err
+	}
+	dirs := append([]string{filepath.Dir(imagePath)}, opts.allowed()...)
+	for _, d := range dirs {
+		rd, err := filepath.EvalSymlinks(d)
+		if err != nil {
+			continue
+		}
+		if rd, err = filepath.Abs(rd); err != nil {
+			continue
+		}
+		if within(real, rd) {
+			return real, nil
+		}
+	}
+	return "", fmt.Errorf("%w: %s names %q (%s), which is outside %s; allow its folder explicitly to read it",
+		ErrUnsafePath, imagePath, name, real, strings.Join(dirs, ", "))
+}
+
+func (opts *Options) allowed() []string {
+	if opts == nil {
+		return nil
+	}
+	return opts.AllowedDirs
+}
+
+// within reports whether path p is dir or below it.
+func within(p, dir string) bool {
+	rel, err := filepath.Rel(dir, p)
+	if err != nil {
+		return false
+	}
+	return rel == "." || (rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && !filepath.IsAbs(rel))
+}
+
+// OpenFile opens path read-only. It is the only way snapscan opens image
+// files, so that no code path can write to a snapshot.
+func OpenFile(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDONLY, 0)
+}
+
+// SizeOf returns the size of an opened file or block device.
+func SizeOf(f *os.File) (int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if fi.Mode().IsRegular() {
+		return fi.Size(), nil
+	}
+	// Block devices report size 0 in Stat; seeking to the end works.
+	n, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", f.Name(), err)
+	}
+	return n, nil
+}
+
+// Raw is a disk image with no container format: the bytes are the disk.
+type Raw struct {
+	r    io.ReaderAt
+	size int64
+	c    io.Closer
+}
+
+// NewRaw serves r as a raw disk of the given size. Close closes c if it is
+// not nil.
+func NewRaw(r io.ReaderAt, size int64, c io.Closer) *Raw { return &Raw{r: r, size: size, c: c} }
+
+// ReadAt reads the disk, returning io.EOF at its end.
+func (r *Raw) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, errors.New("raw: negative offset")
+	}
+	if off >= r.size {
+		return 0, io.EOF
+	}
+	if rem := r.size - off; int64(len(p)) > rem {
+		n, err := r.r.ReadAt(p[:rem], off)
+		if err == nil {
+			err = io.EOF
+		}
+		return n, err
+	}
+	return r.r.ReadAt(p, off)
+}
+
+func (r *Raw) Size() int64    { return r.size }
+func (r *Raw) Format() string { return "raw" }
+func (r *Raw) Close() error {
+	if r.c != nil {
+		return r.c.Close()
+	}
+	return nil
+}
