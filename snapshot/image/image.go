@@ -71,6 +71,35 @@ type Options struct {
 	// format by content. The snapshot package sets it; it tracks depth and
 	// loops. When nil, images with a parent cannot be opened.
 	OpenParent func(path string) (Image, error)
+
+	// WrapReader, when set, wraps every file an image reads (the image
+	// itself, extents, backing files), for example to hold reads to a
+	// datastore's I/O budget. path names the file.
+	WrapReader func(path string, r io.ReaderAt) io.ReaderAt
+}
+
+// OpenRelated opens a related file (an extent, a backing file) at an
+// already resolved path, read-only, wrapped by WrapReader. The caller
+// closes the returned closer.
+func (opts *Options) OpenRelated(path string) (io.ReaderAt, int64, io.Closer, error) {
+	f, err := OpenFile(path)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	size, err := SizeOf(f)
+	if err != nil {
+		f.Close()
+		return nil, 0, nil, err
+	}
+	return opts.Wrap(path, f), size, f, nil
+}
+
+// Wrap applies WrapReader to r, if set.
+func (opts *Options) Wrap(path string, r io.ReaderAt) io.ReaderAt {
+	if opts == nil || opts.WrapReader == nil {
+		return r
+	}
+	return opts.WrapReader(path, r)
 }
 
 // Resolve turns the name of a related file, as written inside the image
