@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/snapscan/snapscan/snapshot"
+)
+
+func init() {
+	register(command{name: "cat", summary: "write one file of a disk image to stdout", run: runCat})
+}
+
+func runCat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("cat", "cat [--allow-dir DIR]... IMAGE VOLUME PATH",
+		"Writes the bytes of the file PATH (e.g. /etc/hosts, or /file.txt:stream for an NTFS\n"+
+			"alternate data stream) of volume VOLUME (an id from 'snapscan ls': p1, disk, lvm/vg/lv) to stdout.", stderr)
+	var allow stringList
+	f.Var(&allow, "allow-dir", "also allow backing files and extents from `DIR` (repeatable)")
+	pos, err := parse(f, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 3 {
+		f.Usage()
+		return usageError("want IMAGE VOLUME PATH, got %d arguments", len(pos))
+	}
+	d, err := snapshot.Open(pos[0], &snapshot.Options{AllowedDirs: allow})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	v, err := d.Volume(pos[1])
+	if err != nil {
+		return err
+	}
+	if v.FS == nil {
+		return fmt.Errorf("%s %s: %w", pos[0], v.ID, v.Err)
+	}
+	file, err := v.FS.Open(volumePath(pos[2]))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", pos[0], v.ID, err)
+	}
+	defer file.Close()
+	info, err := file.Stat()
+	if err != nil {
+		return err
+	}
+	if info.IsDir() {
+		return fmt.Errorf("%s %s: %s is a directory", pos[0], v.ID, pos[2])
+	}
+	buf := make([]byte, 1<<20)
+	if _, err := io.CopyBuffer(stdout, struct{ io.Reader }{file}, buf); err != nil {
+		return fmt.Errorf("%s %s %s: %w", pos[0], v.ID, pos[2], err)
+	}
+	return nil
+}

@@ -1,0 +1,179 @@
+package snapshot
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"github.com/snapscan/snapscan/snapshot/image"
+	"github.com/snapscan/snapscan/snapshot/vfs"
+)
+
+// formats lists the container formats in detection order; raw is what is
+// left when none matches.
+var formats = []struct {
+	name string
+	open func(r io.ReaderAt, size int64, name string, opts *image.Options) (image.Image, error)
+}{}
+
+// fileSystems lists the file systems snapscan serves. Each probe reads a
+// magic number; only a file system whose magic matches is opened, so that
+// a damaged one is reported as damaged rather than as unknown.
+var fileSystems = []struct {
+	name  string
+	magic func(r io.ReaderAt, size int64) bool
+	open  func(r io.ReaderAt, size int64) (vfs.FileSystem, error)
+}{}
+
+// unsupported recognises content that holds no files snapscan can read.
+var unsupported = []struct {
+	name, reason string
+	magic        func(r io.ReaderAt, size int64) bool
+}{
+	{"swap", "swap space: holds no files", func(r io.ReaderAt, size int64) bool {
+		for _, page := range []int64{4096, 8192, 16384, 65536} {
+			if at(r, page-10, "SWAPSPACE2") || at(r, page-10, "SWAP-SPACE") {
+				return true
+			}
+		}
+		return false
+	}},
+	{"luks", "LUKS encrypted volume: no key to open it", func(r io.ReaderAt, size int64) bool { return at(r, 0, "LUKS\xba\xbe") }},
+	{"bitlocker", "BitLocker encrypted volume: no key to open it", func(r io.ReaderAt, size int64) bool { return at(r, 3, "-FVE-FS-") }},
+	{"btrfs", "btrfs is not supported yet", func(r io.ReaderAt, size int64) bool { return at(r, 0x10040, "_BHRfS_M") }},
+	{"exfat", "exFAT is not supported yet", func(r io.ReaderAt, size int64) bool { return at(r, 3, "EXFAT   ") }},
+	{"zfs", "ZFS is not supported", func(r io.ReaderAt, size int64) bool {
+		return at(r, 128<<10, "\x0c\xb1\xba\x00\x00\x00\x00\x00") || at(r, 128<<10, "\x00\x00\x00\x00\x00\xba\xb1\x0c")
+	}},
+	{"linux_raid_member", "Linux software RAID member: not assembled", func(r io.ReaderAt, size int64) bool {
+		return size > 8192 && (at(r, 4096, "\xfc\x4e\x2b\xa9") || at(r, (size&^65535)-65536, "\xfc\x4e\x2b\xa9"))
+	}},
+}
+
+// at reports whether the bytes at off equal magic.
+func at(r io.ReaderAt, off int64, magic string) bool {
+	b := make([]byte, len(magic))
+	n, _ := r.ReadAt(b, off)
+	return n == len(b) && string(b) == magic
+}
+
+// le16 reads a little-endian uint16 at off, or 0.
+func le16(r io.ReaderAt, off int64) uint16 {
+	var b [2]byte
+	if n, _ := r.ReadAt(b[:], off); n != 2 {
+		return 0
+	}
+	return binary.LittleEndian.Uint16(b[:])
+}
+
+// findVolumes reads the partition table (if any) and probes every
+// partition, then assembles LVM2 volume groups from the physical volumes
+// found.
+func (d *Disk) findVolumes() {
+	r, size := io.ReaderAt(d.img), d.Size
+	table, parts, err := readTable(r, size)
+	switch {
+	case errors.Is(err, errNoTable):
+		v := d.probe("disk", io.NewSectionReader(r, 0, size), 0, size)
+		d.Volumes = append(d.Volumes, v)
+	case err != nil && len(parts) == 0:
+		d.Table = table
+		d.Volumes = append(d.Volumes, &Volume{ID: "disk", Offset: 0, Size: size, r: r,
+			Err: fmt.Errorf("%s: %s partition table: %w", d.Name, table, err)})
+	default:
+		d.Table = table
+		for _, p := range parts {
+			id := fmt.Sprintf("p%d", p.num)
+			switch {
+			case p.start < 0 || p.size <= 0 || p.start >= size || p.start+p.size > size:
+				d.Volumes = append(d.Volumes, &Volume{ID: id, Offset: p.start, Size: p.size, PartType: p.typ,
+					Err: fmt.Errorf("%s %s: partition (bytes %d to %d) lies outside the %d-byte disk", d.Name, id, p.start, p.start+p.size, size)})
+			case p.skip != "":
+				d.Volumes = append(d.Volumes, &Volume{ID: id, Offset: p.start, Size: p.size, PartType: p.typ,
+					r: io.NewSectionReader(r, p.start, p.size), Err: fmt.Errorf("%w: %s", ErrUnsupported, p.skip)})
+			default:
+				v := d.probe(id, io.NewSectionReader(r, p.start, p.size), p.start, p.size)
+				v.PartType = p.typ
+				d.Volumes = append(d.Volumes, v)
+			}
+		}
+		if err != nil {
+			// Entries read before the error are served; the rest is reported.
+			d.Volumes = append(d.Volumes, &Volume{ID: "table", Err: fmt.Errorf("%s: %s partition table: %w", d.Name, table, err)})
+		}
+	}
+	d.assembleLVM()
+	sortVolumes(d.Volumes)
+}
+
+// probe finds what a volume holds and serves it.
+func (d *Disk) probe(id string, r io.ReaderAt, off, size int64) *Volume {
+	v := &Volume{ID: id, Offset: off, Size: size, r: r}
+	where := d.Name + " " + id
+	for _, f := range fileSystems {
+		if !f.magic(r, size) {
+			continue
+		}
+		v.FileSystem = f.name
+		fsys, err := openFS(f.open, r, size)
+		if err != nil {
+			v.Err = fmt.Errorf("%s: %s: %w", where, f.name, err)
+			return v
+		}
+		if t, ok := fsys.(interface{ Type() string }); ok && t.Type() != "" {
+			v.FileSystem = t.Type() // e.g. fat16, ext2
+		}
+		if l, ok := fsys.(vfs.Labeler); ok {
+			v.Label = l.Label()
+		}
+		v.FS = vfs.New(fsys, fmt.Sprintf("%s %s (%s)", filepath.Base(d.Name), id, v.FileSystem))
+		return v
+	}
+	if isLVMPV(r) {
+		v.FileSystem = "lvm2"
+		v.Err = fmt.Errorf("%w: LVM2 physical volume: its logical volumes are listed as lvm/<vg>/<lv>", ErrUnsupported)
+		return v
+	}
+	for _, u := range unsupported {
+		if u.magic(r, size) {
+			v.FileSystem = u.name
+			v.Err = fmt.Errorf("%w: %s", ErrUnsupported, u.reason)
+			return v
+		}
+	}
+	if allZero(r) {
+		v.Err = fmt.Errorf("%w: empty (the first sectors are all zeros)", ErrUnsupported)
+		return v
+	}
+	v.Err = fmt.Errorf("%w: no known file system", ErrUnsupported)
+	return v
+}
+
+// openFS opens a file system, turning a panic in a reader of hostile
+// bytes into an error.
+func openFS(open func(io.ReaderAt, int64) (vfs.FileSystem, error), r io.ReaderAt, size int64) (fsys vfs.FileSystem, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			fsys, err = nil, fmt.Errorf("reader failed on corrupt input: %v", p)
+		}
+	}()
+	return open(r, size)
+}
+
+func allZero(r io.ReaderAt) bool {
+	b := make([]byte, 64<<10)
+	n, _ := r.ReadAt(b, 0)
+	return n > 0 && bytes.Count(b[:n], []byte{0}) == n
+}
+
+func isLVMPV(r io.ReaderAt) bool {
+	for s := int64(0); s < 4; s++ {
+		if at(r, s*512, "LABELONE") && at(r, s*512+24, "LVM2 001") {
+			return true
+		}
+	}
+	return false
+}
