@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Makes the disk layouts of snapscan's conformance test, with real tools
+# only, and converts each into every image format snapscan reads.
+#
+#   OUT=/tmp/layouts bash testdata/layouts.sh [LAYOUT...]
+#
+# For each layout L it writes $OUT/L.raw, the converted images
+# $OUT/L.<format-id>.<ext> and $OUT/L.volumes, one line per volume:
+#   <volume id> <file system> <source tree folder under $OUT, or ->
+# The source trees ($OUT/tree-*) are what the volumes must list and read.
+set -euo pipefail
+: "${OUT:?set OUT to an output folder}"
+mkdir -p "$OUT"
+cd "$OUT"
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+MiB=$((1024 * 1024))
+
+# --- source trees -----------------------------------------------------------
+make_tree() { # make_tree DIR [nolinks]
+	local d=$1
+	rm -rf "$d"
+	mkdir -p "$d"/{bin,etc,docs,deep/a/b/c/d/e,empty-dir}
+	cp /bin/ls "$d/bin/ls"
+	cp /usr/bin/env "$d/bin/env"
+	printf 'guest-%s\n' "$(basename "$d")" >"$d/etc/hostname"
+	cp /etc/services "$d/etc/services"
+	printf 'read me\n' >"$d/docs/readme.txt"
+	printf 'utf-8 name\n' >"$d/docs/Straße café.txt"
+	: >"$d/empty.txt"
+	head -c $((3 * MiB + 12345)) /dev/urandom >"$d/big.bin"
+	printf 'deep\n' >"$d/deep/a/b/c/d/e/f.txt"
+	for i in $(seq 1 40); do printf 'file %d\n' "$i" >"$d/docs/note-$i.txt"; done
+	if [ "${2:-}" != nolinks ]; then
+		ln -s docs/readme.txt "$d/link-to-readme"
+		ln -s /etc/shadow "$d/absolute-link"
+	fi
+}
+
+# --- file systems -----------------------------------------------------------
+# Each writes an image file of SIZE bytes holding TREE.
+fs_ext4() { mkfs.ext4 -q -F -d "$2" "$1" "$(($3 / 1024))K" >/dev/null; }
+fs_ext2() { mkfs.ext2 -q -F -d "$2" "$1" "$(($3 / 1024))K" >/dev/null; }
+fs_fat() { # fs_fat IMG TREE SIZE BITS
+	rm -f "$1"
+	mkfs.vfat -F "$4" -n "FAT$4" -C "$1" $(($3 / 1024)) >/dev/null
+	mcopy -s -i "$1" "$2"/* ::
+}
+fs_swap() { truncate -s "$3" "$1" && mkswap -q "$1" >/dev/null; }
+fs_iso() { xorriso -as mkisofs -quiet -R -J -V ISOVOL -o "$1" "$2" 2>/dev/null; }
+fs_squashfs() { mksquashfs "$2" "$1" -quiet -noappend -all-root >/dev/null; }
+
+# put IMG DISK START_SECTOR: write a file-system image into a disk.
+put() { dd if="$1" of="$2" bs=512 seek="$3" conv=notrunc,sparse status=none; rm -f "$1"; }
+
+# --- layouts ----------------------------------------------------------------
+layout_gpt_linux() { # GPT: EFI (FAT32), ext4 root, swap
+	make_tree tree-efi nolinks
+	make_tree tree-root
+	truncate -s $((160 * MiB)) gpt-linux.raw
+	sgdisk -n1:2048:+40M -t1:ef00 -c1:EFI -n2:0:+100M -t2:8300 -c2:root -n3:0:0 -t3:8200 -c3:swap gpt-linux.raw >/dev/null
+	fs_fat p1.img tree-efi $((40 * MiB)) 32 && put p1.img gpt-linux.raw 2048
+	fs_ext4 p2.img tree-root $((100 * MiB)) && put p2.img gpt-linux.raw $((2048 + 40 * 2048))
+	local s3 e3
+	s3=$(sgdisk -i3 gpt-linux.raw | awk '/First sector/{print $3}')
+	e3=$(sgdisk -i3 gpt-linux.raw | awk '/Last sector/{print $3}')
+	fs_swap p3.img "" $(((e3 - s3 + 1) * 512)) && put p3.img gpt-linux.raw "$s3"
+	printf 'p1 fat32 tree-efi\np2 ext4 tree-root\np3 swap -\n' >gpt-linux.volumes
+}
+
+layout_mbr_logical() { # MBR: FAT16 primary, extended with ext4 and FAT12 logicals
+	make_tree tree-fat16 nolinks
+	make_tree tree-logical
+	make_tree tree-fat12 nolinks
+	truncate -s $((96 * MiB)) mbr-logical.raw
+	sfdisk -q mbr-logical.raw <<-SFDISK
+		label: dos
+		start=2048, size=$((24 * 2048)), type=6
+		start=$((26 * 2048)), type=5
+		start=$((27 * 2048)), size=$((40 * 2048)), type=83
+		start=$((68 * 2048)), size=$((8 * 2048)), type=1
+	SFDISK
+	fs_fat p1.img tree-fat16 $((24 * MiB)) 16 && put p1.img mbr-logical.raw 2048
+	local s5 s6
+	s5=$(sfdisk -d mbr-logical.raw | awk -F'[=,]' '/raw5/{gsub(/ /,"",$2); print $2}')
+	s6=$(sfdisk -d mbr-logical.raw | awk -F'[=,]' '/raw6/{gsub(/ /,"",$2); print $2}')
+	fs_ext4 p5.img tree-logical $((40 * MiB)) && put p5.img mbr-logical.raw "$s5"
+	fs_fat p6.img tree-fat12 $((8 * MiB)) 12 && put p6.img mbr-logical.raw "$s6"
+	printf 'p1 fat16 tree-fat16\np5 ext4 tree-logical\np6 fat12 tree-fat12\n' >mbr-logical.volumes
+}
+
+layout_bare_ext2() { # a whole-disk ext2 file system, no partition table
+	make_tree tree-bare
+	fs_ext2 bare-ext2.raw tree-bare $((32 * MiB))
+	printf 'disk ext2 tree-bare\n' >bare-ext2.volumes
+}
+
+layout_iso() { # an ISO9660 image with Rock Ridge and Joliet
+	make_tree tree-iso
+	fs_iso iso.raw tree-iso
+	printf 'disk iso9660 tree-iso\n' >iso.volumes
+}
+
+layout_squashfs() { # a squashfs image, whole disk
+	make_tree tree-squashfs
+	fs_squashfs squashfs.raw tree-squashfs
+	printf 'disk squashfs tree-squashfs\n' >squashfs.volumes
+}
+
+# --- image formats ----------------------------------------------------------
+# convert L: every format qemu-img writes that snapscan reads.
+convert_all() {
+	local l=$1 raw=$1.raw
+	# qemu-img wants sizes that suit every format: round up to 2 MiB.
+	local size
+	size=$(stat -c %s "$raw")
+	if [ $((size % (2 * MiB))) -ne 0 ]; then truncate -s $(((size / (2 * MiB) + 1) * 2 * MiB)) "$raw"; fi
+	qemu-img convert -O qcow2 "$raw" "$l.qcow2v3.qcow2"
+	qemu-img convert -O qcow2 -o compat=0.10 "$raw" "$l.qcow2v2.qcow2"
+	qemu-img convert -c -O qcow2 "$raw" "$l.qcow2deflate.qcow2"
+	qemu-img convert -c -O qcow2 -o compression_type=zstd "$raw" "$l.qcow2zstd.qcow2"
+	# An overlay holding only the clusters that differ from its base: the
+	# base has the disk's second half zeroed.
+	cp --sparse=always "$raw" "$l.base.raw"
+	local half=$(( $(stat -c %s "$raw") / 2 ))
+	fallocate -p -o "$half" -l "$half" "$l.base.raw" 2>/dev/null ||
+		dd if=/dev/zero of="$l.base.raw" bs=1M seek=$((half / MiB)) count=$((half / MiB)) conv=notrunc status=none
+	qemu-img convert -O qcow2 "$l.base.raw" "$l.base.qcow2"
+	rm -f "$l.base.raw"
+	qemu-img convert -O qcow2 -B "$l.base.qcow2" -F qcow2 "$raw" "$l.overlay.qcow2"
+	for sub in monolithicSparse streamOptimized monolithicFlat twoGbMaxExtentSparse twoGbMaxExtentFlat; do
+		qemu-img convert -O vmdk -o subformat=$sub "$raw" "$l.vmdk-$sub.vmdk"
+	done
+	qemu-img convert -O vpc -o subformat=dynamic "$raw" "$l.vhd-dynamic.vhd"
+	qemu-img convert -O vpc -o subformat=fixed,force_size=on "$raw" "$l.vhd-fixed.vhd"
+	qemu-img convert -O vhdx -o subformat=dynamic "$raw" "$l.vhdx-dynamic.vhdx"
+	qemu-img convert -O vhdx -o subformat=fixed "$raw" "$l.vhdx-fixed.vhdx"
+}
+
+all=(gpt_linux mbr_logical bare_ext2 iso squashfs)
+[ $# -gt 0 ] && all=("$@")
+for l in "${all[@]}"; do
+	"layout_$l"
+	convert_all "${l//_/-}"
+done
+ls "$OUT" >/dev/null
