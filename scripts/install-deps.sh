@@ -9,6 +9,7 @@ PACKAGES=(
 	build-essential pkg-config git ca-certificates curl
 	libyara-dev yara                          # the YARA engine (libyara 4.2.3) and reference CLI
 	qemu-utils                                # qemu-img, qemu-io: image formats
+	python3-libvhdi                           # cross-checks the VHD/VHDX differencing fixtures
 	e2fsprogs dosfstools mtools               # ext2/3/4 and FAT images
 	gdisk fdisk                               # sgdisk, sfdisk: partition tables
 	xfsprogs ntfs-3g lvm2 fuse3               # XFS, NTFS, LVM2 images

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 
 	"github.com/snapscan/snapscan/snapshot/image"
+	"github.com/snapscan/snapscan/snapshot/image/vhd"
+	"github.com/snapscan/snapscan/snapshot/image/vhdx"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
@@ -17,7 +19,14 @@ import (
 var formats = []struct {
 	name string
 	open func(r io.ReaderAt, size int64, name string, opts *image.Options) (image.Image, error)
-}{}
+}{
+	{"vhdx", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
+		return vhdx.New(r, size, name, o)
+	}},
+	{"vhd", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
+		return vhd.New(r, size, name, o)
+	}},
+}
 
 // fileSystems lists the file systems snapscan serves. Each probe reads a
 // magic number; only a file system whose magic matches is opened, so that

@@ -1,0 +1,579 @@
+// Package vhd reads Microsoft Virtual Hard Disk (VHD, "vpc") images: fixed,
+// dynamic and differencing disks, as laid out by Microsoft's "Virtual Hard
+// Disk Image Format Specification" (version 1.0, 2006), cross-checked
+// against qemu's block/vpc.c.
+//
+// A VHD ends with a 512-byte footer ("conectix"). A fixed disk is the raw
+// disk followed by that footer. Dynamic and differencing disks keep a copy
+// of the footer at offset 0, then a dynamic header ("cxsparse") that points
+// at the block allocation table (BAT); each allocated block is a sector
+// bitmap followed by the block's data. A differencing disk names its parent
+// in the dynamic header and in its parent locators; sectors whose bitmap
+// bit is clear are read from the parent.
+//
+// Images are opened read-only. Every size and offset read from the file is
+// checked against the file size and fixed caps before it is used, so a
+// hostile image cannot make the reader allocate or loop without bound.
+package vhd
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"sync"
+	"unicode/utf16"
+
+	"github.com/snapscan/snapscan/snapshot/image"
+)
+
+// Disk types from the footer's "Disk Type" field.
+const (
+	typeFixed        = 2
+	typeDynamic      = 3
+	typeDifferencing = 4
+)
+
+const (
+	footerSize    = 512
+	dynHeaderSize = 1024
+	sectorSize    = 512
+	noBlock       = 0xFFFFFFFF
+
+	// maxBATEntries caps the in-memory BAT at 64 MiB. The specification's
+	// largest disk (2040 GiB) needs 1,044,480 entries at the default 2 MiB
+	// block size; the cap leaves room for small block sizes.
+	maxBATEntries = 16 << 20
+	// Block sizes are powers of two; the default is 2 MiB. 256 MiB bounds
+	// the sector bitmap (64 KiB) that a differencing read may fetch.
+	minBlockSize = sectorSize
+	maxBlockSize = 256 << 20
+	// maxLocatorLen caps a parent locator's path (32 Ki UTF-16 code
+	// units, the longest Windows path).
+	maxLocatorLen = 64 << 10
+	// bitmapCacheEntries bounds the cache of sector bitmaps of
+	// differencing disks (at the default block size, 512 bytes each).
+	bitmapCacheEntries = 4096
+)
+
+// ErrNoParent is wrapped when a differencing image's parent cannot be
+// located or opened.
+var ErrNoParent = errors.New("vhd: parent disk not available")
+
+// Image is an opened VHD. It implements image.Image.
+type Image struct {
+	r        io.ReaderAt
+	fileSize int64
+	name     string
+	kind     uint32
+	size     int64
+	uniqueID [16]byte
+
+	// Dynamic and differencing disks.
+	blockSize  int64
+	bitmapSize int64    // sector bitmap bytes in front of each block, sector aligned
+	bat        []uint32 // sector offset of each block, noBlock if unallocated
+	parent     image.Image
+
+	bmMu    sync.Mutex
+	bmCache map[uint32][]byte
+
+	closer io.Closer // the file Open opened; nil for New
+}
+
+var _ image.Image = (*Image)(nil)
+
+// Open opens the VHD at path read-only. Close closes the file and the
+// parent chain. Parents are opened through opts.OpenParent.
+func Open(path string, opts *image.Options) (*Image, error) {
+	f, err := image.OpenFile(path)
+	if err != nil {
+		return nil, err
+	}
+	size, err := image.SizeOf(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	img, err := New(opts.Wrap(path, f), size, path, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	img.closer = f
+	return img, nil
+}
+
+// New reads the VHD held in r, which is size bytes long. name is the path
+// of the file r reads: it locates a differencing disk's parent and appears
+// in error messages ("" means no parent can be opened). The error wraps
+// image.ErrWrongType when r holds no VHD footer. Close does not close r,
+// but closes the parent chain New opened.
+func New(r io.ReaderAt, size int64, name string, opts *image.Options) (*Image, error) {
+	if name == "" {
+		name = "(vhd image)"
+	}
+	img := &Image{r: r, fileSize: size, name: name}
+	f, err := img.readFooter()
+	if err != nil {
+		return nil, err
+	}
+	img.kind = f.diskType
+	img.uniqueID = f.uniqueID
+	if f.currentSize > 1<<50 {
+		return nil, img.corrupt(-1, fmt.Sprintf("virtual size %d is beyond any VHD's (2040 GiB at most)", f.currentSize))
+	}
+	// qemu reads images made by Virtual PC ("vpc ") and old qemu
+	// ("qemu") by their CHS geometry, others by the current size; both
+	// agree for the images qemu writes (it rounds the size to the
+	// geometry). The current size is never smaller than the geometry, so
+	// using it never hides data.
+	img.size = int64(f.currentSize)
+	switch f.diskType {
+	case typeFixed:
+		if img.size > size-footerSize {
+			return nil, img.corrupt(size-footerSize, fmt.Sprintf("fixed disk of %d bytes does not fit in a file of %d bytes (truncated?)", img.size, size))
+		}
+		return img, nil
+	case typeDynamic, typeDifferencing:
+	default:
+		return nil, img.corrupt(size-footerSize, fmt.Sprintf("unsupported disk type %d", f.diskType))
+	}
+	h, err := img.readDynHeader(f.dataOffset)
+	if err != nil {
+		return nil, err
+	}
+	if err := img.readBAT(h); err != nil {
+		return nil, err
+	}
+	if f.diskType == typeDifferencing {
+		if err := img.openParent(h, f.dataOffset, opts); err != nil {
+			return nil, err
+		}
+	}
+	return img, nil
+}
+
+// footer is the part of the hard disk footer the reader uses.
+type footer struct {
+	dataOffset  uint64
+	currentSize uint64
+	diskType    uint32
+	uniqueID    [16]byte
+}
+
+func (img *Image) readFooter() (footer, error) {
+	var f footer
+	if img.fileSize < footerSize {
+		return f, fmt.Errorf("%s: %w: file of %d bytes is too short for a VHD footer", img.name, image.ErrWrongType, img.fileSize)
+	}
+	var tail, head [footerSize]byte
+	tailOff := img.fileSize - footerSize
+	if _, err := img.r.ReadAt(tail[:], tailOff); err != nil {
+		return f, fmt.Errorf("%s: reading VHD footer at offset %d: %w", img.name, tailOff, err)
+	}
+	// The footer at the end is authoritative.
+	var tailErr error
+	if string(tail[0:8]) == "conectix" {
+		if tailErr = img.checkFooter(tail[:], tailOff); tailErr == nil {
+			return parseFooter(tail[:]), nil
+		}
+	}
+	// Dynamic disks keep a copy at offset 0 that survives a damaged or
+	// truncated end.
+	if _, err := img.r.ReadAt(head[:], 0); err != nil {
+		return f, fmt.Errorf("%s: reading VHD footer copy at offset 0: %w", img.name, err)
+	}
+	if string(head[0:8]) == "conectix" {
+		if err := img.checkFooter(head[:], 0); err != nil {
+			return f, errors.Join(tailErr, err)
+		}
+		if f = parseFooter(head[:]); f.diskType != typeFixed {
+			return f, nil
+		}
+	}
+	if tailErr != nil {
+		return f, tailErr
+	}
+	return f, fmt.Errorf("%s: %w: no \"conectix\" footer", img.name, image.ErrWrongType)
+}
+
+func (img *Image) checkFooter(b []byte, off int64) error {
+	if want, got := binary.BigEndian.Uint32(b[64:68]), checksum(b, 64); want != got {
+		return img.corrupt(off, fmt.Sprintf("footer checksum is %#08x, computed %#08x", want, got))
+	}
+	return nil
+}
+
+func parseFooter(b []byte) footer {
+	f := footer{
+		dataOffset:  binary.BigEndian.Uint64(b[16:24]),
+		currentSize: binary.BigEndian.Uint64(b[48:56]),
+		diskType:    binary.BigEndian.Uint32(b[60:64]),
+	}
+	copy(f.uniqueID[:], b[68:84])
+	return f
+}
+
+// checksum is the one's complement of the byte sum of b, skipping the
+// four checksum bytes at csOff.
+func checksum(b []byte, csOff int) uint32 {
+	var sum uint32
+	for i, c := range b {
+		if i >= csOff && i < csOff+4 {
+			continue
+		}
+		sum += uint32(c)
+	}
+	return ^sum
+}
+
+// dynHeader is the part of the dynamic disk header the reader uses.
+type dynHeader struct {
+	tableOffset  uint64
+	maxEntries   uint32
+	blockSize    uint32
+	parentID     [16]byte
+	parentName   string
+	locatorBytes []byte // the 8 parent locator entries
+}
+
+func (img *Image) readDynHeader(off uint64) (*dynHeader, error) {
+	if off > uint64(img.fileSize) || uint64(img.fileSize)-off < dynHeaderSize {
+		return nil, img.corrupt(img.fileSize-footerSize, fmt.Sprintf("dynamic header offset %d is outside the file of %d bytes", off, img.fileSize))
+	}
+	b := make([]byte, dynHeaderSize)
+	if _, err := img.r.ReadAt(b, int64(off)); err != nil {
+		return nil, fmt.Errorf("%s: reading VHD dynamic header at offset %d: %w", img.name, off, err)
+	}
+	if string(b[0:8]) != "cxsparse" {
+		return nil, img.corrupt(int64(off), "dynamic header cookie is not \"cxsparse\"")
+	}
+	if want, got := binary.BigEndian.Uint32(b[36:40]), checksum(b, 36); want != got {
+		return nil, img.corrupt(int64(off), fmt.Sprintf("dynamic header checksum is %#08x, computed %#08x", want, got))
+	}
+	h := &dynHeader{
+		tableOffset: binary.BigEndian.Uint64(b[16:24]),
+		maxEntries:  binary.BigEndian.Uint32(b[28:32]),
+		blockSize:   binary.BigEndian.Uint32(b[32:36]),
+	}
+	copy(h.parentID[:], b[40:56])
+	h.parentName = decodeUTF16(b[64:576], binary.BigEndian)
+	h.locatorBytes = b[576:768]
+	return h, nil
+}
+
+func (img *Image) readBAT(h *dynHeader) error {
+	bs := h.blockSize
+	if bs < minBlockSize || bs > maxBlockSize || bs&(bs-1) != 0 {
+		return img.corrupt(-1, fmt.Sprintf("block size %d is not a power of two between %d and %d", bs, minBlockSize, maxBlockSize))
+	}
+	img.blockSize = int64(bs)
+	// One bit per sector, padded to whole sectors.
+	img.bitmapSize = (img.blockSize/sectorSize/8 + sectorSize - 1) / sectorSize * sectorSize
+	blocks := (img.size + img.blockSize - 1) / img.blockSize
+	if blocks > int64(h.maxEntries) {
+		return img.corrupt(-1, fmt.Sprintf("BAT has %d entries, too few for a disk of %d bytes in %d-byte blocks", h.maxEntries, img.size, bs))
+	}
+	if blocks > maxBATEntries {
+		return img.corrupt(-1, fmt.Sprintf("BAT of %d entries exceeds the limit of %d", blocks, maxBATEntries))
+	}
+	if h.tableOffset > uint64(img.fileSize) || uint64(img.fileSize)-h.tableOffset < uint64(blocks)*4 {
+		return img.corrupt(int64(min(h.tableOffset, 1<<62)), fmt.Sprintf("BAT of %d entries at offset %d runs past the end of the file (%d bytes)", blocks, h.tableOffset, img.fileSize))
+	}
+	raw := make([]byte, blocks*4)
+	if _, err := img.r.ReadAt(raw, int64(h.tableOffset)); err != nil {
+		return fmt.Errorf("%s: reading VHD BAT at offset %d: %w", img.name, h.tableOffset, err)
+	}
+	img.bat = make([]uint32, blocks)
+	span := img.bitmapSize + img.blockSize
+	for i := range img.bat {
+		e := binary.BigEndian.Uint32(raw[i*4:])
+		img.bat[i] = e
+		if e == noBlock {
+			continue
+		}
+		// Checked here once so that reads need no bounds logic and a
+		// truncated file is reported when opened.
+		if start := int64(e) * sectorSize; start+span > img.fileSize {
+			return img.corrupt(int64(h.tableOffset)+int64(i)*4, fmt.Sprintf("block %d at offset %d runs past the end of the file (%d bytes; truncated?)", i, start, img.fileSize))
+		}
+	}
+	return nil
+}
+
+// Parent locator platform codes that hold a path in UTF-16LE.
+const (
+	platW2ru = 0x57327275 // "W2ru": path relative to the child's folder
+	platW2ku = 0x57326B75 // "W2ku": absolute path
+)
+
+// parentCandidates lists the names under which the parent may be found,
+// in the order they are tried: the relative locator, the absolute one,
+// then the bare name from the header.
+func (img *Image) parentCandidates(h *dynHeader) []string {
+	var rel, abs []string
+	for i := range 8 {
+		e := h.locatorBytes[i*24 : i*24+24]
+		code := binary.BigEndian.Uint32(e[0:4])
+		if code != platW2ru && code != platW2ku {
+			continue
+		}
+		n := binary.BigEndian.Uint32(e[8:12])
+		off := binary.BigEndian.Uint64(e[16:24])
+		if n == 0 || n > maxLocatorLen || off > uint64(img.fileSize) || uint64(img.fileSize)-off < uint64(n) {
+			continue
+		}
+		b := make([]byte, n)
+		if _, err := img.r.ReadAt(b, int64(off)); err != nil {
+			continue
+		}
+		p := windowsPath(decodeUTF16(b, binary.LittleEndian))
+		if p == "" {
+			continue
+		}
+		if code == platW2ru {
+			rel = append(rel, p)
+		} else if !hasDrive(p) {
+			// A drive-letter path means nothing on this host; the
+			// relative locator or the file name stands in for it.
+			abs = append(abs, p)
+		}
+	}
+	names := append(rel, abs...)
+	if p := windowsPath(h.parentName); p != "" {
+		names = append(names, filepath.Base(p))
+	}
+	return names
+}
+
+func (img *Image) openParent(h *dynHeader, hdrOff uint64, opts *image.Options) error {
+	if opts == nil || opts.OpenParent == nil {
+		return fmt.Errorf("%s: %w: differencing disk, and no way to open parents was given", img.name, ErrNoParent)
+	}
+	names := img.parentCandidates(h)
+	if len(names) == 0 {
+		return fmt.Errorf("%s: %w: differencing disk names no parent (header at offset %d)", img.name, ErrNoParent, hdrOff)
+	}
+	self, _ := filepath.EvalSymlinks(img.name)
+	var errs []error
+	for _, n := range names {
+		p, err := opts.Resolve(img.name, n)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if self != "" && p == self {
+			errs = append(errs, fmt.Errorf("parent %q is the image itself", n))
+			continue
+		}
+		parent, err := opts.OpenParent(p)
+		if err != nil {
+			return fmt.Errorf("%s: opening parent %s: %w", img.name, p, err)
+		}
+		if id, ok := parent.(interface{ UniqueID() [16]byte }); ok && strings.HasPrefix(parent.Format(), "vhd/") {
+			if got := id.UniqueID(); got != h.parentID {
+				parent.Close()
+				return img.corrupt(int64(hdrOff)+40, fmt.Sprintf("parent %s has unique id %x, the child expects %x (parent modified or replaced)", p, got, h.parentID))
+			}
+		}
+		img.parent = parent
+		return nil
+	}
+	return fmt.Errorf("%s: %w: %w", img.name, ErrNoParent, errors.Join(errs...))
+}
+
+// windowsPath turns a path written by Windows into a slash-separated one.
+func windowsPath(s string) string {
+	s = strings.ReplaceAll(s, `\`, "/")
+	s = strings.TrimPrefix(s, "//?/")
+	return s
+}
+
+func hasDrive(p string) bool {
+	return len(p) >= 2 && p[1] == ':' && (p[0]|0x20 >= 'a' && p[0]|0x20 <= 'z')
+}
+
+// decodeUTF16 decodes b up to the first NUL code unit.
+func decodeUTF16(b []byte, order binary.ByteOrder) string {
+	u := make([]uint16, 0, len(b)/2)
+	for i := 0; i+1 < len(b); i += 2 {
+		c := order.Uint16(b[i:])
+		if c == 0 {
+			break
+		}
+		u = append(u, c)
+	}
+	return string(utf16.Decode(u))
+}
+
+func (img *Image) corrupt(off int64, msg string) error {
+	return fmt.Errorf("%s: %w", img.name, &image.FormatError{Format: "vhd", Offset: off, Msg: msg})
+}
+
+// Size returns the virtual disk size in bytes: the footer's current size.
+func (img *Image) Size() int64 { return img.size }
+
+// Format returns "vhd/fixed", "vhd/dynamic" or "vhd/differencing".
+func (img *Image) Format() string {
+	switch img.kind {
+	case typeFixed:
+		return "vhd/fixed"
+	case typeDynamic:
+		return "vhd/dynamic"
+	default:
+		return "vhd/differencing"
+	}
+}
+
+// UniqueID returns the footer's unique id, which a differencing child
+// records to recognise its parent.
+func (img *Image) UniqueID() [16]byte { return img.uniqueID }
+
+// Parent returns the parent of a differencing disk, or nil.
+func (img *Image) Parent() image.Image { return img.parent }
+
+// Close closes the parent chain and, for an image made by Open, the file.
+func (img *Image) Close() error {
+	var errs []error
+	if img.parent != nil {
+		errs = append(errs, img.parent.Close())
+		img.parent = nil
+	}
+	if img.closer != nil {
+		errs = append(errs, img.closer.Close())
+		img.closer = nil
+	}
+	return errors.Join(errs...)
+}
+
+// ReadAt reads the virtual disk. It is safe for concurrent use.
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("%s: negative offset %d", img.name, off)
+	}
+	if off >= img.size {
+		return 0, io.EOF
+	}
+	var eof error
+	if rem := img.size - off; int64(len(p)) > rem {
+		p, eof = p[:rem], io.EOF
+	}
+	if img.kind == typeFixed {
+		n, err := img.r.ReadAt(p, off)
+		if err != nil && !(err == io.EOF && n == len(p)) {
+			return n, fmt.Errorf("%s: reading %d bytes at %d: %w", img.name, len(p), off, err)
+		}
+		return n, eof
+	}
+	done := 0
+	for done < len(p) {
+		pos := off + int64(done)
+		blk := pos / img.blockSize
+		in := pos % img.blockSize
+		chunk := p[done:min(len(p), done+int(img.blockSize-in))]
+		if err := img.readBlock(chunk, uint32(blk), in, pos); err != nil {
+			return done, err
+		}
+		done += len(chunk)
+	}
+	return done, eof
+}
+
+// readBlock fills b from block blk, starting in bytes into it; pos is the
+// virtual offset of b[0].
+func (img *Image) readBlock(b []byte, blk uint32, in, pos int64) error {
+	e := img.bat[blk]
+	if e == noBlock {
+		return img.readParent(b, pos)
+	}
+	data := int64(e)*sectorSize + img.bitmapSize
+	if img.kind == typeDynamic {
+		// A dynamic disk's sectors that were never written read as
+		// zeros and are zero in the allocated block too, so the bitmap
+		// need not be consulted (qemu does the same).
+		return img.readFile(b, data+in)
+	}
+	bm, err := img.bitmap(blk, int64(e)*sectorSize)
+	if err != nil {
+		return err
+	}
+	// Serve runs of sectors that are all in the child or all in the
+	// parent with one read each.
+	for len(b) > 0 {
+		sec := in / sectorSize
+		present := bm[sec/8]&(0x80>>(sec%8)) != 0
+		end := (sec + 1) * sectorSize
+		for end < in+int64(len(b)) {
+			s := end / sectorSize
+			if (bm[s/8]&(0x80>>(s%8)) != 0) != present {
+				break
+			}
+			end += sectorSize
+		}
+		n := min(int64(len(b)), end-in)
+		if present {
+			err = img.readFile(b[:n], data+in)
+		} else {
+			err = img.readParent(b[:n], pos)
+		}
+		if err != nil {
+			return err
+		}
+		b, in, pos = b[n:], in+n, pos+n
+	}
+	return nil
+}
+
+// bitmap returns the sector bitmap of block blk, which starts at file
+// offset at.
+func (img *Image) bitmap(blk uint32, at int64) ([]byte, error) {
+	img.bmMu.Lock()
+	bm, ok := img.bmCache[blk]
+	img.bmMu.Unlock()
+	if ok {
+		return bm, nil
+	}
+	bm = make([]byte, img.bitmapSize)
+	if err := img.readFile(bm, at); err != nil {
+		return nil, err
+	}
+	img.bmMu.Lock()
+	if img.bmCache == nil || len(img.bmCache) >= bitmapCacheEntries {
+		img.bmCache = make(map[uint32][]byte)
+	}
+	img.bmCache[blk] = bm
+	img.bmMu.Unlock()
+	return bm, nil
+}
+
+func (img *Image) readFile(b []byte, at int64) error {
+	n, err := img.r.ReadAt(b, at)
+	if n == len(b) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("%s: reading %d bytes at file offset %d: %w", img.name, len(b), at, err)
+}
+
+// readParent fills b with the parent's bytes at pos, or zeros where there
+// is no parent or the parent is shorter.
+func (img *Image) readParent(b []byte, pos int64) error {
+	if img.parent != nil && pos < img.parent.Size() {
+		m := min(int64(len(b)), img.parent.Size()-pos)
+		n, err := img.parent.ReadAt(b[:m], pos)
+		if int64(n) != m {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("%s: reading parent at %d: %w", img.name, pos, err)
+		}
+		b = b[m:]
+	}
+	clear(b)
+	return nil
+}

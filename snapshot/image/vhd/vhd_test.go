@@ -1,0 +1,360 @@
+package vhd_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/snapscan/snapscan/internal/testenv"
+	"github.com/snapscan/snapscan/snapshot/image"
+	"github.com/snapscan/snapscan/snapshot/image/vhd"
+)
+
+// fixtures builds (once per machine) the images of testdata/vhd.sh.
+func fixtures(t testing.TB) string {
+	t.Helper()
+	testenv.NeedTools(t, "qemu-img", "openssl", "/usr/bin/python3")
+	return testenv.Fixture(t, "vhd.sh")
+}
+
+// opts returns options whose OpenParent opens VHD parents the way the
+// snapshot package does: resolved paths only, depth bounded.
+func opts(allowed ...string) *image.Options {
+	o := &image.Options{AllowedDirs: allowed}
+	var depth int
+	var mu sync.Mutex
+	o.OpenParent = func(path string) (image.Image, error) {
+		mu.Lock()
+		depth++
+		d := depth
+		mu.Unlock()
+		if d > image.MaxChainDepth {
+			return nil, fmt.Errorf("parent chain deeper than %d at %s", image.MaxChainDepth, path)
+		}
+		return vhd.Open(path, o)
+	}
+	return o
+}
+
+// compare checks every byte of img against the file want: a sequential
+// read in 4 MiB chunks, then random unaligned reads from several
+// goroutines at once.
+func compare(t *testing.T, img image.Image, want string) {
+	t.Helper()
+	ref, err := os.ReadFile(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Size() != int64(len(ref)) {
+		t.Fatalf("Size() = %d, qemu-img's raw output has %d bytes", img.Size(), len(ref))
+	}
+	buf := make([]byte, 4<<20)
+	for off := int64(0); off < img.Size(); off += int64(len(buf)) {
+		n, err := img.ReadAt(buf, off)
+		if err != nil && err != io.EOF {
+			t.Fatalf("ReadAt(%d): %v", off, err)
+		}
+		if wantN := min(int64(len(buf)), img.Size()-off); int64(n) != wantN {
+			t.Fatalf("ReadAt(%d) = %d bytes, want %d", off, n, wantN)
+		}
+		if !bytes.Equal(buf[:n], ref[off:off+int64(n)]) {
+			t.Fatalf("bytes at %d..%d differ from %s", off, off+int64(n), want)
+		}
+	}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 7))
+			b := make([]byte, 5<<20)
+			for range 200 {
+				// Offsets near 2 MiB block edges half the time.
+				off := rng.Int64N(img.Size())
+				if rng.IntN(2) == 0 {
+					off = (off>>21)<<21 - rng.Int64N(4096) + 2048
+					off = max(0, min(off, img.Size()-1))
+				}
+				n := rng.IntN(len(b)) + 1
+				if rng.IntN(2) == 0 {
+					n = rng.IntN(9000) + 1
+				}
+				got, err := img.ReadAt(b[:n], off)
+				end := min(off+int64(n), img.Size())
+				if int64(got) != end-off || (err != nil && err != io.EOF) || (end < off+int64(n) && err != io.EOF) {
+					t.Errorf("ReadAt(%d bytes at %d) = %d, %v", n, off, got, err)
+					return
+				}
+				if !bytes.Equal(b[:got], ref[off:end]) {
+					t.Errorf("ReadAt(%d bytes at %d): bytes differ", n, off)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n, err := img.ReadAt(buf[:1], img.Size()); n != 0 || err != io.EOF {
+		t.Errorf("ReadAt(Size()) = %d, %v; want 0, EOF", n, err)
+	}
+}
+
+func TestAgainstQemu(t *testing.T) {
+	dir := fixtures(t)
+	tests := []struct {
+		file, format, raw string
+	}{
+		{"fixed.vhd", "vhd/fixed", "fixed.vhd.raw"},
+		{"dynamic.vhd", "vhd/dynamic", "dynamic.vhd.raw"},
+		{"diff.vhd", "vhd/differencing", "diff.vhd.raw"},
+		{"diff-aligned.vhd", "vhd/differencing", "diff-aligned.vhd.raw"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			img, err := vhd.Open(filepath.Join(dir, tt.file), opts())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			if img.Format() != tt.format {
+				t.Errorf("Format() = %q, want %q", img.Format(), tt.format)
+			}
+			if info, err := os.ReadFile(filepath.Join(dir, tt.file+".info")); err == nil {
+				var qi struct {
+					VirtualSize int64 `json:"virtual-size"`
+				}
+				if err := json.Unmarshal(info, &qi); err != nil {
+					t.Fatal(err)
+				}
+				if img.Size() != qi.VirtualSize {
+					t.Errorf("Size() = %d, qemu-img info says %d", img.Size(), qi.VirtualSize)
+				}
+			}
+			compare(t, img, filepath.Join(dir, tt.raw))
+		})
+	}
+}
+
+// TestDifferencingUsesBitmap checks that the differencing fixture really
+// mixes child and parent sectors, so TestAgainstQemu proves something.
+func TestDifferencingUsesBitmap(t *testing.T) {
+	dir := fixtures(t)
+	child, _ := os.ReadFile(filepath.Join(dir, "diff.vhd.raw"))
+	parent, _ := os.ReadFile(filepath.Join(dir, "dynamic.vhd.raw"))
+	if len(child) != len(parent) || len(child) == 0 {
+		t.Fatal("fixture sizes differ")
+	}
+	// Sector 0 is written in the child; sector 8 of the same block is not.
+	if bytes.Equal(child[:512], parent[:512]) || !bytes.Equal(child[8*512:9*512], parent[8*512:9*512]) {
+		t.Fatal("diff.vhd.raw does not mix child and parent sectors in block 0")
+	}
+	f, _ := os.ReadFile(filepath.Join(dir, "diff.vhd"))
+	if !bytes.Contains(f, bytes.Repeat([]byte{0xee}, 512)) {
+		t.Fatal("diff.vhd holds no garbage in unmarked sectors")
+	}
+}
+
+func TestParents(t *testing.T) {
+	dir := fixtures(t)
+	tests := []struct {
+		name    string
+		file    string
+		opts    *image.Options
+		wantErr error  // errors.Is target, nil for success
+		msg     string // substring of the error
+		raw     string // expected bytes on success
+	}{
+		{name: "escape refused", file: "unsafe/escape.vhd", opts: opts(), wantErr: image.ErrUnsafePath, msg: "unsafe/escape.vhd"},
+		{name: "escape allowed", file: "unsafe/escape.vhd", opts: opts(dir), raw: "dynamic.vhd.raw"},
+		{name: "etc passwd", file: "unsafe/passwd.vhd", opts: opts(), wantErr: image.ErrUnsafePath, msg: "/etc/passwd"},
+		{name: "loop", file: "loop-a.vhd", opts: opts(), msg: "deeper than"},
+		{name: "self", file: "self.vhd", opts: opts(), wantErr: vhd.ErrNoParent, msg: "is the image itself"},
+		{name: "no opener", file: "diff.vhd", opts: nil, wantErr: vhd.ErrNoParent, msg: "diff.vhd"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			img, err := vhd.Open(filepath.Join(dir, tt.file), tt.opts)
+			if tt.raw != "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer img.Close()
+				compare(t, img, filepath.Join(dir, tt.raw))
+				return
+			}
+			if err == nil {
+				img.Close()
+				t.Fatal("opened, want an error")
+			}
+			if tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Errorf("error %q does not wrap %v", err, tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("error %q does not mention %q", err, tt.msg)
+			}
+		})
+	}
+}
+
+func TestParentIDMismatch(t *testing.T) {
+	dir := fixtures(t)
+	tmp := t.TempDir()
+	// The child names dynamic.vhd; put another VHD under that name.
+	for src, dst := range map[string]string{"diff.vhd": "diff.vhd", "fixed.vhd": "dynamic.vhd"} {
+		if err := os.Symlink(filepath.Join(dir, src), filepath.Join(tmp, dst)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := vhd.Open(filepath.Join(tmp, "diff.vhd"), opts(dir))
+	var fe *image.FormatError
+	if !errors.As(err, &fe) || !strings.Contains(err.Error(), "unique id") {
+		t.Fatalf("err = %v, want a unique id mismatch", err)
+	}
+}
+
+// setFooter rewrites both footer copies of a dynamic VHD held in b with
+// fix applied, recomputing the checksums.
+func setFooter(b []byte, fix func(f []byte)) {
+	for _, off := range []int{0, len(b) - 512} {
+		f := b[off : off+512]
+		fix(f)
+		fixSum(f, 64)
+	}
+}
+
+func fixSum(b []byte, at int) {
+	binary.BigEndian.PutUint32(b[at:], 0)
+	var s uint32
+	for _, c := range b {
+		s += uint32(c)
+	}
+	binary.BigEndian.PutUint32(b[at:], ^s)
+}
+
+// setHeader rewrites the dynamic header at 512 with fix applied.
+func setHeader(b []byte, fix func(h []byte)) {
+	h := b[512 : 512+1024]
+	fix(h)
+	fixSum(h, 36)
+}
+
+func TestBadInput(t *testing.T) {
+	dir := fixtures(t)
+	dyn, err := os.ReadFile(filepath.Join(dir, "dynamic.vhd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixed, err := os.ReadFile(filepath.Join(dir, "fixed.vhd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod := func(src []byte, f func(b []byte) []byte) []byte {
+		return f(bytes.Clone(src))
+	}
+	tests := []struct {
+		name    string
+		data    []byte
+		wantErr error
+		msg     string
+	}{
+		{"empty", nil, image.ErrWrongType, "too short"},
+		{"raw zeros", make([]byte, 1<<20), image.ErrWrongType, "conectix"},
+		{"truncated dynamic", dyn[:1<<20], nil, "past the end of the file"},
+		{"fixed footer bit flipped", mod(fixed, func(b []byte) []byte { b[len(b)-512+50] ^= 1; return b }), nil, "footer checksum"},
+		{"both footers bit flipped", mod(dyn, func(b []byte) []byte { b[len(b)-512+50] ^= 1; b[50] ^= 1; return b }), nil, "footer checksum"},
+		{"dynamic header bit flipped", mod(dyn, func(b []byte) []byte { b[512+30] ^= 4; return b }), nil, "dynamic header checksum"},
+		{"dynamic header cookie", mod(dyn, func(b []byte) []byte { setHeader(b, func(h []byte) { h[0] = 'X' }); return b }), nil, "cxsparse"},
+		{"fixed bigger than file", mod(fixed, func(b []byte) []byte {
+			f := b[len(b)-512:]
+			binary.BigEndian.PutUint64(f[48:], 1<<40)
+			fixSum(f, 64)
+			return b
+		}), nil, "does not fit"},
+		{"absurd size", mod(dyn, func(b []byte) []byte {
+			setFooter(b, func(f []byte) { binary.BigEndian.PutUint64(f[48:], 1<<62) })
+			return b
+		}), nil, "virtual size"},
+		{"BAT too small for size", mod(dyn, func(b []byte) []byte {
+			setFooter(b, func(f []byte) { binary.BigEndian.PutUint64(f[48:], 1<<40) })
+			return b
+		}), nil, "too few"},
+		{"absurd BAT", mod(dyn, func(b []byte) []byte {
+			setFooter(b, func(f []byte) { binary.BigEndian.PutUint64(f[48:], 1<<48) })
+			setHeader(b, func(h []byte) { binary.BigEndian.PutUint32(h[28:], 0xFFFFFFF0) })
+			return b
+		}), nil, "exceeds the limit"},
+		{"BAT past end", mod(dyn, func(b []byte) []byte {
+			setHeader(b, func(h []byte) { binary.BigEndian.PutUint64(h[16:], uint64(len(b)-8)) })
+			return b
+		}), nil, "BAT of"},
+		{"block size 3", mod(dyn, func(b []byte) []byte {
+			setHeader(b, func(h []byte) { binary.BigEndian.PutUint32(h[32:], 3) })
+			return b
+		}), nil, "block size"},
+		{"block past end", mod(dyn, func(b []byte) []byte {
+			binary.BigEndian.PutUint32(b[1536:], 0x7FFFFFF0)
+			return b
+		}), nil, "block 0"},
+		{"unknown disk type", mod(dyn, func(b []byte) []byte {
+			setFooter(b, func(f []byte) { binary.BigEndian.PutUint32(f[60:], 9) })
+			return b
+		}), nil, "disk type 9"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			img, err := vhd.New(bytes.NewReader(tt.data), int64(len(tt.data)), "bad.vhd", nil)
+			if err == nil {
+				img.Close()
+				t.Fatal("opened, want an error")
+			}
+			if tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Errorf("error %q does not wrap %v", err, tt.wantErr)
+			}
+			if tt.wantErr == nil && errors.Is(err, image.ErrWrongType) {
+				t.Errorf("error %q claims the wrong type for a damaged VHD", err)
+			}
+			if !strings.Contains(err.Error(), tt.msg) || !strings.Contains(err.Error(), "bad.vhd") {
+				t.Errorf("error %q does not name the image and %q", err, tt.msg)
+			}
+		})
+	}
+}
+
+// TestTailFooterDamaged checks that a dynamic disk whose footer at the
+// end is damaged opens from the copy at offset 0.
+func TestTailFooterDamaged(t *testing.T) {
+	dir := fixtures(t)
+	b, err := os.ReadFile(filepath.Join(dir, "dynamic.vhd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-512+50] ^= 1
+	img, err := vhd.New(bytes.NewReader(b), int64(len(b)), "tail.vhd", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compare(t, img, filepath.Join(dir, "dynamic.vhd.raw"))
+}
+
+func ExampleOpen() {
+	img, err := vhd.Open("disk.vhd", &image.Options{})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer img.Close()
+	mbr := make([]byte, 512)
+	if _, err := img.ReadAt(mbr, 0); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(img.Format(), img.Size(), mbr[510] == 0x55 && mbr[511] == 0xAA)
+}
