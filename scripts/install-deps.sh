@@ -6,13 +6,13 @@ set -euo pipefail
 
 GO_VERSION=1.26.8
 PACKAGES=(
-	build-essential pkg-config git ca-certificates curl
+	build-essential pkg-config git ca-certificates curl openssl
 	libyara-dev yara                          # the YARA engine (libyara 4.2.3) and reference CLI
 	qemu-utils                                # qemu-img, qemu-io: image formats
 	python3-libvhdi                           # cross-checks the VHD/VHDX differencing fixtures
 	e2fsprogs dosfstools mtools               # ext2/3/4 and FAT images
 	gdisk fdisk                               # sgdisk, sfdisk: partition tables
-	xfsprogs ntfs-3g lvm2 fuse3               # XFS, NTFS, LVM2 images
+	xfsprogs ntfs-3g lvm2 fuse3 attr          # XFS, NTFS (setfattr), LVM2 images
 	squashfs-tools xorriso                    # squashfs, ISO9660 images
 	zstd xz-utils bzip2 zip unzip             # archives for scanner tests
 	sqlite3                                   # inspecting the appliance database

@@ -109,7 +109,7 @@ func layoutImages(t *testing.T, dir, layout string) []string {
 }
 
 func wantFormat(layout, name string) string {
-	id := strings.TrimPrefix(name, layout+".")
+	id := strings.TrimPrefix(name, layout)
 	switch {
 	case strings.HasSuffix(id, ".raw"):
 		return "raw"

@@ -1,4 +1,64 @@
 package snapshot
 
-// assembleLVM is filled in when the lvm package lands.
-func (d *Disk) assembleLVM() {}
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/snapscan/snapscan/snapshot/lvm"
+)
+
+// assembleLVM reads the LVM2 physical volumes found among the disk's
+// volumes, assembles their volume groups and adds each logical volume as
+// a volume "lvm/<vg>/<lv>", probed for a file system like a partition.
+// Logical volumes snapscan does not read (thin, snapshot, RAID, cache, on
+// a missing PV) are listed with the reason.
+func (d *Disk) assembleLVM() {
+	var pvs []*lvm.PV
+	for _, v := range d.Volumes {
+		if v.FileSystem != "lvm2" || v.r == nil {
+			continue
+		}
+		pv, err := lvm.ReadPV(v.r, v.Size)
+		if err != nil {
+			v.Err = fmt.Errorf("%s %s: LVM2 physical volume: %w", d.Name, v.ID, err)
+			continue
+		}
+		pvs = append(pvs, pv)
+	}
+	if len(pvs) == 0 {
+		return
+	}
+	vgs, err := lvm.Assemble(pvs)
+	if err != nil {
+		d.Volumes = append(d.Volumes, &Volume{ID: "lvm", FileSystem: "lvm2", Offset: -1,
+			Err: fmt.Errorf("%s: LVM2 metadata: %w", d.Name, err)})
+	}
+	for _, vg := range vgs {
+		for _, lv := range vg.LVs {
+			id := "lvm/" + vg.Name + "/" + lv.Name
+			if lv.Reason != "" {
+				d.Volumes = append(d.Volumes, &Volume{ID: id, Offset: -1, Size: lv.Size,
+					Err: fmt.Errorf("%w: %s", ErrUnsupported, lv.Reason)})
+				continue
+			}
+			r, err := lv.Open()
+			if err != nil {
+				d.Volumes = append(d.Volumes, &Volume{ID: id, Offset: -1, Size: lv.Size,
+					Err: fmt.Errorf("%s %s: %w", d.Name, id, err)})
+				continue
+			}
+			v := d.probe(id, io.NewSectionReader(r, 0, lv.Size), -1, lv.Size)
+			d.Volumes = append(d.Volumes, v)
+		}
+		if len(vg.Missing) > 0 {
+			d.Volumes = append(d.Volumes, &Volume{ID: "lvm/" + vg.Name, FileSystem: "lvm2", Offset: -1,
+				Err: fmt.Errorf("%s: volume group %s: %w", d.Name, vg.Name, errors.New("physical volumes not on this disk: "+fmt.Sprint(vg.Missing)))})
+		}
+	}
+	for _, v := range d.Volumes {
+		if v.FileSystem == "lvm2" && v.Err != nil && errors.Is(v.Err, ErrUnsupported) {
+			v.Err = fmt.Errorf("%w: LVM2 physical volume: its logical volumes are listed as lvm/<vg>/<lv>", ErrUnsupported)
+		}
+	}
+}

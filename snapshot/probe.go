@@ -9,8 +9,11 @@ import (
 	"path/filepath"
 
 	"github.com/snapscan/snapscan/snapshot/image"
+	"github.com/snapscan/snapscan/snapshot/image/qcow2"
 	"github.com/snapscan/snapscan/snapshot/image/vhd"
 	"github.com/snapscan/snapscan/snapshot/image/vhdx"
+	"github.com/snapscan/snapscan/snapshot/image/vmdk"
+	"github.com/snapscan/snapscan/snapshot/ntfs"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
@@ -20,6 +23,12 @@ var formats = []struct {
 	name string
 	open func(r io.ReaderAt, size int64, name string, opts *image.Options) (image.Image, error)
 }{
+	{"qcow2", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
+		return qcow2.New(r, size, name, o)
+	}},
+	{"vmdk", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
+		return vmdk.New(r, size, name, o)
+	}},
 	{"vhdx", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
 		return vhdx.New(r, size, name, o)
 	}},
@@ -35,7 +44,11 @@ var fileSystems = []struct {
 	name  string
 	magic func(r io.ReaderAt, size int64) bool
 	open  func(r io.ReaderAt, size int64) (vfs.FileSystem, error)
-}{}
+}{
+	{"ntfs", func(r io.ReaderAt, size int64) bool { return at(r, 3, "NTFS    ") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
+		return ntfs.New(r, size)
+	}},
+}
 
 // unsupported recognises content that holds no files snapscan can read.
 var unsupported = []struct {

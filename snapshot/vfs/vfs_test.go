@@ -42,13 +42,15 @@ func (m memFS) ReadDir(d vfs.Node) ([]vfs.Entry, error) {
 	}
 	return out, nil
 }
-func (m memFS) Open(n vfs.Node) (io.ReaderAt, error) { return bytes.NewReader([]byte(n.(*memNode).data)), nil }
-func (m memFS) ReadLink(n vfs.Node) (string, error)  { return n.(*memNode).target, nil }
+func (m memFS) Open(n vfs.Node) (io.ReaderAt, error) {
+	return bytes.NewReader([]byte(n.(*memNode).data)), nil
+}
+func (m memFS) ReadLink(n vfs.Node) (string, error) { return n.(*memNode).target, nil }
 
 func dir(children map[string]*memNode) *memNode {
 	return &memNode{mode: fs.ModeDir | 0o755, children: children}
 }
-func file(s string) *memNode  { return &memNode{mode: 0o644, data: s} }
+func file(s string) *memNode { return &memNode{mode: 0o644, data: s} }
 func link(t string) *memNode { return &memNode{mode: fs.ModeSymlink | 0o777, target: t} }
 
 func testFS() *vfs.FS {
