@@ -46,6 +46,17 @@ fs_fat() { # fs_fat IMG TREE SIZE BITS
 	mcopy -s -i "$1" "$2"/* ::
 }
 fs_swap() { truncate -s "$3" "$1" && mkswap -q "$1" >/dev/null; }
+fs_ntfs() { # fs_ntfs IMG TREE SIZE LABEL: mkntfs, then copy the tree in through ntfs-3g (FUSE)
+	rm -f "$1"
+	truncate -s "$3" "$1"
+	mkntfs -F -f -q -L "$4" "$1" >/dev/null 2>&1
+	local mnt
+	mnt=$(mktemp -d)
+	ntfs-3g "$1" "$mnt"
+	cp -a "$2"/. "$mnt"/ || { umount "$mnt"; return 1; }
+	umount "$mnt"
+	rmdir "$mnt"
+}
 fs_iso() { xorriso -as mkisofs -quiet -R -J -V ISOVOL -o "$1" "$2" 2>/dev/null; }
 fs_squashfs() { mksquashfs "$2" "$1" -quiet -noappend -all-root >/dev/null; }
 
@@ -86,6 +97,37 @@ layout_mbr_logical() { # MBR: FAT16 primary, extended with ext4 and FAT12 logica
 	fs_ext4 p5.img tree-logical $((40 * MiB)) && put p5.img mbr-logical.raw "$s5"
 	fs_fat p6.img tree-fat12 $((8 * MiB)) 12 && put p6.img mbr-logical.raw "$s6"
 	printf 'p1 fat16 tree-fat16\np5 ext4 tree-logical\np6 fat12 tree-fat12\n' >mbr-logical.volumes
+}
+
+layout_win_gpt() { # Windows installer style: GPT, EFI (FAT32), Microsoft reserved, NTFS system volume
+	make_tree tree-winefi nolinks
+	make_tree tree-windows
+	truncate -s $((200 * MiB)) win-gpt.raw
+	sgdisk -n1:2048:+40M -t1:ef00 -c1:"EFI system partition" -n2:0:+16M -t2:0c01 -c2:"Microsoft reserved partition" \
+		-n3:0:0 -t3:0700 -c3:"Basic data partition" win-gpt.raw >/dev/null
+	fs_fat p1.img tree-winefi $((40 * MiB)) 32 && put p1.img win-gpt.raw 2048
+	local s3 e3
+	s3=$(sgdisk -i3 win-gpt.raw | awk '/First sector/{print $3}')
+	e3=$(sgdisk -i3 win-gpt.raw | awk '/Last sector/{print $3}')
+	fs_ntfs p3.img tree-windows $(((e3 - s3 + 1) * 512)) Windows && put p3.img win-gpt.raw "$s3"
+	printf 'p1 fat32 tree-winefi\np2 - -\np3 ntfs tree-windows\n' >win-gpt.volumes
+}
+
+layout_win_mbr() { # Windows installer style on MBR: NTFS "System Reserved", NTFS system volume
+	make_tree tree-sysres
+	make_tree tree-winmbr
+	truncate -s $((160 * MiB)) win-mbr.raw
+	sfdisk -q win-mbr.raw <<-SFDISK
+		label: dos
+		start=2048, size=$((50 * 2048)), type=7, bootable
+		start=$((52 * 2048)), type=7
+	SFDISK
+	fs_ntfs p1.img tree-sysres $((50 * MiB)) "System Reserved" && put p1.img win-mbr.raw 2048
+	local s2 n2
+	s2=$(sfdisk -d win-mbr.raw | awk -F'[=,]' '/raw2/{gsub(/ /,"",$2); print $2}')
+	n2=$(sfdisk -d win-mbr.raw | awk -F'[=,]' '/raw2/{gsub(/ /,"",$4); print $4}')
+	fs_ntfs p2.img tree-winmbr $((n2 * 512)) Windows && put p2.img win-mbr.raw "$s2"
+	printf 'p1 ntfs tree-sysres\np2 ntfs tree-winmbr\n' >win-mbr.volumes
 }
 
 layout_bare_ext2() { # a whole-disk ext2 file system, no partition table
@@ -136,7 +178,7 @@ convert_all() {
 	qemu-img convert -O vhdx -o subformat=fixed "$raw" "$l.vhdx-fixed.vhdx"
 }
 
-all=(gpt_linux mbr_logical bare_ext2 iso squashfs)
+all=(gpt_linux mbr_logical bare_ext2 iso squashfs win_gpt win_mbr)
 [ $# -gt 0 ] && all=("$@")
 for l in "${all[@]}"; do
 	"layout_$l"
