@@ -13,7 +13,7 @@ PACKAGES=(
 	e2fsprogs dosfstools mtools               # ext2/3/4 and FAT images
 	gdisk fdisk                               # sgdisk, sfdisk: partition tables
 	xfsprogs ntfs-3g lvm2 fuse3 attr          # XFS, NTFS (setfattr), LVM2 images
-	squashfs-tools xorriso                    # squashfs, ISO9660 images
+	squashfs-tools xorriso genisoimage        # squashfs, ISO9660 images
 	zstd xz-utils bzip2 zip unzip             # archives for scanner tests
 	sqlite3                                   # inspecting the appliance database
 	time                                      # /usr/bin/time -v for peak RSS in benchmarks

@@ -7,13 +7,17 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strings"
 
+	"github.com/snapscan/snapscan/snapshot/fat"
 	"github.com/snapscan/snapscan/snapshot/image"
 	"github.com/snapscan/snapscan/snapshot/image/qcow2"
 	"github.com/snapscan/snapscan/snapshot/image/vhd"
 	"github.com/snapscan/snapscan/snapshot/image/vhdx"
 	"github.com/snapscan/snapscan/snapshot/image/vmdk"
+	"github.com/snapscan/snapscan/snapshot/iso9660"
 	"github.com/snapscan/snapscan/snapshot/ntfs"
+	"github.com/snapscan/snapscan/snapshot/squashfs"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
@@ -47,6 +51,13 @@ var fileSystems = []struct {
 }{
 	{"ntfs", func(r io.ReaderAt, size int64) bool { return at(r, 3, "NTFS    ") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
 		return ntfs.New(r, size)
+	}},
+	{"fat", isFAT, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return fat.New(r, size) }},
+	{"iso9660", func(r io.ReaderAt, size int64) bool { return at(r, 0x8001, "CD001") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
+		return iso9660.New(r, size)
+	}},
+	{"squashfs", func(r io.ReaderAt, size int64) bool { return at(r, 0, "hsqs") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
+		return squashfs.New(r, size)
 	}},
 }
 
@@ -145,8 +156,11 @@ func (d *Disk) probe(id string, r io.ReaderAt, off, size int64) *Volume {
 			v.Err = fmt.Errorf("%s: %s: %w", where, f.name, err)
 			return v
 		}
+		if t, ok := fsys.(interface{ Type() fat.Type }); ok {
+			v.FileSystem = strings.ToLower(t.Type().String()) // fat12, fat16, fat32
+		}
 		if t, ok := fsys.(interface{ Type() string }); ok && t.Type() != "" {
-			v.FileSystem = t.Type() // e.g. fat16, ext2
+			v.FileSystem = t.Type() // ext2, ext3, ext4
 		}
 		if l, ok := fsys.(vfs.Labeler); ok {
 			v.Label = l.Label()
@@ -183,6 +197,16 @@ func openFS(open func(io.ReaderAt, int64) (vfs.FileSystem, error), r io.ReaderAt
 		}
 	}()
 	return open(r, size)
+}
+
+// isFAT recognises a FAT boot sector: a jump instruction and a BIOS
+// parameter block with a sane geometry. fat.New validates the rest.
+func isFAT(r io.ReaderAt, size int64) bool {
+	var b [512]byte
+	if n, _ := r.ReadAt(b[:], 0); n != len(b) {
+		return false
+	}
+	return looksLikeBootSector(b[:]) && string(b[3:11]) != "NTFS    " && string(b[3:11]) != "EXFAT   " && string(b[3:11]) != "-FVE-FS-"
 }
 
 func allZero(r io.ReaderAt) bool {
