@@ -17,7 +17,7 @@ import (
 )
 
 // layoutTools are the commands testdata/layouts.sh runs.
-var layoutTools = []string{"qemu-img", "sgdisk", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "mkswap", "xorriso", "mksquashfs", "mkntfs", "ntfs-3g"}
+var layoutTools = []string{"qemu-img", "sgdisk", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "mkswap", "xorriso", "mksquashfs", "mkntfs", "ntfs-3g", "mkfs.xfs", "pvcreate", "vgcfgrestore", "losetup"}
 
 // TestLayouts is the conformance suite of issue 2: for every partition
 // layout × image format × file system, the volumes found are the ones

@@ -18,6 +18,7 @@ import (
 	"github.com/snapscan/snapscan/snapshot/iso9660"
 	"github.com/snapscan/snapscan/snapshot/ntfs"
 	"github.com/snapscan/snapscan/snapshot/squashfs"
+	"github.com/snapscan/snapscan/snapshot/xfs"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
@@ -51,6 +52,9 @@ var fileSystems = []struct {
 }{
 	{"ntfs", func(r io.ReaderAt, size int64) bool { return at(r, 3, "NTFS    ") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
 		return ntfs.New(r, size)
+	}},
+	{"xfs", func(r io.ReaderAt, size int64) bool { return at(r, 0, "XFSB") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
+		return xfs.New(r, size)
 	}},
 	{"fat", isFAT, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return fat.New(r, size) }},
 	{"iso9660", func(r io.ReaderAt, size int64) bool { return at(r, 0x8001, "CD001") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {

@@ -16,8 +16,9 @@ here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 MiB=$((1024 * 1024))
 
 # --- source trees -----------------------------------------------------------
-make_tree() { # make_tree DIR [nolinks]
-	local d=$1
+make_tree() { # make_tree DIR [nolinks|links] [nospaces]
+	local d=$1 utf8name="Straße café.txt"
+	[ "${3:-}" = nospaces ] && utf8name="Straße_café.txt" # mkfs.xfs protofiles cannot name files with spaces
 	rm -rf "$d"
 	mkdir -p "$d"/{bin,etc,docs,deep/a/b/c/d/e,empty-dir}
 	cp /bin/ls "$d/bin/ls"
@@ -25,7 +26,7 @@ make_tree() { # make_tree DIR [nolinks]
 	printf 'guest-%s\n' "$(basename "$d")" >"$d/etc/hostname"
 	cp /etc/services "$d/etc/services"
 	printf 'read me\n' >"$d/docs/readme.txt"
-	printf 'utf-8 name\n' >"$d/docs/Straße café.txt"
+	printf 'utf-8 name\n' >"$d/docs/$utf8name"
 	: >"$d/empty.txt"
 	head -c $((3 * MiB + 12345)) /dev/urandom >"$d/big.bin"
 	printf 'deep\n' >"$d/deep/a/b/c/d/e/f.txt"
@@ -56,6 +57,23 @@ fs_ntfs() { # fs_ntfs IMG TREE SIZE LABEL: mkntfs, then copy the tree in through
 	cp -a "$2"/. "$mnt"/ || { umount "$mnt"; return 1; }
 	umount "$mnt"
 	rmdir "$mnt"
+}
+fs_xfs() { # fs_xfs IMG TREE SIZE LABEL: mkfs.xfs populated by a protofile made from TREE (no mount)
+	rm -f "$1"
+	truncate -s "$3" "$1"
+	find "$2" -mindepth 1 -printf '%d\t%y\t%m\t%p\t%f\t%l\n' | sort -t$'\t' -k4,4 | awk -F'\t' '
+		BEGIN { print "/dev/null"; print "0 0"; print "d--755 0 0"; depth = 1 }
+		{
+			d = $1 + 0
+			while (depth > d) { print "$"; depth-- }
+			m = sprintf("%03o", $3 % 512)
+			if ($2 == "d") { print $5, "d--" m, 0, 0; depth = d + 1 }
+			else if ($2 == "f") { print $5, "---" m, 0, 0, $4 }
+			else if ($2 == "l") { print $5, "l--" m, 0, 0, $6 }
+		}
+		END { while (depth > 0) { print "$"; depth-- } }' >"$1.proto"
+	mkfs.xfs -q -L "$4" -p "$1.proto" "$1"
+	rm -f "$1.proto"
 }
 fs_iso() { xorriso -as mkisofs -quiet -R -J -V ISOVOL -o "$1" "$2" 2>/dev/null; }
 fs_squashfs() { mksquashfs "$2" "$1" -quiet -noappend -all-root >/dev/null; }
@@ -130,6 +148,101 @@ layout_win_mbr() { # Windows installer style on MBR: NTFS "System Reserved", NTF
 	printf 'p1 ntfs tree-sysres\np2 ntfs tree-winmbr\n' >win-mbr.volumes
 }
 
+layout_rhel_gpt() { # RHEL installer style: GPT, EFI (FAT32), /boot on XFS, LVM2 PV with rhel/root (XFS) and rhel/swap
+	make_tree tree-rhelefi nolinks
+	make_tree tree-boot links nospaces
+	make_tree tree-rhelroot links nospaces
+	truncate -s $((800 * MiB)) rhel-gpt.raw
+	sgdisk -n1:2048:+40M -t1:ef00 -c1:"EFI System Partition" -n2:0:+320M -t2:8300 -n3:0:0 -t3:8e00 rhel-gpt.raw >/dev/null
+	fs_fat p1.img tree-rhelefi $((40 * MiB)) 32 && put p1.img rhel-gpt.raw 2048
+	local s2 s3 e3
+	s2=$(sgdisk -i2 rhel-gpt.raw | awk '/First sector/{print $3}')
+	s3=$(sgdisk -i3 rhel-gpt.raw | awk '/First sector/{print $3}')
+	e3=$(sgdisk -i3 rhel-gpt.raw | awk '/Last sector/{print $3}')
+	fs_xfs p2.img tree-boot $((320 * MiB)) boot && put p2.img rhel-gpt.raw "$s2"
+
+	# The PV: labelled by pvcreate on a loop device, its VG defined by
+	# vgcfgrestore (no device-mapper needed), the LVs' bytes written at
+	# pe_start + extent × extent size. Extents are 4 MiB, data starts at 1 MiB.
+	local pvsize=$(((e3 - s3 + 1) * 512)) pe_count loop
+	pe_count=$(((pvsize - MiB) / (4 * MiB)))
+	truncate -s "$pvsize" p3.img
+	local conf='backup { backup = 0 archive = 0 } devices { use_devicesfile = 0 } global { use_lvmlockd = 0 }'
+	local pvid=RhelPV-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa
+	cat >rhel.vg <<-VG
+		rhel {
+		id = "RhelVG-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa"
+		seqno = 1
+		format = "lvm2"
+		status = ["RESIZEABLE", "READ", "WRITE"]
+		flags = []
+		extent_size = 8192
+		max_lv = 0
+		max_pv = 0
+		metadata_copies = 0
+		physical_volumes {
+		pv0 {
+		id = "$pvid"
+		device = "/dev/sda3"
+		status = ["ALLOCATABLE"]
+		flags = []
+		dev_size = $((pvsize / 512))
+		pe_start = 2048
+		pe_count = $pe_count
+		}
+		}
+		logical_volumes {
+		root {
+		id = "RhelRT-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa"
+		status = ["READ", "WRITE", "VISIBLE"]
+		flags = []
+		segment_count = 1
+		segment1 {
+		start_extent = 0
+		extent_count = 80
+		type = "striped"
+		stripe_count = 1
+		stripes = ["pv0", 0]
+		}
+		}
+		swap {
+		id = "RhelSW-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa"
+		status = ["READ", "WRITE", "VISIBLE"]
+		flags = []
+		segment_count = 1
+		segment1 {
+		start_extent = 0
+		extent_count = 8
+		type = "striped"
+		stripe_count = 1
+		stripes = ["pv0", 80]
+		}
+		}
+		}
+		}
+		contents = "Text Format Volume Group"
+		version = 1
+		description = "snapscan fixture"
+		creation_host = "fixture"
+		creation_time = 1700000000
+	VG
+	loop=$(losetup -f --show p3.img)
+	{
+		# Without device-mapper vgcfgrestore warns that it cannot check for
+		# active volumes; the metadata is written all the same.
+		LVM_SUPPRESS_FD_WARNINGS=1 pvcreate --config "$conf" -ff -y --norestorefile --uuid "$pvid" "$loop" >/dev/null 2>&1 &&
+			LVM_SUPPRESS_FD_WARNINGS=1 vgcfgrestore --config "$conf" --force -f rhel.vg rhel >/dev/null 2>&1
+	} || { losetup -d "$loop"; return 1; }
+	losetup -d "$loop"
+	rm -f rhel.vg
+	fs_xfs root.img tree-rhelroot $((320 * MiB)) root
+	dd if=root.img of=p3.img bs=1M seek=1 conv=notrunc,sparse status=none && rm -f root.img
+	fs_swap swap.img "" $((32 * MiB))
+	dd if=swap.img of=p3.img bs=1M seek=$((1 + 80 * 4)) conv=notrunc,sparse status=none && rm -f swap.img
+	put p3.img rhel-gpt.raw "$s3"
+	printf 'p1 fat32 tree-rhelefi\np2 xfs tree-boot\np3 lvm2 -\nlvm/rhel/root xfs tree-rhelroot\nlvm/rhel/swap swap -\n' >rhel-gpt.volumes
+}
+
 layout_bare_ext2() { # a whole-disk ext2 file system, no partition table
 	make_tree tree-bare
 	fs_ext2 bare-ext2.raw tree-bare $((32 * MiB))
@@ -178,7 +291,7 @@ convert_all() {
 	qemu-img convert -O vhdx -o subformat=fixed "$raw" "$l.vhdx-fixed.vhdx"
 }
 
-all=(gpt_linux mbr_logical bare_ext2 iso squashfs win_gpt win_mbr)
+all=(gpt_linux mbr_logical bare_ext2 iso squashfs win_gpt win_mbr rhel_gpt)
 [ $# -gt 0 ] && all=("$@")
 for l in "${all[@]}"; do
 	"layout_$l"
