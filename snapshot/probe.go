@@ -18,8 +18,8 @@ import (
 	"github.com/snapscan/snapscan/snapshot/iso9660"
 	"github.com/snapscan/snapscan/snapshot/ntfs"
 	"github.com/snapscan/snapscan/snapshot/squashfs"
-	"github.com/snapscan/snapscan/snapshot/xfs"
 	"github.com/snapscan/snapscan/snapshot/vfs"
+	"github.com/snapscan/snapscan/snapshot/xfs"
 )
 
 // formats lists the container formats in detection order; raw is what is
