@@ -46,6 +46,21 @@ type Owner interface {
 	Owner() string
 }
 
+// Broken is implemented by nodes that a directory names but whose
+// metadata could not be read (a damaged inode). vfs lists them, so the
+// damage is visible, but Stat, Open and DirEntry.Info return the error.
+type Broken interface {
+	Err() error
+}
+
+// nodeErr returns the error of a broken node, or nil.
+func nodeErr(n Node) error {
+	if b, ok := n.(Broken); ok {
+		return b.Err()
+	}
+	return nil
+}
+
 // Entry is a named entry of a directory.
 type Entry struct {
 	Name string
@@ -151,6 +166,9 @@ func (f *FS) lookup(op, name string) (Node, error) {
 		n = c
 		dir = path.Join(dir, elem)
 	}
+	if err := nodeErr(n); err != nil {
+		return nil, f.wrap(op, name, err)
+	}
 	return n, nil
 }
 
@@ -222,7 +240,12 @@ func (f *FS) ReadDir(name string) ([]fs.DirEntry, error) {
 		if e.Name == "" || e.Name == "." || e.Name == ".." || strings.Contains(e.Name, "/") {
 			continue // not representable as an fs.FS name
 		}
-		out = append(out, fs.FileInfoToDirEntry(&fileInfo{name: e.Name, node: e.Node}))
+		info := &fileInfo{name: e.Name, node: e.Node}
+		if err := nodeErr(e.Node); err != nil {
+			out = append(out, brokenEntry{info, f.wrap("stat", path.Join(name, e.Name), err)})
+			continue
+		}
+		out = append(out, fs.FileInfoToDirEntry(info))
 	}
 	slices.SortFunc(out, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
 	out = slices.CompactFunc(out, func(a, b fs.DirEntry) bool { return a.Name() == b.Name() })
@@ -256,6 +279,17 @@ func (f *FS) ReadLink(name string) (string, error) {
 	}
 	return t, nil
 }
+
+// brokenEntry is the directory entry of a broken node.
+type brokenEntry struct {
+	info *fileInfo
+	err  error
+}
+
+func (e brokenEntry) Name() string               { return e.info.name }
+func (e brokenEntry) IsDir() bool                { return e.info.IsDir() }
+func (e brokenEntry) Type() fs.FileMode          { return e.info.Mode().Type() }
+func (e brokenEntry) Info() (fs.FileInfo, error) { return nil, e.err }
 
 type fileInfo struct {
 	name string

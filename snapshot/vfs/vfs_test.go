@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"strings"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -32,13 +33,23 @@ func (n *memNode) Size() int64 {
 func (n *memNode) ModTime() time.Time { return time.Unix(1700000000, 0) }
 func (n *memNode) Sys() any           { return nil }
 
+// brokenNode is a directory entry whose inode could not be read.
+type brokenNode struct{ memNode }
+
+func (b *brokenNode) Err() error { return errors.New("inode 77: bad magic") }
+
 type memFS struct{ root *memNode }
 
 func (m memFS) Root() (vfs.Node, error) { return m.root, nil }
 func (m memFS) ReadDir(d vfs.Node) ([]vfs.Entry, error) {
 	var out []vfs.Entry
+	if b, ok := d.(*memNode).children["broken"]; ok && b == nil {
+		out = append(out, vfs.Entry{Name: "broken", Node: &brokenNode{memNode{mode: 0o644}}})
+	}
 	for name, c := range d.(*memNode).children {
-		out = append(out, vfs.Entry{Name: name, Node: c})
+		if c != nil {
+			out = append(out, vfs.Entry{Name: name, Node: c})
+		}
 	}
 	return out, nil
 }
@@ -108,6 +119,22 @@ func TestSymlinksNotFollowed(t *testing.T) {
 }
 
 // Walk a volume: links are listed as links, never followed.
+// TestBrokenNode checks that a damaged inode is listed, and that its
+// error reaches whoever asks for its metadata.
+func TestBrokenNode(t *testing.T) {
+	fsys := vfs.New(memFS{dir(map[string]*memNode{"broken": nil, "ok": file("x")})}, "vol")
+	entries, err := fsys.ReadDir(".")
+	if err != nil || len(entries) != 2 || entries[0].Name() != "broken" {
+		t.Fatalf("ReadDir = %v, %v", entries, err)
+	}
+	if _, err := entries[0].Info(); err == nil || !strings.Contains(err.Error(), "inode 77") {
+		t.Errorf("Info of a broken entry: %v", err)
+	}
+	if _, err := fsys.Open("broken"); err == nil || !strings.Contains(err.Error(), "vol: inode 77") {
+		t.Errorf("Open of a broken entry: %v", err)
+	}
+}
+
 func ExampleNew() {
 	fsys := testFS()
 	fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
