@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/snapscan/snapscan/snapshot/ext4"
 	"github.com/snapscan/snapscan/snapshot/fat"
 	"github.com/snapscan/snapscan/snapshot/image"
 	"github.com/snapscan/snapscan/snapshot/image/qcow2"
@@ -50,6 +51,9 @@ var fileSystems = []struct {
 	magic func(r io.ReaderAt, size int64) bool
 	open  func(r io.ReaderAt, size int64) (vfs.FileSystem, error)
 }{
+	{"ext4", func(r io.ReaderAt, size int64) bool { return le16(r, 1024+0x38) == 0xEF53 }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
+		return ext4.New(r, size)
+	}},
 	{"ntfs", func(r io.ReaderAt, size int64) bool { return at(r, 3, "NTFS    ") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
 		return ntfs.New(r, size)
 	}},
@@ -163,8 +167,8 @@ func (d *Disk) probe(id string, r io.ReaderAt, off, size int64) *Volume {
 		if t, ok := fsys.(interface{ Type() fat.Type }); ok {
 			v.FileSystem = strings.ToLower(t.Type().String()) // fat12, fat16, fat32
 		}
-		if t, ok := fsys.(interface{ Type() string }); ok && t.Type() != "" {
-			v.FileSystem = t.Type() // ext2, ext3, ext4
+		if f.name == "ext4" {
+			v.FileSystem = extVersion(r) // ext2, ext3 or ext4
 		}
 		if l, ok := fsys.(vfs.Labeler); ok {
 			v.Label = l.Label()
@@ -201,6 +205,32 @@ func openFS(open func(io.ReaderAt, int64) (vfs.FileSystem, error), r io.ReaderAt
 		}
 	}()
 	return open(r, size)
+}
+
+// extVersion names an ext file system by its features, as blkid does:
+// ext4 if it uses any feature ext3 lacks, ext3 if it has a journal.
+func extVersion(r io.ReaderAt) string {
+	var sb [0x68]byte
+	if n, _ := r.ReadAt(sb[:], 1024); n != len(sb) {
+		return "ext4"
+	}
+	compat := binary.LittleEndian.Uint32(sb[0x5C:])
+	incompat := binary.LittleEndian.Uint32(sb[0x60:])
+	roCompat := binary.LittleEndian.Uint32(sb[0x64:])
+	const (
+		hasJournal     = 0x4
+		ext3Incompat   = 0x2 | 0x4 // filetype, recover
+		ext2ROCompat   = 0x1 | 0x2 | 0x4
+		journalDev     = 0x8
+		incompatMetaBG = 0x10
+	)
+	switch {
+	case incompat&^(ext3Incompat|incompatMetaBG|journalDev) != 0 || roCompat&^ext2ROCompat != 0:
+		return "ext4"
+	case compat&hasJournal != 0:
+		return "ext3"
+	}
+	return "ext2"
 }
 
 // isFAT recognises a FAT boot sector: a jump instruction and a BIOS
