@@ -93,6 +93,8 @@ ln -s 0123456789 "$S/fast-link"
 LONG=$(printf 'abcdefghi/%.0s' $(seq 20))
 ln -s "$LONG" "$S/slow-link"
 ln -s a/b/c/d/e/leaf.txt "$S/rel-link"
+# 100 bytes: too long for i_block, short enough for inline data.
+ln -s "$(printf 'mid/%.0s' $(seq 25))" "$S/mid-link"
 ln "$S/small.txt" "$S/hardlink.txt"
 chmod 4755 "$S/size-100"
 chmod 0600 "$S/size-59"
@@ -116,6 +118,7 @@ IMAGES=(
 	"ext4-inline|mkfs.ext4 -b 4096 -O inline_data|96M"
 	"ext4-128|mkfs.ext4 -b 4096 -I 128|96M"
 	"ext4-64k|mkfs.ext4 -b 65536|768M"
+	"ext4-noextent|mkfs.ext4 -b 4096 -O ^extent,^64bit|96M"
 	"ext4-bigalloc|mkfs.ext4 -b 4096 -O bigalloc -C 16384|160M"
 	"ext2-1k|mkfs.ext2 -b 1024 -L old-ext2|160M"
 	"ext3|mkfs.ext3 -b 4096|96M"

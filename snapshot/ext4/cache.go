@@ -11,12 +11,10 @@ const cacheBytes = 4 << 20
 // full it becomes the old one and the previous old one is dropped, so
 // memory stays within 2*cacheBytes and blocks in use stay in the young one.
 type blockCache struct {
-	mu       sync.Mutex
-	max      int
-	young    map[uint64][]byte
-	old      map[uint64][]byte
-	hits     uint64
-	requests uint64
+	mu    sync.Mutex
+	max   int
+	young map[uint64][]byte
+	old   map[uint64][]byte
 }
 
 func newBlockCache(blockSize int64) *blockCache {
@@ -27,13 +25,10 @@ func newBlockCache(blockSize int64) *blockCache {
 func (c *blockCache) get(n uint64) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.requests++
 	if b, ok := c.young[n]; ok {
-		c.hits++
 		return b
 	}
 	if b, ok := c.old[n]; ok {
-		c.hits++
 		c.putLocked(n, b)
 		return b
 	}

@@ -238,6 +238,9 @@ func (f *FS) ReadLink(link vfs.Node) (string, error) {
 	if !n.is(sIFLNK) {
 		return "", fmt.Errorf("ext4: inode %d is not a symbolic link", n.stat.Ino)
 	}
+	if n.stat.Flags&flagEncrypt != 0 {
+		return "", fmt.Errorf("%w: symbolic link inode %d is encrypted (fscrypt)", ErrUnsupported, n.stat.Ino)
+	}
 	if f.fastLink(n) {
 		return string(n.iblock[:n.size]), nil
 	}

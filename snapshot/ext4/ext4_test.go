@@ -233,6 +233,7 @@ func imageCases() []imageCase {
 			flagOf(t, f, "size-100", flagInlineData, true)
 			flagOf(t, f, "empty-dir", flagInlineData, true)
 			flagOf(t, f, "a/b", flagInlineData, true)
+			flagOf(t, f, "mid-link", flagInlineData, true)
 		}},
 		{"ext4-128.img", "src", "src.list", true, "", func(t *testing.T, f *FS) {
 			if f.inodeSize != 128 {
@@ -247,6 +248,12 @@ func imageCases() []imageCase {
 		{"ext4-bigalloc.img", "src", "src.list", true, "", func(t *testing.T, f *FS) {
 			if f.roCompat&roCompatBigalloc == 0 {
 				t.Error("no bigalloc")
+			}
+		}},
+		{"ext4-noextent.img", "src", "src.list", true, "", func(t *testing.T, f *FS) {
+			blockMap(t, f)
+			if f.roCompat&roCompatMetadataCsum == 0 || f.incompat&incompatFlexBG == 0 {
+				t.Errorf("features %#x/%#x: want metadata_csum and flex_bg", f.incompat, f.roCompat)
 			}
 		}},
 		{"ext2-1k.img", "src", "src.list", true, "old-ext2", blockMap},
@@ -366,12 +373,13 @@ func TestFS(t *testing.T) {
 func TestLinksAndOwners(t *testing.T) {
 	dir := fixture(t)
 	long := strings.Repeat("abcdefghi/", 20)
-	for _, img := range []string{"ext4.img", "ext4-inline.img", "ext4-128.img", "ext2-1k.img", "ext3.img"} {
+	for _, img := range []string{"ext4.img", "ext4-inline.img", "ext4-128.img", "ext4-noextent.img", "ext2-1k.img", "ext3.img"} {
 		t.Run(img, func(t *testing.T) {
 			f, _ := openImage(t, filepath.Join(dir, img))
 			fsys := vfs.New(f, img)
 			for _, l := range []struct{ path, target string }{
 				{"fast-link", "0123456789"}, {"slow-link", long}, {"rel-link", "a/b/c/d/e/leaf.txt"},
+				{"mid-link", strings.Repeat("mid/", 25)},
 			} {
 				info, err := fsys.Lstat(l.path)
 				if err != nil {
