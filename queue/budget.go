@@ -1,0 +1,254 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Budget is what one datastore may be asked for.
+type Budget struct {
+	// MaxScans is how many jobs may read the datastore at once; 0 means 1
+	// (serial), the default for storage nobody has measured.
+	MaxScans int
+	// BytesPerSec and OpsPerSec cap the reads issued to the datastore;
+	// 0 means unlimited.
+	BytesPerSec float64
+	OpsPerSec   float64
+}
+
+func (b Budget) validate() error {
+	if b.MaxScans < 0 || b.BytesPerSec < 0 || b.OpsPerSec < 0 ||
+		math.IsNaN(b.BytesPerSec) || math.IsNaN(b.OpsPerSec) || math.IsInf(b.BytesPerSec, 0) || math.IsInf(b.OpsPerSec, 0) {
+		return fmt.Errorf("%w: budget %+v: values must be finite and not negative", ErrInvalid, b)
+	}
+	return nil
+}
+
+func (b Budget) maxScans() int {
+	if b.MaxScans <= 0 {
+		return 1
+	}
+	return b.MaxScans
+}
+
+// Token-bucket sizing. The burst is what a datastore may receive at once
+// after being idle; BurstWindow of its rate keeps a 1-second window within
+// rate + 10%, while a floor keeps tiny budgets from splitting reads into
+// absurdly small pieces.
+const (
+	BurstWindow   = 100 * time.Millisecond
+	minBurstBytes = 4096
+)
+
+// Burst returns the token-bucket sizes used for b: bytes, ops. A read larger
+// than the byte burst is split into pieces of at most that size, each
+// counted as one operation. Zero means unlimited.
+func (b Budget) Burst() (bytes, ops int) {
+	if b.BytesPerSec > 0 {
+		bytes = max(int(b.BytesPerSec*BurstWindow.Seconds()), minBurstBytes)
+	}
+	if b.OpsPerSec > 0 {
+		ops = max(int(b.OpsPerSec*BurstWindow.Seconds()), 1)
+	}
+	return bytes, ops
+}
+
+func limitOf(perSec float64) rate.Limit {
+	if perSec <= 0 {
+		return rate.Inf
+	}
+	return rate.Limit(perSec)
+}
+
+// datastore is the run-time state of one datastore. The scheduler fields
+// are guarded by Queue.mu; the limiters are safe on their own and the
+// meter has its own lock, so reads never touch Queue.mu.
+type datastore struct {
+	name    string
+	cfg     DatastoreConfig // guarded by Queue.mu
+	running int             // guarded by Queue.mu
+
+	bytes *rate.Limiter
+	ops   *rate.Limiter
+	turn  chan struct{} // one reader waits for tokens at a time
+	meter meter
+}
+
+func newDatastore(name string, cfg DatastoreConfig) *datastore {
+	d := &datastore{name: name, bytes: rate.NewLimiter(rate.Inf, 0), ops: rate.NewLimiter(rate.Inf, 0),
+		turn: make(chan struct{}, 1)}
+	d.configure(cfg)
+	return d
+}
+
+func (d *datastore) configure(cfg DatastoreConfig) {
+	d.cfg = cfg
+	bb, ob := cfg.Budget.Burst()
+	// Burst before limit: a lowered limit with the old, larger burst would
+	// briefly allow more than the new budget.
+	d.bytes.SetBurst(bb)
+	d.bytes.SetLimit(limitOf(cfg.Budget.BytesPerSec))
+	d.ops.SetBurst(ob)
+	d.ops.SetLimit(limitOf(cfg.Budget.OpsPerSec))
+}
+
+// errBurst: a read asked for more than a bucket holds; the reader splits
+// again with the current burst.
+var errBurst = errors.New("read larger than the burst")
+
+// take waits until both buckets hold tokens for one read of n bytes and
+// takes them, at the time the read is issued. Readers of one datastore wait
+// in turn (a channel is FIFO), so a large read is not starved by small ones.
+//
+// It does not use rate.Limiter.WaitN: WaitN books the tokens for a future
+// instant and sleeps, so a goroutine that wakes late on a loaded machine
+// reads late, and the tokens that built up meanwhile let the next reads
+// follow at once, bunching more than the budget into one second. Checking
+// the buckets with the current time after every sleep makes the issued
+// reads themselves conform to the bucket.
+func (d *datastore) take(ctx context.Context, n int) error {
+	select {
+	case d.turn <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-d.turn }()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		now := time.Now()
+		wait := deficit(d.ops, now, 1)
+		if bw := deficit(d.bytes, now, n); bw > wait {
+			wait = bw
+		}
+		if wait == 0 && d.ops.AllowN(now, 1) {
+			if d.bytes.AllowN(now, n) {
+				return nil
+			}
+			wait = time.Millisecond // reconfigured meanwhile: look again
+		}
+		if wait < 0 {
+			return fmt.Errorf("queue: datastore %s: read of %d: %w", d.name, n, errBurst)
+		}
+		if dl, ok := ctx.Deadline(); ok && now.Add(wait).After(dl) {
+			return fmt.Errorf("queue: datastore %s: budget cannot deliver the read before the job deadline: %w",
+				d.name, context.DeadlineExceeded)
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		} else {
+			timer.Reset(wait)
+		}
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// deficit is how long until lim holds n tokens: 0 if it does now, -1 if it
+// never can (n above the burst).
+func deficit(lim *rate.Limiter, now time.Time, n int) time.Duration {
+	r := lim.Limit()
+	if r == rate.Inf {
+		return 0
+	}
+	if n > lim.Burst() {
+		return -1
+	}
+	missing := float64(n) - lim.TokensAt(now)
+	if missing <= 0 {
+		return 0
+	}
+	// Round up, so the next look finds the tokens rather than spinning.
+	return time.Duration(missing/float64(r)*float64(time.Second)) + time.Microsecond
+}
+
+// limitedReader is the io.ReaderAt a runner reads a disk through.
+type limitedReader struct {
+	ctx context.Context
+	ds  *datastore
+	r   io.ReaderAt
+}
+
+// ReadAt takes the datastore's tokens, then reads. Reads larger than the
+// byte burst are split, so no single read exceeds what the bucket can ever
+// hold; each piece is one operation, since that is what the datastore sees.
+// It returns the context's error if the job is cancelled while waiting.
+func (l *limitedReader) ReadAt(p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		n := len(p) - done
+		if b := l.ds.bytes.Burst(); l.ds.bytes.Limit() != rate.Inf && n > b {
+			n = b
+		}
+		if err := l.ds.take(l.ctx, n); err != nil {
+			if l.ctx.Err() == nil && errors.Is(err, errBurst) {
+				continue // the budget was lowered meanwhile: split again
+			}
+			return done, err
+		}
+		m, err := l.r.ReadAt(p[done:done+n], off+int64(done))
+		l.ds.meter.add(time.Now(), int64(m), 1)
+		done += m
+		if err != nil {
+			return done, err
+		}
+		if m < n {
+			return done, io.ErrUnexpectedEOF
+		}
+	}
+	return done, nil
+}
+
+// meter counts delivered bytes and operations: totals, and per-second
+// buckets over the last meterSeconds seconds for a recent rate.
+type meter struct {
+	mu         sync.Mutex
+	bytes, ops int64
+	sec        [meterSeconds]struct{ at, bytes, ops int64 }
+}
+
+const meterSeconds = 6
+
+func (m *meter) add(now time.Time, bytes, ops int64) {
+	s := now.Unix()
+	m.mu.Lock()
+	m.bytes += bytes
+	m.ops += ops
+	b := &m.sec[s%meterSeconds]
+	if b.at != s {
+		*b = struct{ at, bytes, ops int64 }{at: s}
+	}
+	b.bytes += bytes
+	b.ops += ops
+	m.mu.Unlock()
+}
+
+// read returns the totals and the mean rate over the last complete seconds.
+func (m *meter) read(now time.Time) (bytes, ops int64, bytesPerSec, opsPerSec float64) {
+	s := now.Unix()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var rb, ro int64
+	for _, b := range m.sec {
+		if b.at < s && b.at >= s-(meterSeconds-1) {
+			rb += b.bytes
+			ro += b.ops
+		}
+	}
+	const n = meterSeconds - 1
+	return m.bytes, m.ops, float64(rb) / n, float64(ro) / n
+}

@@ -1,0 +1,256 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Class is a job's priority class. A higher class starts first, subject to
+// aging (see [Config.AgingStep]).
+type Class int
+
+// The priority classes, lowest first.
+const (
+	// Rescan is a scan asked for because the signatures changed.
+	Rescan Class = iota
+	// Scheduled is a scan due by policy.
+	Scheduled
+	// OnDemand is a scan a person or an API client asked for.
+	OnDemand
+
+	numClasses = 3
+)
+
+// String returns the class name used in logs, metrics labels and the store.
+func (c Class) String() string {
+	switch c {
+	case Rescan:
+		return "rescan"
+	case Scheduled:
+		return "scheduled"
+	case OnDemand:
+		return "on-demand"
+	}
+	return fmt.Sprintf("class(%d)", int(c))
+}
+
+func (c Class) valid() bool { return c >= Rescan && c <= OnDemand }
+
+// State is where a job is in its life.
+type State string
+
+// Job states. Done, Failed and Cancelled are terminal.
+const (
+	Queued    State = "queued"
+	Running   State = "running"
+	Done      State = "done"
+	Failed    State = "failed"
+	Cancelled State = "cancelled"
+)
+
+// Terminal reports whether no further transition leaves s.
+func (s State) Terminal() bool { return s == Done || s == Failed || s == Cancelled }
+
+// Disk is one disk snapshot of a VM and the datastore it is read from.
+type Disk struct {
+	// Path names the snapshot for the runner (a file path or a URL); the
+	// queue does not open it.
+	Path string `json:"path"`
+	// Datastore is the name the budgets are kept under.
+	Datastore string `json:"datastore"`
+}
+
+// VM is a VM and its disks, as EnqueueRescan takes them.
+type VM struct {
+	Name  string
+	Disks []Disk
+}
+
+// Request asks for a scan of one VM.
+type Request struct {
+	VM         string
+	Disks      []Disk
+	Class      Class
+	Reason     string
+	SigVersion string // signature version the scan must use; "" for any
+	// Deadline, when not zero, is when the job is given up: a queued job
+	// still waiting then fails, a running one has its context cancelled and
+	// fails. Both are recorded with an error wrapping ErrDeadline.
+	Deadline time.Time
+	// NotBefore, when not zero, is the earliest start. Aging counts from
+	// NotBefore when it is later than the enqueue time.
+	NotBefore time.Time
+}
+
+// Limits on a request, so that a client cannot make the queue hold
+// unbounded rows.
+const (
+	MaxDisks     = 64
+	maxStringLen = 4096
+)
+
+func (r *Request) validate() error {
+	// Disks are kept as JSON, which would silently replace invalid UTF-8:
+	// refuse it rather than store a different name than was asked for.
+	for _, str := range []string{r.VM, r.Reason, r.SigVersion} {
+		if !utf8.ValidString(str) {
+			return fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalid, str)
+		}
+	}
+	for _, d := range r.Disks {
+		if !utf8.ValidString(d.Path) || !utf8.ValidString(d.Datastore) {
+			return fmt.Errorf("%w: VM %q: disk %q on %q is not valid UTF-8", ErrInvalid, r.VM, d.Path, d.Datastore)
+		}
+	}
+	if r.VM == "" || len(r.VM) > maxStringLen {
+		return fmt.Errorf("%w: VM name empty or longer than %d bytes", ErrInvalid, maxStringLen)
+	}
+	if len(r.Disks) == 0 || len(r.Disks) > MaxDisks {
+		return fmt.Errorf("%w: VM %q has %d disks (want 1..%d)", ErrInvalid, r.VM, len(r.Disks), MaxDisks)
+	}
+	for i, d := range r.Disks {
+		if d.Path == "" || d.Datastore == "" || len(d.Path) > maxStringLen || len(d.Datastore) > maxStringLen {
+			return fmt.Errorf("%w: VM %q disk %d: path and datastore must be set and short", ErrInvalid, r.VM, i)
+		}
+	}
+	if !r.Class.valid() {
+		return fmt.Errorf("%w: VM %q: unknown class %d", ErrInvalid, r.VM, int(r.Class))
+	}
+	if len(r.Reason) > maxStringLen || len(r.SigVersion) > maxStringLen {
+		return fmt.Errorf("%w: VM %q: reason or signature version too long", ErrInvalid, r.VM)
+	}
+	return nil
+}
+
+// Job is a scan job as stored.
+type Job struct {
+	ID         int64
+	VM         string
+	Disks      []Disk
+	Class      Class
+	Reason     string
+	SigVersion string
+	Deadline   time.Time // zero: none
+	State      State
+	Attempts   int    // runs started, including one in progress
+	Error      string // why the last run failed, or why the job failed
+
+	EnqueuedAt time.Time // first enqueue; merges keep the earliest
+	NotBefore  time.Time // earliest start asked for (rescan spreading)
+	RetryAt    time.Time // earliest start after a transient failure
+	StartedAt  time.Time // start of the last run
+	FinishedAt time.Time // when the job reached a terminal state
+
+	// CancelRequested is set when Cancel was called on the running job;
+	// a crash before the runner returns turns it into Cancelled on restart.
+	CancelRequested bool
+}
+
+// Datastores returns the sorted, distinct datastores of the job's disks.
+func (j *Job) Datastores() []string { return datastoresOf(j.Disks) }
+
+func datastoresOf(disks []Disk) []string {
+	out := make([]string, 0, len(disks))
+	for _, d := range disks {
+		out = append(out, d.Datastore)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// ageBase is the time the job's wait is counted from.
+func (j *Job) ageBase() time.Time {
+	if j.NotBefore.After(j.EnqueuedAt) {
+		return j.NotBefore
+	}
+	return j.EnqueuedAt
+}
+
+// readyAt is the earliest time the job may start.
+func (j *Job) readyAt() time.Time {
+	if j.RetryAt.After(j.NotBefore) {
+		return j.RetryAt
+	}
+	return j.NotBefore
+}
+
+// merge folds r into the queued job j, the rule documented on
+// Queue.Enqueue.
+func (j *Job) merge(r *Request) {
+	for _, d := range r.Disks {
+		if !slices.Contains(j.Disks, d) {
+			j.Disks = append(j.Disks, d)
+		}
+	}
+	if r.Class > j.Class {
+		j.Class = r.Class
+		j.Reason = r.Reason
+	} else if j.Reason == "" {
+		j.Reason = r.Reason
+	}
+	if r.SigVersion != "" {
+		j.SigVersion = r.SigVersion
+	}
+	if !r.Deadline.IsZero() && (j.Deadline.IsZero() || r.Deadline.Before(j.Deadline)) {
+		j.Deadline = r.Deadline
+	}
+	if r.NotBefore.Before(j.NotBefore) {
+		j.NotBefore = r.NotBefore
+	}
+}
+
+// Errors the package returns. Match them with errors.Is.
+var (
+	// ErrInvalid: a request or budget is malformed.
+	ErrInvalid = errors.New("queue: invalid request")
+	// ErrNotFound: no job has the given id.
+	ErrNotFound = errors.New("queue: no such job")
+	// ErrConflict: a conditional transition found the job in another state.
+	ErrConflict = errors.New("queue: job is not in the expected state")
+	// ErrFinished: the job is already in a terminal state.
+	ErrFinished = errors.New("queue: job already finished")
+	// ErrDeadline: the job's deadline passed before it finished.
+	ErrDeadline = errors.New("queue: deadline exceeded")
+	// ErrAttempts: the job failed transiently MaxAttempts times.
+	ErrAttempts = errors.New("queue: too many attempts")
+	// ErrClosed: Serve has ended or was never started where it must run.
+	ErrClosed = errors.New("queue: not serving")
+)
+
+// permanentError marks an error a retry cannot fix.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as permanent: a runner returns it for failures a retry
+// cannot fix (corrupt image, unsupported format), and the job fails at once
+// with err's message. Every other runner error is transient and retried with
+// backoff. Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err}
+}
+
+// IsPermanent reports whether err, or an error it wraps, was marked by
+// Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
+func joinNonEmpty(parts ...string) string {
+	var b []string
+	for _, p := range parts {
+		if p != "" {
+			b = append(b, p)
+		}
+	}
+	return strings.Join(b, ": ")
+}

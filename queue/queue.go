@@ -1,0 +1,863 @@
+// Package queue holds snapscan's one global scan queue: durable jobs (one
+// queued job per VM), per-datastore budgets (concurrent scans, read bytes/s,
+// read ops/s) enforced on the reads themselves, priorities with aging,
+// retries with backoff, cancellation, and signature-update rescans spread
+// over time.
+//
+// The queue does not know how a scan is done: the appliance gives it a
+// Runner, and the runner reads every disk through the Wrap it is handed, so
+// what a datastore sees is what is limited, whatever the file-system code
+// above does.
+//
+// State lives in SQLite through modernc.org/sqlite (pure Go; see
+// SQLiteStore), behind the Store interface. Every state change is committed
+// before it is acknowledged: Enqueue returns after the commit.
+//
+// # Scheduling
+//
+// A job may start when it is due (NotBefore and any retry backoff have
+// passed), no other job of its VM runs, none of its datastores is paused,
+// and every one of its datastores has a free slot (Budget.MaxScans); it then
+// takes a slot on each, all at once, so a job spanning datastores can never
+// hold one slot while waiting for another. At most Config.MaxScans jobs run
+// in all.
+//
+// Priority with aging: a job's rank key is
+//
+//	key = waitStart - class × AgingStep
+//
+// where waitStart is the later of its enqueue time and NotBefore, and the
+// class is 0 for Rescan, 1 for Scheduled, 2 for OnDemand. Smaller keys go
+// first. So each class step is worth AgingStep of waiting: an on-demand job
+// enqueued at t outranks a rescan enqueued after t-2×AgingStep, and a
+// rescan that has waited more than 2×AgingStep longer than an on-demand job
+// goes before it. No class starves.
+//
+// A job spanning datastores can start only when all of them have a free
+// slot at once, which on busy datastores may never happen. So, walking jobs
+// in key order, a job that has waited at least Config.ReserveAfter, is
+// next in line on every full datastore it needs, and cannot start, holds
+// its other datastores: later jobs may not take their free slots. Holds do
+// not cascade (a job blocked by a hold holds nothing). The price is a slot
+// left idle until the job's last datastore frees, which is why a job is
+// bypassed for a while before it holds anything.
+//
+// When the global limit binds, a free worker goes to the startable job
+// whose datastores run the fewest scans (an idle datastore first: a scan
+// there uses budget nobody else can, while one more scan on a busy
+// datastore mostly shares its rate), then to the best level (class plus
+// one per AgingStep waited), then round-robin over datastores. So one busy
+// datastore never idles the others, and priority decides who gets each
+// datastore's slots and the workers among equally loaded datastores.
+//
+// # Exactly once
+//
+// A runner may run more than once for one job: after a crash (the job was
+// running, so it goes back to the queue on restart), or after a transient
+// error. Completion is recorded once: Done is reached only through a
+// conditional Running -> Done update. A runner should therefore write its
+// results idempotently, keyed by job id.
+package queue
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Wrap returns r limited by the budget of the named datastore: every ReadAt
+// waits for the datastore's byte and operation tokens, and fails with the
+// job's context error when the job is cancelled. Runners wrap each disk's
+// reader with the datastore of that disk (Disk.Datastore).
+type Wrap func(datastore string, r io.ReaderAt) io.ReaderAt
+
+// Runner scans one job. It reads every disk through wrap. It returns nil when
+// the scan is complete (and its results are stored), an error marked with
+// Permanent for a failure a retry cannot fix, and any other error for a
+// transient failure. It must return soon after ctx is done; ctx carries the
+// job's deadline.
+type Runner func(ctx context.Context, job Job, wrap Wrap) error
+
+// Config tunes a Queue. The zero value of each field picks its default.
+type Config struct {
+	// MaxScans is the global limit on running jobs (default 4).
+	MaxScans int
+	// DefaultBudget applies to datastores with no saved settings; its
+	// MaxScans of 0 means 1.
+	DefaultBudget Budget
+	// AgingStep is how much waiting is worth one priority class
+	// (default 10 minutes).
+	AgingStep time.Duration
+	// ReserveAfter is how long a job spanning datastores may be bypassed
+	// before the datastores it could use are held for it (default
+	// AgingStep). See the package documentation.
+	ReserveAfter time.Duration
+	// MaxAttempts bounds runs of a job that keeps failing transiently
+	// (default 5).
+	MaxAttempts int
+	// BackoffBase and BackoffMax shape the retry delay: attempt n waits
+	// a random time in [d/2, d) with d = min(BackoffMax, BackoffBase×2^(n-1))
+	// (defaults 30 s and 30 min).
+	BackoffBase, BackoffMax time.Duration
+	// Logger receives warnings about store failures (default: discard).
+	Logger *slog.Logger
+	// Now is the clock for job times and aging (default time.Now). Rate
+	// limiting always uses the real clock.
+	Now func() time.Time
+	// ObserveWait, if set, is called on each job start with the job's class
+	// and how long it waited since its wait start (for a histogram).
+	ObserveWait func(Class, time.Duration)
+	// OnFinish, if set, is called after a job's terminal state is
+	// committed. It is called at most once per job by this process; a
+	// crash just after the commit loses the call, never repeats it. It
+	// runs on the scheduler's goroutine (or Cancel's caller): keep it short.
+	OnFinish func(Job)
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxScans <= 0 {
+		c.MaxScans = 4
+	}
+	if c.AgingStep <= 0 {
+		c.AgingStep = 10 * time.Minute
+	}
+	if c.ReserveAfter <= 0 {
+		c.ReserveAfter = c.AgingStep
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 5
+	}
+	if c.BackoffBase <= 0 {
+		c.BackoffBase = 30 * time.Second
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = 30 * time.Minute
+	}
+	if c.BackoffMax < c.BackoffBase {
+		c.BackoffMax = c.BackoffBase
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Queue is the scan queue. Its methods are safe for concurrent use.
+type Queue struct {
+	store Store
+	run   Runner
+	cfg   Config
+	log   *slog.Logger
+	wake  chan struct{}
+	wg    sync.WaitGroup
+
+	// mu guards the in-memory mirror below and is held across every store
+	// write that changes the set of queued jobs, so the mirror never
+	// disagrees with what the store committed.
+	mu        sync.Mutex
+	serving   bool
+	queued    map[int64]*entry
+	running   map[int64]*runningJob // started, end not yet committed
+	active    int                   // running jobs whose runner has not returned
+	ended     []*runningJob         // runner returned, end not yet committed
+	runningVM map[string]int
+	ds        map[string]*datastore
+	dsNames   []string // sorted, for round-robin
+	rr        int      // round-robin cursor into dsNames
+	stats     counters
+	wait      [numClasses]WaitHistogram
+}
+
+// entry is a queued job in memory, with what the scheduler looks at on
+// every pass computed once.
+type entry struct {
+	Job
+	ds  []*datastore // distinct, by name
+	key time.Time    // see Queue.key
+}
+
+type runningJob struct {
+	job             Job
+	ds              []*datastore
+	cancel          context.CancelFunc
+	cancelRequested bool
+	// Set when the runner returns.
+	err          error
+	pastDeadline bool
+}
+
+type counters struct{ started, done, failed, cancelled, retried uint64 }
+
+// New recovers the store (jobs left running by a crash go back to the
+// queue, see Store.Recover), loads queued jobs and datastore settings, and
+// returns a queue ready to take requests. It does not run jobs until Serve.
+// Only one Queue may use a store at a time.
+func New(ctx context.Context, store Store, run Runner, cfg Config) (*Queue, error) {
+	if store == nil || run == nil {
+		return nil, fmt.Errorf("%w: New needs a store and a runner", ErrInvalid)
+	}
+	cfg.setDefaults()
+	if err := cfg.DefaultBudget.validate(); err != nil {
+		return nil, err
+	}
+	q := &Queue{
+		store: store, run: run, cfg: cfg, log: cfg.Logger,
+		wake:      make(chan struct{}, 1),
+		queued:    map[int64]*entry{},
+		running:   map[int64]*runningJob{},
+		runningVM: map[string]int{},
+		ds:        map[string]*datastore{},
+	}
+	for i := range q.wait {
+		q.wait[i].Counts = make([]uint64, len(WaitBuckets)+1)
+	}
+	n, err := store.Recover(ctx, cfg.Now())
+	if err != nil {
+		return nil, err
+	}
+	if n > 0 {
+		q.log.Info("queue: recovered jobs left running", "jobs", n)
+	}
+	saved, err := store.Datastores(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for name, c := range saved {
+		q.addDatastore(name, c)
+	}
+	jobs, err := store.Queued(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range jobs {
+		q.mirror(jobs[i])
+	}
+	return q, nil
+}
+
+func (q *Queue) addDatastore(name string, c DatastoreConfig) *datastore {
+	d := newDatastore(name, c)
+	q.ds[name] = d
+	i, _ := slices.BinarySearch(q.dsNames, name)
+	q.dsNames = slices.Insert(q.dsNames, i, name)
+	return d
+}
+
+// datastore returns the named datastore, creating it with the default
+// budget. q.mu must be held.
+func (q *Queue) datastore(name string) *datastore {
+	if d := q.ds[name]; d != nil {
+		return d
+	}
+	return q.addDatastore(name, DatastoreConfig{Budget: q.cfg.DefaultBudget})
+}
+
+// mirror records a queued job in memory. q.mu must be held.
+func (q *Queue) mirror(j Job) {
+	e := &entry{Job: j, key: q.key(&j)}
+	for _, name := range j.Datastores() {
+		e.ds = append(e.ds, q.datastore(name))
+	}
+	q.queued[j.ID] = e
+}
+
+func (q *Queue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Enqueue asks for a scan and returns the job, after it is committed.
+//
+// If the VM already has a queued job, the request merges into it and its id
+// is returned: the disks are the union; the class is the higher one (and
+// the reason comes with it); a non-empty SigVersion replaces the job's; the
+// earlier deadline and the earlier NotBefore win; the enqueue time stays the
+// first one, so the job keeps the age it has earned. A VM whose job is
+// running gets a new queued job, which starts after the running one ends;
+// if the running one then fails transiently it is not retried but ends
+// Cancelled, "superseded" by the new job.
+func (q *Queue) Enqueue(ctx context.Context, r Request) (Job, error) {
+	jobs, err := q.EnqueueBatch(ctx, []Request{r})
+	if err != nil {
+		return Job{}, err
+	}
+	return jobs[0], nil
+}
+
+// EnqueueBatch enqueues several requests in one transaction (all or none)
+// and returns the jobs in request order, merged as Enqueue describes.
+func (q *Queue) EnqueueBatch(ctx context.Context, reqs []Request) ([]Job, error) {
+	for i := range reqs {
+		if err := reqs[i].validate(); err != nil {
+			return nil, err
+		}
+	}
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	q.mu.Lock()
+	jobs, err := q.store.Enqueue(ctx, reqs, q.cfg.Now())
+	if err == nil {
+		for _, j := range jobs {
+			q.mirror(j)
+		}
+	}
+	q.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	q.signal()
+	return jobs, nil
+}
+
+// EnqueueRescan enqueues a rescan of each VM for signature version at the
+// Rescan class, with start times spread evenly over [now, now+spread). The
+// VMs are interleaved by datastore first, so each datastore's share is
+// spread over the whole window too. Every budget still applies: the spread
+// smooths the load, the budgets bound it.
+func (q *Queue) EnqueueRescan(ctx context.Context, vms []VM, version string, spread time.Duration) ([]Job, error) {
+	groups := map[string][]VM{}
+	var names []string
+	for _, vm := range vms {
+		key := ""
+		if len(vm.Disks) > 0 {
+			key = vm.Disks[0].Datastore
+		}
+		if _, ok := groups[key]; !ok {
+			names = append(names, key)
+		}
+		groups[key] = append(groups[key], vm)
+	}
+	slices.Sort(names)
+	reqs := make([]Request, 0, len(vms))
+	for len(reqs) < len(vms) {
+		for _, n := range names {
+			if g := groups[n]; len(g) > 0 {
+				reqs = append(reqs, Request{VM: g[0].Name, Disks: g[0].Disks, Class: Rescan,
+					Reason: "signature update to " + version, SigVersion: version})
+				groups[n] = g[1:]
+			}
+		}
+	}
+	now := q.cfg.Now()
+	for i := range reqs {
+		reqs[i].NotBefore = now.Add(time.Duration(float64(spread) * float64(i) / float64(len(reqs))))
+	}
+	return q.EnqueueBatch(ctx, reqs)
+}
+
+// Cancel cancels a job: a queued one at once; a running one has its context
+// cancelled and is recorded as Cancelled when its runner returns, or Done
+// if the runner completed anyway (the request is committed first, so a
+// crash meanwhile still ends in Cancelled). Cancelling a finished job
+// returns an error wrapping ErrFinished.
+func (q *Queue) Cancel(ctx context.Context, id int64) error {
+	q.mu.Lock()
+	st, err := q.store.Cancel(ctx, id, q.cfg.Now())
+	var done *Job
+	if err == nil {
+		switch st {
+		case Cancelled:
+			if e := q.queued[id]; e != nil {
+				done = &e.Job
+			}
+			delete(q.queued, id)
+			q.stats.cancelled++
+		case Running:
+			if rj := q.running[id]; rj != nil {
+				rj.cancelRequested = true
+				rj.cancel()
+			}
+		}
+	}
+	q.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if done != nil && q.cfg.OnFinish != nil {
+		j := *done
+		j.State = Cancelled
+		q.cfg.OnFinish(j)
+	}
+	q.signal()
+	return nil
+}
+
+// Job returns a job as stored.
+func (q *Queue) Job(ctx context.Context, id int64) (Job, error) { return q.store.Get(ctx, id) }
+
+// SetBudget changes a datastore's budget at run time and saves it. Running
+// reads see the new rates at once; a lowered MaxScans lets running jobs
+// finish and starts no new ones until below it.
+func (q *Queue) SetBudget(ctx context.Context, datastore string, b Budget) error {
+	if err := b.validate(); err != nil {
+		return err
+	}
+	return q.configure(ctx, datastore, func(c *DatastoreConfig) { c.Budget = b })
+}
+
+// Pause stops new jobs from starting on a datastore (jobs that also use
+// other datastores wait too); running jobs finish. It is saved, so it
+// survives a restart.
+func (q *Queue) Pause(ctx context.Context, datastore string) error {
+	return q.configure(ctx, datastore, func(c *DatastoreConfig) { c.Paused = true })
+}
+
+// Resume undoes Pause.
+func (q *Queue) Resume(ctx context.Context, datastore string) error {
+	return q.configure(ctx, datastore, func(c *DatastoreConfig) { c.Paused = false })
+}
+
+func (q *Queue) configure(ctx context.Context, name string, f func(*DatastoreConfig)) error {
+	if name == "" || len(name) > maxStringLen {
+		return fmt.Errorf("%w: datastore name empty or too long", ErrInvalid)
+	}
+	q.mu.Lock()
+	d := q.datastore(name)
+	c := d.cfg
+	f(&c)
+	err := q.store.SetDatastore(ctx, name, c)
+	if err == nil {
+		d.configure(c)
+	}
+	q.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	q.signal()
+	return nil
+}
+
+// Serve runs the scheduler until ctx ends, then cancels the running jobs,
+// puts them back in the queue and returns nil once their runners have
+// returned. It returns an error if the queue is already serving.
+//
+// The scheduler is one goroutine. Each pass records the ends of the runs
+// that returned, fails queued jobs past their deadline and starts what can
+// start, all in one store transaction: under load the batches grow, so a
+// slow disk flush costs one wait per pass, not one per job.
+func (q *Queue) Serve(ctx context.Context) error {
+	q.mu.Lock()
+	if q.serving {
+		q.mu.Unlock()
+		return fmt.Errorf("queue: Serve called twice")
+	}
+	q.serving = true
+	q.mu.Unlock()
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for ctx.Err() == nil {
+		next := q.pass(ctx, ctx, true)
+		d := time.Hour
+		if !next.IsZero() {
+			d = max(next.Sub(q.cfg.Now()), time.Millisecond)
+		}
+		timer.Reset(d)
+		select {
+		case <-ctx.Done():
+		case <-q.wake:
+		case <-timer.C:
+		}
+	}
+	// The runners see ctx end; record their ends (back to the queue),
+	// within finishGrace of the runners returning.
+	q.wg.Wait()
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishGrace)
+	defer cancel()
+	for {
+		q.mu.Lock()
+		left := len(q.ended)
+		q.mu.Unlock()
+		if left == 0 || wctx.Err() != nil {
+			if left > 0 {
+				q.log.Error("queue: job ends not recorded at shutdown; they run again on restart", "jobs", left)
+			}
+			return nil
+		}
+		if !q.pass(ctx, wctx, false).IsZero() {
+			time.Sleep(50 * time.Millisecond) // the write failed: not in a tight loop
+		}
+	}
+}
+
+// key orders jobs for starting: see the package documentation.
+func (q *Queue) key(j *Job) time.Time {
+	return j.ageBase().Add(-time.Duration(j.Class) * q.cfg.AgingStep)
+}
+
+// level is the class plus one per AgingStep waited.
+func (q *Queue) level(e *entry, now time.Time) int64 {
+	return int64(now.Sub(e.key) / q.cfg.AgingStep)
+}
+
+// retryStoreAfter is how soon the scheduler tries again after a store
+// write failed.
+const retryStoreAfter = time.Second
+
+// finishGrace bounds how long the ends of runs are retried after Serve's
+// context ended.
+const finishGrace = 10 * time.Second
+
+// change is one transition of a pass and what to do once it is committed.
+type change struct {
+	t     Transition
+	rj    *runningJob // an end
+	e     *entry      // an expiry or a start
+	start bool
+}
+
+// pass is one scheduling pass (see Serve). serveCtx is what runners derive
+// from, wctx bounds the store write; startNew is false while shutting
+// down. It returns when it next has to look again for a reason other than
+// a wake-up (a job becoming due or reaching its deadline), or the zero
+// time.
+func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
+	q.mu.Lock()
+	now := q.cfg.Now()
+	var next time.Time
+	soonest := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	var changes []change
+	for _, rj := range q.ended {
+		changes = append(changes, change{t: q.outcome(serveCtx, rj, now), rj: rj})
+	}
+	var eligible []*entry
+	for _, e := range q.queued {
+		if !e.Deadline.IsZero() {
+			if !now.Before(e.Deadline) {
+				changes = append(changes, change{e: e, t: Transition{ID: e.ID, From: Queued, To: Failed, At: now,
+					Err: fmt.Sprintf("%v while queued (deadline %s)", ErrDeadline, e.Deadline.Format(time.RFC3339))}})
+				continue
+			}
+			soonest(e.Deadline)
+		}
+		if r := e.readyAt(); r.After(now) {
+			soonest(r)
+			continue
+		}
+		if startNew && q.runningVM[e.VM] == 0 && !q.paused(e) {
+			eligible = append(eligible, e)
+		}
+	}
+	slices.SortFunc(eligible, func(a, b *entry) int {
+		if c := a.key.Compare(b.key); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	// Slots are taken now and given back if the write fails.
+	for q.active < q.cfg.MaxScans && len(eligible) > 0 {
+		i := q.pick(eligible, now)
+		if i < 0 {
+			break
+		}
+		e := eligible[i]
+		eligible = slices.Delete(eligible, i, i+1)
+		q.take(e.ds, e.VM, 1)
+		changes = append(changes, change{e: e, start: true, t: Transition{ID: e.ID, From: Queued, To: Running, At: now}})
+	}
+	if len(changes) == 0 {
+		q.mu.Unlock()
+		return next
+	}
+	ts := make([]Transition, len(changes))
+	for i, c := range changes {
+		ts[i] = c.t
+	}
+	results, err := q.store.Apply(wctx, ts)
+	if err != nil {
+		for _, c := range changes {
+			if c.start {
+				q.take(c.e.ds, c.e.VM, -1)
+			}
+		}
+		q.mu.Unlock()
+		if wctx.Err() == nil {
+			q.log.Warn("queue: store write failed, retrying", "changes", len(changes), "err", err)
+		}
+		return now.Add(retryStoreAfter)
+	}
+	q.ended = nil
+	var finished []Job
+	for i, c := range changes {
+		r := results[i]
+		switch {
+		case c.rj != nil:
+			delete(q.running, c.rj.job.ID)
+			if r.Err != nil {
+				q.log.Warn("queue: end of run not recorded", "job", c.rj.job.ID, "err", r.Err)
+				continue
+			}
+			switch c.t.To {
+			case Done:
+				q.stats.done++
+			case Failed:
+				q.stats.failed++
+			case Cancelled:
+				q.stats.cancelled++
+			case Queued:
+				if !c.t.RetryAt.IsZero() {
+					q.stats.retried++
+				}
+				q.mirror(r.Job)
+				if r := r.Job.readyAt(); r.After(now) {
+					soonest(r)
+				} else {
+					soonest(now) // due at once: look again right away
+				}
+			}
+			if c.t.To.Terminal() {
+				finished = append(finished, r.Job)
+			}
+		case c.start:
+			delete(q.queued, c.e.ID)
+			if r.Err != nil {
+				// The store knows better (another writer?): forget the
+				// job rather than run it.
+				q.take(c.e.ds, c.e.VM, -1)
+				q.log.Warn("queue: start refused by the store", "job", c.e.ID, "err", r.Err)
+				continue
+			}
+			q.launch(serveCtx, c.e, r.Job, now)
+		default: // expiry
+			delete(q.queued, c.e.ID)
+			if r.Err == nil {
+				q.stats.failed++
+				finished = append(finished, r.Job)
+			}
+		}
+	}
+	q.mu.Unlock()
+	if q.cfg.OnFinish != nil {
+		for _, j := range finished {
+			q.cfg.OnFinish(j)
+		}
+	}
+	return next
+}
+
+// take adds n (1 or -1) running jobs to the datastores and the VM.
+// q.mu must be held.
+func (q *Queue) take(ds []*datastore, vm string, n int) {
+	for _, d := range ds {
+		d.running += n
+	}
+	q.active += n
+	if q.runningVM[vm] += n; q.runningVM[vm] <= 0 {
+		delete(q.runningVM, vm)
+	}
+}
+
+func (q *Queue) paused(e *entry) bool {
+	for _, d := range e.ds {
+		if d.cfg.Paused {
+			return true
+		}
+	}
+	return false
+}
+
+// pick returns the index in eligible (sorted by key) of the job to start
+// next, or -1 if none fits. See the package documentation for the rule.
+func (q *Queue) pick(eligible []*entry, now time.Time) int {
+	used := map[*datastore]int{}      // slots taken by earlier candidates
+	reserved := map[*datastore]bool{} // held for an earlier blocked job
+	seen := map[*datastore]bool{}     // wanted by an earlier job
+	full := func(d *datastore) bool { return d.running+used[d] >= d.cfg.Budget.maxScans() }
+	closed := 0 // datastores full, paused or reserved: when all are, stop looking
+	for _, d := range q.ds {
+		if full(d) || d.cfg.Paused {
+			closed++
+		}
+	}
+	var cands []int
+	for i, e := range eligible {
+		fits, byFull, byReserved, first := true, false, false, true
+		for _, d := range e.ds {
+			switch {
+			case reserved[d]:
+				fits, byReserved = false, true
+			case full(d):
+				fits, byFull = false, true
+				first = first && !seen[d]
+			}
+		}
+		switch {
+		case fits:
+			for _, d := range e.ds {
+				if used[d]++; full(d) {
+					closed++
+				}
+			}
+			cands = append(cands, i)
+		case byFull && first && !byReserved && now.Sub(e.ageBase()) >= q.cfg.ReserveAfter:
+			// Next in line on every full datastore it needs: hold its
+			// free datastores for it. Jobs blocked by a reservation do
+			// not reserve in turn, so holds never cascade.
+			for _, d := range e.ds {
+				if !full(d) {
+					reserved[d] = true
+					closed++
+				}
+			}
+		}
+		for _, d := range e.ds {
+			seen[d] = true
+		}
+		if closed >= len(q.ds) {
+			break // every datastore is taken: nothing later can fit
+		}
+	}
+	if len(cands) == 0 {
+		return -1
+	}
+	// Candidates are in key order, so the best level is the first's, and
+	// the candidates of that level are a prefix.
+	// The free worker goes first to a job whose datastores run the fewest
+	// scans: a scan on an idle datastore uses budget nobody else can,
+	// while another scan on a busy one mostly shares its rate. Then the
+	// best level, then round-robin from the cursor. Candidates are in key
+	// order, so the first of equal load and level is the best by key.
+	best, bestLoad, bestLevel, bestDist := -1, 0, int64(0), 0
+	for _, i := range cands {
+		e := eligible[i]
+		load, dist := 0, len(q.dsNames)
+		for _, d := range e.ds {
+			load = max(load, d.running)
+			pos, _ := slices.BinarySearch(q.dsNames, d.name)
+			dist = min(dist, (pos-q.rr+len(q.dsNames))%len(q.dsNames))
+		}
+		level := q.level(e, now)
+		switch {
+		case best < 0, load < bestLoad,
+			load == bestLoad && level > bestLevel,
+			load == bestLoad && level == bestLevel && dist < bestDist:
+			best, bestLoad, bestLevel, bestDist = i, load, level, dist
+		}
+	}
+	q.rr = (q.rr + bestDist + 1) % len(q.dsNames)
+	return best
+}
+
+// launch starts the runner of a job whose start is committed; its slots
+// are already taken. q.mu must be held.
+func (q *Queue) launch(serveCtx context.Context, e *entry, j Job, now time.Time) {
+	rj := &runningJob{job: j, ds: e.ds}
+	q.running[j.ID] = rj
+	q.stats.started++
+	w := now.Sub(j.ageBase())
+	q.wait[j.Class].observe(w)
+	if q.cfg.ObserveWait != nil {
+		q.cfg.ObserveWait(j.Class, w)
+	}
+	jctx, cancel := context.WithCancel(serveCtx)
+	if !j.Deadline.IsZero() {
+		var c2 context.CancelFunc
+		jctx, c2 = context.WithDeadline(jctx, j.Deadline)
+		c1 := cancel
+		cancel = func() { c2(); c1() }
+	}
+	rj.cancel = cancel
+	q.wg.Add(1)
+	go q.runJob(jctx, rj)
+}
+
+func (q *Queue) runJob(jctx context.Context, rj *runningJob) {
+	defer q.wg.Done()
+	wrap := func(name string, r io.ReaderAt) io.ReaderAt {
+		var d *datastore
+		for _, x := range rj.ds {
+			if x.name == name {
+				d = x
+			}
+		}
+		if d == nil {
+			q.mu.Lock()
+			d = q.datastore(name)
+			q.mu.Unlock()
+		}
+		return &limitedReader{ctx: jctx, ds: d, r: r}
+	}
+	err := q.safeRun(jctx, rj.job, wrap)
+	past := errors.Is(jctx.Err(), context.DeadlineExceeded)
+	rj.cancel()
+	// The runner reads nothing more: its slots go back now, and the end is
+	// committed by the next pass, together with whatever that pass starts.
+	q.mu.Lock()
+	rj.err, rj.pastDeadline = err, past
+	q.take(rj.ds, rj.job.VM, -1)
+	q.ended = append(q.ended, rj)
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *Queue) safeRun(ctx context.Context, j Job, wrap Wrap) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			// A panic while parsing untrusted bytes is a bug the same bytes
+			// will hit again: do not retry it.
+			err = Permanent(fmt.Errorf("queue: runner panicked on job %d: %v", j.ID, p))
+		}
+	}()
+	return q.run(ctx, j, wrap)
+}
+
+// outcome decides how a run ended. It runs under q.mu in the pass that
+// writes it, so a Cancel acknowledged before is never overtaken by a retry.
+func (q *Queue) outcome(serveCtx context.Context, rj *runningJob, now time.Time) Transition {
+	j, runErr := rj.job, rj.err
+	t := Transition{ID: j.ID, From: Running, At: now}
+	switch {
+	case runErr == nil:
+		t.To = Done
+	case rj.cancelRequested:
+		t.To, t.Err = Cancelled, joinNonEmpty("queue: cancelled", runErr.Error())
+	case serveCtx.Err() != nil:
+		// Shutting down: not the job's fault, so back to the queue.
+		t.To, t.Err = Queued, "queue: interrupted by shutdown"
+	case !j.Deadline.IsZero() && (rj.pastDeadline || errors.Is(runErr, context.DeadlineExceeded)):
+		t.To, t.Err = Failed, fmt.Sprintf("%v (deadline %s): %v", ErrDeadline, j.Deadline.Format(time.RFC3339), runErr)
+	case IsPermanent(runErr):
+		t.To, t.Err = Failed, runErr.Error()
+	case j.Attempts >= q.cfg.MaxAttempts:
+		t.To, t.Err = Failed, fmt.Sprintf("%v (%d): %v", ErrAttempts, j.Attempts, runErr)
+	default:
+		t.To, t.Err, t.RetryAt = Queued, runErr.Error(), now.Add(q.backoff(j.Attempts))
+	}
+	if t.To == Queued {
+		// The VM was enqueued again while this run went on: that newer
+		// job is the VM's one queued job, and it takes over.
+		for _, e := range q.queued {
+			if e.VM == j.VM {
+				t.To, t.RetryAt = Cancelled, time.Time{}
+				t.Err = fmt.Sprintf("queue: superseded by job %d: %s", e.ID, t.Err)
+				break
+			}
+		}
+	}
+	return t
+}
+
+func (q *Queue) backoff(attempts int) time.Duration {
+	d := q.cfg.BackoffBase
+	for i := 1; i < attempts && d < q.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, q.cfg.BackoffMax)
+	return d/2 + rand.N(d/2+1)
+}
