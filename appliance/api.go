@@ -1,0 +1,598 @@
+package appliance
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/snapscan/snapscan/queue"
+)
+
+// apiError is a handler's failure: Code and Msg go to the client, Err
+// (which may name files, paths and SQL) only to the log.
+type apiError struct {
+	Code int
+	Msg  string
+	Err  error
+}
+
+func (e *apiError) Error() string { return e.Msg + ": " + fmt.Sprint(e.Err) }
+
+func badRequest(format string, args ...any) error {
+	return &apiError{Code: http.StatusBadRequest, Msg: fmt.Sprintf(format, args...)}
+}
+
+// statusWriter records the status for logs and metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(c int) {
+	if w.code == 0 {
+		w.code = c
+	}
+	w.ResponseWriter.WriteHeader(c)
+}
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Handler returns the appliance's HTTP API on its own ServeMux:
+// /v1/... (authenticated), /healthz, /readyz, /metrics (authenticated).
+// openapi.yaml beside this file documents it.
+func (a *Appliance) Handler() http.Handler {
+	mux := http.NewServeMux()
+	handle := func(pattern string, h func(w http.ResponseWriter, r *http.Request) error) {
+		mux.Handle(pattern, a.auth(a.tokens, a.wrap(h)))
+	}
+	mux.Handle("GET /healthz", a.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+		return nil
+	}))
+	mux.Handle("GET /readyz", a.wrap(a.handleReady))
+	mux.Handle("GET /metrics", a.auth(a.tokens, promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{})))
+	handle("POST /v1/scans", a.handleSubmit)
+	handle("GET /v1/scans", a.handleListScans)
+	handle("GET /v1/scans/{id}", a.handleGetScan)
+	handle("POST /v1/scans/{id}/cancel", a.handleCancel)
+	handle("GET /v1/findings", a.handleFindings)
+	handle("GET /v1/datastores", a.handleDatastores)
+	handle("POST /v1/datastores/{name}/pause", a.handlePause(true))
+	handle("POST /v1/datastores/{name}/resume", a.handlePause(false))
+	handle("GET /v1/signatures", a.handleSignatures)
+	// The central server pushes here; the receiver verifies the bundle,
+	// the token only says who may try.
+	mux.Handle("POST /v1/signatures", a.auth(a.pushTokens, a.recv.Handler()))
+	mux.Handle("/", a.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		return &apiError{Code: http.StatusNotFound, Msg: "no such endpoint: " + r.Method + " " + r.URL.Path}
+	}))
+	return a.count(mux)
+}
+
+// count feeds the request counter.
+func (a *Appliance) count(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		h.ServeHTTP(sw, r)
+		if sw.code == 0 {
+			sw.code = http.StatusOK
+		}
+		a.m.requests.WithLabelValues(strconv.Itoa(sw.code)).Inc()
+	})
+}
+
+// wrap turns a handler's error into a JSON answer and a log line.
+func (a *Appliance) wrap(h func(w http.ResponseWriter, r *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := h(w, r)
+		if err == nil {
+			return
+		}
+		var ae *apiError
+		if !errors.As(err, &ae) {
+			ae = &apiError{Code: http.StatusInternalServerError, Msg: "internal error", Err: err}
+		}
+		lvl := a.log.Debug
+		if ae.Code >= 500 {
+			lvl = a.log.Error
+		}
+		lvl("appliance: request failed", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", ae.Code, "msg", ae.Msg, "err", ae.Err)
+		writeJSON(w, ae.Code, map[string]string{"error": ae.Msg})
+	})
+}
+
+// auth lets a request through when it bears one of tokens, or a client
+// certificate verified against server.tls.client_ca. Tokens are compared
+// as SHA-256 digests in constant time, every one of them, so neither
+// content nor length leaks; refusals are logged without the secret.
+func (a *Appliance) auth(tokens [][32]byte, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a.clientCAs != nil && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		h := r.Header.Get("Authorization")
+		reason := "missing credentials"
+		if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
+			sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+			match := 0
+			for i := range tokens {
+				match |= subtle.ConstantTimeCompare(sum[:], tokens[i][:])
+			}
+			if match == 1 {
+				next.ServeHTTP(w, r)
+				return
+			}
+			reason = "wrong token"
+		} else if h != "" {
+			reason = "not a bearer token"
+		}
+		a.log.Warn("appliance: unauthorized request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", reason)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="snapscan"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "unauthorized: " + reason})
+	})
+}
+
+func hashTokens(ts []string) [][32]byte {
+	out := make([][32]byte, len(ts))
+	for i, t := range ts {
+		out[i] = sha256.Sum256([]byte(t))
+	}
+	return out
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// maxBody bounds a request body (a submit with MaxDisks disks is a few KiB).
+const maxBody = 1 << 20
+
+// decode reads a JSON body strictly: unknown fields and trailing data
+// are errors, with the reason given to the client.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return &apiError{Code: http.StatusUnsupportedMediaType, Msg: "Content-Type must be application/json"}
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return &apiError{Code: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("body larger than %d bytes", maxBody)}
+		}
+		if errors.Is(err, io.EOF) {
+			return badRequest("empty body: want a JSON object")
+		}
+		return badRequest("malformed JSON: %v", err)
+	}
+	if dec.More() {
+		return badRequest("malformed JSON: data after the object")
+	}
+	return nil
+}
+
+func (a *Appliance) readiness() (bool, []string) {
+	var why []string
+	if a.recv.Current() == nil {
+		why = append(why, "no signature set active")
+	}
+	if a.draining.Load() {
+		why = append(why, "shutting down")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if a.db == nil || a.db.PingContext(ctx) != nil {
+		why = append(why, "database unavailable")
+	}
+	return len(why) == 0, why
+}
+
+func (a *Appliance) handleReady(w http.ResponseWriter, r *http.Request) error {
+	ok, why := a.readiness()
+	if !ok {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reasons": why})
+		return nil
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ready": true})
+	return nil
+}
+
+// SubmitRequest is the body of POST /v1/scans.
+type SubmitRequest struct {
+	VM    string `json:"vm"`
+	Disks []struct {
+		Datastore string `json:"datastore"`
+		Path      string `json:"path"`
+	} `json:"disks"`
+	// Priority: "on_demand" (default), "scheduled" or "rescan".
+	Priority string `json:"priority,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	// Deadline, RFC 3339: the job is given up if not finished by then.
+	Deadline *time.Time `json:"deadline,omitempty"`
+}
+
+// ScanView is a scan as the API shows it.
+type ScanView struct {
+	ID              int64          `json:"id"`
+	VM              string         `json:"vm"`
+	State           queue.State    `json:"state"`
+	Priority        string         `json:"priority"`
+	Reason          string         `json:"reason,omitempty"`
+	Disks           []queue.Disk   `json:"disks"`
+	Attempts        int            `json:"attempts"`
+	Error           string         `json:"error,omitempty"`
+	CancelRequested bool           `json:"cancel_requested,omitempty"`
+	EnqueuedAt      time.Time      `json:"enqueued_at"`
+	NotBefore       *time.Time     `json:"not_before,omitempty"`
+	StartedAt       *time.Time     `json:"started_at,omitempty"`
+	FinishedAt      *time.Time     `json:"finished_at,omitempty"`
+	Deadline        *time.Time     `json:"deadline,omitempty"`
+	Progress        *Progress      `json:"progress,omitempty"`
+	Result          *ResultSummary `json:"result,omitempty"`
+	Volumes         []VolumeRow    `json:"volumes,omitempty"`
+	Findings        []FindingRow   `json:"findings,omitempty"`
+}
+
+var priorities = map[string]queue.Class{"on_demand": queue.OnDemand, "scheduled": queue.Scheduled, "rescan": queue.Rescan}
+
+func priorityName(c queue.Class) string {
+	for k, v := range priorities {
+		if v == c {
+			return k
+		}
+	}
+	return c.String()
+}
+
+func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request) error {
+	if a.draining.Load() {
+		return &apiError{Code: http.StatusServiceUnavailable, Msg: "shutting down"}
+	}
+	var req SubmitRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.VM == "" || len(req.VM) > 256 || !utf8.ValidString(req.VM) || strings.ContainsFunc(req.VM, isControl) {
+		return badRequest("vm: required, at most 256 bytes of UTF-8 without control characters")
+	}
+	if len(req.Disks) == 0 || len(req.Disks) > queue.MaxDisks {
+		return badRequest("disks: want 1 to %d disks", queue.MaxDisks)
+	}
+	if len(req.Reason) > 1024 {
+		return badRequest("reason: at most 1024 bytes")
+	}
+	qr := queue.Request{VM: req.VM, Class: queue.OnDemand, Reason: req.Reason}
+	if req.Priority != "" {
+		c, ok := priorities[req.Priority]
+		if !ok {
+			return badRequest("priority: %q is not on_demand, scheduled or rescan", req.Priority)
+		}
+		qr.Class = c
+	}
+	if req.Deadline != nil {
+		if !req.Deadline.After(time.Now()) {
+			return badRequest("deadline: %s is in the past", req.Deadline.Format(time.RFC3339))
+		}
+		qr.Deadline = *req.Deadline
+	}
+	seen := map[queue.Disk]bool{}
+	for i, d := range req.Disks {
+		ds, ok := a.cfg.datastore(d.Datastore)
+		if !ok {
+			return badRequest("disks[%d].datastore: %q is not a configured datastore", i, d.Datastore)
+		}
+		p, err := DiskPath(ds.Path, d.Path)
+		if err != nil {
+			return badRequest("disks[%d].path: %q must be a clean path relative to the datastore, without ..", i, d.Path)
+		}
+		if st, err := statFile(p); err != nil || !st {
+			return badRequest("disks[%d].path: %q is not a file on datastore %s", i, d.Path, d.Datastore)
+		}
+		qd := queue.Disk{Path: d.Path, Datastore: d.Datastore}
+		if seen[qd] {
+			return badRequest("disks[%d]: listed twice", i)
+		}
+		seen[qd] = true
+		qr.Disks = append(qr.Disks, qd)
+	}
+	job, err := a.q.Enqueue(r.Context(), qr)
+	if err != nil {
+		if errors.Is(err, queue.ErrInvalid) {
+			return badRequest("%v", err)
+		}
+		return err
+	}
+	writeJSON(w, http.StatusAccepted, a.view(job))
+	return nil
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}
+
+func (a *Appliance) view(j queue.Job) ScanView {
+	v := ScanView{ID: j.ID, VM: j.VM, State: j.State, Priority: priorityName(j.Class), Reason: j.Reason,
+		Disks: j.Disks, Attempts: j.Attempts, Error: j.Error, CancelRequested: j.CancelRequested,
+		EnqueuedAt: j.EnqueuedAt.UTC(), NotBefore: timePtr(j.NotBefore), StartedAt: timePtr(j.StartedAt),
+		FinishedAt: timePtr(j.FinishedAt), Deadline: timePtr(j.Deadline)}
+	if j.State == queue.Running {
+		if p, ok := a.jobProgress(j.ID); ok {
+			v.Progress = &p
+		}
+	}
+	return v
+}
+
+func pathID(r *http.Request) (int64, error) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return 0, badRequest("scan id %q is not a positive integer", r.PathValue("id"))
+	}
+	return id, nil
+}
+
+func (a *Appliance) getJob(ctx context.Context, id int64) (queue.Job, error) {
+	j, err := a.q.Job(ctx, id)
+	if errors.Is(err, queue.ErrNotFound) {
+		return j, &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no scan %d", id)}
+	}
+	return j, err
+}
+
+func (a *Appliance) handleGetScan(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	j, err := a.getJob(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	v := a.view(j)
+	if v.Result, err = a.store.Summary(r.Context(), id); err != nil {
+		return err
+	}
+	if v.Result != nil {
+		if v.Volumes, err = a.store.Volumes(r.Context(), id); err != nil {
+			return err
+		}
+		if v.Findings, err = a.store.Findings(r.Context(), FindingQuery{JobID: id}); err != nil {
+			return err
+		}
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func intParam(r *http.Request, name string, def, lo, hi int64) (int64, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < lo || n > hi {
+		return 0, badRequest("%s: %q is not an integer in [%d, %d]", name, s, lo, hi)
+	}
+	return n, nil
+}
+
+func timeParam(r *http.Request, name string) (time.Time, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return t, badRequest("%s: %q is not an RFC 3339 time (2024-01-02T15:04:05Z)", name, s)
+	}
+	return t, nil
+}
+
+func (a *Appliance) handleListScans(w http.ResponseWriter, r *http.Request) error {
+	st := queue.State(r.URL.Query().Get("state"))
+	switch st {
+	case "", queue.Queued, queue.Running, queue.Done, queue.Failed, queue.Cancelled:
+	default:
+		return badRequest("state: %q is not queued, running, done, failed or cancelled", st)
+	}
+	limit, err := intParam(r, "limit", 100, 1, maxPage)
+	if err != nil {
+		return err
+	}
+	before, err := intParam(r, "before", 0, 0, 1<<62)
+	if err != nil {
+		return err
+	}
+	ids, err := a.store.JobIDs(r.Context(), st, before, int(limit))
+	if err != nil {
+		return err
+	}
+	out := struct {
+		Scans      []ScanView `json:"scans"`
+		NextBefore int64      `json:"next_before,omitempty"`
+	}{Scans: []ScanView{}}
+	for _, id := range ids {
+		j, err := a.q.Job(r.Context(), id)
+		if errors.Is(err, queue.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		out.Scans = append(out.Scans, a.view(j))
+	}
+	if len(ids) == int(limit) {
+		out.NextBefore = ids[len(ids)-1]
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *Appliance) handleCancel(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	err = a.q.Cancel(r.Context(), id)
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no scan %d", id)}
+	case errors.Is(err, queue.ErrFinished):
+		return &apiError{Code: http.StatusConflict, Msg: fmt.Sprintf("scan %d already finished", id)}
+	case err != nil:
+		return err
+	}
+	j, err := a.getJob(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, a.view(j))
+	return nil
+}
+
+func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request) error {
+	var q FindingQuery
+	var err error
+	qs := r.URL.Query()
+	q.VM, q.Rule = qs.Get("vm"), qs.Get("rule")
+	if q.JobID, err = intParam(r, "scan", 0, 0, 1<<62); err != nil {
+		return err
+	}
+	if q.After, err = intParam(r, "after", 0, 0, 1<<62); err != nil {
+		return err
+	}
+	limit, err := intParam(r, "limit", 100, 1, maxPage)
+	if err != nil {
+		return err
+	}
+	q.Limit = int(limit)
+	if q.Since, err = timeParam(r, "since"); err != nil {
+		return err
+	}
+	if q.Until, err = timeParam(r, "until"); err != nil {
+		return err
+	}
+	rows, err := a.store.Findings(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	out := struct {
+		Findings  []FindingRow `json:"findings"`
+		NextAfter int64        `json:"next_after,omitempty"`
+	}{Findings: rows}
+	if len(rows) == q.Limit {
+		out.NextAfter = rows[len(rows)-1].ID
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// DatastoreView is a datastore's budget and what it delivers.
+type DatastoreView struct {
+	Name    string `json:"name"`
+	Path    string `json:"path"`
+	Paused  bool   `json:"paused"`
+	Running int    `json:"running"`
+	Queued  int    `json:"queued"`
+	Budget  struct {
+		MaxScans    int     `json:"max_scans"`
+		BytesPerSec float64 `json:"bytes_per_sec"`
+		OpsPerSec   float64 `json:"ops_per_sec"`
+	} `json:"budget"`
+	// Delivered is the mean over the last few complete seconds.
+	Delivered struct {
+		BytesPerSec float64 `json:"bytes_per_sec"`
+		OpsPerSec   float64 `json:"ops_per_sec"`
+	} `json:"delivered"`
+	BytesRead int64 `json:"bytes_read"`
+	ReadOps   int64 `json:"read_ops"`
+}
+
+func (a *Appliance) datastores() []DatastoreView {
+	qm := a.q.Metrics()
+	byName := map[string]queue.DatastoreMetrics{}
+	for _, d := range qm.Datastores {
+		byName[d.Name] = d
+	}
+	out := []DatastoreView{}
+	for _, c := range a.cfg.Datastores {
+		d := byName[c.Name]
+		v := DatastoreView{Name: c.Name, Path: c.Path, Paused: d.Paused, Running: d.Running, Queued: d.Queued,
+			BytesRead: d.BytesRead, ReadOps: d.ReadOps}
+		v.Budget.MaxScans = max(d.Budget.MaxScans, 1)
+		v.Budget.BytesPerSec, v.Budget.OpsPerSec = d.Budget.BytesPerSec, d.Budget.OpsPerSec
+		v.Delivered.BytesPerSec, v.Delivered.OpsPerSec = d.BytesPerSec, d.OpsPerSec
+		out = append(out, v)
+	}
+	return out
+}
+
+func (a *Appliance) handleDatastores(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, map[string]any{"datastores": a.datastores()})
+	return nil
+}
+
+func (a *Appliance) handlePause(pause bool) func(w http.ResponseWriter, r *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		name := r.PathValue("name")
+		if _, ok := a.cfg.datastore(name); !ok {
+			return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no datastore %q", name)}
+		}
+		f := a.q.Resume
+		if pause {
+			f = a.q.Pause
+		}
+		if err := f(r.Context(), name); err != nil {
+			return err
+		}
+		a.log.Info("appliance: datastore", "name", name, "paused", pause)
+		for _, d := range a.datastores() {
+			if d.Name == name {
+				writeJSON(w, http.StatusOK, d)
+			}
+		}
+		return nil
+	}
+}
+
+func (a *Appliance) handleSignatures(w http.ResponseWriter, r *http.Request) error {
+	act := a.recv.Current()
+	if act == nil {
+		writeJSON(w, http.StatusOK, map[string]any{"active": nil})
+		return nil
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"active": map[string]any{
+		"name": act.Manifest.Name, "version": act.Manifest.Version, "created": act.Manifest.Created,
+		"rule_count": act.RuleCount, "files": len(act.Manifest.Files), "key_id": act.KeyID,
+		"digest": act.Digest, "installed": act.Installed.UTC(), "rules_id": act.Rules.ID(),
+	}})
+	return nil
+}

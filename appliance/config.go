@@ -1,0 +1,570 @@
+package appliance
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/snapscan/snapscan/queue"
+	"github.com/snapscan/snapscan/scanner"
+)
+
+// ErrConfig is wrapped by every error Load and Config.Validate return.
+var ErrConfig = errors.New("appliance: bad configuration")
+
+// Config is the appliance's configuration file. Keys are snake_case; unknown
+// keys are errors, so a misspelled setting never silently falls back to its
+// default. deploy/appliance.yaml documents each one.
+type Config struct {
+	Server     ServerConfig      `yaml:"server"`
+	Auth       AuthConfig        `yaml:"auth"`
+	Signatures SignaturesConfig  `yaml:"signatures"`
+	Datastores []DatastoreConfig `yaml:"datastores"`
+	Database   DatabaseConfig    `yaml:"database"`
+	Queue      QueueConfig       `yaml:"queue"`
+	Scanner    ScannerConfig     `yaml:"scanner"`
+	Events     EventsConfig      `yaml:"events"`
+	Log        LogConfig         `yaml:"log"`
+}
+
+// ServerConfig is the HTTP API's listener.
+type ServerConfig struct {
+	// Listen is host:port (default 127.0.0.1:8480: this machine only).
+	Listen string `yaml:"listen"`
+	// TLS, when Cert and Key are set, makes the API speak HTTPS.
+	TLS TLSConfig `yaml:"tls"`
+	// ReadTimeout bounds reading a request, headers and body (default 30 s);
+	// WriteTimeout bounds writing the answer (default 60 s); IdleTimeout
+	// keep-alive connections (default 120 s).
+	ReadTimeout  time.Duration `yaml:"read_timeout"`
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	IdleTimeout  time.Duration `yaml:"idle_timeout"`
+	// ShutdownGrace is how long running scans may go on after SIGTERM
+	// before they are interrupted and put back in the queue (default 60 s).
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+}
+
+// TLSConfig names PEM files.
+type TLSConfig struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+	// ClientCA, when set, lets clients authenticate with a certificate
+	// signed by one of these CAs (mutual TLS) instead of a token.
+	ClientCA string `yaml:"client_ca"`
+}
+
+// AuthConfig lists the bearer tokens the API accepts. Tokens in files
+// (one per line, # comments) keep secrets out of the config file.
+type AuthConfig struct {
+	Tokens     []string `yaml:"tokens"`
+	TokenFiles []string `yaml:"token_files"`
+}
+
+// SignaturesConfig is how the appliance gets and trusts rule sets.
+type SignaturesConfig struct {
+	// StateDir keeps the active bundle across restarts
+	// (default /var/lib/snapscan/signatures).
+	StateDir string `yaml:"state_dir"`
+	// TrustedKeys are public key files or folders of .pub files; required.
+	TrustedKeys []string `yaml:"trusted_keys"`
+	// Name, when set, is the only signature set accepted.
+	Name string `yaml:"name"`
+	// ServerURL is the central signature server; empty: push only.
+	ServerURL       string        `yaml:"server_url"`
+	ServerTokenFile string        `yaml:"server_token_file"`
+	ServerCA        string        `yaml:"server_ca"`
+	PullInterval    time.Duration `yaml:"pull_interval"`
+	// ApplianceID names this appliance to the server (default: host name).
+	ApplianceID string `yaml:"appliance_id"`
+	// ReceiverURL is where the server can push to this appliance (this
+	// API's /v1/signatures); with it the appliance registers itself.
+	// Pushes must bear one of the API tokens or ReceiverTokenFile's.
+	ReceiverURL       string `yaml:"receiver_url"`
+	ReceiverTokenFile string `yaml:"receiver_token_file"`
+	// RescanSpread spreads the rescans a new signature version causes
+	// over this long (default 6 h); 0 in the file means the default,
+	// "off" is not offered: a new set must reach every VM.
+	RescanSpread time.Duration `yaml:"rescan_spread"`
+}
+
+// DatastoreConfig is one datastore: a folder of disk images and what it
+// may be asked for. Submitted disk paths are relative to Path.
+type DatastoreConfig struct {
+	Name string `yaml:"name"`
+	Path string `yaml:"path"`
+	// MaxScans is how many jobs may read it at once (default 1).
+	MaxScans int `yaml:"max_scans"`
+	// BytesPerSec and OpsPerSec cap reads (0: unlimited). Sizes accept
+	// suffixes: 100MiB, 1.5GB, 64k.
+	BytesPerSec ByteSize `yaml:"bytes_per_sec"`
+	OpsPerSec   float64  `yaml:"ops_per_sec"`
+}
+
+// DatabaseConfig locates the embedded SQLite database that holds the
+// queue, the results and the verdict cache.
+type DatabaseConfig struct {
+	Path string `yaml:"path"` // default /var/lib/snapscan/snapscan.db
+}
+
+// QueueConfig tunes the queue (zero: its defaults).
+type QueueConfig struct {
+	MaxScans    int           `yaml:"max_scans"`
+	MaxAttempts int           `yaml:"max_attempts"`
+	AgingStep   time.Duration `yaml:"aging_step"`
+	BackoffBase time.Duration `yaml:"backoff_base"`
+	BackoffMax  time.Duration `yaml:"backoff_max"`
+}
+
+// ScannerConfig tunes scanning (zero: the scanner's defaults).
+type ScannerConfig struct {
+	Workers      int           `yaml:"workers"`
+	MaxFileSize  ByteSize      `yaml:"max_file_size"`
+	MemoryBudget ByteSize      `yaml:"memory_budget"`
+	Timeout      time.Duration `yaml:"timeout"`
+	Exclude      []string      `yaml:"exclude"`
+	NoArchives   bool          `yaml:"no_archives"`
+	Archives     struct {
+		MaxDepth      int      `yaml:"max_depth"`
+		MaxMembers    int      `yaml:"max_members"`
+		MaxTotalBytes ByteSize `yaml:"max_total_bytes"`
+		MaxRatio      int64    `yaml:"max_ratio"`
+	} `yaml:"archives"`
+	// CacheEntries bounds the verdicts kept in memory in front of the
+	// database (default 100000).
+	CacheEntries int `yaml:"cache_entries"`
+}
+
+// EventsConfig says where findings go besides the database.
+type EventsConfig struct {
+	// Log is "stdout" (default), "none", or a file path findings are
+	// appended to as JSON lines.
+	Log     string        `yaml:"log"`
+	Webhook WebhookConfig `yaml:"webhook"`
+	// Buffer bounds the events waiting for each sink (default 10000);
+	// beyond it events are dropped and counted, never blocking a scan.
+	Buffer int `yaml:"buffer"`
+}
+
+// WebhookConfig is an optional HTTP endpoint that receives each finding
+// as a JSON POST.
+type WebhookConfig struct {
+	URL       string        `yaml:"url"`
+	TokenFile string        `yaml:"token_file"`
+	Timeout   time.Duration `yaml:"timeout"` // per attempt, default 10 s
+	Retries   int           `yaml:"retries"` // after the first attempt, default 3
+}
+
+// LogConfig is the service log.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+	Format string `yaml:"format"` // json (default) or text
+}
+
+// ByteSize is a size in bytes, written in the file as a number or with a
+// unit (k, KiB, M, MiB, G, GiB; k and K mean 1000, KiB 1024).
+type ByteSize int64
+
+var sizeRE = regexp.MustCompile(`^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$`)
+
+var sizeUnits = map[string]float64{
+	"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1 << 10, "m": 1e6, "mb": 1e6, "mib": 1 << 20,
+	"g": 1e9, "gb": 1e9, "gib": 1 << 30, "t": 1e12, "tb": 1e12, "tib": 1 << 40,
+}
+
+// ParseByteSize parses "100MiB", "1.5G", "4096".
+func ParseByteSize(s string) (ByteSize, error) {
+	m := sizeRE.FindStringSubmatch(s)
+	if m == nil {
+		return 0, fmt.Errorf("%q is not a size (want a number with an optional unit: 64MiB, 1.5GB)", s)
+	}
+	mult, ok := sizeUnits[strings.ToLower(m[2])]
+	if !ok {
+		return 0, fmt.Errorf("%q: unknown unit %q", s, m[2])
+	}
+	f, err := strconv.ParseFloat(m[1], 64)
+	if err != nil || f*mult > 1<<62 {
+		return 0, fmt.Errorf("%q is out of range", s)
+	}
+	return ByteSize(f * mult), nil
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: want a size", n.Line)
+	}
+	v, err := ParseByteSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %v", n.Line, err)
+	}
+	*b = v
+	return nil
+}
+
+// Defaults: one machine, embedded database, nothing else.
+const (
+	DefaultListen        = "127.0.0.1:8480"
+	DefaultDatabase      = "/var/lib/snapscan/snapscan.db"
+	DefaultStateDir      = "/var/lib/snapscan/signatures"
+	DefaultShutdownGrace = 60 * time.Second
+	DefaultRescanSpread  = 6 * time.Hour
+)
+
+// Load reads and checks a configuration file. Errors name the key path
+// ("datastores[1].bytes_per_sec") and wrap ErrConfig.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	// Relative paths in the file are relative to the file, not to
+	// wherever the service happened to start.
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	c.resolvePaths(dir)
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes a configuration strictly and fills in defaults; it does
+// not validate (Load does both).
+func Parse(data []byte) (*Config, error) {
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil {
+		if errors.Is(err, io.EOF) { // an empty file: all defaults
+			c := &Config{}
+			c.setDefaults()
+			return c, nil
+		}
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	if err := checkKeys(&root, reflect.TypeOf(Config{}), ""); err != nil {
+		return nil, err
+	}
+	c := &Config{}
+	if err := root.Decode(c); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	c.setDefaults()
+	return c, nil
+}
+
+// checkKeys walks the document against the struct's yaml tags, so an
+// unknown key is reported with its full path and line.
+func checkKeys(n *yaml.Node, t reflect.Type, path string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			if err := checkKeys(c, t, path); err != nil {
+				return err
+			}
+		}
+	case yaml.MappingNode:
+		if t.Kind() != reflect.Struct {
+			return nil // a map type, or a custom unmarshaler: decode checks it
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i].Value
+			f, ok := fieldByTag(t, k)
+			p := joinKey(path, k)
+			if !ok {
+				return fmt.Errorf("%w: %s: unknown key (line %d)", ErrConfig, p, n.Content[i].Line)
+			}
+			if err := checkKeys(n.Content[i+1], f.Type, p); err != nil {
+				return err
+			}
+		}
+	case yaml.SequenceNode:
+		if t.Kind() != reflect.Slice {
+			return fmt.Errorf("%w: %s: a list is not allowed here (line %d)", ErrConfig, path, n.Line)
+		}
+		for i, c := range n.Content {
+			if err := checkKeys(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func fieldByTag(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if strings.Split(f.Tag.Get("yaml"), ",")[0] == key {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+func joinKey(path, k string) string {
+	if path == "" {
+		return k
+	}
+	return path + "." + k
+}
+
+func (c *Config) setDefaults() {
+	if c.Server.Listen == "" {
+		c.Server.Listen = DefaultListen
+	}
+	if c.Server.ReadTimeout == 0 {
+		c.Server.ReadTimeout = 30 * time.Second
+	}
+	if c.Server.WriteTimeout == 0 {
+		c.Server.WriteTimeout = 60 * time.Second
+	}
+	if c.Server.IdleTimeout == 0 {
+		c.Server.IdleTimeout = 120 * time.Second
+	}
+	if c.Server.ShutdownGrace == 0 {
+		c.Server.ShutdownGrace = DefaultShutdownGrace
+	}
+	if c.Database.Path == "" {
+		c.Database.Path = DefaultDatabase
+	}
+	if c.Signatures.StateDir == "" {
+		c.Signatures.StateDir = DefaultStateDir
+	}
+	if c.Signatures.RescanSpread == 0 {
+		c.Signatures.RescanSpread = DefaultRescanSpread
+	}
+	if c.Signatures.ApplianceID == "" {
+		c.Signatures.ApplianceID, _ = os.Hostname()
+	}
+	if c.Events.Log == "" {
+		c.Events.Log = "stdout"
+	}
+	if c.Events.Buffer == 0 {
+		c.Events.Buffer = 10000
+	}
+	if c.Events.Webhook.Timeout == 0 {
+		c.Events.Webhook.Timeout = 10 * time.Second
+	}
+	if c.Events.Webhook.Retries == 0 {
+		c.Events.Webhook.Retries = 3
+	}
+	if c.Scanner.CacheEntries == 0 {
+		c.Scanner.CacheEntries = 100000
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+}
+
+func (c *Config) resolvePaths(dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&c.Server.TLS.Cert)
+	abs(&c.Server.TLS.Key)
+	abs(&c.Server.TLS.ClientCA)
+	for i := range c.Auth.TokenFiles {
+		abs(&c.Auth.TokenFiles[i])
+	}
+	abs(&c.Signatures.StateDir)
+	for i := range c.Signatures.TrustedKeys {
+		abs(&c.Signatures.TrustedKeys[i])
+	}
+	abs(&c.Signatures.ServerTokenFile)
+	abs(&c.Signatures.ServerCA)
+	abs(&c.Signatures.ReceiverTokenFile)
+	for i := range c.Datastores {
+		abs(&c.Datastores[i].Path)
+	}
+	abs(&c.Database.Path)
+	if c.Events.Log != "stdout" && c.Events.Log != "none" {
+		abs(&c.Events.Log)
+	}
+	abs(&c.Events.Webhook.TokenFile)
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Validate checks every setting and names the first wrong one by its
+// key path.
+func (c *Config) Validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrConfig, key, fmt.Sprintf(format, args...))
+	}
+	if _, _, err := net.SplitHostPort(c.Server.Listen); err != nil {
+		return bad("server.listen", "%v (want host:port)", err)
+	}
+	if (c.Server.TLS.Cert == "") != (c.Server.TLS.Key == "") {
+		return bad("server.tls", "set both cert and key, or neither")
+	}
+	if c.Server.TLS.ClientCA != "" && c.Server.TLS.Cert == "" {
+		return bad("server.tls.client_ca", "mutual TLS needs server.tls.cert and server.tls.key")
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{
+		{"server.read_timeout", c.Server.ReadTimeout}, {"server.write_timeout", c.Server.WriteTimeout},
+		{"server.idle_timeout", c.Server.IdleTimeout}, {"server.shutdown_grace", c.Server.ShutdownGrace},
+		{"signatures.rescan_spread", c.Signatures.RescanSpread}, {"signatures.pull_interval", c.Signatures.PullInterval},
+		{"queue.aging_step", c.Queue.AgingStep}, {"queue.backoff_base", c.Queue.BackoffBase},
+		{"queue.backoff_max", c.Queue.BackoffMax}, {"scanner.timeout", c.Scanner.Timeout},
+		{"events.webhook.timeout", c.Events.Webhook.Timeout},
+	} {
+		if d.v < 0 {
+			return bad(d.key, "must not be negative")
+		}
+	}
+	if len(c.Auth.Tokens) == 0 && len(c.Auth.TokenFiles) == 0 && c.Server.TLS.ClientCA == "" {
+		return bad("auth", "no credentials: set auth.tokens, auth.token_files or server.tls.client_ca (every endpoint but health requires authentication)")
+	}
+	for i, t := range c.Auth.Tokens {
+		if len(t) < 16 {
+			return bad(fmt.Sprintf("auth.tokens[%d]", i), "too short (at least 16 characters)")
+		}
+	}
+	if len(c.Signatures.TrustedKeys) == 0 {
+		return bad("signatures.trusted_keys", "required: the public keys whose signature bundles this appliance installs")
+	}
+	if c.Signatures.Name != "" && !nameRE.MatchString(c.Signatures.Name) {
+		return bad("signatures.name", "%q is not a valid set name", c.Signatures.Name)
+	}
+	for _, u := range []struct{ key, v string }{
+		{"signatures.server_url", c.Signatures.ServerURL},
+		{"signatures.receiver_url", c.Signatures.ReceiverURL},
+		{"events.webhook.url", c.Events.Webhook.URL},
+	} {
+		if u.v == "" {
+			continue
+		}
+		pu, err := url.Parse(u.v)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			return bad(u.key, "%q is not an http(s) URL", u.v)
+		}
+	}
+	if c.Signatures.ServerURL != "" && c.Signatures.ServerTokenFile == "" {
+		return bad("signatures.server_token_file", "required with signatures.server_url")
+	}
+	if c.Signatures.ReceiverURL != "" && c.Signatures.ServerURL == "" {
+		return bad("signatures.receiver_url", "needs signatures.server_url to register with")
+	}
+	if len(c.Datastores) == 0 {
+		return bad("datastores", "at least one datastore is required")
+	}
+	seen := map[string]bool{}
+	for i, d := range c.Datastores {
+		key := fmt.Sprintf("datastores[%d]", i)
+		if !nameRE.MatchString(d.Name) {
+			return bad(key+".name", "%q is not a valid name (1-64 of A-Z a-z 0-9 . _ -)", d.Name)
+		}
+		if seen[d.Name] {
+			return bad(key+".name", "%q is listed twice", d.Name)
+		}
+		seen[d.Name] = true
+		if d.Path == "" {
+			return bad(key+".path", "required: the folder holding this datastore's disk images")
+		}
+		if st, err := os.Stat(d.Path); err != nil || !st.IsDir() {
+			return bad(key+".path", "%q is not a readable folder", d.Path)
+		}
+		if d.MaxScans < 0 || d.MaxScans > 1024 {
+			return bad(key+".max_scans", "must be 0-1024")
+		}
+		if d.BytesPerSec < 0 {
+			return bad(key+".bytes_per_sec", "must not be negative")
+		}
+		if d.OpsPerSec < 0 {
+			return bad(key+".ops_per_sec", "must not be negative")
+		}
+	}
+	if c.Queue.MaxScans < 0 || c.Queue.MaxAttempts < 0 {
+		return bad("queue", "max_scans and max_attempts must not be negative")
+	}
+	if c.Scanner.Workers < 0 || c.Scanner.MaxFileSize < 0 || c.Scanner.MemoryBudget < 0 || c.Scanner.CacheEntries < 0 {
+		return bad("scanner", "workers, max_file_size, memory_budget and cache_entries must not be negative")
+	}
+	for i, g := range c.Scanner.Exclude {
+		if _, err := scanner.CompileGlob(g); err != nil {
+			return bad(fmt.Sprintf("scanner.exclude[%d]", i), "%v", err)
+		}
+	}
+	if c.Events.Buffer < 0 || c.Events.Buffer > 1<<20 {
+		return bad("events.buffer", "must be 1-1048576")
+	}
+	if c.Events.Webhook.Retries < 0 || c.Events.Webhook.Retries > 20 {
+		return bad("events.webhook.retries", "must be 0-20")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		return bad("log.format", "%q: want json or text", c.Log.Format)
+	}
+	return nil
+}
+
+// datastore returns the configured datastore called name.
+func (c *Config) datastore(name string) (*DatastoreConfig, bool) {
+	for i := range c.Datastores {
+		if c.Datastores[i].Name == name {
+			return &c.Datastores[i], true
+		}
+	}
+	return nil, false
+}
+
+// budget is the queue's view of a datastore's settings.
+func (d *DatastoreConfig) budget() queue.Budget {
+	return queue.Budget{MaxScans: d.MaxScans, BytesPerSec: float64(d.BytesPerSec), OpsPerSec: d.OpsPerSec}
+}
+
+// scannerOptions turns the scanner section into scanner.Options.
+func (c *Config) scannerOptions() scanner.Options {
+	o := scanner.Options{
+		Workers:      c.Scanner.Workers,
+		MaxFileSize:  int64(c.Scanner.MaxFileSize),
+		MemoryBudget: int64(c.Scanner.MemoryBudget),
+		Timeout:      c.Scanner.Timeout,
+		NoArchives:   c.Scanner.NoArchives,
+		Archives: scanner.ArchiveLimits{
+			MaxDepth:      c.Scanner.Archives.MaxDepth,
+			MaxMembers:    c.Scanner.Archives.MaxMembers,
+			MaxTotalBytes: int64(c.Scanner.Archives.MaxTotalBytes),
+			MaxRatio:      c.Scanner.Archives.MaxRatio,
+		},
+	}
+	for _, g := range c.Scanner.Exclude {
+		cg, _ := scanner.CompileGlob(g) // checked by Validate
+		o.Exclude = append(o.Exclude, cg)
+	}
+	return o
+}

@@ -1,0 +1,86 @@
+package appliance
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	ds := filepath.Join(dir, "ds")
+	os.Mkdir(ds, 0o755)
+	base := "auth: {tokens: [abcdefghijklmnop0123]}\nsignatures: {trusted_keys: [k.pub]}\ndatastores: [{name: a, path: ds, bytes_per_sec: 1.5MiB}]\n"
+	for _, tc := range []struct {
+		name, yaml, wantErr string
+	}{
+		{"minimal", base, ""},
+		{"unknown key", base + "server: {listn: x}\n", "server.listn: unknown key (line 4)"},
+		{"unknown nested", strings.Replace(base, "bytes_per_sec", "byte_per_sec", 1), "datastores[0].byte_per_sec: unknown key"},
+		{"bad size", strings.Replace(base, "1.5MiB", "fast", 1), "not a size"},
+		{"no datastores", "auth: {tokens: [abcdefghijklmnop0123]}\nsignatures: {trusted_keys: [k.pub]}\n", "datastores: at least one"},
+		{"no auth", "signatures: {trusted_keys: [k.pub]}\ndatastores: [{name: a, path: ds}]\n", "auth: no credentials"},
+		{"short token", strings.Replace(base, "abcdefghijklmnop0123", "short", 1), "auth.tokens[0]: too short"},
+		{"no keys", "auth: {tokens: [abcdefghijklmnop0123]}\ndatastores: [{name: a, path: ds}]\n", "signatures.trusted_keys: required"},
+		{"missing folder", strings.Replace(base, "path: ds", "path: nope", 1), "datastores[0].path"},
+		{"bad listen", base + "server: {listen: nowhere}\n", "server.listen"},
+		{"bad level", base + "log: {level: loud}\n", "log.level"},
+		{"bad glob", base + "scanner: {exclude: ['[']}\n", "scanner.exclude[0]"},
+		{"receiver without server", strings.Replace(base, "trusted_keys: [k.pub]", "trusted_keys: [k.pub], receiver_url: 'http://x/'", 1), "signatures.receiver_url"},
+		{"bad webhook", base + "events: {webhook: {url: 'ftp://x'}}\n", "events.webhook.url"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, "c.yaml")
+			os.WriteFile(p, []byte(tc.yaml), 0o644)
+			c, err := Load(p)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.Server.Listen != DefaultListen || c.Database.Path != DefaultDatabase || c.Events.Log != "stdout" {
+					t.Errorf("defaults not applied: %+v", c.Server)
+				}
+				if c.Datastores[0].Path != ds || c.Signatures.TrustedKeys[0] != filepath.Join(dir, "k.pub") {
+					t.Errorf("relative paths not resolved against the file: %q %q", c.Datastores[0].Path, c.Signatures.TrustedKeys[0])
+				}
+				if c.Datastores[0].BytesPerSec != 1.5*(1<<20) {
+					t.Errorf("bytes_per_sec = %d", c.Datastores[0].BytesPerSec)
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("err = %v, want ErrConfig naming %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// The shipped example must load (its folders and files aside).
+func TestExampleConfigParses(t *testing.T) {
+	b, err := os.ReadFile("../deploy/appliance.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Datastores) != 2 || c.Datastores[0].BytesPerSec != 200<<20 || c.Scanner.Archives.MaxTotalBytes != 128<<20 {
+		t.Errorf("example parsed wrongly: %+v", c.Datastores)
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	for in, want := range map[string]ByteSize{"4096": 4096, "64k": 64000, "64KiB": 65536, "1.5GB": 1.5e9, "2 MiB": 2 << 20} {
+		if got, err := ParseByteSize(in); err != nil || got != want {
+			t.Errorf("%q = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "1XB", "1e99GiB", "MiB"} {
+		if _, err := ParseByteSize(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+}

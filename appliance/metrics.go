@@ -1,0 +1,157 @@
+package appliance
+
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/snapscan/snapscan/queue"
+)
+
+// metrics is the appliance's Prometheus registry: its own, never the
+// global one. Queue state is read from queue.Metrics at scrape time.
+type metrics struct {
+	a   *Appliance
+	reg *prometheus.Registry
+
+	scans    *prometheus.CounterVec // by result
+	findings prometheus.Counter
+	files    prometheus.Counter
+	cached   prometheus.Counter
+	bytes    prometheus.Counter
+	jobs     *prometheus.CounterVec // by final state
+	requests *prometheus.CounterVec // by code
+
+	lastVersion atomic.Uint64
+}
+
+func newMetrics(a *Appliance) *metrics {
+	m := &metrics{a: a, reg: prometheus.NewRegistry()}
+	f := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "snapscan", Name: name, Help: help})
+	}
+	m.scans = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "scans_total",
+		Help: "Scan runs by result: complete, failed_permanent, failed_transient, interrupted."}, []string{"result"})
+	m.findings = f("findings_total", "Findings stored (one per rule matching a file).")
+	m.files = f("files_scanned_total", "Files and archive members checked.")
+	m.cached = f("files_cached_total", "Files whose verdict came from the verdict cache.")
+	m.bytes = f("bytes_scanned_total", "Bytes of file content checked.")
+	m.jobs = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "jobs_finished_total",
+		Help: "Jobs that reached a final state, by state."}, []string{"state"})
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "http_requests_total",
+		Help: "API requests by status code."}, []string{"code"})
+	m.reg.MustRegister(m.scans, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) scanDone(r *ScanResult, findings int) {
+	m.scans.WithLabelValues("complete").Inc()
+	m.findings.Add(float64(findings))
+	for _, d := range r.Disks {
+		for _, v := range d.Report.Volumes {
+			m.files.Add(float64(v.Files))
+			m.cached.Add(float64(v.Cached))
+			m.bytes.Add(float64(v.Bytes))
+		}
+	}
+}
+
+func (m *metrics) scanOutcome(err error) {
+	switch {
+	case queue.IsPermanent(err):
+		m.scans.WithLabelValues("failed_permanent").Inc()
+	case m.a.draining.Load():
+		m.scans.WithLabelValues("interrupted").Inc()
+	default:
+		m.scans.WithLabelValues("failed_transient").Inc()
+	}
+}
+
+func (m *metrics) jobFinished(j queue.Job) { m.jobs.WithLabelValues(string(j.State)).Inc() }
+
+var (
+	descDepth     = prometheus.NewDesc("snapscan_queue_depth", "Queued jobs by priority class.", []string{"class"}, nil)
+	descWait      = prometheus.NewDesc("snapscan_queue_wait_seconds", "How long started jobs waited, by class.", []string{"class"}, nil)
+	descRunning   = prometheus.NewDesc("snapscan_running_jobs", "Jobs running now.", nil, nil)
+	descJobEvents = prometheus.NewDesc("snapscan_queue_jobs_total", "Queue job transitions since start: started, done, failed, cancelled, retried.", []string{"event"}, nil)
+	descDSBytes   = prometheus.NewDesc("snapscan_datastore_read_bytes_total", "Bytes read from a datastore.", []string{"datastore"}, nil)
+	descDSOps     = prometheus.NewDesc("snapscan_datastore_read_ops_total", "Read operations issued to a datastore.", []string{"datastore"}, nil)
+	descDSRate    = prometheus.NewDesc("snapscan_datastore_read_bytes_per_second", "Bytes/s delivered by a datastore over the last few seconds.", []string{"datastore"}, nil)
+	descDSOpRate  = prometheus.NewDesc("snapscan_datastore_read_ops_per_second", "Read ops/s delivered by a datastore over the last few seconds.", []string{"datastore"}, nil)
+	descDSBudgetB = prometheus.NewDesc("snapscan_datastore_budget_bytes_per_second", "A datastore's byte budget (0: unlimited).", []string{"datastore"}, nil)
+	descDSBudgetO = prometheus.NewDesc("snapscan_datastore_budget_ops_per_second", "A datastore's operation budget (0: unlimited).", []string{"datastore"}, nil)
+	descDSSlots   = prometheus.NewDesc("snapscan_datastore_budget_scans", "Concurrent scans a datastore allows.", []string{"datastore"}, nil)
+	descDSRunning = prometheus.NewDesc("snapscan_datastore_running_jobs", "Jobs reading a datastore now.", []string{"datastore"}, nil)
+	descDSQueued  = prometheus.NewDesc("snapscan_datastore_queued_jobs", "Queued jobs with a disk on a datastore.", []string{"datastore"}, nil)
+	descDSPaused  = prometheus.NewDesc("snapscan_datastore_paused", "1 when a datastore is paused.", []string{"datastore"}, nil)
+	descSig       = prometheus.NewDesc("snapscan_signature_version", "Version of the active signature set (0: none).", []string{"name"}, nil)
+	descSigRules  = prometheus.NewDesc("snapscan_signature_rules", "Rules in the active signature set.", nil, nil)
+	descEvents    = prometheus.NewDesc("snapscan_events_total", "Finding events by sink and outcome (sent, dropped, failed).", []string{"sink", "outcome"}, nil)
+	descReady     = prometheus.NewDesc("snapscan_ready", "1 when the appliance takes scans (signatures active, database open).", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descDepth, descWait, descRunning, descJobEvents, descDSBytes, descDSOps, descDSRate,
+		descDSOpRate, descDSBudgetB, descDSBudgetO, descDSSlots, descDSRunning, descDSQueued, descDSPaused, descSig,
+		descSigRules, descEvents, descReady} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	a := m.a
+	qm := a.q.Metrics()
+	gauge := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
+	}
+	counter := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l...)
+	}
+	for _, c := range []queue.Class{queue.Rescan, queue.Scheduled, queue.OnDemand} {
+		gauge(descDepth, float64(qm.Depth[c]), c.String())
+		h := qm.Wait[c]
+		ch <- prometheus.MustNewConstHistogram(descWait, h.Count, h.Sum.Seconds(), h.Cumulative(), c.String())
+	}
+	gauge(descRunning, float64(len(qm.Running)))
+	for ev, v := range map[string]uint64{"started": qm.Started, "done": qm.Done, "failed": qm.Failed, "cancelled": qm.Cancelled, "retried": qm.Retried} {
+		counter(descJobEvents, float64(v), ev)
+	}
+	for _, d := range qm.Datastores {
+		counter(descDSBytes, float64(d.BytesRead), d.Name)
+		counter(descDSOps, float64(d.ReadOps), d.Name)
+		gauge(descDSRate, d.BytesPerSec, d.Name)
+		gauge(descDSOpRate, d.OpsPerSec, d.Name)
+		gauge(descDSBudgetB, d.Budget.BytesPerSec, d.Name)
+		gauge(descDSBudgetO, d.Budget.OpsPerSec, d.Name)
+		gauge(descDSSlots, float64(max(d.Budget.MaxScans, 1)), d.Name)
+		gauge(descDSRunning, float64(d.Running), d.Name)
+		gauge(descDSQueued, float64(d.Queued), d.Name)
+		gauge(descDSPaused, b2f(d.Paused), d.Name)
+	}
+	if act := a.recv.Current(); act != nil {
+		gauge(descSig, float64(act.Manifest.Version), act.Manifest.Name)
+		gauge(descSigRules, float64(act.RuleCount))
+	} else {
+		gauge(descSig, 0, "")
+		gauge(descSigRules, 0)
+	}
+	e := a.events
+	counter(descEvents, float64(e.Sent.Load()), "log", "sent")
+	counter(descEvents, float64(e.Dropped.Load()), "log", "dropped")
+	counter(descEvents, float64(e.HookSent.Load()), "webhook", "sent")
+	counter(descEvents, float64(e.HookDropped.Load()), "webhook", "dropped")
+	counter(descEvents, float64(e.HookFailed.Load()), "webhook", "failed")
+	ok, _ := a.readiness()
+	gauge(descReady, b2f(ok))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

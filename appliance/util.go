@@ -1,0 +1,55 @@
+package appliance
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/snapscan/snapscan/signatures"
+)
+
+// statFile reports whether p is a regular file (following links: a
+// datastore may link images in from elsewhere on purpose).
+func statFile(p string) (bool, error) {
+	st, err := os.Stat(p)
+	if err != nil {
+		return false, err
+	}
+	return st.Mode().IsRegular(), nil
+}
+
+// activeBundleFile is where signatures.Receiver keeps the active bundle
+// in its state folder. The signatures package does not export the name;
+// InstalledSignatures only reads it for "snapscan version".
+const activeBundleFile = "active.bundle"
+
+// InstalledSignatures describes the signature set installed for the
+// appliance configured at configPath, verified against its trusted keys
+// but not compiled (it is quick enough for "snapscan version"), or says
+// why none can be told.
+func InstalledSignatures(configPath string) string {
+	cfg, err := Load(configPath)
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	keys, err := signatures.LoadKeySet(cfg.Signatures.TrustedKeys...)
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	p := filepath.Join(cfg.Signatures.StateDir, activeBundleFile)
+	f, err := os.Open(p)
+	if err != nil {
+		return "none installed (" + p + ")"
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, signatures.DefaultMaxBundleSize))
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	b, err := signatures.ReadBundle(data, keys, signatures.Limits{})
+	if err != nil {
+		return "invalid (" + signatures.Reason(err) + ")"
+	}
+	return fmt.Sprintf("%s version %d (%d files, key %s)", b.Manifest.Name, b.Manifest.Version, len(b.Manifest.Files), b.KeyID)
+}

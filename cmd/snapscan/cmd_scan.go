@@ -1,0 +1,374 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/snapscan/snapscan/scanner"
+	"github.com/snapscan/snapscan/snapshot"
+)
+
+func init() {
+	register(command{name: "scan", summary: "scan disk images, block devices or folders with YARA rules", run: runScan})
+}
+
+const scanHelp = `Scans every file of every volume of each TARGET with YARA rules. A TARGET is a
+disk image (raw, qcow2, VMDK, VHD, VHDX: detected by content), a block device,
+or a folder. Images are opened read-only; their volumes (partitions, LVM2
+logical volumes) are found and each file system is read directly: nothing is
+mounted. Archives (zip, tar, gzip, zstd, bzip2, xz, nested) are scanned inside,
+members reported as /path/a.zip!dir/inner.exe.
+
+Per file the rules see the external variables filename, filepath (the path
+inside its volume, /etc/hosts), extension (.exe), filetype (EXE, ELF, ZIP, ...)
+and owner. One bad target never stops the others: it is reported and the scan
+goes on. Files that are not scanned are counted by reason (too_large, excluded,
+not_regular, read_error, timeout, limit_hit) in the summary.
+
+Exit status: 0 nothing matched, 1 something matched, 2 a target could not be
+scanned (or wrong usage). A progress line is shown when stderr is a terminal.
+
+Examples:
+  snapscan scan --rules rules/ vm42.qcow2
+  snapscan scan --rules a.yar --rules b.yar --exclude '**/*.vhdx' --json /dev/sdb /srv/share
+`
+
+func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("scan", "scan --rules PATH [--rules PATH]... [flags] TARGET...", scanHelp, stderr)
+	var rules, excludes, allow stringList
+	f.Var(&rules, "rules", "YARA rule file, folder of .yar/.yara files, or compiled rules (repeatable, required)")
+	f.Var(&excludes, "exclude", "skip files and folders matching `GLOB` inside a volume, e.g. '**/*.vhdx' or '/var/lib/pacemaker/**' (repeatable)")
+	f.Var(&allow, "allow-dir", "also allow backing files and extents of images from `DIR` (repeatable)")
+	maxSize := f.String("max-file-size", "256MiB", "skip files larger than `SIZE` (units KB, MB, GB, KiB, MiB, GiB)")
+	asJSON := f.Bool("json", false, "print one JSON object: {targets, findings, stats}")
+	workers := f.Int("workers", 0, "files scanned at once (default: number of CPUs)")
+	timeout := f.Duration("timeout", scanner.DefaultTimeout, "YARA timeout per file (whole seconds)")
+	noArchives := f.Bool("no-archives", false, "do not look inside archives")
+	noProgress := f.Bool("no-progress", false, "never show the progress line")
+	pos, err := parse(f, args)
+	if err != nil {
+		return err
+	}
+	if len(rules) == 0 || len(pos) == 0 {
+		f.Usage()
+		return usageError("need --rules and at least one TARGET")
+	}
+	limit, err := parseSize(*maxSize)
+	if err != nil {
+		return usageError("--max-file-size: %v", err)
+	}
+	var globs []scanner.Glob
+	for _, e := range excludes {
+		g, err := scanner.CompileGlob(e)
+		if err != nil {
+			return usageError("--exclude %q: %v", e, err)
+		}
+		globs = append(globs, g)
+	}
+	rs, err := scanner.Compile(rules...)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+
+	prog := newProgress(stderr, !*noProgress && !*asJSON && isTerminal(stderr))
+	opts := scanner.Options{
+		Workers: *workers, MaxFileSize: limit, Exclude: globs, Timeout: *timeout,
+		NoArchives: *noArchives, Cache: scanner.NewMemoryCache(1 << 20), OnProgress: prog.update,
+	}
+	if !*asJSON {
+		opts.OnFinding = func(fd scanner.Finding) {
+			prog.clear()
+			printFinding(stdout, fd)
+		}
+	}
+	sc := scanner.New(rs, opts)
+
+	out := scanOutput{Targets: []targetReport{}, Findings: []scanner.Finding{}}
+	start := time.Now()
+	failed := false
+	for _, target := range pos {
+		if ctx.Err() != nil {
+			break
+		}
+		tr := scanTarget(ctx, sc, target, allow)
+		prog.clear()
+		if tr.Error != "" {
+			failed = true
+			fmt.Fprintf(stderr, "snapscan scan: %s\n", tr.Error)
+		}
+		if tr.report != nil {
+			out.Findings = append(out.Findings, tr.report.Findings...)
+		}
+		out.Targets = append(out.Targets, tr)
+	}
+	prog.clear()
+	out.Stats = summarize(out.Targets, rs, time.Since(start))
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			return err
+		}
+	} else {
+		printSummary(stdout, &out)
+	}
+	switch {
+	case ctx.Err() != nil:
+		return &exitError{code: 2, err: fmt.Errorf("interrupted: %w", ctx.Err())}
+	case failed:
+		return &exitError{code: 2}
+	case len(out.Findings) > 0:
+		return &exitError{code: 1}
+	}
+	return nil
+}
+
+// targetReport is one target's part of the JSON output.
+type targetReport struct {
+	Target  string                 `json:"target"`
+	Format  string                 `json:"format,omitempty"` // image format, "dir" for a folder
+	Volumes []scanner.VolumeReport `json:"volumes"`
+	// Error is why the target could not be scanned at all.
+	Error    string `json:"error,omitempty"`
+	Findings int    `json:"findings"`
+	report   *scanner.Report
+}
+
+type scanStats struct {
+	Targets       int              `json:"targets"`
+	TargetsFailed int              `json:"targets_failed"`
+	Volumes       int              `json:"volumes"`
+	Files         int64            `json:"files"`
+	Bytes         int64            `json:"bytes"`
+	Cached        int64            `json:"cached"`
+	Skipped       map[string]int64 `json:"skipped"`
+	Errors        int64            `json:"errors"`
+	Findings      int              `json:"findings"`
+	Rules         int              `json:"rules"`
+	RulesID       string           `json:"rules_id"`
+	Seconds       float64          `json:"seconds"`
+}
+
+type scanOutput struct {
+	Targets  []targetReport    `json:"targets"`
+	Findings []scanner.Finding `json:"findings"`
+	Stats    scanStats         `json:"stats"`
+}
+
+// scanTarget opens and scans one target; its errors are recorded in the
+// report, never returned, so that the other targets are still scanned.
+func scanTarget(ctx context.Context, sc *scanner.Scanner, target string, allow []string) targetReport {
+	tr := targetReport{Target: target, Volumes: []scanner.VolumeReport{}}
+	var t scanner.Target
+	if fi, err := os.Stat(target); err == nil && fi.IsDir() {
+		tr.Format = "dir"
+		t = scanner.Target{Name: target, Volumes: []scanner.Volume{{ID: "dir", FileSystem: "dir", FS: os.DirFS(target)}}}
+	} else {
+		d, err := snapshot.Open(target, &snapshot.Options{AllowedDirs: allow})
+		if err != nil {
+			tr.Error = err.Error()
+			return tr
+		}
+		defer d.Close()
+		tr.Format = d.Format
+		t = scanner.Target{Name: target}
+		for _, v := range d.Volumes {
+			t.Volumes = append(t.Volumes, scanner.Volume{ID: v.ID, FileSystem: v.FileSystem, FS: v.FS, Err: v.Err})
+		}
+	}
+	rep, err := sc.Scan(ctx, t)
+	if rep != nil {
+		tr.report = rep
+		tr.Volumes = rep.Volumes
+		tr.Findings = len(rep.Findings)
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		tr.Error = fmt.Sprintf("%s: %v", target, err)
+	} else if rep != nil && !anyScanned(t) {
+		tr.Error = fmt.Sprintf("%s: no volume could be read", target)
+	}
+	return tr
+}
+
+func anyScanned(t scanner.Target) bool {
+	for _, v := range t.Volumes {
+		if v.FS != nil {
+			return true
+		}
+	}
+	return false
+}
+
+func summarize(ts []targetReport, rs *scanner.Rules, d time.Duration) scanStats {
+	st := scanStats{Targets: len(ts), Skipped: map[string]int64{}, Rules: rs.Count(), RulesID: rs.ID(), Seconds: d.Seconds()}
+	for _, t := range ts {
+		if t.Error != "" {
+			st.TargetsFailed++
+		}
+		st.Findings += t.Findings
+		for _, v := range t.Volumes {
+			st.Volumes++
+			st.Files += v.Files
+			st.Bytes += v.Bytes
+			st.Cached += v.Cached
+			st.Errors += int64(len(v.Errors)) + v.ErrorsDropped
+			for k, n := range v.Skipped {
+				st.Skipped[k] += n
+			}
+		}
+	}
+	return st
+}
+
+func printFinding(w io.Writer, fd scanner.Finding) {
+	names := make([]string, len(fd.Matches))
+	for i, m := range fd.Matches {
+		names[i] = m.Rule
+		if len(m.Tags) > 0 {
+			names[i] += " [" + strings.Join(m.Tags, ",") + "]"
+		}
+	}
+	fmt.Fprintf(w, "FOUND %s %s %s: %s (sha256 %s)\n", fd.Target, fd.Volume, fd.Path, strings.Join(names, ", "), fd.SHA256)
+}
+
+func printSummary(w io.Writer, o *scanOutput) {
+	fmt.Fprintln(w)
+	for _, t := range o.Targets {
+		fmt.Fprintf(w, "%s (%s)\n", t.Target, dash(t.Format))
+		if t.Error != "" {
+			fmt.Fprintf(w, "  error: %s\n", t.Error)
+		}
+		for _, v := range t.Volumes {
+			if v.Err != "" {
+				fmt.Fprintf(w, "  %-14s %-9s not scanned: %s\n", v.ID, dash(v.FileSystem), v.Err)
+				continue
+			}
+			fmt.Fprintf(w, "  %-14s %-9s %d files, %s%s\n", v.ID, v.FileSystem, v.Files, humanBytes(v.Bytes), skipText(v.Skipped))
+			for _, e := range v.Errors {
+				fmt.Fprintf(w, "    %s: %s\n", e.Reason, e.Error())
+			}
+		}
+	}
+	s := o.Stats
+	fmt.Fprintf(w, "\n%d targets (%d failed), %d files, %s in %.1fs; %d cached; %d rules; %d findings\n",
+		s.Targets, s.TargetsFailed, s.Files, humanBytes(s.Bytes), s.Seconds, s.Cached, s.Rules, s.Findings)
+}
+
+func skipText(m map[string]int64) string {
+	var keys []string
+	for k, n := range m {
+		if n > 0 {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return ""
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+	}
+	return "; skipped: " + strings.Join(parts, ", ")
+}
+
+// parseSize reads "256MiB", "1.5GB", "4096".
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   float64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
+	t := strings.TrimSpace(s)
+	mult := 1.0
+	for _, u := range units {
+		if strings.HasSuffix(strings.ToUpper(t), strings.ToUpper(u.suffix)) {
+			t, mult = strings.TrimSpace(t[:len(t)-len(u.suffix)]), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v <= 0 {
+		return 0, fmt.Errorf("%q is not a size", s)
+	}
+	return int64(v * mult), nil
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// progress draws one self-erasing status line on a terminal.
+type progress struct {
+	mu      sync.Mutex
+	w       io.Writer
+	on      bool
+	start   time.Time
+	last    time.Time
+	printed bool
+}
+
+func newProgress(w io.Writer, on bool) *progress {
+	return &progress{w: w, on: on, start: time.Now()}
+}
+
+func (p *progress) update(pr scanner.Progress) {
+	if !p.on {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	if now.Sub(p.last) < 100*time.Millisecond {
+		return
+	}
+	p.last = now
+	el := now.Sub(p.start).Seconds()
+	rate := float64(pr.Bytes) / max(el, 0.001)
+	eta := "?"
+	if pr.Listed && rate > 0 {
+		eta = time.Duration(float64(pr.TotalBytes-pr.Bytes) / rate * float64(time.Second)).Round(time.Second).String()
+	}
+	fmt.Fprintf(p.w, "\r\x1b[K%s: %d/%d files, %s/%s, %s/s, ETA %s",
+		pr.Target, pr.Files, pr.TotalFiles, humanBytes(pr.Bytes), humanBytes(pr.TotalBytes), humanBytes(int64(rate)), eta)
+	p.printed = true
+}
+
+func (p *progress) clear() {
+	if !p.on {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.printed {
+		fmt.Fprint(p.w, "\r\x1b[K")
+		p.printed = false
+	}
+}

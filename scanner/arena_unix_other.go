@@ -1,0 +1,5 @@
+//go:build unix && !linux
+
+package scanner
+
+const mapNoReserve = 0

@@ -1,0 +1,595 @@
+package scanner
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"path"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hillu/go-yara/v4"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/snapscan/snapscan/snapshot/vfs"
+)
+
+// Defaults of Options.
+const (
+	// DefaultMaxFileSize is high enough for real binaries (the largest
+	// shared libraries and statically linked programs of common guests are
+	// 50-200 MiB) and low enough that what is skipped is mostly disk
+	// images, databases, media and swap: content that signature rules do
+	// not target and that would take YARA more than 5 s each at the
+	// 40-60 MB/s measured here. A file is scanned whole, in memory, so the
+	// limit is also a memory bound.
+	DefaultMaxFileSize = 256 << 20
+	// DefaultMemoryBudget bounds the scan buffers of all workers of a
+	// Scanner together (pages kept resident between files included). Peak
+	// RSS is about the budget plus libyara's compiled rules and the Go heap
+	// (about 90 MiB with signature-base): under 512 MiB whatever the image
+	// size.
+	DefaultMemoryBudget = 320 << 20
+	// DefaultTimeout is YARA's per-file timeout.
+	DefaultTimeout = 60 * time.Second
+)
+
+// scanFlagNoTryCatch is libyara 4.2's SCAN_FLAGS_NO_TRYCATCH (go-yara
+// names it only from 4.3). Without it libyara installs process-wide
+// SIGSEGV/SIGBUS handlers around every scan, to survive a memory-mapped
+// file that shrinks; snapscan only scans its own memory, where no such
+// fault can happen, and the handlers would race the Go runtime's own
+// (installed without SA_ONSTACK, swapped in and out by concurrent scans).
+const scanFlagNoTryCatch = 4
+
+// Options tune a Scanner. The zero value is usable.
+type Options struct {
+	// Workers is the number of files scanned at once (default GOMAXPROCS),
+	// shared by all volumes of a target.
+	Workers int
+	// MaxFileSize: larger files are counted as too_large, unread
+	// (default DefaultMaxFileSize; at most MemoryBudget).
+	MaxFileSize int64
+	// MemoryBudget bounds the bytes held by all workers for file content
+	// and expanded archive members (default DefaultMemoryBudget). It is
+	// shared by concurrent Scans of one Scanner.
+	MemoryBudget int64
+	// Exclude lists globs matched against each path inside its volume:
+	// matching files are counted as excluded, matching folders as
+	// excluded_dir (their content is not listed).
+	Exclude []Glob
+	// Timeout is YARA's timeout for one file or member, in whole seconds
+	// (default DefaultTimeout). A context deadline that comes sooner
+	// lowers it, never below one second (YARA's granularity).
+	Timeout time.Duration
+	// Archives bounds what archive expansion may cost.
+	Archives ArchiveLimits
+	// NoArchives disables looking inside archives.
+	NoArchives bool
+	// Cache, when set, keeps verdicts across files and scans.
+	Cache Cache
+	// OnFinding is called for each finding as it is made; OnProgress after
+	// each listed file is done (the cost per call is a mutex and a struct
+	// copy). Calls of both are serialized, made from the scan's
+	// goroutines while it waits: they must return quickly.
+	OnFinding  func(Finding)
+	OnProgress func(Progress)
+	// Logger receives debug messages about unreadable files; nil discards.
+	Logger *slog.Logger
+}
+
+// Scanner scans targets with one rule set. It is safe for concurrent use;
+// concurrent Scans share its memory budget.
+type Scanner struct {
+	rules  *Rules
+	opts   Options
+	budget *semaphore.Weighted
+	keep   int64 // what a worker's arena may keep resident between files
+}
+
+// New returns a Scanner. Options are completed with their defaults.
+func New(rules *Rules, opts Options) *Scanner {
+	if opts.Workers <= 0 {
+		opts.Workers = runtime.GOMAXPROCS(0)
+	}
+	if opts.MemoryBudget <= 0 {
+		opts.MemoryBudget = DefaultMemoryBudget
+	}
+	if opts.MaxFileSize <= 0 {
+		opts.MaxFileSize = DefaultMaxFileSize
+	}
+	opts.MaxFileSize = min(opts.MaxFileSize, opts.MemoryBudget)
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	opts.Archives = opts.Archives.withDefaults()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	// Half the budget at most goes to kept pages, so that large files
+	// still find room; whole pages only.
+	keep := min(maxKeep, opts.MemoryBudget/int64(2*opts.Workers)) &^ (1<<12 - 1)
+	return &Scanner{rules: rules, opts: opts, budget: semaphore.NewWeighted(opts.MemoryBudget), keep: keep}
+}
+
+// Options returns the options in effect (with defaults filled in).
+func (s *Scanner) Options() Options { return s.opts }
+
+// job is one listed file for a worker.
+type job struct {
+	vol   int
+	name  string // fs.FS name ("etc/hosts")
+	size  int64
+	owner string
+}
+
+// run is the state of one Scan.
+type run struct {
+	s      *Scanner
+	target Target
+	rep    *Report
+
+	mu       sync.Mutex // guards rep, progress and the hooks
+	progress Progress
+}
+
+// Scan scans every volume of t and returns its report. Unreadable files,
+// timeouts and archive limits are recorded in the report; the scan goes
+// on. Scan returns an error only when ctx ends (with the partial report)
+// or when YARA cannot start. A file being scanned when ctx is canceled
+// finishes first (its timeout bounds the wait).
+func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
+	rep := &Report{Target: t.Name, RulesID: s.rules.ID(), Started: time.Now(), Findings: []Finding{}}
+	for _, v := range t.Volumes {
+		vr := VolumeReport{ID: v.ID, FileSystem: v.FileSystem, Skipped: map[string]int64{}, Errors: []FileError{}}
+		if v.Err != nil {
+			vr.Err = v.Err.Error()
+		} else if v.FS == nil {
+			vr.Err = "no file system"
+		}
+		rep.Volumes = append(rep.Volumes, vr)
+	}
+	r := &run{s: s, target: t, rep: rep, progress: Progress{Target: t.Name}}
+
+	g, gctx := errgroup.WithContext(ctx)
+	jobs := make(chan job, 4*s.opts.Workers)
+	g.Go(func() error {
+		defer close(jobs)
+		for i, v := range t.Volumes {
+			if v.Err != nil || v.FS == nil {
+				continue
+			}
+			if err := r.list(gctx, i, v.FS, jobs); err != nil {
+				return err
+			}
+		}
+		r.mu.Lock()
+		r.progress.Listed = true
+		r.mu.Unlock()
+		return nil
+	})
+	for range s.opts.Workers {
+		g.Go(func() error {
+			w, err := r.newWorker()
+			if err != nil {
+				return err
+			}
+			defer w.close()
+			for j := range jobs {
+				if gctx.Err() != nil {
+					r.skip(j.vol, "/"+j.name, SkipCanceled, nil, false)
+					continue
+				}
+				w.scanFile(gctx, j)
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	if err == nil {
+		err = ctx.Err()
+	}
+	rep.Duration = time.Since(rep.Started)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	slices.SortFunc(rep.Findings, func(a, b Finding) int {
+		return cmp.Or(cmp.Compare(r.volIndex(a.Volume), r.volIndex(b.Volume)), strings.Compare(a.Path, b.Path))
+	})
+	for i := range rep.Volumes {
+		slices.SortStableFunc(rep.Volumes[i].Errors, func(a, b FileError) int { return strings.Compare(a.Path, b.Path) })
+	}
+	return rep, err
+}
+
+func (r *run) volIndex(id string) int {
+	return slices.IndexFunc(r.target.Volumes, func(v Volume) bool { return v.ID == id })
+}
+
+// list walks one volume and queues its regular files.
+func (r *run) list(ctx context.Context, vol int, fsys fs.FS, jobs chan<- job) error {
+	opts := &r.s.opts
+	return fs.WalkDir(fsys, ".", func(name string, d fs.DirEntry, err error) error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		vpath := "/" + name
+		if name == "." {
+			vpath = "/"
+		}
+		if err != nil {
+			// An unreadable folder (or root): its content is unknown.
+			r.skip(vol, vpath, SkipReadError, err, false)
+			return nil
+		}
+		excluded := name != "." && slices.ContainsFunc(opts.Exclude, func(g Glob) bool { return g.Match(vpath) })
+		if d.IsDir() {
+			if excluded {
+				r.skip(vol, vpath, SkipExcludedDir, nil, false)
+				return fs.SkipDir
+			}
+			return nil
+		}
+		switch {
+		case excluded:
+			r.skip(vol, vpath, SkipExcluded, nil, true)
+			return nil
+		case !d.Type().IsRegular():
+			r.skip(vol, vpath, SkipNotRegular, nil, true)
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			r.skip(vol, vpath, SkipReadError, err, true)
+			return nil
+		}
+		if !info.Mode().IsRegular() { // changed since listed
+			r.skip(vol, vpath, SkipNotRegular, nil, true)
+			return nil
+		}
+		if info.Size() > opts.MaxFileSize {
+			r.skip(vol, vpath, SkipTooLarge, nil, true)
+			return nil
+		}
+		owner := ""
+		if o, ok := info.Sys().(vfs.Owner); ok {
+			owner = o.Owner()
+		}
+		r.mu.Lock()
+		r.progress.TotalFiles++
+		r.progress.TotalBytes += info.Size()
+		r.mu.Unlock()
+		select {
+		case jobs <- job{vol: vol, name: name, size: info.Size(), owner: owner}:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+}
+
+// skip counts a file (or member, or folder) not scanned, with its error.
+// listed is true when the lister skips a whole file, which then counts
+// toward progress (the workers count the files they were given).
+func (r *run) skip(vol int, p, reason string, err error, listed bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	vr := &r.rep.Volumes[vol]
+	vr.Skipped[reason]++
+	if err != nil || reason == SkipTimeout {
+		if len(vr.Errors) < MaxErrors {
+			vr.Errors = append(vr.Errors, FileError{Path: p, Reason: reason, Err: err})
+		} else {
+			vr.ErrorsDropped++
+		}
+		r.s.opts.Logger.Debug("not scanned", "target", r.target.Name, "volume", vr.ID, "path", p, "reason", reason, "err", err)
+	}
+	if listed {
+		r.progress.TotalFiles++
+		r.progress.Files++
+		r.report()
+	}
+}
+
+// report calls OnProgress; r.mu is held.
+func (r *run) report() {
+	if r.s.opts.OnProgress != nil {
+		r.s.opts.OnProgress(r.progress)
+	}
+}
+
+// worker scans files one at a time with its own YARA scanner and arena.
+type worker struct {
+	r     *run
+	ys    *yara.Scanner
+	arena *arena
+	hdr   [SniffLen]byte
+	cb    collector
+	tmo   time.Duration // timeout currently set on ys
+	keep  int64         // budget held for the arena's resident pages
+}
+
+func (r *run) newWorker() (*worker, error) {
+	ys, err := yara.NewScanner(r.s.rules.y)
+	if err != nil {
+		return nil, fmt.Errorf("scanner: yara scanner: %w", err)
+	}
+	ys.SetFlags(scanFlagNoTryCatch)
+	size := r.s.opts.MaxFileSize
+	if !r.s.opts.NoArchives {
+		size += r.s.opts.Archives.MaxTotalBytes
+	}
+	a, err := newArena(int(min(size, r.s.opts.MemoryBudget)))
+	if err != nil {
+		ys.Destroy()
+		return nil, fmt.Errorf("scanner: scan buffer: %w", err)
+	}
+	w := &worker{r: r, ys: ys, arena: a}
+	ys.SetCallback(&w.cb)
+	w.takeKeep()
+	return w, nil
+}
+
+func (w *worker) close() {
+	w.ys.Destroy()
+	w.arena.free()
+	w.dropKeep()
+}
+
+// takeKeep reserves, if it is free, the part of the budget that the
+// worker's arena keeps resident between files.
+func (w *worker) takeKeep() {
+	s := w.r.s
+	if w.keep == 0 && s.keep > 0 && s.budget.TryAcquire(s.keep) {
+		w.keep = s.keep
+	}
+}
+
+// dropKeep returns the kept pages to the system and to the budget.
+func (w *worker) dropKeep() {
+	if w.keep > 0 {
+		if w.arena.buf != nil {
+			w.arena.trim(0)
+		}
+		w.r.s.budget.Release(w.keep)
+		w.keep = 0
+	}
+}
+
+// scanFile reads a listed file whole and scans it, and its members.
+func (w *worker) scanFile(ctx context.Context, j job) {
+	r, opts := w.r, &w.r.s.opts
+	vpath := "/" + j.name
+	defer w.fileDone(j.size)
+	f, err := w.r.target.Volumes[j.vol].FS.Open(j.name)
+	if err != nil {
+		r.skip(j.vol, vpath, SkipReadError, err, false)
+		return
+	}
+	defer f.Close()
+	n, err := io.ReadFull(f, w.hdr[:min(j.size, SniffLen)])
+	if err != nil && err != io.ErrUnexpectedEOF {
+		r.skip(j.vol, vpath, SkipReadError, err, false)
+		return
+	}
+	typ := Filetype(w.hdr[:n])
+
+	// Take the memory before reading: the file, and for an archive room
+	// for what it may expand to.
+	weight := j.size
+	var exp *expansion
+	if !opts.NoArchives && isArchive(typ) {
+		exp = newExpansion(opts.Archives, w.arena, j.size)
+		exp.remaining = min(exp.remaining, opts.MemoryBudget-j.size)
+		weight += exp.remaining
+	}
+	// The worker's kept pages are already paid for; if the rest is not
+	// free now, give them up before waiting, so that waiting workers hold
+	// nothing and cannot block those that hold memory.
+	extra := max(weight-w.keep, 0)
+	if extra > 0 && !r.s.budget.TryAcquire(extra) {
+		w.dropKeep()
+		extra = max(weight, 1)
+		if err := r.s.budget.Acquire(ctx, extra); err != nil {
+			r.skip(j.vol, vpath, SkipCanceled, nil, false)
+			return
+		}
+	}
+	defer func() {
+		w.arena.reset(0)
+		w.arena.trim(int(w.keep))
+		r.s.budget.Release(extra)
+		w.takeKeep()
+	}()
+
+	buf, err := w.arena.alloc(j.size)
+	if err != nil {
+		r.skip(j.vol, vpath, SkipTooLarge, err, false)
+		return
+	}
+	copy(buf, w.hdr[:n])
+	m, err := io.ReadFull(f, buf[n:])
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		r.skip(j.vol, vpath, SkipReadError, err, false)
+		return
+	}
+	// A file that shrank since it was listed is scanned as it is now.
+	data := buf[:n+m]
+	w.scanContent(ctx, j, vpath, path.Base(vpath), data, typ, 0, exp)
+}
+
+// fileDone advances progress for one listed file.
+func (w *worker) fileDone(size int64) {
+	r := w.r
+	r.mu.Lock()
+	r.progress.Files++
+	r.progress.Bytes += size
+	r.report()
+	r.mu.Unlock()
+}
+
+// externals are the per-file values of the external variables.
+type externals struct {
+	filename, filepath, extension, filetype, owner string
+}
+
+// scanContent scans one file or member held in data, then its members.
+func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, data []byte, typ string, depth int, exp *expansion) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r := w.r
+	ext := externals{
+		filename:  name,
+		filepath:  vpath,
+		extension: strings.ToLower(path.Ext(name)),
+		filetype:  typ,
+		owner:     j.owner,
+	}
+	// The content hash is needed for the cache and for findings only:
+	// without a cache, clean files (nearly all) are not hashed.
+	var sum [32]byte
+	hashed := false
+	var key CacheKey
+	var matches []Match
+	cached := false
+	if c := r.s.opts.Cache; c != nil {
+		sum, hashed = sha256.Sum256(data), true
+		key = CacheKey{Content: sum, Rules: r.s.rules.id}
+		if r.s.rules.pathDependent {
+			key.Context = contextKey(&ext)
+		}
+		if v, ok := c.Get(key); ok {
+			matches, cached = v.Matches, true
+		}
+	}
+	scanned := cached
+	if !cached {
+		var err error
+		matches, err = w.yaraScan(ctx, &ext, data)
+		switch {
+		case isTimeout(err):
+			r.skip(j.vol, vpath, SkipTimeout, fmt.Errorf("yara: no verdict within %v", w.tmo), false)
+		case err != nil:
+			r.skip(j.vol, vpath, SkipScanError, fmt.Errorf("yara: %w", err), false)
+		default:
+			scanned = true
+			if c := r.s.opts.Cache; c != nil {
+				c.Put(key, Verdict{Matches: matches})
+			}
+		}
+	}
+	if scanned && len(matches) > 0 && !hashed {
+		sum = sha256.Sum256(data)
+	}
+	if scanned {
+		r.mu.Lock()
+		vr := &r.rep.Volumes[j.vol]
+		vr.Files++
+		vr.Bytes += int64(len(data))
+		if cached {
+			vr.Cached++
+		}
+		if len(matches) > 0 {
+			f := Finding{
+				Target:  r.target.Name,
+				Volume:  vr.ID,
+				Path:    vpath,
+				Size:    int64(len(data)),
+				SHA256:  hex.EncodeToString(sum[:]),
+				Matches: matches,
+			}
+			r.rep.Findings = append(r.rep.Findings, f)
+			if r.s.opts.OnFinding != nil {
+				r.s.opts.OnFinding(f)
+			}
+		}
+		r.mu.Unlock()
+	}
+	if exp == nil {
+		return nil
+	}
+	return exp.walk(typ, name, data, depth,
+		func(m member) error {
+			mt := Filetype(m.Data)
+			mp := memberPath(vpath, m.Name)
+			var sub *expansion
+			if isArchive(mt) {
+				sub = exp
+			}
+			return w.scanContent(ctx, j, mp, path.Base(path.Clean("/"+m.Name)), m.Data, mt, m.Depth, sub)
+		},
+		func(name, reason string, err error) {
+			p := vpath
+			if name != "" {
+				p = memberPath(vpath, name)
+			}
+			r.skip(j.vol, p, reason, err, false)
+		})
+}
+
+// yaraScan runs the rules over data with the file's externals.
+func (w *worker) yaraScan(ctx context.Context, ext *externals, data []byte) ([]Match, error) {
+	rules := w.r.s.rules
+	for _, kv := range [...][2]string{
+		{"filename", ext.filename}, {"filepath", ext.filepath}, {"extension", ext.extension},
+		{"filetype", ext.filetype}, {"owner", ext.owner},
+	} {
+		if slices.Contains(rules.defined, kv[0]) {
+			if err := w.ys.DefineVariable(kv[0], kv[1]); err != nil {
+				return nil, fmt.Errorf("define %s: %w", kv[0], err)
+			}
+		}
+	}
+	tmo := w.r.s.opts.Timeout
+	if dl, ok := ctx.Deadline(); ok {
+		tmo = min(tmo, time.Until(dl))
+	}
+	tmo = max(time.Second, tmo.Round(time.Second))
+	if tmo != w.tmo {
+		w.ys.SetTimeout(tmo)
+		w.tmo = tmo
+	}
+	w.cb.matches = nil
+	err := w.ys.ScanMem(data)
+	m := w.cb.matches
+	w.cb.matches = nil
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// yaraTimeout is libyara's ERROR_SCAN_TIMEOUT.
+const yaraTimeout = yara.Error(26)
+
+func isTimeout(err error) bool { return errors.Is(err, yaraTimeout) }
+
+// collector gathers matching rules. It only implements RuleMatching, so
+// libyara reports matches only (each report is a cgo call).
+type collector struct {
+	matches []Match
+}
+
+// RuleMatching implements yara.ScanCallback. It must not panic: a panic
+// cannot unwind through libyara.
+func (c *collector) RuleMatching(_ *yara.ScanContext, r *yara.Rule) (bool, error) {
+	m := Match{Rule: r.Identifier(), Namespace: r.Namespace(), Tags: r.Tags(), Meta: []MetaEntry{}}
+	if m.Tags == nil {
+		m.Tags = []string{}
+	}
+	for _, mt := range r.Metas() {
+		m.Meta = append(m.Meta, MetaEntry{Key: mt.Identifier, Value: mt.Value})
+	}
+	c.matches = append(c.matches, m)
+	return false, nil
+}

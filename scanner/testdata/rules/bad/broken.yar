@@ -1,0 +1,9 @@
+rule ok_one { condition: true }
+
+rule broken
+{
+    strings:
+        $a = "x"
+    condition:
+        $a and undefined_identifier
+}

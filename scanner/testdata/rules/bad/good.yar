@@ -1,0 +1,1 @@
+rule fine { condition: true }
