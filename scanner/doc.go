@@ -12,8 +12,11 @@
 //
 // Per file, the string externals filename (base name), filepath (the
 // '/'-separated absolute path inside the volume, /etc/hosts), extension
-// (lower case with its dot, or ""), filetype (see Filetype) and owner (from
-// the file system, else "") are set on the worker's YARA scanner. Rules
+// (lower case with its dot, or ""), filetype (see Filetype) and owner are
+// set on the worker's YARA scanner. owner is a name: where the file system
+// records only a uid (ext4, XFS), the name comes from the /etc/passwd of
+// the target's volumes; a uid the guest does not name, or a file system
+// with no owners (FAT), gives "". Rules
 // are compiled with all five defined as "".
 //
 // Archives (zip, tar, gzip, zstd, bzip2, xz, nested) are expanded in

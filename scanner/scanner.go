@@ -21,7 +21,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 
-	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
 // Defaults of Options.
@@ -138,6 +137,7 @@ type run struct {
 	s      *Scanner
 	target Target
 	rep    *Report
+	owners owners // the guest's user names, by uid
 
 	mu       sync.Mutex // guards rep, progress and the hooks
 	progress Progress
@@ -159,7 +159,7 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 		}
 		rep.Volumes = append(rep.Volumes, vr)
 	}
-	r := &run{s: s, target: t, rep: rep, progress: Progress{Target: t.Name}}
+	r := &run{s: s, target: t, rep: rep, progress: Progress{Target: t.Name}, owners: readOwners(t)}
 
 	g, gctx := errgroup.WithContext(ctx)
 	jobs := make(chan job, 4*s.opts.Workers)
@@ -260,10 +260,7 @@ func (r *run) list(ctx context.Context, vol int, fsys fs.FS, jobs chan<- job) er
 			r.skip(vol, vpath, SkipTooLarge, nil, true)
 			return nil
 		}
-		owner := ""
-		if o, ok := info.Sys().(vfs.Owner); ok {
-			owner = o.Owner()
-		}
+		owner := r.owners.of(info)
 		r.mu.Lock()
 		r.progress.TotalFiles++
 		r.progress.TotalBytes += info.Size()

@@ -78,8 +78,9 @@ func pairs(rep *scanner.Report, keep func(path string) bool) []string {
 }
 
 // yaraCLI runs the yara tool on one file with the externals snapscan sets,
-// each rules file in the namespace snapscan gives it.
-func yaraCLI(t *testing.T, rulesDir, tree, p string) []string {
+// each rules file in the namespace snapscan gives it. owner is what the
+// file system records ("" for os.DirFS).
+func yaraCLI(t *testing.T, rulesDir, tree, p, owner string) []string {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(tree, p))
 	if err != nil {
@@ -91,7 +92,7 @@ func yaraCLI(t *testing.T, rulesDir, tree, p string) []string {
 		"-d", "filepath=" + p,
 		"-d", "extension=" + strings.ToLower(path.Ext(name)),
 		"-d", "filetype=" + scanner.Filetype(data),
-		"-d", "owner=", // os.DirFS gives no owner
+		"-d", "owner=" + owner,
 	}
 	ents, err := os.ReadDir(rulesDir)
 	if err != nil {
@@ -134,7 +135,7 @@ func TestParity(t *testing.T) {
 		case "/empty/big-sparse.img": // over the size limit: see TestLimits
 			continue
 		}
-		want = append(want, yaraCLI(t, dir, tree, p)...)
+		want = append(want, yaraCLI(t, dir, tree, p, "")...)
 	}
 	want = append(want, "/empty/empty.dat planted.yar:empty_file")
 	sort.Strings(want)
