@@ -1,7 +1,6 @@
 package appliance
 
 import (
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -22,8 +21,6 @@ type metrics struct {
 	bytes    prometheus.Counter
 	jobs     *prometheus.CounterVec // by final state
 	requests *prometheus.CounterVec // by code
-
-	lastVersion atomic.Uint64
 }
 
 func newMetrics(a *Appliance) *metrics {

@@ -206,7 +206,7 @@ func DiskPath(root, p string) (string, error) {
 		return "", fmt.Errorf("%w: disk path %q: empty or with NUL or backslash", ErrRequest, p)
 	}
 	if !fs.ValidPath(p) {
-		return "", fmt.Errorf("%w: disk path %q: must be relative to the datastore, clean, without ..", ErrRequest, p)
+		return "", fmt.Errorf("%w: disk path %q: must be relative to the datastore, clean, without \"..\"", ErrRequest, p)
 	}
 	return filepath.Join(root, filepath.FromSlash(p)), nil
 }

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs snapscan's whole test suite: formatting, vet, the cgo boundary, and
-# every package's tests (fixtures are built with real tools on first use).
-# In CI (CI=true) a test that cannot run is a failure, not a skip.
+# Runs snapscan's whole test suite: formatting, vet, staticcheck, the cgo
+# boundary, every package's tests (fixtures are built with real tools on
+# first use and kept under $TMPDIR/snapscan-fixtures), and the race detector
+# over the packages that run concurrent code. In CI (CI=true) a test that
+# cannot run is a failure, not a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH
+STATICCHECK=honnef.co/go/tools/cmd/staticcheck@v0.8.2 # 2026.2.2
 
 echo "== gofmt"
 bad=$(gofmt -l $(git ls-files '*.go'))
@@ -15,8 +18,14 @@ fi
 echo "== go vet"
 go vet ./...
 
+echo "== staticcheck"
+go run "$STATICCHECK" ./...
+
 echo "== cgo stays at the YARA edge (pure-Go packages build with CGO_ENABLED=0)"
 CGO_ENABLED=0 go build ./snapshot/... ./queue/... ./signatures/...
 
 echo "== go test"
-go test -timeout 30m -count=1 ./... 2>&1 | tee /tmp/snapscan-test.log
+go test -timeout 30m -count=1 ./...
+
+echo "== go test -race (concurrent packages)"
+go test -race -timeout 30m -count=1 ./snapshot/vfs/ ./scanner/ ./queue/ ./signatures/ ./appliance/

@@ -128,16 +128,6 @@ func manifestJSON(t testing.TB, name string, version uint64, files []signatures.
 	return b
 }
 
-// craft signs a manifest for files and packs a bundle of them.
-func craft(t testing.TB, key ed25519.PrivateKey, name string, version uint64, files []signatures.File) []byte {
-	t.Helper()
-	m := manifestJSON(t, name, version, files)
-	entries := []entry{{name: "manifest.json", data: m}, {name: "manifest.sig", data: signManifest(t, key, m)}}
-	for _, f := range files {
-		entries = append(entries, entry{name: "rules/" + f.Path, data: f.Data})
-	}
-	return pack(t, entries)
-}
 
 func newKey(t testing.TB) ed25519.PrivateKey {
 	t.Helper()

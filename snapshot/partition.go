@@ -16,12 +16,11 @@ import (
 
 // partition is one entry of a partition table.
 type partition struct {
-	num      int    // as the table numbers it (1-based; MBR logical from 5)
-	start    int64  // bytes
-	size     int64  // bytes
-	typ      string // human-readable type
-	skip     string // non-empty: holds no file system, with this reason
-	readable bool
+	num   int    // as the table numbers it (1-based; MBR logical from 5)
+	start int64  // bytes
+	size  int64  // bytes
+	typ   string // human-readable type
+	skip  string // non-empty: holds no file system, with this reason
 }
 
 // Hard bounds on hostile tables.
