@@ -20,7 +20,6 @@ import (
 	"github.com/hillu/go-yara/v4"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
-
 )
 
 // Defaults of Options.

@@ -11,13 +11,11 @@ out=${SAMPLE_DIR:-/tmp/snapscan-sample}
 OUT=$out bash testdata/sample-disk.sh >/dev/null
 echo "== bin/snapscan ls $out/sample.qcow2"
 bin/snapscan ls "$out/sample.qcow2"
-if bin/snapscan scan --help >/dev/null 2>&1; then
-	echo
-	echo "== bin/snapscan scan --rules testdata/rules/demo.yar $out/sample.qcow2"
-	set +e
-	bin/snapscan scan --rules testdata/rules/demo.yar "$out/sample.qcow2"
-	code=$?
-	set -e
-	echo "(exit status $code: 0 clean, 1 findings, 2 a target could not be scanned)"
-	[ "$code" -le 1 ]
-fi
+echo
+echo "== bin/snapscan scan --rules testdata/rules/demo.yar $out/sample.qcow2"
+set +e
+bin/snapscan scan --rules testdata/rules/demo.yar "$out/sample.qcow2"
+code=$?
+set -e
+echo "(exit status $code: 0 clean, 1 findings, 2 a target could not be scanned)"
+[ "$code" -eq 1 ] # the planted files must be found

@@ -128,7 +128,6 @@ func manifestJSON(t testing.TB, name string, version uint64, files []signatures.
 	return b
 }
 
-
 func newKey(t testing.TB) ed25519.PrivateKey {
 	t.Helper()
 	_, priv, err := signatures.GenerateKey()

@@ -1,6 +1,16 @@
 package main
 
-import "testing"
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/snapscan/snapscan/internal/testenv"
+)
 
 func TestParseSize(t *testing.T) {
 	tests := []struct {
@@ -23,4 +33,96 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("parseSize(%q) = %d, %v; want %d, ok=%v", tt.in, got, err, tt.want, tt.ok)
 		}
 	}
+}
+
+// TestScanCommand runs "snapscan scan" on the README's sample disk, a
+// corrupt image and a folder: findings in the JSON schema of issue 4, the
+// corrupt image reported without stopping the others, and clamscan-style
+// exit codes.
+func TestScanCommand(t *testing.T) {
+	testenv.NeedTools(t, "qemu-img", "sgdisk", "mkfs.ext4", "mkfs.vfat", "mcopy")
+	sample := filepath.Join(testenv.Fixture(t, "sample-disk.sh"), "sample.qcow2")
+	rules := filepath.Join(testenv.RepoRoot(), "testdata", "rules", "demo.yar")
+	dir := t.TempDir()
+	corrupt := filepath.Join(dir, "corrupt.qcow2")
+	b, err := os.ReadFile(sample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A qcow2 header whose L1 table lies past the end of the file.
+	if err := os.WriteFile(corrupt, b[:64<<10], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	clean := filepath.Join(dir, "clean")
+	os.MkdirAll(filepath.Join(clean, "etc"), 0o755)
+	os.WriteFile(filepath.Join(clean, "etc", "hosts"), []byte("127.0.0.1 localhost\n"), 0o644)
+
+	scan := func(args ...string) (int, string, string) {
+		return runArgs(append([]string{"scan", "--rules", rules}, args...)...)
+	}
+
+	code, out, stderr := scan("--json", sample, corrupt, clean)
+	if code != 2 {
+		t.Errorf("exit %d, want 2 (a target could not be scanned); stderr %s", code, stderr)
+	}
+	var res struct {
+		Targets []struct {
+			Target, Error string
+			Volumes       []struct{ ID string }
+		}
+		Findings []struct {
+			Target, Volume, Path, SHA256 string
+			Size                         int64
+			Matches                      []struct {
+				Rule, Namespace string
+				Tags            []string
+				Meta            []struct{ Key string }
+			}
+		}
+		Stats struct {
+			Files, Findings int64
+			TargetsFailed   int64 `json:"targets_failed"`
+		} `json:"stats"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, out)
+	}
+	var got []string
+	for _, f := range res.Findings {
+		got = append(got, f.Volume+" "+f.Path+" "+f.Matches[0].Rule)
+		if f.Target != sample || len(f.SHA256) != 64 || f.Size == 0 || f.Matches[0].Namespace == "" || len(f.Matches[0].Meta) == 0 {
+			t.Errorf("finding lacks fields: %+v", f)
+		}
+	}
+	want := []string{"p2 /home/alice/Downloads/invoice.pdf.exe EICAR_Test_File", "p2 /tmp/.cache/run.sh Coinminer_Stratum", "p2 /var/www/html/status.php PHP_Eval_Webshell"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("findings\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if len(res.Targets) != 3 || res.Targets[1].Error == "" || !strings.Contains(res.Targets[1].Error, "corrupt.qcow2") {
+		t.Errorf("targets: %+v", res.Targets)
+	}
+	if res.Stats.TargetsFailed != 1 || res.Stats.Findings != 3 {
+		t.Errorf("stats: %+v", res.Stats)
+	}
+
+	if code, _, stderr := scan(sample); code != 1 {
+		t.Errorf("scan of the sample: exit %d, want 1; %s", code, stderr)
+	}
+	if code, out, stderr := scan(clean); code != 0 || !strings.Contains(out, "0 findings") {
+		t.Errorf("scan of a clean folder: exit %d, want 0; %s%s", code, out, stderr)
+	}
+	if code, _, _ := scan(); code != 2 {
+		t.Errorf("no target: exit %d, want 2", code)
+	}
+	code, _, stderr = runArgs("scan", "--rules", filepath.Join(dir, "missing.yar"), clean)
+	if code != 2 || !strings.Contains(stderr, "missing.yar") {
+		t.Errorf("missing rules: exit %d, %s", code, stderr)
+	}
+}
+
+// runArgs runs a snapscan command line in-process.
+func runArgs(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
 }
