@@ -54,6 +54,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	timeout := f.Duration("timeout", scanner.DefaultTimeout, "YARA timeout per file (whole seconds)")
 	noArchives := f.Bool("no-archives", false, "do not look inside archives")
 	noProgress := f.Bool("no-progress", false, "never show the progress line")
+	noCache := f.Bool("no-cache", false, "scan every file even if identical content was already scanned in this run\n(saves hashing every file when targets share little content)")
 	pos, err := parse(f, args)
 	if err != nil {
 		return err
@@ -82,7 +83,12 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	prog := newProgress(stderr, !*noProgress && !*asJSON && isTerminal(stderr))
 	opts := scanner.Options{
 		Workers: *workers, MaxFileSize: limit, Exclude: globs, Timeout: *timeout,
-		NoArchives: *noArchives, Cache: scanner.NewMemoryCache(1 << 20), OnProgress: prog.update,
+		NoArchives: *noArchives, OnProgress: prog.update,
+	}
+	if !*noCache {
+		// One run's verdicts, by content hash: byte-identical files (clones,
+		// copies, the same packages in several images) are scanned once.
+		opts.Cache = scanner.NewMemoryCache(1 << 20)
 	}
 	if !*asJSON {
 		opts.OnFinding = func(fd scanner.Finding) {

@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 )
 
@@ -61,8 +62,24 @@ func usage(w io.Writer) {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SNAPSCAN_CPUPROFILE=FILE writes a CPU profile of the run, for
+	// performance work on real images.
+	if p := os.Getenv("SNAPSCAN_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer f.Close()
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
+	exit(code)
+}
+
+// exit ends the process after deferred profiling has been written.
+var exit = func(code int) {
+	pprof.StopCPUProfile()
 	os.Exit(code)
 }
 
