@@ -165,6 +165,8 @@ type Queue struct {
 	// disagrees with what the store committed.
 	mu        sync.Mutex
 	serving   bool
+	draining  bool          // Drain was called: start nothing more
+	drained   chan struct{} // closed when draining and nothing runs
 	queued    map[int64]*entry
 	running   map[int64]*runningJob // started, end not yet committed
 	active    int                   // running jobs whose runner has not returned
@@ -397,6 +399,63 @@ func (q *Queue) Cancel(ctx context.Context, id int64) error {
 // Job returns a job as stored.
 func (q *Queue) Job(ctx context.Context, id int64) (Job, error) { return q.store.Get(ctx, id) }
 
+// List returns the stored jobs o selects, newest first unless
+// o.Ascending. It fails with ErrInvalid on an unknown state or a limit
+// above MaxList.
+func (q *Queue) List(ctx context.Context, o ListOptions) ([]Job, error) {
+	if err := o.normalize(); err != nil {
+		return nil, err
+	}
+	return q.store.List(ctx, o)
+}
+
+// Drain stops the queue from starting jobs, for good, and waits until no
+// job runs: every running job has returned and its end is committed. It
+// returns nil then, or, if ctx ends first, an error wrapping ctx's that
+// says how many still run. Enqueue, Cancel and the rest keep working, so
+// requests accepted while shutting down stay queued for the next start.
+//
+// It is the first half of a graceful stop: call Drain with a grace period,
+// then end Serve's context. Serve interrupts what still runs and puts it
+// back in the queue without counting the interrupted run as an attempt.
+// Ends are committed by Serve's scheduler: without Serve running, Drain
+// waits for ctx unless nothing runs.
+func (q *Queue) Drain(ctx context.Context) error {
+	q.mu.Lock()
+	if q.drained == nil {
+		q.drained = make(chan struct{})
+	}
+	q.draining = true
+	q.checkDrained()
+	done := q.drained
+	q.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		q.mu.Lock()
+		n := len(q.running)
+		q.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		return fmt.Errorf("queue: drain: %d jobs still running: %w", n, ctx.Err())
+	}
+}
+
+// checkDrained closes q.drained once draining and nothing runs. q.mu must
+// be held.
+func (q *Queue) checkDrained() {
+	if !q.draining || len(q.running) > 0 || q.active > 0 {
+		return
+	}
+	select {
+	case <-q.drained:
+	default:
+		close(q.drained)
+	}
+}
+
 // SetBudget changes a datastore's budget at run time and saves it. Running
 // reads see the new rates at once; a lowered MaxScans lets running jobs
 // finish and starts no new ones until below it.
@@ -440,8 +499,10 @@ func (q *Queue) configure(ctx context.Context, name string, f func(*DatastoreCon
 }
 
 // Serve runs the scheduler until ctx ends, then cancels the running jobs,
-// puts them back in the queue and returns nil once their runners have
-// returned. It returns an error if the queue is already serving.
+// puts them back in the queue (the interrupted runs do not count as
+// attempts) and returns nil once their runners have returned. For a
+// graceful stop, call Drain first. It returns an error if the queue is
+// already serving.
 //
 // The scheduler is one goroutine. Each pass records the ends of the runs
 // that returned, fails queued jobs past their deadline and starts what can
@@ -642,6 +703,7 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 			}
 		}
 	}
+	q.checkDrained()
 	q.mu.Unlock()
 	if q.cfg.OnFinish != nil {
 		for _, j := range finished {
@@ -828,8 +890,9 @@ func (q *Queue) outcome(serveCtx context.Context, rj *runningJob, now time.Time)
 	case rj.cancelRequested:
 		t.To, t.Err = Cancelled, joinNonEmpty("queue: cancelled", runErr.Error())
 	case serveCtx.Err() != nil:
-		// Shutting down: not the job's fault, so back to the queue.
-		t.To, t.Err = Queued, "queue: interrupted by shutdown"
+		// Shutting down: not the job's fault, so back to the queue, and
+		// the run does not count against MaxAttempts.
+		t.To, t.Err, t.Interrupted = Queued, "queue: interrupted by shutdown", true
 	case !j.Deadline.IsZero() && (rj.pastDeadline || errors.Is(runErr, context.DeadlineExceeded)):
 		t.To, t.Err = Failed, fmt.Sprintf("%v (deadline %s): %v", ErrDeadline, j.Deadline.Format(time.RFC3339), runErr)
 	case IsPermanent(runErr):

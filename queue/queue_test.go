@@ -436,7 +436,8 @@ func TestRecover(t *testing.T) {
 	}
 }
 
-// TestShutdownRequeues: ending Serve puts running jobs back in the queue.
+// TestShutdownRequeues: ending Serve puts running jobs back in the queue,
+// and the interrupted run does not count as an attempt.
 func TestShutdownRequeues(t *testing.T) {
 	started := make(chan struct{})
 	run := func(ctx context.Context, j Job, _ Wrap) error {
@@ -449,8 +450,8 @@ func TestShutdownRequeues(t *testing.T) {
 	h.serve()
 	<-started
 	h.stop()
-	if got := h.job(j.ID); got.State != Queued || got.Attempts != 1 {
-		t.Errorf("after shutdown: %s with %d attempts, want queued with 1", got.State, got.Attempts)
+	if got := h.job(j.ID); got.State != Queued || got.Attempts != 0 || got.Error != "queue: interrupted by shutdown" {
+		t.Errorf("after shutdown: %s with %d attempts (%q), want queued with 0", got.State, got.Attempts, got.Error)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver, pure Go
@@ -86,6 +87,7 @@ CREATE TABLE IF NOT EXISTS queue_jobs (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS queue_jobs_one_queued ON queue_jobs(vm) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS queue_jobs_state ON queue_jobs(state);
+CREATE INDEX IF NOT EXISTS queue_jobs_vm ON queue_jobs(vm);
 CREATE TABLE IF NOT EXISTS queue_datastores (
 	name          TEXT PRIMARY KEY,
 	max_scans     INTEGER NOT NULL,
@@ -250,8 +252,13 @@ func transition(ctx context.Context, c *sql.Conn, t Transition) (Job, error) {
 		res, err = c.ExecContext(ctx, `UPDATE queue_jobs SET state = 'running', attempts = attempts + 1,
 			started_at = ? WHERE id = ? AND state = ?`, nanos(t.At), t.ID, string(t.From))
 	case t.To == Queued:
-		res, err = c.ExecContext(ctx, `UPDATE queue_jobs SET state = 'queued', retry_at = ?, error = ?
-			WHERE id = ? AND state = ?`, nanos(t.RetryAt), t.Err, t.ID, string(t.From))
+		uncount := 0
+		if t.Interrupted {
+			uncount = 1
+		}
+		res, err = c.ExecContext(ctx, `UPDATE queue_jobs SET state = 'queued', retry_at = ?, error = ?,
+			attempts = max(attempts - ?, 0) WHERE id = ? AND state = ?`,
+			nanos(t.RetryAt), t.Err, uncount, t.ID, string(t.From))
 	case t.To.Terminal():
 		res, err = c.ExecContext(ctx, `UPDATE queue_jobs SET state = ?, finished_at = ?, error = ?
 			WHERE id = ? AND state = ?`, string(t.To), nanos(t.At), t.Err, t.ID, string(t.From))
@@ -386,6 +393,59 @@ func (s *SQLiteStore) Queued(ctx context.Context) ([]Job, error) {
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("queue: list queued jobs: %w", err)
+	}
+	return out, nil
+}
+
+// List implements Store.
+func (s *SQLiteStore) List(ctx context.Context, o ListOptions) ([]Job, error) {
+	// The state and vm indexes hold the rowid (the id), so each filter is
+	// an index range scan in id order.
+	var where []string
+	var args []any
+	add := func(cond string, arg any) { where = append(where, cond); args = append(args, arg) }
+	if o.State != "" {
+		add("state = ?", string(o.State))
+	}
+	if o.VM != "" {
+		add("vm = ?", o.VM)
+	}
+	if o.BeforeID > 0 {
+		add("id < ?", o.BeforeID)
+	}
+	if o.AfterID > 0 {
+		add("id > ?", o.AfterID)
+	}
+	if !o.Since.IsZero() {
+		add("enqueued_at >= ?", o.Since.UnixNano())
+	}
+	if !o.Until.IsZero() {
+		add("enqueued_at < ?", o.Until.UnixNano())
+	}
+	q := "SELECT " + jobColumns + " FROM queue_jobs"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	if o.Ascending {
+		q += " ORDER BY id ASC LIMIT ?"
+	} else {
+		q += " ORDER BY id DESC LIMIT ?"
+	}
+	rows, err := s.db.QueryContext(ctx, q, append(args, o.Limit)...)
+	if err != nil {
+		return nil, fmt.Errorf("queue: list jobs: %w", err)
+	}
+	defer rows.Close()
+	var out []Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("queue: list jobs: %w", err)
+		}
+		out = append(out, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("queue: list jobs: %w", err)
 	}
 	return out, nil
 }

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -62,6 +63,15 @@ type Store interface {
 	// Get returns one job.
 	Get(ctx context.Context, id int64) (Job, error)
 
+	// List returns the jobs matching every set field of o, ordered by id
+	// (descending unless o.Ascending), at most o.Limit of them. The queue
+	// validates o before the call: Limit is in [1, MaxList], State is
+	// empty or a known state, ids are not negative. A read only; it
+	// needs no transaction, and a job changing state meanwhile may be seen
+	// in either state. For PostgreSQL it is one
+	// SELECT ... WHERE ... ORDER BY id LIMIT $n.
+	List(ctx context.Context, o ListOptions) ([]Job, error)
+
 	// Datastores returns the saved settings of every datastore that has
 	// any; SetDatastore saves one.
 	Datastores(ctx context.Context) (map[string]DatastoreConfig, error)
@@ -72,7 +82,9 @@ type Store interface {
 //
 //   - To Running: Attempts is incremented, StartedAt = At, Error kept.
 //   - To Queued (from Running: a retry or a shutdown): RetryAt is set, Error
-//     = Err.
+//     = Err; with Interrupted, the run is not counted (Attempts is
+//     decremented, never below 0), because the queue stopped it, not the
+//     job.
 //   - To Done, Failed, Cancelled: FinishedAt = At, Error = Err.
 type Transition struct {
 	ID       int64
@@ -80,6 +92,9 @@ type Transition struct {
 	Err      string
 	RetryAt  time.Time
 	At       time.Time
+	// Interrupted, on a Running -> Queued transition, says the run was
+	// stopped by a shutdown and must not count as an attempt.
+	Interrupted bool
 }
 
 // Result is the outcome of one Transition in Apply: the job as stored
@@ -93,4 +108,49 @@ type Result struct {
 type DatastoreConfig struct {
 	Budget Budget
 	Paused bool
+}
+
+// MaxList bounds the jobs one List call returns.
+const MaxList = 1000
+
+// ListOptions selects jobs for Queue.List. Every set field narrows the
+// selection; the zero value lists the newest MaxList jobs.
+//
+// To page, pass the last id of a page as BeforeID (newest first) or as
+// AfterID with Ascending (oldest first).
+type ListOptions struct {
+	// State, when set, keeps jobs in that state.
+	State State
+	// VM, when set, keeps that VM's jobs.
+	VM string
+	// BeforeID and AfterID, when positive, keep jobs with id < BeforeID
+	// and id > AfterID.
+	BeforeID, AfterID int64
+	// Since and Until, when not zero, keep jobs first enqueued at or after
+	// Since and before Until.
+	Since, Until time.Time
+	// Limit is the most jobs returned: 0 means MaxList, and more than
+	// MaxList is an error.
+	Limit int
+	// Ascending lists oldest first (ascending id) instead of newest first.
+	Ascending bool
+}
+
+// normalize validates o and fills in the default limit.
+func (o *ListOptions) normalize() error {
+	switch o.State {
+	case "", Queued, Running, Done, Failed, Cancelled:
+	default:
+		return fmt.Errorf("%w: list: unknown state %q", ErrInvalid, o.State)
+	}
+	if o.Limit < 0 || o.Limit > MaxList {
+		return fmt.Errorf("%w: list: limit %d not in [0, %d]", ErrInvalid, o.Limit, MaxList)
+	}
+	if o.Limit == 0 {
+		o.Limit = MaxList
+	}
+	if o.BeforeID < 0 || o.AfterID < 0 || len(o.VM) > maxStringLen {
+		return fmt.Errorf("%w: list: negative id bound or VM name too long", ErrInvalid)
+	}
+	return nil
 }

@@ -66,20 +66,12 @@ func main() {
 	// performance work on real images.
 	if p := os.Getenv("SNAPSCAN_CPUPROFILE"); p != "" {
 		if f, err := os.Create(p); err == nil {
-			if pprof.StartCPUProfile(f) == nil {
-				defer f.Close()
-				defer pprof.StopCPUProfile()
-			}
+			pprof.StartCPUProfile(f)
 		}
 	}
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	exit(code)
-}
-
-// exit ends the process after deferred profiling has been written.
-var exit = func(code int) {
-	pprof.StopCPUProfile()
+	pprof.StopCPUProfile() // writes the profile, if one was started
 	os.Exit(code)
 }
 
