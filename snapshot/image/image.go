@@ -195,20 +195,15 @@ func NewRaw(r io.ReaderAt, size int64, c io.Closer) *Raw { return &Raw{r: r, siz
 
 // ReadAt reads the disk, returning io.EOF at its end.
 func (r *Raw) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, errors.New("raw: negative offset")
+	p, eof, empty, err := Clip(p, off, r.size, "raw image")
+	if empty {
+		return 0, err
 	}
-	if off >= r.size {
-		return 0, io.EOF
+	n, err := r.r.ReadAt(p, off)
+	if err == nil {
+		err = eof
 	}
-	if rem := r.size - off; int64(len(p)) > rem {
-		n, err := r.r.ReadAt(p[:rem], off)
-		if err == nil {
-			err = io.EOF
-		}
-		return n, err
-	}
-	return r.r.ReadAt(p, off)
+	return n, err
 }
 
 func (r *Raw) Size() int64    { return r.size }
@@ -218,4 +213,44 @@ func (r *Raw) Close() error {
 		return r.c.Close()
 	}
 	return nil
+}
+
+// OpenPath opens the image file at path read-only and reads it with
+// newImage (a format's New). On success the caller's image must close the
+// returned file; on failure OpenPath has closed it. Every format's Open is
+// this plus keeping the file.
+func OpenPath[T any](path string, opts *Options, newImage func(r io.ReaderAt, size int64, name string, opts *Options) (T, error)) (T, io.Closer, error) {
+	var zero T
+	f, err := OpenFile(path)
+	if err != nil {
+		return zero, nil, err
+	}
+	size, err := SizeOf(f)
+	if err != nil {
+		f.Close()
+		return zero, nil, err
+	}
+	img, err := newImage(opts.Wrap(path, f), size, path, opts)
+	if err != nil {
+		f.Close()
+		return zero, nil, err
+	}
+	return img, f, nil
+}
+
+// Clip bounds a ReadAt of a disk of the given size, as io.ReaderAt
+// requires: it returns the part of p to fill, and io.EOF as the error to
+// report once it is filled when the read runs past the end. done is true
+// when nothing is to be read (err says why: io.EOF at or past the end, or
+// a negative offset).
+func Clip(p []byte, off, size int64, name string) (q []byte, eof error, done bool, err error) {
+	switch {
+	case off < 0:
+		return nil, nil, true, fmt.Errorf("%s: negative offset %d", name, off)
+	case off >= size:
+		return nil, nil, true, io.EOF
+	case int64(len(p)) > size-off:
+		return p[:size-off], io.EOF, false, nil
+	}
+	return p, nil, false, nil
 }

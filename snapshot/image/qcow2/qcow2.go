@@ -58,18 +58,8 @@ type Image struct {
 // Open opens the qcow2 image at path read-only, with its backing chain.
 // Close closes the file and every backing file.
 func Open(path string, opts *image.Options) (*Image, error) {
-	f, err := image.OpenFile(path)
+	img, f, err := image.OpenPath(path, opts, New)
 	if err != nil {
-		return nil, err
-	}
-	size, err := image.SizeOf(f)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	img, err := New(opts.Wrap(path, f), size, path, opts)
-	if err != nil {
-		f.Close()
 		return nil, err
 	}
 	img.own = f
@@ -289,15 +279,9 @@ func (img *Image) Close() error {
 // ReadAt reads the virtual disk. Clusters that are not allocated read from
 // the backing image (as zeros past its end), or as zeros without one.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("qcow2 image %s: negative offset %d", img.name, off)
-	}
-	if off >= img.size {
-		return 0, io.EOF
-	}
-	var eof error
-	if rem := img.size - off; int64(len(p)) > rem {
-		p, eof = p[:rem], io.EOF
+	p, eof, empty, cerr := image.Clip(p, off, img.size, "qcow2 image "+img.name)
+	if empty {
+		return 0, cerr
 	}
 	var err error
 	if img.backing == nil {

@@ -166,18 +166,8 @@ var _ image.Image = (*Image)(nil)
 // Open opens the VHDX at path read-only. Close closes the file and the
 // parent chain. Parents are opened through opts.OpenParent.
 func Open(path string, opts *image.Options) (*Image, error) {
-	f, err := image.OpenFile(path)
+	img, f, err := image.OpenPath(path, opts, New)
 	if err != nil {
-		return nil, err
-	}
-	size, err := image.SizeOf(f)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	img, err := New(opts.Wrap(path, f), size, path, opts)
-	if err != nil {
-		f.Close()
 		return nil, err
 	}
 	img.closer = f
@@ -680,15 +670,9 @@ func (img *Image) Close() error {
 
 // ReadAt reads the virtual disk. It is safe for concurrent use.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("%s: negative offset %d", img.name, off)
-	}
-	if off >= img.size {
-		return 0, io.EOF
-	}
-	var eof error
-	if rem := img.size - off; int64(len(p)) > rem {
-		p, eof = p[:rem], io.EOF
+	p, eof, empty, cerr := image.Clip(p, off, img.size, img.name)
+	if empty {
+		return 0, cerr
 	}
 	done := 0
 	for done < len(p) {

@@ -76,18 +76,8 @@ type extent struct {
 // sparse extent with an embedded descriptor. Close closes every file it
 // opened.
 func Open(path string, opts *image.Options) (*Image, error) {
-	f, err := image.OpenFile(path)
+	img, f, err := image.OpenPath(path, opts, New)
 	if err != nil {
-		return nil, err
-	}
-	size, err := image.SizeOf(f)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	img, err := New(opts.Wrap(path, f), size, path, opts)
-	if err != nil {
-		f.Close()
 		return nil, err
 	}
 	img.closers = append(img.closers, f)
@@ -367,15 +357,9 @@ func (img *Image) Close() error {
 
 // ReadAt reads the virtual disk.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("vmdk image %s: negative offset %d", img.name, off)
-	}
-	if off >= img.size {
-		return 0, io.EOF
-	}
-	var eof error
-	if rem := img.size - off; int64(len(p)) > rem {
-		p, eof = p[:rem], io.EOF
+	p, eof, empty, cerr := image.Clip(p, off, img.size, "vmdk image "+img.name)
+	if empty {
+		return 0, cerr
 	}
 	n := len(p)
 	i := sort.Search(len(img.extents), func(i int) bool {
