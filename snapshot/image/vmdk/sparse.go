@@ -6,9 +6,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/flate"
+	"golang.org/x/sync/errgroup"
+
 	"github.com/snapscan/snapscan/snapshot/image"
 )
 
@@ -276,6 +279,42 @@ func (e *sparseExtent) table(gdi int64) ([]uint32, error) {
 // length; unallocated grains are read by parent (which zero-fills when
 // there is no parent).
 func (e *sparseExtent) readAt(p []byte, off, length int64, parent func([]byte, int64) error) error {
+	if e.compressed && int64(len(p)) >= parallelMin {
+		return e.readParallel(p, off, length, parent)
+	}
+	return e.readSeq(p, off, length, parent)
+}
+
+// parallelMin is the size from which a read of a compressed extent is
+// split among the CPUs: inflating grains is the whole cost of reading a
+// stream-optimized disk, and grains inflate independently.
+const parallelMin = 1 << 20
+
+// readParallel splits p at grain boundaries into one run per CPU and
+// reads the runs at once.
+func (e *sparseExtent) readParallel(p []byte, off, length int64, parent func([]byte, int64) error) error {
+	workers := int64(runtime.GOMAXPROCS(0))
+	if grains := int64(len(p)) / e.grain; grains < workers {
+		workers = grains
+	}
+	if workers < 2 {
+		return e.readSeq(p, off, length, parent)
+	}
+	per := (int64(len(p))/workers + e.grain - 1) / e.grain * e.grain
+	var g errgroup.Group
+	// The first run ends on a grain boundary, so no grain is split
+	// between two runs.
+	start, end := int64(0), min(int64(len(p)), (off/e.grain+1)*e.grain-off+per-e.grain)
+	for start < int64(len(p)) {
+		q, o := p[start:end], off+start
+		g.Go(func() error { return e.readSeq(q, o, length, parent) })
+		start, end = end, min(int64(len(p)), end+per)
+	}
+	return g.Wait()
+}
+
+// readSeq is readAt on one goroutine.
+func (e *sparseExtent) readSeq(p []byte, off, length int64, parent func([]byte, int64) error) error {
 	for len(p) > 0 {
 		gi, in := off/e.grain, off%e.grain
 		n := min(int64(len(p)), e.grain-in)

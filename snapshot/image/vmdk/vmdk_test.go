@@ -61,7 +61,7 @@ func randomReads(t *testing.T, img image.Image, want io.ReaderAt, size int64, ro
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(g), 7))
-			p, ref := make([]byte, 300<<10), make([]byte, 300<<10)
+			p, ref := make([]byte, 3<<20), make([]byte, 3<<20) // up to 3 MiB: large reads of compressed extents run in parallel
 			for range rounds {
 				edge := rng.Int64N(size/grain+1) * grain
 				off := max(0, min(edge+rng.Int64N(2*grain)-grain, size-1))
