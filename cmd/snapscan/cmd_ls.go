@@ -24,7 +24,7 @@ type lsVolume struct {
 	Offset     int64  `json:"offset"`
 	Size       int64  `json:"size"`
 	Label      string `json:"label"`
-	Error      string `json:"error,omitempty"`
+	Error      string `json:"error"` // why the volume is not read; "" when it is
 }
 
 type lsFile struct {

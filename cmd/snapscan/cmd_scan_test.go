@@ -126,3 +126,51 @@ func runArgs(args ...string) (int, string, string) {
 	code := run(context.Background(), args, &out, &errb)
 	return code, out.String(), errb.String()
 }
+
+// TestLsCommand checks "snapscan ls --json" against the schema of issue 2
+// and "snapscan cat" on the README's sample disk.
+func TestLsCommand(t *testing.T) {
+	testenv.NeedTools(t, "qemu-img", "sgdisk", "mkfs.ext4", "mkfs.vfat", "mcopy")
+	sample := filepath.Join(testenv.Fixture(t, "sample-disk.sh"), "sample.qcow2")
+	code, out, stderr := runArgs("ls", "--json", sample)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var ls struct {
+		Image, Format string
+		VirtualSize   int64 `json:"virtual_size"`
+		Volumes       []map[string]any
+		Files         []struct{ Volume, Path, Type, Mode, MTime string }
+	}
+	if err := json.Unmarshal([]byte(out), &ls); err != nil {
+		t.Fatal(err)
+	}
+	if ls.Format != "qcow2" || ls.VirtualSize != 256<<20 || len(ls.Volumes) != 2 {
+		t.Errorf("header: %+v", ls)
+	}
+	for _, v := range ls.Volumes {
+		for _, k := range []string{"id", "filesystem", "offset", "size", "label", "error"} {
+			if _, ok := v[k]; !ok {
+				t.Errorf("volume lacks %q: %v", k, v)
+			}
+		}
+	}
+	types := map[string]string{}
+	for _, f := range ls.Files {
+		types[f.Volume+" "+f.Path] = f.Type
+	}
+	for path, typ := range map[string]string{"p2 /bin/ls": "file", "p2 /etc": "dir", "p2 /alice-home": "symlink", "p1 /EFI/BOOT/README.txt": "file"} {
+		if types[path] != typ {
+			t.Errorf("%s: type %q, want %q", path, types[path], typ)
+		}
+	}
+	code, out, stderr = runArgs("cat", sample, "p2", "/etc/hostname")
+	if code != 0 || out != "sample-vm\n" {
+		t.Errorf("cat: exit %d, %q, %s", code, out, stderr)
+	}
+	for _, args := range [][]string{{"cat", sample, "p9", "/etc/hostname"}, {"cat", sample, "p2", "/nope"}, {"cat", sample, "p2", "/alice-home"}, {"ls"}} {
+		if code, _, stderr := runArgs(args...); code == 0 || stderr == "" {
+			t.Errorf("%v: exit %d with no error", args, code)
+		}
+	}
+}
