@@ -431,26 +431,23 @@ func (a *Appliance) handleListScans(w http.ResponseWriter, r *http.Request) erro
 	if err != nil {
 		return err
 	}
-	ids, err := a.store.JobIDs(r.Context(), st, before, int(limit))
+	vm := r.URL.Query().Get("vm")
+	if len(vm) > 1024 {
+		return badRequest("vm: longer than 1024 bytes")
+	}
+	jobs, err := a.q.List(r.Context(), queue.ListOptions{State: st, VM: vm, BeforeID: before, Limit: int(limit)})
 	if err != nil {
 		return err
 	}
 	out := struct {
 		Scans      []ScanView `json:"scans"`
 		NextBefore int64      `json:"next_before,omitempty"`
-	}{Scans: []ScanView{}}
-	for _, id := range ids {
-		j, err := a.q.Job(r.Context(), id)
-		if errors.Is(err, queue.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
+	}{Scans: make([]ScanView, 0, len(jobs))}
+	for _, j := range jobs {
 		out.Scans = append(out.Scans, a.view(j))
 	}
-	if len(ids) == int(limit) {
-		out.NextBefore = ids[len(ids)-1]
+	if len(jobs) == int(limit) {
+		out.NextBefore = jobs[len(jobs)-1].ID
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

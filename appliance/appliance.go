@@ -77,8 +77,7 @@ type Appliance struct {
 
 	readyOnce sync.Once
 	ready     chan struct{} // closed once a signature set is active
-	draining  atomic.Bool
-	scanning  atomic.Int64 // runners past the draining check
+	draining  atomic.Bool   // shutting down: readyz fails, submits get 503
 	baseCtx   context.Context
 
 	scMu     sync.Mutex
@@ -326,21 +325,29 @@ func (a *Appliance) Serve(ctx context.Context) error {
 	g.Go(func() error {
 		<-ctx.Done()
 		a.draining.Store(true)
-		a.log.Info("appliance: shutting down: no new work", "grace", a.cfg.Server.ShutdownGrace, "scanning", a.scanning.Load())
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if err := srv.Shutdown(sctx); err != nil {
-			srv.Close()
+		a.log.Info("appliance: shutting down: no new work", "grace", a.cfg.Server.ShutdownGrace, "running", len(a.q.Metrics().Running))
+		// The API closes while the queue drains: no new job starts from
+		// now on, running scans get the grace period to finish.
+		httpDone := make(chan struct{})
+		go func() {
+			defer close(httpDone)
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := srv.Shutdown(sctx); err != nil {
+				srv.Close()
+			}
+		}()
+		dctx, cancel := context.WithTimeout(context.Background(), a.cfg.Server.ShutdownGrace)
+		if err := a.q.Drain(dctx); err != nil {
+			// What still runs is interrupted by the end of the queue's
+			// context and goes back to the queue, the run not counted
+			// as an attempt.
+			a.log.Warn("appliance: grace period over: interrupting scans, they stay queued", "err", err)
 		}
 		cancel()
-		deadline := time.Now().Add(a.cfg.Server.ShutdownGrace)
-		for a.scanning.Load() > 0 && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond)
-		}
-		if n := a.scanning.Load(); n > 0 {
-			a.log.Warn("appliance: grace period over: interrupting scans, they stay queued", "scans", n)
-		}
 		qcancel()
 		<-qDone
+		<-httpDone
 		evcancel()
 		<-evDone
 		return nil

@@ -28,8 +28,10 @@
 // # Life cycle
 //
 // New opens everything; Serve runs until its context ends, then stops taking
-// work, gives running scans server.shutdown_grace to finish, and puts the
-// rest back in the queue, where the next start finds them. Results are saved
+// work (the API closes and the queue drains: queue.Queue.Drain), gives
+// running scans server.shutdown_grace to finish, and puts the rest back in
+// the queue, where the next start finds them without the interrupted run
+// counted as an attempt. Results are saved
 // idempotently by job id, so a job that runs twice (after a crash) is stored
 // once, and the queue records its completion once.
 package appliance

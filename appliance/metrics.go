@@ -1,6 +1,9 @@
 package appliance
 
 import (
+	"context"
+	"errors"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -28,7 +31,7 @@ func newMetrics(a *Appliance) *metrics {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "snapscan", Name: name, Help: help})
 	}
 	m.scans = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "scans_total",
-		Help: "Scan runs by result: complete, failed_permanent, failed_transient, interrupted."}, []string{"result"})
+		Help: "Scan runs by result: complete, failed_permanent, failed_transient, interrupted (cancelled or shut down)."}, []string{"result"})
 	m.findings = f("findings_total", "Findings stored (one per rule matching a file).")
 	m.files = f("files_scanned_total", "Files and archive members checked.")
 	m.cached = f("files_cached_total", "Files whose verdict came from the verdict cache.")
@@ -58,7 +61,8 @@ func (m *metrics) scanOutcome(err error) {
 	switch {
 	case queue.IsPermanent(err):
 		m.scans.WithLabelValues("failed_permanent").Inc()
-	case m.a.draining.Load():
+	case errors.Is(err, context.Canceled):
+		// Cancelled by an operator or stopped by a shutdown.
 		m.scans.WithLabelValues("interrupted").Inc()
 	default:
 		m.scans.WithLabelValues("failed_transient").Inc()

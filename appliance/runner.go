@@ -102,14 +102,6 @@ func (a *Appliance) scanner(act *signatures.Active[*scanner.Rules]) *scanner.Sca
 // run is the queue's Runner: it scans every disk of a job with the rule
 // set active when the job starts, and stores the results.
 func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) error {
-	if a.draining.Load() {
-		// Shutting down: hold the slot until the queue stops, which puts
-		// the job back as queued ("interrupted by shutdown").
-		<-ctx.Done()
-		return ctx.Err()
-	}
-	a.scanning.Add(1)
-	defer a.scanning.Add(-1)
 	act := a.recv.Current()
 	if act == nil {
 		return errors.New("appliance: no signature set active") // transient

@@ -431,39 +431,6 @@ func (s *Store) KnownVMs(ctx context.Context) ([]queue.VM, error) {
 	return out, rows.Err()
 }
 
-// JobIDs lists job ids in a state (all states when empty), newest first,
-// below before (0: from the newest). The queue has no listing API, so this
-// reads its table: only the id and state columns, which its schema
-// documents.
-func (s *Store) JobIDs(ctx context.Context, state queue.State, before int64, limit int) ([]int64, error) {
-	if limit <= 0 || limit > maxPage {
-		limit = maxPage
-	}
-	if before <= 0 {
-		before = 1 << 62
-	}
-	q := `SELECT id FROM queue_jobs WHERE id < ? ORDER BY id DESC LIMIT ?`
-	args := []any{before, limit}
-	if state != "" {
-		q = `SELECT id FROM queue_jobs WHERE state = ? AND id < ? ORDER BY id DESC LIMIT ?`
-		args = []any{string(state), before, limit}
-	}
-	rows, err := s.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("appliance: list jobs: %w", err)
-	}
-	defer rows.Close()
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
-}
-
 // Cache is the scanner's verdict cache kept in the database, so that a
 // file already scanned (in another VM, or before a restart) under the same
 // rule set is not scanned again. Recent verdicts are also held in memory;

@@ -50,6 +50,20 @@
 // datastore never idles the others, and priority decides who gets each
 // datastore's slots and the workers among equally loaded datastores.
 //
+// # Listing and shutdown
+//
+// List reads stored jobs by state, VM, id range and enqueue time, newest
+// first, for APIs and tools; it goes through the Store like everything
+// else, so nothing outside this package reads the queue's tables.
+//
+// A graceful stop is Drain, then the end of Serve's context: Drain stops
+// starting jobs and waits, up to its context's end, for the running ones
+// to finish; Serve then interrupts what still runs and puts it back in the
+// queue without counting the interrupted run as an attempt (a shutdown is
+// not the job's fault, and MaxAttempts must not fail a job that several
+// restarts happened to interrupt). A crash is different: Recover keeps
+// the count, so a job whose bytes crash the process cannot run forever.
+//
 // # Exactly once
 //
 // A runner may run more than once for one job: after a crash (the job was
@@ -611,7 +625,7 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 			soonest(r)
 			continue
 		}
-		if startNew && q.runningVM[e.VM] == 0 && !q.paused(e) {
+		if startNew && !q.draining && q.runningVM[e.VM] == 0 && !q.paused(e) {
 			eligible = append(eligible, e)
 		}
 	}

@@ -276,11 +276,12 @@ func showScan(w io.Writer, raw json.RawMessage, sv scanView, asJSON bool) error 
 }
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("status", "status [--state STATE] [--json] [ID]",
+	f := newFlags("status", "status [--state STATE] [--vm VM] [--json] [ID]",
 		"With ID, shows one scan: exit 0 when queued, running or clean, 4 when it found\n"+
 			"something, 3 when it failed or was cancelled. Without, lists recent scans.", stderr)
 	newClient := clientFlags(f)
 	state := f.String("state", "", "list only scans in `STATE` (queued, running, done, failed, cancelled)")
+	vm := f.String("vm", "", "list only the scans of `VM`")
 	limit := f.Int("limit", 100, "list at most `N` scans")
 	asJSON := f.Bool("json", false, "print the API's JSON")
 	pos, err := parse(f, args)
@@ -308,6 +309,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	q := url.Values{"limit": {fmt.Sprint(*limit)}}
 	if *state != "" {
 		q.Set("state", *state)
+	}
+	if *vm != "" {
+		q.Set("vm", *vm)
 	}
 	if err := c.do(ctx, http.MethodGet, "/v1/scans?"+q.Encode(), nil, &raw); err != nil {
 		return err
