@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snapscan/snapscan/appliance"
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
 )
@@ -28,20 +29,6 @@ func init() {
 // engineVersion is the YARA engine level this binary links: go-yara v4.2.4
 // requires libyara 4.2.x. Bundles whose min_engine is higher are refused.
 const engineVersion = "4.2"
-
-// compileBundle is the signatures.Compiler of snapscan: each bundle file
-// is compiled in its own namespace, named by its path in the bundle.
-func compileBundle(files []signatures.File) (*scanner.Rules, int, error) {
-	srcs := make([]scanner.Source, len(files))
-	for i, f := range files {
-		srcs[i] = scanner.Source{Name: f.Path, Data: f.Data}
-	}
-	rules, err := scanner.CompileSources(srcs)
-	if err != nil {
-		return nil, 0, err
-	}
-	return rules, rules.Count(), nil
-}
 
 const sigUsage = `Usage: snapscan sig SUBCOMMAND [flags] [args]
 
@@ -123,7 +110,7 @@ func runSigBuild(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	start := time.Now()
-	rules, n, err := compileBundle(files)
+	rules, n, err := appliance.CompileBundle(files)
 	if err != nil {
 		return fmt.Errorf("not signed: %w", err)
 	}
@@ -203,7 +190,7 @@ func runSigVerify(args []string, stdout, stderr io.Writer) error {
 	}
 	rules := -1
 	if !*noCompile {
-		if _, rules, err = compileBundle(b.Files); err != nil {
+		if _, rules, err = appliance.CompileBundle(b.Files); err != nil {
 			return fmt.Errorf("%s: invalid (compile): %w", pos[0], err)
 		}
 	}
@@ -283,7 +270,7 @@ func runSigServe(ctx context.Context, args []string, stderr io.Writer) error {
 		PollInterval: *poll,
 		Logger:       slog.New(slog.NewTextHandler(stderr, nil)),
 		Check: func(files []signatures.File) (int, error) {
-			_, n, err := compileBundle(files)
+			_, n, err := appliance.CompileBundle(files)
 			return n, err
 		},
 	}
