@@ -51,7 +51,8 @@ func runCat(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("%s %s: %s is a directory", pos[0], v.ID, pos[2])
 	}
 	buf := make([]byte, 1<<20)
-	if _, err := io.CopyBuffer(stdout, struct{ io.Reader }{file}, buf); err != nil {
+	// Neither side may take over the copy (os.File.ReadFrom would use 32 KiB reads).
+	if _, err := io.CopyBuffer(struct{ io.Writer }{stdout}, struct{ io.Reader }{file}, buf); err != nil {
 		return fmt.Errorf("%s %s %s: %w", pos[0], v.ID, pos[2], err)
 	}
 	return nil

@@ -41,7 +41,7 @@ func BenchmarkReadTree(b *testing.B) {
 				return err
 			}
 			defer fl.Close()
-			n, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{fl}, buf)
+			n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{fl}, buf) // hide ReadFrom and WriteTo: read in buf-sized pieces
 			files++
 			bytes += n
 			return err
