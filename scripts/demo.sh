@@ -4,7 +4,7 @@
 # snapscan sees in it: its volumes and files, then a YARA scan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH=/usr/local/go/bin:$PATH
+export PATH=/usr/local/go/bin:$PATH:/usr/sbin:/sbin # mkfs.*, sgdisk live in sbin
 mkdir -p bin
 go build -o bin/snapscan ./cmd/snapscan
 out=${SAMPLE_DIR:-/tmp/snapscan-sample}

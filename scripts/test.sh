@@ -6,7 +6,7 @@
 # cannot run is a failure, not a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH=/usr/local/go/bin:$PATH
+export PATH=/usr/local/go/bin:$PATH:/usr/sbin:/sbin # mkfs.*, sgdisk live in sbin
 STATICCHECK=honnef.co/go/tools/cmd/staticcheck@v0.8.2 # 2026.2.2
 
 echo "== gofmt"
