@@ -24,6 +24,7 @@ import (
 // covers the names).
 func TestImageParity(t *testing.T) {
 	testenv.NeedTools(t, "yara", "qemu-img", "sgdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "mkntfs", "ntfs-3g", "mkfs.xfs")
+	testenv.NeedRoot(t) // the fixture mounts NTFS through FUSE
 	tree, _ := fixture(t)
 	rules, dir := parityRules(t)
 	imgs := testenv.Fixture(t, "scanner-images.sh", tree)

@@ -25,6 +25,7 @@ var layoutTools = []string{"qemu-img", "sgdisk", "sfdisk", "mkfs.ext4", "mkfs.vf
 // tree's.
 func TestLayouts(t *testing.T) {
 	testenv.NeedTools(t, layoutTools...)
+	testenv.NeedRoot(t) // the fixture mounts NTFS through FUSE and labels LVM2 PVs on loop devices
 	dir := testenv.Fixture(t, "layouts.sh")
 	layouts, _ := filepath.Glob(filepath.Join(dir, "*.volumes"))
 	if len(layouts) == 0 {
