@@ -254,3 +254,35 @@ func Clip(p []byte, off, size int64, name string) (q []byte, eof error, done boo
 	}
 	return p, nil, false, nil
 }
+
+// ReadFull reads exactly len(b) bytes at off of r, a file of the image
+// named name; a short read is an error wrapping io.ErrUnexpectedEOF.
+func ReadFull(r io.ReaderAt, b []byte, off int64, name string) error {
+	n, err := r.ReadAt(b, off)
+	if n == len(b) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("%s: reading %d bytes at file offset %d: %w", name, len(b), off, err)
+}
+
+// ReadParent fills b with the bytes of parent at pos for a differencing
+// image named name: zeros where there is no parent (nil) or where the
+// parent is shorter than the child.
+func ReadParent(parent Image, b []byte, pos int64, name string) error {
+	if parent != nil && pos < parent.Size() {
+		m := min(int64(len(b)), parent.Size()-pos)
+		n, err := parent.ReadAt(b[:m], pos)
+		if int64(n) != m {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("%s: reading parent at %d: %w", name, pos, err)
+		}
+		b = b[m:]
+	}
+	clear(b)
+	return nil
+}

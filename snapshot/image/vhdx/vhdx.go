@@ -764,31 +764,10 @@ func (img *Image) bitmap(blk int64) ([]byte, error) {
 	return bm, nil
 }
 
-func (img *Image) readFile(b []byte, at int64) error {
-	n, err := img.r.ReadAt(b, at)
-	if n == len(b) {
-		return nil
-	}
-	if err == nil || err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return fmt.Errorf("%s: reading %d bytes at file offset %d: %w", img.name, len(b), at, err)
-}
+func (img *Image) readFile(b []byte, at int64) error { return image.ReadFull(img.r, b, at, img.name) }
 
-// readParent fills b with the parent's bytes at pos, or zeros where the
-// parent is shorter.
+// readParent fills b with the parent's bytes at pos, or zeros where there
+// is no parent or the parent is shorter.
 func (img *Image) readParent(b []byte, pos int64) error {
-	if img.parent != nil && pos < img.parent.Size() {
-		m := min(int64(len(b)), img.parent.Size()-pos)
-		n, err := img.parent.ReadAt(b[:m], pos)
-		if int64(n) != m {
-			if err == nil || err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return fmt.Errorf("%s: reading parent at %d: %w", img.name, pos, err)
-		}
-		b = b[m:]
-	}
-	clear(b)
-	return nil
+	return image.ReadParent(img.parent, b, pos, img.name)
 }
