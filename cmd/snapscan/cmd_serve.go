@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 
 	"github.com/snapscan/snapscan/appliance"
+	"github.com/snapscan/snapscan/scanner"
 )
 
 // defaultConfig is where the systemd unit keeps the configuration.
@@ -81,7 +82,7 @@ func envOr(name, def string) string {
 // set installed for the configuration at $SNAPSCAN_CONFIG (or the default
 // path), read without compiling it.
 func applianceVersion() []string {
-	yara := "libyara " + appliance.EngineVersion + ".x"
+	yara := "libyara " + scanner.EngineVersion
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			if d.Path == "github.com/hillu/go-yara/v4" {
