@@ -1,8 +1,10 @@
 package appliance
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -30,6 +32,9 @@ const activeBundleFile = "active.bundle"
 // why none can be told.
 func InstalledSignatures(configPath string) string {
 	cfg, err := Load(configPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "none (no appliance configuration at " + configPath + "; set SNAPSCAN_CONFIG)"
+	}
 	if err != nil {
 		return "unknown (" + err.Error() + ")"
 	}
