@@ -160,10 +160,9 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 		return nil, "", classify(ctx, fmt.Errorf("disk %s on %s: %w", d.Path, d.Datastore, err))
 	}
 	defer disk.Close()
-	t := scanner.Target{Name: fmt.Sprintf("job-%d/%d", job.ID, i)}
+	t := scanner.DiskTarget(fmt.Sprintf("job-%d/%d", job.ID, i), disk)
 	var reasons []string
 	for _, v := range disk.Volumes {
-		t.Volumes = append(t.Volumes, scanner.Volume{ID: v.ID, FileSystem: v.FileSystem, FS: v.FS, Err: v.Err})
 		if v.Err != nil {
 			reasons = append(reasons, v.ID+": "+v.Err.Error())
 		}

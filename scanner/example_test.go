@@ -3,9 +3,11 @@ package scanner_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"testing/fstest"
 
 	"github.com/snapscan/snapscan/scanner"
+	"github.com/snapscan/snapscan/snapshot"
 )
 
 func Example() {
@@ -39,4 +41,24 @@ rule shell_script { condition: filetype == "SCRIPT" and extension == ".sh" }`)}}
 	// root /tmp/test.txt demo.yar:eicar_like
 	// root /usr/bin/run.sh demo.yar:shell_script
 	// files scanned: 3
+}
+
+// Scan every volume of a VM disk snapshot.
+func ExampleDiskTarget() {
+	rules, err := scanner.Compile("/etc/snapscan/rules")
+	if err != nil {
+		log.Fatal(err)
+	}
+	disk, err := snapshot.Open("/datastore1/vm42/vm42-000001.vmdk", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer disk.Close()
+	rep, err := scanner.New(rules, scanner.Options{}).Scan(context.Background(), scanner.DiskTarget("vm42", disk))
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, f := range rep.Findings {
+		fmt.Println(f.Volume, f.Path, f.Matches[0].Rule)
+	}
 }

@@ -186,10 +186,7 @@ func scanTarget(ctx context.Context, sc *scanner.Scanner, target string, allow [
 		}
 		defer d.Close()
 		tr.Format = d.Format
-		t = scanner.Target{Name: target}
-		for _, v := range d.Volumes {
-			t.Volumes = append(t.Volumes, scanner.Volume{ID: v.ID, FileSystem: v.FileSystem, FS: v.FS, Err: v.Err})
-		}
+		t = scanner.DiskTarget(target, d)
 	}
 	rep, err := sc.Scan(ctx, t)
 	if rep != nil {
