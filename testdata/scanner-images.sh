@@ -11,8 +11,10 @@
 set -euo pipefail
 : "${OUT:?set OUT}"
 tree=$(readlink -f "$1")
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+# shellcheck source=testdata/fslib.sh
+. "$here/fslib.sh"
 cd "$OUT"
-MiB=$((1024 * 1024))
 rm -rf src && mkdir src && cp -a "$tree"/. src/ && rm -f src/empty/big-sparse.img
 size=$((192 * MiB))
 
@@ -24,22 +26,11 @@ disk() { # disk NAME FSIMG
 	rm -f "$2"
 }
 
-mkfs.ext4 -q -F -d src fs.img $((size / 1024))K >/dev/null && disk ext4 fs.img
+fs_ext4 fs.img src $size && disk ext4 fs.img
+fs_fat fs.img src $size 32 && disk fat fs.img
+fs_ntfs fs.img src $size NTFS && disk ntfs fs.img
 
-rm -f fs.img && mkfs.vfat -F 32 -C fs.img $((size / 1024)) >/dev/null && mcopy -s -i fs.img src/* :: && disk fat fs.img
-
-rm -f fs.img && truncate -s $size fs.img && mkntfs -F -f -q fs.img >/dev/null 2>&1
-mnt=$(mktemp -d)
-ntfs-3g fs.img "$mnt" && { cp -a src/. "$mnt"/ || { umount "$mnt"; exit 1; }; } && umount "$mnt" && rmdir "$mnt"
-disk ntfs fs.img
-
-truncate -s $((320 * MiB)) fs.img # mkfs.xfs's minimum
-find src -mindepth 1 -printf '%d\t%y\t%p\t%f\n' | sort -t$'\t' -k3,3 | awk -F'\t' '
-	BEGIN { print "/dev/null"; print "0 0"; print "d--755 0 0"; depth = 1 }
-	{ d = $1 + 0; while (depth > d) { print "$"; depth-- }
-	  if ($2 == "d") { print $4, "d--755 0 0"; depth = d + 1 } else if ($2 == "f") { print $4, "---644 0 0", $3 } }
-	END { while (depth > 0) { print "$"; depth-- } }' >proto.txt
-mkfs.xfs -q -p proto.txt fs.img && rm -f proto.txt
+fs_xfs fs.img src $((320 * MiB)) XFS # mkfs.xfs's minimum size
 size=$((320 * MiB)) disk xfs fs.img
 
 # Formats: the ext4 disk as qcow2 and VMDK, FAT as VHDX, NTFS as VHD, XFS as

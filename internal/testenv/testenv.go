@@ -72,6 +72,10 @@ func Fixture(t testing.TB, script string, args ...string) string {
 	}
 	h := sha256.New()
 	h.Write(body)
+	// Scripts source the shared builders: a change there rebuilds too.
+	if lib, err := os.ReadFile(filepath.Join(RepoRoot(), "testdata", "fslib.sh")); err == nil {
+		h.Write(lib)
+	}
 	for _, a := range args {
 		h.Write([]byte{0})
 		h.Write([]byte(a))
