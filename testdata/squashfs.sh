@@ -7,9 +7,13 @@
 # $OUT/gzip.sqfs     mksquashfs defaults (gzip, 128 KiB blocks, fragments)
 # $OUT/zstd.sqfs     -comp zstd
 # $OUT/xz.sqfs       -comp xz -b 1M
-# $OUT/lz4.sqfs      -comp lz4 -no-fragments (go-diskfs cannot read it)
-# $OUT/lzo.sqfs      -comp lzo
+# $OUT/lz4.sqfs      -comp lz4 -no-fragments (refused: not supported)
+# $OUT/lzo.sqfs      -comp lzo (refused: not supported)
 # $OUT/small.sqfs    gzip image of $OUT/small.src, for the fuzz seed
+# $OUT/small-zstd.sqfs, small-xz.sqfs  the same in zstd and xz (more seeds)
+# $OUT/bomb-COMP.sqfs one 256 KiB random file and 40 small ones, inodes and data stored
+#                    uncompressed (-noI -noD), for COMP in gzip zstd xz: the
+#                    tests overwrite its blocks with decompression bombs
 set -euo pipefail
 : "${OUT:?}"
 export TZ=UTC LC_ALL=C.UTF-8 SOURCE_DATE_EPOCH=1700000000
@@ -38,6 +42,12 @@ prng 3 1048576 >src/big/sparse.bin
 truncate -s $((6 * 1024 * 1024)) src/big/sparse.bin
 prng 4 1000 >>src/big/sparse.bin
 for i in $(seq -w 0 99); do printf 'file %s\n' "$i" >"src/dir/file-$i.txt"; done
+# A listing longer than a metadata block (with more than 256 entries, so
+# several headers): mksquashfs writes an extended directory inode with an
+# index. A hard link makes an extended file inode.
+mkdir -p src/wide
+for i in $(seq -w 0 299); do : >"src/wide/a-rather-long-file-name-to-fill-the-listing-$i"; done
+ln src/readme.txt src/hardlink.txt
 ln -s ../readme.txt src/links/relative
 ln -s /etc/passwd src/links/absolute
 ln -s dangling-target src/links/dangling
@@ -63,5 +73,17 @@ mk xz.sqfs src -comp xz -b 1M
 mk lz4.sqfs src -comp lz4 -no-fragments
 mk lzo.sqfs src -comp lzo
 mk small.sqfs small.src
+mk small-zstd.sqfs small.src -comp zstd
+mk small-xz.sqfs small.src -comp xz
+
+rm -rf bomb.src
+mkdir bomb.src
+prng 5 262144 >bomb.src/file.bin
+# Small files make the inode table big enough to hold a metadata bomb.
+for i in $(seq -w 1 40); do printf 'small %s\n' "$i" >"bomb.src/small-$i.txt"; done
+find bomb.src -exec touch -h -d '2023-06-01 12:00:00' {} +
+for c in gzip zstd xz; do
+	mk "bomb-$c.sqfs" bomb.src -comp "$c" -noI -noD -no-fragments
+done
 
 (cd src && find . -printf '%y %s %P\n' | sort -k3) >listing.txt

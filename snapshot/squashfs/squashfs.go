@@ -1,30 +1,33 @@
 // Package squashfs reads squashfs 4.0 volumes (the format of the Linux
 // kernel's fs/squashfs and of squashfs-tools), read-only.
 //
-// The on-disk format is parsed by github.com/diskfs/go-diskfs's
-// filesystem/squashfs, which handles gzip, xz, lzma and zstd compression
-// (not lzo and lz4, refused with errors.ErrUnsupported), fragments, sparse blocks, extended inodes and xattrs. This
-// package serves it as a vfs.FileSystem (symbolic links reported, never
-// followed; device, fifo and socket inodes listed with their type) and
-// guards the boundary with hostile bytes:
+// The reader is written here from the on-disk format described in the
+// kernel's Documentation/filesystems/squashfs.rst, cross-checked with
+// fs/squashfs and squashfs-tools: superblock, metadata blocks, inode
+// table (basic and extended directory, file, symlink, device, fifo and
+// socket inodes), directory table, id table, fragment table, data blocks
+// (compressed, stored or sparse) and tail-end fragments. Extended
+// attributes, the export table and the directory index are not read.
+// Compressors: gzip (zlib), xz and zstd; lzma, lzo and lz4 volumes are
+// refused with an error wrapping errors.ErrUnsupported.
 //
-//   - the superblock is checked here before go-diskfs sees it (magic,
-//     version, block size, compressor, every table offset inside the
-//     image), so a volume that is not squashfs fails with ErrWrongType and
-//     absurd offsets fail with a FormatError;
-//   - every call into go-diskfs runs under a recover: a panic on damaged
-//     metadata becomes an error wrapping ErrCorrupt that names the call
-//     and path;
-//   - every call gets a budget of bytes it may read from the image, so a
-//     loop in hostile metadata ends in an error rather than a hang.
+// Every byte comes from a possibly hostile image, so:
 //
-// What go-diskfs does not bound, and this package cannot bound from
-// outside, is the output of decompressing one block: go-diskfs reads a
-// decompressor to its end, so a hostile compressed block can expand far
-// beyond the block size before anything checks it.
+//   - the superblock is checked first (magic, version, block size, every
+//     table offset inside the image), so a volume that is not squashfs
+//     fails with ErrWrongType and absurd fields fail with a FormatError;
+//   - every decompression is bounded: a metadata block may expand to
+//     8 KiB, a data or fragment block to the block size and no further
+//     (a larger block is corrupt); decoders never allocate by a size read
+//     from the image beyond fixed caps (zstd window, xz dictionary);
+//   - every loop is bounded by validated sizes, and a directory reached
+//     twice (a cycle or a shared subtree) is reported, not walked again;
+//   - errors about damage wrap ErrCorrupt and name the structure and the
+//     byte offset.
 //
-// go-diskfs is not documented as safe for concurrent use, so calls into
-// it are serialized; an FS is safe for concurrent use.
+// Symbolic links are reported, never followed; device, fifo and socket
+// inodes are listed with their type. An FS is safe for concurrent use;
+// reads of the image are serialized.
 package squashfs
 
 import (
@@ -33,15 +36,9 @@ import (
 	"fmt"
 	"io"
 	iofs "io/fs"
-	"os"
-	"path"
 	"strconv"
 	"sync"
 	"time"
-
-	"github.com/diskfs/go-diskfs/backend"
-	"github.com/diskfs/go-diskfs/filesystem"
-	dsq "github.com/diskfs/go-diskfs/filesystem/squashfs"
 
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
@@ -50,14 +47,14 @@ import (
 // wraps vfs.ErrWrongType.
 var ErrWrongType = fmt.Errorf("squashfs: no squashfs superblock: %w", vfs.ErrWrongType)
 
-// ErrCorrupt is wrapped by errors about damaged volumes, including
-// panics of go-diskfs turned into errors.
+// ErrCorrupt is wrapped by errors about damaged volumes.
 var ErrCorrupt = errors.New("squashfs: corrupt file system")
 
-// FormatError reports a damaged superblock field.
+// FormatError reports a damaged on-disk structure: a superblock field, a
+// metadata or data block, an inode or a directory entry.
 type FormatError struct {
 	Offset int64  // byte offset in the volume
-	Msg    string // what is wrong
+	Msg    string // what is wrong, naming the structure
 }
 
 // Error describes the damage and where it is.
@@ -68,14 +65,15 @@ func (e *FormatError) Error() string {
 // Unwrap makes errors.Is(err, ErrCorrupt) hold.
 func (e *FormatError) Unwrap() error { return ErrCorrupt }
 
+// corrupt returns a FormatError at byte off.
+func corrupt(off int64, format string, args ...any) error {
+	return &FormatError{Offset: off, Msg: fmt.Sprintf(format, args...)}
+}
+
 const (
 	superblockSize = 96
 	magic          = 0x73717368 // "hsqs"
 	noTable        = ^uint64(0)
-
-	// callBudget bounds what one call into go-diskfs may read from the
-	// image, on top of the bytes the caller asked for.
-	callBudget = 256 << 20
 )
 
 // Superblock holds the fields of the superblock that this package checks.
@@ -95,19 +93,27 @@ var compressors = map[uint16]string{1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: 
 // CompressionName returns the compressor's name ("gzip", "zstd", ...).
 func (s Superblock) CompressionName() string { return compressors[s.Compression] }
 
+// tables holds the superblock's table offsets, checked against the image.
+type tables struct {
+	rootRef  uint64
+	idTable  uint64
+	inodes   uint64
+	dirs     uint64
+	frags    uint64
+	bytesEnd uint64
+}
+
 // parseSuperblock checks the superblock b against the image size.
-func parseSuperblock(b []byte, size int64) (Superblock, error) {
+func parseSuperblock(b []byte, size int64) (Superblock, tables, error) {
 	le16 := func(o int) uint16 { return binary.LittleEndian.Uint16(b[o:]) }
 	le32 := func(o int) uint32 { return binary.LittleEndian.Uint32(b[o:]) }
 	le64 := func(o int) uint64 { return binary.LittleEndian.Uint64(b[o:]) }
-	bad := func(off int64, format string, args ...any) error {
-		return &FormatError{Offset: off, Msg: fmt.Sprintf(format, args...)}
-	}
+	var t tables
 	if le32(0) != magic {
-		return Superblock{}, fmt.Errorf("magic %#x: %w", le32(0), ErrWrongType)
+		return Superblock{}, t, fmt.Errorf("magic %#x: %w", le32(0), ErrWrongType)
 	}
 	if maj, min := le16(28), le16(30); maj != 4 || min != 0 {
-		return Superblock{}, bad(28, "version %d.%d, only 4.0 is supported", maj, min)
+		return Superblock{}, t, corrupt(28, "superblock: version %d.%d, only 4.0 is supported", maj, min)
 	}
 	s := Superblock{
 		Inodes:      le32(4),
@@ -120,26 +126,25 @@ func parseSuperblock(b []byte, size int64) (Superblock, error) {
 	}
 	bs := s.BlockSize
 	if bs < 4096 || bs > 1<<20 || bs&(bs-1) != 0 {
-		return s, bad(12, "block size %d is not a power of two from 4 KiB to 1 MiB", bs)
+		return s, t, corrupt(12, "superblock: block size %d is not a power of two from 4 KiB to 1 MiB", bs)
 	}
-	if 1<<le16(22) != bs {
-		return s, bad(22, "block log %d does not match block size %d", le16(22), bs)
+	if le16(22) > 20 || 1<<le16(22) != bs {
+		return s, t, corrupt(22, "superblock: block log %d does not match block size %d", le16(22), bs)
 	}
-	if _, ok := compressors[s.Compression]; !ok {
-		return s, bad(20, "unknown compressor %d", s.Compression)
-	}
-	if s.Compression == 3 || s.Compression == 5 {
-		// go-diskfs decodes lzo and lz4 as streams; squashfs stores raw
-		// blocks, which it then fails to read.
-		return s, fmt.Errorf("squashfs: %s compression is not supported: %w", s.CompressionName(), errors.ErrUnsupported)
+	switch s.Compression {
+	case compGzip, compXz, compZstd:
+	case 2, 3, 5:
+		return s, t, fmt.Errorf("squashfs: %s compression is not supported: %w", s.CompressionName(), errors.ErrUnsupported)
+	default:
+		return s, t, corrupt(20, "superblock: unknown compressor %d", s.Compression)
 	}
 	if s.BytesUsed < superblockSize || s.BytesUsed > uint64(size) {
-		return s, bad(40, "bytes used %d outside %d..%d (truncated image?)", s.BytesUsed, superblockSize, size)
+		return s, t, corrupt(40, "superblock: bytes used %d outside %d..%d (truncated image?)", s.BytesUsed, superblockSize, size)
 	}
 	if s.IDs == 0 {
-		return s, bad(26, "no uid/gid table entries")
+		return s, t, corrupt(26, "superblock: no uid/gid table entries")
 	}
-	tables := []struct {
+	list := []struct {
 		name     string
 		off      int
 		optional bool
@@ -151,33 +156,54 @@ func parseSuperblock(b []byte, size int64) (Superblock, error) {
 		{"fragment table", 80, true},
 		{"export table", 88, true},
 	}
-	for _, t := range tables {
-		v := le64(t.off)
-		if t.optional && v == noTable {
+	for _, tb := range list {
+		v := le64(tb.off)
+		if tb.optional && v == noTable {
 			continue
 		}
 		if v < superblockSize || v >= s.BytesUsed {
-			return s, bad(int64(t.off), "%s at byte %d, outside the %d bytes used", t.name, v, s.BytesUsed)
+			return s, t, corrupt(int64(tb.off), "superblock: %s at byte %d, outside the %d bytes used", tb.name, v, s.BytesUsed)
 		}
 	}
-	// Index tables hold one 8-byte pointer per 8 KiB metadata block; the
-	// counts must fit in the image before go-diskfs sizes buffers by them.
-	if (uint64(s.Fragments)+511)/512*8 > s.BytesUsed {
-		return s, bad(16, "%d fragments cannot fit in %d bytes", s.Fragments, s.BytesUsed)
+	t = tables{rootRef: le64(32), idTable: le64(48), inodes: le64(64), dirs: le64(72), frags: le64(80), bytesEnd: s.BytesUsed}
+	if t.dirs <= t.inodes {
+		return s, t, corrupt(72, "superblock: directory table at byte %d does not follow the inode table at %d", t.dirs, t.inodes)
+	}
+	// Index tables hold one 8-byte pointer per metadata block of entries;
+	// the counts must fit in the image before anything is read by them.
+	if t.idTable+(uint64(s.IDs)+idsPerBlock-1)/idsPerBlock*8 > s.BytesUsed {
+		return s, t, corrupt(26, "superblock: %d ids cannot fit in the table at byte %d", s.IDs, t.idTable)
+	}
+	if s.Fragments > 0 && (t.frags == noTable || (uint64(s.Fragments)+fragsPerBlock-1)/fragsPerBlock*8 > s.BytesUsed-t.frags) {
+		return s, t, corrupt(16, "superblock: %d fragments cannot fit in %d bytes", s.Fragments, s.BytesUsed)
 	}
 	if uint64(s.Inodes) > s.BytesUsed {
-		return s, bad(4, "%d inodes cannot fit in %d bytes", s.Inodes, s.BytesUsed)
+		return s, t, corrupt(4, "superblock: %d inodes cannot fit in %d bytes", s.Inodes, s.BytesUsed)
 	}
-	return s, nil
+	return s, t, nil
 }
 
 // FS is an open squashfs volume. It is safe for concurrent use.
 type FS struct {
-	sb   Superblock
-	st   *storage
-	mu   sync.Mutex // serializes calls into go-diskfs
-	fsys *dsq.FileSystem
-	root *node
+	sb  Superblock
+	t   tables
+	r   io.ReaderAt
+	ids []uint32
+	bs  int // block size
+
+	mu      sync.Mutex // guards what follows: caches, decoder, scratch buffer
+	dec     *decoder
+	scratch []byte // compressed bytes of one block
+	meta    metaCache
+	frag    fragCache
+	parents map[uint64]dirKey // directory inode ref -> where it was first listed
+	root    *node
+}
+
+// dirKey names the directory entry through which a directory was reached.
+type dirKey struct {
+	parent uint64
+	name   string
 }
 
 var _ vfs.FileSystem = (*FS)(nil)
@@ -186,103 +212,85 @@ var _ vfs.FileSystem = (*FS)(nil)
 // caller keeps r open while the FS is used and closes it after.
 func New(r io.ReaderAt, size int64) (*FS, error) {
 	var b [superblockSize]byte
-	n, err := r.ReadAt(b[:min(size, superblockSize)], 0)
+	n, err := r.ReadAt(b[:min(max(size, 0), superblockSize)], 0)
 	if err != nil && err != io.EOF {
 		return nil, fmt.Errorf("squashfs: reading superblock: %w", err)
 	}
 	if n < 4 || binary.LittleEndian.Uint32(b[:]) != magic {
 		return nil, fmt.Errorf("volume of %d bytes: %w", size, ErrWrongType)
 	}
-	if size < superblockSize {
-		return nil, &FormatError{Offset: size, Msg: fmt.Sprintf("superblock truncated to %d bytes", size)}
+	if size < superblockSize || n < superblockSize {
+		return nil, &FormatError{Offset: int64(n), Msg: fmt.Sprintf("superblock truncated to %d bytes", n)}
 	}
-	sb, err := parseSuperblock(b[:], size)
+	sb, t, err := parseSuperblock(b[:], size)
 	if err != nil {
 		return nil, err
 	}
-	f := &FS{sb: sb, st: &storage{r: r, size: int64(sb.BytesUsed)}}
-	err = f.call("open", ".", 0, func() error {
-		fsys, err := dsq.Read(f.st, int64(sb.BytesUsed), 0, 0)
-		if err != nil {
-			return err
-		}
-		info, err := fsys.Stat(".")
-		if err != nil {
-			return err
-		}
-		f.fsys = fsys
-		f.root = &node{path: ".", info: info}
-		return nil
-	})
+	f := &FS{sb: sb, t: t, r: r, bs: int(sb.BlockSize), parents: map[uint64]dirKey{}}
+	f.dec, err = newDecoder(sb.Compression, f.bs)
 	if err != nil {
 		return nil, err
 	}
+	f.scratch = make([]byte, max(f.bs, metaSize))
+	f.frag.init()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.readIDs(); err != nil {
+		return nil, err
+	}
+	root, err := f.inode(t.rootRef)
+	if err != nil {
+		return nil, fmt.Errorf("squashfs: root inode: %w", err)
+	}
+	if root.typ != typeDir {
+		return nil, corrupt(32, "superblock: root inode reference %#x is not a directory (type %d)", t.rootRef, root.typ)
+	}
+	f.root = root
+	f.parents[root.ref] = dirKey{parent: noTable}
 	return f, nil
 }
 
 // Superblock returns the checked superblock fields.
 func (f *FS) Superblock() Superblock { return f.sb }
 
-// call runs fn, which calls into go-diskfs, under the lock, with a read
-// budget, turning panics into errors.
-func (f *FS) call(op, p string, extra int64, fn func() error) (err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.st.budget = callBudget + extra
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("squashfs: %s %s: go-diskfs panicked on damaged metadata: %v: %w", op, p, r, ErrCorrupt)
+// readAt reads exactly len(p) bytes at off, which the caller has checked
+// to lie inside the bytes used.
+func (f *FS) readAt(p []byte, off int64, what string) error {
+	n, err := f.r.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("squashfs: reading %s at byte %d: %w", what, off, err)
+}
+
+// readIDs loads the uid/gid table (at most 65535 entries).
+func (f *FS) readIDs() error {
+	f.ids = make([]uint32, f.sb.IDs)
+	var buf [idsPerBlock * 4]byte
+	var ptr [8]byte
+	for i := 0; i < len(f.ids); i += idsPerBlock {
+		at := int64(f.t.idTable) + int64(i/idsPerBlock)*8
+		if err := f.readAt(ptr[:], at, "id table index"); err != nil {
+			return err
 		}
-	}()
-	if err := fn(); err != nil {
-		if errors.Is(err, errBudget) {
-			return fmt.Errorf("squashfs: %s %s: %w: %w", op, p, err, ErrCorrupt)
+		blk := binary.LittleEndian.Uint64(ptr[:])
+		if blk < superblockSize || blk >= f.t.bytesEnd {
+			return corrupt(at, "id table: metadata block at byte %d outside the image", blk)
 		}
-		return fmt.Errorf("squashfs: %s %s: %w (%w)", op, p, err, ErrCorrupt)
+		n := min(len(f.ids)-i, idsPerBlock)
+		m := metaReader{f: f, pos: metaPos{block: int64(blk)}, end: int64(f.t.bytesEnd), what: "id table"}
+		if err := m.read(buf[:n*4]); err != nil {
+			return err
+		}
+		for j := range n {
+			f.ids[i+j] = binary.LittleEndian.Uint32(buf[j*4:])
+		}
 	}
 	return nil
 }
-
-// node is a file, directory, link or other inode of the volume.
-type node struct {
-	path string // slash-separated from the root, "." for the root
-	info iofs.FileInfo
-}
-
-func (n *node) Mode() iofs.FileMode {
-	m := n.info.Mode()
-	if m.IsDir() {
-		return iofs.ModeDir | m.Perm()
-	}
-	return m
-}
-
-func (n *node) Size() int64 {
-	if n.info.Mode().IsDir() {
-		return 0
-	}
-	if n.info.Mode().Type() == iofs.ModeSymlink {
-		if st, ok := n.info.Sys().(*dsq.StatT); ok {
-			return int64(len(st.LinkTarget))
-		}
-	}
-	return n.info.Size()
-}
-
-func (n *node) ModTime() time.Time { return n.info.ModTime().UTC() }
-
-// Sys returns an Owner: squashfs records numeric uids only.
-func (n *node) Sys() any {
-	if st, ok := n.info.Sys().(*dsq.StatT); ok {
-		return owner(st.UID)
-	}
-	return nil
-}
-
-type owner uint32
-
-// Owner returns the numeric uid as text.
-func (o owner) Owner() string { return strconv.FormatUint(uint64(o), 10) }
 
 // Root returns the root directory.
 func (f *FS) Root() (vfs.Node, error) { return f.root, nil }
@@ -291,6 +299,9 @@ func nodeOf(v vfs.Node) (*node, error) {
 	n, ok := v.(*node)
 	if !ok {
 		return nil, errors.New("squashfs: node from another file system")
+	}
+	if n.err != nil {
+		return nil, n.err
 	}
 	return n, nil
 }
@@ -301,28 +312,12 @@ func (f *FS) ReadDir(d vfs.Node) ([]vfs.Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []vfs.Entry
-	err = f.call("readdir", dir.path, 0, func() error {
-		des, err := f.fsys.ReadDir(dir.path)
-		if err != nil {
-			return err
-		}
-		for _, de := range des {
-			info, err := de.Info()
-			if err != nil {
-				return err
-			}
-			out = append(out, vfs.Entry{Name: de.Name(), Node: &node{path: path.Join(dir.path, de.Name()), info: info}})
-		}
-		return nil
-	})
-	return out, err
-}
-
-// opener is what go-diskfs's directory entries offer beyond fs.FileInfo.
-type opener interface {
-	Open() (filesystem.File, error)
-	Readlink() (string, error)
+	if dir.typ != typeDir {
+		return nil, fmt.Errorf("squashfs: inode %d is not a directory", dir.ino)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.readDir(dir)
 }
 
 // Open returns the content of a regular file.
@@ -331,15 +326,10 @@ func (f *FS) Open(v vfs.Node) (io.ReaderAt, error) {
 	if err != nil {
 		return nil, err
 	}
-	o, ok := n.info.(opener)
-	if !ok || !n.info.Mode().IsRegular() {
-		return nil, fmt.Errorf("squashfs: %s is not a regular file", n.path)
+	if n.typ != typeFile {
+		return nil, fmt.Errorf("squashfs: inode %d is not a regular file", n.ino)
 	}
-	var file filesystem.File
-	if err := f.call("open", n.path, 0, func() (err error) { file, err = o.Open(); return err }); err != nil {
-		return nil, err
-	}
-	return &fileReader{fs: f, path: n.path, file: file, size: n.info.Size()}, nil
+	return &fileReader{f: f, n: n, cur: -1, blk: -1}, nil
 }
 
 // ReadLink returns the target of a symbolic link.
@@ -348,130 +338,99 @@ func (f *FS) ReadLink(v vfs.Node) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	o, ok := n.info.(opener)
-	if !ok {
-		return "", fmt.Errorf("squashfs: %s is not a symbolic link", n.path)
+	if n.typ != typeSymlink {
+		return "", fmt.Errorf("squashfs: inode %d is not a symbolic link", n.ino)
 	}
-	var t string
-	err = f.call("readlink", n.path, 0, func() (err error) { t, err = o.Readlink(); return err })
-	return t, err
+	return n.target, nil
 }
 
-// fileReader turns go-diskfs's Seek+Read file into an io.ReaderAt.
-type fileReader struct {
-	fs   *FS
-	path string
-	file filesystem.File // used under fs.mu only
-	size int64
+// node is a file, directory, link or other inode of the volume.
+type node struct {
+	ref   uint64 // inode reference: metadata block << 16 | offset
+	ino   uint32
+	typ   uint16 // basic inode type, 1..7
+	perm  uint16
+	uid   uint32
+	mtime uint32
+	size  uint64 // bytes of a file; length of a link target
+
+	// Directories.
+	dirBlock uint32 // metadata block of the listing, from the directory table
+	dirOff   uint16
+	dirSize  uint32 // listing bytes + 3, as recorded
+
+	// Regular files.
+	blocksStart uint64  // byte offset of the first data block
+	frag        uint32  // fragment index, or noFrag
+	fragOff     uint32  // offset of the tail in the fragment block
+	nblocks     uint64  // full (or, without fragment, all) data blocks
+	list        metaPos // the block size list in the inode table
+
+	target string // symbolic links
+	err    error  // a broken entry: the inode could not be read
 }
 
-func (r *fileReader) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, errors.New("squashfs: negative offset")
+// Basic inode types; extended types are these plus 7.
+const (
+	typeDir     = 1
+	typeFile    = 2
+	typeSymlink = 3
+	typeBlock   = 4
+	typeChar    = 5
+	typeFifo    = 6
+	typeSocket  = 7
+)
+
+func (n *node) Mode() iofs.FileMode {
+	m := iofs.FileMode(n.perm & 0o777)
+	if n.perm&0o4000 != 0 {
+		m |= iofs.ModeSetuid
 	}
-	if off >= r.size {
-		return 0, io.EOF
+	if n.perm&0o2000 != 0 {
+		m |= iofs.ModeSetgid
 	}
-	want := p
-	if int64(len(want)) > r.size-off {
-		want = want[:r.size-off]
+	if n.perm&0o1000 != 0 {
+		m |= iofs.ModeSticky
 	}
-	n := 0
-	err := r.fs.call("read", r.path, int64(len(want)), func() error {
-		if _, err := r.file.Seek(off, io.SeekStart); err != nil {
-			return err
-		}
-		for n < len(want) {
-			m, err := r.file.Read(want[n:])
-			n += m
-			if err == io.EOF && n == len(want) {
-				break
-			}
-			if err != nil {
-				return err
-			}
-			if m == 0 {
-				return io.ErrNoProgress
-			}
-		}
+	switch n.typ {
+	case typeDir:
+		m |= iofs.ModeDir
+	case typeSymlink:
+		m |= iofs.ModeSymlink
+	case typeBlock:
+		m |= iofs.ModeDevice
+	case typeChar:
+		m |= iofs.ModeDevice | iofs.ModeCharDevice
+	case typeFifo:
+		m |= iofs.ModeNamedPipe
+	case typeSocket:
+		m |= iofs.ModeSocket
+	}
+	return m
+}
+
+func (n *node) Size() int64 {
+	switch n.typ {
+	case typeFile, typeSymlink:
+		return int64(n.size)
+	}
+	return 0
+}
+
+func (n *node) ModTime() time.Time { return time.Unix(int64(n.mtime), 0).UTC() }
+
+// Sys returns an Owner: squashfs records numeric uids only.
+func (n *node) Sys() any {
+	if n.err != nil {
 		return nil
-	})
-	if err != nil {
-		return n, err
 	}
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
+	return owner(n.uid)
 }
 
-var errBudget = errors.New("read budget of one call exhausted (metadata loop?)")
+// Err reports why a listed inode could not be read (vfs.Broken).
+func (n *node) Err() error { return n.err }
 
-// storage is the backend.Storage go-diskfs reads through: read-only,
-// bounded to the volume, and counting bytes against a per-call budget.
-type storage struct {
-	r      io.ReaderAt
-	size   int64
-	off    int64 // for Read and Seek, which go-diskfs may use
-	budget int64 // set by FS.call, under FS.mu
-}
+type owner uint32
 
-var _ backend.Storage = (*storage)(nil)
-
-func (s *storage) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 || off >= s.size {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > s.budget {
-		return 0, errBudget
-	}
-	s.budget -= int64(len(p))
-	if int64(len(p)) > s.size-off {
-		n, err := s.r.ReadAt(p[:s.size-off], off)
-		if err == nil {
-			err = io.EOF
-		}
-		return n, err
-	}
-	return s.r.ReadAt(p, off)
-}
-
-func (s *storage) Read(p []byte) (int, error) {
-	n, err := s.ReadAt(p, s.off)
-	s.off += int64(n)
-	return n, err
-}
-
-func (s *storage) Seek(off int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekCurrent:
-		off += s.off
-	case io.SeekEnd:
-		off += s.size
-	}
-	if off < 0 {
-		return 0, errors.New("squashfs: seek before start")
-	}
-	s.off = off
-	return off, nil
-}
-
-func (s *storage) Stat() (iofs.FileInfo, error) { return storageInfo{s.size}, nil }
-func (s *storage) Close() error                 { return nil }
-func (s *storage) Path() string                 { return "" }
-
-// Sys and Writable fail: the volume is not an OS file and is never
-// written.
-func (s *storage) Sys() (*os.File, error) { return nil, backend.ErrNotSuitable }
-func (s *storage) Writable() (backend.WritableFile, error) {
-	return nil, backend.ErrIncorrectOpenMode
-}
-
-type storageInfo struct{ size int64 }
-
-func (i storageInfo) Name() string        { return "squashfs" }
-func (i storageInfo) Size() int64         { return i.size }
-func (i storageInfo) Mode() iofs.FileMode { return 0o444 }
-func (i storageInfo) ModTime() time.Time  { return time.Time{} }
-func (i storageInfo) IsDir() bool         { return false }
-func (i storageInfo) Sys() any            { return nil }
+// Owner returns the numeric uid as text.
+func (o owner) Owner() string { return strconv.FormatUint(uint64(o), 10) }
