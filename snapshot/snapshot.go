@@ -206,6 +206,9 @@ type closeBoth struct {
 	f io.Closer
 }
 
+// Unwrap returns the format reader, for image.Unwrap.
+func (c closeBoth) Unwrap() image.Image { return c.Image }
+
 func (c closeBoth) Close() error {
 	err := c.Image.Close()
 	if c.f != nil {

@@ -286,3 +286,17 @@ func ReadParent(parent Image, b []byte, pos int64, name string) error {
 	clear(b)
 	return nil
 }
+
+// Unwrap returns the format reader under img: callers that open images
+// may wrap them (snapshot does, to close the file under each image), and
+// a child that checks its parent's identity (a VHD's unique id, a VHDX's
+// data write GUID) must see the parent's own type.
+func Unwrap(img Image) Image {
+	for {
+		w, ok := img.(interface{ Unwrap() Image })
+		if !ok {
+			return img
+		}
+		img = w.Unwrap()
+	}
+}

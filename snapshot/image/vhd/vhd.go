@@ -363,7 +363,7 @@ func (img *Image) openParent(h *dynHeader, hdrOff uint64, opts *image.Options) e
 		if err != nil {
 			return fmt.Errorf("%s: opening parent %s: %w", img.name, p, err)
 		}
-		if id, ok := parent.(interface{ UniqueID() [16]byte }); ok && strings.HasPrefix(parent.Format(), "vhd/") {
+		if id, ok := image.Unwrap(parent).(interface{ UniqueID() [16]byte }); ok && strings.HasPrefix(parent.Format(), "vhd/") {
 			if got := id.UniqueID(); got != h.parentID {
 				parent.Close()
 				return img.corrupt(int64(hdrOff)+40, fmt.Sprintf("parent %s has unique id %x, the child expects %x (parent modified or replaced)", p, got, h.parentID))

@@ -605,7 +605,7 @@ func (img *Image) openParent(item []byte, mr region, opts *image.Options) error 
 		if err != nil {
 			return fmt.Errorf("%s: opening parent %s: %w", img.name, p, err)
 		}
-		if w, ok := parent.(interface{ DataWriteGUID() [16]byte }); ok && strings.HasPrefix(parent.Format(), "vhdx/") {
+		if w, ok := image.Unwrap(parent).(interface{ DataWriteGUID() [16]byte }); ok && strings.HasPrefix(parent.Format(), "vhdx/") {
 			if got := guid(w.DataWriteGUID()); got != linkage && !(has2 && got == linkage2) {
 				parent.Close()
 				return img.corrupt(mr.off, fmt.Sprintf("parent %s has data write GUID %s, the child expects %s (parent modified or replaced)", p, got, linkage))
