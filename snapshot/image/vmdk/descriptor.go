@@ -28,6 +28,7 @@ const (
 // descriptor is the parsed text descriptor of a VMDK disk.
 type descriptor struct {
 	createType string
+	cid        uint32 // content id of this disk; noParentCID if absent
 	parentCID  uint32
 	parentHint string // parentFileNameHint, "" if none
 	extents    []extentLine
@@ -67,7 +68,7 @@ func parseDescriptor(text []byte) (*descriptor, error) {
 	if i := bytes.IndexByte(text, 0); i >= 0 {
 		text = text[:i]
 	}
-	d := &descriptor{parentCID: noParentCID}
+	d := &descriptor{cid: noParentCID, parentCID: noParentCID}
 	var total int64
 	for n, raw := range strings.Split(string(text), "\n") {
 		line := strings.TrimSpace(raw)
@@ -100,12 +101,16 @@ func parseDescriptor(text []byte) (*descriptor, error) {
 		switch key {
 		case "createType":
 			d.createType = val
-		case "parentCID":
+		case "CID", "parentCID":
 			cid, err := strconv.ParseUint(val, 16, 32)
 			if err != nil {
-				return nil, fmt.Errorf("descriptor line %d: parentCID %q is not a hexadecimal number", n+1, val)
+				return nil, fmt.Errorf("descriptor line %d: %s %q is not a hexadecimal number", n+1, key, val)
 			}
-			d.parentCID = uint32(cid)
+			if key == "CID" {
+				d.cid = uint32(cid)
+			} else {
+				d.parentCID = uint32(cid)
+			}
 		case "parentFileNameHint":
 			d.parentHint = val
 		}

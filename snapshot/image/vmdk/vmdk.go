@@ -60,6 +60,7 @@ type Image struct {
 	extents    []*extent // in disk order, back to back from 0
 	parent     image.Image
 	parentPath string
+	cid        uint32 // the descriptor's CID, noParentCID if none
 	closers    []io.Closer
 }
 
@@ -133,8 +134,12 @@ func (img *Image) open(r io.ReaderAt, size int64, name string, opts *image.Optio
 		}
 		img.createType = desc.createType
 	}
+	img.cid = noParentCID
+	if desc != nil {
+		img.cid = desc.cid
+	}
 	if desc != nil && desc.parentCID != noParentCID && desc.parentHint != "" {
-		return img.openParent(desc.parentHint, name, opts)
+		return img.openParent(desc.parentHint, desc.parentCID, name, opts)
 	}
 	return nil
 }
@@ -254,7 +259,7 @@ type openedFile struct {
 
 // openParent checks the chain of parents from the disk at name, then opens
 // its parent, hint as the descriptor names it.
-func (img *Image) openParent(hint, name string, opts *image.Options) error {
+func (img *Image) openParent(hint string, parentCID uint32, name string, opts *image.Options) error {
 	if name == "" {
 		return fmt.Errorf("%w: parent %q cannot be opened for a disk read without a path", ErrChain, hint)
 	}
@@ -285,14 +290,25 @@ func (img *Image) openParent(hint, name string, opts *image.Options) error {
 		cur = p
 	}
 	img.parentPath = first
+	var parent image.Image
 	var err error
 	if opts != nil && opts.OpenParent != nil {
-		img.parent, err = opts.OpenParent(first)
+		parent, err = opts.OpenParent(first)
 	} else {
-		img.parent, err = Open(first, opts)
+		var p *Image // not assigned to the interface unless opened
+		if p, err = Open(first, opts); err == nil {
+			parent = p
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("parent: %w", err)
+	}
+	img.parent = parent
+	// A delta disk records its parent's content id: a parent written since
+	// (or another disk under the parent's name) would give wrong bytes.
+	if p, ok := image.Unwrap(img.parent).(*Image); ok && p.cid != noParentCID && p.cid != parentCID {
+		return &image.FormatError{Format: "vmdk", Offset: -1, Msg: fmt.Sprintf(
+			"%s: parent %s has CID %08x, the delta disk was made over CID %08x (parentCID)", img.name, first, p.cid, parentCID)}
 	}
 	return nil
 }

@@ -158,13 +158,33 @@ func writeDescriptor(t *testing.T, path, extentLine, parent string) {
 	t.Helper()
 	text := "# Disk DescriptorFile\nversion=1\nCID=1\n"
 	if parent != "" {
-		text += "parentCID=2\nparentFileNameHint=\"" + parent + "\"\n"
+		text += "parentCID=1\nparentFileNameHint=\"" + parent + "\"\n" // every test disk has CID 1
 	} else {
 		text += "parentCID=ffffffff\n"
 	}
 	text += "createType=\"monolithicFlat\"\n\n# Extent description\nRW " + extentLine + "\n"
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestParentCID: a delta disk over a parent whose content id is not the
+// one it was made over (the parent was written since, or another disk took
+// its name) is refused.
+func TestParentCID(t *testing.T) {
+	tmp := t.TempDir()
+	if err := os.WriteFile(filepath.Join(tmp, "d.bin"), make([]byte, 2048*512), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writeDescriptor(t, filepath.Join(tmp, "base.vmdk"), `2048 FLAT "d.bin" 0`, "")
+	child := "# Disk DescriptorFile\nversion=1\nCID=5\nparentCID=7\nparentFileNameHint=\"base.vmdk\"\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"d.bin\" 0\n"
+	if err := os.WriteFile(filepath.Join(tmp, "child.vmdk"), []byte(child), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := vmdk.Open(filepath.Join(tmp, "child.vmdk"), nil)
+	var fe *image.FormatError
+	if !errors.As(err, &fe) || !strings.Contains(err.Error(), "CID 00000001") {
+		t.Fatalf("err = %v, want a parent CID mismatch", err)
 	}
 }
 
