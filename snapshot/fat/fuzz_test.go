@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
@@ -46,41 +47,6 @@ func (z zeroPad) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// walkCapped opens and reads everything, stopping after a fixed amount of
-// work so that a fuzz input cannot make the walk itself the hang.
-func walkCapped(fsys fs.FS, maxEntries int, maxBytes int64) {
-	entries := 0
-	budget := maxBytes
-	buf := make([]byte, 64<<10)
-	fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
-		entries++
-		if entries > maxEntries || budget <= 0 {
-			return fs.SkipAll
-		}
-		if err != nil || d == nil {
-			return nil
-		}
-		if _, err := d.Info(); err != nil {
-			return nil
-		}
-		if d.Type().IsRegular() {
-			f, err := fsys.Open(p)
-			if err != nil {
-				return nil
-			}
-			defer f.Close()
-			for budget > 0 {
-				n, err := f.Read(buf)
-				budget -= int64(n)
-				if err != nil {
-					break
-				}
-			}
-		}
-		return nil
-	})
-}
-
 func FuzzFAT(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > fuzzSize {
@@ -94,7 +60,7 @@ func FuzzFAT(f *testing.F) {
 			return
 		}
 		_ = v.Label()
-		walkCapped(vfs.New(v, "fuzz"), 5000, 16<<20)
+		testenv.WalkCapped(vfs.New(v, "fuzz"), 5000, 16<<20)
 	})
 }
 

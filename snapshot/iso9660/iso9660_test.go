@@ -274,31 +274,6 @@ func TestWrongType(t *testing.T) {
 	}
 }
 
-// walkAll opens and reads everything, returning the first error.
-func walkAll(fsys fs.FS) error {
-	var first error
-	fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if first == nil {
-				first = err
-			}
-			return nil
-		}
-		if d.Type().IsRegular() {
-			f, err := fsys.Open(p)
-			if err == nil {
-				_, err = io.Copy(io.Discard, f)
-				f.Close()
-			}
-			if err != nil && first == nil {
-				first = err
-			}
-		}
-		return nil
-	})
-	return first
-}
-
 // record finds the directory record named name (as stored) in the
 // directory extent at block blk.
 func record(t *testing.T, b []byte, blk uint32, name string) int {
@@ -401,7 +376,7 @@ func TestCorrupt(t *testing.T) {
 				if tt.openErr {
 					t.Fatal("New: no error")
 				}
-				err = walkAll(vfs.New(v, "img"))
+				err = testenv.WalkAll(vfs.New(v, "img"))
 			} else if !tt.openErr {
 				t.Fatalf("New: %v", err)
 			}
@@ -434,7 +409,7 @@ func TestBitFlips(t *testing.T) {
 		if err != nil {
 			continue
 		}
-		walkAll(vfs.New(v, ""))
+		testenv.WalkAll(vfs.New(v, ""))
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/klauspost/compress/zlib"
 	"github.com/klauspost/compress/zstd"
+	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/ulikunitz/xz"
 
 	"github.com/snapscan/snapscan/snapshot/vfs"
@@ -165,7 +166,7 @@ func TestBombs(t *testing.T) {
 				if v, err = New(bytes.NewReader(b), int64(len(b))); err != nil {
 					return
 				}
-				err = walkAll(vfs.New(v, "bomb"))
+				err = testenv.WalkAll(vfs.New(v, "bomb"))
 			})
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("got %v, want ErrCorrupt", err)
@@ -187,7 +188,7 @@ func TestBombFixtures(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", comp, err)
 		}
-		if err := walkAll(vfs.New(v, "bomb")); err != nil {
+		if err := testenv.WalkAll(vfs.New(v, "bomb")); err != nil {
 			t.Errorf("%s: %v", comp, err)
 		}
 	}

@@ -11,48 +11,11 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
 var update = flag.Bool("update", false, "rewrite the committed fuzz seeds from the fixtures")
-
-// walkCapped opens and reads everything, stopping after a fixed amount of
-// work so that a fuzz input cannot make the walk itself the hang.
-func walkCapped(fsys fs.FS, maxEntries int, maxBytes int64) {
-	entries := 0
-	budget := maxBytes
-	buf := make([]byte, 64<<10)
-	fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
-		entries++
-		if entries > maxEntries || budget <= 0 {
-			return fs.SkipAll
-		}
-		if err != nil || d == nil {
-			return nil
-		}
-		if _, err := d.Info(); err != nil {
-			return nil
-		}
-		switch d.Type() {
-		case 0:
-			f, err := fsys.Open(p)
-			if err != nil {
-				return nil
-			}
-			defer f.Close()
-			for budget > 0 {
-				n, err := f.Read(buf)
-				budget -= int64(n)
-				if err != nil {
-					break
-				}
-			}
-		case fs.ModeSymlink:
-			fs.ReadLink(fsys, p)
-		}
-		return nil
-	})
-}
 
 func FuzzSquashfs(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -66,7 +29,7 @@ func FuzzSquashfs(f *testing.F) {
 			}
 			return
 		}
-		walkCapped(vfs.New(v, "fuzz"), 5000, 16<<20)
+		testenv.WalkCapped(vfs.New(v, "fuzz"), 5000, 16<<20)
 	})
 }
 

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
@@ -73,7 +74,7 @@ func TestConcurrent(t *testing.T) {
 	for i := range cap(errs) {
 		go func() {
 			if i%2 == 0 {
-				errs <- walkAll(fsys)
+				errs <- testenv.WalkAll(fsys)
 				return
 			}
 			got, err := fs.ReadFile(fsys, "big/multi.bin")

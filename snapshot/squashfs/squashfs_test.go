@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -191,31 +190,6 @@ func TestWrongType(t *testing.T) {
 	}
 }
 
-// walkAll opens and reads everything, returning the first error.
-func walkAll(fsys fs.FS) error {
-	var first error
-	fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if first == nil {
-				first = err
-			}
-			return nil
-		}
-		if d.Type().IsRegular() {
-			f, err := fsys.Open(p)
-			if err == nil {
-				_, err = io.Copy(io.Discard, f)
-				f.Close()
-			}
-			if err != nil && first == nil {
-				first = err
-			}
-		}
-		return nil
-	})
-	return first
-}
-
 func TestCorrupt(t *testing.T) {
 	dir := fixture(t)
 	good, err := os.ReadFile(filepath.Join(dir, "gzip.sqfs"))
@@ -252,7 +226,7 @@ func TestCorrupt(t *testing.T) {
 			b := tt.edit(bytes.Clone(good))
 			v, err := New(bytes.NewReader(b), int64(len(b)))
 			if err == nil {
-				err = walkAll(vfs.New(v, "img"))
+				err = testenv.WalkAll(vfs.New(v, "img"))
 			} else if !tt.openErr {
 				t.Fatalf("New: %v", err)
 			}
@@ -292,7 +266,7 @@ func TestBitFlips(t *testing.T) {
 			if err != nil {
 				continue
 			}
-			walkAll(vfs.New(v, ""))
+			testenv.WalkAll(vfs.New(v, ""))
 		}
 	}
 }
