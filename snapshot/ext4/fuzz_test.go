@@ -3,7 +3,6 @@ package ext4
 import (
 	"encoding/binary"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -11,10 +10,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
-
-var updateSeeds = flag.Bool("update-seeds", false, "rewrite testdata/fuzz/FuzzExt4 from the fixture images")
 
 // fuzzMaxImage caps the image a fuzz input may describe.
 const fuzzMaxImage = 4 << 20
@@ -113,9 +111,7 @@ func fuzzOne(t *testing.T, data []byte) {
 // TestWriteFuzzSeeds rewrites the seed corpus from the tiny fixture images
 // (go test -run TestWriteFuzzSeeds -update-seeds).
 func TestWriteFuzzSeeds(t *testing.T) {
-	if !*updateSeeds {
-		t.Skip("run with -update-seeds to rewrite the corpus")
-	}
+	testenv.NeedUpdateSeeds(t)
 	dir := fixture(t)
 	out := filepath.Join("testdata", "fuzz", "FuzzExt4")
 	if err := os.MkdirAll(out, 0o755); err != nil {
