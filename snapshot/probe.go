@@ -104,6 +104,8 @@ func (d *Disk) findVolumes() {
 		for _, p := range parts {
 			id := fmt.Sprintf("p%d", p.num)
 			switch {
+			case p.bad != "":
+				d.Volumes = append(d.Volumes, &Volume{ID: id, PartType: p.typ, Err: fmt.Errorf("%s %s: %s", d.Name, id, p.bad)})
 			case p.start < 0 || p.size <= 0 || p.start >= size || p.start+p.size > size:
 				d.Volumes = append(d.Volumes, &Volume{ID: id, Offset: p.start, Size: p.size, PartType: p.typ,
 					Err: fmt.Errorf("%s %s: partition (bytes %d to %d) lies outside the %d-byte disk", d.Name, id, p.start, p.start+p.size, size)})
