@@ -360,6 +360,8 @@ func TestBoundedNeverBlocks(t *testing.T) {
 	if el := time.Since(start); el > 2*time.Second {
 		t.Errorf("Emit of %d events took %s with a collector down", n, el)
 	}
+	// Let the sink find the collector down at least once.
+	waitStats(d, 1, func(st SinkStats) bool { return st.Reconnects > 0 })
 	st := d.Stats()[1]
 	// The sink holds one event in its retry loop and five in its queue.
 	if st.Dropped < n-6 || st.Dropped > n-5 || st.Sent != 0 {
