@@ -18,6 +18,7 @@ PACKAGES=(
 	sqlite3                                   # inspecting the appliance database
 	time                                      # /usr/bin/time -v for peak RSS in benchmarks
 	rsyslog rsyslog-openssl                   # a real syslog collector (TCP, TLS, UDP) for the SIEM event tests
+	prometheus                                # promtool: checks and unit-tests deploy/monitoring's rules
 )
 
 if [ "$(id -u)" -ne 0 ]; then
