@@ -105,7 +105,7 @@ type Store struct {
 }
 
 // NewStore creates the results tables in db if missing. db should come
-// from queue.OpenSQLite; the caller keeps ownership of it.
+// from sqlitedb.Open; the caller keeps ownership of it.
 func NewStore(ctx context.Context, db *sql.DB) (*Store, error) {
 	if _, err := db.ExecContext(ctx, Schema); err != nil {
 		return nil, fmt.Errorf("appliance: create result tables: %w", err)

@@ -7,13 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snapscan/snapscan/internal/sqlitedb"
 	"github.com/snapscan/snapscan/queue"
 	"github.com/snapscan/snapscan/scanner"
 )
 
 func newTestStore(t *testing.T) (*Store, *Cache) {
 	t.Helper()
-	db, err := queue.OpenSQLite(filepath.Join(t.TempDir(), "t.db"))
+	db, err := sqlitedb.Open(filepath.Join(t.TempDir(), "t.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
