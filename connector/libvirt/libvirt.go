@@ -452,7 +452,7 @@ func (c *Connector) fail(op, vm, disk string, err error) error {
 		strings.Contains(err.Error(), "libvirt: connection"), strings.Contains(err.Error(), "EOF"):
 		e.Kind = connector.Unreachable
 	}
-	if !c.l.IsConnected() {
+	if e.Kind == connector.Failed && (op == "connect" || c.l != nil && !c.l.IsConnected()) {
 		e.Kind = connector.Unreachable
 	}
 	return e

@@ -306,6 +306,100 @@ func TestFreezeScanRelease(t *testing.T) {
 	if _, err := c.Release(ctx, f); err != nil {
 		t.Fatalf("second release: %v", err)
 	}
+
+	// Stop the guest (clean unmount) and read its disk: the planted files
+	// and every write it reported, before, during and after the freeze.
+	e.g.Stop(t, e.l)
+	last := e.g.LastWrite(t)
+	off := connector.FrozenDisk{Layers: []connector.Layer{{Path: e.g.Disk, Format: "qcow2"}}}
+	// One more file may exist: the write the stop interrupted before the
+	// guest reported it.
+	if n := readPlanted(t, e, off, last); n != last+1 && n != last+2 {
+		t.Errorf("the disk holds %d writes, the guest reported %d", n, last+1)
+	}
+	info, err := exec.Command("qemu-img", "info", "--output=json", e.g.Disk).CombinedOutput()
+	if err != nil || strings.Contains(string(info), "backing-filename") {
+		t.Errorf("qemu-img info after release: %v\n%s", err, info)
+	}
+	t.Logf("the disk holds all %d writes the guest reported", last+1)
+	e.g.Boot(t, e.l)
+}
+
+// TestChanges checks changed-block tracking: every 64 KiB cluster that
+// differs between two frozen views lies in the areas Changes reports.
+func TestChanges(t *testing.T) {
+	e := setup(t)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := dial(t, e)
+	ctx := context.Background()
+	vm := vmByName(t, c, "guest1")
+	dir := t.TempDir()
+	copyFrozen := func(f *connector.Freeze, name string) []byte {
+		out := filepath.Join(dir, name)
+		if b, err := exec.Command("qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", f.Disks[0].Top().Path, out).CombinedOutput(); err != nil {
+			t.Fatalf("%v\n%s", err, b)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	f1, err := c.Freeze(ctx, vm.ID, connector.Options{TrackChanges: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := copyFrozen(f1, "a.raw")
+	if _, err := c.Release(ctx, f1); err != nil {
+		t.Fatal(err)
+	}
+	n := e.g.LastWrite(t)
+	for e.g.LastWrite(t) < n+10 {
+		time.Sleep(100 * time.Millisecond)
+	}
+	f2, err := c.Freeze(ctx, vm.ID, connector.Options{TrackChanges: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext, err := c.Changes(ctx, f2, "vda", f1.Disks[0].Checkpoint)
+	if err != nil {
+		c.Release(ctx, f2)
+		t.Fatal(err)
+	}
+	b := copyFrozen(f2, "b.raw")
+	if _, err := c.Release(ctx, f2); err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for _, x := range ext {
+		total += x.Length
+	}
+	const cl = 64 << 10
+	var differ int
+	for off := 0; off < len(a); off += cl {
+		if bytes.Equal(a[off:off+cl], b[off:off+cl]) {
+			continue
+		}
+		differ++
+		in := false
+		for _, x := range ext {
+			if int64(off) >= x.Offset && int64(off+cl) <= x.Offset+x.Length {
+				in = true
+			}
+		}
+		if !in {
+			t.Errorf("cluster at %d changed between the freezes but is not in the reported areas %v", off, ext)
+		}
+	}
+	if differ == 0 || total == 0 || total > int64(len(a))/4 {
+		t.Fatalf("%d clusters differ; %d bytes reported changed of %d", differ, total, len(a))
+	}
+	t.Logf("%d clusters (64 KiB) differ between the freezes; Changes reported %d areas, %d KiB", differ, len(ext), total>>10)
+	// Release pruned the older checkpoint: there is nothing to compare with.
+	if _, err := c.Changes(ctx, f2, "vda", f1.Disks[0].Checkpoint); !errors.Is(err, connector.ErrNoTracking) {
+		t.Fatalf("changes since a pruned checkpoint: %v", err)
+	}
 }
 
 func TestShutOffInPlace(t *testing.T) {
@@ -380,13 +474,13 @@ func TestFaults(t *testing.T) {
 	t.Run("shareable disk", func(t *testing.T) {
 		e.mu.Lock()
 		defer e.mu.Unlock()
-		raw := attachDisk(t, e, "vdb", "raw", "<shareable/>")
+		raw := attachDisk(t, e, "sdb", "raw", "<shareable/>")
 		defer detachDisk(t, e, raw)
 		vm := vmByName(t, c, "guest1")
 		_, err := c.Freeze(ctx, vm.ID, connector.Options{})
 		var ce *connector.Error
-		if !errors.As(err, &ce) || ce.Kind != connector.Refused || ce.Disk != "vdb" || !ce.Permanent() || !strings.Contains(ce.Reason, "shareable") {
-			t.Fatalf("err = %v, want a permanent refusal naming disk vdb", err)
+		if !errors.As(err, &ce) || ce.Kind != connector.Refused || ce.Disk != "sdb" || !ce.Permanent() || !strings.Contains(ce.Reason, "shareable") {
+			t.Fatalf("err = %v, want a permanent refusal naming disk sdb", err)
 		}
 		if left := leftovers(t, e, e.g); len(left) != 0 {
 			t.Fatalf("left behind: %v", left)
@@ -395,7 +489,7 @@ func TestFaults(t *testing.T) {
 	t.Run("raw disk tracks no changes", func(t *testing.T) {
 		e.mu.Lock()
 		defer e.mu.Unlock()
-		raw := attachDisk(t, e, "vdc", "raw", "")
+		raw := attachDisk(t, e, "sdc", "raw", "")
 		defer detachDisk(t, e, raw)
 		vm := vmByName(t, c, "guest1")
 		f, err := c.Freeze(ctx, vm.ID, connector.Options{TrackChanges: true})
@@ -409,14 +503,14 @@ func TestFaults(t *testing.T) {
 		}()
 		var rawDisk connector.FrozenDisk
 		for _, fd := range f.Disks {
-			if fd.Disk.Key == "vdc" {
+			if fd.Disk.Key == "sdc" {
 				rawDisk = fd
 			}
 		}
 		if rawDisk.Top() != (connector.Layer{Path: raw, Format: "raw"}) || rawDisk.Checkpoint != "" || rawDisk.Disk.ChangeTracking {
 			t.Fatalf("raw disk frozen as %+v", rawDisk)
 		}
-		if _, err := c.Changes(ctx, f, "vdc", f.ID); !errors.Is(err, connector.ErrNoTracking) || !strings.Contains(err.Error(), "vdc") {
+		if _, err := c.Changes(ctx, f, "sdc", f.ID); !errors.Is(err, connector.ErrNoTracking) || !strings.Contains(err.Error(), "sdc") {
 			t.Fatalf("changes of a raw disk: %v", err)
 		}
 	})
@@ -489,7 +583,7 @@ func attachDisk(t *testing.T, e *testEnv, dev, format, extra string) string {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	dom, _ := e.l.DomainLookupByName("guest1")
-	xml := fmt.Sprintf(`<disk type='file' device='disk'><driver name='qemu' type='%s'/><source file='%s'/><target dev='%s' bus='virtio'/>%s</disk>`, format, path, dev, extra)
+	xml := fmt.Sprintf(`<disk type='file' device='disk'><driver name='qemu' type='%s'/><source file='%s'/><target dev='%s' bus='scsi'/>%s</disk>`, format, path, dev, extra)
 	if err := e.l.DomainAttachDeviceFlags(dom, xml, uint32(golibvirt.DomainAffectLive)); err != nil {
 		t.Fatal(err)
 	}

@@ -57,6 +57,7 @@ func Start(t testing.TB) *Daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
+	killOrphans()
 	d := &Daemon{Dir: dir, Socket: filepath.Join(dir, "sock", "libvirt-sock"), ROSocket: filepath.Join(dir, "sock", "libvirt-sock-ro")}
 	for _, sub := range []string{"etc", "run", "lib", "log", "cache", "sock"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
@@ -240,7 +241,9 @@ type Guest struct {
 
 // DefineGuest copies the pristine disk into a folder of its own under the
 // daemon's and defines a persistent VM named name that boots the tiny
-// guest from it. It does not start it.
+// guest from it, with a virtio-scsi controller that takes disks plugged
+// in while it runs (the guest's kernel has no PCI hotplug). It does not
+// start it.
 func (d *Daemon) DefineGuest(t testing.TB, l *golibvirt.Libvirt, im Images, name string) *Guest {
 	t.Helper()
 	g := &Guest{Name: name, Dir: filepath.Join(d.Dir, "vm-"+name), d: d}
@@ -262,6 +265,7 @@ func (d *Daemon) DefineGuest(t testing.TB, l *golibvirt.Libvirt, im Images, name
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>%s</kernel><initrd>%s</initrd>
     <cmdline>console=ttyS0 quiet panic=-1</cmdline></os>
+  <features><acpi/></features>
   <on_reboot>destroy</on_reboot>
   <devices>
     <disk type='file' device='disk'>
@@ -269,6 +273,7 @@ func (d *Daemon) DefineGuest(t testing.TB, l *golibvirt.Libvirt, im Images, name
       <source file='%s'/>
       <target dev='vda' bus='virtio'/>
     </disk>
+    <controller type='scsi' model='virtio-scsi'/>
     <serial type='file'><source path='%s'/><target port='0'/></serial>
     <serial type='unix'><source mode='bind' path='%s'/><target port='1'/></serial>
   </devices>
@@ -342,7 +347,9 @@ func (g *Guest) Stop(t testing.TB, l *golibvirt.Libvirt) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	// The disk is unmounted once STOPPED is printed: should the power-off
+	// not come, pulling the plug loses nothing.
+	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		st, _, err := l.DomainGetState(dom, 0)
 		if err == nil && golibvirt.DomainState(st) == golibvirt.DomainShutoff {
@@ -350,7 +357,9 @@ func (g *Guest) Stop(t testing.TB, l *golibvirt.Libvirt) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("guest %s did not power off", g.Name)
+	if err := l.DomainDestroy(dom); err != nil {
+		t.Fatalf("guest %s did not power off, and destroy: %v", g.Name, err)
+	}
 }
 
 // Log is what the guest reported on its console.
@@ -444,4 +453,35 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	i := int(float64(len(s)-1) * p / 100)
 	return s[i]
+}
+
+// killOrphans kills QEMU processes that a test run killed before its
+// cleanup (a test timeout) left running: those whose command line names a
+// folder of a Daemon that no longer exists.
+func killOrphans() {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	prefix := filepath.Join(os.TempDir(), "lvd")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("qemu-system")) {
+			continue
+		}
+		for _, arg := range bytes.Split(b, []byte{0}) {
+			s := string(arg)
+			i := strings.Index(s, prefix)
+			if i < 0 {
+				continue
+			}
+			dir := s[i:]
+			if j := strings.IndexAny(dir[len(prefix):], "/,'\"}"); j >= 0 {
+				dir = dir[:len(prefix)+j]
+			}
+			if _, err := os.Stat(dir); os.IsNotExist(err) {
+				if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+			break
+		}
+	}
 }
