@@ -91,7 +91,7 @@ func TestCrashRecovery(t *testing.T) {
 		}()
 		// Kill at a random moment: during the snapshot call (the child
 		// takes ~50-300 ms to get there), or after it, or mid-release.
-		delay := time.Duration(rng.IntN(1200)) * time.Millisecond
+		delay := time.Duration(rng.IntN(2500)) * time.Millisecond
 		timer := time.After(delay)
 		frozen := false
 	wait:

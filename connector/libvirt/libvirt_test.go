@@ -20,6 +20,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/snapscan/snapscan/connector"
+	"github.com/snapscan/snapscan/connector/connectortest"
 	"github.com/snapscan/snapscan/connector/libvirt"
 	"github.com/snapscan/snapscan/connector/libvirt/libvirttest"
 	"github.com/snapscan/snapscan/snapshot"
@@ -638,4 +639,18 @@ func commitByHand(t *testing.T, e *testEnv, name, disk string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatal("block commit did not finish")
+}
+
+func TestConformance(t *testing.T) {
+	e := setup(t)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	guests := map[string]*libvirttest.Guest{"guest1": e.g, "off1": e.off}
+	connectortest.Suite{
+		Connector: dial(t, e),
+		Running:   "guest1",
+		Off:       "off1",
+		Formats:   []string{"qcow2", "raw"},
+		Leftovers: func(t *testing.T, vm string) []string { return leftovers(t, e, guests[vm]) },
+	}.Run(t)
 }
