@@ -20,6 +20,7 @@ PACKAGES=(
 	libvirt-daemon libvirt-daemon-driver-qemu # a private libvirtd for the libvirt connector's tests (no system service)
 	qemu-system-x86                           # the TCG guest those tests freeze
 	linux-image-cloud-amd64 busybox-static cpio # that guest's kernel and initramfs (testdata/guest.sh)
+	rsyslog rsyslog-openssl                   # a real syslog collector (TCP, TLS, UDP) for the SIEM event tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then
