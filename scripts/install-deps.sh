@@ -21,6 +21,7 @@ PACKAGES=(
 	qemu-system-x86                           # the TCG guest those tests freeze
 	linux-image-cloud-amd64 busybox-static cpio # that guest's kernel and initramfs (testdata/guest.sh)
 	rsyslog rsyslog-openssl                   # a real syslog collector (TCP, TLS, UDP) for the SIEM event tests
+	prometheus                                # promtool: checks and unit-tests deploy/monitoring's rules
 )
 
 if [ "$(id -u)" -ne 0 ]; then
