@@ -196,15 +196,3 @@ func TestCorrupt(t *testing.T) {
 		})
 	}
 }
-
-func ExampleOpen() {
-	img, err := qcow2.Open("disk.qcow2", &image.Options{AllowedDirs: []string{"/var/lib/images"}})
-	if err != nil {
-		return
-	}
-	defer img.Close()
-	mbr := make([]byte, 512)
-	if _, err := img.ReadAt(mbr, 0); err != nil {
-		return
-	}
-}

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -292,19 +291,4 @@ func TestTailFooterDamaged(t *testing.T) {
 		t.Fatal(err)
 	}
 	compare(t, img, filepath.Join(dir, "dynamic.vhd.raw"))
-}
-
-func ExampleOpen() {
-	img, err := vhd.Open("disk.vhd", &image.Options{})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer img.Close()
-	mbr := make([]byte, 512)
-	if _, err := img.ReadAt(mbr, 0); err != nil {
-		fmt.Println(err)
-		return
-	}
-	fmt.Println(img.Format(), img.Size(), mbr[510] == 0x55 && mbr[511] == 0xAA)
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"hash/crc32"
 	"os"
 	"path/filepath"
@@ -344,19 +343,4 @@ func TestBadInput(t *testing.T) {
 			compare(t, img, filepath.Join(dir, "dynamic-1m.vhdx.raw"))
 		})
 	}
-}
-
-func ExampleOpen() {
-	img, err := vhdx.Open("disk.vhdx", &image.Options{})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer img.Close()
-	mbr := make([]byte, 512)
-	if _, err := img.ReadAt(mbr, 0); err != nil {
-		fmt.Println(err)
-		return
-	}
-	fmt.Println(img.Format(), img.Size(), mbr[510] == 0x55 && mbr[511] == 0xAA)
 }

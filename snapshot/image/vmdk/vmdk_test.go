@@ -374,15 +374,3 @@ func TestCorrupt(t *testing.T) {
 		})
 	}
 }
-
-func ExampleOpen() {
-	img, err := vmdk.Open("disk.vmdk", nil)
-	if err != nil {
-		return
-	}
-	defer img.Close()
-	mbr := make([]byte, 512)
-	if _, err := img.ReadAt(mbr, 0); err != nil {
-		return
-	}
-}
