@@ -135,7 +135,7 @@ func checkNames(data []byte) error {
 	dec.UseNumber()
 	var stack []*frame
 	values := 0
-	var end int64 // where the first value ended
+	var end int64    // where the first value ended
 	done := func() { // a value ended
 		if len(stack) == 0 {
 			values++
