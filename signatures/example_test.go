@@ -7,10 +7,11 @@ import (
 
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
+	"github.com/snapscan/snapscan/signatures/internal/sigtest"
 )
 
 // A central server signs a bundle; an appliance's Receiver verifies,
-// compiles (here with libyara, through compileYARA, which wraps
+// compiles (here with libyara, through sigtest.CompileYARA, which wraps
 // scanner.CompileSources), persists and activates it, and refuses a
 // replay.
 func Example() {
@@ -32,7 +33,7 @@ func Example() {
 	r, err := signatures.NewReceiver(signatures.ReceiverConfig[*scanner.Rules]{
 		StateDir:      state,
 		Keys:          signatures.NewKeySet(pubKey),
-		Compile:       compileYARA,
+		Compile:       sigtest.CompileYARA,
 		EngineVersion: "4.2",
 		OnUpdate:      func(u signatures.Update) { fmt.Println("new set:", u.Name, u.Version, u.RuleCount, "rules") },
 	})

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/snapscan/snapscan/signatures"
+	"github.com/snapscan/snapscan/signatures/internal/sigtest"
 )
 
 // fuzzSeed is a fixed key, so that the committed seed bundles (made by
@@ -15,8 +16,8 @@ var fuzzSeed = []byte("snapscan fuzz key, not a secret!")
 
 func FuzzReadBundle(f *testing.F) {
 	key := ed25519.NewKeyFromSeed(fuzzSeed)
-	keys := signatures.NewKeySet(pub(key))
-	f.Add(build(f, key, "fuzz", 1, ruleFiles(1)))
+	keys := signatures.NewKeySet(sigtest.Pub(key))
+	f.Add(sigtest.Build(f, key, "fuzz", 1, sigtest.RuleFiles(1)))
 	// Small limits reach the caps with small inputs.
 	lim := signatures.Limits{MaxBundleSize: 1 << 20, MaxExpandedSize: 4 << 20, MaxFileSize: 1 << 20, MaxFiles: 64}
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -20,6 +20,7 @@ import (
 	"github.com/snapscan/snapscan/appliance"
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
+	"github.com/snapscan/snapscan/signatures/sigserver"
 )
 
 func init() {
@@ -258,7 +259,7 @@ func runSigServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg := signatures.ServerConfig{
+	cfg := sigserver.Config{
 		Key:          key,
 		Name:         *name,
 		RulesDir:     *rulesDir,
@@ -286,7 +287,7 @@ func runSigServe(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := json.Unmarshal(b, &cfg.Appliances); err != nil {
+		if err := json.Unmarshal(b, &cfg.Targets); err != nil {
 			return fmt.Errorf("%s: %w", *appFile, err)
 		}
 	}
@@ -303,7 +304,7 @@ func runSigServe(ctx context.Context, args []string, stderr io.Writer) error {
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	cfg.Client = &http.Client{Transport: tr, Timeout: 2 * time.Minute}
-	s, err := signatures.NewServer(cfg)
+	s, err := sigserver.New(cfg)
 	if err != nil {
 		return err
 	}

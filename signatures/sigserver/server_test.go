@@ -1,17 +1,10 @@
-package signatures_test
+package sigserver_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -22,88 +15,11 @@ import (
 	"time"
 
 	"github.com/snapscan/snapscan/scanner"
+	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/signatures"
+	"github.com/snapscan/snapscan/signatures/internal/sigtest"
+	"github.com/snapscan/snapscan/signatures/sigserver"
 )
-
-// selfSigned makes a certificate for 127.0.0.1, made in the test, and a
-// client that trusts only it.
-func selfSigned(t testing.TB) (*tls.Config, *http.Client) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "snapscan test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              []string{"localhost"},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	cfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: k}}, MinVersion: tls.VersionTLS12}
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
-	t.Cleanup(tr.CloseIdleConnections)
-	return cfg, &http.Client{Transport: tr, Timeout: 30 * time.Second}
-}
-
-// serveTLS serves h over HTTPS on ln until the test ends.
-func serveTLS(t testing.TB, ln net.Listener, cfg *tls.Config, h http.Handler) {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go hs.Serve(tls.NewListener(ln, cfg))
-	t.Cleanup(func() { hs.Close() })
-}
-
-func listen(t testing.TB, addr string) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
-// writeRules replaces each file by a rename, as an editor or a deployment
-// would; a server polling the folder may still see some files new and
-// others old, and build that first.
-func writeRules(t testing.TB, dir string, files []signatures.File) {
-	t.Helper()
-	for _, f := range files {
-		p := filepath.Join(dir, filepath.FromSlash(f.Path))
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p+".tmp", f.Data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(p+".tmp", p); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-func checkYARA(files []signatures.File) (int, error) {
-	_, n, err := compileYARA(files)
-	return n, err
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(60 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
 
 // api calls the server's API and decodes a JSON answer into out.
 func api(t testing.TB, c *http.Client, method, url, token string, out any) int {
@@ -133,7 +49,7 @@ func api(t testing.TB, c *http.Client, method, url, token string, out any) int {
 	return resp.StatusCode
 }
 
-func versions(st []signatures.ApplianceStatus) map[string]uint64 {
+func versions(st []sigserver.ApplianceStatus) map[string]uint64 {
 	m := map[string]uint64{}
 	for _, s := range st {
 		m[s.ID] = s.Version
@@ -142,37 +58,37 @@ func versions(st []signatures.ApplianceStatus) map[string]uint64 {
 }
 
 func TestPushToThreeAppliances(t *testing.T) {
-	tlsCfg, client := selfSigned(t)
-	key := newKey(t)
+	tlsCfg, client := sigtest.SelfSigned(t)
+	key := sigtest.NewKey(t)
 	rulesDir := filepath.Join(t.TempDir(), "rules")
-	writeRules(t, rulesDir, ruleFiles(1))
+	sigtest.WriteRules(t, rulesDir, sigtest.RuleFiles(1))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
 	ids := []string{"app-a", "app-b", "app-c"}
-	recv := make([]*receiver, 3)
+	recv := make([]*sigtest.Receiver, 3)
 	lns := make([]net.Listener, 3)
-	var apps []signatures.Appliance
+	var apps []signatures.PushTarget
 	for i, id := range ids {
-		recv[i] = newReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{Keys: signatures.NewKeySet(pub(key)), ApplianceID: id})
-		lns[i] = listen(t, "127.0.0.1:0")
-		apps = append(apps, signatures.Appliance{ID: id, URL: "https://" + lns[i].Addr().String() + "/v1/signatures", Token: "push-" + id})
+		recv[i] = sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{Keys: signatures.NewKeySet(sigtest.Pub(key)), ApplianceID: id})
+		lns[i] = sigtest.Listen(t, "127.0.0.1:0")
+		apps = append(apps, signatures.PushTarget{ID: id, URL: "https://" + lns[i].Addr().String() + "/v1/signatures", Token: "push-" + id})
 	}
 	// app-c is down at first: its port is known but nothing listens.
 	addrC := lns[2].Addr().String()
 	lns[2].Close()
 	for i := range 2 {
-		serveTLS(t, lns[i], tlsCfg, signatures.RequireBearer([]string{"push-" + ids[i]}, recv[i].Handler(), nil))
+		sigtest.ServeTLS(t, lns[i], tlsCfg, httpx.RequireBearer(httpx.NewTokens("push-" + ids[i]), recv[i].Handler(), httpx.BearerOptions{}))
 	}
 
-	srvLn := listen(t, "127.0.0.1:0")
+	srvLn := sigtest.Listen(t, "127.0.0.1:0")
 	base := "https://" + srvLn.Addr().String()
-	srv, err := signatures.NewServer(signatures.ServerConfig{
-		Key: key, Name: "demo", RulesDir: rulesDir, StateDir: t.TempDir(), Check: checkYARA,
+	srv, err := sigserver.New(sigserver.Config{
+		Key: key, Name: "demo", RulesDir: rulesDir, StateDir: t.TempDir(), Check: sigtest.CheckYARA,
 		MinEngine: "4.2", Externals: scanner.Externals, Tokens: []string{"api-token"},
-		Listener: srvLn, TLSConfig: tlsCfg, Appliances: apps, Client: client,
+		Listener: srvLn, TLSConfig: tlsCfg, Targets: apps, Client: client,
 		PollInterval: 50 * time.Millisecond, RetryMin: 20 * time.Millisecond, RetryMax: 300 * time.Millisecond,
-		Logger: testLogger(t),
+		Logger: sigtest.Logger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -181,8 +97,8 @@ func TestPushToThreeAppliances(t *testing.T) {
 	go func() { served <- srv.Serve(ctx) }()
 
 	active := func(i int, v uint64) bool { a := recv[i].Current(); return a != nil && a.Manifest.Version == v }
-	waitFor(t, "app-a and app-b on version 1", func() bool { return active(0, 1) && active(1, 1) })
-	waitFor(t, "a failed push to app-c", func() bool {
+	sigtest.WaitFor(t, "app-a and app-b on version 1", func() bool { return active(0, 1) && active(1, 1) })
+	sigtest.WaitFor(t, "a failed push to app-c", func() bool {
 		for _, s := range srv.Appliances() {
 			if s.ID == "app-c" && s.LastError != "" && s.Version == 0 {
 				return true
@@ -195,9 +111,9 @@ func TestPushToThreeAppliances(t *testing.T) {
 	}
 
 	// app-c comes up: the retries reach it.
-	serveTLS(t, listen(t, addrC), tlsCfg, signatures.RequireBearer([]string{"push-app-c"}, recv[2].Handler(), nil))
-	waitFor(t, "app-c on version 1", func() bool { return active(2, 1) })
-	waitFor(t, "the server to see all on version 1", func() bool {
+	sigtest.ServeTLS(t, sigtest.Listen(t, addrC), tlsCfg, httpx.RequireBearer(httpx.NewTokens("push-app-c"), recv[2].Handler(), httpx.BearerOptions{}))
+	sigtest.WaitFor(t, "app-c on version 1", func() bool { return active(2, 1) })
+	sigtest.WaitFor(t, "the server to see all on version 1", func() bool {
 		return maps3(versions(srv.Appliances()), 1)
 	})
 
@@ -205,25 +121,25 @@ func TestPushToThreeAppliances(t *testing.T) {
 	// poll may catch the folder half written and build that first: wait
 	// for the version holding the final content.
 	start := time.Now()
-	writeRules(t, rulesDir, ruleFiles(2))
-	final := signatures.SourceDigest(signatures.Infos(ruleFiles(2)))
+	sigtest.WriteRules(t, rulesDir, sigtest.RuleFiles(2))
+	final := signatures.SourceDigest(signatures.Infos(sigtest.RuleFiles(2)))
 	var v uint64
-	waitFor(t, "the final content built", func() bool {
+	sigtest.WaitFor(t, "the final content built", func() bool {
 		m := srv.Latest()
 		v = m.Version
 		return signatures.SourceDigest(m.Files) == final
 	})
-	waitFor(t, "all on the final version", func() bool { return active(0, v) && active(1, v) && active(2, v) })
+	sigtest.WaitFor(t, "all on the final version", func() bool { return active(0, v) && active(1, v) && active(2, v) })
 	t.Logf("folder change to all three active: %v (version %d)", time.Since(start), v)
 	for i := range recv {
-		if got, err := scan(ctx, recv[i].Current()); err != nil || !slices.Equal(got, expected(2)) {
+		if got, err := sigtest.Scan(ctx, recv[i].Current()); err != nil || !slices.Equal(got, sigtest.Expected(2)) {
 			t.Errorf("%s scans %v, %v", ids[i], got, err)
 		}
 	}
-	waitFor(t, "the server to see all on the final version", func() bool { return maps3(versions(srv.Appliances()), v) })
+	sigtest.WaitFor(t, "the server to see all on the final version", func() bool { return maps3(versions(srv.Appliances()), v) })
 
 	// The API reports the same, and only with a token.
-	var list []signatures.ApplianceStatus
+	var list []sigserver.ApplianceStatus
 	if code := api(t, client, "GET", base+"/v1/appliances", "api-token", &list); code != 200 || !maps3(versions(list), v) {
 		t.Errorf("GET /v1/appliances: %d %+v", code, list)
 	}
@@ -232,7 +148,7 @@ func TestPushToThreeAppliances(t *testing.T) {
 			t.Errorf("token %q: status %d, want 401", tok, code)
 		}
 	}
-	var hist []signatures.BundleInfo
+	var hist []sigserver.BundleInfo
 	if api(t, client, "GET", base+"/v1/bundles", "api-token", &hist); len(hist) != int(v) || hist[v-1].Version != v {
 		t.Errorf("history %+v", hist)
 	}
@@ -240,7 +156,7 @@ func TestPushToThreeAppliances(t *testing.T) {
 	if code := api(t, client, "GET", base+"/v1/bundles/1", "api-token", &old); code != 200 {
 		t.Fatalf("GET /v1/bundles/1: %d", code)
 	}
-	if b, err := signatures.ReadBundle(old, signatures.NewKeySet(pub(key)), signatures.Limits{}); err != nil || b.Manifest.Version != 1 {
+	if b, err := signatures.ReadBundle(old, signatures.NewKeySet(sigtest.Pub(key)), signatures.Limits{}); err != nil || b.Manifest.Version != 1 {
 		t.Errorf("bundle 1: %v", err)
 	}
 	if code := api(t, client, "GET", base+"/v1/bundles/9", "api-token", nil); code != http.StatusNotFound {
@@ -264,40 +180,40 @@ func maps3(m map[string]uint64, v uint64) bool {
 }
 
 func TestPullRegisterBuild(t *testing.T) {
-	tlsCfg, client := selfSigned(t)
-	key := newKey(t)
+	tlsCfg, client := sigtest.SelfSigned(t)
+	key := sigtest.NewKey(t)
 	rulesDir := filepath.Join(t.TempDir(), "rules")
 	stateDir := t.TempDir()
-	writeRules(t, rulesDir, ruleFiles(1))
+	sigtest.WriteRules(t, rulesDir, sigtest.RuleFiles(1))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	srvLn := listen(t, "127.0.0.1:0")
+	srvLn := sigtest.Listen(t, "127.0.0.1:0")
 	base := "https://" + srvLn.Addr().String()
-	cfg := signatures.ServerConfig{
-		Key: key, Name: "demo", RulesDir: rulesDir, StateDir: stateDir, Check: checkYARA,
+	cfg := sigserver.Config{
+		Key: key, Name: "demo", RulesDir: rulesDir, StateDir: stateDir, Check: sigtest.CheckYARA,
 		Tokens: []string{"old-token", "api-token"}, Listener: srvLn, TLSConfig: tlsCfg, Client: client,
-		PollInterval: -1, RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, Logger: testLogger(t),
+		PollInterval: -1, RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, Logger: sigtest.Logger(t),
 	}
-	srv, err := signatures.NewServer(cfg)
+	srv, err := sigserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()
-	waitFor(t, "the first build", func() bool { return srv.Latest() != nil })
+	sigtest.WaitFor(t, "the first build", func() bool { return srv.Latest() != nil })
 
 	// app-d registers its push URL and pulls; app-e only pulls.
-	dLn := listen(t, "127.0.0.1:0")
-	d := newReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{
-		Keys: signatures.NewKeySet(pub(key)), ApplianceID: "app-d", ServerURL: base, ServerToken: "api-token",
+	dLn := sigtest.Listen(t, "127.0.0.1:0")
+	d := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{
+		Keys: signatures.NewKeySet(sigtest.Pub(key)), ApplianceID: "app-d", ServerURL: base, ServerToken: "api-token",
 		Client: client, PullInterval: 100 * time.Millisecond,
 		ReceiverURL: "https://" + dLn.Addr().String() + "/push", ReceiverToken: "push-d",
 	})
-	serveTLS(t, dLn, tlsCfg, signatures.RequireBearer([]string{"push-d"}, d.Handler(), nil))
+	sigtest.ServeTLS(t, dLn, tlsCfg, httpx.RequireBearer(httpx.NewTokens("push-d"), d.Handler(), httpx.BearerOptions{}))
 	go d.Serve(ctx)
-	e := newReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{
-		Keys: signatures.NewKeySet(pub(key)), ApplianceID: "app-e", ServerURL: base, ServerToken: "api-token", Client: client,
+	e := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{
+		Keys: signatures.NewKeySet(sigtest.Pub(key)), ApplianceID: "app-e", ServerURL: base, ServerToken: "api-token", Client: client,
 	})
 	if ok, err := e.Pull(ctx); !ok || err != nil {
 		t.Fatalf("first pull: %v %v", ok, err)
@@ -305,8 +221,8 @@ func TestPullRegisterBuild(t *testing.T) {
 	if ok, err := e.Pull(ctx); ok || err != nil {
 		t.Fatalf("second pull: %v %v, want nothing new", ok, err)
 	}
-	waitFor(t, "app-d on version 1", func() bool { a := d.Current(); return a != nil && a.Manifest.Version == 1 })
-	waitFor(t, "the server to see app-d and app-e on 1", func() bool {
+	sigtest.WaitFor(t, "app-d on version 1", func() bool { a := d.Current(); return a != nil && a.Manifest.Version == 1 })
+	sigtest.WaitFor(t, "the server to see app-d and app-e on 1", func() bool {
 		v := versions(srv.Appliances())
 		return v["app-d"] == 1 && v["app-e"] == 1
 	})
@@ -316,20 +232,20 @@ func TestPullRegisterBuild(t *testing.T) {
 	if code := api(t, client, "POST", base+"/v1/build", "api-token", &res); code != 200 || res["built"] != false {
 		t.Errorf("build with no change: %d %v", code, res)
 	}
-	writeRules(t, rulesDir, ruleFiles(2))
+	sigtest.WriteRules(t, rulesDir, sigtest.RuleFiles(2))
 	if code := api(t, client, "POST", base+"/v1/build", "api-token", &res); code != 200 || res["built"] != true {
 		t.Fatalf("build: %d %v", code, res)
 	}
-	waitFor(t, "app-d on version 2 (pushed)", func() bool { return d.Current().Manifest.Version == 2 })
+	sigtest.WaitFor(t, "app-d on version 2 (pushed)", func() bool { return d.Current().Manifest.Version == 2 })
 	if ok, err := e.Pull(ctx); !ok || err != nil || e.Current().Manifest.Version != 2 {
 		t.Fatalf("pull of version 2: %v %v", ok, err)
 	}
 
 	// Rules that do not compile are never signed; the error names the
 	// file and line.
-	broken := ruleFiles(3)
+	broken := sigtest.RuleFiles(3)
 	broken[0].Data = []byte("rule a {\n  strings: $s = \"x\"\n  condition: $s and $t\n}\n")
-	writeRules(t, rulesDir, broken)
+	sigtest.WriteRules(t, rulesDir, broken)
 	res = nil
 	if code := api(t, client, "POST", base+"/v1/build", "api-token", &res); code != http.StatusUnprocessableEntity ||
 		!strings.Contains(res["error"].(string), "a.yar:") || res["reason"] != "compile" {
@@ -348,16 +264,16 @@ func TestPullRegisterBuild(t *testing.T) {
 	}
 
 	// A restarted server keeps its history and registrations.
-	writeRules(t, rulesDir, ruleFiles(3))
-	cfg.Listener = listen(t, "127.0.0.1:0")
-	srv2, err := signatures.NewServer(cfg)
+	sigtest.WriteRules(t, rulesDir, sigtest.RuleFiles(3))
+	cfg.Listener = sigtest.Listen(t, "127.0.0.1:0")
+	srv2, err := sigserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if v := srv2.Latest().Version; v != 2 {
 		t.Errorf("restarted with latest %d", v)
 	}
-	if v := versions(srv2.Appliances()); len(v) != 1 || !slices.ContainsFunc(srv2.Appliances(), func(s signatures.ApplianceStatus) bool { return s.ID == "app-d" }) {
+	if v := versions(srv2.Appliances()); len(v) != 1 || !slices.ContainsFunc(srv2.Appliances(), func(s sigserver.ApplianceStatus) bool { return s.ID == "app-d" }) {
 		t.Errorf("restarted with appliances %v", v)
 	}
 	if m, built, err := srv2.Build(context.Background()); err != nil || !built || m.Version != 3 {
@@ -373,13 +289,13 @@ func TestPullRegisterBuild(t *testing.T) {
 }
 
 func TestPushHandler(t *testing.T) {
-	key := newKey(t)
-	r := newReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{Keys: signatures.NewKeySet(pub(key)), ApplianceID: "app", Limits: signatures.Limits{MaxBundleSize: 64 << 10}})
-	tlsCfg, client := selfSigned(t)
-	ln := listen(t, "127.0.0.1:0")
-	serveTLS(t, ln, tlsCfg, signatures.RequireBearer([]string{"tok"}, r.Handler(), nil))
+	key := sigtest.NewKey(t)
+	r := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{Keys: signatures.NewKeySet(sigtest.Pub(key)), ApplianceID: "app", Limits: signatures.Limits{MaxBundleSize: 64 << 10}})
+	tlsCfg, client := sigtest.SelfSigned(t)
+	ln := sigtest.Listen(t, "127.0.0.1:0")
+	sigtest.ServeTLS(t, ln, tlsCfg, httpx.RequireBearer(httpx.NewTokens("tok"), r.Handler(), httpx.BearerOptions{}))
 	url := "https://" + ln.Addr().String() + "/"
-	push := func(token string, body []byte) (int, signatures.Status) {
+	push := func(token string, body []byte) (int, signatures.PushResponse) {
 		req, _ := http.NewRequest("POST", url, strings.NewReader(string(body)))
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := client.Do(req)
@@ -387,11 +303,11 @@ func TestPushHandler(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		var st signatures.Status
+		var st signatures.PushResponse
 		json.NewDecoder(resp.Body).Decode(&st)
 		return resp.StatusCode, st
 	}
-	v1 := build(t, key, "demo", 1, ruleFiles(1))
+	v1 := sigtest.Build(t, key, "demo", 1, sigtest.RuleFiles(1))
 	tests := []struct {
 		name   string
 		token  string
@@ -403,11 +319,11 @@ func TestPushHandler(t *testing.T) {
 		{"no token", "", v1, 401, "", ""},
 		{"installed", "tok", v1, 200, "installed", ""},
 		{"repeated", "tok", v1, 200, "already_active", ""},
-		{"rollback", "tok", build(t, key, "demo", 1, ruleFiles(2)), 409, "rejected", "rollback"},
-		{"untrusted", "tok", build(t, newKey(t), "demo", 2, ruleFiles(2)), 403, "rejected", "untrusted_key"},
+		{"rollback", "tok", sigtest.Build(t, key, "demo", 1, sigtest.RuleFiles(2)), 409, "rejected", "rollback"},
+		{"untrusted", "tok", sigtest.Build(t, sigtest.NewKey(t), "demo", 2, sigtest.RuleFiles(2)), 403, "rejected", "untrusted_key"},
 		{"garbage", "tok", []byte("hello"), 400, "rejected", "malformed"},
 		{"too large", "tok", make([]byte, 65<<10), 413, "rejected", "too_large"},
-		{"not compiling", "tok", build(t, key, "demo", 2, []signatures.File{{Path: "x.yar", Data: []byte("rule x {")}}), 422, "rejected", "compile"},
+		{"not compiling", "tok", sigtest.Build(t, key, "demo", 2, []signatures.File{{Path: "x.yar", Data: []byte("rule x {")}}), 422, "rejected", "compile"},
 	}
 	for _, tt := range tests {
 		code, st := push(tt.token, tt.body)
