@@ -127,8 +127,4 @@ func manifestJSON(t testing.TB, name string, version uint64, files []signatures.
 	return b
 }
 
-
-
-
-
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

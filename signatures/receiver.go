@@ -113,7 +113,7 @@ type Receiver[R any] struct {
 	name  string
 
 	reportMu sync.Mutex
-	pending  []Refusal    // refusals not yet reported to the server
+	pending  []Refusal     // refusals not yet reported to the server
 	reported chan struct{} // wakes Serve to report them
 }
 
@@ -518,8 +518,21 @@ func (r *Receiver[R]) Handler() http.Handler {
 
 // Pull asks the central server for a bundle newer than the active one and
 // installs it. It reports whether a new set became active. A server with
-// nothing newer is not an error.
+// nothing newer is not an error. After an install it asks once more, so
+// that the server learns at once what this appliance runs now (and hands
+// over a version built meanwhile).
 func (r *Receiver[R]) Pull(ctx context.Context) (bool, error) {
+	installed, err := r.pull(ctx)
+	if !installed || err != nil {
+		return installed, err
+	}
+	if _, err := r.pull(ctx); err != nil && ctx.Err() == nil {
+		r.log.Warn("signatures: pull after an install failed", "server", r.cfg.ServerURL, "reason", Reason(err), "err", err)
+	}
+	return true, nil
+}
+
+func (r *Receiver[R]) pull(ctx context.Context) (bool, error) {
 	if r.cfg.ServerURL == "" {
 		return false, errors.New("signatures: pull: no server URL configured")
 	}

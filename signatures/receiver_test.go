@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
 	"github.com/snapscan/snapscan/signatures/internal/sigtest"
@@ -320,5 +323,58 @@ func TestRestart(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
 		t.Errorf("state folder holds %d files (temporary files left?)", len(ents))
+	}
+}
+
+// TestPushHandler pushes bundles to a receiver behind the bearer check the
+// appliance puts in front of it, over HTTPS on loopback.
+func TestPushHandler(t *testing.T) {
+	key := sigtest.NewKey(t)
+	r := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{Keys: signatures.NewKeySet(sigtest.Pub(key)), ApplianceID: "app", Limits: signatures.Limits{MaxBundleSize: 64 << 10}})
+	tlsCfg, client := sigtest.SelfSigned(t)
+	ln := sigtest.Listen(t, "127.0.0.1:0")
+	sigtest.ServeTLS(t, ln, tlsCfg, httpx.RequireBearer(httpx.NewTokens("tok"), r.Handler(), httpx.BearerOptions{}))
+	url := "https://" + ln.Addr().String() + "/"
+	push := func(token string, body []byte) (int, signatures.PushResponse) {
+		req, _ := http.NewRequest("POST", url, strings.NewReader(string(body)))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var st signatures.PushResponse
+		json.NewDecoder(resp.Body).Decode(&st)
+		return resp.StatusCode, st
+	}
+	v1 := sigtest.Build(t, key, "demo", 1, sigtest.RuleFiles(1))
+	tests := []struct {
+		name   string
+		token  string
+		body   []byte
+		code   int
+		result string
+		reason string
+	}{
+		{"no token", "", v1, 401, "", ""},
+		{"installed", "tok", v1, 200, "installed", ""},
+		{"repeated", "tok", v1, 200, "already_active", ""},
+		{"rollback", "tok", sigtest.Build(t, key, "demo", 1, sigtest.RuleFiles(2)), 409, "rejected", "rollback"},
+		{"untrusted", "tok", sigtest.Build(t, sigtest.NewKey(t), "demo", 2, sigtest.RuleFiles(2)), 403, "rejected", "untrusted_key"},
+		{"garbage", "tok", []byte("hello"), 400, "rejected", "malformed"},
+		{"too large", "tok", make([]byte, 65<<10), 413, "rejected", "too_large"},
+		{"not compiling", "tok", sigtest.Build(t, key, "demo", 2, []signatures.File{{Path: "x.yar", Data: []byte("rule x {")}}), 422, "rejected", "compile"},
+	}
+	for _, tt := range tests {
+		code, st := push(tt.token, tt.body)
+		if code != tt.code || st.Result != tt.result || st.Reason != tt.reason {
+			t.Errorf("%s: %d %+v, want %d %s %s", tt.name, code, st, tt.code, tt.result, tt.reason)
+		}
+		if tt.code != 401 && (st.Version != 1 || st.Appliance != "app") {
+			t.Errorf("%s: reports %+v, want version 1", tt.name, st)
+		}
+	}
+	if _, err := r.Install(context.Background(), nil); !errors.Is(err, signatures.ErrMalformed) {
+		t.Errorf("empty bundle: %v", err)
 	}
 }

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/scanner"
-	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/signatures"
 	"github.com/snapscan/snapscan/signatures/internal/sigtest"
 	"github.com/snapscan/snapscan/signatures/sigserver"

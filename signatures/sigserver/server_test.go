@@ -1,9 +1,9 @@
 package sigserver_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/internal/httpx"
+	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
 	"github.com/snapscan/snapscan/signatures/internal/sigtest"
 	"github.com/snapscan/snapscan/signatures/sigserver"
@@ -24,7 +24,24 @@ import (
 // api calls the server's API and decodes a JSON answer into out.
 func api(t testing.TB, c *http.Client, method, url, token string, out any) int {
 	t.Helper()
-	req, _ := http.NewRequest(method, url, nil)
+	return apiBody(t, c, method, url, token, nil, out)
+}
+
+// apiBody is api with a JSON body (none if nil).
+func apiBody(t testing.TB, c *http.Client, method, url, token string, in, out any) int {
+	t.Helper()
+	var rd io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, url, rd)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -78,7 +95,7 @@ func TestPushToThreeAppliances(t *testing.T) {
 	addrC := lns[2].Addr().String()
 	lns[2].Close()
 	for i := range 2 {
-		sigtest.ServeTLS(t, lns[i], tlsCfg, httpx.RequireBearer(httpx.NewTokens("push-" + ids[i]), recv[i].Handler(), httpx.BearerOptions{}))
+		sigtest.ServeTLS(t, lns[i], tlsCfg, httpx.RequireBearer(httpx.NewTokens("push-"+ids[i]), recv[i].Handler(), httpx.BearerOptions{}))
 	}
 
 	srvLn := sigtest.Listen(t, "127.0.0.1:0")
@@ -285,56 +302,5 @@ func TestPullRegisterBuild(t *testing.T) {
 	st, err := os.Stat(filepath.Join(stateDir, "appliances.json"))
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("appliances.json (holds push tokens): %v %v", st.Mode(), err)
-	}
-}
-
-func TestPushHandler(t *testing.T) {
-	key := sigtest.NewKey(t)
-	r := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{Keys: signatures.NewKeySet(sigtest.Pub(key)), ApplianceID: "app", Limits: signatures.Limits{MaxBundleSize: 64 << 10}})
-	tlsCfg, client := sigtest.SelfSigned(t)
-	ln := sigtest.Listen(t, "127.0.0.1:0")
-	sigtest.ServeTLS(t, ln, tlsCfg, httpx.RequireBearer(httpx.NewTokens("tok"), r.Handler(), httpx.BearerOptions{}))
-	url := "https://" + ln.Addr().String() + "/"
-	push := func(token string, body []byte) (int, signatures.PushResponse) {
-		req, _ := http.NewRequest("POST", url, strings.NewReader(string(body)))
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var st signatures.PushResponse
-		json.NewDecoder(resp.Body).Decode(&st)
-		return resp.StatusCode, st
-	}
-	v1 := sigtest.Build(t, key, "demo", 1, sigtest.RuleFiles(1))
-	tests := []struct {
-		name   string
-		token  string
-		body   []byte
-		code   int
-		result string
-		reason string
-	}{
-		{"no token", "", v1, 401, "", ""},
-		{"installed", "tok", v1, 200, "installed", ""},
-		{"repeated", "tok", v1, 200, "already_active", ""},
-		{"rollback", "tok", sigtest.Build(t, key, "demo", 1, sigtest.RuleFiles(2)), 409, "rejected", "rollback"},
-		{"untrusted", "tok", sigtest.Build(t, sigtest.NewKey(t), "demo", 2, sigtest.RuleFiles(2)), 403, "rejected", "untrusted_key"},
-		{"garbage", "tok", []byte("hello"), 400, "rejected", "malformed"},
-		{"too large", "tok", make([]byte, 65<<10), 413, "rejected", "too_large"},
-		{"not compiling", "tok", sigtest.Build(t, key, "demo", 2, []signatures.File{{Path: "x.yar", Data: []byte("rule x {")}}), 422, "rejected", "compile"},
-	}
-	for _, tt := range tests {
-		code, st := push(tt.token, tt.body)
-		if code != tt.code || st.Result != tt.result || st.Reason != tt.reason {
-			t.Errorf("%s: %d %+v, want %d %s %s", tt.name, code, st, tt.code, tt.result, tt.reason)
-		}
-		if tt.code != 401 && (st.Version != 1 || st.Appliance != "app") {
-			t.Errorf("%s: reports %+v, want version 1", tt.name, st)
-		}
-	}
-	if _, err := r.Install(context.Background(), nil); !errors.Is(err, signatures.ErrMalformed) {
-		t.Errorf("empty bundle: %v", err)
 	}
 }
