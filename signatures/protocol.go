@@ -124,8 +124,16 @@ func Push(ctx context.Context, c *http.Client, t PushTarget, bundle []byte) (*Pu
 	}
 	var pr PushResponse
 	if json.Unmarshal(body, &pr) != nil || pr.Result == "" {
-		return nil, &PushError{URL: t.URL, Status: resp.Status, Code: resp.StatusCode,
-			Body: string(bytes.TrimSpace(body[:min(len(body), 512)]))}
+		// Not the receiver's answer: the appliance's authentication,
+		// a proxy. Its {"error": ...} is the message, if it has one.
+		msg := string(bytes.TrimSpace(body[:min(len(body), 512)]))
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			msg = e.Error
+		}
+		return nil, &PushError{URL: t.URL, Status: resp.Status, Code: resp.StatusCode, Body: msg}
 	}
 	if resp.StatusCode/100 == 2 {
 		return &pr, nil
