@@ -3,10 +3,8 @@ module github.com/snapscan/snapscan
 go 1.26.8
 
 require (
-	github.com/diskfs/go-diskfs v1.9.4
 	github.com/hillu/go-yara/v4 v4.2.4
 	github.com/klauspost/compress v1.20.3
-	github.com/lima-vm/go-qcow2reader v0.7.1
 	github.com/prometheus/client_golang v1.25.0
 	github.com/ulikunitz/xz v0.5.15
 	golang.org/x/sync v0.24.0

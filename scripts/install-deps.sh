@@ -17,6 +17,7 @@ PACKAGES=(
 	zstd xz-utils bzip2 zip unzip             # archives for scanner tests
 	sqlite3                                   # inspecting the appliance database
 	time                                      # /usr/bin/time -v for peak RSS in benchmarks
+	rsyslog rsyslog-openssl                   # a real syslog collector (TCP, TLS, UDP) for the SIEM event tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -5,16 +5,16 @@ import (
 	"io"
 	"testing"
 
+	"github.com/snapscan/snapscan/snapshot/image"
 	"github.com/snapscan/snapscan/snapshot/image/qcow2"
 )
 
-// FuzzQcow2Header feeds arbitrary bytes to New (header and chain checks,
-// then go-qcow2reader) and reads a few places of what opens. The seed
+// FuzzQcow2Header feeds arbitrary bytes to New (header, tables, clusters) and reads a few places of what opens. The seed
 // corpus holds small images made by qemu-img (testdata/fuzz).
 func FuzzQcow2Header(f *testing.F) {
 	f.Add([]byte("QFI\xfb\x00\x00\x00\x03"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		img, err := qcow2.New(bytes.NewReader(data), int64(len(data)), "", nil)
+		img, err := qcow2.New(image.File{R: bytes.NewReader(data), Size: int64(len(data))}, nil)
 		if err != nil {
 			return
 		}

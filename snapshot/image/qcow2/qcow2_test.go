@@ -23,22 +23,10 @@ func fixtures(t testing.TB) string {
 	return testenv.Fixture(t, "qcow2.sh")
 }
 
-// openParent is what the snapshot package passes: detection by content.
-func openParent(path string) (image.Image, error) {
-	img, err := qcow2.Open(path, &image.Options{OpenParent: openParent})
-	if errors.Is(err, image.ErrWrongType) {
-		f, err := image.OpenFile(path)
-		if err != nil {
-			return nil, err
-		}
-		size, err := image.SizeOf(f)
-		if err != nil {
-			f.Close()
-			return nil, err
-		}
-		return image.NewRaw(f, size, f), nil
-	}
-	return img, err
+// chainOptions is what the snapshot package passes: parents opened by
+// their recorded format, or detected by content.
+func chainOptions(allowed ...string) *image.Options {
+	return testenv.ChainOptions(func(f image.File, o *image.Options) (image.Image, error) { return qcow2.New(f, o) }, allowed...)
 }
 
 // compareImage checks every byte of img against want, the output of
@@ -124,7 +112,7 @@ func TestVariants(t *testing.T) {
 			}
 			opts := &image.Options{}
 			if tt.useParent {
-				opts.OpenParent = openParent
+				opts = chainOptions()
 			}
 			img, err := qcow2.Open(filepath.Join(dir, tt.name+".qcow2"), opts)
 			if err != nil {
@@ -170,7 +158,7 @@ func TestBadChains(t *testing.T) {
 			for _, parent := range []bool{false, true} {
 				opts := &image.Options{AllowedDirs: tt.allowed}
 				if parent {
-					opts.OpenParent = openParent
+					opts = chainOptions(tt.allowed...)
 				}
 				img, err := qcow2.Open(path, opts)
 				if tt.is == nil {
@@ -199,7 +187,7 @@ func TestBadChains(t *testing.T) {
 // detection moves on to the next format.
 func TestWrongType(t *testing.T) {
 	for _, b := range [][]byte{nil, []byte("QF"), make([]byte, 4096), []byte("KDMV" + strings.Repeat("\x00", 508))} {
-		_, err := qcow2.New(bytes.NewReader(b), int64(len(b)), "x", nil)
+		_, err := qcow2.New(image.File{R: bytes.NewReader(b), Size: int64(len(b)), Name: "x"}, nil)
 		if !errors.Is(err, image.ErrWrongType) {
 			t.Errorf("New(%q...) = %v, want ErrWrongType", b[:min(len(b), 4)], err)
 		}
@@ -244,7 +232,7 @@ func TestCorrupt(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			b := tt.damage(bytes.Clone(orig))
 			const name = "/images/corrupt.qcow2"
-			img, err := qcow2.New(bytes.NewReader(b), int64(len(b)), name, nil)
+			img, err := qcow2.New(image.File{R: bytes.NewReader(b), Size: int64(len(b)), Name: name}, nil)
 			if err == nil {
 				defer img.Close()
 				buf := make([]byte, 4<<20)

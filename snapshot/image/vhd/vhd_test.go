@@ -25,7 +25,7 @@ func fixtures(t testing.TB) string {
 
 // opts opens parents with this package, chains bounded, allowed folders given.
 func opts(allowed ...string) *image.Options {
-	return testenv.ChainOptions(func(path string, o *image.Options) (image.Image, error) { return vhd.Open(path, o) }, allowed...)
+	return testenv.ChainOptions(func(f image.File, o *image.Options) (image.Image, error) { return vhd.New(f, o) }, allowed...)
 }
 
 // compare checks every byte of img against the file want, with random
@@ -105,7 +105,8 @@ func TestParents(t *testing.T) {
 		{name: "etc passwd", file: "unsafe/passwd.vhd", opts: opts(), wantErr: image.ErrUnsafePath, msg: "/etc/passwd"},
 		{name: "loop", file: "loop-a.vhd", opts: opts(), msg: "deeper than"},
 		{name: "self", file: "self.vhd", opts: opts(), wantErr: vhd.ErrNoParent, msg: "is the image itself"},
-		{name: "no opener", file: "diff.vhd", opts: nil, wantErr: vhd.ErrNoParent, msg: "diff.vhd"},
+		{name: "no opener", file: "diff.vhd", opts: nil, raw: "diff.vhd.raw"},
+		{name: "loop without opener", file: "loop-a.vhd", opts: nil, wantErr: image.ErrChain, msg: "loops"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -238,7 +239,7 @@ func TestBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			img, err := vhd.New(bytes.NewReader(tt.data), int64(len(tt.data)), "bad.vhd", nil)
+			img, err := vhd.New(image.File{R: bytes.NewReader(tt.data), Size: int64(len(tt.data)), Name: "bad.vhd"}, nil)
 			if err == nil {
 				img.Close()
 				t.Fatal("opened, want an error")
@@ -265,7 +266,7 @@ func TestTailFooterDamaged(t *testing.T) {
 		t.Fatal(err)
 	}
 	b[len(b)-512+50] ^= 1
-	img, err := vhd.New(bytes.NewReader(b), int64(len(b)), "tail.vhd", nil)
+	img, err := vhd.New(image.File{R: bytes.NewReader(b), Size: int64(len(b)), Name: "tail.vhd"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

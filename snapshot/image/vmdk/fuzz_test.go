@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zlib"
+
+	"github.com/snapscan/snapscan/snapshot/image"
 )
 
 // tinySparse builds a small sparse extent by the specification: 1-sector
@@ -75,7 +77,7 @@ func FuzzVMDK(f *testing.F) {
 		if d, err := parseDescriptor(data); err == nil && len(d.extents) > maxExtents {
 			t.Fatalf("%d extents parsed", len(d.extents))
 		}
-		img, err := New(bytes.NewReader(data), int64(len(data)), "", nil)
+		img, err := New(image.File{R: bytes.NewReader(data), Size: int64(len(data)), Name: ""}, nil)
 		if err != nil {
 			return
 		}
@@ -98,7 +100,7 @@ func FuzzVMDK(f *testing.F) {
 func TestTinySparse(t *testing.T) {
 	for _, tt := range []struct{ compressed, gdAtEnd bool }{{false, false}, {true, false}, {true, true}} {
 		b := tinySparse(tt.compressed, tt.gdAtEnd)
-		img, err := New(bytes.NewReader(b), int64(len(b)), "", nil)
+		img, err := New(image.File{R: bytes.NewReader(b), Size: int64(len(b)), Name: ""}, nil)
 		if err != nil {
 			t.Fatalf("%+v: %v", tt, err)
 		}

@@ -24,9 +24,10 @@ func fixtures(t testing.TB) string {
 	return testenv.Fixture(t, "vmdk.sh")
 }
 
-// openParent is what the snapshot package passes: detection by content.
-func openParent(path string) (image.Image, error) {
-	return vmdk.Open(path, &image.Options{OpenParent: openParent})
+// chainOptions is what the snapshot package passes: parents opened
+// through Options.OpenParent.
+func chainOptions() *image.Options {
+	return testenv.ChainOptions(func(f image.File, o *image.Options) (image.Image, error) { return vmdk.New(f, o) })
 }
 
 const grain = 64 << 10
@@ -119,7 +120,7 @@ func TestVariants(t *testing.T) {
 			fi, _ := ref.Stat()
 			opts := &image.Options{}
 			if tt.useParent {
-				opts.OpenParent = openParent
+				opts = chainOptions()
 			}
 			img, err := vmdk.Open(filepath.Join(dir, tt.file), opts)
 			if err != nil {
@@ -268,7 +269,7 @@ func must[T any](v T, err error) T {
 
 func TestWrongType(t *testing.T) {
 	for _, b := range [][]byte{nil, []byte("KD"), make([]byte, 4096), []byte("QFI\xfb\x00\x00\x00\x03"), []byte("# a comment\nhello=1\n")} {
-		_, err := vmdk.New(bytes.NewReader(b), int64(len(b)), "x", nil)
+		_, err := vmdk.New(image.File{R: bytes.NewReader(b), Size: int64(len(b)), Name: "x"}, nil)
 		if !errors.Is(err, image.ErrWrongType) {
 			t.Errorf("New(%q) = %v, want ErrWrongType", b[:min(len(b), 8)], err)
 		}
@@ -324,7 +325,7 @@ func TestCorrupt(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			b := tt.damage(bytes.Clone(tt.orig))
 			const name = "/images/corrupt.vmdk"
-			img, err := vmdk.New(bytes.NewReader(b), int64(len(b)), name, nil)
+			img, err := vmdk.New(image.File{R: bytes.NewReader(b), Size: int64(len(b)), Name: name}, nil)
 			if err == nil {
 				defer img.Close()
 				buf := make([]byte, 4<<20)
