@@ -9,56 +9,48 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 )
 
-// Tokens is a set of bearer tokens, kept only as SHA-256 digests. It is
-// immutable and safe for concurrent use.
-type Tokens struct {
-	sums [][sha256.Size]byte
-}
+// Tokens is a set of bearer tokens, kept only as their SHA-256 digests;
+// nil is the empty set. Build it with NewTokens or With, never by hand:
+// they trim whitespace and leave out empty tokens.
+type Tokens [][sha256.Size]byte
 
 // NewTokens returns the set of tokens, each with surrounding whitespace
 // removed; empty ones are left out (an empty token would let anyone in).
-func NewTokens(tokens ...string) *Tokens {
-	return (*Tokens)(nil).With(tokens...)
+func NewTokens(tokens ...string) Tokens {
+	return Tokens(nil).With(tokens...)
 }
 
-// With returns a new set holding t's tokens and tokens (t may be nil).
-func (t *Tokens) With(tokens ...string) *Tokens {
-	n := &Tokens{}
-	if t != nil {
-		n.sums = append(n.sums, t.sums...)
-	}
+// With returns a new set holding t's tokens and tokens; t is unchanged.
+func (t Tokens) With(tokens ...string) Tokens {
+	n := slices.Clip(slices.Clone(t))
 	for _, s := range tokens {
 		if s = strings.TrimSpace(s); s != "" {
-			n.sums = append(n.sums, sha256.Sum256([]byte(s)))
+			n = append(n, sha256.Sum256([]byte(s)))
 		}
 	}
 	return n
 }
 
 // Len returns the number of tokens.
-func (t *Tokens) Len() int {
-	if t == nil {
-		return 0
-	}
-	return len(t.sums)
-}
+func (t Tokens) Len() int { return len(t) }
 
 // Match reports whether token (surrounding whitespace removed) is in the
 // set. Digests are compared in constant time, with every token of the
 // set, so neither a token's content nor its length nor its place leaks
 // through timing.
-func (t *Tokens) Match(token string) bool {
+func (t Tokens) Match(token string) bool {
 	token = strings.TrimSpace(token)
-	if t == nil || token == "" {
+	if token == "" {
 		return false
 	}
 	sum := sha256.Sum256([]byte(token))
 	match := 0
-	for i := range t.sums {
-		match |= subtle.ConstantTimeCompare(sum[:], t.sums[i][:])
+	for i := range t {
+		match |= subtle.ConstantTimeCompare(sum[:], t[i][:])
 	}
 	return match == 1
 }
@@ -100,7 +92,7 @@ type BearerOptions struct {
 // when a token was sent and is wrong) and {"error": "unauthorized: WHY"},
 // WHY being "missing credentials", "not a bearer token", "more than one
 // Authorization header" or "wrong token".
-func RequireBearer(tokens *Tokens, next http.Handler, opts BearerOptions) http.Handler {
+func RequireBearer(tokens Tokens, next http.Handler, opts BearerOptions) http.Handler {
 	log := opts.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -128,7 +120,7 @@ func RequireBearer(tokens *Tokens, next http.Handler, opts BearerOptions) http.H
 
 // authorize returns why the Authorization header values do not admit a
 // request ("" when they do) and the extra WWW-Authenticate parameters.
-func authorize(tokens *Tokens, values []string) (why, challenge string) {
+func authorize(tokens Tokens, values []string) (why, challenge string) {
 	switch {
 	case len(values) > 1:
 		return "more than one Authorization header", `, error="invalid_request"`

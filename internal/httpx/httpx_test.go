@@ -165,7 +165,7 @@ func TestRequireBearer(t *testing.T) {
 }
 
 func TestTokens(t *testing.T) {
-	var none *httpx.Tokens
+	var none httpx.Tokens
 	if none.Match("x") || none.Len() != 0 {
 		t.Error("a nil set matched")
 	}

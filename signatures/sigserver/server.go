@@ -94,7 +94,7 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	keys   *signatures.KeySet
-	tokens *httpx.Tokens
+	tokens httpx.Tokens
 
 	buildMu sync.Mutex // serializes builds and reservations
 
