@@ -200,6 +200,9 @@ func TestReadBundleRejects(t *testing.T) {
 			if b != nil {
 				t.Error("a bundle returned with an error")
 			}
+			if n := strings.Count(err.Error(), "signatures: "); n != 1 {
+				t.Errorf("%q says \"signatures: \" %d times, want once", err, n)
+			}
 			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
 				t.Errorf("allocated %d MiB for a %d-byte bundle", alloc>>20, len(tt.data))
 			}
@@ -209,7 +212,7 @@ func TestReadBundleRejects(t *testing.T) {
 }
 
 // unpackTar returns the tar stream inside a bundle.
-func unpackTar(t *testing.T, bundle []byte) []byte {
+func unpackTar(t testing.TB, bundle []byte) []byte {
 	zr, err := zstd.NewReader(nil)
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -116,6 +117,9 @@ func TestInstallRejects(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.detail) {
 				t.Errorf("error %q does not say %q", err, tt.detail)
+			}
+			if n := strings.Count(err.Error(), "signatures: "); n != 1 {
+				t.Errorf("%q says \"signatures: \" %d times, want once", err, n)
 			}
 			if tt.want == signatures.ErrCompile {
 				var ce *scanner.CompileError
@@ -376,5 +380,55 @@ func TestPushHandler(t *testing.T) {
 	}
 	if _, err := r.Install(context.Background(), nil); !errors.Is(err, signatures.ErrMalformed) {
 		t.Errorf("empty bundle: %v", err)
+	}
+}
+
+// TestOnePrefixPerLayer: each layer names itself and what it adds once:
+// the package prefix, a path, a URL (issue 11.11).
+func TestOnePrefixPerLayer(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "nope")
+	notKey := filepath.Join(dir, "k.pub")
+	os.WriteFile(notKey, []byte("hello"), 0o644)
+	_, e1 := signatures.LoadPrivateKey(missing)
+	_, e2 := signatures.LoadPublicKey(notKey)
+	_, e3 := signatures.LoadKeySet(dir)
+	_, e4 := signatures.LoadRuleFiles(missing)
+	_, e5 := signatures.LoadRuleFiles(dir)
+
+	// A pull from a server whose bundle this appliance refuses.
+	key := sigtest.NewKey(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(sigtest.Build(t, sigtest.NewKey(t), "demo", 1, sigtest.RuleFiles(1)))
+	}))
+	defer srv.Close()
+	r := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{Keys: signatures.NewKeySet(sigtest.Pub(key)), ServerURL: srv.URL, ApplianceID: "app"})
+	_, e6 := r.Pull(context.Background())
+	// A push the receiver refuses.
+	rs := httptest.NewServer(r.Handler())
+	defer rs.Close()
+	_, e7 := signatures.Push(context.Background(), rs.Client(), signatures.PushTarget{URL: rs.URL}, []byte("not a bundle"))
+
+	for _, tt := range []struct {
+		err  error
+		once []string
+	}{
+		{e1, []string{"signatures: ", missing}},
+		{e2, []string{"signatures: ", notKey}},
+		{e3, []string{"signatures: ", dir}},
+		{e4, []string{"signatures: ", missing}},
+		{e5, []string{"signatures: ", dir}},
+		{e6, []string{"signatures: ", srv.URL}},
+		{e7, []string{"signatures: ", rs.URL}},
+	} {
+		if tt.err == nil {
+			t.Errorf("no error where %v expected", tt.once)
+			continue
+		}
+		for _, s := range tt.once {
+			if n := strings.Count(tt.err.Error(), s); n != 1 {
+				t.Errorf("%q says %q %d times, want once", tt.err, s, n)
+			}
+		}
 	}
 }

@@ -1,6 +1,11 @@
+//go:build cgo
+
 // Package sigtest holds what the tests of signatures and sigserver share:
 // keys, rule files whose matches name their version, a receiver compiling
-// with real libyara, TLS on loopback. Only tests import it.
+// with real libyara, TLS on loopback. Only tests import it. It needs cgo
+// (libyara through the scanner), hence its build constraint: the
+// signature packages themselves build without cgo, and so does
+// "go build ./signatures/..." with CGO_ENABLED=0.
 package sigtest
 
 import (
