@@ -21,7 +21,9 @@ import (
 
 	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/appliance/results/sqlite"
+	"github.com/snapscan/snapscan/internal/sqlitedb"
 	"github.com/snapscan/snapscan/queue"
+	queuesqlite "github.com/snapscan/snapscan/queue/sqlite"
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
 )
@@ -151,7 +153,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 	if err := os.MkdirAll(filepath.Dir(cfg.Database.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("%w: database.path: %v", ErrConfig, err)
 	}
-	a.db, err = queue.OpenSQLite(cfg.Database.Path)
+	a.db, err = sqlitedb.Open(cfg.Database.Path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: database.path: %v", ErrConfig, err)
 	}
@@ -223,7 +225,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		a.markReady()
 	}
 
-	qstore, err := queue.NewSQLiteStore(ctx, a.db)
+	qstore, err := queuesqlite.New(ctx, a.db)
 	if err != nil {
 		return nil, err
 	}

@@ -151,6 +151,9 @@ type ScannerConfig struct {
 	// CacheEntries bounds the verdicts kept in memory in front of the
 	// database (default 100000).
 	CacheEntries int `yaml:"cache_entries"`
+	// NoCache scans every file with YARA and keeps no verdicts: for
+	// measuring cold scans; a site wants the cache.
+	NoCache bool `yaml:"no_cache"`
 }
 
 // EventsConfig says where findings go besides the database.

@@ -8,7 +8,7 @@
 //   - Config (Load): one strict YAML file; deploy/appliance.yaml documents it.
 //     A wrong or missing setting fails start-up naming its key path.
 //   - The database: the appliance opens it and owns it, and hands each part
-//     what it needs: the queue its Store (queue.NewSQLiteStore), the results
+//     what it needs: the queue its Store (queue/sqlite.New), the results
 //     their Store (package results, implemented by results/sqlite).
 //   - The runner: a queue job opens each disk with snapshot.Open, every read
 //     (backing files too) going through the job's datastore budget and

@@ -50,7 +50,7 @@ type testApp struct {
 func applianceFixture(t *testing.T) string {
 	t.Helper()
 	testenv.NeedTools(t, "mkfs.ext4", "sgdisk", "qemu-img")
-	return testenv.Fixture(t, "appliance.sh", "ext4")
+	return testenv.Fixture(t, "appliance.sh")
 }
 
 // appOpts shape a test appliance.

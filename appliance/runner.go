@@ -171,7 +171,9 @@ func (a *Appliance) scanner(act *signatures.Active[*scanner.Rules]) *scanner.Sca
 	defer a.scMu.Unlock()
 	if id := act.Rules.ID(); a.sc == nil || a.scRules != id {
 		o := a.cfg.scannerOptions()
-		o.Cache = a.cache
+		if !a.cfg.Scanner.NoCache {
+			o.Cache = a.cache
+		}
 		o.OnProgress = a.progress.onProgress
 		o.Logger = a.log
 		a.sc, a.scRules = scanner.New(act.Rules, o), id

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/snapscan/snapscan/appliance/results/sqlite"
-	"github.com/snapscan/snapscan/queue"
+	"github.com/snapscan/snapscan/internal/sqlitedb"
 	"github.com/snapscan/snapscan/scanner"
 )
 
@@ -15,7 +15,7 @@ import (
 // restart) returns them, ints in meta included, and only under their own
 // rule set.
 func TestVerdictCachePersists(t *testing.T) {
-	db, err := queue.OpenSQLite(filepath.Join(t.TempDir(), "t.db"))
+	db, err := sqlitedb.Open(filepath.Join(t.TempDir(), "t.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

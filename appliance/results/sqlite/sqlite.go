@@ -156,7 +156,7 @@ const notRecorded = "not_recorded"
 
 // New creates the results tables in db, or migrates them, and returns the
 // store. db must be an SQLite database opened with a busy timeout (the
-// appliance opens it with queue.OpenSQLite); the caller keeps ownership of
+// appliance opens it with internal/sqlitedb.Open); the caller keeps ownership of
 // it and closes it after the store's Close.
 func New(ctx context.Context, db *sql.DB) (*Store, error) {
 	s := &Store{db: db}

@@ -8,12 +8,12 @@ import (
 	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/appliance/results/resultstest"
 	"github.com/snapscan/snapscan/appliance/results/sqlite"
-	"github.com/snapscan/snapscan/queue"
+	"github.com/snapscan/snapscan/internal/sqlitedb"
 )
 
 func openDB(t *testing.T, path string) *sqlite.Store {
 	t.Helper()
-	db, err := queue.OpenSQLite(path)
+	db, err := sqlitedb.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func TestConformance(t *testing.T) {
 // no status, read back as incomplete, never as clean.
 func TestMigrateV1(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "old.db")
-	db, err := queue.OpenSQLite(path)
+	db, err := sqlitedb.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
