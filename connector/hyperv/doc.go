@@ -35,7 +35,7 @@
 //
 //  2. An export (Export-VM, or Export-VMSnapshot of a checkpoint) to a
 //     share the appliance mounts: the exported .vhdx files are a copy
-//     nobody writes, submitted the same way with --format vhdx.
+//     nobody writes, submitted the same way.
 //
 // Declaring the format matters: a guest owns the bytes of its disk, and a
 // format probed from the content could be spoofed (see the connector
