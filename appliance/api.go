@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/queue"
 )
 
@@ -235,24 +236,26 @@ type SubmitRequest struct {
 
 // ScanView is a scan as the API shows it.
 type ScanView struct {
-	ID              int64          `json:"id"`
-	VM              string         `json:"vm"`
-	State           queue.State    `json:"state"`
-	Priority        string         `json:"priority"`
-	Reason          string         `json:"reason,omitempty"`
-	Disks           []queue.Disk   `json:"disks"`
-	Attempts        int            `json:"attempts"`
-	Error           string         `json:"error,omitempty"`
-	CancelRequested bool           `json:"cancel_requested,omitempty"`
-	EnqueuedAt      time.Time      `json:"enqueued_at"`
-	NotBefore       *time.Time     `json:"not_before,omitempty"`
-	StartedAt       *time.Time     `json:"started_at,omitempty"`
-	FinishedAt      *time.Time     `json:"finished_at,omitempty"`
-	Deadline        *time.Time     `json:"deadline,omitempty"`
-	Progress        *Progress      `json:"progress,omitempty"`
-	Result          *ResultSummary `json:"result,omitempty"`
-	Volumes         []VolumeRow    `json:"volumes,omitempty"`
-	Findings        []FindingRow   `json:"findings,omitempty"`
+	ID              int64        `json:"id"`
+	VM              string       `json:"vm"`
+	State           queue.State  `json:"state"`
+	Priority        string       `json:"priority"`
+	Reason          string       `json:"reason,omitempty"`
+	Disks           []queue.Disk `json:"disks"`
+	Attempts        int          `json:"attempts"`
+	Error           string       `json:"error,omitempty"`
+	CancelRequested bool         `json:"cancel_requested,omitempty"`
+	EnqueuedAt      time.Time    `json:"enqueued_at"`
+	NotBefore       *time.Time   `json:"not_before,omitempty"`
+	StartedAt       *time.Time   `json:"started_at,omitempty"`
+	FinishedAt      *time.Time   `json:"finished_at,omitempty"`
+	Deadline        *time.Time   `json:"deadline,omitempty"`
+	Progress        *Progress    `json:"progress,omitempty"`
+	// Result is the stored result (status, incomplete reasons, totals)
+	// once the job has one; Volumes and Findings come with it.
+	Result   *results.Scan     `json:"result,omitempty"`
+	Volumes  []results.Volume  `json:"volumes,omitempty"`
+	Findings []results.Finding `json:"findings,omitempty"`
 }
 
 var priorities = map[string]queue.Class{"on_demand": queue.OnDemand, "scheduled": queue.Scheduled, "rescan": queue.Rescan}
@@ -317,6 +320,19 @@ func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 		seen[qd] = true
 		qr.Disks = append(qr.Disks, qd)
 	}
+	// The inventory knows the VM with the disks last submitted: what a
+	// new signature version rescans. A VM a connector registered keeps
+	// its source.
+	vm := results.VM{ID: req.VM, Source: "api"}
+	if old, err := a.results.VM(r.Context(), req.VM); err == nil {
+		vm.Name, vm.Source = old.Name, old.Source
+	}
+	for _, d := range qr.Disks {
+		vm.Disks = append(vm.Disks, resultDisk(d))
+	}
+	if err := a.results.PutVM(r.Context(), vm); err != nil {
+		return err
+	}
 	job, err := a.q.Enqueue(r.Context(), qr)
 	if err != nil {
 		if errors.Is(err, queue.ErrInvalid) {
@@ -344,7 +360,7 @@ func (a *Appliance) view(j queue.Job) ScanView {
 		EnqueuedAt: j.EnqueuedAt.UTC(), NotBefore: timePtr(j.NotBefore), StartedAt: timePtr(j.StartedAt),
 		FinishedAt: timePtr(j.FinishedAt), Deadline: timePtr(j.Deadline)}
 	if j.State == queue.Running {
-		if p, ok := a.jobProgress(j.ID); ok {
+		if p, ok := a.progress.job(j.ID); ok {
 			v.Progress = &p
 		}
 	}
@@ -377,14 +393,15 @@ func (a *Appliance) handleGetScan(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	v := a.view(j)
-	if v.Result, err = a.store.Summary(r.Context(), id); err != nil {
+	res, err := a.results.Scan(r.Context(), id)
+	switch {
+	case errors.Is(err, results.ErrNotFound):
+	case err != nil:
 		return err
-	}
-	if v.Result != nil {
-		if v.Volumes, err = a.store.Volumes(r.Context(), id); err != nil {
-			return err
-		}
-		if v.Findings, err = a.store.Findings(r.Context(), FindingQuery{JobID: id}); err != nil {
+	default:
+		v.Volumes, res.Volumes = res.Volumes, nil
+		v.Result = res
+		if v.Findings, err = a.results.Findings(r.Context(), results.FindingQuery{JobID: id}); err != nil {
 			return err
 		}
 	}
@@ -423,7 +440,7 @@ func (a *Appliance) handleListScans(w http.ResponseWriter, r *http.Request) erro
 	default:
 		return badRequest("state: %q is not queued, running, done, failed or cancelled", st)
 	}
-	limit, err := intParam(r, "limit", 100, 1, maxPage)
+	limit, err := intParam(r, "limit", 100, 1, queue.MaxList)
 	if err != nil {
 		return err
 	}
@@ -476,7 +493,7 @@ func (a *Appliance) handleCancel(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request) error {
-	var q FindingQuery
+	var q results.FindingQuery
 	var err error
 	qs := r.URL.Query()
 	q.VM, q.Rule = qs.Get("vm"), qs.Get("rule")
@@ -486,7 +503,7 @@ func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request) error
 	if q.After, err = intParam(r, "after", 0, 0, 1<<62); err != nil {
 		return err
 	}
-	limit, err := intParam(r, "limit", 100, 1, maxPage)
+	limit, err := intParam(r, "limit", 100, 1, results.MaxPage)
 	if err != nil {
 		return err
 	}
@@ -497,13 +514,13 @@ func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request) error
 	if q.Until, err = timeParam(r, "until"); err != nil {
 		return err
 	}
-	rows, err := a.store.Findings(r.Context(), q)
+	rows, err := a.results.Findings(r.Context(), q)
 	if err != nil {
 		return err
 	}
 	out := struct {
-		Findings  []FindingRow `json:"findings"`
-		NextAfter int64        `json:"next_after,omitempty"`
+		Findings  []results.Finding `json:"findings"`
+		NextAfter int64             `json:"next_after,omitempty"`
 	}{Findings: rows}
 	if len(rows) == q.Limit {
 		out.NextAfter = rows[len(rows)-1].ID

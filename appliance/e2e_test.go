@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/snapscan/snapscan/internal/testenv"
-	"github.com/snapscan/snapscan/snapshot"
 )
 
 // The end-to-end test runs the real binary as two processes on loopback: a
@@ -142,9 +141,12 @@ type scan struct {
 	Attempts int    `json:"attempts"`
 	Error    string `json:"error"`
 	Result   *struct {
-		Files    int64 `json:"files"`
-		Cached   int64 `json:"cached"`
-		Findings int64 `json:"findings"`
+		Status     string           `json:"status"`
+		Incomplete map[string]int64 `json:"incomplete"`
+		Files      int64            `json:"files"`
+		Cached     int64            `json:"cached"`
+		Findings   int64            `json:"findings"`
+		BytesRead  int64            `json:"bytes_read"`
 	} `json:"result"`
 }
 
@@ -166,22 +168,8 @@ func TestEndToEnd(t *testing.T) {
 		t.Skip("end-to-end test: builds the binary and runs two services (not in -short)")
 	}
 	testenv.NeedTools(t, "mkfs.ext4", "sgdisk", "qemu-img", "sqlite3")
-	sigBase := "/work/shared/rules/signature-base"
-	if v := os.Getenv("SNAPSCAN_SIGNATURE_BASE"); v != "" {
-		sigBase = v
-	}
-	if _, err := os.Stat(sigBase); err != nil {
-		testenv.Skip(t, "needs signature-base at", sigBase, "(or $SNAPSCAN_SIGNATURE_BASE)")
-	}
-	fx := testenv.Fixture(t, "appliance.sh", "ext4")
-	if d, err := snapshot.Open(filepath.Join(fx, "ds-a", "vm05.img"), nil); err != nil || len(d.Volumes) != 1 || d.Volumes[0].FS == nil {
-		// snapshot does not serve ext4 in this tree yet: same VMs on FAT.
-		t.Logf("snapshot does not read the ext4 guests; using the vfat fixture")
-		testenv.NeedTools(t, "mkfs.vfat", "mcopy")
-		fx = testenv.Fixture(t, "appliance.sh", "vfat")
-	} else {
-		d.Close()
-	}
+	sigBase := testenv.SignatureBase(t)
+	fx := testenv.Fixture(t, "appliance.sh")
 	dir := t.TempDir()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -380,6 +368,13 @@ log:
 	if len(list.Scans) != len(disks) {
 		t.Errorf("%d jobs, want %d (one per VM)", len(list.Scans), len(disks))
 	}
+	ef, _ := os.ReadFile(filepath.Join(fx, "expected.tsv"))
+	want := strings.Split(strings.TrimSpace(string(ef)), "\n")
+	sort.Strings(want)
+	planted := map[string]bool{}
+	for _, w := range want {
+		planted[strings.Split(w, "\t")[0]] = true
+	}
 	var files, cached int64
 	for _, s := range list.Scans {
 		var full scan
@@ -394,6 +389,14 @@ log:
 		default:
 			files += full.Result.Files
 			cached += full.Result.Cached
+			// Every file of the guests is read: a VM is clean or has
+			// findings, never incomplete.
+			if wantStatus := map[bool]string{true: "findings", false: "clean"}[planted[s.VM]]; full.Result.Status != wantStatus || len(full.Result.Incomplete) != 0 {
+				t.Errorf("%s: result %s (incomplete %v), want %s", s.VM, full.Result.Status, full.Result.Incomplete, wantStatus)
+			}
+			if full.Result.BytesRead <= 0 {
+				t.Errorf("%s: %d bytes read from the datastore", s.VM, full.Result.BytesRead)
+			}
 		}
 		if s.ID != ids[s.VM] {
 			t.Errorf("%s: job %d, submitted as %d", s.VM, s.ID, ids[s.VM])
@@ -420,9 +423,6 @@ log:
 		got = append(got, r.VM+"\t"+r.Rule+"\t"+r.Path)
 	}
 	sort.Strings(got)
-	ef, _ := os.ReadFile(filepath.Join(fx, "expected.tsv"))
-	want := strings.Split(strings.TrimSpace(string(ef)), "\n")
-	sort.Strings(want)
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("findings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}

@@ -10,15 +10,17 @@ import (
 	"net/http"
 	"sync/atomic"
 	"time"
+
+	"github.com/snapscan/snapscan/appliance/results"
 )
 
 // Event is one finding as sent to the event log and the webhook: a JSON
-// object per line, for a SIEM. It carries one FindingRow and the event
-// kind ("finding").
+// object per line, for a SIEM. It carries one stored finding and the
+// event kind ("finding").
 type Event struct {
 	Kind string    `json:"kind"`
 	Time time.Time `json:"time"`
-	FindingRow
+	results.Finding
 }
 
 // Events sends findings to a log stream and an optional webhook, each
@@ -57,9 +59,9 @@ func NewEvents(out io.Writer, hook WebhookConfig, token string, buffer int, log 
 }
 
 // Emit queues findings for every sink without blocking.
-func (e *Events) Emit(rows []FindingRow) {
+func (e *Events) Emit(rows []results.Finding) {
 	for _, r := range rows {
-		ev := Event{Kind: "finding", Time: time.Now().UTC(), FindingRow: r}
+		ev := Event{Kind: "finding", Time: time.Now().UTC(), Finding: r}
 		if e.logCh != nil {
 			select {
 			case e.logCh <- ev:

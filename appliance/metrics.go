@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/queue"
 )
 
@@ -16,13 +17,16 @@ type metrics struct {
 	a   *Appliance
 	reg *prometheus.Registry
 
-	scans    *prometheus.CounterVec // by result
-	findings prometheus.Counter
-	files    prometheus.Counter
-	cached   prometheus.Counter
-	bytes    prometheus.Counter
-	jobs     *prometheus.CounterVec // by final state
-	requests *prometheus.CounterVec // by code
+	scans      *prometheus.CounterVec // by result
+	incomplete *prometheus.CounterVec // by reason
+	findings   prometheus.Counter
+	readBytes  prometheus.Counter
+	readOps    prometheus.Counter
+	files      prometheus.Counter
+	cached     prometheus.Counter
+	bytes      prometheus.Counter
+	jobs       *prometheus.CounterVec // by final state
+	requests   *prometheus.CounterVec // by code
 }
 
 func newMetrics(a *Appliance) *metrics {
@@ -31,7 +35,11 @@ func newMetrics(a *Appliance) *metrics {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "snapscan", Name: name, Help: help})
 	}
 	m.scans = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "scans_total",
-		Help: "Scan runs by result: complete, failed_permanent, failed_transient, interrupted (cancelled or shut down)."}, []string{"result"})
+		Help: "Scan runs by result: clean, findings, incomplete (results stored), failed_permanent, failed_transient, interrupted (cancelled or shut down)."}, []string{"result"})
+	m.incomplete = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "scans_incomplete_total",
+		Help: "What stored scans could not scan, by reason (the scanner's skip reasons, volume_unreadable, time_limit): files, volumes or scans."}, []string{"reason"})
+	m.readBytes = f("scan_read_bytes_total", "Bytes scans read from datastores (image metadata and backing files included).")
+	m.readOps = f("scan_read_ops_total", "Read operations scans issued to datastores.")
 	m.findings = f("findings_total", "Findings stored (one per rule matching a file).")
 	m.files = f("files_scanned_total", "Files and archive members checked.")
 	m.cached = f("files_cached_total", "Files whose verdict came from the verdict cache.")
@@ -40,21 +48,23 @@ func newMetrics(a *Appliance) *metrics {
 		Help: "Jobs that reached a final state, by state."}, []string{"state"})
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "http_requests_total",
 		Help: "API requests by status code."}, []string{"code"})
-	m.reg.MustRegister(m.scans, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
+	m.reg.MustRegister(m.scans, m.incomplete, m.readBytes, m.readOps, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-func (m *metrics) scanDone(r *ScanResult, findings int) {
-	m.scans.WithLabelValues("complete").Inc()
-	m.findings.Add(float64(findings))
-	for _, d := range r.Disks {
-		for _, v := range d.Report.Volumes {
-			m.files.Add(float64(v.Files))
-			m.cached.Add(float64(v.Cached))
-			m.bytes.Add(float64(v.Bytes))
-		}
+// scanDone counts a run whose result was stored.
+func (m *metrics) scanDone(r *results.Scan) {
+	m.scans.WithLabelValues(string(r.Status)).Inc()
+	for reason, n := range r.Incomplete {
+		m.incomplete.WithLabelValues(reason).Add(float64(n))
 	}
+	m.findings.Add(float64(len(r.Findings)))
+	m.files.Add(float64(r.Files))
+	m.cached.Add(float64(r.Cached))
+	m.bytes.Add(float64(r.Bytes))
+	m.readBytes.Add(float64(r.BytesRead))
+	m.readOps.Add(float64(r.ReadOps))
 }
 
 func (m *metrics) scanOutcome(err error) {

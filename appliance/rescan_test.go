@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/queue"
 )
 
@@ -132,7 +133,7 @@ func TestRescanOnNewSignatures(t *testing.T) {
 
 	// The results are kept under the new version.
 	for _, j := range done {
-		rows, err := app.a.store.Findings(ctx, FindingQuery{JobID: j.ID})
+		rows, err := app.a.results.Findings(ctx, results.FindingQuery{JobID: j.ID})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -164,7 +165,7 @@ func TestRescanOnNewSignatures(t *testing.T) {
 			t.Errorf("GET /v1/scans%s: ids %v, want %v", tc.query, got, tc.want)
 		}
 	}
-	if rows, _ := app.a.store.Findings(ctx, FindingQuery{VM: "vm03"}); !slices.ContainsFunc(rows, func(r FindingRow) bool { return r.SigVersion == 2 }) {
+	if rows, _ := app.a.results.Findings(ctx, results.FindingQuery{VM: "vm03"}); !slices.ContainsFunc(rows, func(r results.Finding) bool { return r.SigVersion == 2 }) {
 		t.Errorf("vm03's planted finding not found again by the rescan: %+v", rows)
 	}
 }

@@ -11,37 +11,12 @@ import (
 
 	"github.com/snapscan/snapscan/snapshot/ext4"
 	"github.com/snapscan/snapscan/snapshot/fat"
-	"github.com/snapscan/snapscan/snapshot/image"
-	"github.com/snapscan/snapscan/snapshot/image/qcow2"
-	"github.com/snapscan/snapscan/snapshot/image/vhd"
-	"github.com/snapscan/snapscan/snapshot/image/vhdx"
-	"github.com/snapscan/snapscan/snapshot/image/vmdk"
 	"github.com/snapscan/snapscan/snapshot/iso9660"
 	"github.com/snapscan/snapscan/snapshot/ntfs"
 	"github.com/snapscan/snapscan/snapshot/squashfs"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 	"github.com/snapscan/snapscan/snapshot/xfs"
 )
-
-// formats lists the container formats in detection order; raw is what is
-// left when none matches.
-var formats = []struct {
-	name string
-	open func(r io.ReaderAt, size int64, name string, opts *image.Options) (image.Image, error)
-}{
-	{"qcow2", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
-		return qcow2.New(r, size, name, o)
-	}},
-	{"vmdk", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
-		return vmdk.New(r, size, name, o)
-	}},
-	{"vhdx", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
-		return vhdx.New(r, size, name, o)
-	}},
-	{"vhd", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
-		return vhd.New(r, size, name, o)
-	}},
-}
 
 // fileSystems lists the file systems snapscan serves. Each probe reads a
 // magic number; only a file system whose magic matches is opened, so that
@@ -132,6 +107,8 @@ func (d *Disk) findVolumes() {
 		for _, p := range parts {
 			id := fmt.Sprintf("p%d", p.num)
 			switch {
+			case p.bad != "":
+				d.Volumes = append(d.Volumes, &Volume{ID: id, PartType: p.typ, Err: fmt.Errorf("%s %s: %s", d.Name, id, p.bad)})
 			case p.start < 0 || p.size <= 0 || p.start >= size || p.start+p.size > size:
 				d.Volumes = append(d.Volumes, &Volume{ID: id, Offset: p.start, Size: p.size, PartType: p.typ,
 					Err: fmt.Errorf("%s %s: partition (bytes %d to %d) lies outside the %d-byte disk", d.Name, id, p.start, p.start+p.size, size)})

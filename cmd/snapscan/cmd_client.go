@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,8 +20,9 @@ import (
 
 // Exit codes of submit --wait and status ID, for scripts.
 const (
-	exitScanFailed   = 3 // the scan failed or was cancelled
-	exitScanFindings = 4 // the scan completed and found something
+	exitScanFailed     = 3 // the scan failed or was cancelled
+	exitScanFindings   = 4 // the scan completed and found something
+	exitScanIncomplete = 5 // nothing found, but not everything was scanned
 )
 
 func init() {
@@ -128,11 +130,14 @@ type scanView struct {
 		TotalBytes int64 `json:"total_bytes"`
 	} `json:"progress"`
 	Result *struct {
-		SigVersion uint64 `json:"sig_version"`
-		Files      int64  `json:"files"`
-		Bytes      int64  `json:"bytes"`
-		Cached     int64  `json:"cached"`
-		Findings   int64  `json:"findings"`
+		Status     string           `json:"status"`
+		Incomplete map[string]int64 `json:"incomplete"`
+		SigVersion uint64           `json:"sig_version"`
+		Files      int64            `json:"files"`
+		Bytes      int64            `json:"bytes"`
+		Cached     int64            `json:"cached"`
+		Findings   int64            `json:"findings"`
+		BytesRead  int64            `json:"bytes_read"`
 	} `json:"result"`
 	Findings []findingView `json:"findings"`
 }
@@ -163,7 +168,8 @@ func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	f := newFlags("submit", "submit --vm NAME --disk DATASTORE:PATH [--disk ...] [--priority P] [--wait] [--json]",
 		"Submits a scan of a VM's disks (paths relative to their datastore's folder) and prints\n"+
 			"the scan id. With --wait, waits for the end: exit 0 when clean, 4 when it found\n"+
-			"something, 3 when it failed or was cancelled.", stderr)
+			"something, 5 when it found nothing but could not scan everything (incomplete),\n"+
+			"3 when it failed or was cancelled.", stderr)
 	newClient := clientFlags(f)
 	vm := f.String("vm", "", "VM `NAME`")
 	var disks stringList
@@ -260,7 +266,16 @@ func showScan(w io.Writer, raw json.RawMessage, sv scanView, asJSON bool) error 
 			fmt.Fprintf(w, "  progress: %d/%d files, %d/%d bytes\n", p.Files, p.TotalFiles, p.Bytes, p.TotalBytes)
 		}
 		if r := sv.Result; r != nil {
-			fmt.Fprintf(w, "  signatures v%d: %d files (%d cached), %d bytes, %d findings\n", r.SigVersion, r.Files, r.Cached, r.Bytes, r.Findings)
+			fmt.Fprintf(w, "  %s: signatures v%d: %d files (%d cached), %d bytes, %d findings; %d bytes read\n",
+				r.Status, r.SigVersion, r.Files, r.Cached, r.Bytes, r.Findings, r.BytesRead)
+			if len(r.Incomplete) > 0 {
+				reasons := make([]string, 0, len(r.Incomplete))
+				for k, n := range r.Incomplete {
+					reasons = append(reasons, fmt.Sprintf("%s %d", k, n))
+				}
+				slices.Sort(reasons)
+				fmt.Fprintf(w, "  not scanned: %s\n", strings.Join(reasons, ", "))
+			}
 		}
 		for _, f := range sv.Findings {
 			fmt.Fprintf(w, "  %s  %s:%s%s\n", f.Rule, f.Disk, f.Volume, f.Path)
@@ -269,16 +284,24 @@ func showScan(w io.Writer, raw json.RawMessage, sv scanView, asJSON bool) error 
 	switch {
 	case sv.State == "failed" || sv.State == "cancelled":
 		return &exitError{code: exitScanFailed}
-	case sv.State == "done" && len(sv.Findings) > 0:
+	case sv.State != "done":
+		return nil
+	case sv.Result == nil:
+		return errors.New("the appliance answered a done scan without its result")
+	case sv.Result.Status == "findings":
 		return &exitError{code: exitScanFindings}
+	case sv.Result.Status == "clean":
+		return nil
 	}
-	return nil
+	// incomplete, or a status this client does not know: never clean.
+	return &exitError{code: exitScanIncomplete}
 }
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("status", "status [--state STATE] [--vm VM] [--json] [ID]",
 		"With ID, shows one scan: exit 0 when queued, running or clean, 4 when it found\n"+
-			"something, 3 when it failed or was cancelled. Without, lists recent scans.", stderr)
+			"something, 5 when incomplete, 3 when it failed or was cancelled. Without, lists\n"+
+			"recent scans.", stderr)
 	newClient := clientFlags(f)
 	state := f.String("state", "", "list only scans in `STATE` (queued, running, done, failed, cancelled)")
 	vm := f.String("vm", "", "list only the scans of `VM`")

@@ -3,7 +3,6 @@ package ext4
 import (
 	"encoding/binary"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -11,10 +10,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
-
-var updateSeeds = flag.Bool("update-seeds", false, "rewrite testdata/fuzz/FuzzExt4 from the fixture images")
 
 // fuzzMaxImage caps the image a fuzz input may describe.
 const fuzzMaxImage = 4 << 20
@@ -113,14 +111,8 @@ func fuzzOne(t *testing.T, data []byte) {
 // TestWriteFuzzSeeds rewrites the seed corpus from the tiny fixture images
 // (go test -run TestWriteFuzzSeeds -update-seeds).
 func TestWriteFuzzSeeds(t *testing.T) {
-	if !*updateSeeds {
-		t.Skip("run with -update-seeds to rewrite the corpus")
-	}
+	testenv.NeedUpdateSeeds(t)
 	dir := fixture(t)
-	out := filepath.Join("testdata", "fuzz", "FuzzExt4")
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	for _, name := range []string{"tiny-ext4", "tiny-ext2", "tiny-inline", "loop"} {
 		b, err := os.ReadFile(filepath.Join(dir, name+".img"))
 		if err != nil {
@@ -132,10 +124,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		if len(b) >= 64<<10 {
 			t.Fatalf("%s: %d bytes after trimming, want < 64 KiB", name, len(b))
 		}
-		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)
-		if err := os.WriteFile(filepath.Join(out, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		testenv.WriteSeed(t, "FuzzExt4", name, b)
 	}
 }
 

@@ -3,20 +3,15 @@ package fat
 import (
 	"bytes"
 	"errors"
-	"flag"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 
 	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
-
-var update = flag.Bool("update", false, "rewrite the committed fuzz seeds from the fixtures")
 
 // fuzzSize is the volume size the fuzz inputs are served as: seeds are
 // stored without their trailing zeros, which the reader gives back.
@@ -64,38 +59,25 @@ func FuzzFAT(f *testing.F) {
 	})
 }
 
+// TestWriteFuzzSeeds rewrites the committed seed from the fixtures
+// (go test -run TestWriteFuzzSeeds -update-seeds).
+func TestWriteFuzzSeeds(t *testing.T) {
+	testenv.NeedUpdateSeeds(t)
+	img, err := os.ReadFile(filepath.Join(fixture(t), "small12.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.WriteSeed(t, "FuzzFAT", "small12", bytes.TrimRight(img, "\x00"))
+}
+
 // TestFuzzSeeds checks the committed seeds still open as FAT volumes with
-// files in them; with -update it rewrites them from the fixtures.
+// files in them.
 func TestFuzzSeeds(t *testing.T) {
-	seed := filepath.Join("testdata", "fuzz", "FuzzFAT", "small12")
-	if *update {
-		img, err := os.ReadFile(filepath.Join(fixture(t), "small12.img"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		img = bytes.TrimRight(img, "\x00")
-		body := fmt.Sprintf("go test fuzz v1\n[]byte(%s)\n", strconv.Quote(string(img)))
-		if err := os.MkdirAll(filepath.Dir(seed), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(seed, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
+	s := testenv.ReadSeed(t, "FuzzFAT", "small12")
+	if len(s) >= 48<<10 {
+		t.Errorf("seed is %d bytes, want < 48 KiB", len(s))
 	}
-	body, err := os.ReadFile(seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(body) >= 64<<10 {
-		t.Errorf("seed %s is %d bytes, want < 64 KiB", seed, len(body))
-	}
-	lines := bytes.SplitN(body, []byte("\n"), 3)
-	q := bytes.TrimSuffix(bytes.TrimPrefix(lines[1], []byte("[]byte(")), []byte(")"))
-	s, err := strconv.Unquote(string(q))
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := New(zeroPad{[]byte(s), fuzzSize}, fuzzSize)
+	v, err := New(zeroPad{s, fuzzSize}, fuzzSize)
 	if err != nil {
 		t.Fatal(err)
 	}

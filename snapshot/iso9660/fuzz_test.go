@@ -4,19 +4,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"flag"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 
 	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
-
-var update = flag.Bool("update", false, "rewrite the committed fuzz seeds from the fixtures")
 
 // An ISO image is mostly zeros (a 32 KiB system area, padded blocks), too
 // many for a seed file of under 64 KiB in Go's quoted corpus format. Fuzz
@@ -90,37 +85,24 @@ func TestPack(t *testing.T) {
 	}
 }
 
-// TestFuzzSeeds checks the committed seeds still open with files in
-// them; with -update it rewrites them from the fixtures.
+// TestWriteFuzzSeeds rewrites the committed seed from the fixtures
+// (go test -run TestWriteFuzzSeeds -update-seeds).
+func TestWriteFuzzSeeds(t *testing.T) {
+	testenv.NeedUpdateSeeds(t)
+	img, err := os.ReadFile(filepath.Join(fixture(t), "small.iso"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.WriteSeed(t, "FuzzISO9660", "small", pack(img))
+}
+
+// TestFuzzSeeds checks the committed seeds still open with files in them.
 func TestFuzzSeeds(t *testing.T) {
-	seed := filepath.Join("testdata", "fuzz", "FuzzISO9660", "small")
-	if *update {
-		img, err := os.ReadFile(filepath.Join(fixture(t), "small.iso"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		body := fmt.Sprintf("go test fuzz v1\n[]byte(%s)\n", strconv.Quote(string(pack(img))))
-		if err := os.MkdirAll(filepath.Dir(seed), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(seed, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
+	packed := testenv.ReadSeed(t, "FuzzISO9660", "small")
+	if len(packed) >= 48<<10 {
+		t.Errorf("seed is %d bytes, want < 48 KiB", len(packed))
 	}
-	body, err := os.ReadFile(seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(body) >= 64<<10 {
-		t.Errorf("seed %s is %d bytes, want < 64 KiB", seed, len(body))
-	}
-	lines := bytes.SplitN(body, []byte("\n"), 3)
-	q := bytes.TrimSuffix(bytes.TrimPrefix(lines[1], []byte("[]byte(")), []byte(")"))
-	s, err := strconv.Unquote(string(q))
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := unpack([]byte(s))
+	data := unpack(packed)
 	v, err := New(bytes.NewReader(data), int64(len(data)))
 	if err != nil {
 		t.Fatal(err)

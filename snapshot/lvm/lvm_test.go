@@ -286,11 +286,9 @@ func FuzzPV(f *testing.F) {
 
 // TestWriteFuzzSeeds refreshes the committed fuzz seeds from the fixture
 // (the start of pv0: label, mda_header and metadata text; and the text
-// alone) when SNAPSCAN_WRITE_SEEDS=1.
+// alone): go test -run TestWriteFuzzSeeds -update-seeds.
 func TestWriteFuzzSeeds(t *testing.T) {
-	if os.Getenv("SNAPSCAN_WRITE_SEEDS") != "1" {
-		t.Skip("set SNAPSCAN_WRITE_SEEDS=1 to rewrite the fuzz seeds")
-	}
+	testenv.NeedUpdateSeeds(t)
 	out := fixture(t)
 	pvs, raw := readPVs(t, out, "pv0.img")
 	end := bytes.IndexByte(raw[0][4096+512:], 0) + 4096 + 512
@@ -300,19 +298,9 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	if pv, err := ReadPV(bytes.NewReader(dev), int64(len(dev))); err != nil || pv.Metadata == nil {
 		t.Fatalf("PV prefix does not read: %v", err)
 	}
-	for name, b := range map[string][]byte{
-		"FuzzPV/pv0-start":     prefix,
-		"FuzzMetadata/fixture": pvs[0].Metadata,
-		"FuzzMetadata/meta.vg": must(os.ReadFile(filepath.Join(out, "meta.vg"))),
-	} {
-		p := filepath.Join("testdata", "fuzz", name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testenv.WriteSeed(t, "FuzzPV", "pv0-start", prefix)
+	testenv.WriteSeed(t, "FuzzMetadata", "fixture", pvs[0].Metadata)
+	testenv.WriteSeed(t, "FuzzMetadata", "meta.vg", must(os.ReadFile(filepath.Join(out, "meta.vg"))))
 }
 
 func must(b []byte, err error) []byte {

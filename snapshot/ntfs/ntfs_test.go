@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -365,11 +364,9 @@ func FuzzNew(f *testing.F) {
 
 // TestWriteFuzzSeed refreshes the committed seed of FuzzNew from the small
 // fixture volume (boot sector and its first 40 MFT records) when
-// SNAPSCAN_WRITE_SEEDS=1.
-func TestWriteFuzzSeed(t *testing.T) {
-	if os.Getenv("SNAPSCAN_WRITE_SEEDS") != "1" {
-		t.Skip("set SNAPSCAN_WRITE_SEEDS=1 to rewrite the fuzz seed")
-	}
+// go test -run TestWriteFuzzSeeds -update-seeds.
+func TestWriteFuzzSeeds(t *testing.T) {
+	testenv.NeedUpdateSeeds(t)
 	out := fixture(t)
 	b, err := os.ReadFile(filepath.Join(out, "small.img"))
 	if err != nil {
@@ -383,14 +380,7 @@ func TestWriteFuzzSeed(t *testing.T) {
 	if _, err := New(bytes.NewReader(img), int64(len(img))); err != nil {
 		t.Fatalf("seed does not open: %v", err)
 	}
-	dir := filepath.Join("testdata", "fuzz", "FuzzNew")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", seed)
-	if err := os.WriteFile(filepath.Join(dir, "small-volume"), []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testenv.WriteSeed(t, "FuzzNew", "small-volume", seed)
 }
 
 // BenchmarkReadTree walks the image made by bench/ntfs-tree.sh and reads

@@ -3,19 +3,14 @@ package squashfs
 import (
 	"bytes"
 	"errors"
-	"flag"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 
 	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
-
-var update = flag.Bool("update", false, "rewrite the committed fuzz seeds from the fixtures")
 
 func FuzzSquashfs(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -33,37 +28,24 @@ func FuzzSquashfs(f *testing.F) {
 	})
 }
 
-// TestFuzzSeeds checks the committed seeds still open with files in
-// them; with -update it rewrites them from the fixtures.
+// TestWriteFuzzSeeds rewrites the committed seed from the fixtures
+// (go test -run TestWriteFuzzSeeds -update-seeds).
+func TestWriteFuzzSeeds(t *testing.T) {
+	testenv.NeedUpdateSeeds(t)
+	img, err := os.ReadFile(filepath.Join(fixture(t), "small.sqfs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.WriteSeed(t, "FuzzSquashfs", "small", img)
+}
+
+// TestFuzzSeeds checks the committed seeds still open with files in them.
 func TestFuzzSeeds(t *testing.T) {
-	seed := filepath.Join("testdata", "fuzz", "FuzzSquashfs", "small")
-	if *update {
-		img, err := os.ReadFile(filepath.Join(fixture(t), "small.sqfs"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		body := fmt.Sprintf("go test fuzz v1\n[]byte(%s)\n", strconv.Quote(string(img)))
-		if err := os.MkdirAll(filepath.Dir(seed), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(seed, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
+	s := testenv.ReadSeed(t, "FuzzSquashfs", "small")
+	if len(s) >= 48<<10 {
+		t.Errorf("seed is %d bytes, want < 48 KiB", len(s))
 	}
-	body, err := os.ReadFile(seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(body) >= 64<<10 {
-		t.Errorf("seed %s is %d bytes, want < 64 KiB", seed, len(body))
-	}
-	lines := bytes.SplitN(body, []byte("\n"), 3)
-	q := bytes.TrimSuffix(bytes.TrimPrefix(lines[1], []byte("[]byte(")), []byte(")"))
-	s, err := strconv.Unquote(string(q))
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := New(bytes.NewReader([]byte(s)), int64(len(s)))
+	v, err := New(bytes.NewReader(s), int64(len(s)))
 	if err != nil {
 		t.Fatal(err)
 	}

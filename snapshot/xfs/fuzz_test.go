@@ -3,7 +3,6 @@ package xfs
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"hash/crc32"
 	"io"
 	"io/fs"
@@ -246,13 +245,11 @@ func FuzzXFS(f *testing.F) {
 	})
 }
 
-// TestWriteFuzzSeeds writes the seed corpora from the fixture images when
-// SNAPSCAN_UPDATE_FUZZ=1: real structures located with the offsets that
-// testdata/xfs.sh recorded.
+// TestWriteFuzzSeeds writes the seed corpora from the fixture images
+// (go test -run TestWriteFuzzSeeds -update-seeds): real structures located
+// with the offsets that testdata/xfs.sh recorded.
 func TestWriteFuzzSeeds(t *testing.T) {
-	if os.Getenv("SNAPSCAN_UPDATE_FUZZ") != "1" {
-		t.Skip("set SNAPSCAN_UPDATE_FUZZ=1 to rewrite testdata/fuzz")
-	}
+	testenv.NeedUpdateSeeds(t)
 	testenv.NeedRoot(t)
 	dir := testenv.Fixture(t, "xfs.sh")
 	offs := map[string]int64{}
@@ -276,16 +273,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		}
 		return b
 	}
-	write := func(target, name string, b []byte) {
-		d := filepath.Join("testdata", "fuzz", target)
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		s := "go test fuzz v1\n[]byte(" + strconv.Quote(string(b)) + ")\n"
-		if err := os.WriteFile(filepath.Join(d, name), []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(target, name string, b []byte) { testenv.WriteSeed(t, target, name, b) }
 	sel := map[string]byte{"v5.img": 1, "v4.img": 0}
 	isize := map[string]int{"v5.img": 512, "v4.img": 256}
 	core := map[string]int{"v5.img": 176, "v4.img": 100}
@@ -333,23 +321,9 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	add(1024, 512)
 	add(128*512, 512)
 	write("FuzzXFS", "v5-root", seed)
-	fmt.Println("seeds written")
 }
 
-// readSeed decodes one committed corpus file.
-func readSeed(t *testing.T, target, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", "fuzz", target, name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, q, _ := strings.Cut(strings.TrimSpace(string(b)), "[]byte(")
-	s, err := strconv.Unquote(strings.TrimSuffix(q, ")"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return []byte(s)
-}
+func readSeed(t *testing.T, target, name string) []byte { return testenv.ReadSeed(t, target, name) }
 
 // TestFuzzSeedsParse checks that the committed seeds are valid structures
 // for their harness, so fuzzing starts past the first checks.
