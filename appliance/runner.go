@@ -203,6 +203,7 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	set := activeSet{name: act.Manifest.Name, version: act.Manifest.Version, rulesID: act.Rules.ID()}
 	started := time.Now().UTC()
 	jp := &jobProgress{disks: len(job.Disks)}
+	a.unreadable.clear(job.ID)
 	a.progress.addJob(job.ID, jp)
 	defer a.progress.removeJob(job.ID)
 	var disks []diskScan
@@ -238,7 +239,7 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	if err := a.cache.Flush(sctx); err != nil {
 		log.Warn("appliance: verdict cache", "err", err)
 	}
-	a.events.Emit(rows)
+	a.events.Emit(scanEvents(res, rows)...)
 	a.m.scanDone(res)
 	if timedOut {
 		log.Warn("appliance: scan stopped by the job time limit", "limit", limit, "findings", len(rows), "incomplete", res.Incomplete)
@@ -276,6 +277,7 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 		},
 	})
 	if err != nil {
+		a.unreadable.set(job.ID, d)
 		return nil, classify(ctx, fmt.Errorf("disk %s on %s: %w", d.Path, d.Datastore, err))
 	}
 	defer disk.Close()
@@ -299,6 +301,7 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 		if len(reasons) == 0 {
 			reasons = []string{"no partition or file system found"}
 		}
+		a.unreadable.set(job.ID, d)
 		return nil, queue.Permanent(fmt.Errorf("disk %s on %s (%s): no readable volume: %s", d.Path, d.Datastore, disk.Format, strings.Join(reasons, "; ")))
 	}
 	a.progress.addTarget(t.Name, jp)
