@@ -67,6 +67,14 @@ func (a *Appliance) Handler() http.Handler {
 	handle("POST /v1/datastores/{name}/pause", a.handlePause(true))
 	handle("POST /v1/datastores/{name}/resume", a.handlePause(false))
 	handle("GET /v1/signatures", a.handleSignatures)
+	handle("GET /v1/queue", a.handleQueue)
+	handle("GET /v1/vms", a.handleVMs)
+	handle("GET /v1/datastores/{name}/history", a.handleHistory)
+	handle("GET /v1/events", a.handleEvents)
+	// The console: pages for a browser, which logs in with an API token
+	// and then calls this API with its session (see auth).
+	mux.Handle("/console/", a.console.Handler())
+	mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusSeeOther))
 	// The central server pushes here; the receiver verifies the bundle,
 	// the token only says who may try.
 	mux.Handle("POST /v1/signatures", a.auth(a.pushTokens, a.recv.Handler()))
@@ -91,9 +99,12 @@ func (a *Appliance) count(h http.Handler) http.Handler {
 // auth lets a request through when it bears one of tokens, or a client
 // certificate verified against server.tls.client_ca (httpx.RequireBearer:
 // the scheme in any case, digests compared in constant time, refusals
-// logged without the secret).
+// logged without the secret), or the console's session cookie of a login
+// with one of tokens (with its CSRF token when it changes something:
+// console.Authenticate).
 func (a *Appliance) auth(tokens httpx.Tokens, next http.Handler) http.Handler {
-	return httpx.RequireBearer(tokens, next, httpx.BearerOptions{Log: a.log, ClientCert: a.clientCAs != nil})
+	bearer := httpx.RequireBearer(tokens, next, httpx.BearerOptions{Log: a.log, ClientCert: a.clientCAs != nil})
+	return a.console.Authenticate(tokens, bearer, next)
 }
 
 func hashTokens(ts []string) httpx.Tokens { return httpx.NewTokens(ts...) }
@@ -411,7 +422,7 @@ func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request) error
 	var q results.FindingQuery
 	var err error
 	qs := r.URL.Query()
-	q.VM, q.Rule = qs.Get("vm"), qs.Get("rule")
+	q.VM, q.Rule, q.Tag, q.Datastore = qs.Get("vm"), qs.Get("rule"), qs.Get("tag"), qs.Get("datastore")
 	if q.JobID, err = intParam(r, "scan", 0, 0, 1<<62); err != nil {
 		return err
 	}
