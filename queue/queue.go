@@ -133,6 +133,21 @@ type Config struct {
 	// ObserveWait, if set, is called on each job start with the job's class
 	// and how long it waited since its wait start (for a histogram).
 	ObserveWait func(Class, time.Duration)
+	// Appliance names this queue's appliance in the fleet (default
+	// "local"). Each process holds its leases under Appliance plus a
+	// random suffix; a restarted appliance ends its earlier process's
+	// leases at once. Two appliances on one store must have different
+	// names.
+	Appliance string
+	// LeaseTTL is how long a lease lasts without a heartbeat (default
+	// 15 s): how long the jobs of an appliance that died wait before
+	// another takes them, and how long an appliance that lost the
+	// database keeps scanning.
+	LeaseTTL time.Duration
+	// SyncInterval is how often the queue renews its lease, takes its rate
+	// shares, reaps expired leases and reads the fleet's changes (default
+	// 1 s, at most LeaseTTL/4).
+	SyncInterval time.Duration
 	// OnFinish, if set, is called after a job's terminal state is
 	// committed. It is called at most once per job by this process; a
 	// crash just after the commit loses the call, never repeats it. It
@@ -168,6 +183,16 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.Appliance == "" {
+		c.Appliance = "local"
+	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = 15 * time.Second
+	}
+	if c.SyncInterval <= 0 {
+		c.SyncInterval = time.Second
+	}
+	c.SyncInterval = min(c.SyncInterval, c.LeaseTTL/4)
 }
 
 // Queue is the scan queue. Its methods are safe for concurrent use.
@@ -191,6 +216,7 @@ type Queue struct {
 	active    int                   // running jobs whose runner has not returned
 	ended     []*runningJob         // runner returned, end not yet committed
 	runningVM map[string]int
+	fleet                       // other holders' runs, the lease, the changes cursor
 	ds        map[string]*datastore
 	dsNames   []string // sorted, for round-robin
 	rr        int      // round-robin cursor into dsNames
@@ -204,6 +230,9 @@ type entry struct {
 	Job
 	ds  []*datastore // distinct, by name
 	key time.Time    // see Queue.key
+	// noSlotUntil: the store refused a start for want of a slot (another
+	// appliance took it) or of a live lease; wait for a sync.
+	noSlotUntil time.Time
 }
 
 type runningJob struct {
@@ -211,6 +240,7 @@ type runningJob struct {
 	ds              []*datastore
 	cancel          context.CancelFunc
 	cancelRequested bool
+	leaseLost       bool // the lease ended: the run is no longer this queue's
 	// Set when the runner returns.
 	err          error
 	pastDeadline bool
@@ -238,12 +268,20 @@ func New(ctx context.Context, store Store, run Runner, cfg Config) (*Queue, erro
 		runningVM: map[string]int{},
 		ds:        map[string]*datastore{},
 	}
+	q.fleet.init()
 	for i := range q.wait {
 		q.wait[i].Counts = make([]uint64, len(WaitBuckets)+1)
 	}
-	if err := q.recoverLost(ctx); err != nil {
+	if err := q.register(ctx); err != nil {
 		return nil, err
 	}
+	// The clock first: a change made while the rest is read is read again
+	// from Changes, and mirroring is idempotent.
+	clock, err := store.Clock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	q.clock = clock
 	saved, err := store.Datastores(ctx)
 	if err != nil {
 		return nil, err
@@ -258,53 +296,28 @@ func New(ctx context.Context, store Store, run Runner, cfg Config) (*Queue, erro
 	for i := range jobs {
 		q.mirror(jobs[i])
 	}
+	running, err := store.Running(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, j := range running {
+		q.mirrorRemote(j)
+	}
+	if err := q.reap(ctx); err != nil {
+		return nil, err
+	}
 	return q, nil
-}
-
-// recoverLost ends the runs a crash left running: each goes back to the
-// queue with its attempt counted, unless it asked to be cancelled, its VM
-// has a newer queued job (which absorbs it), or it used its last attempt.
-func (q *Queue) recoverLost(ctx context.Context) error {
-	lost, err := q.store.Running(ctx)
-	if err != nil || len(lost) == 0 {
-		return err
-	}
-	queued, err := q.store.Queued(ctx)
-	if err != nil {
-		return err
-	}
-	queuedVM := map[string]int64{}
-	for _, j := range queued {
-		queuedVM[j.VM] = j.ID
-	}
-	now := q.cfg.Now()
-	ts := make([]Transition, len(lost))
-	for i, j := range lost {
-		ts[i] = q.lostOutcome(j, queuedVM[j.VM], now)
-	}
-	results, err := q.store.Apply(ctx, ts)
-	if err != nil {
-		return fmt.Errorf("queue: recover runs left by a crash: %w", err)
-	}
-	for i, r := range results {
-		if r.Err != nil {
-			return fmt.Errorf("queue: recover job %d: %w", ts[i].ID, r.Err)
-		}
-		q.log.Warn("queue: run lost to a crash", "job", r.Job.ID, "vm", r.Job.VM, "attempts", r.Job.Attempts,
-			"crashes", r.Job.Crashes, "now", r.Job.State)
-	}
-	return nil
 }
 
 // lostOutcome decides how a run that never reported its end (its process
 // crashed) ends. queuedID is the VM's queued job, or 0.
 func (q *Queue) lostOutcome(j Job, queuedID int64, now time.Time) Transition {
-	t := Transition{ID: j.ID, From: Running, At: now, Lost: true}
+	t := Transition{ID: j.ID, From: Running, At: now, Lost: true, Holder: j.Holder, Epoch: j.Epoch}
 	crashes := j.Crashes + 1
 	switch {
 	case j.CancelRequested:
 		t.To, t.Err = Cancelled, "queue: cancelled (the run was lost to a crash)"
-	case queuedID != 0:
+	case queuedID != 0 && queuedID != j.ID:
 		t.To, t.MergeInto = Cancelled, queuedID
 		t.Err = fmt.Sprintf("queue: superseded by job %d: the run was lost to a crash", queuedID)
 	case j.Attempts >= q.cfg.MaxAttempts:
@@ -341,11 +354,13 @@ func (q *Queue) datastore(name string) *datastore {
 
 // mirror records a queued job in memory. q.mu must be held.
 func (q *Queue) mirror(j Job) {
+	q.forget(j.ID)
 	e := &entry{Job: j, key: q.key(&j)}
 	for _, name := range j.Datastores() {
 		e.ds = append(e.ds, q.datastore(name))
 	}
 	q.queued[j.ID] = e
+	q.queuedVM[j.VM] = j.ID
 }
 
 func (q *Queue) signal() {
@@ -450,7 +465,7 @@ func (q *Queue) Cancel(ctx context.Context, id int64) error {
 			if e := q.queued[id]; e != nil {
 				done = &e.Job
 			}
-			delete(q.queued, id)
+			q.forget(id)
 			q.stats.cancelled++
 		case Running:
 			if rj := q.running[id]; rj != nil {
@@ -593,6 +608,13 @@ func (q *Queue) Serve(ctx context.Context) error {
 	q.serving = true
 	q.mu.Unlock()
 
+	// The fleet's side (lease, shares, reaping, others' changes) runs
+	// beside the scheduler and ends with it.
+	syncCtx, stopSync := context.WithCancel(ctx)
+	synced := make(chan struct{})
+	go func() { defer close(synced); q.syncLoop(syncCtx) }()
+	defer func() { stopSync(); <-synced }()
+
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for ctx.Err() == nil {
@@ -670,9 +692,20 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 		}
 	}
 	var changes []change
+	kept := q.ended[:0]
 	for _, rj := range q.ended {
+		if rj.leaseLost {
+			// The lease ended under the run: it is no longer this
+			// queue's to report (the store would refuse it); whoever
+			// reaps the lease ends it as lost.
+			delete(q.running, rj.job.ID)
+			continue
+		}
+		kept = append(kept, rj)
 		changes = append(changes, change{t: q.outcome(serveCtx, rj, now), rj: rj})
 	}
+	q.ended = kept
+	q.checkDrained()
 	var eligible []*entry
 	for _, e := range q.queued {
 		if !e.Deadline.IsZero() {
@@ -687,7 +720,8 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 			soonest(r)
 			continue
 		}
-		if startNew && !q.draining && q.runningVM[e.VM] == 0 && !q.paused(e) {
+		if startNew && !q.draining && q.leaseOK() && q.runningVM[e.VM]+q.remoteVM[e.VM] == 0 && !q.paused(e) &&
+			!e.noSlotUntil.After(now) {
 			eligible = append(eligible, e)
 		}
 	}
@@ -706,7 +740,12 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 		e := eligible[i]
 		eligible = slices.Delete(eligible, i, i+1)
 		q.take(e.ds, e.VM, 1)
-		changes = append(changes, change{e: e, start: true, t: Transition{ID: e.ID, From: Queued, To: Running, At: now}})
+		slots := make(map[string]int, len(e.ds))
+		for _, d := range e.ds {
+			slots[d.name] = d.cfg.Budget.maxScans()
+		}
+		changes = append(changes, change{e: e, start: true, t: Transition{ID: e.ID, From: Queued, To: Running, At: now,
+			Holder: q.holder, Slots: slots}})
 	}
 	if len(changes) == 0 {
 		q.mu.Unlock()
@@ -768,17 +807,27 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 				finished = append(finished, r.Job)
 			}
 		case c.start:
-			delete(q.queued, c.e.ID)
 			if r.Err != nil {
-				// The store knows better (another writer?): forget the
-				// job rather than run it.
 				q.take(c.e.ds, c.e.VM, -1)
-				q.log.Warn("queue: start refused by the store", "job", c.e.ID, "err", r.Err)
+				switch {
+				case errors.Is(r.Err, ErrNoSlot), errors.Is(r.Err, ErrLeaseLost):
+					// Another appliance took the slot, or our lease is
+					// being renewed: look again after the next sync.
+					c.e.noSlotUntil = now.Add(q.cfg.SyncInterval)
+					soonest(c.e.noSlotUntil)
+					q.syncSoon()
+				default:
+					// Another appliance started it, or it changed: the
+					// store knows better, and the next sync says what.
+					q.forget(c.e.ID)
+					q.syncSoon()
+				}
 				continue
 			}
+			q.forget(c.e.ID)
 			q.launch(serveCtx, c.e, r.Job, now)
 		default: // expiry
-			delete(q.queued, c.e.ID)
+			q.forget(c.e.ID)
 			if r.Err == nil {
 				q.stats.failed++
 				finished = append(finished, r.Job)
@@ -822,7 +871,7 @@ func (q *Queue) pick(eligible []*entry, now time.Time) int {
 	used := map[*datastore]int{}      // slots taken by earlier candidates
 	reserved := map[*datastore]bool{} // held for an earlier blocked job
 	seen := map[*datastore]bool{}     // wanted by an earlier job
-	full := func(d *datastore) bool { return d.running+used[d] >= d.cfg.Budget.maxScans() }
+	full := func(d *datastore) bool { return d.running+d.remote+used[d] >= d.cfg.Budget.maxScans() }
 	closed := 0 // datastores full, paused or reserved: when all are, stop looking
 	for _, d := range q.ds {
 		if full(d) || d.cfg.Paused {
@@ -882,7 +931,7 @@ func (q *Queue) pick(eligible []*entry, now time.Time) int {
 		e := eligible[i]
 		load, dist := 0, len(q.dsNames)
 		for _, d := range e.ds {
-			load = max(load, d.running)
+			load = max(load, d.running+d.remote)
 			pos, _ := slices.BinarySearch(q.dsNames, d.name)
 			dist = min(dist, (pos-q.rr+len(q.dsNames))%len(q.dsNames))
 		}
@@ -917,6 +966,11 @@ func (q *Queue) launch(serveCtx context.Context, e *entry, j Job, now time.Time)
 		cancel = func() { c2(); c1() }
 	}
 	rj.cancel = cancel
+	for _, d := range e.ds {
+		if d.needsShare() {
+			q.syncSoon() // its reads wait for a rate share
+		}
+	}
 	q.wg.Add(1)
 	go q.runJob(jctx, rj)
 }
@@ -965,7 +1019,7 @@ func (q *Queue) safeRun(ctx context.Context, j Job, wrap Wrap) (err error) {
 // writes it, so a Cancel acknowledged before is never overtaken by a retry.
 func (q *Queue) outcome(serveCtx context.Context, rj *runningJob, now time.Time) Transition {
 	j, runErr := rj.job, rj.err
-	t := Transition{ID: j.ID, From: Running, At: now}
+	t := Transition{ID: j.ID, From: Running, At: now, Holder: j.Holder, Epoch: j.Epoch}
 	switch {
 	case runErr == nil:
 		t.To = Done
@@ -987,12 +1041,9 @@ func (q *Queue) outcome(serveCtx context.Context, rj *runningJob, now time.Time)
 	if t.To == Queued {
 		// The VM was enqueued again while this run went on: that newer
 		// job is the VM's one queued job, and it takes over.
-		for _, e := range q.queued {
-			if e.VM == j.VM {
-				t.To, t.RetryAt, t.MergeInto = Cancelled, time.Time{}, e.ID
-				t.Err = fmt.Sprintf("queue: superseded by job %d: %s", e.ID, t.Err)
-				break
-			}
+		if id, ok := q.queuedVM[j.VM]; ok {
+			t.To, t.RetryAt, t.MergeInto = Cancelled, time.Time{}, id
+			t.Err = fmt.Sprintf("queue: superseded by job %d: %s", id, t.Err)
 		}
 	}
 	return t
