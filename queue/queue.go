@@ -216,7 +216,7 @@ type Queue struct {
 	active    int                   // running jobs whose runner has not returned
 	ended     []*runningJob         // runner returned, end not yet committed
 	runningVM map[string]int
-	fleet                       // other holders' runs, the lease, the changes cursor
+	fleet     // other holders' runs, the lease, the changes cursor
 	ds        map[string]*datastore
 	dsNames   []string // sorted, for round-robin
 	rr        int      // round-robin cursor into dsNames
