@@ -77,6 +77,10 @@ type datastore struct {
 	// a share for it. Guarded by Queue.mu.
 	share Share
 	held  bool
+	// idleAt is when this queue's last scan on it ended: a share is kept
+	// for a few syncs after that, so back-to-back jobs do not wait for
+	// a grant each. Guarded by Queue.mu.
+	idleAt time.Time
 
 	bytes *rate.Limiter
 	ops   *rate.Limiter

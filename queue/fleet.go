@@ -279,6 +279,10 @@ func (q *Queue) reap(ctx context.Context) error {
 	return nil
 }
 
+// shareGrace is how many syncs a queue keeps a share of a datastore it
+// stopped reading.
+const shareGrace = 3
+
 // syncShares takes this queue's shares of the budgets of the datastores
 // it reads (see ShareRequest).
 func (q *Queue) syncShares(ctx context.Context) {
@@ -291,7 +295,11 @@ func (q *Queue) syncShares(ctx context.Context) {
 		if !d.cfg.Budget.rated() || d.running == 0 && !d.held {
 			continue
 		}
-		reqs = append(reqs, ShareRequest{Datastore: name, Budget: d.cfg.Budget, Scans: d.running, Keep: d.share})
+		scans := d.running
+		if scans == 0 && d.share != (Share{}) && time.Since(d.idleAt) < shareGrace*q.cfg.SyncInterval {
+			scans = 1 // idle for a moment only: keep a share for the next job
+		}
+		reqs = append(reqs, ShareRequest{Datastore: name, Budget: d.cfg.Budget, Scans: scans, Keep: d.share})
 		ds = append(ds, d)
 	}
 	q.mu.Unlock()

@@ -10,7 +10,8 @@
 // above does.
 //
 // State lives behind the Store interface, in a package of its own per
-// database: queue/sqlite (modernc.org/sqlite, pure Go) for one appliance.
+// database: queue/sqlite (modernc.org/sqlite, pure Go) for one appliance,
+// queue/postgres (pgx) for a fleet of appliances sharing one PostgreSQL.
 // Every implementation passes the suite in queue/storetest. Every state
 // change is committed before it is acknowledged: Enqueue returns after the
 // commit.
@@ -68,6 +69,53 @@
 // still running, ends that run as lost (Job.Crashes) and fails the job
 // once it has used MaxAttempts, "crashed the scanner N times", so a disk
 // whose bytes crash the process cannot run forever.
+//
+// # Fleet mode
+//
+// Several queues, one per appliance, may share one Store: queue/postgres
+// for a fleet, queue/sqlite for processes on one host. Each holds its runs
+// under a lease it renews every Config.SyncInterval (Store.Heartbeat,
+// valid for Config.LeaseTTL by the store's clock). Starting a job commits
+// the holder and a new epoch; every later report about the run carries
+// both and is refused unless it is the job's current run (fencing), so an
+// appliance that wakes up after its lease ended cannot complete a job
+// another appliance has taken over.
+//
+// A lease that ends (its appliance died, hung or lost the database) is
+// reaped by any queue of the fleet (a restarted appliance reaps its own
+// earlier process at once): its runs end as lost and go back to the queue
+// with their attempts counted, under the MaxAttempts rule above. The
+// queues follow each other's writes through Store.Changes, in commit
+// order, so each schedules from the fleet's queue: merge per VM (done by
+// the store), classes and aging (from stored times), holds (the same rule
+// over the same view), retries and cancel (a cancel asked of any
+// appliance reaches the runner wherever it runs) keep their meaning. One
+// run per VM holds over the fleet.
+//
+// A queue whose store stops answering starts nothing more; its running
+// scans go on until its lease would end by its own clock, counted from
+// when its last successful heartbeat was sent, which is before the store
+// ends it; then it stops them, and the ends it could not write are
+// dropped (another appliance redoes the runs). An end that could not be
+// written while the lease lasts is retried until it is.
+//
+// # Budgets over the fleet
+//
+// A datastore's MaxScans counts the scans of the whole fleet: a start
+// takes a slot row per datastore in the start's own transaction, refused
+// with ErrNoSlot when another appliance took the last one. Its byte and
+// op rates are shared out through the store (Store.Shares, every sync):
+// each queue asks for its running scans' part of the budget, and the store
+// grants it only out of what the other live leases leave free. A queue's
+// limiter never runs above the share recorded for it (it lowers its
+// limiter before the store frees the difference, and raises it only after
+// a grant), and the recorded shares never add up to more than the budget.
+// So a hand-over adds nothing over the budget: over any interval of
+// length T a datastore receives at most Budget×(T + BurstWindow) plus 4 KiB
+// per queue, the token buckets' bursts, as with one appliance; in a
+// 1-second window at most 1.10× its budget plus 4 KiB per queue. What a
+// hand-over costs is time: a share one queue gives up reaches another one
+// sync later, and a dead appliance's share is unused until its lease ends.
 //
 // # Exactly once
 //
@@ -848,7 +896,9 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 // q.mu must be held.
 func (q *Queue) take(ds []*datastore, vm string, n int) {
 	for _, d := range ds {
-		d.running += n
+		if d.running += n; d.running == 0 {
+			d.idleAt = time.Now()
+		}
 	}
 	q.active += n
 	if q.runningVM[vm] += n; q.runningVM[vm] <= 0 {
