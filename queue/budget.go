@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/btree"
 	"golang.org/x/time/rate"
 )
 
@@ -77,6 +78,9 @@ type datastore struct {
 	// a share for it. Guarded by Queue.mu.
 	share Share
 	held  bool
+	// due holds the datastore's due queued jobs in key order (sched.go).
+	// Guarded by Queue.mu.
+	due *btree.BTreeG[*entry]
 	// idleAt is when this queue's last scan on it ended: a share is kept
 	// for a few syncs after that, so back-to-back jobs do not wait for
 	// a grant each. Guarded by Queue.mu.
@@ -90,7 +94,7 @@ type datastore struct {
 
 func newDatastore(name string, cfg DatastoreConfig) *datastore {
 	d := &datastore{name: name, bytes: rate.NewLimiter(rate.Inf, 0), ops: rate.NewLimiter(rate.Inf, 0),
-		turn: make(chan struct{}, 1)}
+		turn: make(chan struct{}, 1), due: newDueTree()}
 	d.configure(cfg)
 	return d
 }

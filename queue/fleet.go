@@ -66,6 +66,8 @@ func (q *Queue) syncSoon() {
 // forget drops what the mirror knows of job id. q.mu must be held.
 func (q *Queue) forget(id int64) {
 	if e := q.queued[id]; e != nil {
+		e.gone = true
+		q.unDue(e)
 		delete(q.queued, id)
 		if q.queuedVM[e.VM] == id {
 			delete(q.queuedVM, e.VM)

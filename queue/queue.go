@@ -127,7 +127,7 @@
 package queue
 
 import (
-	"cmp"
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -265,6 +265,7 @@ type Queue struct {
 	ended     []*runningJob         // runner returned, end not yet committed
 	runningVM map[string]int
 	fleet     // other holders' runs, the lease, the changes cursor
+	sched     schedIndex
 	ds        map[string]*datastore
 	dsNames   []string // sorted, for round-robin
 	rr        int      // round-robin cursor into dsNames
@@ -281,6 +282,8 @@ type entry struct {
 	// noSlotUntil: the store refused a start for want of a slot (another
 	// appliance took it) or of a live lease; wait for a sync.
 	noSlotUntil time.Time
+	due         bool // in its datastores' queues (see sched.go)
+	gone        bool // forgotten: dropped from the heaps when met
 }
 
 type runningJob struct {
@@ -317,6 +320,7 @@ func New(ctx context.Context, store Store, run Runner, cfg Config) (*Queue, erro
 		ds:        map[string]*datastore{},
 	}
 	q.fleet.init()
+	q.sched.init()
 	for i := range q.wait {
 		q.wait[i].Counts = make([]uint64, len(WaitBuckets)+1)
 	}
@@ -409,6 +413,7 @@ func (q *Queue) mirror(j Job) {
 	}
 	q.queued[j.ID] = e
 	q.queuedVM[j.VM] = j.ID
+	q.index(e, q.cfg.Now())
 }
 
 func (q *Queue) signal() {
@@ -754,39 +759,21 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 	}
 	q.ended = kept
 	q.checkDrained()
-	var eligible []*entry
-	for _, e := range q.queued {
-		if !e.Deadline.IsZero() {
-			if !now.Before(e.Deadline) {
-				changes = append(changes, change{e: e, t: Transition{ID: e.ID, From: Queued, To: Failed, At: now,
-					Err: fmt.Sprintf("%v while queued (deadline %s)", ErrDeadline, e.Deadline.Format(time.RFC3339))}})
-				continue
-			}
-			soonest(e.Deadline)
-		}
-		if r := e.readyAt(); r.After(now) {
-			soonest(r)
-			continue
-		}
-		if startNew && !q.draining && q.leaseOK() && q.runningVM[e.VM]+q.remoteVM[e.VM] == 0 && !q.paused(e) &&
-			!e.noSlotUntil.After(now) {
-			eligible = append(eligible, e)
-		}
+	expired, at := q.advance(now)
+	if !at.IsZero() {
+		soonest(at)
 	}
-	slices.SortFunc(eligible, func(a, b *entry) int {
-		if c := a.key.Compare(b.key); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.ID, b.ID)
-	})
+	for _, e := range expired {
+		changes = append(changes, change{e: e, t: Transition{ID: e.ID, From: Queued, To: Failed, At: now,
+			Err: fmt.Sprintf("%v while queued (deadline %s)", ErrDeadline, e.Deadline.Format(time.RFC3339))}})
+	}
 	// Slots are taken now and given back if the write fails.
-	for q.active < q.cfg.MaxScans && len(eligible) > 0 {
-		i := q.pick(eligible, now)
-		if i < 0 {
+	for startNew && !q.draining && q.leaseOK() && q.active < q.cfg.MaxScans {
+		e := q.pick(now)
+		if e == nil {
 			break
 		}
-		e := eligible[i]
-		eligible = slices.Delete(eligible, i, i+1)
+		q.unDue(e)
 		q.take(e.ds, e.VM, 1)
 		slots := make(map[string]int, len(e.ds))
 		for _, d := range e.ds {
@@ -806,8 +793,12 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 	results, err := q.store.Apply(wctx, ts)
 	if err != nil {
 		for _, c := range changes {
-			if c.start {
+			switch {
+			case c.start:
 				q.take(c.e.ds, c.e.VM, -1)
+				q.makeDue(c.e)
+			case c.e != nil: // an expiry: look again next time
+				heap.Push(&q.sched.deadlines, c.e)
 			}
 		}
 		q.mu.Unlock()
@@ -863,6 +854,7 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 					// being renewed: look again after the next sync.
 					c.e.noSlotUntil = now.Add(q.cfg.SyncInterval)
 					soonest(c.e.noSlotUntil)
+					q.makeDue(c.e)
 					q.syncSoon()
 				default:
 					// Another appliance started it, or it changed: the
@@ -913,88 +905,6 @@ func (q *Queue) paused(e *entry) bool {
 		}
 	}
 	return false
-}
-
-// pick returns the index in eligible (sorted by key) of the job to start
-// next, or -1 if none fits. See the package documentation for the rule.
-func (q *Queue) pick(eligible []*entry, now time.Time) int {
-	used := map[*datastore]int{}      // slots taken by earlier candidates
-	reserved := map[*datastore]bool{} // held for an earlier blocked job
-	seen := map[*datastore]bool{}     // wanted by an earlier job
-	full := func(d *datastore) bool { return d.running+d.remote+used[d] >= d.cfg.Budget.maxScans() }
-	closed := 0 // datastores full, paused or reserved: when all are, stop looking
-	for _, d := range q.ds {
-		if full(d) || d.cfg.Paused {
-			closed++
-		}
-	}
-	var cands []int
-	for i, e := range eligible {
-		fits, byFull, byReserved, first := true, false, false, true
-		for _, d := range e.ds {
-			switch {
-			case reserved[d]:
-				fits, byReserved = false, true
-			case full(d):
-				fits, byFull = false, true
-				first = first && !seen[d]
-			}
-		}
-		switch {
-		case fits:
-			for _, d := range e.ds {
-				if used[d]++; full(d) {
-					closed++
-				}
-			}
-			cands = append(cands, i)
-		case byFull && first && !byReserved && now.Sub(e.ageBase()) >= q.cfg.ReserveAfter:
-			// Next in line on every full datastore it needs: hold its
-			// free datastores for it. Jobs blocked by a reservation do
-			// not reserve in turn, so holds never cascade.
-			for _, d := range e.ds {
-				if !full(d) {
-					reserved[d] = true
-					closed++
-				}
-			}
-		}
-		for _, d := range e.ds {
-			seen[d] = true
-		}
-		if closed >= len(q.ds) {
-			break // every datastore is taken: nothing later can fit
-		}
-	}
-	if len(cands) == 0 {
-		return -1
-	}
-	// Candidates are in key order, so the best level is the first's, and
-	// the candidates of that level are a prefix.
-	// The free worker goes first to a job whose datastores run the fewest
-	// scans: a scan on an idle datastore uses budget nobody else can,
-	// while another scan on a busy one mostly shares its rate. Then the
-	// best level, then round-robin from the cursor. Candidates are in key
-	// order, so the first of equal load and level is the best by key.
-	best, bestLoad, bestLevel, bestDist := -1, 0, int64(0), 0
-	for _, i := range cands {
-		e := eligible[i]
-		load, dist := 0, len(q.dsNames)
-		for _, d := range e.ds {
-			load = max(load, d.running+d.remote)
-			pos, _ := slices.BinarySearch(q.dsNames, d.name)
-			dist = min(dist, (pos-q.rr+len(q.dsNames))%len(q.dsNames))
-		}
-		level := q.level(e, now)
-		switch {
-		case best < 0, load < bestLoad,
-			load == bestLoad && level > bestLevel,
-			load == bestLoad && level == bestLevel && dist < bestDist:
-			best, bestLoad, bestLevel, bestDist = i, load, level, dist
-		}
-	}
-	q.rr = (q.rr + bestDist + 1) % len(q.dsNames)
-	return best
 }
 
 // launch starts the runner of a job whose start is committed; its slots

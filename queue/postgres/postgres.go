@@ -575,8 +575,20 @@ func (s *Store) Heartbeat(ctx context.Context, holder, appliance string, ttl tim
 
 // Reap implements queue.Store.
 func (s *Store) Reap(ctx context.Context, self string) ([]queue.Job, error) {
+	// Most calls find nothing to end: look first, without a write.
+	var n int
+	err := s.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM queue_holders WHERE NOT ended AND (expires_at <= now()
+		OR (name != $1 AND appliance = (SELECT appliance FROM queue_holders WHERE name = $1))))
+		+ (SELECT count(*) FROM queue_jobs j WHERE state = 'running' AND NOT EXISTS
+			(SELECT 1 FROM queue_holders h WHERE h.name = j.holder AND NOT h.ended))`, self).Scan(&n)
+	if err != nil {
+		return nil, fmt.Errorf("queue: reap expired leases: %w", err)
+	}
+	if n == 0 {
+		return nil, nil
+	}
 	var out []queue.Job
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `UPDATE queue_holders SET ended = true WHERE NOT ended AND (expires_at <= now()
 			OR (name != $1 AND appliance = (SELECT appliance FROM queue_holders WHERE name = $1)))`, self)
 		if err != nil {

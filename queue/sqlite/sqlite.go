@@ -619,8 +619,22 @@ func (s *Store) Heartbeat(ctx context.Context, holder, appliance string, ttl tim
 
 // Reap implements queue.Store.
 func (s *Store) Reap(ctx context.Context, self string) ([]queue.Job, error) {
+	// Most calls find nothing to end: look first, without taking the
+	// write lock every holder's heartbeat needs.
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM queue_holders WHERE ended = 0 AND (expires_at <= ?
+		OR (name != ? AND appliance = (SELECT appliance FROM queue_holders WHERE name = ?))))
+		+ (SELECT count(*) FROM queue_jobs j WHERE state = 'running' AND NOT EXISTS
+			(SELECT 1 FROM queue_holders h WHERE h.name = j.holder AND h.ended = 0))`,
+		time.Now().UnixNano(), self, self).Scan(&n)
+	if err != nil {
+		return nil, fmt.Errorf("queue: reap expired leases: %w", err)
+	}
+	if n == 0 {
+		return nil, nil
+	}
 	var out []queue.Job
-	err := s.tx(ctx, func(c *sql.Conn) error {
+	err = s.tx(ctx, func(c *sql.Conn) error {
 		_, err := c.ExecContext(ctx, `UPDATE queue_holders SET ended = 1 WHERE ended = 0 AND (expires_at <= ?
 			OR (name != ? AND appliance = (SELECT appliance FROM queue_holders WHERE name = ?)))`,
 			time.Now().UnixNano(), self, self)
@@ -705,6 +719,16 @@ func (s *Store) Shares(ctx context.Context, holder string, reqs []queue.ShareReq
 			}
 			target, g := queue.FairShare(r, scans, others)
 			out[i] = target
+			var have queue.Share
+			var haveScans int
+			err = c.QueryRowContext(ctx, `SELECT scans, bytes_per_sec, ops_per_sec FROM queue_shares WHERE holder = ? AND datastore = ?`,
+				holder, r.Datastore).Scan(&haveScans, &have.BytesPerSec, &have.OpsPerSec)
+			switch {
+			case err == nil && haveScans == r.Scans && have.BytesPerSec == g.BytesPerSec && have.OpsPerSec == g.OpsPerSec:
+				continue // unchanged
+			case err != nil && !errors.Is(err, sql.ErrNoRows):
+				return err
+			}
 			if r.Scans == 0 && g.BytesPerSec == 0 && g.OpsPerSec == 0 {
 				_, err = c.ExecContext(ctx, `DELETE FROM queue_shares WHERE holder = ? AND datastore = ?`, holder, r.Datastore)
 			} else {
