@@ -75,7 +75,9 @@ func (d Disk) Same(o Disk) bool { return d.Path == o.Path && d.Datastore == o.Da
 
 // Equal reports whether d and o are the same disk declared alike (a nil
 // and an empty Layers are alike: the store keeps neither).
-func (d Disk) Equal(o Disk) bool { return d.Same(o) && d.Format == o.Format && slices.Equal(d.Layers, o.Layers) }
+func (d Disk) Equal(o Disk) bool {
+	return d.Same(o) && d.Format == o.Format && slices.Equal(d.Layers, o.Layers)
+}
 
 // VM is a VM and its disks, as EnqueueRescan takes them.
 type VM struct {
