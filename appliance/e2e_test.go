@@ -466,16 +466,29 @@ log:
 	}
 
 	// Events: one JSON line per finding (a job re-run after the kill may
-	// repeat its own).
+	// repeat its own), the corrupt disk as an unreadable VM, and the
+	// signature set installed.
 	ev, _ := os.ReadFile(filepath.Join(dir, "events.jsonl"))
 	seen := map[string]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(ev))
 	for sc.Scan() {
-		var e struct{ Kind, VM, Rule, Path string }
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil || e.Kind != "finding" {
+		var e struct{ Kind, VM, Rule, Path, Disk string }
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			t.Errorf("event line %q: %v", sc.Text(), err)
 		}
-		seen[e.VM+"\t"+e.Rule+"\t"+e.Path] = true
+		switch e.Kind {
+		case "finding":
+			seen[e.VM+"\t"+e.Rule+"\t"+e.Path] = true
+		case "vm_unreadable", "signature_installed":
+			seen[e.Kind+"\t"+e.Disk] = true
+		default:
+			t.Errorf("event line %q: unexpected kind", sc.Text())
+		}
+	}
+	for _, w := range []string{"vm_unreadable\tcorrupt.qcow2", "signature_installed\t"} {
+		if !seen[w] {
+			t.Errorf("no %q event", w)
+		}
 	}
 	for _, w := range want {
 		if !seen[w] {

@@ -204,6 +204,7 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	set := activeSet{name: act.Manifest.Name, version: act.Manifest.Version, rulesID: act.Rules.ID()}
 	started := time.Now().UTC()
 	jp := &jobProgress{disks: len(job.Disks)}
+	a.unreadable.clear(job.ID)
 	a.progress.addJob(job.ID, jp)
 	defer a.progress.removeJob(job.ID)
 	var disks []diskScan
@@ -239,7 +240,7 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	if err := a.cache.Flush(sctx); err != nil {
 		log.Warn("appliance: verdict cache", "err", err)
 	}
-	a.events.Emit(rows)
+	a.events.Emit(scanEvents(res, rows)...)
 	a.m.scanDone(res)
 	if timedOut {
 		log.Warn("appliance: scan stopped by the job time limit", "limit", limit, "findings", len(rows), "incomplete", res.Incomplete)
@@ -296,6 +297,7 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 	}
 	disk, err := snapshot.Open(path, opts)
 	if err != nil {
+		a.unreadable.set(job.ID, d)
 		err = fmt.Errorf("%s: %w", d.Datastore, err)
 		log := a.log.With("job", job.ID, "datastore", ds.Name, "path", d.Path, "err", err)
 		var rel *image.RelatedError
@@ -326,6 +328,7 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 		if len(reasons) == 0 {
 			reasons = []string{"no partition or file system found"}
 		}
+		a.unreadable.set(job.ID, d)
 		err := fmt.Errorf("%s: %s (%s): no readable volume: %s", d.Datastore, d.Path, disk.Format, strings.Join(reasons, "; "))
 		a.log.Warn("appliance: nothing to scan", "job", job.ID, "err", err)
 		return nil, queue.Permanent(ds.redactErr(err))

@@ -111,15 +111,17 @@ const (
 func (r *Request) validate() error {
 	// Disks are kept as JSON, which would silently replace invalid UTF-8:
 	// refuse it rather than store a different name than was asked for.
+	// NUL is refused too: PostgreSQL's text cannot hold it, and every
+	// Store must keep the same names.
 	for _, str := range []string{r.VM, r.Reason, r.SigVersion} {
-		if !utf8.ValidString(str) {
-			return fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalid, str)
+		if !validText(str) {
+			return fmt.Errorf("%w: %q is not valid UTF-8 without NUL", ErrInvalid, str)
 		}
 	}
 	for _, d := range r.Disks {
 		strs := append([]string{d.Path, d.Datastore, d.Format}, d.Layers...)
-		if slices.ContainsFunc(strs, func(s string) bool { return !utf8.ValidString(s) }) {
-			return fmt.Errorf("%w: VM %q: disk %q on %q is not valid UTF-8", ErrInvalid, r.VM, d.Path, d.Datastore)
+		if slices.ContainsFunc(strs, func(s string) bool { return !validText(s) }) {
+			return fmt.Errorf("%w: VM %q: disk %q on %q is not valid UTF-8 without NUL", ErrInvalid, r.VM, d.Path, d.Datastore)
 		}
 		if len(d.Format) > maxStringLen || len(d.Layers) > MaxDisks || slices.ContainsFunc(d.Layers, func(s string) bool { return s == "" || len(s) > maxStringLen }) {
 			return fmt.Errorf("%w: VM %q: disk %q on %q: format too long, or more than %d layers, or an empty or long one", ErrInvalid, r.VM, d.Path, d.Datastore, MaxDisks)
@@ -144,6 +146,8 @@ func (r *Request) validate() error {
 	}
 	return nil
 }
+
+func validText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
 
 // Job is a scan job as stored.
 type Job struct {

@@ -308,7 +308,9 @@ func (img *Image) lookup(off int64) (span, error) {
 	if e&(offsetMask|flagCompressed|flagZero|1<<63) != e {
 		return sp, formatErr(eoff, "L2 entry of cluster %d has reserved bits set (%#x)", cl, e)
 	}
-	if host != 0 && (host%cs != 0 || host > img.f.Size-cs && host+min(cs, img.size-(off-in)) > img.f.Size) {
+	// The cluster must start inside the file; with subclusters its
+	// unwritten tail may lie past the end, so reads check the rest.
+	if host != 0 && (host%cs != 0 || host >= img.f.Size) {
 		return sp, formatErr(eoff, "cluster %d at file offset %d is not a cluster inside the %d-byte file", cl, host, img.f.Size)
 	}
 	if !img.extL2 {

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/klauspost/compress/zlib"
 
+	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/snapshot/image"
 )
 
@@ -116,4 +120,37 @@ func TestTinySparse(t *testing.T) {
 		}
 		img.Close()
 	}
+}
+
+// TestWriteFuzzSeeds rewrites the committed corpus (go test -run
+// TestWriteFuzzSeeds -update-seeds): the first 13 KiB (header, embedded
+// descriptor, grain directory and tables) of small monolithicSparse and
+// zeroed-grain disks, and the text descriptor of a monolithicFlat disk,
+// all made by qemu-img and written by qemu-io.
+func TestWriteFuzzSeeds(t *testing.T) {
+	testenv.NeedUpdateSeeds(t)
+	testenv.NeedTools(t, "qemu-img", "qemu-io")
+	tmp := t.TempDir()
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	seed := func(name, path string, n int) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testenv.WriteSeed(t, "FuzzVMDK", name, b[:min(len(b), n)])
+	}
+	for name, sub := range map[string]string{"small-vmdk-head": "monolithicSparse", "zg-vmdk-head": "monolithicSparse,zeroed_grain=on"} {
+		p := filepath.Join(tmp, name+".vmdk")
+		run("qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat="+sub, p, "1M")
+		run("qemu-io", "-f", "vmdk", "-c", "write -P 0x5a 0 4k", "-c", "write -z 512k 64k", p)
+		seed(name, p, 13<<10)
+	}
+	p := filepath.Join(tmp, "flat.vmdk")
+	run("qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", p, "64M")
+	seed("flat-descriptor-txt", p, 4096)
 }
