@@ -53,7 +53,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func setup(t *testing.T) *testEnv {
+func setup(t testing.TB) *testEnv {
 	t.Helper()
 	envOnce.Do(func() {
 		d := libvirttest.Start(t)
@@ -78,7 +78,7 @@ func setup(t *testing.T) *testEnv {
 	return env
 }
 
-func dial(t *testing.T, e *testEnv) *libvirt.Connector {
+func dial(t testing.TB, e *testEnv) *libvirt.Connector {
 	t.Helper()
 	c, err := libvirt.Dial(context.Background(), libvirt.Config{Socket: e.d.Socket})
 	if err != nil {
@@ -88,7 +88,7 @@ func dial(t *testing.T, e *testEnv) *libvirt.Connector {
 	return c
 }
 
-func vmByName(t *testing.T, c connector.Connector, name string) connector.VM {
+func vmByName(t testing.TB, c connector.Connector, name string) connector.VM {
 	t.Helper()
 	vms, err := c.List(context.Background())
 	if err != nil {
