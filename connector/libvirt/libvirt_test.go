@@ -654,3 +654,52 @@ func TestConformance(t *testing.T) {
 		Leftovers: func(t *testing.T, vm string) []string { return leftovers(t, e, guests[vm]) },
 	}.Run(t)
 }
+
+// TestScanReleases: connector.Scan releases the freeze when the scan
+// fails, when its context is cancelled mid-scan, and when it panics.
+func TestScanReleases(t *testing.T) {
+	e := setup(t)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := dial(t, e)
+	vm := vmByName(t, c, "guest1")
+	chain := fmt.Sprint(chainOf(t, e, "guest1"))
+	check := func(what string) {
+		t.Helper()
+		if left := leftovers(t, e, e.g); len(left) != 0 {
+			t.Fatalf("%s: left behind %v", what, left)
+		}
+		if ch := fmt.Sprint(chainOf(t, e, "guest1")); ch != chain {
+			t.Fatalf("%s: chain %s, before %s", what, ch, chain)
+		}
+	}
+	boom := errors.New("scanner failed")
+	rep, err := connector.Scan(context.Background(), c, vm.ID, connector.Options{}, nil, func(ctx context.Context, f *connector.Freeze) error {
+		return boom
+	})
+	if !errors.Is(err, boom) || rep.Freeze == nil || rep.Released.Duration == 0 {
+		t.Fatalf("failed scan: %v %+v", err, rep)
+	}
+	check("failed scan")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = connector.Scan(ctx, c, vm.ID, connector.Options{}, nil, func(ctx context.Context, f *connector.Freeze) error {
+		<-ctx.Done() // a scan that runs past its deadline
+		return ctx.Err()
+	})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("timed-out scan: %v", err)
+	}
+	check("timed-out scan")
+	func() {
+		defer func() {
+			if p := recover(); p != "reader panicked" {
+				t.Fatalf("recovered %v", p)
+			}
+		}()
+		connector.Scan(context.Background(), c, vm.ID, connector.Options{}, nil, func(ctx context.Context, f *connector.Freeze) error {
+			panic("reader panicked")
+		})
+	}()
+	check("panicking scan")
+}
