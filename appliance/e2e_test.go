@@ -202,7 +202,7 @@ func TestEndToEnd(t *testing.T) {
 	sigAddr, appAddr := freePort(t), freePort(t)
 	start(t, bin, filepath.Join(dir, "sig.log"), "sig", "serve", "--key", filepath.Join(dir, "signer.key"), "--name", "e2e",
 		"--rules", rules, "--state", filepath.Join(dir, "sigstate"), "--token-file", filepath.Join(dir, "sig.tokens"),
-		"--listen", sigAddr, "--plain-http")
+		"--listen", sigAddr) // loopback: plain HTTP needs no flag
 
 	cfgPath := filepath.Join(dir, "appliance.yaml")
 	cfg := fmt.Sprintf(`
