@@ -166,9 +166,9 @@ func TestIncompleteNeverClean(t *testing.T) {
 		}
 	}
 	for sample, want := range map[string]float64{
-		`snapscan_scans_total{result="incomplete"}`:            1,
-		`snapscan_scans_total{result="findings"}`:              1,
-		`snapscan_scans_total{result="clean"}`:                 -1, // never counted
+		`snapscan_scans_total{result="incomplete"}`:           1,
+		`snapscan_scans_total{result="findings"}`:             1,
+		`snapscan_scans_total{result="clean"}`:                -1, // never counted
 		`snapscan_scans_incomplete_total{reason="too_large"}`: 4,
 	} {
 		if got := app.metric(sample); got != want {
