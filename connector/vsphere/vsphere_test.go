@@ -89,7 +89,8 @@ func scanFrozen(t *testing.T, s *sim, c connector.Connector, fd connector.Frozen
 		t.Fatal(err)
 	}
 	defer f.Close()
-	disk, err := snapshot.New(f, f.Size(), "", nil)
+	// The declared format; no related file may be opened ("" as name).
+	disk, err := snapshot.New(f, f.Size(), "", &snapshot.Options{Format: top.Format})
 	if err != nil {
 		t.Fatal(err)
 	}
