@@ -10,12 +10,16 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/vapi/rest"
+	"github.com/vmware/govmomi/vapi/tags"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/snapscan/snapscan/connector"
@@ -126,8 +130,38 @@ func readAt(t *testing.T, path string, off, n int64) []byte {
 
 func TestList(t *testing.T) {
 	s := newSim(t)
-	c := s.dial(t, false)
+	ctx := context.Background()
+	// Tag the VM through vCenter's tagging API (vcsim's vapi simulator).
+	vc, err := govmomi.NewClient(ctx, &url.URL{Scheme: s.url.Scheme, Host: s.url.Host, Path: "/sdk", User: url.UserPassword(simUser, simPass)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := rest.NewClient(vc.Client)
+	if err := rc.Login(ctx, url.UserPassword(simUser, simPass)); err != nil {
+		t.Fatal(err)
+	}
+	tm := tags.NewManager(rc)
+	cat, err := tm.CreateCategory(ctx, &tags.Category{Name: "cluster", Cardinality: "MULTIPLE"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := tm.CreateTag(ctx, &tags.Tag{Name: "pacemaker-a", CategoryID: cat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tm.AttachTag(ctx, tag, s.vm(t, vmName).Reference()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := vsphere.Config{URL: s.url.String(), Username: simUser, Password: simPass, CAFile: s.caFile(t), Tags: true}
+	c, err := vsphere.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	vm := listed(t, c, vmName)
+	if strings.Join(vm.Tags, ",") != "cluster/pacemaker-a" || len(listed(t, c, "DC0_C0_RP0_VM1").Tags) != 0 {
+		t.Fatalf("tags = %v", vm.Tags)
+	}
 	if vm.Power != connector.PoweredOn || vm.Folder != "/DC0/vm" || vm.ID == "" || len(vm.Disks) != 1 {
 		t.Fatalf("VM = %+v", vm)
 	}
