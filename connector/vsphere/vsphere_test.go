@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vapi/rest"
 	"github.com/vmware/govmomi/vapi/tags"
 	"github.com/vmware/govmomi/vim25/types"
@@ -400,4 +401,61 @@ func TestConformance(t *testing.T) {
 			return left
 		},
 	}.Run(t)
+}
+
+// TestInventory: a refresh reports new VMs, VMs whose disks changed (a
+// snapshot someone else took makes a delta disk the new top) and VMs
+// that are gone or no longer selected.
+func TestInventory(t *testing.T) {
+	s := newSim(t)
+	c := s.dial(t, false)
+	ctx := context.Background()
+	inv, err := connector.NewInventory(c, connector.Selection{All: true, Exclude: []string{"*VM1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := inv.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.VMs) != 1 || len(d.New) != 1 || d.New[0].Name != vmName {
+		t.Fatalf("first refresh: %+v", d)
+	}
+	vm := d.VMs[0]
+	// An administrator's snapshot: the VM writes to a delta disk now.
+	f, err := c.Freeze(ctx, vm.ID, connector.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err = inv.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Changed) != 1 || len(d.New) != 0 || len(d.Changed[0].Disks[0].Layers) != 2 {
+		t.Fatalf("after the snapshot: %+v", d)
+	}
+	if _, err := c.Release(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := inv.VM(vmName); !ok || got.ID != vm.ID {
+		t.Fatalf("lookup by name: %+v %v", got, ok)
+	}
+	vc, err := govmomi.NewClient(ctx, &url.URL{Scheme: s.url.Scheme, Host: s.url.Host, Path: "/sdk", User: url.UserPassword(simUser, simPass)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := object.NewVirtualMachine(vc.Client, s.vm(t, vmName).Reference())
+	if task, err := gone.PowerOff(ctx); err != nil || task.Wait(ctx) != nil {
+		t.Fatal("power off", err)
+	}
+	if task, err := gone.Destroy(ctx); err != nil || task.Wait(ctx) != nil {
+		t.Fatal("destroy", err)
+	}
+	d, err = inv.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Gone) != 1 || d.Gone[0].ID != vm.ID || len(d.VMs) != 0 {
+		t.Fatalf("after removal: %+v", d)
+	}
 }
