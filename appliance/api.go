@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +17,8 @@ import (
 	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/queue"
+	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/image"
 )
 
 // apiError is a handler's failure: Code and Msg go to the client, Err
@@ -141,6 +145,14 @@ type SubmitRequest struct {
 	Disks []struct {
 		Datastore string `json:"datastore"`
 		Path      string `json:"path"`
+		// Format is the disk's image format as the hypervisor knows it
+		// ("raw", "qcow2", "vmdk", "vhd", "vhdx"); without it the format
+		// is probed, and a probed image may open no file the submitter
+		// did not list in Layers.
+		Format string `json:"format,omitempty"`
+		// Layers are the other files of the disk's chain (extents,
+		// backing files, parents), paths on the same datastore.
+		Layers []string `json:"layers,omitempty"`
 	} `json:"disks"`
 	// Priority: "on_demand" (default), "scheduled" or "rescan".
 	Priority string `json:"priority,omitempty"`
@@ -215,24 +227,31 @@ func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 		}
 		qr.Deadline = *req.Deadline
 	}
-	seen := map[queue.Disk]bool{}
+	var seen []queue.Disk
 	for i, d := range req.Disks {
 		ds, ok := a.cfg.datastore(d.Datastore)
 		if !ok {
 			return badRequest("disks[%d].datastore: %q is not a configured datastore", i, d.Datastore)
 		}
-		p, err := DiskPath(ds.Path, d.Path)
-		if err != nil {
-			return badRequest("disks[%d].path: %q must be a clean path relative to the datastore, without ..", i, d.Path)
+		if err := a.checkEntry(ds, d.Path); err != nil {
+			return badRequest("disks[%d].path: %v", i, err)
 		}
-		if st, err := statFile(p); err != nil || !st {
-			return badRequest("disks[%d].path: %q is not a file on datastore %s", i, d.Path, d.Datastore)
+		if d.Format != "" && !slices.Contains(snapshot.Formats(), d.Format) {
+			return badRequest("disks[%d].format: %q is not one of %s", i, d.Format, strings.Join(snapshot.Formats(), ", "))
 		}
-		qd := queue.Disk{Path: d.Path, Datastore: d.Datastore}
-		if seen[qd] {
+		if len(d.Layers) > image.MaxChainDepth {
+			return badRequest("disks[%d].layers: more than %d", i, image.MaxChainDepth)
+		}
+		for k, l := range d.Layers {
+			if err := a.checkEntry(ds, l); err != nil {
+				return badRequest("disks[%d].layers[%d]: %v", i, k, err)
+			}
+		}
+		qd := queue.Disk{Path: d.Path, Datastore: d.Datastore, Format: d.Format, Layers: d.Layers}
+		if slices.ContainsFunc(seen, qd.Same) {
 			return badRequest("disks[%d]: listed twice", i)
 		}
-		seen[qd] = true
+		seen = append(seen, qd)
 		qr.Disks = append(qr.Disks, qd)
 	}
 	// The inventory knows the VM with the disks last submitted: what a
@@ -260,6 +279,32 @@ func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// checkEntry checks a disk or layer path of a submit (datastore.entry),
+// logging where a refused one resolves; the error is the client's.
+func (a *Appliance) checkEntry(ds *DatastoreConfig, rel string) error {
+	if _, err := ds.entry(rel); err != nil {
+		if errors.Is(err, ErrRequest) {
+			return fmt.Errorf("%q must be a clean path relative to the datastore, without ..", rel)
+		}
+		a.log.Warn("appliance: submit refused", "datastore", ds.Name, "path", rel, "resolves", resolvedForLog(ds, rel), "err", err)
+		return err
+	}
+	return nil
+}
+
+// resolvedForLog says where a datastore path resolves, for the log only.
+func resolvedForLog(ds *DatastoreConfig, rel string) string {
+	p, err := DiskPath(ds.Path, rel)
+	if err != nil {
+		return ""
+	}
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	return real
+}
 
 func timePtr(t time.Time) *time.Time {
 	if t.IsZero() {

@@ -111,6 +111,12 @@ type DatastoreConfig struct {
 	// suffixes: 100MiB, 1.5GB, 64k.
 	BytesPerSec ByteSize `yaml:"bytes_per_sec"`
 	OpsPerSec   float64  `yaml:"ops_per_sec"`
+	// AllowUnnamedLayers lets a disk submitted without a format, whose
+	// probed image names backing files or extents the submitter did not
+	// list, open them (within the datastore). Off by default: a guest that
+	// owns a raw disk can write an image header into it naming another
+	// disk of the datastore, to have that one scanned instead of its own.
+	AllowUnnamedLayers bool `yaml:"allow_unnamed_layers"`
 }
 
 // DatabaseConfig locates the embedded SQLite database that holds the

@@ -66,7 +66,9 @@ const (
 	simPass = "s3cret"
 )
 
-func newSim(t *testing.T) *sim {
+func newSim(t *testing.T) *sim { return newSimTB(t) }
+
+func newSimTB(t testing.TB) *sim {
 	t.Helper()
 	testenv.NeedTools(t, "qemu-img", "qemu-io", "mkfs.ext4")
 	fix := testenv.Fixture(t, "vsphere-disk.sh")

@@ -26,13 +26,13 @@ import (
 
 const vmName = "DC0_C0_RP0_VM0"
 
-func (s *sim) caFile(t *testing.T) string {
+func (s *sim) caFile(t testing.TB) string {
 	t.Helper()
 	cert := s.srv.Certificate()
 	if cert == nil {
 		t.Fatal("vcsim serves no TLS certificate")
 	}
-	p := filepath.Join(t.TempDir(), "ca.pem")
+	p := filepath.Join(s.dir, "..", "snapscan-ca.pem")
 	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -40,6 +40,14 @@ func (s *sim) caFile(t *testing.T) string {
 }
 
 func (s *sim) dial(t *testing.T, mounted bool) *vsphere.Connector {
+	t.Helper()
+	c := s.dialTB(t, mounted)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// dialTB connects; the caller closes.
+func (s *sim) dialTB(t testing.TB, mounted bool) *vsphere.Connector {
 	t.Helper()
 	cfg := vsphere.Config{URL: s.url.String(), Username: simUser, Password: simPass, CAFile: s.caFile(t), Timeout: 20 * time.Second}
 	if mounted {
@@ -49,11 +57,10 @@ func (s *sim) dial(t *testing.T, mounted bool) *vsphere.Connector {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
 	return c
 }
 
-func listed(t *testing.T, c connector.Connector, name string) connector.VM {
+func listed(t testing.TB, c connector.Connector, name string) connector.VM {
 	t.Helper()
 	vms, err := c.List(context.Background())
 	if err != nil {
