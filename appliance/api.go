@@ -2,13 +2,11 @@ package appliance
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,22 +15,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/snapscan/snapscan/appliance/results"
+	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/queue"
+	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/image"
 )
 
 // apiError is a handler's failure: Code and Msg go to the client, Err
-// (which may name files, paths and SQL) only to the log.
-type apiError struct {
-	Code int
-	Msg  string
-	Err  error
-}
+// (which may name files, paths and SQL) only to the log. It is the one
+// error type of snapscan's HTTP services.
+type apiError = httpx.Error
 
-func (e *apiError) Error() string { return e.Msg + ": " + fmt.Sprint(e.Err) }
-
-func badRequest(format string, args ...any) error {
-	return &apiError{Code: http.StatusBadRequest, Msg: fmt.Sprintf(format, args...)}
-}
+func badRequest(format string, args ...any) error { return httpx.BadRequest(format, args...) }
 
 // statusWriter records the status for logs and metrics.
 type statusWriter struct {
@@ -59,32 +53,47 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // openapi.yaml beside this file documents it.
 func (a *Appliance) Handler() http.Handler {
 	mux := http.NewServeMux()
-	handle := func(pattern string, h func(w http.ResponseWriter, r *http.Request) error) {
-		mux.Handle(pattern, a.auth(a.tokens, a.wrap(h)))
+	// Every handler takes the query parameters it names and no other:
+	// an unknown or repeated one is refused with 400 naming it, never
+	// ignored (a filter ignored widens the answer).
+	strict := func(params []string, h queryHandler) http.Handler {
+		return httpx.Handle(a.log, func(w http.ResponseWriter, r *http.Request) error {
+			q, err := httpx.StrictQuery(r, params...)
+			if err != nil {
+				return err
+			}
+			return h(w, r, q)
+		})
 	}
-	mux.Handle("GET /healthz", a.wrap(func(w http.ResponseWriter, r *http.Request) error {
+	handle := func(pattern string, params []string, h queryHandler) {
+		mux.Handle(pattern, a.auth(a.tokens, strict(params, h)))
+	}
+	mux.Handle("GET /healthz", strict(nil, func(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 		writeJSON(w, http.StatusOK, map[string]any{"ok": true})
 		return nil
 	}))
-	mux.Handle("GET /readyz", a.wrap(a.handleReady))
+	mux.Handle("GET /readyz", strict(nil, a.handleReady))
 	mux.Handle("GET /metrics", a.auth(a.tokens, promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{})))
-	handle("POST /v1/scans", a.handleSubmit)
-	handle("GET /v1/scans", a.handleListScans)
-	handle("GET /v1/scans/{id}", a.handleGetScan)
-	handle("POST /v1/scans/{id}/cancel", a.handleCancel)
-	handle("GET /v1/findings", a.handleFindings)
-	handle("GET /v1/datastores", a.handleDatastores)
-	handle("POST /v1/datastores/{name}/pause", a.handlePause(true))
-	handle("POST /v1/datastores/{name}/resume", a.handlePause(false))
-	handle("GET /v1/signatures", a.handleSignatures)
+	handle("POST /v1/scans", nil, a.handleSubmit)
+	handle("GET /v1/scans", []string{"state", "limit", "before", "vm"}, a.handleListScans)
+	handle("GET /v1/scans/{id}", nil, a.handleGetScan)
+	handle("POST /v1/scans/{id}/cancel", nil, a.handleCancel)
+	handle("GET /v1/findings", []string{"vm", "datastore", "rule", "tag", "scan", "since", "until", "after", "limit"}, a.handleFindings)
+	handle("GET /v1/datastores", nil, a.handleDatastores)
+	handle("POST /v1/datastores/{name}/pause", nil, a.handlePause(true))
+	handle("POST /v1/datastores/{name}/resume", nil, a.handlePause(false))
+	handle("GET /v1/signatures", nil, a.handleSignatures)
 	// The central server pushes here; the receiver verifies the bundle,
 	// the token only says who may try.
 	mux.Handle("POST /v1/signatures", a.auth(a.pushTokens, a.recv.Handler()))
-	mux.Handle("/", a.wrap(func(w http.ResponseWriter, r *http.Request) error {
+	mux.Handle("/", httpx.Handle(a.log, func(w http.ResponseWriter, r *http.Request) error {
 		return &apiError{Code: http.StatusNotFound, Msg: "no such endpoint: " + r.Method + " " + r.URL.Path}
 	}))
 	return a.count(mux)
 }
+
+// queryHandler is an API handler given its checked query parameters.
+type queryHandler func(w http.ResponseWriter, r *http.Request, q httpx.Query) error
 
 // count feeds the request counter.
 func (a *Appliance) count(h http.Handler) http.Handler {
@@ -98,100 +107,25 @@ func (a *Appliance) count(h http.Handler) http.Handler {
 	})
 }
 
-// wrap turns a handler's error into a JSON answer and a log line.
-func (a *Appliance) wrap(h func(w http.ResponseWriter, r *http.Request) error) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := h(w, r)
-		if err == nil {
-			return
-		}
-		var ae *apiError
-		if !errors.As(err, &ae) {
-			ae = &apiError{Code: http.StatusInternalServerError, Msg: "internal error", Err: err}
-		}
-		lvl := a.log.Debug
-		if ae.Code >= 500 {
-			lvl = a.log.Error
-		}
-		lvl("appliance: request failed", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", ae.Code, "msg", ae.Msg, "err", ae.Err)
-		writeJSON(w, ae.Code, map[string]string{"error": ae.Msg})
-	})
-}
-
 // auth lets a request through when it bears one of tokens, or a client
-// certificate verified against server.tls.client_ca. Tokens are compared
-// as SHA-256 digests in constant time, every one of them, so neither
-// content nor length leaks; refusals are logged without the secret.
-func (a *Appliance) auth(tokens [][32]byte, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if a.clientCAs != nil && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
-			next.ServeHTTP(w, r)
-			return
-		}
-		h := r.Header.Get("Authorization")
-		reason := "missing credentials"
-		if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
-			sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-			match := 0
-			for i := range tokens {
-				match |= subtle.ConstantTimeCompare(sum[:], tokens[i][:])
-			}
-			if match == 1 {
-				next.ServeHTTP(w, r)
-				return
-			}
-			reason = "wrong token"
-		} else if h != "" {
-			reason = "not a bearer token"
-		}
-		a.log.Warn("appliance: unauthorized request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", reason)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="snapscan"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "unauthorized: " + reason})
-	})
+// certificate verified against server.tls.client_ca (httpx.RequireBearer:
+// the scheme in any case, digests compared in constant time, refusals
+// logged without the secret).
+func (a *Appliance) auth(tokens httpx.Tokens, next http.Handler) http.Handler {
+	return httpx.RequireBearer(tokens, next, httpx.BearerOptions{Log: a.log, ClientCert: a.clientCAs != nil})
 }
 
-func hashTokens(ts []string) [][32]byte {
-	out := make([][32]byte, len(ts))
-	for i, t := range ts {
-		out[i] = sha256.Sum256([]byte(t))
-	}
-	return out
-}
+func hashTokens(ts []string) httpx.Tokens { return httpx.NewTokens(ts...) }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
+func writeJSON(w http.ResponseWriter, code int, v any) { httpx.WriteJSON(w, code, v) }
 
 // maxBody bounds a request body (a submit with MaxDisks disks is a few KiB).
 const maxBody = 1 << 20
 
-// decode reads a JSON body strictly: unknown fields and trailing data
-// are errors, with the reason given to the client.
+// decode reads a JSON body strictly (httpx.DecodeJSON): one value, no
+// unknown or repeated names, at most maxBody bytes.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return &apiError{Code: http.StatusUnsupportedMediaType, Msg: "Content-Type must be application/json"}
-	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return &apiError{Code: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("body larger than %d bytes", maxBody)}
-		}
-		if errors.Is(err, io.EOF) {
-			return badRequest("empty body: want a JSON object")
-		}
-		return badRequest("malformed JSON: %v", err)
-	}
-	if dec.More() {
-		return badRequest("malformed JSON: data after the object")
-	}
-	return nil
+	return httpx.DecodeJSON(w, r, v, maxBody)
 }
 
 func (a *Appliance) readiness() (bool, []string) {
@@ -210,7 +144,7 @@ func (a *Appliance) readiness() (bool, []string) {
 	return len(why) == 0, why
 }
 
-func (a *Appliance) handleReady(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleReady(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	ok, why := a.readiness()
 	if !ok {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reasons": why})
@@ -226,6 +160,14 @@ type SubmitRequest struct {
 	Disks []struct {
 		Datastore string `json:"datastore"`
 		Path      string `json:"path"`
+		// Format is the disk's image format as the hypervisor knows it
+		// ("raw", "qcow2", "vmdk", "vhd", "vhdx"); without it the format
+		// is probed, and a probed image may open no file the submitter
+		// did not list in Layers.
+		Format string `json:"format,omitempty"`
+		// Layers are the other files of the disk's chain (extents,
+		// backing files, parents), paths on the same datastore.
+		Layers []string `json:"layers,omitempty"`
 	} `json:"disks"`
 	// Priority: "on_demand" (default), "scheduled" or "rescan".
 	Priority string `json:"priority,omitempty"`
@@ -269,7 +211,7 @@ func priorityName(c queue.Class) string {
 	return c.String()
 }
 
-func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	if a.draining.Load() {
 		return &apiError{Code: http.StatusServiceUnavailable, Msg: "shutting down"}
 	}
@@ -300,24 +242,31 @@ func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 		}
 		qr.Deadline = *req.Deadline
 	}
-	seen := map[queue.Disk]bool{}
+	var seen []queue.Disk
 	for i, d := range req.Disks {
 		ds, ok := a.cfg.datastore(d.Datastore)
 		if !ok {
 			return badRequest("disks[%d].datastore: %q is not a configured datastore", i, d.Datastore)
 		}
-		p, err := DiskPath(ds.Path, d.Path)
-		if err != nil {
-			return badRequest("disks[%d].path: %q must be a clean path relative to the datastore, without ..", i, d.Path)
+		if err := a.checkEntry(ds, d.Path); err != nil {
+			return badRequest("disks[%d].path: %v", i, err)
 		}
-		if st, err := statFile(p); err != nil || !st {
-			return badRequest("disks[%d].path: %q is not a file on datastore %s", i, d.Path, d.Datastore)
+		if d.Format != "" && !slices.Contains(snapshot.Formats(), d.Format) {
+			return badRequest("disks[%d].format: %q is not one of %s", i, d.Format, strings.Join(snapshot.Formats(), ", "))
 		}
-		qd := queue.Disk{Path: d.Path, Datastore: d.Datastore}
-		if seen[qd] {
+		if len(d.Layers) > image.MaxChainDepth {
+			return badRequest("disks[%d].layers: more than %d", i, image.MaxChainDepth)
+		}
+		for k, l := range d.Layers {
+			if err := a.checkEntry(ds, l); err != nil {
+				return badRequest("disks[%d].layers[%d]: %v", i, k, err)
+			}
+		}
+		qd := queue.Disk{Path: d.Path, Datastore: d.Datastore, Format: d.Format, Layers: d.Layers}
+		if slices.ContainsFunc(seen, qd.Same) {
 			return badRequest("disks[%d]: listed twice", i)
 		}
-		seen[qd] = true
+		seen = append(seen, qd)
 		qr.Disks = append(qr.Disks, qd)
 	}
 	// The inventory knows the VM with the disks last submitted: what a
@@ -345,6 +294,32 @@ func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// checkEntry checks a disk or layer path of a submit (datastore.entry),
+// logging where a refused one resolves; the error is the client's.
+func (a *Appliance) checkEntry(ds *DatastoreConfig, rel string) error {
+	if _, err := ds.entry(rel); err != nil {
+		if errors.Is(err, ErrRequest) {
+			return fmt.Errorf("%q must be a clean path relative to the datastore, without ..", rel)
+		}
+		a.log.Warn("appliance: submit refused", "datastore", ds.Name, "path", rel, "resolves", resolvedForLog(ds, rel), "err", err)
+		return err
+	}
+	return nil
+}
+
+// resolvedForLog says where a datastore path resolves, for the log only.
+func resolvedForLog(ds *DatastoreConfig, rel string) string {
+	p, err := DiskPath(ds.Path, rel)
+	if err != nil {
+		return ""
+	}
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	return real
+}
 
 func timePtr(t time.Time) *time.Time {
 	if t.IsZero() {
@@ -383,7 +358,7 @@ func (a *Appliance) getJob(ctx context.Context, id int64) (queue.Job, error) {
 	return j, err
 }
 
-func (a *Appliance) handleGetScan(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleGetScan(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	id, err := pathID(r)
 	if err != nil {
 		return err
@@ -409,46 +384,22 @@ func (a *Appliance) handleGetScan(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-func intParam(r *http.Request, name string, def, lo, hi int64) (int64, error) {
-	s := r.URL.Query().Get(name)
-	if s == "" {
-		return def, nil
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < lo || n > hi {
-		return 0, badRequest("%s: %q is not an integer in [%d, %d]", name, s, lo, hi)
-	}
-	return n, nil
-}
-
-func timeParam(r *http.Request, name string) (time.Time, error) {
-	s := r.URL.Query().Get(name)
-	if s == "" {
-		return time.Time{}, nil
-	}
-	t, err := time.Parse(time.RFC3339, s)
-	if err != nil {
-		return t, badRequest("%s: %q is not an RFC 3339 time (2024-01-02T15:04:05Z)", name, s)
-	}
-	return t, nil
-}
-
-func (a *Appliance) handleListScans(w http.ResponseWriter, r *http.Request) error {
-	st := queue.State(r.URL.Query().Get("state"))
+func (a *Appliance) handleListScans(w http.ResponseWriter, r *http.Request, qs httpx.Query) error {
+	st := queue.State(qs.Get("state"))
 	switch st {
 	case "", queue.Queued, queue.Running, queue.Done, queue.Failed, queue.Cancelled:
 	default:
 		return badRequest("state: %q is not queued, running, done, failed or cancelled", st)
 	}
-	limit, err := intParam(r, "limit", 100, 1, queue.MaxList)
+	limit, err := qs.Int("limit", 100, 1, queue.MaxList)
 	if err != nil {
 		return err
 	}
-	before, err := intParam(r, "before", 0, 0, 1<<62)
+	before, err := qs.Int("before", 0, 0, 1<<62)
 	if err != nil {
 		return err
 	}
-	vm := r.URL.Query().Get("vm")
+	vm := qs.Get("vm")
 	if len(vm) > 1024 {
 		return badRequest("vm: longer than 1024 bytes")
 	}
@@ -470,7 +421,7 @@ func (a *Appliance) handleListScans(w http.ResponseWriter, r *http.Request) erro
 	return nil
 }
 
-func (a *Appliance) handleCancel(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleCancel(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	id, err := pathID(r)
 	if err != nil {
 		return err
@@ -492,26 +443,25 @@ func (a *Appliance) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request, qs httpx.Query) error {
 	var q results.FindingQuery
 	var err error
-	qs := r.URL.Query()
-	q.VM, q.Rule = qs.Get("vm"), qs.Get("rule")
-	if q.JobID, err = intParam(r, "scan", 0, 0, 1<<62); err != nil {
+	q.VM, q.Datastore, q.Rule, q.Tag = qs.Get("vm"), qs.Get("datastore"), qs.Get("rule"), qs.Get("tag")
+	if q.JobID, err = qs.Int("scan", 0, 0, 1<<62); err != nil {
 		return err
 	}
-	if q.After, err = intParam(r, "after", 0, 0, 1<<62); err != nil {
+	if q.After, err = qs.Int("after", 0, 0, 1<<62); err != nil {
 		return err
 	}
-	limit, err := intParam(r, "limit", 100, 1, results.MaxPage)
+	limit, err := qs.Int("limit", 100, 1, results.MaxPage)
 	if err != nil {
 		return err
 	}
 	q.Limit = int(limit)
-	if q.Since, err = timeParam(r, "since"); err != nil {
+	if q.Since, err = qs.Time("since"); err != nil {
 		return err
 	}
-	if q.Until, err = timeParam(r, "until"); err != nil {
+	if q.Until, err = qs.Time("until"); err != nil {
 		return err
 	}
 	rows, err := a.results.Findings(r.Context(), q)
@@ -569,13 +519,13 @@ func (a *Appliance) datastores() []DatastoreView {
 	return out
 }
 
-func (a *Appliance) handleDatastores(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleDatastores(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	writeJSON(w, http.StatusOK, map[string]any{"datastores": a.datastores()})
 	return nil
 }
 
-func (a *Appliance) handlePause(pause bool) func(w http.ResponseWriter, r *http.Request) error {
-	return func(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handlePause(pause bool) queryHandler {
+	return func(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 		name := r.PathValue("name")
 		if _, ok := a.cfg.datastore(name); !ok {
 			return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no datastore %q", name)}
@@ -597,7 +547,7 @@ func (a *Appliance) handlePause(pause bool) func(w http.ResponseWriter, r *http.
 	}
 }
 
-func (a *Appliance) handleSignatures(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleSignatures(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	act := a.recv.Current()
 	if act == nil {
 		writeJSON(w, http.StatusOK, map[string]any{"active": nil})

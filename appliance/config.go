@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/snapscan/snapscan/appliance/events"
 	"github.com/snapscan/snapscan/queue"
 	"github.com/snapscan/snapscan/scanner"
 )
@@ -110,6 +111,12 @@ type DatastoreConfig struct {
 	// suffixes: 100MiB, 1.5GB, 64k.
 	BytesPerSec ByteSize `yaml:"bytes_per_sec"`
 	OpsPerSec   float64  `yaml:"ops_per_sec"`
+	// AllowUnnamedLayers lets a disk submitted without a format, whose
+	// probed image names backing files or extents the submitter did not
+	// list, open them (within the datastore). Off by default: a guest that
+	// owns a raw disk can write an image header into it naming another
+	// disk of the datastore, to have that one scanned instead of its own.
+	AllowUnnamedLayers bool `yaml:"allow_unnamed_layers"`
 }
 
 // DatabaseConfig locates the embedded SQLite database that holds the
@@ -136,13 +143,22 @@ type QueueConfig struct {
 
 // ScannerConfig tunes scanning (zero: the scanner's defaults).
 type ScannerConfig struct {
-	Workers      int           `yaml:"workers"`
-	MaxFileSize  ByteSize      `yaml:"max_file_size"`
-	MemoryBudget ByteSize      `yaml:"memory_budget"`
-	Timeout      time.Duration `yaml:"timeout"`
-	Exclude      []string      `yaml:"exclude"`
-	NoArchives   bool          `yaml:"no_archives"`
-	Archives     struct {
+	Workers     int      `yaml:"workers"`
+	MaxFileSize ByteSize `yaml:"max_file_size"`
+	// MemoryBudget bounds the scan memory of the whole process: one
+	// budget shared by every scan, on every rule set (scans still running
+	// on the previous signature version included).
+	MemoryBudget ByteSize `yaml:"memory_budget"`
+	// SpoolDir and SpoolBudget: files larger than the memory window are
+	// copied to private, unlinked files in SpoolDir (default the system's
+	// temp folder; on a disk, not a tmpfs) and scanned whole, within
+	// SpoolBudget for all scans together (default 16GiB).
+	SpoolDir    string        `yaml:"spool_dir"`
+	SpoolBudget ByteSize      `yaml:"spool_budget"`
+	Timeout     time.Duration `yaml:"timeout"`
+	Exclude     []string      `yaml:"exclude"`
+	NoArchives  bool          `yaml:"no_archives"`
+	Archives    struct {
 		MaxDepth      int      `yaml:"max_depth"`
 		MaxMembers    int      `yaml:"max_members"`
 		MaxTotalBytes ByteSize `yaml:"max_total_bytes"`
@@ -156,25 +172,26 @@ type ScannerConfig struct {
 	NoCache bool `yaml:"no_cache"`
 }
 
-// EventsConfig says where findings go besides the database.
+// EventsConfig says where events (findings, failed and incomplete scans,
+// unreadable VMs, signature updates) go besides the database: package
+// events delivers them.
 type EventsConfig struct {
-	// Log is "stdout" (default), "none", or a file path findings are
-	// appended to as JSON lines.
-	Log     string        `yaml:"log"`
-	Webhook WebhookConfig `yaml:"webhook"`
+	// Log is "stdout" (default), "none", or a file path events are
+	// appended to, one per line, in LogFormat: json (default), ocsf or cef.
+	Log       string        `yaml:"log"`
+	LogFormat events.Format `yaml:"log_format"`
+	Webhook   WebhookConfig `yaml:"webhook"`
+	// Syslog lists SIEM collectors: RFC 5424 over tcp, tls or udp,
+	// carrying cef (default), ocsf or json.
+	Syslog []events.SyslogConfig `yaml:"syslog"`
 	// Buffer bounds the events waiting for each sink (default 10000);
 	// beyond it events are dropped and counted, never blocking a scan.
 	Buffer int `yaml:"buffer"`
 }
 
-// WebhookConfig is an optional HTTP endpoint that receives each finding
-// as a JSON POST.
-type WebhookConfig struct {
-	URL       string        `yaml:"url"`
-	TokenFile string        `yaml:"token_file"`
-	Timeout   time.Duration `yaml:"timeout"` // per attempt, default 10 s
-	Retries   int           `yaml:"retries"` // after the first attempt, default 3
-}
+// WebhookConfig is an optional HTTP endpoint that receives each event as
+// a POST (events.WebhookConfig).
+type WebhookConfig = events.WebhookConfig
 
 // LogConfig is the service log.
 type LogConfig struct {
@@ -423,10 +440,14 @@ func (c *Config) resolvePaths(dir string) {
 		abs(&c.Datastores[i].Path)
 	}
 	abs(&c.Database.Path)
+	abs(&c.Scanner.SpoolDir)
 	if c.Events.Log != "stdout" && c.Events.Log != "none" {
 		abs(&c.Events.Log)
 	}
 	abs(&c.Events.Webhook.TokenFile)
+	for i := range c.Events.Syslog {
+		c.Events.Syslog[i].ResolvePaths(dir)
+	}
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -527,8 +548,8 @@ func (c *Config) Validate() error {
 	if c.Queue.MaxScans < 0 || c.Queue.MaxAttempts < 0 {
 		return bad("queue", "max_scans and max_attempts must not be negative")
 	}
-	if c.Scanner.Workers < 0 || c.Scanner.MaxFileSize < 0 || c.Scanner.MemoryBudget < 0 || c.Scanner.CacheEntries < 0 {
-		return bad("scanner", "workers, max_file_size, memory_budget and cache_entries must not be negative")
+	if c.Scanner.Workers < 0 || c.Scanner.MaxFileSize < 0 || c.Scanner.MemoryBudget < 0 || c.Scanner.SpoolBudget < 0 || c.Scanner.CacheEntries < 0 {
+		return bad("scanner", "workers, max_file_size, memory_budget, spool_budget and cache_entries must not be negative")
 	}
 	for i, g := range c.Scanner.Exclude {
 		if _, err := scanner.CompileGlob(g); err != nil {
@@ -540,6 +561,19 @@ func (c *Config) Validate() error {
 	}
 	if c.Events.Webhook.Retries < 0 || c.Events.Webhook.Retries > 20 {
 		return bad("events.webhook.retries", "must be 0-20")
+	}
+	if err := c.Events.Webhook.Validate(); err != nil {
+		return bad("events.webhook", "%v", err)
+	}
+	switch c.Events.LogFormat {
+	case "", events.FormatJSON, events.FormatOCSF, events.FormatCEF:
+	default:
+		return bad("events.log_format", "%q: want json, ocsf or cef", c.Events.LogFormat)
+	}
+	for i := range c.Events.Syslog {
+		if err := c.Events.Syslog[i].Validate(); err != nil {
+			return bad(fmt.Sprintf("events.syslog[%d]", i), "%v", err)
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -569,14 +603,19 @@ func (d *DatastoreConfig) budget() queue.Budget {
 	return queue.Budget{MaxScans: d.MaxScans, BytesPerSec: float64(d.BytesPerSec), OpsPerSec: d.OpsPerSec}
 }
 
-// scannerOptions turns the scanner section into scanner.Options.
+// budgetOptions sizes the process's one scan budget.
+func (c *Config) budgetOptions() scanner.BudgetOptions {
+	return scanner.BudgetOptions{Memory: int64(c.Scanner.MemoryBudget), SpoolDir: c.Scanner.SpoolDir, Spool: int64(c.Scanner.SpoolBudget)}
+}
+
+// scannerOptions turns the scanner section into scanner.Options, but for
+// the budget (budgetOptions), which the appliance makes once.
 func (c *Config) scannerOptions() scanner.Options {
 	o := scanner.Options{
-		Workers:      c.Scanner.Workers,
-		MaxFileSize:  int64(c.Scanner.MaxFileSize),
-		MemoryBudget: int64(c.Scanner.MemoryBudget),
-		Timeout:      c.Scanner.Timeout,
-		NoArchives:   c.Scanner.NoArchives,
+		Workers:     c.Scanner.Workers,
+		MaxFileSize: int64(c.Scanner.MaxFileSize),
+		Timeout:     c.Scanner.Timeout,
+		NoArchives:  c.Scanner.NoArchives,
 		Archives: scanner.ArchiveLimits{
 			MaxDepth:      c.Scanner.Archives.MaxDepth,
 			MaxMembers:    c.Scanner.Archives.MaxMembers,
