@@ -116,6 +116,12 @@ func (s Suite) testBytes(t *testing.T) {
 					t.Errorf("layer %d has no name as its child writes it", i)
 				}
 			}
+			// A layer's identity is stable: a second open sees the same.
+			again := s.open(t, c)
+			if l2 := again.Layers(); !equalLayers(l2, layers) {
+				t.Errorf("Layers differ between two opens:\n%+v\n%+v", layers, l2)
+			}
+			again.Close()
 			testenv.CompareImage(t, img, c.Raw, c.Edge)
 			if err := img.Close(); err != nil {
 				t.Errorf("Close: %v", err)
@@ -125,6 +131,18 @@ func (s Suite) testBytes(t *testing.T) {
 			}
 		})
 	}
+}
+
+func equalLayers(a, b []image.Layer) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // openFiles counts the process's open file descriptors.

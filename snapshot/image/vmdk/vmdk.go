@@ -280,8 +280,11 @@ func (img *Image) openParent(hint string, parentCID uint32, name string, opts *i
 		}
 		p, err := opts.Resolve(cur, hint)
 		if err != nil {
+			if cur != name {
+				err = fmt.Errorf("in %s: %w", cur, err)
+			}
 			if errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("%w: parent %q of %s is missing: %w", ErrChain, hint, cur, err)
+				return fmt.Errorf("%w: parent missing: %w", ErrChain, err)
 			}
 			return err
 		}
