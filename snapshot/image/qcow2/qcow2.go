@@ -499,7 +499,7 @@ func (img *Image) decompress(c []byte, sp span) error {
 // the rest the backing chain's map.
 func (img *Image) Map(off, length int64) ([]image.Extent, error) {
 	off, length = image.ClipRange(off, length, img.size)
-	var runs []image.Run
+	var runs image.Runs
 	for end := off + length; off < end; {
 		sp, err := img.lookup(off)
 		if err != nil {
@@ -515,11 +515,7 @@ func (img *Image) Map(off, length int64) ([]image.Extent, error) {
 		case kindCompressed:
 			r.Compressed = true
 		}
-		if l := len(runs) - 1; l >= 0 && runs[l].State == r.State && runs[l].Compressed == r.Compressed {
-			runs[l].Length += n
-		} else {
-			runs = append(runs, r)
-		}
+		runs.Add(r)
 		off += n
 	}
 	return img.stack.Map(runs)

@@ -394,14 +394,7 @@ func (img *Image) Close() error {
 // from the parent.
 func (img *Image) Map(off, length int64) ([]image.Extent, error) {
 	off, length = image.ClipRange(off, length, img.size)
-	var runs []image.Run
-	add := func(r image.Run) {
-		if l := len(runs) - 1; l >= 0 && runs[l].State == r.State && runs[l].File == r.File && runs[l].Compressed == r.Compressed {
-			runs[l].Length += r.Length
-			return
-		}
-		runs = append(runs, r)
-	}
+	var runs image.Runs
 	end := off + length
 	for _, e := range img.extents {
 		if e.start+e.length <= off || e.start >= end {
@@ -410,9 +403,9 @@ func (img *Image) Map(off, length int64) ([]image.Extent, error) {
 		s, t := max(off, e.start), min(end, e.start+e.length)
 		switch e.typ {
 		case extZero:
-			add(image.Run{Start: s, Length: t - s, State: image.RunZero})
+			runs.Add(image.Run{Start: s, Length: t - s, State: image.RunZero})
 		case extFlat:
-			add(image.Run{Start: s, Length: t - s, File: e.file})
+			runs.Add(image.Run{Start: s, Length: t - s, File: e.file})
 		default:
 			for s < t {
 				rel := s - e.start
@@ -431,7 +424,7 @@ func (img *Image) Map(off, length int64) ([]image.Extent, error) {
 				default:
 					r.Compressed = e.sparse.compressed
 				}
-				add(r)
+				runs.Add(r)
 				s += n
 			}
 		}
