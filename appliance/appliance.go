@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/snapscan/snapscan/appliance/events"
 	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/appliance/results/sqlite"
 	"github.com/snapscan/snapscan/internal/sqlitedb"
@@ -71,9 +72,11 @@ type Appliance struct {
 	cache   *verdictCache
 	q       *queue.Queue
 	recv    *signatures.Receiver[*scanner.Rules]
-	events  *Events
-	m       *metrics
-	opts    Options
+	events  *events.Dispatcher
+	// unreadable: the disk each running job could not open or read.
+	unreadable unreadableDisks
+	m          *metrics
+	opts       Options
 
 	tokens     [][32]byte // SHA-256 of each API token
 	pushTokens [][32]byte // API tokens plus the receiver token
@@ -162,19 +165,13 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 	}
 	a.cache = newVerdictCache(a.results, cfg.Scanner.CacheEntries)
 
-	var hookToken string
-	if cfg.Events.Webhook.TokenFile != "" {
-		t, err := ReadTokens(cfg.Events.Webhook.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("%w: events.webhook.token_file: %v", ErrConfig, err)
-		}
-		hookToken = t[0]
-	}
 	var out io.Writer
 	if cfg.Events.Log != "none" {
 		out = opts.EventLog
 	}
-	a.events = NewEvents(out, cfg.Events.Webhook, hookToken, cfg.Events.Buffer, log)
+	if a.events, err = newEvents(cfg, out, log); err != nil {
+		return nil, err
+	}
 	a.m = newMetrics(a)
 
 	keys, err := signatures.LoadKeySet(cfg.Signatures.TrustedKeys...)
@@ -409,6 +406,7 @@ func serveHTTP(ctx context.Context, srv *http.Server, ln net.Listener) error {
 func (a *Appliance) onUpdate(u signatures.Update) {
 	a.markReady()
 	a.log.Info("appliance: signature set active", "name", u.Name, "version", u.Version, "rules", u.RuleCount, "previous", u.Previous)
+	a.events.Emit(signatureEvent(u))
 	for {
 		select {
 		case a.updates <- u:
@@ -477,6 +475,9 @@ func (a *Appliance) rescan(ctx context.Context, u signatures.Update) {
 
 func (a *Appliance) onFinish(j queue.Job) {
 	a.m.jobFinished(j)
+	if ev, ok := a.jobEvent(j); ok {
+		a.events.Emit(ev)
+	}
 	a.log.Info("appliance: job finished", "job", j.ID, "vm", j.VM, "state", j.State, "attempts", j.Attempts, "err", j.Error)
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/snapscan/snapscan/appliance/events"
 	"github.com/snapscan/snapscan/queue"
 	"github.com/snapscan/snapscan/scanner"
 )
@@ -110,6 +111,12 @@ type DatastoreConfig struct {
 	// suffixes: 100MiB, 1.5GB, 64k.
 	BytesPerSec ByteSize `yaml:"bytes_per_sec"`
 	OpsPerSec   float64  `yaml:"ops_per_sec"`
+	// AllowUnnamedLayers lets a disk submitted without a format, whose
+	// probed image names backing files or extents the submitter did not
+	// list, open them (within the datastore). Off by default: a guest that
+	// owns a raw disk can write an image header into it naming another
+	// disk of the datastore, to have that one scanned instead of its own.
+	AllowUnnamedLayers bool `yaml:"allow_unnamed_layers"`
 }
 
 // DatabaseConfig locates the embedded SQLite database that holds the
@@ -156,25 +163,26 @@ type ScannerConfig struct {
 	NoCache bool `yaml:"no_cache"`
 }
 
-// EventsConfig says where findings go besides the database.
+// EventsConfig says where events (findings, failed and incomplete scans,
+// unreadable VMs, signature updates) go besides the database: package
+// events delivers them.
 type EventsConfig struct {
-	// Log is "stdout" (default), "none", or a file path findings are
-	// appended to as JSON lines.
-	Log     string        `yaml:"log"`
-	Webhook WebhookConfig `yaml:"webhook"`
+	// Log is "stdout" (default), "none", or a file path events are
+	// appended to, one per line, in LogFormat: json (default), ocsf or cef.
+	Log       string        `yaml:"log"`
+	LogFormat events.Format `yaml:"log_format"`
+	Webhook   WebhookConfig `yaml:"webhook"`
+	// Syslog lists SIEM collectors: RFC 5424 over tcp, tls or udp,
+	// carrying cef (default), ocsf or json.
+	Syslog []events.SyslogConfig `yaml:"syslog"`
 	// Buffer bounds the events waiting for each sink (default 10000);
 	// beyond it events are dropped and counted, never blocking a scan.
 	Buffer int `yaml:"buffer"`
 }
 
-// WebhookConfig is an optional HTTP endpoint that receives each finding
-// as a JSON POST.
-type WebhookConfig struct {
-	URL       string        `yaml:"url"`
-	TokenFile string        `yaml:"token_file"`
-	Timeout   time.Duration `yaml:"timeout"` // per attempt, default 10 s
-	Retries   int           `yaml:"retries"` // after the first attempt, default 3
-}
+// WebhookConfig is an optional HTTP endpoint that receives each event as
+// a POST (events.WebhookConfig).
+type WebhookConfig = events.WebhookConfig
 
 // LogConfig is the service log.
 type LogConfig struct {
@@ -427,6 +435,9 @@ func (c *Config) resolvePaths(dir string) {
 		abs(&c.Events.Log)
 	}
 	abs(&c.Events.Webhook.TokenFile)
+	for i := range c.Events.Syslog {
+		c.Events.Syslog[i].ResolvePaths(dir)
+	}
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -540,6 +551,19 @@ func (c *Config) Validate() error {
 	}
 	if c.Events.Webhook.Retries < 0 || c.Events.Webhook.Retries > 20 {
 		return bad("events.webhook.retries", "must be 0-20")
+	}
+	if err := c.Events.Webhook.Validate(); err != nil {
+		return bad("events.webhook", "%v", err)
+	}
+	switch c.Events.LogFormat {
+	case "", events.FormatJSON, events.FormatOCSF, events.FormatCEF:
+	default:
+		return bad("events.log_format", "%q: want json, ocsf or cef", c.Events.LogFormat)
+	}
+	for i := range c.Events.Syslog {
+		if err := c.Events.Syslog[i].Validate(); err != nil {
+			return bad(fmt.Sprintf("events.syslog[%d]", i), "%v", err)
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

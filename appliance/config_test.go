@@ -71,6 +71,14 @@ func TestExampleConfigParses(t *testing.T) {
 	if len(c.Datastores) != 2 || c.Datastores[0].BytesPerSec != 200<<20 || c.Scanner.Archives.MaxTotalBytes != 128<<20 {
 		t.Errorf("example parsed wrongly: %+v", c.Datastores)
 	}
+	if len(c.Events.Syslog) != 2 || c.Events.Webhook.Validate() != nil {
+		t.Errorf("example: %d syslog sinks, webhook %v", len(c.Events.Syslog), c.Events.Webhook.Validate())
+	}
+	for i, s := range c.Events.Syslog {
+		if err := s.Validate(); err != nil {
+			t.Errorf("example: events.syslog[%d]: %v", i, err)
+		}
+	}
 	if c.Queue.JobTimeout != DefaultJobTimeout || c.Database.HistoryRetention != DefaultHistoryRetention {
 		t.Errorf("example: job_timeout %s, history_retention %s; want the documented defaults", c.Queue.JobTimeout, c.Database.HistoryRetention)
 	}

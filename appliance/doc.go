@@ -25,7 +25,9 @@
 //     identical files in other VMs are not scanned again under the same
 //     signatures; the inventory of VMs; and a per-minute history of each
 //     datastore's reads against its budget.
-//   - Events: each finding as a JSON line on a stream and POSTed to a webhook,
+//   - Events (package events): findings, failed and incomplete scans,
+//     unreadable VMs and signature updates as JSON lines, webhook POSTs and
+//     RFC 5424 syslog (TCP, TLS, UDP) carrying CEF or OCSF,
 //     through bounded buffers that drop (and count) rather than block scans.
 //   - The HTTP API under /v1 (openapi.yaml beside this file), /healthz,
 //     /readyz and /metrics (Prometheus, the appliance's own registry). Every

@@ -3,7 +3,6 @@ package appliance
 import (
 	"context"
 	"errors"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -122,7 +121,7 @@ func TestJobTimeout(t *testing.T) {
 			t.Errorf("%s: result %s %v, want incomplete with %s", j.VM, r.Status, r.Incomplete, IncompleteTimeLimit)
 		}
 		var view ScanView
-		if code, err := app.call("GET", "/v1/scans/"+strconv.FormatInt(j.ID, 10), testToken, nil, &view); code != 200 {
+		if code, err := app.call("GET", "/v1/scans/"+itoa(j.ID), testToken, nil, &view); code != 200 {
 			t.Fatalf("GET scan: %d %v", code, err)
 		}
 		if view.Result == nil || view.Result.Status != results.StatusIncomplete || view.Result.Incomplete[IncompleteTimeLimit] != 1 {

@@ -98,7 +98,9 @@ var (
 	descDSPaused  = prometheus.NewDesc("snapscan_datastore_paused", "1 when a datastore is paused.", []string{"datastore"}, nil)
 	descSig       = prometheus.NewDesc("snapscan_signature_version", "Version of the active signature set (0: none).", []string{"name"}, nil)
 	descSigRules  = prometheus.NewDesc("snapscan_signature_rules", "Rules in the active signature set.", nil, nil)
-	descEvents    = prometheus.NewDesc("snapscan_events_total", "Finding events by sink and outcome (sent, dropped, failed).", []string{"sink", "outcome"}, nil)
+	descEvents    = prometheus.NewDesc("snapscan_events_total", "Events (findings, failed and incomplete scans, unreadable VMs, signature updates) by sink and outcome: sent, dropped (queue full, or stopped before sending), failed (refused or given up).", []string{"sink", "outcome"}, nil)
+	descEvQueued  = prometheus.NewDesc("snapscan_events_queued", "Events waiting in a sink's queue.", []string{"sink"}, nil)
+	descEvConn    = prometheus.NewDesc("snapscan_events_connected", "1 while a syslog stream sink (tcp, tls) is connected to its collector.", []string{"sink"}, nil)
 	descReady     = prometheus.NewDesc("snapscan_ready", "1 when the appliance takes scans (signatures active, database open).", nil, nil)
 )
 
@@ -106,7 +108,7 @@ var (
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDepth, descWait, descRunning, descJobEvents, descDSBytes, descDSOps, descDSRate,
 		descDSOpRate, descDSBudgetB, descDSBudgetO, descDSSlots, descDSRunning, descDSQueued, descDSPaused, descSig,
-		descSigRules, descEvents, descReady} {
+		descSigRules, descEvents, descEvQueued, descEvConn, descReady} {
 		ch <- d
 	}
 }
@@ -122,9 +124,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l...)
 	}
 	for _, c := range []queue.Class{queue.Rescan, queue.Scheduled, queue.OnDemand} {
-		gauge(descDepth, float64(qm.Depth[c]), c.String())
+		// Classes by the API's names (on_demand, scheduled, rescan).
+		gauge(descDepth, float64(qm.Depth[c]), priorityName(c))
 		h := qm.Wait[c]
-		ch <- prometheus.MustNewConstHistogram(descWait, h.Count, h.Sum.Seconds(), h.Cumulative(), c.String())
+		ch <- prometheus.MustNewConstHistogram(descWait, h.Count, h.Sum.Seconds(), h.Cumulative(), priorityName(c))
 	}
 	gauge(descRunning, float64(len(qm.Running)))
 	for ev, v := range map[string]uint64{"started": qm.Started, "done": qm.Done, "failed": qm.Failed, "cancelled": qm.Cancelled, "retried": qm.Retried} {
@@ -149,12 +152,15 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		gauge(descSig, 0, "")
 		gauge(descSigRules, 0)
 	}
-	e := a.events
-	counter(descEvents, float64(e.Sent.Load()), "log", "sent")
-	counter(descEvents, float64(e.Dropped.Load()), "log", "dropped")
-	counter(descEvents, float64(e.HookSent.Load()), "webhook", "sent")
-	counter(descEvents, float64(e.HookDropped.Load()), "webhook", "dropped")
-	counter(descEvents, float64(e.HookFailed.Load()), "webhook", "failed")
+	for _, s := range a.events.Stats() {
+		counter(descEvents, float64(s.Sent), s.Name, "sent")
+		counter(descEvents, float64(s.Dropped), s.Name, "dropped")
+		counter(descEvents, float64(s.Failed), s.Name, "failed")
+		gauge(descEvQueued, float64(s.Queued), s.Name)
+		if s.Network == "tcp" || s.Network == "tls" {
+			gauge(descEvConn, b2f(s.Connected), s.Name)
+		}
+	}
 	ok, _ := a.readiness()
 	gauge(descReady, b2f(ok))
 }

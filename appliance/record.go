@@ -37,6 +37,8 @@ type diskScan struct {
 	// unread are the disk's volumes that hold files the scan could not
 	// read, by volume id.
 	unread map[string]bool
+	// redact makes the report's error messages fit for API clients.
+	redact func(string) string
 }
 
 // unreadVolumes returns the volumes of d that hold files but were not
@@ -70,7 +72,7 @@ func record(job queue.Job, act activeSet, disks []diskScan, timedOut bool) *resu
 			r.Files += v.Files
 			r.Bytes += v.Bytes
 			r.Cached += v.Cached
-			rv := results.Volume{Disk: d.disk.Path, Volume: v.ID, FileSystem: v.FileSystem, Error: v.Err,
+			rv := results.Volume{Disk: d.disk.Path, Volume: v.ID, FileSystem: v.FileSystem, Error: d.redact(v.Err),
 				Files: v.Files, Bytes: v.Bytes, Cached: v.Cached, Skipped: maps.Clone(v.Skipped), ErrorsDropped: v.ErrorsDropped,
 				Errors: make([]results.FileError, 0, min(len(v.Errors), results.MaxVolumeErrors))}
 			if rv.Skipped == nil {
@@ -81,7 +83,7 @@ func record(job queue.Job, act activeSet, disks []diskScan, timedOut bool) *resu
 				if e.Err != nil {
 					msg = e.Err.Error()
 				}
-				rv.Errors = append(rv.Errors, results.FileError{Path: e.Path, Reason: e.Reason, Error: msg})
+				rv.Errors = append(rv.Errors, results.FileError{Path: e.Path, Reason: e.Reason, Error: d.redact(msg)})
 			}
 			r.Volumes = append(r.Volumes, rv)
 			for reason, n := range v.Skipped {
@@ -109,9 +111,9 @@ func record(job queue.Job, act activeSet, disks []diskScan, timedOut bool) *resu
 }
 
 func resultDisk(d queue.Disk) results.Disk {
-	return results.Disk{Datastore: d.Datastore, Path: d.Path}
+	return results.Disk{Datastore: d.Datastore, Path: d.Path, Format: d.Format, Layers: d.Layers}
 }
 
 func queueDisk(d results.Disk) queue.Disk {
-	return queue.Disk{Datastore: d.Datastore, Path: d.Path}
+	return queue.Disk{Datastore: d.Datastore, Path: d.Path, Format: d.Format, Layers: d.Layers}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
 	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/image"
 )
 
 // jobProgress is a running job's progress, fed by the scanner.
@@ -203,6 +204,7 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	set := activeSet{name: act.Manifest.Name, version: act.Manifest.Version, rulesID: act.Rules.ID()}
 	started := time.Now().UTC()
 	jp := &jobProgress{disks: len(job.Disks)}
+	a.unreadable.clear(job.ID)
 	a.progress.addJob(job.ID, jp)
 	defer a.progress.removeJob(job.ID)
 	var disks []diskScan
@@ -238,7 +240,7 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	if err := a.cache.Flush(sctx); err != nil {
 		log.Warn("appliance: verdict cache", "err", err)
 	}
-	a.events.Emit(rows)
+	a.events.Emit(scanEvents(res, rows)...)
 	a.m.scanDone(res)
 	if timedOut {
 		log.Warn("appliance: scan stopped by the job time limit", "limit", limit, "findings", len(rows), "incomplete", res.Incomplete)
@@ -254,17 +256,24 @@ const saveTimeout = time.Minute
 
 // scanDisk opens one disk through the datastore's budget and scans it. It
 // returns the partial scan with the context's error when the context
-// ended during the scan.
+// ended during the scan. Its errors name the datastore and paths within
+// it, never the datastore's folder: they reach API clients (the full error
+// is logged).
 func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, wrap queue.Wrap, jp *jobProgress) (*diskScan, error) {
 	ds, ok := a.cfg.datastore(d.Datastore)
 	if !ok {
 		return nil, queue.Permanent(fmt.Errorf("disk %s: datastore %q is not configured", d.Path, d.Datastore))
 	}
-	path, err := DiskPath(ds.Path, d.Path)
+	// Checked again: a link in the datastore may have changed since the
+	// submit.
+	path, err := ds.entry(d.Path)
 	if err != nil {
-		return nil, queue.Permanent(fmt.Errorf("disk %s on %s: %w", d.Path, d.Datastore, err))
+		a.log.Warn("appliance: disk refused", "job", job.ID, "datastore", ds.Name, "path", d.Path, "resolves", resolvedForLog(ds, d.Path), "err", err)
+		return nil, queue.Permanent(err)
 	}
-	disk, err := snapshot.Open(path, &snapshot.Options{
+	opts := &snapshot.Options{
+		Format:             d.Format,
+		AllowUnnamedLayers: ds.AllowUnnamedLayers,
 		// Backing files and extents may come from anywhere in the
 		// datastore, never from outside it.
 		AllowedDirs: []string{ds.Path},
@@ -274,9 +283,29 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 		WrapReader: func(_ string, r io.ReaderAt) io.ReaderAt {
 			return &jobReader{ctx: ctx, r: wrap(d.Datastore, r), n: &jp.read}
 		},
-	})
+	}
+	if len(d.Layers) > 0 {
+		opts.Layers = []string{path}
+		for _, l := range d.Layers {
+			lp, err := ds.entry(l)
+			if err != nil {
+				a.log.Warn("appliance: layer refused", "job", job.ID, "datastore", ds.Name, "path", l, "resolves", resolvedForLog(ds, l), "err", err)
+				return nil, queue.Permanent(fmt.Errorf("disk %s: layer %w", d.Path, err))
+			}
+			opts.Layers = append(opts.Layers, lp)
+		}
+	}
+	disk, err := snapshot.Open(path, opts)
 	if err != nil {
-		return nil, classify(ctx, fmt.Errorf("disk %s on %s: %w", d.Path, d.Datastore, err))
+		a.unreadable.set(job.ID, d)
+		err = fmt.Errorf("%s: %w", d.Datastore, err)
+		log := a.log.With("job", job.ID, "datastore", ds.Name, "path", d.Path, "err", err)
+		var rel *image.RelatedError
+		if errors.As(err, &rel) {
+			log = log.With("related", rel.Name, "resolves", rel.Resolved)
+		}
+		log.Warn("appliance: disk not opened")
+		return nil, classify(ctx, ds.redactErr(err))
 	}
 	defer disk.Close()
 	t := scanner.DiskTarget(fmt.Sprintf("job-%d/%d", job.ID, i), disk)
@@ -299,17 +328,20 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 		if len(reasons) == 0 {
 			reasons = []string{"no partition or file system found"}
 		}
-		return nil, queue.Permanent(fmt.Errorf("disk %s on %s (%s): no readable volume: %s", d.Path, d.Datastore, disk.Format, strings.Join(reasons, "; ")))
+		a.unreadable.set(job.ID, d)
+		err := fmt.Errorf("%s: %s (%s): no readable volume: %s", d.Datastore, d.Path, disk.Format, strings.Join(reasons, "; "))
+		a.log.Warn("appliance: nothing to scan", "job", job.ID, "err", err)
+		return nil, queue.Permanent(ds.redactErr(err))
 	}
 	a.progress.addTarget(t.Name, jp)
 	defer a.progress.removeTarget(t.Name)
 	rep, err := sc.Scan(ctx, t)
-	out := &diskScan{disk: d, report: rep, unread: unread}
+	out := &diskScan{disk: d, report: rep, unread: unread, redact: ds.redact}
 	if err != nil {
 		if ctx.Err() != nil {
-			return out, fmt.Errorf("disk %s: %w", d.Path, context.Cause(ctx))
+			return out, fmt.Errorf("%s: %s: %w", d.Datastore, d.Path, context.Cause(ctx))
 		}
-		return nil, fmt.Errorf("disk %s: %w", d.Path, err) // YARA could not start: transient
+		return nil, fmt.Errorf("%s: %s: %w", d.Datastore, d.Path, err) // YARA could not start: transient
 	}
 	return out, nil
 }

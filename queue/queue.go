@@ -555,7 +555,7 @@ func (q *Queue) Resume(ctx context.Context, datastore string) error {
 }
 
 func (q *Queue) configure(ctx context.Context, name string, f func(*DatastoreConfig)) error {
-	if name == "" || len(name) > maxStringLen {
+	if name == "" || len(name) > maxStringLen || !validText(name) {
 		return fmt.Errorf("%w: datastore name empty or too long", ErrInvalid)
 	}
 	q.mu.Lock()

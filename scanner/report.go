@@ -1,17 +1,30 @@
 package scanner
 
 import (
+	"bytes"
 	"encoding/json"
 	"io/fs"
 	"time"
 )
 
-// Target is what one Scan covers: a disk image, a block device or a
-// folder, made of one or more volumes.
+// Target is what one Scan covers: a disk image, a block device, a folder
+// or a single file, made of one or more volumes. DiskTarget, FolderTarget
+// and FileTarget make one; any other fs.FS can be given as a Volume.
 type Target struct {
-	Name    string // shown in findings and reports: the image path, for example
+	Name string // shown in findings and reports: the image path, for example
+	// Kind says which way the target is read (Kind* constants); it is
+	// copied to the Report.
+	Kind    string
 	Volumes []Volume
 }
+
+// Kinds of target: which way a target was read.
+const (
+	KindImage       = "image"        // a disk image file, through snapshot
+	KindBlockDevice = "block_device" // a block device, through snapshot
+	KindFolder      = "folder"       // a folder of the host, as one volume
+	KindFile        = "file"         // one plain file of the host
+)
 
 // Volume is one file system of a target.
 type Volume struct {
@@ -19,25 +32,100 @@ type Volume struct {
 	FileSystem string // "ext4", "ntfs", "dir" ...
 	FS         fs.FS  // nil when Err is set
 	// Err records why the volume cannot be read (unknown file system,
-	// damaged superblock). Such a volume is reported, not scanned.
+	// damaged superblock). Such a volume is reported, not scanned, and
+	// makes the scan incomplete unless Err wraps snapshot.ErrNoFiles
+	// (swap, an LVM2 physical volume, a BIOS boot partition).
 	Err error
 }
 
-// Match is one rule that matched.
+// Match is one rule that matched, with what it matched.
 type Match struct {
 	Rule      string      `json:"rule"`
 	Namespace string      `json:"namespace"`
 	Tags      []string    `json:"tags"`
 	Meta      []MetaEntry `json:"meta"`
+	// Strings are the occurrences of the rule's strings, in the rule's
+	// order of strings and then by offset: at most MaxStringMatches per
+	// string, the rest counted in StringsDropped. A rule whose condition
+	// needs no string has none.
+	Strings        []StringMatch `json:"strings"`
+	StringsDropped int           `json:"strings_dropped,omitempty"`
+}
+
+// StringMatch is one occurrence of one of a rule's strings.
+type StringMatch struct {
+	Identifier string `json:"identifier"` // "$a"
+	// Offset is where the occurrence starts in the file, or in the
+	// archive member the finding names.
+	Offset int64 `json:"offset"`
+	// Data is the matched bytes written so that they are safe to print
+	// on a terminal or in a log: printable ASCII as is, a backslash as
+	// \\, every other byte as \xNN (as yara -s prints them); at most
+	// MaxMatchData bytes of the match, Truncated when there were more.
+	Data      string `json:"data"`
+	Truncated bool   `json:"truncated,omitempty"`
+}
+
+// Bounds on what a Match carries, so that a file crafted to match a
+// string a million times costs a bounded report.
+const (
+	MaxStringMatches = 10  // occurrences kept per string of a rule
+	MaxMatchData     = 128 // bytes of each occurrence kept in StringMatch.Data
+)
+
+// escapeData writes b as StringMatch.Data does.
+func escapeData(b []byte) string {
+	const hex = "0123456789ABCDEF"
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		switch {
+		case c == '\\':
+			out = append(out, '\\', '\\')
+		case c >= 0x20 && c < 0x7f:
+			out = append(out, c)
+		default:
+			out = append(out, '\\', 'x', hex[c>>4], hex[c&15])
+		}
+	}
+	return string(out)
 }
 
 // MetaEntry is one metadata field of a rule. Meta is a list, in the rule's
 // order, rather than an object because rules repeat keys (several "hash"
-// entries are common in public rule sets). Value is a string, an int or a
-// bool.
+// entries are common in public rule sets). Value is a string, an int64 or
+// a bool; decoding JSON restores those types (an integer is not turned
+// into a float64), so a Match round-trips through JSON unchanged.
 type MetaEntry struct {
 	Key   string `json:"key"`
 	Value any    `json:"value"`
+}
+
+// UnmarshalJSON decodes {"key", "value"} with integers as int64.
+func (m *MetaEntry) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		Key   string          `json:"key"`
+		Value json.RawMessage `json:"value"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	d := json.NewDecoder(bytes.NewReader(raw.Value))
+	d.UseNumber()
+	var v any
+	if len(raw.Value) > 0 {
+		if err := d.Decode(&v); err != nil {
+			return err
+		}
+	}
+	if n, ok := v.(json.Number); ok {
+		if iv, err := n.Int64(); err == nil {
+			v = iv
+		} else if fv, err := n.Float64(); err == nil {
+			v = fv
+		}
+	}
+	m.Key, m.Value = raw.Key, v
+	return nil
 }
 
 // Finding is a file, or archive member, that matched at least one rule.
@@ -65,7 +153,20 @@ const (
 	SkipLimitHit    = "limit_hit"    // an archive limit stopped expansion (member not scanned)
 	SkipScanError   = "scan_error"   // libyara failed for another reason
 	SkipCanceled    = "canceled"     // listed but not scanned because the scan was canceled
+	SkipSpoolError  = "spool_error"  // larger than the memory window and could not be spooled (spool folder full or unwritable)
+	SkipVolume      = "volume_error" // the volume itself could not be read (encrypted, damaged, unknown): counted once
 )
+
+// incomplete reports whether a skip reason means content went unscanned,
+// so that the scan is incomplete. Exclusions were asked for, and links,
+// devices, fifos and sockets have no content to scan.
+func incomplete(reason string) bool {
+	switch reason {
+	case SkipExcluded, SkipExcludedDir, SkipNotRegular:
+		return false
+	}
+	return true
+}
 
 // VolumeReport says what happened to one volume.
 type VolumeReport struct {
@@ -124,12 +225,134 @@ func (e FileError) Unwrap() error { return e.Err }
 
 // Report is the result of scanning one target.
 type Report struct {
-	Target   string         `json:"target"`
+	Target string `json:"target"`
+	Kind   string `json:"kind"` // Target.Kind: image, block_device, folder, file
+	// Result is the verdict: findings, clean, or incomplete.
+	Result   Result         `json:"result"`
 	RulesID  string         `json:"rules_id"`
 	Volumes  []VolumeReport `json:"volumes"`
 	Findings []Finding      `json:"findings"`
+	// Excludes counts, for each Options.Exclude pattern in order, the
+	// files and folders it matched in this scan (see UnusedExcludes).
+	Excludes []ExcludeCount `json:"excludes"`
 	Started  time.Time      `json:"started"`
 	Duration time.Duration  `json:"duration_ns"`
+}
+
+// ExcludeCount is how many paths an exclusion pattern matched.
+type ExcludeCount struct {
+	Pattern string `json:"pattern"`
+	Matched int64  `json:"matched"`
+}
+
+// UnusedExcludes returns the exclusion patterns that matched nothing in
+// any of the reports (the targets of one run), in order, so that a
+// caller can warn about a pattern that was probably mistyped.
+func UnusedExcludes(reps ...*Report) []string {
+	var order []string
+	hits := map[string]int64{}
+	for _, r := range reps {
+		for _, e := range r.Excludes {
+			if _, seen := hits[e.Pattern]; !seen {
+				order = append(order, e.Pattern)
+			}
+			hits[e.Pattern] += e.Matched
+		}
+	}
+	var out []string
+	for _, p := range order {
+		if hits[p] == 0 {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Status is the one-word verdict of a scan.
+type Status string
+
+// The statuses, in the order they take precedence when results are
+// merged: findings over incomplete over clean.
+const (
+	// StatusFindings: at least one rule matched, whether or not
+	// everything was scanned (Result.NotScanned says what was not).
+	StatusFindings Status = "findings"
+	// StatusIncomplete: nothing matched in what was scanned, but some
+	// content was not scanned (Result.NotScanned says what and why). It
+	// is never a clean bill of health.
+	StatusIncomplete Status = "incomplete"
+	// StatusClean: everything that holds content was scanned and nothing
+	// matched. Excluded paths, links and devices do not count against it.
+	StatusClean Status = "clean"
+)
+
+// Result is the verdict of one scan (Report.Result), or of several merged
+// (MergeResults): what the appliance stores, events and metrics carry and
+// the CLI turns into its exit status. It is computed from the report's
+// volumes and findings when the scan ends.
+//
+// Content counts as not scanned, and makes the result incomplete, for
+// every skip reason but excluded, excluded_dir and not_regular: too_large,
+// read_error, timeout, limit_hit (an archive member past a limit),
+// scan_error, canceled, spool_error, and volume_error for a volume that
+// may hold files but could not be read (encrypted, damaged, unknown).
+type Result struct {
+	Status Status `json:"status"`
+	// Findings is the number of findings (files or members that matched).
+	Findings int `json:"findings"`
+	// NotScanned counts, by skip reason, the files, members and volumes
+	// whose content was not scanned; empty when the scan was complete.
+	NotScanned map[string]int64 `json:"not_scanned"`
+}
+
+// Complete reports whether everything that holds content was scanned.
+func (r Result) Complete() bool {
+	for _, n := range r.NotScanned {
+		if n > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// MergeResults combines the results of several scans (the disks of one
+// VM, the targets of one command): findings if any has findings, else
+// incomplete if any is incomplete, else clean; counts are added.
+func MergeResults(rs ...Result) Result {
+	out := Result{Status: StatusClean, NotScanned: map[string]int64{}}
+	for _, r := range rs {
+		out.Findings += r.Findings
+		for k, n := range r.NotScanned {
+			out.NotScanned[k] += n
+		}
+	}
+	out.setStatus()
+	return out
+}
+
+func (r *Result) setStatus() {
+	switch {
+	case r.Findings > 0:
+		r.Status = StatusFindings
+	case !r.Complete():
+		r.Status = StatusIncomplete
+	default:
+		r.Status = StatusClean
+	}
+}
+
+// computeResult sets rep.Result from its volumes and findings.
+func (rep *Report) computeResult() {
+	res := Result{Findings: len(rep.Findings), NotScanned: map[string]int64{}}
+	for _, v := range rep.Volumes {
+		for k, n := range v.Skipped {
+			if n > 0 && incomplete(k) {
+				res.NotScanned[k] += n
+			}
+		}
+	}
+	res.setStatus()
+	rep.Result = res
 }
 
 // Files returns the number of files checked over all volumes.

@@ -16,6 +16,7 @@ PACKAGES=(
 	squashfs-tools xorriso genisoimage        # squashfs, ISO9660 images
 	zstd xz-utils bzip2 zip unzip             # archives for scanner tests
 	sqlite3                                   # inspecting the appliance database
+	postgresql                                # PostgreSQL 15: fleet mode's shared state, started by the tests (internal/pgtest)
 	time                                      # /usr/bin/time -v for peak RSS in benchmarks
 	libvirt-daemon libvirt-daemon-driver-qemu # a private libvirtd for the libvirt connector's tests (no system service)
 	qemu-system-x86                           # the TCG guest those tests freeze

@@ -171,10 +171,10 @@ func readEBRs(r io.ReaderAt, size, extStart, extSize int64) ([]partition, error)
 // Well-known GPT partition types, lower-case GUIDs.
 var gptTypes = map[string]struct{ name, skip string }{
 	"c12a7328-f81f-11d2-ba4b-00a0c93ec93b": {"EFI System", ""},
-	"e3c9e316-0b5c-4db8-817d-f92df00215ae": {"Microsoft reserved", "Microsoft reserved partition: holds no file system"},
+	"e3c9e316-0b5c-4db8-817d-f92df00215ae": {"Microsoft reserved", "Microsoft reserved partition"},
 	"ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": {"Microsoft basic data", ""},
 	"de94bba4-06d1-4d40-a16a-bfd50179d6ac": {"Windows recovery", ""},
-	"21686148-6449-6e6f-744e-656564454649": {"BIOS boot", "BIOS boot partition: holds boot loader code, no file system"},
+	"21686148-6449-6e6f-744e-656564454649": {"BIOS boot", "BIOS boot partition (boot loader code)"},
 	"0fc63daf-8483-4772-8e79-3d69d8477de4": {"Linux filesystem", ""},
 	"e6d6d379-f507-44c2-a23c-238f2a3df928": {"Linux LVM", ""},
 	"0657fd6d-a4ab-43c4-84e5-0933c84b4f4f": {"Linux swap", ""},

@@ -49,7 +49,7 @@ var unsupported = []struct {
 	name, reason string
 	magic        func(r io.ReaderAt, size int64) bool
 }{
-	{"swap", "swap space: holds no files", func(r io.ReaderAt, size int64) bool {
+	{"swap", "swap space", func(r io.ReaderAt, size int64) bool {
 		for _, page := range []int64{4096, 8192, 16384, 65536} {
 			if at(r, page-10, "SWAPSPACE2") || at(r, page-10, "SWAP-SPACE") {
 				return true
@@ -68,6 +68,9 @@ var unsupported = []struct {
 		return size > 8192 && (at(r, 4096, "\xfc\x4e\x2b\xa9") || at(r, (size&^65535)-65536, "\xfc\x4e\x2b\xa9"))
 	}},
 }
+
+// errLVMPV is the Err of an LVM2 physical volume.
+var errLVMPV = fmt.Errorf("%w: LVM2 physical volume: its logical volumes are listed as lvm/<vg>/<lv> (it %w of its own)", ErrUnsupported, ErrNoFiles)
 
 // at reports whether the bytes at off equal magic.
 func at(r io.ReaderAt, off int64, magic string) bool {
@@ -111,7 +114,7 @@ func (d *Disk) findVolumes() {
 					Err: fmt.Errorf("%s %s: partition (bytes %d to %d) lies outside the %d-byte disk", d.Name, id, p.start, p.start+p.size, size)})
 			case p.skip != "":
 				d.Volumes = append(d.Volumes, &Volume{ID: id, Offset: p.start, Size: p.size, PartType: p.typ,
-					r: io.NewSectionReader(r, p.start, p.size), Err: fmt.Errorf("%w: %s", ErrUnsupported, p.skip)})
+					r: io.NewSectionReader(r, p.start, p.size), Err: fmt.Errorf("%w: %s: %w", ErrUnsupported, p.skip, ErrNoFiles)})
 			default:
 				v := d.probe(id, io.NewSectionReader(r, p.start, p.size), p.start, p.size)
 				v.PartType = p.typ
@@ -155,18 +158,22 @@ func (d *Disk) probe(id string, r io.ReaderAt, off, size int64) *Volume {
 	}
 	if isLVMPV(r) {
 		v.FileSystem = "lvm2"
-		v.Err = fmt.Errorf("%w: LVM2 physical volume: its logical volumes are listed as lvm/<vg>/<lv>", ErrUnsupported)
+		v.Err = errLVMPV
 		return v
 	}
 	for _, u := range unsupported {
 		if u.magic(r, size) {
 			v.FileSystem = u.name
-			v.Err = fmt.Errorf("%w: %s", ErrUnsupported, u.reason)
+			if u.name == "swap" {
+				v.Err = fmt.Errorf("%w: %s: %w", ErrUnsupported, u.reason, ErrNoFiles)
+			} else {
+				v.Err = fmt.Errorf("%w: %s", ErrUnsupported, u.reason)
+			}
 			return v
 		}
 	}
 	if allZero(r) {
-		v.Err = fmt.Errorf("%w: empty (the first sectors are all zeros)", ErrUnsupported)
+		v.Err = fmt.Errorf("%w: empty (the first sectors are all zeros): %w", ErrUnsupported, ErrNoFiles)
 		return v
 	}
 	v.Err = fmt.Errorf("%w: no known file system", ErrUnsupported)

@@ -121,6 +121,14 @@ type Volume struct {
 // system snapscan reads: swap, encrypted volumes, unknown content.
 var ErrUnsupported = errors.New("snapshot: volume not supported")
 
+// ErrNoFiles is wrapped, with ErrUnsupported, by Volume.Err for volumes
+// that hold no files at all: swap space, an LVM2 physical volume (its
+// logical volumes are listed on their own), a BIOS boot or Microsoft
+// reserved partition, a volume whose first sectors are all zeros. A scan
+// that could not read such a volume missed nothing; an encrypted, damaged
+// or unknown volume is another matter (scanner.Result counts it).
+var ErrNoFiles = errors.New("holds no files")
+
 // ErrNoVolume is returned by Disk.Volume for an unknown id.
 var ErrNoVolume = errors.New("snapshot: no such volume")
 

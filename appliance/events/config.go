@@ -55,6 +55,9 @@ type WebhookConfig struct {
 	TokenFile string        `yaml:"token_file"`
 	Timeout   time.Duration `yaml:"timeout"` // per attempt, default 10 s
 	Retries   int           `yaml:"retries"` // after the first attempt, default 3
+	// RetryWait is the wait before the first retry, doubling after
+	// each (default 1 s).
+	RetryWait time.Duration `yaml:"retry_wait"`
 	// Format of the body: json (default, Content-Type application/json),
 	// ocsf (application/json) or cef (text/plain).
 	Format Format `yaml:"format"`
@@ -197,8 +200,8 @@ func (c *WebhookConfig) Validate() error {
 	if c.Format != "" && !c.Format.valid() {
 		return fmt.Errorf("format: %q: want json, ocsf or cef", c.Format)
 	}
-	if c.Timeout < 0 {
-		return fmt.Errorf("timeout: must not be negative")
+	if c.Timeout < 0 || c.RetryWait < 0 {
+		return fmt.Errorf("timeout, retry_wait: must not be negative")
 	}
 	if c.Retries < 0 || c.Retries > 20 {
 		return fmt.Errorf("retries: must be 0-20")

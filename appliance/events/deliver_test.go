@@ -453,8 +453,7 @@ func TestWebhook(t *testing.T) {
 	dir := t.TempDir()
 	tok := filepath.Join(dir, "token")
 	os.WriteFile(tok, []byte("# the SIEM's\nhook-secret\n"), 0o600)
-	d := serve(t, Config{Webhook: WebhookConfig{URL: srv.URL + "/ingest?key=secret", TokenFile: tok, Format: FormatOCSF, Retries: 2}})
-	d.sinks[0].tr.(*webhook).retryMin = 10 * time.Millisecond
+	d := serve(t, Config{Webhook: WebhookConfig{URL: srv.URL + "/ingest?key=secret", TokenFile: tok, Format: FormatOCSF, Retries: 2, RetryWait: 10 * time.Millisecond}})
 	ev := sampleFinding()
 	d.Emit(ev)
 	ev.ID = 13

@@ -35,6 +35,7 @@ type transport interface {
 type sink struct {
 	name   string
 	typ    string // log, webhook, syslog
+	netw   string // syslog: tcp, tls, udp
 	format Format
 	render func(e *Event) ([]byte, error)
 	kinds  map[Kind]bool // nil: every kind
@@ -57,9 +58,11 @@ func (s *sink) setErr(err error) {
 
 // SinkStats is one sink's delivery counters, for metrics and the console.
 type SinkStats struct {
-	Name   string `json:"name"`
-	Type   string `json:"type"` // log, webhook or syslog
-	Format Format `json:"format"`
+	Name string `json:"name"`
+	Type string `json:"type"` // log, webhook or syslog
+	// Network is a syslog sink's: tcp, tls or udp.
+	Network string `json:"network,omitempty"`
+	Format  Format `json:"format"`
 	// Sent counts events delivered; Dropped, events thrown away because
 	// the queue was full or the appliance stopped before they could be
 	// sent; Failed, events the sink gave up on (the receiver refused them,
@@ -141,7 +144,7 @@ func New(cfg Config) (*Dispatcher, error) {
 			}
 			return RFC5424(tr.header, e.severity(), e.Kind, e.Time, string(msg)), nil
 		}
-		d.add(&sink{name: name, typ: "syslog", format: f, render: render, kinds: kindSet(sc.Kinds), tr: tr}, sc.Buffer)
+		d.add(&sink{name: name, typ: "syslog", netw: sc.network(), format: f, render: render, kinds: kindSet(sc.Kinds), tr: tr}, sc.Buffer)
 	}
 	return d, nil
 }
@@ -270,7 +273,7 @@ func (d *Dispatcher) send(ctx context.Context, s *sink, ev *Event) {
 func (d *Dispatcher) Stats() []SinkStats {
 	out := make([]SinkStats, 0, len(d.sinks))
 	for _, s := range d.sinks {
-		st := SinkStats{Name: s.name, Type: s.typ, Format: s.format,
+		st := SinkStats{Name: s.name, Type: s.typ, Network: s.netw, Format: s.format,
 			Sent: s.sent.Load(), Dropped: s.dropped.Load(), Failed: s.failed.Load(),
 			Queued: len(s.ch), Capacity: cap(s.ch), Connected: s.connected.Load(), Reconnects: s.reconnects.Load()}
 		s.mu.Lock()

@@ -45,6 +45,9 @@ func newWebhook(c WebhookConfig) (*webhook, error) {
 	if w.cfg.Timeout == 0 {
 		w.cfg.Timeout = DefaultTimeout
 	}
+	if c.RetryWait > 0 {
+		w.retryMin = c.RetryWait
+	}
 	if c.TokenFile != "" {
 		b, err := os.ReadFile(c.TokenFile)
 		if err != nil {

@@ -55,6 +55,12 @@ func (s Suite) Run(t *testing.T) {
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
+// declared is d with a declared format and layers.
+func declared(d queue.Disk, format string, layers ...string) queue.Disk {
+	d.Format, d.Layers = format, layers
+	return d
+}
+
 func disk(ds string, n int) queue.Disk {
 	return queue.Disk{Path: fmt.Sprintf("/snap/%s/%c.qcow2", ds, 'a'+n), Datastore: ds}
 }
@@ -102,7 +108,7 @@ func get(t *testing.T, s queue.Store, id int64) queue.Job {
 
 // sameJob compares every stored field.
 func sameJob(a, b queue.Job) bool {
-	return a.ID == b.ID && a.VM == b.VM && slices.Equal(a.Disks, b.Disks) && a.Class == b.Class &&
+	return a.ID == b.ID && a.VM == b.VM && slices.EqualFunc(a.Disks, b.Disks, queue.Disk.Equal) && a.Class == b.Class &&
 		a.Reason == b.Reason && a.SigVersion == b.SigVersion && a.Deadline.Equal(b.Deadline) &&
 		a.State == b.State && a.Attempts == b.Attempts && a.Crashes == b.Crashes && a.Error == b.Error &&
 		a.EnqueuedAt.Equal(b.EnqueuedAt) && a.NotBefore.Equal(b.NotBefore) && a.RetryAt.Equal(b.RetryAt) &&
@@ -137,6 +143,14 @@ func testMerge(t *testing.T, s queue.Store) {
 				{Disks: []queue.Disk{disk("A", 0)}, Class: queue.Rescan, Reason: "sigs", SigVersion: "v2"},
 			},
 			want: queue.Job{Disks: []queue.Disk{disk("A", 0)}, Class: queue.OnDemand, Reason: "user", SigVersion: "v2"},
+		},
+		{
+			name: "the same disk declared again: the newer format and layers win",
+			reqs: []queue.Request{
+				{Disks: []queue.Disk{disk("A", 0), disk("B", 1)}, Class: queue.OnDemand},
+				{Disks: []queue.Disk{declared(disk("A", 0), "qcow2", "base.qcow2")}, Class: queue.OnDemand},
+			},
+			want: queue.Job{Disks: []queue.Disk{declared(disk("A", 0), "qcow2", "base.qcow2"), disk("B", 1)}, Class: queue.OnDemand},
 		},
 		{
 			name: "reason filled in when empty",
@@ -180,7 +194,7 @@ func testMerge(t *testing.T, s queue.Store) {
 				t.Errorf("stored %+v\nreturned %+v", got, mem)
 			}
 			w := tt.want
-			if !slices.Equal(got.Disks, w.Disks) || got.Class != w.Class || got.Reason != w.Reason ||
+			if !slices.EqualFunc(got.Disks, w.Disks, queue.Disk.Equal) || got.Class != w.Class || got.Reason != w.Reason ||
 				got.SigVersion != w.SigVersion || !got.Deadline.Equal(w.Deadline) || !got.NotBefore.Equal(w.NotBefore) {
 				t.Errorf("merged job = %+v\nwant %+v", got, w)
 			}

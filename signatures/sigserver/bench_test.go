@@ -1,4 +1,4 @@
-package signatures_test
+package sigserver_test
 
 import (
 	"archive/tar"
@@ -10,9 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
+	"github.com/snapscan/snapscan/signatures/internal/sigtest"
+	"github.com/snapscan/snapscan/signatures/sigserver"
 )
 
 // BenchmarkPushSignatureBase builds, compiles, signs, pushes and activates
@@ -45,22 +48,22 @@ func BenchmarkPushSignatureBase(b *testing.B) {
 	var size int
 	for range b.N {
 		b.StopTimer()
-		tlsCfg, client := selfSigned(b)
-		key := newKey(b)
+		tlsCfg, client := sigtest.SelfSigned(b)
+		key := sigtest.NewKey(b)
 		ctx, cancel := context.WithCancel(context.Background())
-		recv := make([]*receiver, 3)
-		var apps []signatures.Appliance
+		recv := make([]*sigtest.Receiver, 3)
+		var apps []signatures.PushTarget
 		for i := range recv {
-			recv[i] = newReceiver(b, signatures.ReceiverConfig[*scanner.Rules]{Keys: signatures.NewKeySet(pub(key)), Logger: discard})
-			ln := listen(b, "127.0.0.1:0")
-			serveTLS(b, ln, tlsCfg, signatures.RequireBearer([]string{"t"}, recv[i].Handler(), nil))
-			apps = append(apps, signatures.Appliance{ID: "app-" + string(rune('a'+i)), URL: "https://" + ln.Addr().String() + "/", Token: "t"})
+			recv[i] = sigtest.NewReceiver(b, signatures.ReceiverConfig[*scanner.Rules]{Keys: signatures.NewKeySet(sigtest.Pub(key)), Logger: discard})
+			ln := sigtest.Listen(b, "127.0.0.1:0")
+			sigtest.ServeTLS(b, ln, tlsCfg, httpx.RequireBearer(httpx.NewTokens("t"), recv[i].Handler(), httpx.BearerOptions{}))
+			apps = append(apps, signatures.PushTarget{ID: "app-" + string(rune('a'+i)), URL: "https://" + ln.Addr().String() + "/", Token: "t"})
 		}
 		stateDir := b.TempDir()
-		srv, err := signatures.NewServer(signatures.ServerConfig{
-			Key: key, Name: "signature-base", RulesDir: rules, StateDir: stateDir, Check: checkYARA,
+		srv, err := sigserver.New(sigserver.Config{
+			Key: key, Name: "signature-base", RulesDir: rules, StateDir: stateDir, Check: sigtest.CheckYARA,
 			MinEngine: "4.2", Externals: scanner.Externals, Tokens: []string{"api"},
-			Listener: listen(b, "127.0.0.1:0"), TLSConfig: tlsCfg, Appliances: apps, Client: client,
+			Listener: sigtest.Listen(b, "127.0.0.1:0"), TLSConfig: tlsCfg, Targets: apps, Client: client,
 			PollInterval: -1, RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond, Logger: discard,
 		})
 		if err != nil {
