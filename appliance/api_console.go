@@ -32,11 +32,7 @@ type QueueView struct {
 	MaxScans     int           `json:"max_scans"`
 }
 
-func (a *Appliance) handleQueue(w http.ResponseWriter, r *http.Request) error {
-	q, err := httpx.StrictQuery(r, "limit")
-	if err != nil {
-		return err
-	}
+func (a *Appliance) handleQueue(w http.ResponseWriter, r *http.Request, q httpx.Query) error {
 	limit, err := q.Int("limit", 100, 1, queue.MaxList)
 	if err != nil {
 		return err
@@ -60,11 +56,7 @@ func (a *Appliance) handleQueue(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (a *Appliance) handleVMs(w http.ResponseWriter, r *http.Request) error {
-	q, err := httpx.StrictQuery(r, "search", "after", "limit", "scanned")
-	if err != nil {
-		return err
-	}
+func (a *Appliance) handleVMs(w http.ResponseWriter, r *http.Request, q httpx.Query) error {
 	limit, err := q.Int("limit", 100, 1, results.MaxPage)
 	if err != nil {
 		return err
@@ -117,14 +109,10 @@ const maxHistory = 31 * 24 * time.Hour
 // when it is downsampled.
 const historyPoints = 360
 
-func (a *Appliance) handleHistory(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleHistory(w http.ResponseWriter, r *http.Request, q httpx.Query) error {
 	name := r.PathValue("name")
 	if _, ok := a.cfg.datastore(name); !ok {
 		return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no datastore %q", name)}
-	}
-	q, err := httpx.StrictQuery(r, "since", "until", "step")
-	if err != nil {
-		return err
 	}
 	now := time.Now().UTC()
 	since, err := q.Time("since")
@@ -195,10 +183,7 @@ func (a *Appliance) handleHistory(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-func (a *Appliance) handleEvents(w http.ResponseWriter, r *http.Request) error {
-	if _, err := httpx.StrictQuery(r); err != nil {
-		return err
-	}
+func (a *Appliance) handleEvents(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	sinks := a.events.Stats()
 	if sinks == nil {
 		sinks = []events.SinkStats{}

@@ -289,21 +289,31 @@ log:
 	}
 
 	// Submit the 20 VMs and the corrupt image; one through the CLI client.
-	type disk struct{ vm, ds, path string }
+	// Even VMs are submitted with the format the fixture made them in
+	// (declared, as a hypervisor would), odd ones without (probed).
+	type disk struct{ vm, ds, path, format string }
 	var disks []disk
 	df, _ := os.ReadFile(filepath.Join(fx, "disks.tsv"))
-	for _, l := range strings.Split(strings.TrimSpace(string(df)), "\n") {
+	for i, l := range strings.Split(strings.TrimSpace(string(df)), "\n") {
 		f := strings.Split(l, "\t")
-		disks = append(disks, disk{f[0], f[1], f[2]})
+		d := disk{f[0], f[1], f[2], ""}
+		if i%2 == 1 {
+			d.format = strings.ReplaceAll(f[3], "vpc", "vhd") // qemu-img's name for VHD
+		}
+		disks = append(disks, d)
 	}
 	if len(disks) != 20 {
 		t.Fatalf("fixture lists %d disks, want 20", len(disks))
 	}
-	disks = append(disks, disk{"broken", "ds-a", "corrupt.qcow2"})
+	disks = append(disks, disk{"broken", "ds-a", "corrupt.qcow2", ""})
 	ids := map[string]int64{}
 	for i, d := range disks {
-		if i == 0 {
-			cmd := exec.Command(bin, "submit", "--url", c.base, "--vm", d.vm, "--disk", d.ds+":"+d.path, "--json")
+		if i < 2 {
+			args := []string{"submit", "--url", c.base, "--vm", d.vm, "--disk", d.ds + ":" + d.path, "--json"}
+			if d.format != "" {
+				args = append(args, "--format", d.format)
+			}
+			cmd := exec.Command(bin, args...)
 			cmd.Env = append(os.Environ(), "SNAPSCAN_TOKEN="+apiToken)
 			out, err := cmd.Output()
 			var s scan
@@ -313,10 +323,11 @@ log:
 			ids[d.vm] = s.ID
 			continue
 		}
-		body := fmt.Sprintf(`{"vm": %q, "disks": [{"datastore": %q, "path": %q}], "reason": "e2e"}`, d.vm, d.ds, d.path)
+		body, _ := json.Marshal(map[string]any{"vm": d.vm, "reason": "e2e",
+			"disks": []map[string]string{{"datastore": d.ds, "path": d.path, "format": d.format}}})
 		var s scan
-		if code := c.call("POST", "/v1/scans", apiToken, []byte(body), &s); code != 202 {
-			t.Fatalf("submit %s: %d", d.vm, code)
+		if code := c.call("POST", "/v1/scans", apiToken, body, &s); code != 202 {
+			t.Fatalf("submit %s: %d %s", d.vm, code, body)
 		}
 		ids[d.vm] = s.ID
 	}

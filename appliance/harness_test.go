@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -43,7 +44,12 @@ type testApp struct {
 	served chan error
 	// stopped is set once Serve's result was taken.
 	stopped bool
+	// lastError is the error message of the last call's answer, if it
+	// was not a success.
+	lastError string
 }
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // applianceFixture returns the appliance.sh fixture: 20 VMs on ds-a and
 // ds-b with planted matches (see testdata/appliance.sh).
@@ -173,7 +179,13 @@ func (ta *testApp) reopen() *Appliance {
 // or a pull would.
 func (ta *testApp) install(v uint64) {
 	ta.t.Helper()
-	files, err := signatures.LoadRuleFiles(filepath.Join(ta.fx, "rules", "planted.yar"))
+	ta.installRules(v, filepath.Join(ta.fx, "rules", "planted.yar"))
+}
+
+// installRules is install with other rule files.
+func (ta *testApp) installRules(v uint64, paths ...string) {
+	ta.t.Helper()
+	files, err := signatures.LoadRuleFiles(paths...)
 	if err != nil {
 		ta.t.Fatal(err)
 	}
@@ -210,6 +222,15 @@ func (ta *testApp) call(method, path, token string, body any, out any) (int, err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	ta.lastError = ""
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) == nil {
+			ta.lastError = e.Error
+		}
+	}
 	if out != nil && resp.StatusCode < 300 {
 		if err := json.Unmarshal(b, out); err != nil {
 			ta.t.Fatalf("%s %s: %v: %s", method, path, err, b)

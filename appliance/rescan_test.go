@@ -67,7 +67,7 @@ func TestRescanOnNewSignatures(t *testing.T) {
 		if j.Class != queue.Rescan || j.SigVersion != "2" || !strings.Contains(j.Reason, "signature update") {
 			t.Errorf("rescan %d (%s): class %s, version %q, reason %q", j.ID, j.VM, j.Class, j.SigVersion, j.Reason)
 		}
-		if len(j.Disks) != 1 || j.Disks[0] != disks[j.VM] {
+		if len(j.Disks) != 1 || !j.Disks[0].Equal(disks[j.VM]) {
 			t.Errorf("rescan of %s: disks %v, want %v", j.VM, j.Disks, disks[j.VM])
 		}
 		if i == 0 {

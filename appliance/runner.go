@@ -17,6 +17,7 @@ import (
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
 	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/image"
 )
 
 // jobProgress is a running job's progress, fed by the scanner.
@@ -165,12 +166,14 @@ type activeSet struct {
 
 // scanner returns the Scanner for a rule set, making a new one when the
 // set changed; scans that started on the old one keep it. Every Scanner
-// shares the process's one memory budget (scanner.memory_budget).
+// shares the process's one budget (scanner.memory_budget, spool_budget),
+// so a signature update never doubles the bound while old scans finish.
 func (a *Appliance) scanner(act *signatures.Active[*scanner.Rules]) *scanner.Scanner {
 	a.scMu.Lock()
 	defer a.scMu.Unlock()
 	if id := act.Rules.ID(); a.sc == nil || a.scRules != id {
 		o := a.cfg.scannerOptions()
+		o.Budget = a.budget
 		if !a.cfg.Scanner.NoCache {
 			o.Cache = a.cache
 		}
@@ -255,17 +258,24 @@ const saveTimeout = time.Minute
 
 // scanDisk opens one disk through the datastore's budget and scans it. It
 // returns the partial scan with the context's error when the context
-// ended during the scan.
+// ended during the scan. Its errors name the datastore and paths within
+// it, never the datastore's folder: they reach API clients (the full error
+// is logged).
 func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, wrap queue.Wrap, jp *jobProgress) (*diskScan, error) {
 	ds, ok := a.cfg.datastore(d.Datastore)
 	if !ok {
 		return nil, queue.Permanent(fmt.Errorf("disk %s: datastore %q is not configured", d.Path, d.Datastore))
 	}
-	path, err := DiskPath(ds.Path, d.Path)
+	// Checked again: a link in the datastore may have changed since the
+	// submit.
+	path, err := ds.entry(d.Path)
 	if err != nil {
-		return nil, queue.Permanent(fmt.Errorf("disk %s on %s: %w", d.Path, d.Datastore, err))
+		a.log.Warn("appliance: disk refused", "job", job.ID, "datastore", ds.Name, "path", d.Path, "resolves", resolvedForLog(ds, d.Path), "err", err)
+		return nil, queue.Permanent(err)
 	}
-	disk, err := snapshot.Open(path, &snapshot.Options{
+	opts := &snapshot.Options{
+		Format:             d.Format,
+		AllowUnnamedLayers: ds.AllowUnnamedLayers,
 		// Backing files and extents may come from anywhere in the
 		// datastore, never from outside it.
 		AllowedDirs: []string{ds.Path},
@@ -275,14 +285,32 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 		WrapReader: func(_ string, r io.ReaderAt) io.ReaderAt {
 			return &jobReader{ctx: ctx, r: wrap(d.Datastore, r), n: &jp.read}
 		},
-	})
+	}
+	if len(d.Layers) > 0 {
+		opts.Layers = []string{path}
+		for _, l := range d.Layers {
+			lp, err := ds.entry(l)
+			if err != nil {
+				a.log.Warn("appliance: layer refused", "job", job.ID, "datastore", ds.Name, "path", l, "resolves", resolvedForLog(ds, l), "err", err)
+				return nil, queue.Permanent(fmt.Errorf("disk %s: layer %w", d.Path, err))
+			}
+			opts.Layers = append(opts.Layers, lp)
+		}
+	}
+	disk, err := snapshot.Open(path, opts)
 	if err != nil {
 		a.unreadable.set(job.ID, d)
-		return nil, classify(ctx, fmt.Errorf("disk %s on %s: %w", d.Path, d.Datastore, err))
+		err = fmt.Errorf("%s: %w", d.Datastore, err)
+		log := a.log.With("job", job.ID, "datastore", ds.Name, "path", d.Path, "err", err)
+		var rel *image.RelatedError
+		if errors.As(err, &rel) {
+			log = log.With("related", rel.Name, "resolves", rel.Resolved)
+		}
+		log.Warn("appliance: disk not opened")
+		return nil, classify(ctx, ds.redactErr(err))
 	}
 	defer disk.Close()
 	t := scanner.DiskTarget(fmt.Sprintf("job-%d/%d", job.ID, i), disk)
-	unread := unreadVolumes(disk)
 	readable := 0
 	for _, v := range disk.Volumes {
 		if v.Err == nil {
@@ -302,17 +330,19 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 			reasons = []string{"no partition or file system found"}
 		}
 		a.unreadable.set(job.ID, d)
-		return nil, queue.Permanent(fmt.Errorf("disk %s on %s (%s): no readable volume: %s", d.Path, d.Datastore, disk.Format, strings.Join(reasons, "; ")))
+		err := fmt.Errorf("%s: %s (%s): no readable volume: %s", d.Datastore, d.Path, disk.Format, strings.Join(reasons, "; "))
+		a.log.Warn("appliance: nothing to scan", "job", job.ID, "err", err)
+		return nil, queue.Permanent(ds.redactErr(err))
 	}
 	a.progress.addTarget(t.Name, jp)
 	defer a.progress.removeTarget(t.Name)
 	rep, err := sc.Scan(ctx, t)
-	out := &diskScan{disk: d, report: rep, unread: unread}
+	out := &diskScan{disk: d, report: rep, redact: ds.redact}
 	if err != nil {
 		if ctx.Err() != nil {
-			return out, fmt.Errorf("disk %s: %w", d.Path, context.Cause(ctx))
+			return out, fmt.Errorf("%s: %s: %w", d.Datastore, d.Path, context.Cause(ctx))
 		}
-		return nil, fmt.Errorf("disk %s: %w", d.Path, err) // YARA could not start: transient
+		return nil, fmt.Errorf("%s: %s: %w", d.Datastore, d.Path, err) // YARA could not start: transient
 	}
 	return out, nil
 }

@@ -73,7 +73,7 @@ func FuzzEnqueue(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.VM != r1.VM || !slices.Equal(got.Disks, r1.Disks) || got.Class != r1.Class ||
+		if got.VM != r1.VM || !slices.EqualFunc(got.Disks, r1.Disks, queue.Disk.Equal) || got.Class != r1.Class ||
 			got.Reason != r1.Reason || got.SigVersion != r1.SigVersion || !got.Deadline.Equal(r1.Deadline) {
 			t.Fatalf("stored %+v\nasked %+v", got, r1)
 		}
@@ -83,11 +83,11 @@ func FuzzEnqueue(f *testing.F) {
 		j2 := enqueue1(t, ctx, store, r2, now.Add(time.Minute))
 		want := got
 		want.Merge(&r2)
-		if j2.ID != j1.ID || !slices.Equal(j2.Disks, want.Disks) || j2.Class != max(r1.Class, r2.Class) ||
+		if j2.ID != j1.ID || !slices.EqualFunc(j2.Disks, want.Disks, queue.Disk.Equal) || j2.Class != max(r1.Class, r2.Class) ||
 			j2.SigVersion != want.SigVersion || !j2.EnqueuedAt.Equal(now) {
 			t.Fatalf("merge of %+v into %+v gave %+v", r2, got, j2)
 		}
-		if again, _ := store.Get(ctx, j1.ID); !slices.Equal(again.Disks, want.Disks) || again.Reason != want.Reason {
+		if again, _ := store.Get(ctx, j1.ID); !slices.EqualFunc(again.Disks, want.Disks, queue.Disk.Equal) || again.Reason != want.Reason {
 			t.Fatalf("merged job stored as %+v, want %+v", again, want)
 		}
 	})

@@ -62,6 +62,21 @@ type Disk struct {
 	Path string `json:"path"`
 	// Datastore is the name the budgets are kept under.
 	Datastore string `json:"datastore"`
+	// Format and Layers are how the runner is to open the disk (its image
+	// format as declared, "" to probe; the other files of its chain the
+	// submitter named). The queue keeps them and does not read them.
+	Format string   `json:"format,omitempty"`
+	Layers []string `json:"layers,omitempty"`
+}
+
+// Same reports whether d and o are the same disk: the same path on the
+// same datastore, however declared.
+func (d Disk) Same(o Disk) bool { return d.Path == o.Path && d.Datastore == o.Datastore }
+
+// Equal reports whether d and o are the same disk declared alike (a nil
+// and an empty Layers are alike: the store keeps neither).
+func (d Disk) Equal(o Disk) bool {
+	return d.Same(o) && d.Format == o.Format && slices.Equal(d.Layers, o.Layers)
 }
 
 // VM is a VM and its disks, as EnqueueRescan takes them.
@@ -104,8 +119,12 @@ func (r *Request) validate() error {
 		}
 	}
 	for _, d := range r.Disks {
-		if !validText(d.Path) || !validText(d.Datastore) {
+		strs := append([]string{d.Path, d.Datastore, d.Format}, d.Layers...)
+		if slices.ContainsFunc(strs, func(s string) bool { return !validText(s) }) {
 			return fmt.Errorf("%w: VM %q: disk %q on %q is not valid UTF-8 without NUL", ErrInvalid, r.VM, d.Path, d.Datastore)
+		}
+		if len(d.Format) > maxStringLen || len(d.Layers) > MaxDisks || slices.ContainsFunc(d.Layers, func(s string) bool { return s == "" || len(s) > maxStringLen }) {
+			return fmt.Errorf("%w: VM %q: disk %q on %q: format too long, or more than %d layers, or an empty or long one", ErrInvalid, r.VM, d.Path, d.Datastore, MaxDisks)
 		}
 	}
 	if r.VM == "" || len(r.VM) > maxStringLen {
@@ -155,6 +174,13 @@ type Job struct {
 	StartedAt  time.Time // start of the last run
 	FinishedAt time.Time // when the job reached a terminal state
 
+	// Holder and Epoch name the lease of the job's current or last run:
+	// the queue instance (appliance and process) that runs it, and a count
+	// that grows by one at every start. A report about a run is accepted
+	// only with the epoch it was started with (fencing).
+	Holder string
+	Epoch  int64
+
 	// CancelRequested is set when Cancel was called on the running job;
 	// a crash before the runner returns turns it into Cancelled on restart.
 	CancelRequested bool
@@ -193,7 +219,11 @@ func (j *Job) readyAt() time.Time {
 // request meets its VM's queued job, so every implementation merges alike.
 func (j *Job) Merge(r *Request) {
 	for _, d := range r.Disks {
-		if !slices.Contains(j.Disks, d) {
+		// The same disk asked for again: the newer declaration of its
+		// format and layers wins.
+		if i := slices.IndexFunc(j.Disks, d.Same); i >= 0 {
+			j.Disks[i] = d
+		} else {
 			j.Disks = append(j.Disks, d)
 		}
 	}
@@ -242,6 +272,13 @@ var (
 	ErrAttempts = errors.New("queue: too many attempts")
 	// ErrClosed: Serve has ended or was never started where it must run.
 	ErrClosed = errors.New("queue: not serving")
+	// ErrLeaseLost: the holder's lease expired (or it was reaped): the
+	// runs it held are no longer its own, and what it reports of them is
+	// refused.
+	ErrLeaseLost = errors.New("queue: lease lost")
+	// ErrNoSlot: a start was refused because a datastore it needs runs as
+	// many scans as its budget allows, counted over the whole fleet.
+	ErrNoSlot = errors.New("queue: no free scan slot on the datastore")
 )
 
 // permanentError marks an error a retry cannot fix.

@@ -164,16 +164,62 @@ func printJSON(w io.Writer, raw json.RawMessage) error {
 	return enc.Encode(v)
 }
 
+// submitDisk is one disk of a submit, as the API takes it.
+type submitDisk struct {
+	Datastore string   `json:"datastore"`
+	Path      string   `json:"path"`
+	Format    string   `json:"format,omitempty"`
+	Layers    []string `json:"layers,omitempty"`
+}
+
+// submitDisks are --disk, and --format and --layer, which describe the
+// --disk before them.
+type submitDisks struct{ disks []submitDisk }
+
+func (d *submitDisks) last(flag string) (*submitDisk, error) {
+	if len(d.disks) == 0 {
+		return nil, fmt.Errorf("--%s describes the --disk before it: give --disk first", flag)
+	}
+	return &d.disks[len(d.disks)-1], nil
+}
+
+func (d *submitDisks) register(f *flag.FlagSet) {
+	f.Func("disk", "`DATASTORE:PATH` of a disk image (repeatable)", func(v string) error {
+		ds, p, ok := strings.Cut(v, ":")
+		if !ok || ds == "" || p == "" {
+			return fmt.Errorf("want DATASTORE:PATH")
+		}
+		d.disks = append(d.disks, submitDisk{Datastore: ds, Path: p})
+		return nil
+	})
+	f.Func("format", "image `FORMAT` of the --disk before it, as the hypervisor knows it (raw, qcow2,\n"+
+		"vmdk, vhd, vhdx); without it the format is probed and no unlisted backing file is opened", func(v string) error {
+		last, err := d.last("format")
+		if err == nil {
+			last.Format = v
+		}
+		return err
+	})
+	f.Func("layer", "`PATH` on the same datastore of a file in the chain (extent, backing file) of\n"+
+		"the --disk before it (repeatable, in chain order)", func(v string) error {
+		last, err := d.last("layer")
+		if err == nil {
+			last.Layers = append(last.Layers, v)
+		}
+		return err
+	})
+}
+
 func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("submit", "submit --vm NAME --disk DATASTORE:PATH [--disk ...] [--priority P] [--wait] [--json]",
+	f := newFlags("submit", "submit --vm NAME --disk DATASTORE:PATH [--format F] [--layer PATH...] [--disk ...] [--priority P] [--wait] [--json]",
 		"Submits a scan of a VM's disks (paths relative to their datastore's folder) and prints\n"+
 			"the scan id. With --wait, waits for the end: exit 0 when clean, 4 when it found\n"+
 			"something, 5 when it found nothing but could not scan everything (incomplete),\n"+
 			"3 when it failed or was cancelled.", stderr)
 	newClient := clientFlags(f)
 	vm := f.String("vm", "", "VM `NAME`")
-	var disks stringList
-	f.Var(&disks, "disk", "`DATASTORE:PATH` of a disk image (repeatable)")
+	var disks submitDisks
+	disks.register(f)
 	prio := f.String("priority", "on_demand", "`CLASS`: on_demand, scheduled or rescan")
 	reason := f.String("reason", "", "free-text `REASON` kept with the scan")
 	wait := f.Bool("wait", false, "wait until the scan ends")
@@ -182,26 +228,15 @@ func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if *vm == "" || len(disks) == 0 || len(pos) != 0 {
+	if *vm == "" || len(disks.disks) == 0 || len(pos) != 0 {
 		return usageError("want --vm and at least one --disk DATASTORE:PATH")
 	}
-	type disk struct {
-		Datastore string `json:"datastore"`
-		Path      string `json:"path"`
-	}
 	body := struct {
-		VM       string `json:"vm"`
-		Disks    []disk `json:"disks"`
-		Priority string `json:"priority"`
-		Reason   string `json:"reason,omitempty"`
-	}{VM: *vm, Priority: *prio, Reason: *reason}
-	for _, d := range disks {
-		ds, p, ok := strings.Cut(d, ":")
-		if !ok || ds == "" || p == "" {
-			return usageError("--disk %q: want DATASTORE:PATH", d)
-		}
-		body.Disks = append(body.Disks, disk{ds, p})
-	}
+		VM       string       `json:"vm"`
+		Disks    []submitDisk `json:"disks"`
+		Priority string       `json:"priority"`
+		Reason   string       `json:"reason,omitempty"`
+	}{VM: *vm, Disks: disks.disks, Priority: *prio, Reason: *reason}
 	c, err := newClient()
 	if err != nil {
 		return err
@@ -357,11 +392,13 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func runFindings(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("findings", "findings [--vm NAME] [--rule RULE] [--scan ID] [--since TIME] [--until TIME] [--json]",
-		"Lists findings, oldest first, filtered by VM, rule, scan and time (RFC 3339).", stderr)
+	f := newFlags("findings", "findings [--vm NAME] [--datastore DS] [--rule RULE] [--tag TAG] [--scan ID] [--since TIME] [--until TIME] [--json]",
+		"Lists findings, oldest first, filtered by VM, datastore, rule, tag, scan and time (RFC 3339).", stderr)
 	newClient := clientFlags(f)
 	vm := f.String("vm", "", "only VM `NAME`")
 	rule := f.String("rule", "", "only `RULE`")
+	datastore := f.String("datastore", "", "only findings on `DATASTORE`")
+	tag := f.String("tag", "", "only rules with `TAG`")
 	scan := f.String("scan", "", "only scan `ID`")
 	since := f.String("since", "", "found at or after `TIME`")
 	until := f.String("until", "", "found before `TIME`")
@@ -379,7 +416,7 @@ func runFindings(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	q := url.Values{}
-	for k, v := range map[string]string{"vm": *vm, "rule": *rule, "scan": *scan, "since": *since, "until": *until} {
+	for k, v := range map[string]string{"vm": *vm, "rule": *rule, "datastore": *datastore, "tag": *tag, "scan": *scan, "since": *since, "until": *until} {
 		if v != "" {
 			q.Set(k, v)
 		}

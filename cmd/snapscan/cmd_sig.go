@@ -107,11 +107,18 @@ type serverFlags struct {
 	url, tokenFile, ca *string
 }
 
+// The central server's token comes from its own variables: SNAPSCAN_TOKEN
+// and SNAPSCAN_TOKEN_FILE are an appliance's.
+const (
+	envSigToken     = "SNAPSCAN_SIG_TOKEN"
+	envSigTokenFile = "SNAPSCAN_SIG_TOKEN_FILE"
+)
+
 func addServerFlags(f *flag.FlagSet, what string) serverFlags {
 	return serverFlags{
 		url:       f.String("server", "", "central signature server `URL` (https://central:8443)"+what),
-		tokenFile: f.String("token-file", envOr("SNAPSCAN_TOKEN_FILE", ""), "`FILE` holding the bearer token (first line; env SNAPSCAN_TOKEN_FILE)"),
-		ca:        f.String("ca", "", "PEM `FILE` of CAs to trust for HTTPS (default: system roots)"),
+		tokenFile: f.String("token-file", envOr(envSigTokenFile, ""), "`FILE` holding the server's API token (first line; default env "+envSigTokenFile+", or the token in "+envSigToken+")"),
+		ca:        f.String("ca", "", "PEM `FILE` of CAs to trust for the server's HTTPS (default: system roots)"),
 	}
 }
 
@@ -129,9 +136,9 @@ func httpClient(caFile string, timeout time.Duration) (*http.Client, error) {
 	return &http.Client{Transport: tr, Timeout: timeout}, nil
 }
 
-// bearer returns the token to send: the first of --token-file, else
-// SNAPSCAN_TOKEN; "" when neither is set.
-func bearer(tokenFile string) (string, error) {
+// bearer returns the token to send: the first of tokenFile, else the
+// environment variable env; "" when neither is set.
+func bearer(tokenFile, env string) (string, error) {
 	if tokenFile != "" {
 		toks, err := httpx.ReadTokenFile(tokenFile)
 		if err != nil {
@@ -139,18 +146,18 @@ func bearer(tokenFile string) (string, error) {
 		}
 		return toks[0], nil
 	}
-	return os.Getenv("SNAPSCAN_TOKEN"), nil
+	return os.Getenv(env), nil
 }
 
 // reserve asks the central server for version v of set name (0: the next
 // free one) and returns the version reserved.
 func reserve(ctx context.Context, sf serverFlags, name string, v uint64) (uint64, error) {
-	tok, err := bearer(*sf.tokenFile)
+	tok, err := bearer(*sf.tokenFile, envSigToken)
 	if err != nil {
 		return 0, err
 	}
 	if tok == "" {
-		return 0, usageError("--server needs the server's API token: --token-file FILE or SNAPSCAN_TOKEN")
+		return 0, usageError("--server needs the server's API token: --token-file FILE, %s or %s", envSigTokenFile, envSigToken)
 	}
 	c, err := httpClient(*sf.ca, time.Minute)
 	if err != nil {
@@ -475,7 +482,7 @@ Examples:
 		}
 	}
 	if len(urls) > 0 {
-		tok, err := bearer(*tokenFile)
+		tok, err := bearer(*tokenFile, "SNAPSCAN_TOKEN")
 		if err != nil {
 			return err
 		}

@@ -53,7 +53,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func setup(t *testing.T) *testEnv {
+func setup(t testing.TB) *testEnv {
 	t.Helper()
 	envOnce.Do(func() {
 		d := libvirttest.Start(t)
@@ -78,7 +78,7 @@ func setup(t *testing.T) *testEnv {
 	return env
 }
 
-func dial(t *testing.T, e *testEnv) *libvirt.Connector {
+func dial(t testing.TB, e *testEnv) *libvirt.Connector {
 	t.Helper()
 	c, err := libvirt.Dial(context.Background(), libvirt.Config{Socket: e.d.Socket})
 	if err != nil {
@@ -88,7 +88,7 @@ func dial(t *testing.T, e *testEnv) *libvirt.Connector {
 	return c
 }
 
-func vmByName(t *testing.T, c connector.Connector, name string) connector.VM {
+func vmByName(t testing.TB, c connector.Connector, name string) connector.VM {
 	t.Helper()
 	vms, err := c.List(context.Background())
 	if err != nil {
@@ -132,7 +132,8 @@ func readPlanted(t *testing.T, e *testEnv, fd connector.FrozenDisk, upTo int) in
 	if top.Format != "qcow2" {
 		t.Fatalf("frozen top %+v: want qcow2", top)
 	}
-	disk, err := snapshot.Open(top.Path, nil)
+	// Opened as the appliance does: the declared format and chain only.
+	disk, err := snapshot.Open(top.Path, &snapshot.Options{Format: top.Format, Layers: fd.Paths()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -653,4 +654,53 @@ func TestConformance(t *testing.T) {
 		Formats:   []string{"qcow2", "raw"},
 		Leftovers: func(t *testing.T, vm string) []string { return leftovers(t, e, guests[vm]) },
 	}.Run(t)
+}
+
+// TestScanReleases: connector.Scan releases the freeze when the scan
+// fails, when its context is cancelled mid-scan, and when it panics.
+func TestScanReleases(t *testing.T) {
+	e := setup(t)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := dial(t, e)
+	vm := vmByName(t, c, "guest1")
+	chain := fmt.Sprint(chainOf(t, e, "guest1"))
+	check := func(what string) {
+		t.Helper()
+		if left := leftovers(t, e, e.g); len(left) != 0 {
+			t.Fatalf("%s: left behind %v", what, left)
+		}
+		if ch := fmt.Sprint(chainOf(t, e, "guest1")); ch != chain {
+			t.Fatalf("%s: chain %s, before %s", what, ch, chain)
+		}
+	}
+	boom := errors.New("scanner failed")
+	rep, err := connector.Scan(context.Background(), c, vm.ID, connector.Options{}, nil, func(ctx context.Context, f *connector.Freeze) error {
+		return boom
+	})
+	if !errors.Is(err, boom) || rep.Freeze == nil || rep.Released.Duration == 0 {
+		t.Fatalf("failed scan: %v %+v", err, rep)
+	}
+	check("failed scan")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = connector.Scan(ctx, c, vm.ID, connector.Options{}, nil, func(ctx context.Context, f *connector.Freeze) error {
+		<-ctx.Done() // a scan that runs past its deadline
+		return ctx.Err()
+	})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("timed-out scan: %v", err)
+	}
+	check("timed-out scan")
+	func() {
+		defer func() {
+			if p := recover(); p != "reader panicked" {
+				t.Fatalf("recovered %v", p)
+			}
+		}()
+		connector.Scan(context.Background(), c, vm.ID, connector.Options{}, nil, func(ctx context.Context, f *connector.Freeze) error {
+			panic("reader panicked")
+		})
+	}()
+	check("panicking scan")
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	_ "github.com/vmware/govmomi/vapi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
@@ -66,7 +67,9 @@ const (
 	simPass = "s3cret"
 )
 
-func newSim(t *testing.T) *sim {
+func newSim(t *testing.T) *sim { return newSimTB(t) }
+
+func newSimTB(t testing.TB) *sim {
 	t.Helper()
 	testenv.NeedTools(t, "qemu-img", "qemu-io", "mkfs.ext4")
 	fix := testenv.Fixture(t, "vsphere-disk.sh")
@@ -89,7 +92,8 @@ func newSim(t *testing.T) *sim {
 	}
 	t.Cleanup(s.model.Remove)
 	s.model.Service.Listen = &url.URL{User: url.UserPassword(simUser, simPass)}
-	s.model.Service.TLS = new(tls.Config) // vcsim serves HTTPS with a self-signed certificate
+	s.model.Service.RegisterEndpoints = true // vAPI (tags), from vapi/simulator
+	s.model.Service.TLS = new(tls.Config)    // vcsim serves HTTPS with a self-signed certificate
 	s.srv = s.model.Service.NewServer()
 	t.Cleanup(s.srv.Close)
 	s.url = s.srv.URL

@@ -114,7 +114,9 @@ stdio_handler = "file"
 	for _, b := range binds {
 		fmt.Fprintf(&script, "mount --bind %q %q\n", b[0], b[1])
 	}
-	fmt.Fprintf(&script, "exec libvirtd --config %q\n", filepath.Join(dir, "etc", "libvirtd.conf"))
+	// Its own pid file too: the default, /run/libvirtd.pid, is the
+	// machine's (and another test's daemon would hold it).
+	fmt.Fprintf(&script, "exec libvirtd --config %q --pid-file %q\n", filepath.Join(dir, "etc", "libvirtd.conf"), filepath.Join(dir, "libvirtd.pid"))
 	d.cmd = exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", script.String())
 	out, err := os.Create(filepath.Join(dir, "libvirtd.out"))
 	if err != nil {
