@@ -207,7 +207,7 @@ func (f *FS) rootNode(rec []byte, off int64) (*node, error) {
 	if rec[0] < 34 {
 		return nil, corrupt(off, "root directory record of %d bytes", rec[0])
 	}
-	n := &node{name: "/", dir: true, root: true, mode: fs.ModeDir | 0o555}
+	n := &node{name: "/", dir: true, root: true, mode: fs.ModeDir | 0o555, rec: off}
 	n.extents = []extent{{block: binary.LittleEndian.Uint32(rec[2:]), length: binary.LittleEndian.Uint32(rec[10:])}}
 	n.size = int64(n.extents[0].length)
 	n.mtime = recTime(rec[18:25])
@@ -297,9 +297,20 @@ type node struct {
 	link    string
 	parent  *node
 	depth   int
+	rec     int64 // byte offset of the directory record, -1 for the root
 }
 
 func (n *node) Mode() fs.FileMode  { return n.mode }
+
+// Ino returns the first block of the node's extent, which directories
+// and hard-linked files own; an empty file, whose extent may be shared,
+// is known by the place of its directory record instead.
+func (n *node) Ino() uint64 {
+	if !n.dir && (n.size == 0 || n.mode.Type() == fs.ModeSymlink) {
+		return 1<<63 | uint64(n.rec)
+	}
+	return uint64(n.extents[0].block)
+}
 func (n *node) ModTime() time.Time { return n.mtime }
 
 func (n *node) Size() int64 {
@@ -461,6 +472,7 @@ func (f *FS) parseRecord(rec []byte, at int64) (*node, error) {
 	}
 	raw := rec[33 : 33+int(rec[32])]
 	n := &node{
+		rec:     at,
 		dir:     flags&0x02 != 0,
 		extents: []extent{{block: binary.LittleEndian.Uint32(rec[2:]), length: binary.LittleEndian.Uint32(rec[10:])}},
 		mtime:   recTime(rec[18:25]),

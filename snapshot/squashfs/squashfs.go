@@ -419,6 +419,11 @@ func (n *node) Size() int64 {
 
 func (n *node) ModTime() time.Time { return time.Unix(int64(n.mtime), 0).UTC() }
 
+// Ino returns the inode's reference (where it lies in the inode table):
+// the inode numbers recorded in inodes are not checked for uniqueness,
+// their places are unique by construction.
+func (n *node) Ino() uint64 { return n.ref }
+
 // Sys returns an Owner: squashfs records numeric uids only.
 func (n *node) Sys() any {
 	if n.err != nil {

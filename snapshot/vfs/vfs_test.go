@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -17,6 +18,7 @@ import (
 // memNode is a node of memFS, a tiny in-memory FileSystem used to test
 // the rules vfs adds on top of every file system.
 type memNode struct {
+	ino      uint64
 	mode     fs.FileMode
 	data     string
 	target   string
@@ -32,6 +34,7 @@ func (n *memNode) Size() int64 {
 }
 func (n *memNode) ModTime() time.Time { return time.Unix(1700000000, 0) }
 func (n *memNode) Sys() any           { return nil }
+func (n *memNode) Ino() uint64        { return n.ino }
 
 // brokenNode is a directory entry whose inode could not be read.
 type brokenNode struct{ memNode }
@@ -58,11 +61,15 @@ func (m memFS) Open(n vfs.Node) (io.ReaderAt, error) {
 }
 func (m memFS) ReadLink(n vfs.Node) (string, error) { return n.(*memNode).target, nil }
 
+var lastIno atomic.Uint64
+
 func dir(children map[string]*memNode) *memNode {
-	return &memNode{mode: fs.ModeDir | 0o755, children: children}
+	return &memNode{ino: lastIno.Add(1), mode: fs.ModeDir | 0o755, children: children}
 }
-func file(s string) *memNode { return &memNode{mode: 0o644, data: s} }
-func link(t string) *memNode { return &memNode{mode: fs.ModeSymlink | 0o777, target: t} }
+func file(s string) *memNode { return &memNode{ino: lastIno.Add(1), mode: 0o644, data: s} }
+func link(t string) *memNode {
+	return &memNode{ino: lastIno.Add(1), mode: fs.ModeSymlink | 0o777, target: t}
+}
 
 func testFS() *vfs.FS {
 	return vfs.New(memFS{dir(map[string]*memNode{

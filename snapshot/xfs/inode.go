@@ -238,12 +238,12 @@ func decodeTime(b []byte, big bool) time.Time {
 // as returned in vfs entries. Its Sys method returns the Node itself, which
 // implements vfs.Owner and exposes the inode number and owners.
 type Node struct {
-	Ino   uint64 // inode number
 	UID   uint32 // owner user id
 	GID   uint32 // owner group id
 	Nlink uint32 // number of hard links
 	Rdev  uint32 // device number of a device node, as XFS stores it (major<<18 | minor)
 
+	ino   uint64
 	mode  fs.FileMode
 	size  int64
 	mtime time.Time
@@ -254,9 +254,12 @@ type Node struct {
 }
 
 func (ip *inode) node() *Node {
-	return &Node{Ino: ip.ino, UID: ip.uid, GID: ip.gid, Nlink: ip.nlink, Rdev: ip.rdev,
+	return &Node{ino: ip.ino, UID: ip.uid, GID: ip.gid, Nlink: ip.nlink, Rdev: ip.rdev,
 		mode: ip.mode, size: ip.size, mtime: ip.mtime}
 }
+
+// Ino returns the inode number.
+func (n *Node) Ino() uint64 { return n.ino }
 
 // Mode returns the type and permission bits.
 func (n *Node) Mode() fs.FileMode { return n.mode }
