@@ -300,7 +300,7 @@ type node struct {
 	rec     int64 // byte offset of the directory record, -1 for the root
 }
 
-func (n *node) Mode() fs.FileMode  { return n.mode }
+func (n *node) Mode() fs.FileMode { return n.mode }
 
 // Ino returns the first block of the node's extent, which directories
 // and hard-linked files own; an empty file, whose extent may be shared,
