@@ -43,30 +43,19 @@ var formats = []struct {
 	}},
 }
 
-// fileSystems lists the file systems snapscan serves. Each probe reads a
-// magic number; only a file system whose magic matches is opened, so that
-// a damaged one is reported as damaged rather than as unknown.
-var fileSystems = []struct {
-	name  string
-	magic func(r io.ReaderAt, size int64) bool
-	open  func(r io.ReaderAt, size int64) (vfs.FileSystem, error)
-}{
-	{"ext4", func(r io.ReaderAt, size int64) bool { return le16(r, 1024+0x38) == 0xEF53 }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
-		return ext4.New(r, size)
-	}},
-	{"ntfs", func(r io.ReaderAt, size int64) bool { return at(r, 3, "NTFS    ") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
-		return ntfs.New(r, size)
-	}},
-	{"xfs", func(r io.ReaderAt, size int64) bool { return at(r, 0, "XFSB") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
-		return xfs.New(r, size)
-	}},
-	{"fat", isFAT, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return fat.New(r, size) }},
-	{"iso9660", func(r io.ReaderAt, size int64) bool { return at(r, 0x8001, "CD001") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
-		return iso9660.New(r, size)
-	}},
-	{"squashfs", func(r io.ReaderAt, size int64) bool { return at(r, 0, "hsqs") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
-		return squashfs.New(r, size)
-	}},
+// FileSystems is the registry of the file systems snapscan serves, in the
+// order volumes are probed. Each constructor says "not mine" with an error
+// wrapping vfs.ErrWrongType and nothing else: a volume whose magic matches
+// but whose file system is damaged is reported as damaged, not as unknown.
+// The file systems read the volume's reader without owning it; the Disk
+// owns everything under them and closes it.
+var FileSystems = []vfs.Kind{
+	{Name: "ext4", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return ext4.New(r, size) }},
+	{Name: "ntfs", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return ntfs.New(r, size) }},
+	{Name: "xfs", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return xfs.New(r, size) }},
+	{Name: "fat", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return fat.New(r, size) }},
+	{Name: "iso9660", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return iso9660.New(r, size) }},
+	{Name: "squashfs", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return squashfs.New(r, size) }},
 }
 
 // unsupported recognises content that holds no files snapscan can read.
@@ -150,24 +139,19 @@ func (d *Disk) findVolumes() {
 	sortVolumes(d.Volumes)
 }
 
-// probe finds what a volume holds and serves it.
+// probe finds what a volume holds and serves it. Errors name the disk and
+// the volume once; the file system's own error says the rest.
 func (d *Disk) probe(id string, r io.ReaderAt, off, size int64) *Volume {
 	v := &Volume{ID: id, Offset: off, Size: size, r: r}
 	where := d.Name + " " + id
-	for _, f := range fileSystems {
-		if !f.magic(r, size) {
-			continue
-		}
-		v.FileSystem = f.name
-		fsys, err := openFS(f.open, r, size)
-		if err != nil {
-			v.Err = fmt.Errorf("%s: %s: %w", where, f.name, err)
-			return v
-		}
+	kind, fsys, err := vfs.Detect(r, size, FileSystems)
+	switch {
+	case err == nil:
+		v.FileSystem = kind.Name
 		if t, ok := fsys.(interface{ Type() fat.Type }); ok {
 			v.FileSystem = strings.ToLower(t.Type().String()) // fat12, fat16, fat32
 		}
-		if f.name == "ext4" {
+		if kind.Name == "ext4" {
 			v.FileSystem = extVersion(r) // ext2, ext3 or ext4
 		}
 		if l, ok := fsys.(vfs.Labeler); ok {
@@ -175,36 +159,29 @@ func (d *Disk) probe(id string, r io.ReaderAt, off, size int64) *Volume {
 		}
 		v.FS = vfs.New(fsys, fmt.Sprintf("%s %s (%s)", filepath.Base(d.Name), id, v.FileSystem))
 		return v
+	case !errors.Is(err, vfs.ErrWrongType):
+		v.FileSystem = kind.Name
+		v.Err = fmt.Errorf("%s: %w", where, err)
+		return v
 	}
 	if isLVMPV(r) {
 		v.FileSystem = "lvm2"
-		v.Err = fmt.Errorf("%w: LVM2 physical volume: its logical volumes are listed as lvm/<vg>/<lv>", ErrUnsupported)
+		v.Err = fmt.Errorf("%s: %w: LVM2 physical volume: its logical volumes are listed as lvm/<vg>/<lv>", where, ErrUnsupported)
 		return v
 	}
 	for _, u := range unsupported {
 		if u.magic(r, size) {
 			v.FileSystem = u.name
-			v.Err = fmt.Errorf("%w: %s", ErrUnsupported, u.reason)
+			v.Err = fmt.Errorf("%s: %w: %s", where, ErrUnsupported, u.reason)
 			return v
 		}
 	}
 	if allZero(r) {
-		v.Err = fmt.Errorf("%w: empty (the first sectors are all zeros)", ErrUnsupported)
+		v.Err = fmt.Errorf("%s: %w: empty (the first sectors are all zeros)", where, ErrUnsupported)
 		return v
 	}
-	v.Err = fmt.Errorf("%w: no known file system", ErrUnsupported)
+	v.Err = fmt.Errorf("%s: %w: no known file system", where, ErrUnsupported)
 	return v
-}
-
-// openFS opens a file system, turning a panic in a reader of hostile
-// bytes into an error.
-func openFS(open func(io.ReaderAt, int64) (vfs.FileSystem, error), r io.ReaderAt, size int64) (fsys vfs.FileSystem, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			fsys, err = nil, fmt.Errorf("reader failed on corrupt input: %v", p)
-		}
-	}()
-	return open(r, size)
 }
 
 // extVersion names an ext file system by its features, as blkid does:
@@ -231,16 +208,6 @@ func extVersion(r io.ReaderAt) string {
 		return "ext3"
 	}
 	return "ext2"
-}
-
-// isFAT recognises a FAT boot sector: a jump instruction and a BIOS
-// parameter block with a sane geometry. fat.New validates the rest.
-func isFAT(r io.ReaderAt, size int64) bool {
-	var b [512]byte
-	if n, _ := r.ReadAt(b[:], 0); n != len(b) {
-		return false
-	}
-	return looksLikeBootSector(b[:]) && string(b[3:11]) != "NTFS    " && string(b[3:11]) != "EXFAT   " && string(b[3:11]) != "-FVE-FS-"
 }
 
 func allZero(r io.ReaderAt) bool {

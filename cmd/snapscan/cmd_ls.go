@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
 func init() {
@@ -84,7 +85,7 @@ func runLs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if v.FS == nil {
 			continue
 		}
-		err := fs.WalkDir(v.FS, ".", func(p string, e fs.DirEntry, err error) error {
+		err := vfs.WalkDir(v.FS, ".", 0, func(p string, e fs.DirEntry, err error) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}

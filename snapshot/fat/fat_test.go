@@ -419,3 +419,27 @@ func filesUnder(t *testing.T, dir string) []string {
 	}
 	return out
 }
+
+// TestCycle walks the volume of testdata/hostile-trees.sh whose a/b/c
+// names the cluster of a (fsck.fat: "Start does point to containing
+// directory's parent"): the entry is listed and reported with
+// vfs.ErrCycle, never entered.
+func TestCycle(t *testing.T) {
+	testenv.NeedTools(t, "mkfs.xfs", "xfs_db", "mkfs.ext4", "debugfs", "e2fsck", "perl", "mkfs.vfat", "mcopy", "mshowfat")
+	v, _ := openImage(t, filepath.Join(testenv.Fixture(t, "hostile-trees.sh"), "fat-cycle.img"))
+	var seen, cycles []string
+	err := vfs.WalkDir(vfs.New(v, "fat-cycle.img"), ".", 0, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if !errors.Is(err, vfs.ErrCycle) {
+				t.Errorf("%s: %v", p, err)
+			}
+			cycles = append(cycles, p)
+			return nil
+		}
+		seen = append(seen, p)
+		return nil
+	})
+	if err != nil || strings.Join(seen, " ") != ". a a/b a/b/c" || strings.Join(cycles, " ") != "a/b/c" {
+		t.Errorf("listed %q, cycles %q, %v", seen, cycles, err)
+	}
+}
