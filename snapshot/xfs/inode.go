@@ -68,13 +68,13 @@ func (f *FS) readInode(ino uint64) (*inode, error) {
 	agEnd := agStart + int64(sb.agLen(uint32(agno)))<<sb.blockLog
 	cstart = max(cstart, agStart)
 	cend := min(cstart+cs, agEnd)
-	cl := f.icache.get(cstart)
-	if cl == nil || int64(len(cl)) != cend-cstart {
+	cl, _ := f.icache.Get(cstart)
+	if int64(len(cl)) != cend-cstart {
 		cl = make([]byte, cend-cstart)
 		if err := f.readAt(cl, cstart, fmt.Sprintf("inode cluster of inode %d", ino)); err != nil {
 			return nil, err
 		}
-		f.icache.put(cstart, cl)
+		f.icache.Put(cstart, cl)
 	}
 	rel := off - cstart
 	return parseInode(cl[rel:rel+int64(sb.inodeSize)], ino, off, sb)
