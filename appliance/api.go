@@ -2,13 +2,11 @@ package appliance
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,22 +14,19 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/snapscan/snapscan/appliance/results"
+	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/queue"
+	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/image"
 )
 
 // apiError is a handler's failure: Code and Msg go to the client, Err
-// (which may name files, paths and SQL) only to the log.
-type apiError struct {
-	Code int
-	Msg  string
-	Err  error
-}
+// (which may name files, paths and SQL) only to the log. It is the one
+// error type of snapscan's HTTP services.
+type apiError = httpx.Error
 
-func (e *apiError) Error() string { return e.Msg + ": " + fmt.Sprint(e.Err) }
-
-func badRequest(format string, args ...any) error {
-	return &apiError{Code: http.StatusBadRequest, Msg: fmt.Sprintf(format, args...)}
-}
+func badRequest(format string, args ...any) error { return httpx.BadRequest(format, args...) }
 
 // statusWriter records the status for logs and metrics.
 type statusWriter struct {
@@ -58,14 +53,14 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // openapi.yaml beside this file documents it.
 func (a *Appliance) Handler() http.Handler {
 	mux := http.NewServeMux()
-	handle := func(pattern string, h func(w http.ResponseWriter, r *http.Request) error) {
-		mux.Handle(pattern, a.auth(a.tokens, a.wrap(h)))
+	handle := func(pattern string, h httpx.HandlerFunc) {
+		mux.Handle(pattern, a.auth(a.tokens, httpx.Handle(a.log, h)))
 	}
-	mux.Handle("GET /healthz", a.wrap(func(w http.ResponseWriter, r *http.Request) error {
+	mux.Handle("GET /healthz", httpx.Handle(a.log, func(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusOK, map[string]any{"ok": true})
 		return nil
 	}))
-	mux.Handle("GET /readyz", a.wrap(a.handleReady))
+	mux.Handle("GET /readyz", httpx.Handle(a.log, a.handleReady))
 	mux.Handle("GET /metrics", a.auth(a.tokens, promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{})))
 	handle("POST /v1/scans", a.handleSubmit)
 	handle("GET /v1/scans", a.handleListScans)
@@ -79,7 +74,7 @@ func (a *Appliance) Handler() http.Handler {
 	// The central server pushes here; the receiver verifies the bundle,
 	// the token only says who may try.
 	mux.Handle("POST /v1/signatures", a.auth(a.pushTokens, a.recv.Handler()))
-	mux.Handle("/", a.wrap(func(w http.ResponseWriter, r *http.Request) error {
+	mux.Handle("/", httpx.Handle(a.log, func(w http.ResponseWriter, r *http.Request) error {
 		return &apiError{Code: http.StatusNotFound, Msg: "no such endpoint: " + r.Method + " " + r.URL.Path}
 	}))
 	return a.count(mux)
@@ -97,100 +92,25 @@ func (a *Appliance) count(h http.Handler) http.Handler {
 	})
 }
 
-// wrap turns a handler's error into a JSON answer and a log line.
-func (a *Appliance) wrap(h func(w http.ResponseWriter, r *http.Request) error) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := h(w, r)
-		if err == nil {
-			return
-		}
-		var ae *apiError
-		if !errors.As(err, &ae) {
-			ae = &apiError{Code: http.StatusInternalServerError, Msg: "internal error", Err: err}
-		}
-		lvl := a.log.Debug
-		if ae.Code >= 500 {
-			lvl = a.log.Error
-		}
-		lvl("appliance: request failed", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", ae.Code, "msg", ae.Msg, "err", ae.Err)
-		writeJSON(w, ae.Code, map[string]string{"error": ae.Msg})
-	})
-}
-
 // auth lets a request through when it bears one of tokens, or a client
-// certificate verified against server.tls.client_ca. Tokens are compared
-// as SHA-256 digests in constant time, every one of them, so neither
-// content nor length leaks; refusals are logged without the secret.
-func (a *Appliance) auth(tokens [][32]byte, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if a.clientCAs != nil && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
-			next.ServeHTTP(w, r)
-			return
-		}
-		h := r.Header.Get("Authorization")
-		reason := "missing credentials"
-		if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
-			sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-			match := 0
-			for i := range tokens {
-				match |= subtle.ConstantTimeCompare(sum[:], tokens[i][:])
-			}
-			if match == 1 {
-				next.ServeHTTP(w, r)
-				return
-			}
-			reason = "wrong token"
-		} else if h != "" {
-			reason = "not a bearer token"
-		}
-		a.log.Warn("appliance: unauthorized request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", reason)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="snapscan"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "unauthorized: " + reason})
-	})
+// certificate verified against server.tls.client_ca (httpx.RequireBearer:
+// the scheme in any case, digests compared in constant time, refusals
+// logged without the secret).
+func (a *Appliance) auth(tokens httpx.Tokens, next http.Handler) http.Handler {
+	return httpx.RequireBearer(tokens, next, httpx.BearerOptions{Log: a.log, ClientCert: a.clientCAs != nil})
 }
 
-func hashTokens(ts []string) [][32]byte {
-	out := make([][32]byte, len(ts))
-	for i, t := range ts {
-		out[i] = sha256.Sum256([]byte(t))
-	}
-	return out
-}
+func hashTokens(ts []string) httpx.Tokens { return httpx.NewTokens(ts...) }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
+func writeJSON(w http.ResponseWriter, code int, v any) { httpx.WriteJSON(w, code, v) }
 
 // maxBody bounds a request body (a submit with MaxDisks disks is a few KiB).
 const maxBody = 1 << 20
 
-// decode reads a JSON body strictly: unknown fields and trailing data
-// are errors, with the reason given to the client.
+// decode reads a JSON body strictly (httpx.DecodeJSON): one value, no
+// unknown or repeated names, at most maxBody bytes.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return &apiError{Code: http.StatusUnsupportedMediaType, Msg: "Content-Type must be application/json"}
-	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return &apiError{Code: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("body larger than %d bytes", maxBody)}
-		}
-		if errors.Is(err, io.EOF) {
-			return badRequest("empty body: want a JSON object")
-		}
-		return badRequest("malformed JSON: %v", err)
-	}
-	if dec.More() {
-		return badRequest("malformed JSON: data after the object")
-	}
-	return nil
+	return httpx.DecodeJSON(w, r, v, maxBody)
 }
 
 func (a *Appliance) readiness() (bool, []string) {
@@ -225,6 +145,14 @@ type SubmitRequest struct {
 	Disks []struct {
 		Datastore string `json:"datastore"`
 		Path      string `json:"path"`
+		// Format is the disk's image format as the hypervisor knows it
+		// ("raw", "qcow2", "vmdk", "vhd", "vhdx"); without it the format
+		// is probed, and a probed image may open no file the submitter
+		// did not list in Layers.
+		Format string `json:"format,omitempty"`
+		// Layers are the other files of the disk's chain (extents,
+		// backing files, parents), paths on the same datastore.
+		Layers []string `json:"layers,omitempty"`
 	} `json:"disks"`
 	// Priority: "on_demand" (default), "scheduled" or "rescan".
 	Priority string `json:"priority,omitempty"`
@@ -235,24 +163,26 @@ type SubmitRequest struct {
 
 // ScanView is a scan as the API shows it.
 type ScanView struct {
-	ID              int64          `json:"id"`
-	VM              string         `json:"vm"`
-	State           queue.State    `json:"state"`
-	Priority        string         `json:"priority"`
-	Reason          string         `json:"reason,omitempty"`
-	Disks           []queue.Disk   `json:"disks"`
-	Attempts        int            `json:"attempts"`
-	Error           string         `json:"error,omitempty"`
-	CancelRequested bool           `json:"cancel_requested,omitempty"`
-	EnqueuedAt      time.Time      `json:"enqueued_at"`
-	NotBefore       *time.Time     `json:"not_before,omitempty"`
-	StartedAt       *time.Time     `json:"started_at,omitempty"`
-	FinishedAt      *time.Time     `json:"finished_at,omitempty"`
-	Deadline        *time.Time     `json:"deadline,omitempty"`
-	Progress        *Progress      `json:"progress,omitempty"`
-	Result          *ResultSummary `json:"result,omitempty"`
-	Volumes         []VolumeRow    `json:"volumes,omitempty"`
-	Findings        []FindingRow   `json:"findings,omitempty"`
+	ID              int64        `json:"id"`
+	VM              string       `json:"vm"`
+	State           queue.State  `json:"state"`
+	Priority        string       `json:"priority"`
+	Reason          string       `json:"reason,omitempty"`
+	Disks           []queue.Disk `json:"disks"`
+	Attempts        int          `json:"attempts"`
+	Error           string       `json:"error,omitempty"`
+	CancelRequested bool         `json:"cancel_requested,omitempty"`
+	EnqueuedAt      time.Time    `json:"enqueued_at"`
+	NotBefore       *time.Time   `json:"not_before,omitempty"`
+	StartedAt       *time.Time   `json:"started_at,omitempty"`
+	FinishedAt      *time.Time   `json:"finished_at,omitempty"`
+	Deadline        *time.Time   `json:"deadline,omitempty"`
+	Progress        *Progress    `json:"progress,omitempty"`
+	// Result is the stored result (status, incomplete reasons, totals)
+	// once the job has one; Volumes and Findings come with it.
+	Result   *results.Scan     `json:"result,omitempty"`
+	Volumes  []results.Volume  `json:"volumes,omitempty"`
+	Findings []results.Finding `json:"findings,omitempty"`
 }
 
 var priorities = map[string]queue.Class{"on_demand": queue.OnDemand, "scheduled": queue.Scheduled, "rescan": queue.Rescan}
@@ -297,25 +227,45 @@ func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 		}
 		qr.Deadline = *req.Deadline
 	}
-	seen := map[queue.Disk]bool{}
+	var seen []queue.Disk
 	for i, d := range req.Disks {
 		ds, ok := a.cfg.datastore(d.Datastore)
 		if !ok {
 			return badRequest("disks[%d].datastore: %q is not a configured datastore", i, d.Datastore)
 		}
-		p, err := DiskPath(ds.Path, d.Path)
-		if err != nil {
-			return badRequest("disks[%d].path: %q must be a clean path relative to the datastore, without ..", i, d.Path)
+		if err := a.checkEntry(ds, d.Path); err != nil {
+			return badRequest("disks[%d].path: %v", i, err)
 		}
-		if st, err := statFile(p); err != nil || !st {
-			return badRequest("disks[%d].path: %q is not a file on datastore %s", i, d.Path, d.Datastore)
+		if d.Format != "" && !slices.Contains(snapshot.Formats(), d.Format) {
+			return badRequest("disks[%d].format: %q is not one of %s", i, d.Format, strings.Join(snapshot.Formats(), ", "))
 		}
-		qd := queue.Disk{Path: d.Path, Datastore: d.Datastore}
-		if seen[qd] {
+		if len(d.Layers) > image.MaxChainDepth {
+			return badRequest("disks[%d].layers: more than %d", i, image.MaxChainDepth)
+		}
+		for k, l := range d.Layers {
+			if err := a.checkEntry(ds, l); err != nil {
+				return badRequest("disks[%d].layers[%d]: %v", i, k, err)
+			}
+		}
+		qd := queue.Disk{Path: d.Path, Datastore: d.Datastore, Format: d.Format, Layers: d.Layers}
+		if slices.ContainsFunc(seen, qd.Same) {
 			return badRequest("disks[%d]: listed twice", i)
 		}
-		seen[qd] = true
+		seen = append(seen, qd)
 		qr.Disks = append(qr.Disks, qd)
+	}
+	// The inventory knows the VM with the disks last submitted: what a
+	// new signature version rescans. A VM a connector registered keeps
+	// its source.
+	vm := results.VM{ID: req.VM, Source: "api"}
+	if old, err := a.results.VM(r.Context(), req.VM); err == nil {
+		vm.Name, vm.Source = old.Name, old.Source
+	}
+	for _, d := range qr.Disks {
+		vm.Disks = append(vm.Disks, resultDisk(d))
+	}
+	if err := a.results.PutVM(r.Context(), vm); err != nil {
+		return err
 	}
 	job, err := a.q.Enqueue(r.Context(), qr)
 	if err != nil {
@@ -329,6 +279,32 @@ func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request) error {
 }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// checkEntry checks a disk or layer path of a submit (datastore.entry),
+// logging where a refused one resolves; the error is the client's.
+func (a *Appliance) checkEntry(ds *DatastoreConfig, rel string) error {
+	if _, err := ds.entry(rel); err != nil {
+		if errors.Is(err, ErrRequest) {
+			return fmt.Errorf("%q must be a clean path relative to the datastore, without ..", rel)
+		}
+		a.log.Warn("appliance: submit refused", "datastore", ds.Name, "path", rel, "resolves", resolvedForLog(ds, rel), "err", err)
+		return err
+	}
+	return nil
+}
+
+// resolvedForLog says where a datastore path resolves, for the log only.
+func resolvedForLog(ds *DatastoreConfig, rel string) string {
+	p, err := DiskPath(ds.Path, rel)
+	if err != nil {
+		return ""
+	}
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	return real
+}
 
 func timePtr(t time.Time) *time.Time {
 	if t.IsZero() {
@@ -344,7 +320,7 @@ func (a *Appliance) view(j queue.Job) ScanView {
 		EnqueuedAt: j.EnqueuedAt.UTC(), NotBefore: timePtr(j.NotBefore), StartedAt: timePtr(j.StartedAt),
 		FinishedAt: timePtr(j.FinishedAt), Deadline: timePtr(j.Deadline)}
 	if j.State == queue.Running {
-		if p, ok := a.jobProgress(j.ID); ok {
+		if p, ok := a.progress.job(j.ID); ok {
 			v.Progress = &p
 		}
 	}
@@ -377,14 +353,15 @@ func (a *Appliance) handleGetScan(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	v := a.view(j)
-	if v.Result, err = a.store.Summary(r.Context(), id); err != nil {
+	res, err := a.results.Scan(r.Context(), id)
+	switch {
+	case errors.Is(err, results.ErrNotFound):
+	case err != nil:
 		return err
-	}
-	if v.Result != nil {
-		if v.Volumes, err = a.store.Volumes(r.Context(), id); err != nil {
-			return err
-		}
-		if v.Findings, err = a.store.Findings(r.Context(), FindingQuery{JobID: id}); err != nil {
+	default:
+		v.Volumes, res.Volumes = res.Volumes, nil
+		v.Result = res
+		if v.Findings, err = a.results.Findings(r.Context(), results.FindingQuery{JobID: id}); err != nil {
 			return err
 		}
 	}
@@ -423,7 +400,7 @@ func (a *Appliance) handleListScans(w http.ResponseWriter, r *http.Request) erro
 	default:
 		return badRequest("state: %q is not queued, running, done, failed or cancelled", st)
 	}
-	limit, err := intParam(r, "limit", 100, 1, maxPage)
+	limit, err := intParam(r, "limit", 100, 1, queue.MaxList)
 	if err != nil {
 		return err
 	}
@@ -476,7 +453,7 @@ func (a *Appliance) handleCancel(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request) error {
-	var q FindingQuery
+	var q results.FindingQuery
 	var err error
 	qs := r.URL.Query()
 	q.VM, q.Rule = qs.Get("vm"), qs.Get("rule")
@@ -486,7 +463,7 @@ func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request) error
 	if q.After, err = intParam(r, "after", 0, 0, 1<<62); err != nil {
 		return err
 	}
-	limit, err := intParam(r, "limit", 100, 1, maxPage)
+	limit, err := intParam(r, "limit", 100, 1, results.MaxPage)
 	if err != nil {
 		return err
 	}
@@ -497,13 +474,13 @@ func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request) error
 	if q.Until, err = timeParam(r, "until"); err != nil {
 		return err
 	}
-	rows, err := a.store.Findings(r.Context(), q)
+	rows, err := a.results.Findings(r.Context(), q)
 	if err != nil {
 		return err
 	}
 	out := struct {
-		Findings  []FindingRow `json:"findings"`
-		NextAfter int64        `json:"next_after,omitempty"`
+		Findings  []results.Finding `json:"findings"`
+		NextAfter int64             `json:"next_after,omitempty"`
 	}{Findings: rows}
 	if len(rows) == q.Limit {
 		out.NextAfter = rows[len(rows)-1].ID

@@ -19,9 +19,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
+	"github.com/snapscan/snapscan/appliance/events"
+	"github.com/snapscan/snapscan/appliance/results"
+	"github.com/snapscan/snapscan/appliance/results/sqlite"
+	"github.com/snapscan/snapscan/internal/sqlitedb"
 	"github.com/snapscan/snapscan/queue"
+	queuesqlite "github.com/snapscan/snapscan/queue/sqlite"
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
 )
@@ -53,23 +56,27 @@ type Options struct {
 	// package never opens a file for writing.
 	EventLog io.Writer
 	// Listener, when set, is used instead of listening on server.listen.
+	// Serve closes it.
 	Listener net.Listener
 }
 
 // Appliance is the scanning service: the queue, the scanner, the
-// signature receiver, the results store and the HTTP API, over one SQLite
-// database. Make it with New, run it with Serve.
+// signature receiver, the results store and the HTTP API, over one
+// database that the appliance opens and owns, handing each part what it
+// needs. Make it with New, run it with Serve.
 type Appliance struct {
-	cfg    *Config
-	log    *slog.Logger
-	db     *sql.DB
-	store  *Store
-	cache  *Cache
-	q      *queue.Queue
-	recv   *signatures.Receiver[*scanner.Rules]
-	events *Events
-	m      *metrics
-	opts   Options
+	cfg     *Config
+	log     *slog.Logger
+	db      *sql.DB
+	results results.Store
+	cache   *verdictCache
+	q       *queue.Queue
+	recv    *signatures.Receiver[*scanner.Rules]
+	events  *events.Dispatcher
+	// unreadable: the disk each running job could not open or read.
+	unreadable unreadableDisks
+	m          *metrics
+	opts       Options
 
 	tokens     [][32]byte // SHA-256 of each API token
 	pushTokens [][32]byte // API tokens plus the receiver token
@@ -78,27 +85,39 @@ type Appliance struct {
 	readyOnce sync.Once
 	ready     chan struct{} // closed once a signature set is active
 	draining  atomic.Bool   // shutting down: readyz fails, submits get 503
-	baseCtx   context.Context
+	served    atomic.Bool   // Serve was called
+	closeOnce sync.Once
+	closeErr  error
+
+	// updates carries the newest signature update to the rescanner; it
+	// holds at most one (a newer one replaces it: the rescan is for the
+	// newest version).
+	updates chan signatures.Update
+	// historyEvery is how often the I/O history is sampled.
+	historyEvery time.Duration
 
 	scMu     sync.Mutex
 	sc       *scanner.Scanner
 	scRules  string
-	progress sync.Map // target name -> *jobProgress
+	progress *progressBoard
 }
 
 // New opens the database, recovers the queue and loads the last installed
-// signature set. The caller calls Serve, then Close.
+// signature set. The caller calls Serve, which closes everything when it
+// returns; Close is for an Appliance that is not served.
 func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Appliance{cfg: cfg, log: log, opts: opts, ready: make(chan struct{}), baseCtx: context.WithoutCancel(ctx)}
+	a := &Appliance{cfg: cfg, log: log, opts: opts, ready: make(chan struct{}), updates: make(chan signatures.Update, 1),
+		historyEvery: time.Minute, progress: newProgressBoard()}
 	defer func() {
 		if err != nil {
 			a.Close()
 		}
 	}()
+	// Every secret file is read once, here.
 	tokens := append([]string(nil), cfg.Auth.Tokens...)
 	for _, f := range cfg.Auth.TokenFiles {
 		t, err := ReadTokens(f)
@@ -109,12 +128,17 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 	}
 	a.tokens = hashTokens(tokens)
 	a.pushTokens = a.tokens
+	var receiverToken string
 	if cfg.Signatures.ReceiverTokenFile != "" {
 		t, err := ReadTokens(cfg.Signatures.ReceiverTokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("%w: signatures.receiver_token_file: %v", ErrConfig, err)
 		}
 		a.pushTokens = append(append([][32]byte(nil), a.tokens...), hashTokens(t)...)
+		receiverToken = t[0]
+	} else if len(tokens) > 0 {
+		// The server pushes with the first API token.
+		receiverToken = tokens[0]
 	}
 	if cfg.Server.TLS.ClientCA != "" {
 		pem, err := os.ReadFile(cfg.Server.TLS.ClientCA)
@@ -127,33 +151,27 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		}
 	}
 
-	// Like the signature state folder, the database's folder is made if
-	// missing, private to the service.
+	// The appliance owns the database: like the signature state folder,
+	// its folder is made if missing, private to the service.
 	if err := os.MkdirAll(filepath.Dir(cfg.Database.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("%w: database.path: %v", ErrConfig, err)
 	}
-	a.db, err = queue.OpenSQLite(cfg.Database.Path)
+	a.db, err = sqlitedb.Open(cfg.Database.Path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: database.path: %v", ErrConfig, err)
 	}
-	if a.store, err = NewStore(ctx, a.db); err != nil {
+	if a.results, err = sqlite.New(ctx, a.db); err != nil {
 		return nil, err
 	}
-	a.cache = NewCache(a.db, cfg.Scanner.CacheEntries)
+	a.cache = newVerdictCache(a.results, cfg.Scanner.CacheEntries)
 
-	var hookToken string
-	if cfg.Events.Webhook.TokenFile != "" {
-		t, err := ReadTokens(cfg.Events.Webhook.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("%w: events.webhook.token_file: %v", ErrConfig, err)
-		}
-		hookToken = t[0]
-	}
 	var out io.Writer
 	if cfg.Events.Log != "none" {
 		out = opts.EventLog
 	}
-	a.events = NewEvents(out, cfg.Events.Webhook, hookToken, cfg.Events.Buffer, log)
+	if a.events, err = newEvents(cfg, out, log); err != nil {
+		return nil, err
+	}
 	a.m = newMetrics(a)
 
 	keys, err := signatures.LoadKeySet(cfg.Signatures.TrustedKeys...)
@@ -182,14 +200,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		rc.ServerToken = t[0]
 	}
 	if cfg.Signatures.ReceiverURL != "" {
-		// The server pushes with this token: the receiver's own if set,
-		// else the first API token.
-		if cfg.Signatures.ReceiverTokenFile != "" {
-			t, _ := ReadTokens(cfg.Signatures.ReceiverTokenFile)
-			rc.ReceiverToken = t[0]
-		} else if len(tokens) > 0 {
-			rc.ReceiverToken = tokens[0]
-		}
+		rc.ReceiverToken = receiverToken
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if cfg.Signatures.ServerCA != "" {
@@ -211,7 +222,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		a.markReady()
 	}
 
-	qstore, err := queue.NewSQLiteStore(ctx, a.db)
+	qstore, err := queuesqlite.New(ctx, a.db)
 	if err != nil {
 		return nil, err
 	}
@@ -238,34 +249,60 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 	return a, nil
 }
 
-// Close closes the database. Call it after Serve returned.
+// Close closes what New opened, in order: it writes the verdicts still
+// in memory, closes the results store, then the database. Serve calls it
+// when it returns; calling it again does nothing and returns the first
+// call's error.
 func (a *Appliance) Close() error {
-	if a.db == nil {
-		return nil
-	}
-	if a.cache != nil {
-		_ = a.cache.Flush(context.Background())
-	}
-	err := a.db.Close()
-	a.db = nil
-	return err
+	a.closeOnce.Do(func() {
+		var errs []error
+		if a.cache != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
+			errs = append(errs, a.cache.Flush(ctx))
+			cancel()
+		}
+		if a.results != nil {
+			errs = append(errs, a.results.Close())
+		}
+		if a.db != nil {
+			errs = append(errs, a.db.Close())
+		}
+		a.closeErr = errors.Join(errs...)
+	})
+	return a.closeErr
 }
 
 // Queue returns the appliance's queue (for tools and tests).
 func (a *Appliance) Queue() *queue.Queue { return a.q }
 
+// Results returns the appliance's results store (for tools and tests).
+func (a *Appliance) Results() results.Store { return a.results }
+
 func (a *Appliance) markReady() { a.readyOnce.Do(func() { close(a.ready) }) }
 
-// Serve runs the API, the queue, the signature receiver and the event
-// sinks until ctx ends. Then it stops taking work (the API closes, no
-// new job starts), lets running scans finish for server.shutdown_grace,
-// interrupts the rest (they go back to the queue) and returns.
-func (a *Appliance) Serve(ctx context.Context) error {
+// Serve runs the appliance until ctx ends or one of its parts fails (the
+// API's listener, the signature receiver, the queue), then stops
+// everything in one order and returns the first part's error, or nil:
+//
+//  1. stop accepting: submits get 503, the API closes (bounded), and at
+//     the same time
+//  2. the queue drains: running scans get server.shutdown_grace to
+//     finish; the rest are interrupted and go back to the queue, the
+//     interrupted run not counted as an attempt;
+//  3. the signature receiver, the rescanner, the I/O history and the
+//     event sinks stop (the event log writes what it holds);
+//  4. the results store closes, then the database (Close).
+//
+// Serve may be called once.
+func (a *Appliance) Serve(ctx context.Context) (err error) {
+	defer func() { err = errors.Join(err, a.Close()) }()
+	if a.served.Swap(true) {
+		return errors.New("appliance: Serve called twice")
+	}
 	ln := a.opts.Listener
 	if ln == nil {
-		var err error
 		if ln, err = net.Listen("tcp", a.cfg.Server.Listen); err != nil {
-			return fmt.Errorf("server.listen: %w", err)
+			return fmt.Errorf("appliance: server.listen: %w", err)
 		}
 	}
 	srv := &http.Server{
@@ -281,7 +318,7 @@ func (a *Appliance) Serve(ctx context.Context) error {
 		cert, err := tls.LoadX509KeyPair(a.cfg.Server.TLS.Cert, a.cfg.Server.TLS.Key)
 		if err != nil {
 			ln.Close()
-			return fmt.Errorf("server.tls: %w", err)
+			return fmt.Errorf("appliance: server.tls: %w", err)
 		}
 		tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		if a.clientCAs != nil {
@@ -292,87 +329,138 @@ func (a *Appliance) Serve(ctx context.Context) error {
 		ln = tls.NewListener(ln, tc)
 	}
 
-	// The queue and the event sinks outlive ctx by the grace period.
-	qctx, qcancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer qcancel()
-	evctx, evcancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer evcancel()
-
-	var g errgroup.Group
-	g.Go(func() error {
+	sup := newSupervisor(ctx, a.log)
+	api := sup.start("http", func(ctx context.Context) error {
 		a.log.Info("appliance: listening", "addr", ln.Addr().String(), "tls", a.cfg.Server.TLS.Cert != "")
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("appliance: http: %w", err)
-		}
-		return nil
+		return serveHTTP(ctx, srv, ln)
 	})
-	g.Go(func() error { return a.recv.Serve(ctx) })
-	evDone := make(chan struct{})
-	g.Go(func() error { defer close(evDone); return a.events.Serve(evctx) })
-	qDone := make(chan struct{})
-	g.Go(func() error {
-		defer close(qDone)
+	qp := sup.start("queue", func(ctx context.Context) error {
 		// Scanning waits for a signature set: a job must never run
 		// without rules and burn an attempt.
 		select {
 		case <-a.ready:
-		case <-qctx.Done():
+		case <-ctx.Done():
 			return nil
 		}
 		a.log.Info("appliance: queue serving")
-		return a.q.Serve(qctx)
+		return a.q.Serve(ctx)
 	})
-	g.Go(func() error {
-		<-ctx.Done()
+	rest := []*part{
+		sup.start("signatures", a.recv.Serve),
+		sup.start("rescans", a.serveRescans),
+		sup.start("history", a.serveHistory),
+		sup.start("events", a.events.Serve),
+	}
+	sup.onShutdown(func() {
 		a.draining.Store(true)
 		a.log.Info("appliance: shutting down: no new work", "grace", a.cfg.Server.ShutdownGrace, "running", len(a.q.Metrics().Running))
-		// The API closes while the queue drains: no new job starts from
-		// now on, running scans get the grace period to finish.
-		httpDone := make(chan struct{})
-		go func() {
-			defer close(httpDone)
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := srv.Shutdown(sctx); err != nil {
-				srv.Close()
-			}
-		}()
+		api.cancel() // the API closes while the queue drains
 		dctx, cancel := context.WithTimeout(context.Background(), a.cfg.Server.ShutdownGrace)
 		if err := a.q.Drain(dctx); err != nil {
-			// What still runs is interrupted by the end of the queue's
-			// context and goes back to the queue, the run not counted
-			// as an attempt.
 			a.log.Warn("appliance: grace period over: interrupting scans, they stay queued", "err", err)
 		}
 		cancel()
-		qcancel()
-		<-qDone
-		<-httpDone
-		evcancel()
-		<-evDone
-		return nil
+		qp.stop()
+		<-api.done
+		for _, p := range rest {
+			p.stop()
+		}
 	})
-	err := g.Wait()
-	a.log.Info("appliance: stopped")
+	err = sup.wait()
+	if err != nil {
+		a.log.Error("appliance: stopped", "err", err)
+	} else {
+		a.log.Info("appliance: stopped")
+	}
 	return err
 }
 
-// onUpdate runs when a new signature set became active.
+// apiShutdown bounds how long open API requests may take to finish.
+const apiShutdown = 5 * time.Second
+
+// serveHTTP serves srv on ln until ctx ends, then shuts it down within
+// apiShutdown (closing what is still open after that). A listener that
+// fails returns its error at once.
+func serveHTTP(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }() // returns when Shutdown or Close is called, or ln fails
+	select {
+	case err := <-errc:
+		return err // never ErrServerClosed: nothing closed it
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), apiShutdown)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// onUpdate runs when a new signature set became active (on the
+// receiver's goroutine or an API request's): it hands the update to the
+// rescanner without waiting.
 func (a *Appliance) onUpdate(u signatures.Update) {
 	a.markReady()
 	a.log.Info("appliance: signature set active", "name", u.Name, "version", u.Version, "rules", u.RuleCount, "previous", u.Previous)
-	go a.rescan(u)
+	a.events.Emit(signatureEvent(u))
+	for {
+		select {
+		case a.updates <- u:
+			return
+		default:
+		}
+		select { // an older update still waits: the newer one replaces it
+		case <-a.updates:
+		default:
+		}
+	}
 }
 
-// rescan enqueues every known VM at the Rescan class, spread over
+// serveRescans enqueues the rescans each signature update calls for.
+func (a *Appliance) serveRescans(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case u := <-a.updates:
+			a.rescan(ctx, u)
+		}
+	}
+}
+
+// rescanTimeout bounds listing and enqueueing the rescans of one update.
+const rescanTimeout = time.Minute
+
+// rescan enqueues every VM scanned so far at the Rescan class, spread over
 // signatures.rescan_spread so the datastores see a smooth load.
-func (a *Appliance) rescan(u signatures.Update) {
-	ctx, cancel := context.WithTimeout(a.baseCtx, time.Minute)
+func (a *Appliance) rescan(ctx context.Context, u signatures.Update) {
+	ctx, cancel := context.WithTimeout(ctx, rescanTimeout)
 	defer cancel()
-	vms, err := a.store.KnownVMs(ctx)
-	if err != nil {
-		a.log.Error("appliance: rescan: listing VMs failed", "err", err)
-		return
+	var vms []queue.VM
+	for after := ""; ; {
+		page, err := a.results.VMs(ctx, results.VMQuery{Scanned: true, After: after})
+		if err != nil {
+			a.log.Error("appliance: rescan: listing VMs failed", "err", err)
+			return
+		}
+		for _, v := range page {
+			if len(v.Disks) == 0 {
+				continue
+			}
+			qv := queue.VM{Name: v.ID}
+			for _, d := range v.Disks {
+				qv.Disks = append(qv.Disks, queueDisk(d))
+			}
+			vms = append(vms, qv)
+		}
+		if len(page) < results.MaxPage {
+			break
+		}
+		after = page[len(page)-1].ID
 	}
 	if len(vms) == 0 {
 		return
@@ -387,6 +475,9 @@ func (a *Appliance) rescan(u signatures.Update) {
 
 func (a *Appliance) onFinish(j queue.Job) {
 	a.m.jobFinished(j)
+	if ev, ok := a.jobEvent(j); ok {
+		a.events.Emit(ev)
+	}
 	a.log.Info("appliance: job finished", "job", j.ID, "vm", j.VM, "state", j.State, "attempts", j.Attempts, "err", j.Error)
 }
 

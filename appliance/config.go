@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/snapscan/snapscan/appliance/events"
 	"github.com/snapscan/snapscan/queue"
 	"github.com/snapscan/snapscan/scanner"
 )
@@ -110,16 +111,29 @@ type DatastoreConfig struct {
 	// suffixes: 100MiB, 1.5GB, 64k.
 	BytesPerSec ByteSize `yaml:"bytes_per_sec"`
 	OpsPerSec   float64  `yaml:"ops_per_sec"`
+	// AllowUnnamedLayers lets a disk submitted without a format, whose
+	// probed image names backing files or extents the submitter did not
+	// list, open them (within the datastore). Off by default: a guest that
+	// owns a raw disk can write an image header into it naming another
+	// disk of the datastore, to have that one scanned instead of its own.
+	AllowUnnamedLayers bool `yaml:"allow_unnamed_layers"`
 }
 
 // DatabaseConfig locates the embedded SQLite database that holds the
-// queue, the results and the verdict cache.
+// queue, the results, the verdict cache, the inventory and the I/O history.
 type DatabaseConfig struct {
 	Path string `yaml:"path"` // default /var/lib/snapscan/snapscan.db
+	// HistoryRetention is how long the per-minute record of each
+	// datastore's reads is kept (default 720h: 30 days).
+	HistoryRetention time.Duration `yaml:"history_retention"`
 }
 
 // QueueConfig tunes the queue (zero: its defaults).
 type QueueConfig struct {
+	// JobTimeout bounds one run of a job, wall clock (default 24h): a scan
+	// still running then is stopped, what it found is stored as
+	// incomplete, and the job fails with the reason, freeing its slot.
+	JobTimeout  time.Duration `yaml:"job_timeout"`
 	MaxScans    int           `yaml:"max_scans"`
 	MaxAttempts int           `yaml:"max_attempts"`
 	AgingStep   time.Duration `yaml:"aging_step"`
@@ -144,27 +158,31 @@ type ScannerConfig struct {
 	// CacheEntries bounds the verdicts kept in memory in front of the
 	// database (default 100000).
 	CacheEntries int `yaml:"cache_entries"`
+	// NoCache scans every file with YARA and keeps no verdicts: for
+	// measuring cold scans; a site wants the cache.
+	NoCache bool `yaml:"no_cache"`
 }
 
-// EventsConfig says where findings go besides the database.
+// EventsConfig says where events (findings, failed and incomplete scans,
+// unreadable VMs, signature updates) go besides the database: package
+// events delivers them.
 type EventsConfig struct {
-	// Log is "stdout" (default), "none", or a file path findings are
-	// appended to as JSON lines.
-	Log     string        `yaml:"log"`
-	Webhook WebhookConfig `yaml:"webhook"`
+	// Log is "stdout" (default), "none", or a file path events are
+	// appended to, one per line, in LogFormat: json (default), ocsf or cef.
+	Log       string        `yaml:"log"`
+	LogFormat events.Format `yaml:"log_format"`
+	Webhook   WebhookConfig `yaml:"webhook"`
+	// Syslog lists SIEM collectors: RFC 5424 over tcp, tls or udp,
+	// carrying cef (default), ocsf or json.
+	Syslog []events.SyslogConfig `yaml:"syslog"`
 	// Buffer bounds the events waiting for each sink (default 10000);
 	// beyond it events are dropped and counted, never blocking a scan.
 	Buffer int `yaml:"buffer"`
 }
 
-// WebhookConfig is an optional HTTP endpoint that receives each finding
-// as a JSON POST.
-type WebhookConfig struct {
-	URL       string        `yaml:"url"`
-	TokenFile string        `yaml:"token_file"`
-	Timeout   time.Duration `yaml:"timeout"` // per attempt, default 10 s
-	Retries   int           `yaml:"retries"` // after the first attempt, default 3
-}
+// WebhookConfig is an optional HTTP endpoint that receives each event as
+// a POST (events.WebhookConfig).
+type WebhookConfig = events.WebhookConfig
 
 // LogConfig is the service log.
 type LogConfig struct {
@@ -220,6 +238,11 @@ const (
 	DefaultStateDir      = "/var/lib/snapscan/signatures"
 	DefaultShutdownGrace = 60 * time.Second
 	DefaultRescanSpread  = 6 * time.Hour
+	// DefaultJobTimeout is generous: a 2 TB disk at 100 MiB/s reads in
+	// under 6 hours. It is there so that no unknown trick holds a scan
+	// slot forever, not to hurry scans.
+	DefaultJobTimeout       = 24 * time.Hour
+	DefaultHistoryRetention = 30 * 24 * time.Hour
 )
 
 // Load reads and checks a configuration file. Errors name the key path
@@ -347,6 +370,12 @@ func (c *Config) setDefaults() {
 	if c.Database.Path == "" {
 		c.Database.Path = DefaultDatabase
 	}
+	if c.Database.HistoryRetention == 0 {
+		c.Database.HistoryRetention = DefaultHistoryRetention
+	}
+	if c.Queue.JobTimeout == 0 {
+		c.Queue.JobTimeout = DefaultJobTimeout
+	}
 	if c.Signatures.StateDir == "" {
 		c.Signatures.StateDir = DefaultStateDir
 	}
@@ -406,6 +435,9 @@ func (c *Config) resolvePaths(dir string) {
 		abs(&c.Events.Log)
 	}
 	abs(&c.Events.Webhook.TokenFile)
+	for i := range c.Events.Syslog {
+		c.Events.Syslog[i].ResolvePaths(dir)
+	}
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -435,6 +467,7 @@ func (c *Config) Validate() error {
 		{"queue.aging_step", c.Queue.AgingStep}, {"queue.backoff_base", c.Queue.BackoffBase},
 		{"queue.backoff_max", c.Queue.BackoffMax}, {"scanner.timeout", c.Scanner.Timeout},
 		{"events.webhook.timeout", c.Events.Webhook.Timeout},
+		{"queue.job_timeout", c.Queue.JobTimeout}, {"database.history_retention", c.Database.HistoryRetention},
 	} {
 		if d.v < 0 {
 			return bad(d.key, "must not be negative")
@@ -518,6 +551,19 @@ func (c *Config) Validate() error {
 	}
 	if c.Events.Webhook.Retries < 0 || c.Events.Webhook.Retries > 20 {
 		return bad("events.webhook.retries", "must be 0-20")
+	}
+	if err := c.Events.Webhook.Validate(); err != nil {
+		return bad("events.webhook", "%v", err)
+	}
+	switch c.Events.LogFormat {
+	case "", events.FormatJSON, events.FormatOCSF, events.FormatCEF:
+	default:
+		return bad("events.log_format", "%q: want json, ocsf or cef", c.Events.LogFormat)
+	}
+	for i := range c.Events.Syslog {
+		if err := c.Events.Syslog[i].Validate(); err != nil {
+			return bad(fmt.Sprintf("events.syslog[%d]", i), "%v", err)
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -30,6 +30,7 @@ func TestLoad(t *testing.T) {
 		{"bad glob", base + "scanner: {exclude: ['[']}\n", "scanner.exclude[0]"},
 		{"receiver without server", strings.Replace(base, "trusted_keys: [k.pub]", "trusted_keys: [k.pub], receiver_url: 'http://x/'", 1), "signatures.receiver_url"},
 		{"bad webhook", base + "events: {webhook: {url: 'ftp://x'}}\n", "events.webhook.url"},
+		{"negative job timeout", base + "queue: {job_timeout: -1s}\n", "queue.job_timeout: must not be negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(dir, "c.yaml")
@@ -69,6 +70,17 @@ func TestExampleConfigParses(t *testing.T) {
 	}
 	if len(c.Datastores) != 2 || c.Datastores[0].BytesPerSec != 200<<20 || c.Scanner.Archives.MaxTotalBytes != 128<<20 {
 		t.Errorf("example parsed wrongly: %+v", c.Datastores)
+	}
+	if len(c.Events.Syslog) != 2 || c.Events.Webhook.Validate() != nil {
+		t.Errorf("example: %d syslog sinks, webhook %v", len(c.Events.Syslog), c.Events.Webhook.Validate())
+	}
+	for i, s := range c.Events.Syslog {
+		if err := s.Validate(); err != nil {
+			t.Errorf("example: events.syslog[%d]: %v", i, err)
+		}
+	}
+	if c.Queue.JobTimeout != DefaultJobTimeout || c.Database.HistoryRetention != DefaultHistoryRetention {
+		t.Errorf("example: job_timeout %s, history_retention %s; want the documented defaults", c.Queue.JobTimeout, c.Database.HistoryRetention)
 	}
 }
 

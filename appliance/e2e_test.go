@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/snapscan/snapscan/internal/testenv"
-	"github.com/snapscan/snapscan/snapshot"
 )
 
 // The end-to-end test runs the real binary as two processes on loopback: a
@@ -142,9 +141,12 @@ type scan struct {
 	Attempts int    `json:"attempts"`
 	Error    string `json:"error"`
 	Result   *struct {
-		Files    int64 `json:"files"`
-		Cached   int64 `json:"cached"`
-		Findings int64 `json:"findings"`
+		Status     string           `json:"status"`
+		Incomplete map[string]int64 `json:"incomplete"`
+		Files      int64            `json:"files"`
+		Cached     int64            `json:"cached"`
+		Findings   int64            `json:"findings"`
+		BytesRead  int64            `json:"bytes_read"`
 	} `json:"result"`
 }
 
@@ -166,22 +168,8 @@ func TestEndToEnd(t *testing.T) {
 		t.Skip("end-to-end test: builds the binary and runs two services (not in -short)")
 	}
 	testenv.NeedTools(t, "mkfs.ext4", "sgdisk", "qemu-img", "sqlite3")
-	sigBase := "/work/shared/rules/signature-base"
-	if v := os.Getenv("SNAPSCAN_SIGNATURE_BASE"); v != "" {
-		sigBase = v
-	}
-	if _, err := os.Stat(sigBase); err != nil {
-		testenv.Skip(t, "needs signature-base at", sigBase, "(or $SNAPSCAN_SIGNATURE_BASE)")
-	}
-	fx := testenv.Fixture(t, "appliance.sh", "ext4")
-	if d, err := snapshot.Open(filepath.Join(fx, "ds-a", "vm05.img"), nil); err != nil || len(d.Volumes) != 1 || d.Volumes[0].FS == nil {
-		// snapshot does not serve ext4 in this tree yet: same VMs on FAT.
-		t.Logf("snapshot does not read the ext4 guests; using the vfat fixture")
-		testenv.NeedTools(t, "mkfs.vfat", "mcopy")
-		fx = testenv.Fixture(t, "appliance.sh", "vfat")
-	} else {
-		d.Close()
-	}
+	sigBase := testenv.SignatureBase(t)
+	fx := testenv.Fixture(t, "appliance.sh")
 	dir := t.TempDir()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -214,7 +202,7 @@ func TestEndToEnd(t *testing.T) {
 	sigAddr, appAddr := freePort(t), freePort(t)
 	start(t, bin, filepath.Join(dir, "sig.log"), "sig", "serve", "--key", filepath.Join(dir, "signer.key"), "--name", "e2e",
 		"--rules", rules, "--state", filepath.Join(dir, "sigstate"), "--token-file", filepath.Join(dir, "sig.tokens"),
-		"--listen", sigAddr, "--plain-http")
+		"--listen", sigAddr) // loopback: plain HTTP needs no flag
 
 	cfgPath := filepath.Join(dir, "appliance.yaml")
 	cfg := fmt.Sprintf(`
@@ -301,21 +289,31 @@ log:
 	}
 
 	// Submit the 20 VMs and the corrupt image; one through the CLI client.
-	type disk struct{ vm, ds, path string }
+	// Even VMs are submitted with the format the fixture made them in
+	// (declared, as a hypervisor would), odd ones without (probed).
+	type disk struct{ vm, ds, path, format string }
 	var disks []disk
 	df, _ := os.ReadFile(filepath.Join(fx, "disks.tsv"))
-	for _, l := range strings.Split(strings.TrimSpace(string(df)), "\n") {
+	for i, l := range strings.Split(strings.TrimSpace(string(df)), "\n") {
 		f := strings.Split(l, "\t")
-		disks = append(disks, disk{f[0], f[1], f[2]})
+		d := disk{f[0], f[1], f[2], ""}
+		if i%2 == 1 {
+			d.format = strings.ReplaceAll(f[3], "vpc", "vhd") // qemu-img's name for VHD
+		}
+		disks = append(disks, d)
 	}
 	if len(disks) != 20 {
 		t.Fatalf("fixture lists %d disks, want 20", len(disks))
 	}
-	disks = append(disks, disk{"broken", "ds-a", "corrupt.qcow2"})
+	disks = append(disks, disk{"broken", "ds-a", "corrupt.qcow2", ""})
 	ids := map[string]int64{}
 	for i, d := range disks {
-		if i == 0 {
-			cmd := exec.Command(bin, "submit", "--url", c.base, "--vm", d.vm, "--disk", d.ds+":"+d.path, "--json")
+		if i < 2 {
+			args := []string{"submit", "--url", c.base, "--vm", d.vm, "--disk", d.ds + ":" + d.path, "--json"}
+			if d.format != "" {
+				args = append(args, "--format", d.format)
+			}
+			cmd := exec.Command(bin, args...)
 			cmd.Env = append(os.Environ(), "SNAPSCAN_TOKEN="+apiToken)
 			out, err := cmd.Output()
 			var s scan
@@ -325,10 +323,11 @@ log:
 			ids[d.vm] = s.ID
 			continue
 		}
-		body := fmt.Sprintf(`{"vm": %q, "disks": [{"datastore": %q, "path": %q}], "reason": "e2e"}`, d.vm, d.ds, d.path)
+		body, _ := json.Marshal(map[string]any{"vm": d.vm, "reason": "e2e",
+			"disks": []map[string]string{{"datastore": d.ds, "path": d.path, "format": d.format}}})
 		var s scan
-		if code := c.call("POST", "/v1/scans", apiToken, []byte(body), &s); code != 202 {
-			t.Fatalf("submit %s: %d", d.vm, code)
+		if code := c.call("POST", "/v1/scans", apiToken, body, &s); code != 202 {
+			t.Fatalf("submit %s: %d %s", d.vm, code, body)
 		}
 		ids[d.vm] = s.ID
 	}
@@ -380,6 +379,13 @@ log:
 	if len(list.Scans) != len(disks) {
 		t.Errorf("%d jobs, want %d (one per VM)", len(list.Scans), len(disks))
 	}
+	ef, _ := os.ReadFile(filepath.Join(fx, "expected.tsv"))
+	want := strings.Split(strings.TrimSpace(string(ef)), "\n")
+	sort.Strings(want)
+	planted := map[string]bool{}
+	for _, w := range want {
+		planted[strings.Split(w, "\t")[0]] = true
+	}
 	var files, cached int64
 	for _, s := range list.Scans {
 		var full scan
@@ -394,6 +400,14 @@ log:
 		default:
 			files += full.Result.Files
 			cached += full.Result.Cached
+			// Every file of the guests is read: a VM is clean or has
+			// findings, never incomplete.
+			if wantStatus := map[bool]string{true: "findings", false: "clean"}[planted[s.VM]]; full.Result.Status != wantStatus || len(full.Result.Incomplete) != 0 {
+				t.Errorf("%s: result %s (incomplete %v), want %s", s.VM, full.Result.Status, full.Result.Incomplete, wantStatus)
+			}
+			if full.Result.BytesRead <= 0 {
+				t.Errorf("%s: %d bytes read from the datastore", s.VM, full.Result.BytesRead)
+			}
 		}
 		if s.ID != ids[s.VM] {
 			t.Errorf("%s: job %d, submitted as %d", s.VM, s.ID, ids[s.VM])
@@ -420,9 +434,6 @@ log:
 		got = append(got, r.VM+"\t"+r.Rule+"\t"+r.Path)
 	}
 	sort.Strings(got)
-	ef, _ := os.ReadFile(filepath.Join(fx, "expected.tsv"))
-	want := strings.Split(strings.TrimSpace(string(ef)), "\n")
-	sort.Strings(want)
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("findings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
@@ -455,16 +466,29 @@ log:
 	}
 
 	// Events: one JSON line per finding (a job re-run after the kill may
-	// repeat its own).
+	// repeat its own), the corrupt disk as an unreadable VM, and the
+	// signature set installed.
 	ev, _ := os.ReadFile(filepath.Join(dir, "events.jsonl"))
 	seen := map[string]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(ev))
 	for sc.Scan() {
-		var e struct{ Kind, VM, Rule, Path string }
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil || e.Kind != "finding" {
+		var e struct{ Kind, VM, Rule, Path, Disk string }
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			t.Errorf("event line %q: %v", sc.Text(), err)
 		}
-		seen[e.VM+"\t"+e.Rule+"\t"+e.Path] = true
+		switch e.Kind {
+		case "finding":
+			seen[e.VM+"\t"+e.Rule+"\t"+e.Path] = true
+		case "vm_unreadable", "signature_installed":
+			seen[e.Kind+"\t"+e.Disk] = true
+		default:
+			t.Errorf("event line %q: unexpected kind", sc.Text())
+		}
+	}
+	for _, w := range []string{"vm_unreadable\tcorrupt.qcow2", "signature_installed\t"} {
+		if !seen[w] {
+			t.Errorf("no %q event", w)
+		}
 	}
 	for _, w := range want {
 		if !seen[w] {

@@ -1,189 +1,111 @@
 package appliance
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
-	"sync/atomic"
-	"time"
+	"runtime/debug"
+	"sync"
+
+	"github.com/snapscan/snapscan/appliance/events"
+	"github.com/snapscan/snapscan/appliance/results"
+	"github.com/snapscan/snapscan/queue"
+	"github.com/snapscan/snapscan/signatures"
 )
 
-// Event is one finding as sent to the event log and the webhook: a JSON
-// object per line, for a SIEM. It carries one FindingRow and the event
-// kind ("finding").
-type Event struct {
-	Kind string    `json:"kind"`
-	Time time.Time `json:"time"`
-	FindingRow
+// The appliance's side of package events: what it tells a SIEM and when.
+//
+//   - finding: each finding of a stored scan (findings of a scan redone
+//     after a crash are sent again: at least once per stored result);
+//   - scan_incomplete: a stored scan that could not scan everything;
+//   - scan_failed: a job that ended failed (it will not be retried);
+//   - vm_unreadable: a job that ended failed because one of its disks
+//     could not be opened or read (instead of scan_failed);
+//   - signature_installed: a signature set version became active.
+
+// newEvents makes the event dispatcher from the configuration; log is the
+// event log stream (nil: none).
+func newEvents(cfg *Config, log io.Writer, logger *slog.Logger) (*events.Dispatcher, error) {
+	d, err := events.New(events.Config{
+		Appliance: cfg.Signatures.ApplianceID,
+		Product:   events.Product{Version: moduleVersion()},
+		Buffer:    cfg.Events.Buffer,
+		Log:       log,
+		LogFormat: cfg.Events.LogFormat,
+		Webhook:   cfg.Events.Webhook,
+		Syslog:    cfg.Events.Syslog,
+		Logger:    logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	return d, nil
 }
 
-// Events sends findings to a log stream and an optional webhook, each
-// through its own bounded buffer, so a slow SIEM never holds up scanning:
-// when a buffer is full the event is dropped and counted. Delivery is at
-// least once per stored result: a job re-run after a crash sends again.
-type Events struct {
-	log      *slog.Logger
-	out      io.Writer // nil: no log stream
-	logCh    chan Event
-	hookCh   chan Event
-	hook     WebhookConfig
-	token    string
-	client   *http.Client
-	retryMin time.Duration
-
-	// Counters for metrics.
-	Sent, Dropped, HookSent, HookDropped, HookFailed atomic.Int64
+// moduleVersion is the binary's module version ("(devel)" in a build
+// from a work tree).
+func moduleVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
 }
 
-// NewEvents makes the event sinks: out receives JSON lines (nil for
-// none); hook.URL, when set, receives POSTs bearing token.
-func NewEvents(out io.Writer, hook WebhookConfig, token string, buffer int, log *slog.Logger) *Events {
-	if buffer <= 0 {
-		buffer = 10000
+// scanEvents are what a stored scan tells: its findings, and that it was
+// incomplete when it could not scan everything.
+func scanEvents(s *results.Scan, rows []results.Finding) []events.Event {
+	out := make([]events.Event, 0, len(rows)+1)
+	for _, f := range rows {
+		ev := events.Event{Kind: events.KindFinding, ID: f.ID, JobID: f.JobID, VM: f.VM, Datastore: f.Datastore,
+			Disk: f.Disk, Volume: f.Volume, Path: f.Path, Size: f.Size, SHA256: f.SHA256, Namespace: f.Namespace,
+			Rule: f.Rule, Tags: f.Tags, SigName: s.SigName, SigVersion: f.SigVersion, FoundAt: f.FoundAt}
+		for _, m := range f.Meta {
+			ev.Meta = append(ev.Meta, events.Meta{Key: m.Key, Value: m.Value})
+		}
+		out = append(out, ev)
 	}
-	e := &Events{log: log, out: out, hook: hook, token: token, retryMin: time.Second,
-		client: &http.Client{Timeout: hook.Timeout}}
-	if out != nil {
-		e.logCh = make(chan Event, buffer)
+	if len(s.Incomplete) > 0 {
+		ev := events.Event{Kind: events.KindScanIncomplete, JobID: s.JobID, VM: s.VM, SigName: s.SigName,
+			SigVersion: s.SigVersion, Reasons: s.Incomplete}
+		if len(s.Disks) == 1 {
+			ev.Datastore, ev.Disk = s.Disks[0].Datastore, s.Disks[0].Path
+		}
+		out = append(out, ev)
 	}
-	if hook.URL != "" {
-		e.hookCh = make(chan Event, buffer)
-	}
-	return e
+	return out
 }
 
-// Emit queues findings for every sink without blocking.
-func (e *Events) Emit(rows []FindingRow) {
-	for _, r := range rows {
-		ev := Event{Kind: "finding", Time: time.Now().UTC(), FindingRow: r}
-		if e.logCh != nil {
-			select {
-			case e.logCh <- ev:
-			default:
-				e.Dropped.Add(1)
-			}
-		}
-		if e.hookCh != nil {
-			select {
-			case e.hookCh <- ev:
-			default:
-				e.HookDropped.Add(1)
-			}
-		}
+// unreadableDisks remembers, per running job, the disk its last run could
+// not open or read, until the job ends: a job that ends failed for that
+// reason is reported as vm_unreadable, naming the disk.
+type unreadableDisks struct{ m sync.Map } // job id -> queue.Disk
+
+func (u *unreadableDisks) set(job int64, d queue.Disk) { u.m.Store(job, d) }
+func (u *unreadableDisks) clear(job int64)             { u.m.Delete(job) }
+func (u *unreadableDisks) take(job int64) (queue.Disk, bool) {
+	v, ok := u.m.LoadAndDelete(job)
+	if !ok {
+		return queue.Disk{}, false
 	}
+	return v.(queue.Disk), true
 }
 
-// Serve delivers events until ctx ends, then writes what the log buffer
-// still holds (the webhook's backlog is dropped: its retries could take
-// minutes).
-func (e *Events) Serve(ctx context.Context) error {
-	done := make(chan struct{})
-	if e.hookCh != nil {
-		go func() { defer close(done); e.serveHook(ctx) }()
-	} else {
-		close(done)
+// jobEvent is what a job that ended failed tells.
+func (a *Appliance) jobEvent(j queue.Job) (events.Event, bool) {
+	d, unreadable := a.unreadable.take(j.ID)
+	if j.State != queue.Failed {
+		return events.Event{}, false
 	}
-	if e.logCh != nil {
-		enc := json.NewEncoder(e.out)
-		write := func(ev Event) {
-			if err := enc.Encode(ev); err != nil {
-				e.Dropped.Add(1)
-				e.log.Warn("appliance: event log write failed", "err", err)
-				return
-			}
-			e.Sent.Add(1)
-		}
-	loop:
-		for {
-			select {
-			case ev := <-e.logCh:
-				write(ev)
-			case <-ctx.Done():
-				break loop
-			}
-		}
-		for {
-			select {
-			case ev := <-e.logCh:
-				write(ev)
-			default:
-				<-done
-				return nil
-			}
-		}
+	ev := events.Event{Kind: events.KindScanFailed, JobID: j.ID, VM: j.VM, Error: j.Error}
+	if unreadable {
+		ev.Kind, ev.Datastore, ev.Disk = events.KindVMUnreadable, d.Datastore, d.Path
+	} else if len(j.Disks) == 1 {
+		ev.Datastore, ev.Disk = j.Disks[0].Datastore, j.Disks[0].Path
 	}
-	<-done
-	return nil
+	return ev, true
 }
 
-func (e *Events) serveHook(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev := <-e.hookCh:
-			if err := e.post(ctx, ev); err != nil {
-				e.HookFailed.Add(1)
-				// The URL may hold a secret query: log only the host.
-				e.log.Warn("appliance: webhook delivery failed", "finding", ev.ID, "err", err)
-			} else {
-				e.HookSent.Add(1)
-			}
-		}
-	}
-}
-
-// post tries 1+Retries times with doubling waits; 4xx answers other than
-// 408 and 429 are not retried (the receiver refuses this event).
-func (e *Events) post(ctx context.Context, ev Event) error {
-	body, _ := json.Marshal(ev)
-	wait := e.retryMin
-	var last error
-	for attempt := 0; attempt <= e.hook.Retries; attempt++ {
-		if attempt > 0 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(wait):
-			}
-			wait *= 2
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.hook.URL, bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		if e.token != "" {
-			req.Header.Set("Authorization", "Bearer "+e.token)
-		}
-		resp, err := e.client.Do(req)
-		if err != nil {
-			last = redactURLError(err)
-			continue
-		}
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		resp.Body.Close()
-		switch {
-		case resp.StatusCode < 300:
-			return nil
-		case resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != 408 && resp.StatusCode != 429:
-			return fmt.Errorf("webhook answered %s", resp.Status)
-		}
-		last = fmt.Errorf("webhook answered %s", resp.Status)
-	}
-	return fmt.Errorf("gave up after %d attempts: %w", e.hook.Retries+1, last)
-}
-
-// redactURLError keeps the operation and cause of a client error but not
-// the URL, which may carry a token.
-func redactURLError(err error) error {
-	type unwrapper interface{ Unwrap() error }
-	if u, ok := err.(unwrapper); ok && u.Unwrap() != nil {
-		return fmt.Errorf("post: %w", u.Unwrap())
-	}
-	return err
+// signatureEvent is a signature update that became active.
+func signatureEvent(u signatures.Update) events.Event {
+	return events.Event{Kind: events.KindSignatureInstalled, SigName: u.Name, SigVersion: u.Version}
 }

@@ -1,17 +1,23 @@
 package appliance
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/snapscan/snapscan/appliance/events"
 )
 
 // hookServer is a real webhook receiver on loopback that records what it
@@ -60,6 +66,18 @@ func newHookServer(t *testing.T, answer func(int) int, block chan struct{}) *hoo
 	}))
 	t.Cleanup(h.Close)
 	return h
+}
+
+// sink returns the event sink's counters by name.
+func (ta *testApp) sink(name string) events.SinkStats {
+	ta.t.Helper()
+	for _, s := range ta.a.events.Stats() {
+		if s.Name == name {
+			return s
+		}
+	}
+	ta.t.Fatalf("no event sink %q", name)
+	return events.SinkStats{}
 }
 
 func (h *hookServer) snapshot() (attempts int, events []hookEvent, auth []string) {
@@ -118,10 +136,11 @@ func TestWebhook(t *testing.T) {
 			app := startApp(t, appOpts{
 				yaml: "queue: {max_scans: 1}\n",
 				edit: func(c *Config) {
-					c.Events.Webhook = WebhookConfig{URL: hook.URL + "/siem?key=secret", TokenFile: tokFile, Timeout: 10 * time.Second, Retries: tt.retries}
+					// Retries wait 5, 10, 20 ms rather than 1, 2, 4 s;
+					// only findings, so that POSTs count findings.
+					c.Events.Webhook = WebhookConfig{URL: hook.URL + "/siem?key=secret", TokenFile: tokFile, Timeout: 10 * time.Second,
+						Retries: tt.retries, RetryWait: 5 * time.Millisecond, Kinds: []events.Kind{events.KindFinding}}
 				},
-				// Retries wait 5, 10, 20 ms rather than 1, 2, 4 s.
-				prepare: func(a *Appliance) { a.events.retryMin = 5 * time.Millisecond },
 			})
 			app.install(1)
 			// One scan at a time, so the "once unavailable" answers
@@ -134,9 +153,9 @@ func TestWebhook(t *testing.T) {
 			}
 			want := expectedFindings(t, app.fx, vms...)
 			n := len(want)
-			ev := app.a.events
 			eventually(t, "every finding delivered or given up", 30*time.Second, func() bool {
-				return ev.HookSent.Load()+ev.HookFailed.Load() == int64(n)
+				st := app.sink("webhook")
+				return st.Sent+st.Failed == int64(n)
 			})
 			attempts, events, auth := hook.snapshot()
 			if attempts != n*tt.wantAttempts {
@@ -191,7 +210,7 @@ func TestWebhookSlow(t *testing.T) {
 	release := func() { released.Do(func() { close(block) }) }
 	t.Cleanup(release) // before the appliance stops (cleanups run last first)
 	app := startApp(t, appOpts{
-		yaml: "events: {buffer: 1, webhook: {url: " + hook.URL + ", timeout: 2m, retries: 0}}\nqueue: {max_scans: 4}\n",
+		yaml: "events: {buffer: 1, webhook: {url: " + hook.URL + ", timeout: 2m, retries: 0, kinds: [finding]}}\nqueue: {max_scans: 4}\n",
 	})
 	app.install(1)
 	var vms []string
@@ -212,19 +231,140 @@ func TestWebhookSlow(t *testing.T) {
 	}
 	t.Logf("%d scans done in %s with the webhook hanging", len(idList), time.Since(start).Round(time.Millisecond))
 	n := int64(len(expectedFindings(t, app.fx, vms...)))
-	ev := app.a.events
 	// At most one event in flight and one buffered; the rest dropped.
-	if d := ev.HookDropped.Load(); d < n-2 || d > n {
+	if d := app.sink("webhook").Dropped; d < n-2 || d > n {
 		t.Errorf("%d of %d events dropped, want at least %d", d, n, n-2)
 	}
-	if v := app.metric(`snapscan_events_total{outcome="dropped",sink="webhook"}`); v != float64(ev.HookDropped.Load()) || v < 1 {
-		t.Errorf("dropped metric %v, counter %d", v, ev.HookDropped.Load())
+	if v, d := app.metric(`snapscan_events_total{outcome="dropped",sink="webhook"}`), app.sink("webhook").Dropped; v != float64(d) || v < 1 {
+		t.Errorf("dropped metric %v, counter %d", v, d)
 	}
 	release()
 	eventually(t, "the held events to be delivered", 30*time.Second, func() bool {
-		return ev.HookSent.Load()+ev.HookDropped.Load()+ev.HookFailed.Load() == n
+		st := app.sink("webhook")
+		return st.Sent+st.Dropped+st.Failed == n
 	})
-	if attempts, events, _ := hook.snapshot(); attempts > 2 || len(events) != int(ev.HookSent.Load()) {
-		t.Errorf("webhook got %d POSTs (%d events); sent counter %d", attempts, len(events), ev.HookSent.Load())
+	if attempts, evs, _ := hook.snapshot(); attempts > 2 || len(evs) != int(app.sink("webhook").Sent) {
+		t.Errorf("webhook got %d POSTs (%d events); sent counter %d", attempts, len(evs), app.sink("webhook").Sent)
 	}
+}
+
+// TestSIEMEvents scans real images with a syslog collector on loopback
+// (TCP, octet-counted RFC 5424 carrying CEF) and checks what reaches it:
+// the signature update, every planted finding naming the appliance, VM,
+// datastore, disk, volume, path, SHA-256, rule and signature version, and
+// the corrupt disk as an unreadable VM.
+func TestSIEMEvents(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames := make(chan string, 100)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		for {
+			var n int
+			if _, err := fmt.Fscanf(r, "%d ", &n); err != nil {
+				return
+			}
+			b := make([]byte, n)
+			if _, err := io.ReadFull(r, b); err != nil {
+				return
+			}
+			frames <- string(b)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	app := startApp(t, appOpts{edit: func(c *Config) {
+		c.Signatures.ApplianceID = "appl-e2e"
+		c.Events.Syslog = []events.SyslogConfig{{Address: ln.Addr().String()}}
+	}})
+	app.install(1)
+	vms := []string{"vm03", "vm04", "vm12"}
+	ids := app.submit(vms...)
+	var bad ScanView
+	if code, err := app.call("POST", "/v1/scans", testToken, map[string]any{"vm": "broken",
+		"disks": []map[string]string{{"datastore": "ds-a", "path": "corrupt.qcow2"}}}, &bad); code != http.StatusAccepted {
+		t.Fatalf("submit corrupt disk: %d %v", code, err)
+	}
+	app.waitJobs(ids["vm03"], ids["vm04"], ids["vm12"], bad.ID)
+
+	want := expectedFindings(t, app.fx, vms...)
+	disks := app.disks()
+	var got []string
+	var installed, unreadable string
+	deadline := time.After(30 * time.Second)
+	for len(got) < len(want) || installed == "" || unreadable == "" {
+		var f string
+		select {
+		case f = <-frames:
+		case <-deadline:
+			t.Fatalf("after 30 s: %d of %d findings, installed %q, unreadable %q", len(got), len(want), installed, unreadable)
+		}
+		// RFC 5424: <PRI>1 TIME HOST APP PROCID MSGID SD MSG.
+		h := strings.SplitN(f, " ", 8)
+		if len(h) != 8 || !strings.HasSuffix(h[0], ">1") || h[2] != "appl-e2e" || h[3] != "snapscan" || h[6] != "-" {
+			t.Fatalf("syslog header of %q", f)
+		}
+		cef := h[7]
+		switch h[5] {
+		case "signature_installed":
+			installed = cef
+		case "vm_unreadable":
+			unreadable = cef
+		case "finding":
+			vm := field(cef, "dhost")
+			d := disks[vm]
+			for k, v := range map[string]string{"dvchost": "appl-e2e", "cs5": d.Datastore, "cs6": d.Path, "cn1": "1",
+				"flexString2": "test", "cs2": "planted.yar", "cn2": fmt.Sprint(ids[vm])} {
+				if got := field(cef, k); got != v {
+					t.Errorf("%s = %q, want %q in %s", k, got, v, cef)
+				}
+			}
+			if len(field(cef, "fileHash")) != 64 || field(cef, "flexString1") == "" || field(cef, "externalId") == "" {
+				t.Errorf("no SHA-256, volume or finding id in %s", cef)
+			}
+			got = append(got, vm+"\t"+field(cef, "cs1")+"\t"+field(cef, "filePath"))
+		}
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("findings at the collector:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if !strings.HasPrefix(installed, "CEF:0|snapscan|snapscan|") || !strings.Contains(installed, "|signature_installed|Signature update installed|1|") ||
+		field(installed, "cn1") != "1" || field(installed, "flexString2") != "test" {
+		t.Errorf("signature event: %s", installed)
+	}
+	if field(unreadable, "dhost") != "broken" || field(unreadable, "cs6") != "corrupt.qcow2" || field(unreadable, "cs5") != "ds-a" ||
+		!strings.Contains(field(unreadable, "reason"), "corrupt.qcow2") {
+		t.Errorf("unreadable VM event: %s", unreadable)
+	}
+	st := app.sink("tcp://" + ln.Addr().String())
+	if st.Dropped != 0 || st.Failed != 0 || !st.Connected {
+		t.Errorf("sink %+v", st)
+	}
+	if v := app.metric(`snapscan_events_connected{sink="tcp://` + ln.Addr().String() + `"}`); v != 1 {
+		t.Errorf("snapscan_events_connected = %v", v)
+	}
+}
+
+// field returns a CEF extension value: from "key=" to the next " k=",
+// unescaped (the appliance's values here hold no escapes but \= and \\).
+func field(cef, key string) string {
+	i := strings.Index(cef, " "+key+"=")
+	if i < 0 {
+		return ""
+	}
+	v := cef[i+len(key)+2:]
+	if j := regexp.MustCompile(` [A-Za-z0-9]+=`).FindStringIndex(v); j != nil {
+		v = v[:j[0]]
+	}
+	return strings.NewReplacer(`\=`, "=", `\\`, `\`).Replace(v)
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -37,16 +38,25 @@ type testApp struct {
 	key    ed25519.PrivateKey
 	base   string // http(s)://127.0.0.1:port
 	client *http.Client
+	cfg    *Config
+	ln     net.Listener
 	cancel context.CancelFunc
 	served chan error
+	// stopped is set once Serve's result was taken.
+	stopped bool
+	// lastError is the error message of the last call's answer, if it
+	// was not a success.
+	lastError string
 }
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // applianceFixture returns the appliance.sh fixture: 20 VMs on ds-a and
 // ds-b with planted matches (see testdata/appliance.sh).
 func applianceFixture(t *testing.T) string {
 	t.Helper()
 	testenv.NeedTools(t, "mkfs.ext4", "sgdisk", "qemu-img")
-	return testenv.Fixture(t, "appliance.sh", "ext4")
+	return testenv.Fixture(t, "appliance.sh")
 }
 
 // appOpts shape a test appliance.
@@ -113,7 +123,7 @@ database:
 	if o.prepare != nil {
 		o.prepare(a)
 	}
-	ta := &testApp{t: t, a: a, dir: dir, fx: fx, key: priv, base: "http://" + ln.Addr().String(), client: &http.Client{Timeout: 30 * time.Second}}
+	ta := &testApp{t: t, a: a, dir: dir, fx: fx, key: priv, cfg: cfg, ln: ln, base: "http://" + ln.Addr().String(), client: &http.Client{Timeout: 30 * time.Second}}
 	if o.client != nil {
 		ta.base, ta.client = "https://"+ln.Addr().String(), o.client
 	}
@@ -124,24 +134,44 @@ database:
 	return ta
 }
 
-// stop ends Serve (the graceful shutdown) and closes the appliance.
+// stop ends Serve (the graceful shutdown), which closes the appliance.
 func (ta *testApp) stop() {
-	if ta.cancel == nil {
+	if ta.stopped {
 		return
 	}
 	ta.cancel()
-	ta.cancel = nil
-	select {
-	case err := <-ta.served:
-		if err != nil {
-			ta.t.Errorf("Serve: %v", err)
-		}
-	case <-time.After(90 * time.Second):
-		ta.t.Errorf("Serve did not return after its context ended")
+	if err := ta.wait(90 * time.Second); err != nil {
+		ta.t.Errorf("Serve: %v", err)
 	}
 	if err := ta.a.Close(); err != nil {
 		ta.t.Errorf("Close: %v", err)
 	}
+}
+
+// wait waits up to d for Serve to return and returns its error; it fails
+// the test if Serve did not return in time.
+func (ta *testApp) wait(d time.Duration) error {
+	ta.t.Helper()
+	ta.stopped = true
+	select {
+	case err := <-ta.served:
+		return err
+	case <-time.After(d):
+		ta.t.Fatalf("Serve did not return within %s", d)
+		return nil
+	}
+}
+
+// reopen opens the appliance's database and state again, as a restart
+// would, without serving it: for looking at what a stopped appliance left.
+func (ta *testApp) reopen() *Appliance {
+	ta.t.Helper()
+	a, err := New(context.Background(), ta.cfg, Options{Logger: testLogger(ta.t)})
+	if err != nil {
+		ta.t.Fatal(err)
+	}
+	ta.t.Cleanup(func() { a.Close() })
+	return a
 }
 
 // install signs the fixture's planted rules as version v of set "test"
@@ -149,7 +179,13 @@ func (ta *testApp) stop() {
 // or a pull would.
 func (ta *testApp) install(v uint64) {
 	ta.t.Helper()
-	files, err := signatures.LoadRuleFiles(filepath.Join(ta.fx, "rules", "planted.yar"))
+	ta.installRules(v, filepath.Join(ta.fx, "rules", "planted.yar"))
+}
+
+// installRules is install with other rule files.
+func (ta *testApp) installRules(v uint64, paths ...string) {
+	ta.t.Helper()
+	files, err := signatures.LoadRuleFiles(paths...)
 	if err != nil {
 		ta.t.Fatal(err)
 	}
@@ -186,6 +222,15 @@ func (ta *testApp) call(method, path, token string, body any, out any) (int, err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	ta.lastError = ""
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) == nil {
+			ta.lastError = e.Error
+		}
+	}
 	if out != nil && resp.StatusCode < 300 {
 		if err := json.Unmarshal(b, out); err != nil {
 			ta.t.Fatalf("%s %s: %v: %s", method, path, err, b)

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/queue"
 )
 
@@ -16,13 +17,16 @@ type metrics struct {
 	a   *Appliance
 	reg *prometheus.Registry
 
-	scans    *prometheus.CounterVec // by result
-	findings prometheus.Counter
-	files    prometheus.Counter
-	cached   prometheus.Counter
-	bytes    prometheus.Counter
-	jobs     *prometheus.CounterVec // by final state
-	requests *prometheus.CounterVec // by code
+	scans      *prometheus.CounterVec // by result
+	incomplete *prometheus.CounterVec // by reason
+	findings   prometheus.Counter
+	readBytes  prometheus.Counter
+	readOps    prometheus.Counter
+	files      prometheus.Counter
+	cached     prometheus.Counter
+	bytes      prometheus.Counter
+	jobs       *prometheus.CounterVec // by final state
+	requests   *prometheus.CounterVec // by code
 }
 
 func newMetrics(a *Appliance) *metrics {
@@ -31,7 +35,11 @@ func newMetrics(a *Appliance) *metrics {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "snapscan", Name: name, Help: help})
 	}
 	m.scans = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "scans_total",
-		Help: "Scan runs by result: complete, failed_permanent, failed_transient, interrupted (cancelled or shut down)."}, []string{"result"})
+		Help: "Scan runs by result: clean, findings, incomplete (results stored), failed_permanent, failed_transient, interrupted (cancelled or shut down)."}, []string{"result"})
+	m.incomplete = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "scans_incomplete_total",
+		Help: "What stored scans could not scan, by reason (the scanner's skip reasons, volume_unreadable, time_limit): files, volumes or scans."}, []string{"reason"})
+	m.readBytes = f("scan_read_bytes_total", "Bytes scans read from datastores (image metadata and backing files included).")
+	m.readOps = f("scan_read_ops_total", "Read operations scans issued to datastores.")
 	m.findings = f("findings_total", "Findings stored (one per rule matching a file).")
 	m.files = f("files_scanned_total", "Files and archive members checked.")
 	m.cached = f("files_cached_total", "Files whose verdict came from the verdict cache.")
@@ -40,21 +48,23 @@ func newMetrics(a *Appliance) *metrics {
 		Help: "Jobs that reached a final state, by state."}, []string{"state"})
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "http_requests_total",
 		Help: "API requests by status code."}, []string{"code"})
-	m.reg.MustRegister(m.scans, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
+	m.reg.MustRegister(m.scans, m.incomplete, m.readBytes, m.readOps, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-func (m *metrics) scanDone(r *ScanResult, findings int) {
-	m.scans.WithLabelValues("complete").Inc()
-	m.findings.Add(float64(findings))
-	for _, d := range r.Disks {
-		for _, v := range d.Report.Volumes {
-			m.files.Add(float64(v.Files))
-			m.cached.Add(float64(v.Cached))
-			m.bytes.Add(float64(v.Bytes))
-		}
+// scanDone counts a run whose result was stored.
+func (m *metrics) scanDone(r *results.Scan) {
+	m.scans.WithLabelValues(string(r.Status)).Inc()
+	for reason, n := range r.Incomplete {
+		m.incomplete.WithLabelValues(reason).Add(float64(n))
 	}
+	m.findings.Add(float64(len(r.Findings)))
+	m.files.Add(float64(r.Files))
+	m.cached.Add(float64(r.Cached))
+	m.bytes.Add(float64(r.Bytes))
+	m.readBytes.Add(float64(r.BytesRead))
+	m.readOps.Add(float64(r.ReadOps))
 }
 
 func (m *metrics) scanOutcome(err error) {
@@ -88,7 +98,9 @@ var (
 	descDSPaused  = prometheus.NewDesc("snapscan_datastore_paused", "1 when a datastore is paused.", []string{"datastore"}, nil)
 	descSig       = prometheus.NewDesc("snapscan_signature_version", "Version of the active signature set (0: none).", []string{"name"}, nil)
 	descSigRules  = prometheus.NewDesc("snapscan_signature_rules", "Rules in the active signature set.", nil, nil)
-	descEvents    = prometheus.NewDesc("snapscan_events_total", "Finding events by sink and outcome (sent, dropped, failed).", []string{"sink", "outcome"}, nil)
+	descEvents    = prometheus.NewDesc("snapscan_events_total", "Events (findings, failed and incomplete scans, unreadable VMs, signature updates) by sink and outcome: sent, dropped (queue full, or stopped before sending), failed (refused or given up).", []string{"sink", "outcome"}, nil)
+	descEvQueued  = prometheus.NewDesc("snapscan_events_queued", "Events waiting in a sink's queue.", []string{"sink"}, nil)
+	descEvConn    = prometheus.NewDesc("snapscan_events_connected", "1 while a syslog stream sink (tcp, tls) is connected to its collector.", []string{"sink"}, nil)
 	descReady     = prometheus.NewDesc("snapscan_ready", "1 when the appliance takes scans (signatures active, database open).", nil, nil)
 )
 
@@ -96,7 +108,7 @@ var (
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDepth, descWait, descRunning, descJobEvents, descDSBytes, descDSOps, descDSRate,
 		descDSOpRate, descDSBudgetB, descDSBudgetO, descDSSlots, descDSRunning, descDSQueued, descDSPaused, descSig,
-		descSigRules, descEvents, descReady} {
+		descSigRules, descEvents, descEvQueued, descEvConn, descReady} {
 		ch <- d
 	}
 }
@@ -112,9 +124,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l...)
 	}
 	for _, c := range []queue.Class{queue.Rescan, queue.Scheduled, queue.OnDemand} {
-		gauge(descDepth, float64(qm.Depth[c]), c.String())
+		// Classes by the API's names (on_demand, scheduled, rescan).
+		gauge(descDepth, float64(qm.Depth[c]), priorityName(c))
 		h := qm.Wait[c]
-		ch <- prometheus.MustNewConstHistogram(descWait, h.Count, h.Sum.Seconds(), h.Cumulative(), c.String())
+		ch <- prometheus.MustNewConstHistogram(descWait, h.Count, h.Sum.Seconds(), h.Cumulative(), priorityName(c))
 	}
 	gauge(descRunning, float64(len(qm.Running)))
 	for ev, v := range map[string]uint64{"started": qm.Started, "done": qm.Done, "failed": qm.Failed, "cancelled": qm.Cancelled, "retried": qm.Retried} {
@@ -139,12 +152,15 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		gauge(descSig, 0, "")
 		gauge(descSigRules, 0)
 	}
-	e := a.events
-	counter(descEvents, float64(e.Sent.Load()), "log", "sent")
-	counter(descEvents, float64(e.Dropped.Load()), "log", "dropped")
-	counter(descEvents, float64(e.HookSent.Load()), "webhook", "sent")
-	counter(descEvents, float64(e.HookDropped.Load()), "webhook", "dropped")
-	counter(descEvents, float64(e.HookFailed.Load()), "webhook", "failed")
+	for _, s := range a.events.Stats() {
+		counter(descEvents, float64(s.Sent), s.Name, "sent")
+		counter(descEvents, float64(s.Dropped), s.Name, "dropped")
+		counter(descEvents, float64(s.Failed), s.Name, "failed")
+		gauge(descEvQueued, float64(s.Queued), s.Name)
+		if s.Network == "tcp" || s.Network == "tls" {
+			gauge(descEvConn, b2f(s.Connected), s.Name)
+		}
+	}
 	ok, _ := a.readiness()
 	gauge(descReady, b2f(ok))
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/queue"
 )
 
@@ -66,7 +67,7 @@ func TestRescanOnNewSignatures(t *testing.T) {
 		if j.Class != queue.Rescan || j.SigVersion != "2" || !strings.Contains(j.Reason, "signature update") {
 			t.Errorf("rescan %d (%s): class %s, version %q, reason %q", j.ID, j.VM, j.Class, j.SigVersion, j.Reason)
 		}
-		if len(j.Disks) != 1 || j.Disks[0] != disks[j.VM] {
+		if len(j.Disks) != 1 || !j.Disks[0].Equal(disks[j.VM]) {
 			t.Errorf("rescan of %s: disks %v, want %v", j.VM, j.Disks, disks[j.VM])
 		}
 		if i == 0 {
@@ -132,7 +133,7 @@ func TestRescanOnNewSignatures(t *testing.T) {
 
 	// The results are kept under the new version.
 	for _, j := range done {
-		rows, err := app.a.store.Findings(ctx, FindingQuery{JobID: j.ID})
+		rows, err := app.a.results.Findings(ctx, results.FindingQuery{JobID: j.ID})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -164,7 +165,7 @@ func TestRescanOnNewSignatures(t *testing.T) {
 			t.Errorf("GET /v1/scans%s: ids %v, want %v", tc.query, got, tc.want)
 		}
 	}
-	if rows, _ := app.a.store.Findings(ctx, FindingQuery{VM: "vm03"}); !slices.ContainsFunc(rows, func(r FindingRow) bool { return r.SigVersion == 2 }) {
+	if rows, _ := app.a.results.Findings(ctx, results.FindingQuery{VM: "vm03"}); !slices.ContainsFunc(rows, func(r results.Finding) bool { return r.SigVersion == 2 }) {
 		t.Errorf("vm03's planted finding not found again by the rescan: %+v", rows)
 	}
 }

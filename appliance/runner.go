@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
 	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/image"
 )
 
 // jobProgress is a running job's progress, fed by the scanner.
@@ -28,6 +30,7 @@ type jobProgress struct {
 	doneTotalF int64
 	doneTotalB int64
 	cur        scanner.Progress
+	read       readCounter // from the datastores, all disks
 }
 
 // Progress is a running scan's progress as the API shows it. Totals grow
@@ -40,6 +43,10 @@ type Progress struct {
 	TotalFiles int64 `json:"total_files"`
 	TotalBytes int64 `json:"total_bytes"`
 	Listed     bool  `json:"listed"`
+	// BytesRead and ReadOps are what the scan read from its datastores so
+	// far (image metadata and backing files included).
+	BytesRead int64 `json:"bytes_read"`
+	ReadOps   int64 `json:"read_ops"`
 }
 
 func (p *jobProgress) snapshot() Progress {
@@ -48,7 +55,13 @@ func (p *jobProgress) snapshot() Progress {
 	return Progress{Disks: p.disks, DisksDone: p.disksDone,
 		Files: p.doneFiles + p.cur.Files, Bytes: p.doneBytes + p.cur.Bytes,
 		TotalFiles: p.doneTotalF + p.cur.TotalFiles, TotalBytes: p.doneTotalB + p.cur.TotalBytes,
-		Listed: p.cur.Listed}
+		Listed: p.cur.Listed, BytesRead: p.read.bytes.Load(), ReadOps: p.read.ops.Load()}
+}
+
+func (p *jobProgress) set(cur scanner.Progress) {
+	p.mu.Lock()
+	p.cur = cur
+	p.mu.Unlock()
 }
 
 func (p *jobProgress) diskDone() {
@@ -62,131 +75,275 @@ func (p *jobProgress) diskDone() {
 	p.mu.Unlock()
 }
 
-// jobProgress returns a running job's progress.
-func (a *Appliance) jobProgress(id int64) (Progress, bool) {
-	v, ok := a.progress.Load(id)
+// progressBoard holds the progress of running jobs: by job id for the API,
+// by scanner target name for the scanner's callback. Target names are
+// "job-<id>/<disk index>".
+type progressBoard struct {
+	mu      sync.Mutex
+	jobs    map[int64]*jobProgress
+	targets map[string]*jobProgress
+}
+
+func newProgressBoard() *progressBoard {
+	return &progressBoard{jobs: map[int64]*jobProgress{}, targets: map[string]*jobProgress{}}
+}
+
+func (b *progressBoard) addJob(id int64, p *jobProgress) {
+	b.mu.Lock()
+	b.jobs[id] = p
+	b.mu.Unlock()
+}
+
+func (b *progressBoard) removeJob(id int64) {
+	b.mu.Lock()
+	delete(b.jobs, id)
+	b.mu.Unlock()
+}
+
+func (b *progressBoard) addTarget(name string, p *jobProgress) {
+	b.mu.Lock()
+	b.targets[name] = p
+	b.mu.Unlock()
+}
+
+func (b *progressBoard) removeTarget(name string) {
+	b.mu.Lock()
+	delete(b.targets, name)
+	b.mu.Unlock()
+}
+
+// job returns a running job's progress.
+func (b *progressBoard) job(id int64) (Progress, bool) {
+	b.mu.Lock()
+	p, ok := b.jobs[id]
+	b.mu.Unlock()
 	if !ok {
 		return Progress{}, false
 	}
-	return v.(*jobProgress).snapshot(), true
+	return p.snapshot(), true
 }
 
-// onProgress is the scanner's progress callback: targets are named
-// "job-<id>/<disk index>" so the callback finds its job.
-func (a *Appliance) onProgress(p scanner.Progress) {
-	v, ok := a.progress.Load(p.Target)
-	if !ok {
-		return
+// onProgress is the scanner's progress callback.
+func (b *progressBoard) onProgress(p scanner.Progress) {
+	b.mu.Lock()
+	jp, ok := b.targets[p.Target]
+	b.mu.Unlock()
+	if ok {
+		jp.set(p)
 	}
-	jp := v.(*jobProgress)
-	jp.mu.Lock()
-	jp.cur = p
-	jp.mu.Unlock()
+}
+
+// readCounter counts what a job reads from its datastores.
+type readCounter struct {
+	bytes, ops atomic.Int64
+}
+
+// jobReader is what every read of a job's disks passes last: it counts
+// the bytes and fails at once when the job's context ended (its time limit
+// included), so that no read outlives the job.
+type jobReader struct {
+	ctx context.Context
+	r   io.ReaderAt
+	n   *readCounter
+}
+
+func (j *jobReader) ReadAt(p []byte, off int64) (int, error) {
+	if err := j.ctx.Err(); err != nil {
+		return 0, context.Cause(j.ctx)
+	}
+	n, err := j.r.ReadAt(p, off)
+	j.n.bytes.Add(int64(n))
+	j.n.ops.Add(1)
+	return n, err
+}
+
+// activeSet names the signature set a scan used.
+type activeSet struct {
+	name    string
+	version uint64
+	rulesID string
 }
 
 // scanner returns the Scanner for a rule set, making a new one when the
-// set changed; scans that started on the old one keep it.
+// set changed; scans that started on the old one keep it. Every Scanner
+// shares the process's one memory budget (scanner.memory_budget).
 func (a *Appliance) scanner(act *signatures.Active[*scanner.Rules]) *scanner.Scanner {
 	a.scMu.Lock()
 	defer a.scMu.Unlock()
 	if id := act.Rules.ID(); a.sc == nil || a.scRules != id {
 		o := a.cfg.scannerOptions()
-		o.Cache = a.cache
-		o.OnProgress = a.onProgress
+		if !a.cfg.Scanner.NoCache {
+			o.Cache = a.cache
+		}
+		o.OnProgress = a.progress.onProgress
 		o.Logger = a.log
 		a.sc, a.scRules = scanner.New(act.Rules, o), id
 	}
 	return a.sc
 }
 
+// errTimeLimit is the cause of a job context that reached queue.job_timeout.
+var errTimeLimit = errors.New("appliance: job time limit reached")
+
 // run is the queue's Runner: it scans every disk of a job with the rule
-// set active when the job starts, and stores the results.
+// set active when the job starts, and stores the results. A run that
+// reaches the job time limit stores what it found so far as incomplete
+// and fails the job for good: the same bytes would hold a slot as long
+// again.
 func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) error {
 	act := a.recv.Current()
 	if act == nil {
 		return errors.New("appliance: no signature set active") // transient
 	}
+	limit := a.cfg.Queue.JobTimeout
+	ctx, cancel := context.WithTimeoutCause(ctx, limit, errTimeLimit)
+	defer cancel()
 	sc := a.scanner(act)
 	log := a.log.With("job", job.ID, "vm", job.VM, "attempt", job.Attempts)
 	log.Info("appliance: scan started", "disks", len(job.Disks), "signatures", act.Manifest.Version)
-	res := &ScanResult{JobID: job.ID, VM: job.VM, SigName: act.Manifest.Name, SigVersion: act.Manifest.Version,
-		RulesID: act.Rules.ID(), StartedAt: time.Now().UTC()}
+	set := activeSet{name: act.Manifest.Name, version: act.Manifest.Version, rulesID: act.Rules.ID()}
+	started := time.Now().UTC()
 	jp := &jobProgress{disks: len(job.Disks)}
-	a.progress.Store(job.ID, jp)
-	defer a.progress.Delete(job.ID)
+	a.unreadable.clear(job.ID)
+	a.progress.addJob(job.ID, jp)
+	defer a.progress.removeJob(job.ID)
+	var disks []diskScan
+	timedOut := false
 	for i, d := range job.Disks {
-		rep, format, err := a.scanDisk(ctx, sc, job, i, d, wrap, jp)
+		ds, err := a.scanDisk(ctx, sc, job, i, d, wrap, jp)
+		if errors.Is(context.Cause(ctx), errTimeLimit) {
+			timedOut = true
+			if ds != nil {
+				disks = append(disks, *ds)
+			}
+			break
+		}
 		if err != nil {
 			a.m.scanOutcome(err)
 			log.Warn("appliance: scan failed", "disk", d.Path, "datastore", d.Datastore, "permanent", queue.IsPermanent(err), "err", err)
 			return err
 		}
 		jp.diskDone()
-		res.Disks = append(res.Disks, DiskResult{Disk: d, Format: format, Report: rep})
+		disks = append(disks, *ds)
 	}
-	res.FinishedAt = time.Now().UTC()
-	rows, err := a.store.Save(ctx, res)
+	res := record(job, set, disks, timedOut)
+	res.StartedAt, res.FinishedAt = started, time.Now().UTC()
+	res.BytesRead, res.ReadOps = jp.read.bytes.Load(), jp.read.ops.Load()
+	// The results are saved even when the time limit ended the scan:
+	// what it found is real.
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
+	defer scancel()
+	rows, err := a.results.SaveScan(sctx, res)
 	if err != nil {
-		return err // transient: the scan is redone
+		return fmt.Errorf("appliance: job %d: %w", job.ID, err) // transient: the scan is redone
 	}
-	if err := a.cache.Flush(ctx); err != nil {
-		log.Warn("appliance: verdict cache not saved", "err", err)
+	if err := a.cache.Flush(sctx); err != nil {
+		log.Warn("appliance: verdict cache", "err", err)
 	}
-	a.events.Emit(rows)
-	a.m.scanDone(res, len(rows))
-	log.Info("appliance: scan complete", "findings", len(rows), "duration", res.FinishedAt.Sub(res.StartedAt))
+	a.events.Emit(scanEvents(res, rows)...)
+	a.m.scanDone(res)
+	if timedOut {
+		log.Warn("appliance: scan stopped by the job time limit", "limit", limit, "findings", len(rows), "incomplete", res.Incomplete)
+		return queue.Permanent(fmt.Errorf("%w (%s): scan incomplete, %d findings stored", errTimeLimit, limit, len(rows)))
+	}
+	log.Info("appliance: scan complete", "status", res.Status, "findings", len(rows), "incomplete", res.Incomplete,
+		"bytes_read", res.BytesRead, "duration", res.FinishedAt.Sub(res.StartedAt))
 	return nil
 }
 
-// scanDisk opens one disk through the datastore's budget and scans it.
-func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, wrap queue.Wrap, jp *jobProgress) (*scanner.Report, string, error) {
+// saveTimeout bounds storing a job's results.
+const saveTimeout = time.Minute
+
+// scanDisk opens one disk through the datastore's budget and scans it. It
+// returns the partial scan with the context's error when the context
+// ended during the scan. Its errors name the datastore and paths within
+// it, never the datastore's folder: they reach API clients (the full error
+// is logged).
+func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, wrap queue.Wrap, jp *jobProgress) (*diskScan, error) {
 	ds, ok := a.cfg.datastore(d.Datastore)
 	if !ok {
-		return nil, "", queue.Permanent(fmt.Errorf("disk %s: datastore %q is not configured", d.Path, d.Datastore))
+		return nil, queue.Permanent(fmt.Errorf("disk %s: datastore %q is not configured", d.Path, d.Datastore))
 	}
-	path, err := DiskPath(ds.Path, d.Path)
+	// Checked again: a link in the datastore may have changed since the
+	// submit.
+	path, err := ds.entry(d.Path)
 	if err != nil {
-		return nil, "", queue.Permanent(fmt.Errorf("disk %s on %s: %w", d.Path, d.Datastore, err))
+		a.log.Warn("appliance: disk refused", "job", job.ID, "datastore", ds.Name, "path", d.Path, "resolves", resolvedForLog(ds, d.Path), "err", err)
+		return nil, queue.Permanent(err)
 	}
-	disk, err := snapshot.Open(path, &snapshot.Options{
+	opts := &snapshot.Options{
+		Format:             d.Format,
+		AllowUnnamedLayers: ds.AllowUnnamedLayers,
 		// Backing files and extents may come from anywhere in the
 		// datastore, never from outside it.
 		AllowedDirs: []string{ds.Path},
 		// Every file the disk reads, backing chain included, goes
-		// through the datastore's budget.
-		WrapReader: func(_ string, r io.ReaderAt) io.ReaderAt { return wrap(d.Datastore, r) },
-	})
+		// through the datastore's budget, is counted for the job, and
+		// stops when the job does.
+		WrapReader: func(_ string, r io.ReaderAt) io.ReaderAt {
+			return &jobReader{ctx: ctx, r: wrap(d.Datastore, r), n: &jp.read}
+		},
+	}
+	if len(d.Layers) > 0 {
+		opts.Layers = []string{path}
+		for _, l := range d.Layers {
+			lp, err := ds.entry(l)
+			if err != nil {
+				a.log.Warn("appliance: layer refused", "job", job.ID, "datastore", ds.Name, "path", l, "resolves", resolvedForLog(ds, l), "err", err)
+				return nil, queue.Permanent(fmt.Errorf("disk %s: layer %w", d.Path, err))
+			}
+			opts.Layers = append(opts.Layers, lp)
+		}
+	}
+	disk, err := snapshot.Open(path, opts)
 	if err != nil {
-		return nil, "", classify(ctx, fmt.Errorf("disk %s on %s: %w", d.Path, d.Datastore, err))
+		a.unreadable.set(job.ID, d)
+		err = fmt.Errorf("%s: %w", d.Datastore, err)
+		log := a.log.With("job", job.ID, "datastore", ds.Name, "path", d.Path, "err", err)
+		var rel *image.RelatedError
+		if errors.As(err, &rel) {
+			log = log.With("related", rel.Name, "resolves", rel.Resolved)
+		}
+		log.Warn("appliance: disk not opened")
+		return nil, classify(ctx, ds.redactErr(err))
 	}
 	defer disk.Close()
 	t := scanner.DiskTarget(fmt.Sprintf("job-%d/%d", job.ID, i), disk)
-	var reasons []string
+	unread := unreadVolumes(disk)
+	readable := 0
 	for _, v := range disk.Volumes {
-		if v.Err != nil {
-			reasons = append(reasons, v.ID+": "+v.Err.Error())
+		if v.Err == nil {
+			readable++
 		}
 	}
-	if len(reasons) == len(disk.Volumes) {
+	if readable == 0 {
 		if ctx.Err() != nil {
-			return nil, "", ctx.Err()
+			return nil, context.Cause(ctx)
 		}
 		// Nothing to scan is a result nobody should take for "clean".
+		var reasons []string
+		for _, v := range disk.Volumes {
+			reasons = append(reasons, v.ID+": "+v.Err.Error())
+		}
 		if len(reasons) == 0 {
 			reasons = []string{"no partition or file system found"}
 		}
-		return nil, "", queue.Permanent(fmt.Errorf("disk %s on %s (%s): no readable volume: %s", d.Path, d.Datastore, disk.Format, strings.Join(reasons, "; ")))
+		a.unreadable.set(job.ID, d)
+		err := fmt.Errorf("%s: %s (%s): no readable volume: %s", d.Datastore, d.Path, disk.Format, strings.Join(reasons, "; "))
+		a.log.Warn("appliance: nothing to scan", "job", job.ID, "err", err)
+		return nil, queue.Permanent(ds.redactErr(err))
 	}
-	a.progress.Store(t.Name, jp)
-	defer a.progress.Delete(t.Name)
+	a.progress.addTarget(t.Name, jp)
+	defer a.progress.removeTarget(t.Name)
 	rep, err := sc.Scan(ctx, t)
+	out := &diskScan{disk: d, report: rep, unread: unread, redact: ds.redact}
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, "", fmt.Errorf("disk %s: %w", d.Path, ctx.Err())
+			return out, fmt.Errorf("%s: %s: %w", d.Datastore, d.Path, context.Cause(ctx))
 		}
-		return nil, "", fmt.Errorf("disk %s: %w", d.Path, err) // YARA could not start: transient
+		return nil, fmt.Errorf("%s: %s: %w", d.Datastore, d.Path, err) // YARA could not start: transient
 	}
-	return rep, disk.Format, nil
+	return out, nil
 }
 
 // DiskPath resolves a disk path submitted for a datastore: relative to
@@ -212,7 +369,7 @@ var ErrRequest = errors.New("appliance: bad request")
 // is permanent: the same bytes give the same answer next time.
 func classify(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
-		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+		return fmt.Errorf("%w (%v)", context.Cause(ctx), err)
 	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {

@@ -11,16 +11,6 @@ import (
 	"github.com/snapscan/snapscan/signatures"
 )
 
-// statFile reports whether p is a regular file (following links: a
-// datastore may link images in from elsewhere on purpose).
-func statFile(p string) (bool, error) {
-	st, err := os.Stat(p)
-	if err != nil {
-		return false, err
-	}
-	return st.Mode().IsRegular(), nil
-}
-
 // activeBundleFile is where signatures.Receiver keeps the active bundle
 // in its state folder. The signatures package does not export the name;
 // InstalledSignatures only reads it for "snapscan version".

@@ -44,5 +44,5 @@ zst=$(stat -c %s "$WORK/plain.tar.zst")
 printf 'files: %d   plain tar: %d bytes   bundle: %d bytes (%.1f%% of the tar)   tar | zstd -19: %d bytes\n' \
 	"$(wc -l <"$WORK/list")" "$plain" "$bundle" "$(echo "100 * $bundle / $plain" | bc -l)" "$zst"
 
-SNAPSCAN_SIGBASE="$RULES" go test -run '^$' -bench PushSignatureBase -benchtime "${RUNS}x" -v ./signatures/ |
+SNAPSCAN_SIGBASE="$RULES" go test -run '^$' -bench PushSignatureBase -benchtime "${RUNS}x" -v ./signatures/sigserver/ |
 	grep -E 'Benchmark|built and signed'

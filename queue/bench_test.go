@@ -1,17 +1,20 @@
-package queue
+package queue_test
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/snapscan/snapscan/internal/sqlitedb"
+	"github.com/snapscan/snapscan/queue"
+	"github.com/snapscan/snapscan/queue/sqlite"
 )
 
 // BenchmarkEnqueueToStart measures the scheduler overhead per job: from
 // Enqueue being called to the runner being called, with free budget.
-// With synchronous=FULL (what OpenSQLite sets) it includes two commits
+// With synchronous=FULL (what sqlitedb.Open sets) it includes two commits
 // flushed to disk: the enqueue and the running transition. synchronous=OFF
 // is the same SQLite without the flush, leaving the scheduler's and
 // SQLite's own work. The backlog variants keep queued jobs on a paused
@@ -25,21 +28,25 @@ func BenchmarkEnqueueToStart(b *testing.B) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			path := filepath.Join(b.TempDir(), "q.db")
-			db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous("+tc.sync+")")
+			open := sqlitedb.Open
+			if tc.sync == "OFF" {
+				open = sqlitedb.OpenUnsynced
+			}
+			db, err := open(path)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer db.Close()
-			store, err := NewSQLiteStore(ctx, db)
+			store, err := sqlite.New(ctx, db)
 			if err != nil {
 				b.Fatal(err)
 			}
 			started := make(chan time.Time, 1)
-			run := func(context.Context, Job, Wrap) error {
+			run := func(context.Context, queue.Job, queue.Wrap) error {
 				started <- time.Now()
 				return nil
 			}
-			q, err := New(ctx, store, run, Config{MaxScans: 64, DefaultBudget: Budget{MaxScans: 64}})
+			q, err := queue.New(ctx, store, run, queue.Config{MaxScans: 64, DefaultBudget: queue.Budget{MaxScans: 64}})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -47,9 +54,9 @@ func BenchmarkEnqueueToStart(b *testing.B) {
 				if err := q.Pause(ctx, "paused"); err != nil {
 					b.Fatal(err)
 				}
-				reqs := make([]Request, tc.backlog)
+				reqs := make([]queue.Request, tc.backlog)
 				for i := range reqs {
-					reqs[i] = Request{VM: fmt.Sprint("backlog", i), Disks: []Disk{{Path: "/p", Datastore: "paused"}}}
+					reqs[i] = queue.Request{VM: fmt.Sprint("backlog", i), Disks: []queue.Disk{{Path: "/p", Datastore: "paused"}}}
 				}
 				if _, err := q.EnqueueBatch(ctx, reqs); err != nil {
 					b.Fatal(err)
@@ -62,7 +69,7 @@ func BenchmarkEnqueueToStart(b *testing.B) {
 			i := 0
 			for b.Loop() {
 				t0 := time.Now()
-				_, err := q.Enqueue(ctx, Request{VM: fmt.Sprint("vm", i), Disks: []Disk{{Path: "/d", Datastore: fmt.Sprint("ds", i%8)}}})
+				_, err := q.Enqueue(ctx, queue.Request{VM: fmt.Sprint("vm", i), Disks: []queue.Disk{{Path: "/d", Datastore: fmt.Sprint("ds", i%8)}}})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -82,13 +89,13 @@ func BenchmarkEnqueueToStart(b *testing.B) {
 func BenchmarkStoreTransition(b *testing.B) {
 	_, s := openStore(b, filepath.Join(b.TempDir(), "q.db"))
 	ctx := context.Background()
-	jobs, err := s.Enqueue(ctx, []Request{{VM: "vm", Disks: []Disk{disk("A", 0)}}}, time.Now())
+	jobs, err := s.Enqueue(ctx, []queue.Request{{VM: "vm", Disks: []queue.Disk{disk("A", 0)}}}, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
-	from, to := Queued, Running
+	from, to := queue.Queued, queue.Running
 	for b.Loop() {
-		if _, err := apply1(ctx, s, Transition{ID: jobs[0].ID, From: from, To: to, At: time.Now()}); err != nil {
+		if _, err := apply1(ctx, s, queue.Transition{ID: jobs[0].ID, From: from, To: to, At: time.Now()}); err != nil {
 			b.Fatal(err)
 		}
 		from, to = to, from

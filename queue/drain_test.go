@@ -1,4 +1,4 @@
-package queue
+package queue_test
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/snapscan/snapscan/queue"
 )
 
 // TestDrain: Drain starts nothing more, lets a running job finish within
@@ -19,12 +21,12 @@ func TestDrain(t *testing.T) {
 		failFirst    bool // the first run fails transiently: the drained run is the second
 		finish       bool // the running job returns within the grace period
 		wantDrainErr bool
-		wantState    State // of the running job once Serve stopped
+		wantState    queue.State // of the running job once Serve stopped
 		wantAttempts int
 	}{
-		{"finishes within grace", false, true, false, Done, 1},
-		{"outlives grace", false, false, true, Queued, 0},
-		{"retried, then outlives grace", true, false, true, Queued, 1},
+		{"finishes within grace", false, true, false, queue.Done, 1},
+		{"outlives grace", false, false, true, queue.Queued, 0},
+		{"retried, then outlives grace", true, false, true, queue.Queued, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -33,7 +35,7 @@ func TestDrain(t *testing.T) {
 			release := make(chan struct{})
 			var mu sync.Mutex
 			runs := map[string]int{}
-			run := func(ctx context.Context, j Job, _ Wrap) error {
+			run := func(ctx context.Context, j queue.Job, _ queue.Wrap) error {
 				mu.Lock()
 				runs[j.VM]++
 				n := runs[j.VM]
@@ -54,11 +56,11 @@ func TestDrain(t *testing.T) {
 			}
 			// One scan at a time: "other" waits for the global slot, which
 			// frees when "vm" ends; only the drain keeps it from starting.
-			h := newHarness(t, Config{MaxScans: 1, BackoffBase: 10 * time.Millisecond, BackoffMax: 10 * time.Millisecond}, run)
-			j := h.enqueue(Request{VM: "vm", Disks: []Disk{disk("A", 0)}, Class: OnDemand})
+			h := newHarness(t, queue.Config{MaxScans: 1, BackoffBase: 10 * time.Millisecond, BackoffMax: 10 * time.Millisecond}, run)
+			j := h.enqueue(queue.Request{VM: "vm", Disks: []queue.Disk{disk("A", 0)}, Class: queue.OnDemand})
 			h.serve()
 			<-started
-			other := h.enqueue(Request{VM: "other", Disks: []Disk{disk("B", 0)}})
+			other := h.enqueue(queue.Request{VM: "other", Disks: []queue.Disk{disk("B", 0)}})
 
 			grace := 300 * time.Millisecond
 			if tt.finish {
@@ -70,14 +72,14 @@ func TestDrain(t *testing.T) {
 			go func() { drained <- h.q.Drain(dctx) }()
 			// Drain takes effect at once; wait for it before letting
 			// the job end, so its slot frees while draining.
-			waitFor(t, "drain to start", func() bool { h.q.mu.Lock(); defer h.q.mu.Unlock(); return h.q.draining })
+			waitFor(t, "drain to start", h.q.Draining)
 			close(release)
 			err := <-drained
 			if (err != nil) != tt.wantDrainErr || (err != nil && !errors.Is(err, context.DeadlineExceeded)) {
 				t.Fatalf("Drain = %v, want error: %v", err, tt.wantDrainErr)
 			}
 			// A late enqueue is accepted and stays queued.
-			late := h.enqueue(Request{VM: "late", Disks: []Disk{disk("C", 0)}})
+			late := h.enqueue(queue.Request{VM: "late", Disks: []queue.Disk{disk("C", 0)}})
 			time.Sleep(100 * time.Millisecond) // a wrongly started job would run by now
 			h.stop()
 
@@ -86,7 +88,7 @@ func TestDrain(t *testing.T) {
 				t.Errorf("drained job: %s after %d attempts (%q), want %s after %d", got.State, got.Attempts, got.Error, tt.wantState, tt.wantAttempts)
 			}
 			for _, id := range []int64{other.ID, late.ID} {
-				if o := h.job(id); o.State != Queued || o.Attempts != 0 {
+				if o := h.job(id); o.State != queue.Queued || o.Attempts != 0 {
 					t.Errorf("job %d (%s) %s after %d attempts: started while draining", id, o.VM, o.State, o.Attempts)
 				}
 			}
@@ -101,24 +103,24 @@ func TestDrain(t *testing.T) {
 
 			// Restart: what was left queued runs once and completes.
 			var reran atomic.Int32
-			h2 := newHarnessAt(t, h.path, Config{}, func(context.Context, Job, Wrap) error { reran.Add(1); return nil })
+			h2 := newHarnessAt(t, h.path, queue.Config{}, func(context.Context, queue.Job, queue.Wrap) error { reran.Add(1); return nil })
 			h2.serve()
 			ids := []int64{other.ID, late.ID}
-			if tt.wantState == Queued {
+			if tt.wantState == queue.Queued {
 				ids = append(ids, j.ID)
 			}
 			h2.waitFinished(ids...)
 			if int(reran.Load()) != len(ids) {
 				t.Errorf("%d runs after restart, want %d", reran.Load(), len(ids))
 			}
-			if got := h2.job(j.ID); got.State != Done || got.Attempts != tt.wantAttempts+boolInt(tt.wantState == Queued) {
+			if got := h2.job(j.ID); got.State != queue.Done || got.Attempts != tt.wantAttempts+boolInt(tt.wantState == queue.Queued) {
 				t.Errorf("after restart: %s after %d attempts", got.State, got.Attempts)
 			}
 		})
 	}
 
 	// Draining an idle queue, serving or not, returns at once.
-	h := newHarness(t, Config{}, ok)
+	h := newHarness(t, queue.Config{}, ok)
 	if err := h.q.Drain(context.Background()); err != nil {
 		t.Errorf("Drain of an idle queue: %v", err)
 	}

@@ -3,13 +3,16 @@ package queue_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"os"
 	"path/filepath"
 
+	"github.com/snapscan/snapscan/internal/sqlitedb"
 	"github.com/snapscan/snapscan/queue"
+	"github.com/snapscan/snapscan/queue/sqlite"
 )
 
 // The appliance opens the shared database, gives the queue a runner that
@@ -23,12 +26,12 @@ func Example() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	db, err := queue.OpenSQLite(filepath.Join(dir, "snapscan.db"))
+	db, err := sqlitedb.Open(filepath.Join(dir, "snapscan.db"))
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	store, err := queue.NewSQLiteStore(ctx, db)
+	store, err := sqlite.New(ctx, db)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -74,4 +77,27 @@ func Example() {
 		log.Fatal(err)
 	}
 	// Output: true web-01 done 1
+}
+
+// A request for a VM that already has a queued job merges into it: the
+// disks are the union, the higher class wins with its reason, and the job
+// keeps its first enqueue time. Every Store applies this rule.
+func ExampleJob_Merge() {
+	j := queue.Job{VM: "db-07", Class: queue.Rescan, Reason: "signature update",
+		Disks: []queue.Disk{{Path: "/vmfs/nl-02/db-07.vmdk", Datastore: "nl-02"}}}
+	j.Merge(&queue.Request{VM: "db-07", Class: queue.OnDemand, Reason: "requested by an operator",
+		Disks: []queue.Disk{{Path: "/vmfs/ssd-01/db-07_1.vmdk", Datastore: "ssd-01"}}})
+	fmt.Println(j.Class, "-", j.Reason, "-", j.Datastores())
+	// Output: on-demand - requested by an operator - [nl-02 ssd-01]
+}
+
+// A runner marks failures a retry cannot fix; anything else is retried
+// with backoff.
+func ExamplePermanent() {
+	err := fmt.Errorf("disk 0: %w", queue.Permanent(errors.New("qcow2: bad magic")))
+	fmt.Println(queue.IsPermanent(err), err)
+	fmt.Println(queue.IsPermanent(errors.New("connection reset")))
+	// Output:
+	// true disk 0: qcow2: bad magic
+	// false
 }

@@ -1,4 +1,4 @@
-package queue
+package queue_test
 
 import (
 	"context"
@@ -8,17 +8,21 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/snapscan/snapscan/internal/sqlitedb"
+	"github.com/snapscan/snapscan/queue"
+	"github.com/snapscan/snapscan/queue/sqlite"
 )
 
 // openStore opens a real SQLite store in path (created if needed).
-func openStore(t testing.TB, path string) (*sql.DB, *SQLiteStore) {
+func openStore(t testing.TB, path string) (*sql.DB, *sqlite.Store) {
 	t.Helper()
-	db, err := OpenSQLite(path)
+	db, err := sqlitedb.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	s, err := NewSQLiteStore(context.Background(), db)
+	s, err := sqlite.New(context.Background(), db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,27 +44,27 @@ func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 type harness struct {
 	t      testing.TB
 	path   string
-	store  *SQLiteStore
-	q      *Queue
+	store  *sqlite.Store
+	q      *queue.Queue
 	cancel context.CancelFunc
 	served chan error
 
 	mu       sync.Mutex
-	finished map[int64]Job // terminal jobs, by id, from OnFinish
-	dupes    []int64       // ids reported finished twice
+	finished map[int64]queue.Job // terminal jobs, by id, from OnFinish
+	dupes    []int64             // ids reported finished twice
 }
 
-func newHarness(t testing.TB, cfg Config, run Runner) *harness {
+func newHarness(t testing.TB, cfg queue.Config, run queue.Runner) *harness {
 	t.Helper()
 	return newHarnessAt(t, filepath.Join(t.TempDir(), "queue.db"), cfg, run)
 }
 
-func newHarnessAt(t testing.TB, path string, cfg Config, run Runner) *harness {
+func newHarnessAt(t testing.TB, path string, cfg queue.Config, run queue.Runner) *harness {
 	t.Helper()
-	h := &harness{t: t, path: path, finished: map[int64]Job{}}
+	h := &harness{t: t, path: path, finished: map[int64]queue.Job{}}
 	_, h.store = openStore(t, path)
 	user := cfg.OnFinish
-	cfg.OnFinish = func(j Job) {
+	cfg.OnFinish = func(j queue.Job) {
 		h.mu.Lock()
 		if _, ok := h.finished[j.ID]; ok {
 			h.dupes = append(h.dupes, j.ID)
@@ -71,7 +75,7 @@ func newHarnessAt(t testing.TB, path string, cfg Config, run Runner) *harness {
 			user(j)
 		}
 	}
-	q, err := New(context.Background(), h.store, run, cfg)
+	q, err := queue.New(context.Background(), h.store, run, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +103,7 @@ func (h *harness) stop() {
 	}
 }
 
-func (h *harness) enqueue(r Request) Job {
+func (h *harness) enqueue(r queue.Request) queue.Job {
 	h.t.Helper()
 	j, err := h.q.Enqueue(context.Background(), r)
 	if err != nil {
@@ -108,7 +112,7 @@ func (h *harness) enqueue(r Request) Job {
 	return j
 }
 
-func (h *harness) job(id int64) Job {
+func (h *harness) job(id int64) queue.Job {
 	h.t.Helper()
 	j, err := h.q.Job(context.Background(), id)
 	if err != nil {
@@ -154,17 +158,17 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-func disk(ds string, n int) Disk {
-	return Disk{Path: "/snap/" + ds + "/" + string(rune('a'+n)) + ".qcow2", Datastore: ds}
+func disk(ds string, n int) queue.Disk {
+	return queue.Disk{Path: "/snap/" + ds + "/" + string(rune('a'+n)) + ".qcow2", Datastore: ds}
 }
 
-func ok(context.Context, Job, Wrap) error { return nil }
+func ok(context.Context, queue.Job, queue.Wrap) error { return nil }
 
 // apply1 applies one transition and returns its result as an error.
-func apply1(ctx context.Context, s Store, t Transition) (Job, error) {
-	res, err := s.Apply(ctx, []Transition{t})
+func apply1(ctx context.Context, s queue.Store, t queue.Transition) (queue.Job, error) {
+	res, err := s.Apply(ctx, []queue.Transition{t})
 	if err != nil {
-		return Job{}, err
+		return queue.Job{}, err
 	}
 	return res[0].Job, res[0].Err
 }

@@ -62,6 +62,21 @@ type Disk struct {
 	Path string `json:"path"`
 	// Datastore is the name the budgets are kept under.
 	Datastore string `json:"datastore"`
+	// Format and Layers are how the runner is to open the disk (its image
+	// format as declared, "" to probe; the other files of its chain the
+	// submitter named). The queue keeps them and does not read them.
+	Format string   `json:"format,omitempty"`
+	Layers []string `json:"layers,omitempty"`
+}
+
+// Same reports whether d and o are the same disk: the same path on the
+// same datastore, however declared.
+func (d Disk) Same(o Disk) bool { return d.Path == o.Path && d.Datastore == o.Datastore }
+
+// Equal reports whether d and o are the same disk declared alike (a nil
+// and an empty Layers are alike: the store keeps neither).
+func (d Disk) Equal(o Disk) bool {
+	return d.Same(o) && d.Format == o.Format && slices.Equal(d.Layers, o.Layers)
 }
 
 // VM is a VM and its disks, as EnqueueRescan takes them.
@@ -96,14 +111,20 @@ const (
 func (r *Request) validate() error {
 	// Disks are kept as JSON, which would silently replace invalid UTF-8:
 	// refuse it rather than store a different name than was asked for.
+	// NUL is refused too: PostgreSQL's text cannot hold it, and every
+	// Store must keep the same names.
 	for _, str := range []string{r.VM, r.Reason, r.SigVersion} {
-		if !utf8.ValidString(str) {
-			return fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalid, str)
+		if !validText(str) {
+			return fmt.Errorf("%w: %q is not valid UTF-8 without NUL", ErrInvalid, str)
 		}
 	}
 	for _, d := range r.Disks {
-		if !utf8.ValidString(d.Path) || !utf8.ValidString(d.Datastore) {
-			return fmt.Errorf("%w: VM %q: disk %q on %q is not valid UTF-8", ErrInvalid, r.VM, d.Path, d.Datastore)
+		strs := append([]string{d.Path, d.Datastore, d.Format}, d.Layers...)
+		if slices.ContainsFunc(strs, func(s string) bool { return !validText(s) }) {
+			return fmt.Errorf("%w: VM %q: disk %q on %q is not valid UTF-8 without NUL", ErrInvalid, r.VM, d.Path, d.Datastore)
+		}
+		if len(d.Format) > maxStringLen || len(d.Layers) > MaxDisks || slices.ContainsFunc(d.Layers, func(s string) bool { return s == "" || len(s) > maxStringLen }) {
+			return fmt.Errorf("%w: VM %q: disk %q on %q: format too long, or more than %d layers, or an empty or long one", ErrInvalid, r.VM, d.Path, d.Datastore, MaxDisks)
 		}
 	}
 	if r.VM == "" || len(r.VM) > maxStringLen {
@@ -126,6 +147,8 @@ func (r *Request) validate() error {
 	return nil
 }
 
+func validText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+
 // Job is a scan job as stored.
 type Job struct {
 	ID         int64
@@ -136,8 +159,14 @@ type Job struct {
 	SigVersion string
 	Deadline   time.Time // zero: none
 	State      State
-	Attempts   int    // runs started, including one in progress
-	Error      string // why the last run failed, or why the job failed
+	// Attempts counts runs started, including one in progress. It is
+	// incremented in the same commit that marks the job Running, before
+	// the runner is called, so a run that crashes the process is counted.
+	Attempts int
+	// Crashes counts runs that never reported an end: the process running
+	// them crashed or was killed (see Queue's Recover).
+	Crashes int
+	Error   string // why the last run failed, or why the job failed
 
 	EnqueuedAt time.Time // first enqueue; merges keep the earliest
 	NotBefore  time.Time // earliest start asked for (rescan spreading)
@@ -178,11 +207,16 @@ func (j *Job) readyAt() time.Time {
 	return j.NotBefore
 }
 
-// merge folds r into the queued job j, the rule documented on
-// Queue.Enqueue.
-func (j *Job) merge(r *Request) {
+// Merge folds r into the queued job j by the rule documented on
+// Queue.Enqueue. It is part of the Store contract: a Store calls it when a
+// request meets its VM's queued job, so every implementation merges alike.
+func (j *Job) Merge(r *Request) {
 	for _, d := range r.Disks {
-		if !slices.Contains(j.Disks, d) {
+		// The same disk asked for again: the newer declaration of its
+		// format and layers wins.
+		if i := slices.IndexFunc(j.Disks, d.Same); i >= 0 {
+			j.Disks[i] = d
+		} else {
 			j.Disks = append(j.Disks, d)
 		}
 	}
@@ -200,6 +234,18 @@ func (j *Job) merge(r *Request) {
 	}
 	if r.NotBefore.Before(j.NotBefore) {
 		j.NotBefore = r.NotBefore
+	}
+}
+
+// Absorb folds the job o of the same VM, whose run ended without completing
+// while j was queued, into j: Merge of what o asked for, keeping the
+// earlier enqueue time, so the VM's one queued job covers both and keeps
+// the age o had earned. o's signature version is not carried over: j's
+// requests are newer. A Store calls it for a Transition with MergeInto.
+func (j *Job) Absorb(o *Job) {
+	j.Merge(&Request{Disks: o.Disks, Class: o.Class, Reason: o.Reason, Deadline: o.Deadline, NotBefore: o.NotBefore})
+	if o.EnqueuedAt.Before(j.EnqueuedAt) {
+		j.EnqueuedAt = o.EnqueuedAt
 	}
 }
 

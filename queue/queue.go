@@ -9,9 +9,11 @@
 // what a datastore sees is what is limited, whatever the file-system code
 // above does.
 //
-// State lives in SQLite through modernc.org/sqlite (pure Go; see
-// SQLiteStore), behind the Store interface. Every state change is committed
-// before it is acknowledged: Enqueue returns after the commit.
+// State lives behind the Store interface, in a package of its own per
+// database: queue/sqlite (modernc.org/sqlite, pure Go) for one appliance.
+// Every implementation passes the suite in queue/storetest. Every state
+// change is committed before it is acknowledged: Enqueue returns after the
+// commit.
 //
 // # Scheduling
 //
@@ -61,8 +63,11 @@
 // to finish; Serve then interrupts what still runs and puts it back in the
 // queue without counting the interrupted run as an attempt (a shutdown is
 // not the job's fault, and MaxAttempts must not fail a job that several
-// restarts happened to interrupt). A crash is different: Recover keeps
-// the count, so a job whose bytes crash the process cannot run forever.
+// restarts happened to interrupt). A crash is different: the attempt was
+// counted in the commit that started the run, and New, finding the job
+// still running, ends that run as lost (Job.Crashes) and fails the job
+// once it has used MaxAttempts, "crashed the scanner N times", so a disk
+// whose bytes crash the process cannot run forever.
 //
 // # Exactly once
 //
@@ -213,10 +218,10 @@ type runningJob struct {
 
 type counters struct{ started, done, failed, cancelled, retried uint64 }
 
-// New recovers the store (jobs left running by a crash go back to the
-// queue, see Store.Recover), loads queued jobs and datastore settings, and
-// returns a queue ready to take requests. It does not run jobs until Serve.
-// Only one Queue may use a store at a time.
+// New recovers the store (runs a crash left running are ended as lost: see
+// the package documentation), loads queued jobs and datastore settings,
+// and returns a queue ready to take requests. It does not run jobs until
+// Serve. Only one Queue may use a store at a time.
 func New(ctx context.Context, store Store, run Runner, cfg Config) (*Queue, error) {
 	if store == nil || run == nil {
 		return nil, fmt.Errorf("%w: New needs a store and a runner", ErrInvalid)
@@ -236,12 +241,8 @@ func New(ctx context.Context, store Store, run Runner, cfg Config) (*Queue, erro
 	for i := range q.wait {
 		q.wait[i].Counts = make([]uint64, len(WaitBuckets)+1)
 	}
-	n, err := store.Recover(ctx, cfg.Now())
-	if err != nil {
+	if err := q.recoverLost(ctx); err != nil {
 		return nil, err
-	}
-	if n > 0 {
-		q.log.Info("queue: recovered jobs left running", "jobs", n)
 	}
 	saved, err := store.Datastores(ctx)
 	if err != nil {
@@ -258,6 +259,67 @@ func New(ctx context.Context, store Store, run Runner, cfg Config) (*Queue, erro
 		q.mirror(jobs[i])
 	}
 	return q, nil
+}
+
+// recoverLost ends the runs a crash left running: each goes back to the
+// queue with its attempt counted, unless it asked to be cancelled, its VM
+// has a newer queued job (which absorbs it), or it used its last attempt.
+func (q *Queue) recoverLost(ctx context.Context) error {
+	lost, err := q.store.Running(ctx)
+	if err != nil || len(lost) == 0 {
+		return err
+	}
+	queued, err := q.store.Queued(ctx)
+	if err != nil {
+		return err
+	}
+	queuedVM := map[string]int64{}
+	for _, j := range queued {
+		queuedVM[j.VM] = j.ID
+	}
+	now := q.cfg.Now()
+	ts := make([]Transition, len(lost))
+	for i, j := range lost {
+		ts[i] = q.lostOutcome(j, queuedVM[j.VM], now)
+	}
+	results, err := q.store.Apply(ctx, ts)
+	if err != nil {
+		return fmt.Errorf("queue: recover runs left by a crash: %w", err)
+	}
+	for i, r := range results {
+		if r.Err != nil {
+			return fmt.Errorf("queue: recover job %d: %w", ts[i].ID, r.Err)
+		}
+		q.log.Warn("queue: run lost to a crash", "job", r.Job.ID, "vm", r.Job.VM, "attempts", r.Job.Attempts,
+			"crashes", r.Job.Crashes, "now", r.Job.State)
+	}
+	return nil
+}
+
+// lostOutcome decides how a run that never reported its end (its process
+// crashed) ends. queuedID is the VM's queued job, or 0.
+func (q *Queue) lostOutcome(j Job, queuedID int64, now time.Time) Transition {
+	t := Transition{ID: j.ID, From: Running, At: now, Lost: true}
+	crashes := j.Crashes + 1
+	switch {
+	case j.CancelRequested:
+		t.To, t.Err = Cancelled, "queue: cancelled (the run was lost to a crash)"
+	case queuedID != 0:
+		t.To, t.MergeInto = Cancelled, queuedID
+		t.Err = fmt.Sprintf("queue: superseded by job %d: the run was lost to a crash", queuedID)
+	case j.Attempts >= q.cfg.MaxAttempts:
+		t.To, t.Err = Failed, CrashError(j.Attempts, crashes)
+	default:
+		t.To, t.Err = Queued, fmt.Sprintf("queue: run %d was lost to a crash", j.Attempts)
+		t.RetryAt = now.Add(q.backoff(j.Attempts))
+	}
+	return t
+}
+
+// CrashError is the error recorded on a job failed because its runs kept
+// being lost to crashes: after attempts runs, crashes of them lost.
+func CrashError(attempts, crashes int) string {
+	return fmt.Sprintf("%v (%d): crashed the scanner %d times", ErrAttempts, attempts, crashes)
 }
 
 func (q *Queue) addDatastore(name string, c DatastoreConfig) *datastore {
@@ -493,7 +555,7 @@ func (q *Queue) Resume(ctx context.Context, datastore string) error {
 }
 
 func (q *Queue) configure(ctx context.Context, name string, f func(*DatastoreConfig)) error {
-	if name == "" || len(name) > maxStringLen {
+	if name == "" || len(name) > maxStringLen || !validText(name) {
 		return fmt.Errorf("%w: datastore name empty or too long", ErrInvalid)
 	}
 	q.mu.Lock()
@@ -685,6 +747,12 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 				q.stats.failed++
 			case Cancelled:
 				q.stats.cancelled++
+				if e := q.queued[c.t.MergeInto]; e != nil {
+					// The store absorbed the run into the VM's queued
+					// job: the mirror does the same.
+					e.Job.Absorb(&c.rj.job)
+					q.mirror(e.Job)
+				}
 			case Queued:
 				if !c.t.RetryAt.IsZero() {
 					q.stats.retried++
@@ -921,7 +989,7 @@ func (q *Queue) outcome(serveCtx context.Context, rj *runningJob, now time.Time)
 		// job is the VM's one queued job, and it takes over.
 		for _, e := range q.queued {
 			if e.VM == j.VM {
-				t.To, t.RetryAt = Cancelled, time.Time{}
+				t.To, t.RetryAt, t.MergeInto = Cancelled, time.Time{}, e.ID
 				t.Err = fmt.Sprintf("queue: superseded by job %d: %s", e.ID, t.Err)
 				break
 			}

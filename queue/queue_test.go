@@ -1,4 +1,4 @@
-package queue
+package queue_test
 
 import (
 	"bytes"
@@ -12,97 +12,29 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/snapscan/snapscan/queue"
 )
 
-func TestEnqueueMerge(t *testing.T) {
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	tests := []struct {
-		name string
-		reqs []Request
-		want Job // fields compared: Disks, Class, Reason, SigVersion, Deadline, NotBefore
-	}{
-		{
-			name: "single",
-			reqs: []Request{{VM: "vm", Disks: []Disk{disk("A", 0)}, Class: Scheduled, Reason: "policy", SigVersion: "v1"}},
-			want: Job{Disks: []Disk{disk("A", 0)}, Class: Scheduled, Reason: "policy", SigVersion: "v1"},
-		},
-		{
-			name: "union of disks, class raised with its reason",
-			reqs: []Request{
-				{VM: "vm", Disks: []Disk{disk("A", 0)}, Class: Rescan, Reason: "sigs", SigVersion: "v1"},
-				{VM: "vm", Disks: []Disk{disk("A", 0), disk("B", 1)}, Class: OnDemand, Reason: "user"},
-			},
-			want: Job{Disks: []Disk{disk("A", 0), disk("B", 1)}, Class: OnDemand, Reason: "user", SigVersion: "v1"},
-		},
-		{
-			name: "lower class keeps class and reason, newer version wins",
-			reqs: []Request{
-				{VM: "vm", Disks: []Disk{disk("A", 0)}, Class: OnDemand, Reason: "user", SigVersion: "v1"},
-				{VM: "vm", Disks: []Disk{disk("A", 0)}, Class: Rescan, Reason: "sigs", SigVersion: "v2"},
-			},
-			want: Job{Disks: []Disk{disk("A", 0)}, Class: OnDemand, Reason: "user", SigVersion: "v2"},
-		},
-		{
-			name: "earlier deadline and not-before win",
-			reqs: []Request{
-				{VM: "vm", Disks: []Disk{disk("A", 0)}, Class: Rescan, Deadline: t0.Add(2 * time.Hour), NotBefore: t0.Add(time.Hour)},
-				{VM: "vm", Disks: []Disk{disk("A", 0)}, Class: Rescan, Deadline: t0.Add(time.Hour)},
-				{VM: "vm", Disks: []Disk{disk("A", 0)}, Class: Rescan, Deadline: t0.Add(3 * time.Hour)},
-			},
-			want: Job{Disks: []Disk{disk("A", 0)}, Class: Rescan, Deadline: t0.Add(time.Hour)},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			clock := newFakeClock()
-			h := newHarness(t, Config{Now: clock.Now}, ok)
-			first := h.enqueue(tt.reqs[0])
-			for _, r := range tt.reqs[1:] {
-				clock.Advance(time.Minute)
-				if j := h.enqueue(r); j.ID != first.ID {
-					t.Fatalf("merge returned job %d, want %d", j.ID, first.ID)
-				}
-			}
-			// Read back from a second store on the same file: what was
-			// acknowledged is what was committed.
-			_, s2 := openStore(t, h.path)
-			got, err := s2.Get(context.Background(), first.ID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !slices.Equal(got.Disks, tt.want.Disks) || got.Class != tt.want.Class || got.Reason != tt.want.Reason ||
-				got.SigVersion != tt.want.SigVersion || !got.Deadline.Equal(tt.want.Deadline) || !got.NotBefore.Equal(tt.want.NotBefore) {
-				t.Errorf("merged job = %+v\nwant %+v", got, tt.want)
-			}
-			if !got.EnqueuedAt.Equal(first.EnqueuedAt) {
-				t.Errorf("EnqueuedAt = %v, want the first enqueue %v", got.EnqueuedAt, first.EnqueuedAt)
-			}
-			if q, _ := s2.Queued(context.Background()); len(q) != 1 {
-				t.Errorf("%d queued jobs, want 1", len(q))
-			}
-		})
-	}
-}
-
 func TestEnqueueInvalid(t *testing.T) {
-	h := newHarness(t, Config{}, ok)
-	many := make([]Disk, MaxDisks+1)
+	h := newHarness(t, queue.Config{}, ok)
+	many := make([]queue.Disk, queue.MaxDisks+1)
 	for i := range many {
 		many[i] = disk("A", i)
 	}
-	for _, r := range []Request{
-		{Disks: []Disk{disk("A", 0)}},
+	for _, r := range []queue.Request{
+		{Disks: []queue.Disk{disk("A", 0)}},
 		{VM: "vm"},
-		{VM: "vm", Disks: []Disk{{Path: "x"}}},
-		{VM: "vm", Disks: []Disk{disk("A", 0)}, Class: 7},
+		{VM: "vm", Disks: []queue.Disk{{Path: "x"}}},
+		{VM: "vm", Disks: []queue.Disk{disk("A", 0)}, Class: 7},
 		{VM: "vm", Disks: many},
-		{VM: strings.Repeat("x", maxStringLen+1), Disks: []Disk{disk("A", 0)}},
+		{VM: strings.Repeat("x", queue.MaxStringLen+1), Disks: []queue.Disk{disk("A", 0)}},
 	} {
-		if _, err := h.q.Enqueue(context.Background(), r); !errors.Is(err, ErrInvalid) {
+		if _, err := h.q.Enqueue(context.Background(), r); !errors.Is(err, queue.ErrInvalid) {
 			t.Errorf("Enqueue(%.60v) = %v, want ErrInvalid", r, err)
 		}
 	}
-	if err := h.q.SetBudget(context.Background(), "A", Budget{BytesPerSec: -1}); !errors.Is(err, ErrInvalid) {
+	if err := h.q.SetBudget(context.Background(), "A", queue.Budget{BytesPerSec: -1}); !errors.Is(err, queue.ErrInvalid) {
 		t.Errorf("negative budget: %v", err)
 	}
 }
@@ -113,7 +45,7 @@ func TestStartOrder(t *testing.T) {
 	const step = 10 * time.Minute
 	type enq struct {
 		vm    string
-		class Class
+		class queue.Class
 		after time.Duration // clock advance before this enqueue
 	}
 	tests := []struct {
@@ -121,29 +53,29 @@ func TestStartOrder(t *testing.T) {
 		enqs []enq
 		want []string
 	}{
-		{"classes", []enq{{"r", Rescan, 0}, {"s", Scheduled, time.Second}, {"o", OnDemand, time.Second}}, []string{"o", "s", "r"}},
-		{"fifo within class", []enq{{"a", Scheduled, 0}, {"b", Scheduled, time.Second}, {"c", Scheduled, time.Second}}, []string{"a", "b", "c"}},
-		{"rescan aged past two steps outranks on-demand", []enq{{"r", Rescan, 0}, {"o", OnDemand, 2*step + time.Minute}}, []string{"r", "o"}},
-		{"rescan not aged enough", []enq{{"r", Rescan, 0}, {"o", OnDemand, 2*step - time.Minute}}, []string{"o", "r"}},
-		{"scheduled aged one step outranks on-demand", []enq{{"s", Scheduled, 0}, {"o", OnDemand, step + time.Minute}, {"r", Rescan, time.Second}}, []string{"s", "o", "r"}},
+		{"classes", []enq{{"r", queue.Rescan, 0}, {"s", queue.Scheduled, time.Second}, {"o", queue.OnDemand, time.Second}}, []string{"o", "s", "r"}},
+		{"fifo within class", []enq{{"a", queue.Scheduled, 0}, {"b", queue.Scheduled, time.Second}, {"c", queue.Scheduled, time.Second}}, []string{"a", "b", "c"}},
+		{"rescan aged past two steps outranks on-demand", []enq{{"r", queue.Rescan, 0}, {"o", queue.OnDemand, 2*step + time.Minute}}, []string{"r", "o"}},
+		{"rescan not aged enough", []enq{{"r", queue.Rescan, 0}, {"o", queue.OnDemand, 2*step - time.Minute}}, []string{"o", "r"}},
+		{"scheduled aged one step outranks on-demand", []enq{{"s", queue.Scheduled, 0}, {"o", queue.OnDemand, step + time.Minute}, {"r", queue.Rescan, time.Second}}, []string{"s", "o", "r"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clock := newFakeClock()
 			var mu sync.Mutex
 			var order []string
-			run := func(_ context.Context, j Job, _ Wrap) error {
+			run := func(_ context.Context, j queue.Job, _ queue.Wrap) error {
 				mu.Lock()
 				order = append(order, j.VM)
 				mu.Unlock()
 				return nil
 			}
-			h := newHarness(t, Config{Now: clock.Now, MaxScans: 1, AgingStep: step}, run)
+			h := newHarness(t, queue.Config{Now: clock.Now, MaxScans: 1, AgingStep: step}, run)
 			var ids []int64
 			for i, e := range tt.enqs {
 				clock.Advance(e.after)
 				// Different datastores, so only the global limit orders them.
-				ids = append(ids, h.enqueue(Request{VM: e.vm, Disks: []Disk{disk(fmt.Sprint("ds", i), 0)}, Class: e.class}).ID)
+				ids = append(ids, h.enqueue(queue.Request{VM: e.vm, Disks: []queue.Disk{disk(fmt.Sprint("ds", i), 0)}, Class: e.class}).ID)
 			}
 			h.serve()
 			h.waitFinished(ids...)
@@ -157,14 +89,14 @@ func TestStartOrder(t *testing.T) {
 // TestCancel covers cancelling queued, running and finished jobs.
 func TestCancel(t *testing.T) {
 	started := make(chan int64, 10)
-	run := func(ctx context.Context, j Job, _ Wrap) error {
+	run := func(ctx context.Context, j queue.Job, _ queue.Wrap) error {
 		started <- j.ID
 		<-ctx.Done()
 		return ctx.Err()
 	}
-	h := newHarness(t, Config{MaxScans: 1}, run)
-	a := h.enqueue(Request{VM: "a", Disks: []Disk{disk("A", 0)}, Class: OnDemand})
-	b := h.enqueue(Request{VM: "b", Disks: []Disk{disk("A", 1)}, Class: Rescan})
+	h := newHarness(t, queue.Config{MaxScans: 1}, run)
+	a := h.enqueue(queue.Request{VM: "a", Disks: []queue.Disk{disk("A", 0)}, Class: queue.OnDemand})
+	b := h.enqueue(queue.Request{VM: "b", Disks: []queue.Disk{disk("A", 1)}, Class: queue.Rescan})
 	h.serve()
 	if id := <-started; id != a.ID {
 		t.Fatalf("started %d, want %d", id, a.ID)
@@ -177,8 +109,8 @@ func TestCancel(t *testing.T) {
 	}{
 		{"queued", b.ID, nil},
 		{"running", a.ID, nil},
-		{"finished", a.ID, ErrFinished},
-		{"unknown", 999, ErrNotFound},
+		{"finished", a.ID, queue.ErrFinished},
+		{"unknown", 999, queue.ErrNotFound},
 	}
 	for _, tt := range tests {
 		err := h.q.Cancel(ctx, tt.id)
@@ -187,7 +119,7 @@ func TestCancel(t *testing.T) {
 		}
 		if tt.wantErr == nil {
 			h.waitFinished(tt.id)
-			if j := h.job(tt.id); j.State != Cancelled {
+			if j := h.job(tt.id); j.State != queue.Cancelled {
 				t.Errorf("%s: state %s, want cancelled", tt.name, j.State)
 			}
 		}
@@ -207,21 +139,21 @@ func TestCancel(t *testing.T) {
 func TestPauseResume(t *testing.T) {
 	var mu sync.Mutex
 	ran := map[string]bool{}
-	run := func(_ context.Context, j Job, _ Wrap) error {
+	run := func(_ context.Context, j queue.Job, _ queue.Wrap) error {
 		mu.Lock()
 		ran[j.VM] = true
 		mu.Unlock()
 		return nil
 	}
 	path := filepath.Join(t.TempDir(), "q.db")
-	h := newHarnessAt(t, path, Config{}, run)
+	h := newHarnessAt(t, path, queue.Config{}, run)
 	ctx := context.Background()
 	if err := h.q.Pause(ctx, "A"); err != nil {
 		t.Fatal(err)
 	}
-	a := h.enqueue(Request{VM: "a", Disks: []Disk{disk("A", 0)}})
-	ab := h.enqueue(Request{VM: "ab", Disks: []Disk{disk("A", 0), disk("B", 0)}})
-	b := h.enqueue(Request{VM: "b", Disks: []Disk{disk("B", 1)}})
+	a := h.enqueue(queue.Request{VM: "a", Disks: []queue.Disk{disk("A", 0)}})
+	ab := h.enqueue(queue.Request{VM: "ab", Disks: []queue.Disk{disk("A", 0), disk("B", 0)}})
+	b := h.enqueue(queue.Request{VM: "b", Disks: []queue.Disk{disk("B", 1)}})
 	h.serve()
 	h.waitFinished(b.ID)
 	h.stop()
@@ -232,12 +164,12 @@ func TestPauseResume(t *testing.T) {
 	mu.Unlock()
 
 	// Restart: still paused.
-	h2 := newHarnessAt(t, path, Config{}, run)
+	h2 := newHarnessAt(t, path, queue.Config{}, run)
 	m := h2.q.Metrics()
-	if i := slices.IndexFunc(m.Datastores, func(d DatastoreMetrics) bool { return d.Name == "A" }); i < 0 || !m.Datastores[i].Paused {
+	if i := slices.IndexFunc(m.Datastores, func(d queue.DatastoreMetrics) bool { return d.Name == "A" }); i < 0 || !m.Datastores[i].Paused {
 		t.Fatalf("datastore A not paused after restart: %+v", m.Datastores)
 	}
-	if m.Depth[Scheduled]+m.Depth[Rescan] != 2 {
+	if m.Depth[queue.Scheduled]+m.Depth[queue.Rescan] != 2 {
 		t.Errorf("depth after restart = %v, want 2 queued", m.Depth)
 	}
 	h2.serve()
@@ -256,22 +188,22 @@ func TestRetries(t *testing.T) {
 		failures     int   // transient failures before success
 		fail         error // returned on every attempt instead, if set
 		panics       bool
-		wantState    State
+		wantState    queue.State
 		wantAttempts int
 		wantErr      string
 	}{
-		{"succeeds first time", 0, nil, false, Done, 1, ""},
-		{"two transient failures", 2, nil, false, Done, 3, ""},
-		{"too many", 10, nil, false, Failed, 4, "too many attempts"},
-		{"permanent", 0, Permanent(errors.New("qcow2: bad magic")), false, Failed, 1, "qcow2: bad magic"},
-		{"wrapped permanent", 0, fmt.Errorf("disk 0: %w", Permanent(errors.New("corrupt"))), false, Failed, 1, "disk 0: corrupt"},
-		{"panic", 0, nil, true, Failed, 1, "runner panicked"},
+		{"succeeds first time", 0, nil, false, queue.Done, 1, ""},
+		{"two transient failures", 2, nil, false, queue.Done, 3, ""},
+		{"too many", 10, nil, false, queue.Failed, 4, "too many attempts"},
+		{"permanent", 0, queue.Permanent(errors.New("qcow2: bad magic")), false, queue.Failed, 1, "qcow2: bad magic"},
+		{"wrapped permanent", 0, fmt.Errorf("disk 0: %w", queue.Permanent(errors.New("corrupt"))), false, queue.Failed, 1, "disk 0: corrupt"},
+		{"panic", 0, nil, true, queue.Failed, 1, "runner panicked"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var mu sync.Mutex
 			var starts []time.Time
-			run := func(_ context.Context, j Job, _ Wrap) error {
+			run := func(_ context.Context, j queue.Job, _ queue.Wrap) error {
 				mu.Lock()
 				starts = append(starts, time.Now())
 				n := len(starts)
@@ -286,8 +218,8 @@ func TestRetries(t *testing.T) {
 				}
 				return nil
 			}
-			h := newHarness(t, Config{MaxAttempts: 4, BackoffBase: base, BackoffMax: 4 * base}, run)
-			j := h.enqueue(Request{VM: "vm", Disks: []Disk{disk("A", 0)}})
+			h := newHarness(t, queue.Config{MaxAttempts: 4, BackoffBase: base, BackoffMax: 4 * base}, run)
+			j := h.enqueue(queue.Request{VM: "vm", Disks: []queue.Disk{disk("A", 0)}})
 			h.serve()
 			h.waitFinished(j.ID)
 			got := h.job(j.ID)
@@ -295,7 +227,7 @@ func TestRetries(t *testing.T) {
 				t.Errorf("job = %s after %d attempts, error %q; want %s, %d, %q",
 					got.State, got.Attempts, got.Error, tt.wantState, tt.wantAttempts, tt.wantErr)
 			}
-			if tt.wantState == Done && got.Error != "" && tt.failures == 0 {
+			if tt.wantState == queue.Done && got.Error != "" && tt.failures == 0 {
 				t.Errorf("error %q on a clean run", got.Error)
 			}
 			// Backoff lower bounds only (a busy machine is only slower):
@@ -316,12 +248,12 @@ func TestRetries(t *testing.T) {
 // queued one past its deadline fails without running.
 func TestDeadline(t *testing.T) {
 	ran := make(chan string, 4)
-	run := func(ctx context.Context, j Job, _ Wrap) error {
+	run := func(ctx context.Context, j queue.Job, _ queue.Wrap) error {
 		ran <- j.VM
 		<-ctx.Done()
 		return ctx.Err()
 	}
-	h := newHarness(t, Config{}, run)
+	h := newHarness(t, queue.Config{}, run)
 	ctx := context.Background()
 	if err := h.q.Pause(ctx, "P"); err != nil {
 		t.Fatal(err)
@@ -329,8 +261,8 @@ func TestDeadline(t *testing.T) {
 	now := time.Now()
 	// Generous deadline for the running one, so even a stalled machine
 	// starts it before it expires.
-	running := h.enqueue(Request{VM: "running", Disks: []Disk{disk("A", 0)}, Deadline: now.Add(2 * time.Second)})
-	waiting := h.enqueue(Request{VM: "waiting", Disks: []Disk{disk("P", 0)}, Deadline: now.Add(200 * time.Millisecond)})
+	running := h.enqueue(queue.Request{VM: "running", Disks: []queue.Disk{disk("A", 0)}, Deadline: now.Add(2 * time.Second)})
+	waiting := h.enqueue(queue.Request{VM: "waiting", Disks: []queue.Disk{disk("P", 0)}, Deadline: now.Add(200 * time.Millisecond)})
 	h.serve()
 	h.waitFinished(running.ID, waiting.ID)
 	for _, tt := range []struct {
@@ -338,7 +270,7 @@ func TestDeadline(t *testing.T) {
 		wantErr string
 	}{{running.ID, "deadline exceeded"}, {waiting.ID, "deadline exceeded while queued"}} {
 		j := h.job(tt.id)
-		if j.State != Failed || !strings.Contains(j.Error, tt.wantErr) {
+		if j.State != queue.Failed || !strings.Contains(j.Error, tt.wantErr) {
 			t.Errorf("job %s: %s %q, want failed with %q", j.VM, j.State, j.Error, tt.wantErr)
 		}
 	}
@@ -353,7 +285,7 @@ func TestOneRunPerVM(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
 	var events []string
-	run := func(_ context.Context, j Job, _ Wrap) error {
+	run := func(_ context.Context, j queue.Job, _ queue.Wrap) error {
 		mu.Lock()
 		events = append(events, fmt.Sprint("start ", j.ID))
 		mu.Unlock()
@@ -365,11 +297,11 @@ func TestOneRunPerVM(t *testing.T) {
 		mu.Unlock()
 		return nil
 	}
-	h := newHarness(t, Config{MaxScans: 4, DefaultBudget: Budget{MaxScans: 4}}, run)
-	a := h.enqueue(Request{VM: "vm", Disks: []Disk{disk("A", 0)}})
+	h := newHarness(t, queue.Config{MaxScans: 4, DefaultBudget: queue.Budget{MaxScans: 4}}, run)
+	a := h.enqueue(queue.Request{VM: "vm", Disks: []queue.Disk{disk("A", 0)}})
 	h.serve()
 	waitFor(t, "first start", func() bool { mu.Lock(); defer mu.Unlock(); return len(events) == 1 })
-	b := h.enqueue(Request{VM: "vm", Disks: []Disk{disk("A", 0)}})
+	b := h.enqueue(queue.Request{VM: "vm", Disks: []queue.Disk{disk("A", 0)}})
 	if b.ID == a.ID {
 		t.Fatal("enqueue merged into a running job")
 	}
@@ -382,56 +314,79 @@ func TestOneRunPerVM(t *testing.T) {
 	}
 }
 
-// TestRecover: a job left running by a crash goes back to the queue with its
-// attempts; one with a cancel request is cancelled; a VM with both a running
-// and a queued job ends up with one queued job holding both disk sets.
+// TestRecover: a queue starting on a store with runs a crash left running
+// ends each as lost: back to the queue with its attempt and the crash
+// counted; cancelled when a cancel was asked for; absorbed by its VM's
+// newer queued job (one queued job per VM, holding both disk sets); failed
+// once it used its last attempt.
 func TestRecover(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "q.db")
 	ctx := context.Background()
 	_, s := openStore(t, path)
 	now := time.Now()
-	jobs, err := s.Enqueue(ctx, []Request{
-		{VM: "a", Disks: []Disk{disk("A", 0)}},
-		{VM: "b", Disks: []Disk{disk("A", 1)}},
-		{VM: "c", Disks: []Disk{disk("A", 2)}, Class: Rescan},
+	jobs, err := s.Enqueue(ctx, []queue.Request{
+		{VM: "a", Disks: []queue.Disk{disk("A", 0)}},
+		{VM: "b", Disks: []queue.Disk{disk("A", 1)}},
+		{VM: "c", Disks: []queue.Disk{disk("A", 2)}, Class: queue.Rescan},
+		{VM: "d", Disks: []queue.Disk{disk("A", 3)}},
 	}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, j := range jobs {
-		if _, err := apply1(ctx, s, Transition{ID: j.ID, From: Queued, To: Running, At: now}); err != nil {
+		if _, err := apply1(ctx, s, queue.Transition{ID: j.ID, From: queue.Queued, To: queue.Running, At: now}); err != nil {
 			t.Fatal(err)
+		}
+	}
+	// d has used its attempts: two transient failures, then this run.
+	for range 2 {
+		for _, to := range []queue.State{queue.Queued, queue.Running} {
+			from := queue.Running
+			if to == queue.Running {
+				from = queue.Queued
+			}
+			if _, err := apply1(ctx, s, queue.Transition{ID: jobs[3].ID, From: from, To: to, At: now}); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	if _, err := s.Cancel(ctx, jobs[1].ID, now); err != nil {
 		t.Fatal(err)
 	}
-	c2, err := s.Enqueue(ctx, []Request{{VM: "c", Disks: []Disk{disk("B", 0)}, Class: OnDemand}}, now.Add(time.Second))
+	c2, err := s.Enqueue(ctx, []queue.Request{{VM: "c", Disks: []queue.Disk{disk("B", 0)}, Class: queue.OnDemand}}, now.Add(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A second process (the restarted appliance) opens the same file.
-	h := newHarnessAt(t, path, Config{}, ok)
+	h := newHarnessAt(t, path, queue.Config{MaxAttempts: 3, BackoffBase: time.Millisecond}, ok)
 	for _, tt := range []struct {
-		id       int64
-		state    State
-		attempts int
-	}{{jobs[0].ID, Queued, 1}, {jobs[1].ID, Cancelled, 1}, {jobs[2].ID, Cancelled, 1}, {c2[0].ID, Queued, 0}} {
-		if j := h.job(tt.id); j.State != tt.state || j.Attempts != tt.attempts {
-			t.Errorf("job %d (%s): %s/%d attempts, want %s/%d", tt.id, j.VM, j.State, j.Attempts, tt.state, tt.attempts)
+		id                int64
+		state             queue.State
+		attempts, crashes int
+		err               string
+	}{
+		{jobs[0].ID, queue.Queued, 1, 1, "lost to a crash"},
+		{jobs[1].ID, queue.Cancelled, 1, 1, "cancelled"},
+		{jobs[2].ID, queue.Cancelled, 1, 1, fmt.Sprintf("superseded by job %d", c2[0].ID)},
+		{jobs[3].ID, queue.Failed, 3, 1, queue.CrashError(3, 1)},
+		{c2[0].ID, queue.Queued, 0, 0, ""},
+	} {
+		if j := h.job(tt.id); j.State != tt.state || j.Attempts != tt.attempts || j.Crashes != tt.crashes || !strings.Contains(j.Error, tt.err) {
+			t.Errorf("job %d (%s): %s/%d attempts/%d crashes %q, want %s/%d/%d %q", tt.id, j.VM, j.State, j.Attempts, j.Crashes, j.Error,
+				tt.state, tt.attempts, tt.crashes, tt.err)
 		}
 	}
-	if j := h.job(c2[0].ID); len(j.Disks) != 2 || j.Class != OnDemand || !j.EnqueuedAt.Equal(jobs[2].EnqueuedAt) {
+	if j := h.job(c2[0].ID); len(j.Disks) != 2 || j.Class != queue.OnDemand || !j.EnqueuedAt.Equal(jobs[2].EnqueuedAt) {
 		t.Errorf("merged job %+v", j)
 	}
 	h.serve()
 	h.waitFinished(jobs[0].ID, c2[0].ID)
-	if j := h.job(jobs[0].ID); j.State != Done || j.Attempts != 2 {
+	if j := h.job(jobs[0].ID); j.State != queue.Done || j.Attempts != 2 {
 		t.Errorf("recovered job: %s after %d attempts", j.State, j.Attempts)
 	}
 	// Done is recorded once: a second completion is refused.
-	_, err = apply1(ctx, s, Transition{ID: jobs[0].ID, From: Running, To: Done, At: now})
-	if !errors.Is(err, ErrConflict) {
+	_, err = apply1(ctx, s, queue.Transition{ID: jobs[0].ID, From: queue.Running, To: queue.Done, At: now})
+	if !errors.Is(err, queue.ErrConflict) {
 		t.Errorf("second done transition: %v, want ErrConflict", err)
 	}
 }
@@ -440,17 +395,17 @@ func TestRecover(t *testing.T) {
 // and the interrupted run does not count as an attempt.
 func TestShutdownRequeues(t *testing.T) {
 	started := make(chan struct{})
-	run := func(ctx context.Context, j Job, _ Wrap) error {
+	run := func(ctx context.Context, j queue.Job, _ queue.Wrap) error {
 		close(started)
 		<-ctx.Done()
 		return ctx.Err()
 	}
-	h := newHarness(t, Config{}, run)
-	j := h.enqueue(Request{VM: "vm", Disks: []Disk{disk("A", 0)}})
+	h := newHarness(t, queue.Config{}, run)
+	j := h.enqueue(queue.Request{VM: "vm", Disks: []queue.Disk{disk("A", 0)}})
 	h.serve()
 	<-started
 	h.stop()
-	if got := h.job(j.ID); got.State != Queued || got.Attempts != 0 || got.Error != "queue: interrupted by shutdown" {
+	if got := h.job(j.ID); got.State != queue.Queued || got.Attempts != 0 || got.Error != "queue: interrupted by shutdown" {
 		t.Errorf("after shutdown: %s with %d attempts (%q), want queued with 0", got.State, got.Attempts, got.Error)
 	}
 }
@@ -464,18 +419,18 @@ func TestLimitedReader(t *testing.T) {
 	}
 	tests := []struct {
 		name    string
-		budget  Budget
+		budget  queue.Budget
 		readLen int
 	}{
-		{"bytes bound, split reads", Budget{BytesPerSec: 1 << 20}, 64 << 10},
-		{"ops bound", Budget{OpsPerSec: 200}, 4 << 10},
-		{"unlimited", Budget{}, 128 << 10},
+		{"bytes bound, split reads", queue.Budget{BytesPerSec: 1 << 20}, 64 << 10},
+		{"ops bound", queue.Budget{OpsPerSec: 200}, 4 << 10},
+		{"unlimited", queue.Budget{}, 128 << 10},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := &recordingReader{r: bytes.NewReader(data)}
 			got := make(chan []byte, 1)
-			run := func(ctx context.Context, j Job, wrap Wrap) error {
+			run := func(ctx context.Context, j queue.Job, wrap queue.Wrap) error {
 				r := wrap(j.Disks[0].Datastore, rec)
 				out := make([]byte, len(data))
 				for off := 0; off < len(data); off += tt.readLen {
@@ -486,11 +441,11 @@ func TestLimitedReader(t *testing.T) {
 				got <- out
 				return nil
 			}
-			h := newHarness(t, Config{}, run)
+			h := newHarness(t, queue.Config{}, run)
 			if err := h.q.SetBudget(context.Background(), "A", tt.budget); err != nil {
 				t.Fatal(err)
 			}
-			j := h.enqueue(Request{VM: "vm", Disks: []Disk{disk("A", 0)}})
+			j := h.enqueue(queue.Request{VM: "vm", Disks: []queue.Disk{disk("A", 0)}})
 			start := time.Now()
 			h.serve()
 			h.waitFinished(j.ID)
@@ -541,12 +496,12 @@ func (r *recordingReader) ReadAt(p []byte, off int64) (int, error) {
 // on-demand and due now.
 func TestEnqueueRescan(t *testing.T) {
 	clock := newFakeClock()
-	h := newHarness(t, Config{Now: clock.Now}, ok)
-	od := h.enqueue(Request{VM: "vm-A-0", Disks: []Disk{disk("A", 0)}, Class: OnDemand})
-	var vms []VM
+	h := newHarness(t, queue.Config{Now: clock.Now}, ok)
+	od := h.enqueue(queue.Request{VM: "vm-A-0", Disks: []queue.Disk{disk("A", 0)}, Class: queue.OnDemand})
+	var vms []queue.VM
 	for _, ds := range []string{"A", "B"} {
 		for i := range 5 {
-			vms = append(vms, VM{Name: fmt.Sprintf("vm-%s-%d", ds, i), Disks: []Disk{disk(ds, i)}})
+			vms = append(vms, queue.VM{Name: fmt.Sprintf("vm-%s-%d", ds, i), Disks: []queue.Disk{disk(ds, i)}})
 		}
 	}
 	const spread = time.Hour
@@ -557,20 +512,20 @@ func TestEnqueueRescan(t *testing.T) {
 	now := clock.Now()
 	for i, j := range jobs {
 		if j.VM == od.VM {
-			if j.ID != od.ID || j.Class != OnDemand || !j.NotBefore.IsZero() || j.SigVersion != "v42" {
+			if j.ID != od.ID || j.Class != queue.OnDemand || !j.NotBefore.IsZero() || j.SigVersion != "v42" {
 				t.Errorf("merged on-demand job: %+v", j)
 			}
 			continue
 		}
 		wantNB := now.Add(spread * time.Duration(i) / time.Duration(len(jobs)))
-		if j.Class != Rescan || !j.NotBefore.Equal(wantNB) || j.SigVersion != "v42" {
+		if j.Class != queue.Rescan || !j.NotBefore.Equal(wantNB) || j.SigVersion != "v42" {
 			t.Errorf("job %d %s: class %s not-before %v version %q; want rescan, %v, v42", i, j.VM, j.Class, j.NotBefore, j.SigVersion, wantNB)
 		}
 		if i > 0 && j.Disks[0].Datastore == jobs[i-1].Disks[0].Datastore {
 			t.Errorf("jobs %d and %d both on %s: not interleaved", i-1, i, j.Disks[0].Datastore)
 		}
 	}
-	if m := h.q.Metrics(); m.Depth[Rescan] != 9 || m.Depth[OnDemand] != 1 {
+	if m := h.q.Metrics(); m.Depth[queue.Rescan] != 9 || m.Depth[queue.OnDemand] != 1 {
 		t.Errorf("depth %v", m.Depth)
 	}
 }
@@ -578,28 +533,28 @@ func TestEnqueueRescan(t *testing.T) {
 // TestMetricsWait: every start is observed once in its class.
 func TestMetricsWait(t *testing.T) {
 	var mu sync.Mutex
-	observed := map[Class]int{}
-	h := newHarness(t, Config{ObserveWait: func(c Class, d time.Duration) {
+	observed := map[queue.Class]int{}
+	h := newHarness(t, queue.Config{ObserveWait: func(c queue.Class, d time.Duration) {
 		mu.Lock()
 		observed[c]++
 		mu.Unlock()
 	}}, ok)
 	var ids []int64
-	for i, c := range []Class{Rescan, Rescan, OnDemand} {
-		ids = append(ids, h.enqueue(Request{VM: fmt.Sprint("vm", i), Disks: []Disk{disk("A", i)}, Class: c}).ID)
+	for i, c := range []queue.Class{queue.Rescan, queue.Rescan, queue.OnDemand} {
+		ids = append(ids, h.enqueue(queue.Request{VM: fmt.Sprint("vm", i), Disks: []queue.Disk{disk("A", i)}, Class: c}).ID)
 	}
 	h.serve()
 	h.waitFinished(ids...)
 	m := h.q.Metrics()
-	if m.Wait[Rescan].Count != 2 || m.Wait[OnDemand].Count != 1 || m.Wait[Scheduled].Count != 0 || m.Done != 3 || m.Started != 3 {
+	if m.Wait[queue.Rescan].Count != 2 || m.Wait[queue.OnDemand].Count != 1 || m.Wait[queue.Scheduled].Count != 0 || m.Done != 3 || m.Started != 3 {
 		t.Errorf("metrics %+v", m)
 	}
-	if c := m.Wait[Rescan].Cumulative(); c[WaitBuckets[len(WaitBuckets)-1].Seconds()] != 2 {
+	if c := m.Wait[queue.Rescan].Cumulative(); c[queue.WaitBuckets[len(queue.WaitBuckets)-1].Seconds()] != 2 {
 		t.Errorf("cumulative buckets %v", c)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if observed[Rescan] != 2 || observed[OnDemand] != 1 {
+	if observed[queue.Rescan] != 2 || observed[queue.OnDemand] != 1 {
 		t.Errorf("ObserveWait calls %v", observed)
 	}
 }
@@ -622,7 +577,7 @@ func TestHold(t *testing.T) {
 			release := map[string]chan struct{}{"A0": make(chan struct{}), "B0": make(chan struct{})}
 			var mu sync.Mutex
 			var order []string
-			run := func(_ context.Context, j Job, _ Wrap) error {
+			run := func(_ context.Context, j queue.Job, _ queue.Wrap) error {
 				mu.Lock()
 				order = append(order, j.VM)
 				mu.Unlock()
@@ -631,14 +586,14 @@ func TestHold(t *testing.T) {
 				}
 				return nil
 			}
-			h := newHarness(t, Config{Now: clock.Now, MaxScans: 10, ReserveAfter: tt.reserveAfter}, run)
+			h := newHarness(t, queue.Config{Now: clock.Now, MaxScans: 10, ReserveAfter: tt.reserveAfter}, run)
 			ids := map[string]int64{}
 			for _, vm := range []string{"A0", "B0", "J", "A1", "A2", "A3", "B1"} {
-				disks := []Disk{disk(vm[:1], 0)}
+				disks := []queue.Disk{disk(vm[:1], 0)}
 				if vm == "J" {
-					disks = []Disk{disk("A", 1), disk("B", 1)}
+					disks = []queue.Disk{disk("A", 1), disk("B", 1)}
 				}
-				ids[vm] = h.enqueue(Request{VM: vm, Disks: disks}).ID
+				ids[vm] = h.enqueue(queue.Request{VM: vm, Disks: disks}).ID
 				clock.Advance(time.Second)
 			}
 			h.serve()
@@ -674,7 +629,7 @@ func TestSetBudgetWhileReading(t *testing.T) {
 	halfway := make(chan struct{})
 	resume := make(chan struct{})
 	var second time.Duration
-	run := func(ctx context.Context, j Job, wrap Wrap) error {
+	run := func(ctx context.Context, j queue.Job, wrap queue.Wrap) error {
 		r := wrap("A", bytes.NewReader(data))
 		buf := make([]byte, 16<<10)
 		for off := 0; off < len(data); off += len(buf) {
@@ -692,19 +647,19 @@ func TestSetBudgetWhileReading(t *testing.T) {
 		}
 		return nil
 	}
-	h := newHarness(t, Config{}, run)
-	j := h.enqueue(Request{VM: "vm", Disks: []Disk{disk("A", 0)}})
+	h := newHarness(t, queue.Config{}, run)
+	j := h.enqueue(queue.Request{VM: "vm", Disks: []queue.Disk{disk("A", 0)}})
 	h.serve()
 	<-halfway
-	if err := h.q.SetBudget(context.Background(), "A", Budget{BytesPerSec: rate}); err != nil {
+	if err := h.q.SetBudget(context.Background(), "A", queue.Budget{BytesPerSec: rate}); err != nil {
 		t.Fatal(err)
 	}
 	close(resume)
 	h.waitFinished(j.ID)
-	if got := h.job(j.ID); got.State != Done {
+	if got := h.job(j.ID); got.State != queue.Done {
 		t.Fatalf("job %s: %s", got.State, got.Error)
 	}
-	burst, _ := Budget{BytesPerSec: rate}.Burst()
+	burst, _ := queue.Budget{BytesPerSec: rate}.Burst()
 	if floor := time.Duration(float64(half-burst) / rate * float64(time.Second)); second < floor {
 		t.Errorf("second half read in %v, the new budget allows no less than %v", second, floor)
 	}
@@ -718,7 +673,7 @@ func TestRetrySuperseded(t *testing.T) {
 		t.Run(fmt.Sprint("shutdown=", shutdown), func(t *testing.T) {
 			started := make(chan int64, 4)
 			proceed := make(chan struct{})
-			run := func(ctx context.Context, j Job, _ Wrap) error {
+			run := func(ctx context.Context, j queue.Job, _ queue.Wrap) error {
 				started <- j.ID
 				if j.Attempts == 1 && j.ID == 1 {
 					select {
@@ -730,23 +685,23 @@ func TestRetrySuperseded(t *testing.T) {
 				}
 				return nil
 			}
-			h := newHarness(t, Config{BackoffBase: time.Millisecond}, run)
-			x := h.enqueue(Request{VM: "vm", Disks: []Disk{disk("A", 0)}})
+			h := newHarness(t, queue.Config{BackoffBase: time.Millisecond}, run)
+			x := h.enqueue(queue.Request{VM: "vm", Disks: []queue.Disk{disk("A", 0)}})
 			h.serve()
 			<-started
-			y := h.enqueue(Request{VM: "vm", Disks: []Disk{disk("A", 0)}, Class: OnDemand})
+			y := h.enqueue(queue.Request{VM: "vm", Disks: []queue.Disk{disk("A", 0)}, Class: queue.OnDemand})
 			if shutdown {
 				h.stop()
 			} else {
 				close(proceed)
 				h.waitFinished(x.ID, y.ID)
 			}
-			if got := h.job(x.ID); got.State != Cancelled || !strings.Contains(got.Error, "superseded by job") {
+			if got := h.job(x.ID); got.State != queue.Cancelled || !strings.Contains(got.Error, "superseded by job") {
 				t.Errorf("first job: %s %q", got.State, got.Error)
 			}
-			want := Done
+			want := queue.Done
 			if shutdown {
-				want = Queued
+				want = queue.Queued
 			}
 			if got := h.job(y.ID); got.State != want {
 				t.Errorf("second job: %s %q, want %s", got.State, got.Error, want)

@@ -1,4 +1,4 @@
-package queue
+package queue_test
 
 import (
 	"context"
@@ -11,12 +11,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/snapscan/snapscan/queue"
 )
 
 // simDatastore is one datastore of the simulation: its budget, the read
 // size its runner uses, and how much of the bottleneck's time its work is.
 type simDatastore struct {
-	budget   Budget
+	budget   queue.Budget
 	readSize int
 	load     float64 // fraction of the target makespan its work takes
 }
@@ -24,16 +26,16 @@ type simDatastore struct {
 // The datastores differ in budget, concurrency and read size; ds3 and ds7
 // are bound by operations, the others by bytes. ds0 is the bottleneck.
 var simDatastores = []simDatastore{
-	{Budget{MaxScans: 1, BytesPerSec: 4 << 20}, 1 << 20, 1.0},
-	{Budget{MaxScans: 1, BytesPerSec: 3 << 20, OpsPerSec: 100}, 256 << 10, 0.9},
-	{Budget{MaxScans: 2, BytesPerSec: 2 << 20, OpsPerSec: 40}, 64 << 10, 0.85},
-	{Budget{MaxScans: 1, BytesPerSec: 1 << 20, OpsPerSec: 30}, 16 << 10, 0.8},
-	{Budget{MaxScans: 3, BytesPerSec: 6 << 20}, 512 << 10, 0.9},
-	{Budget{MaxScans: 1, BytesPerSec: 512 << 10}, 128 << 10, 0.75},
-	{Budget{MaxScans: 2, BytesPerSec: 8 << 20, OpsPerSec: 200}, 1 << 20, 0.7},
-	{Budget{MaxScans: 1, BytesPerSec: 2 << 20, OpsPerSec: 60}, 8 << 10, 0.85},
-	{Budget{MaxScans: 1, BytesPerSec: 1536 << 10}, 256 << 10, 0.95},
-	{Budget{MaxScans: 2, BytesPerSec: 3 << 20, OpsPerSec: 500}, 32 << 10, 0.6},
+	{queue.Budget{MaxScans: 1, BytesPerSec: 4 << 20}, 1 << 20, 1.0},
+	{queue.Budget{MaxScans: 1, BytesPerSec: 3 << 20, OpsPerSec: 100}, 256 << 10, 0.9},
+	{queue.Budget{MaxScans: 2, BytesPerSec: 2 << 20, OpsPerSec: 40}, 64 << 10, 0.85},
+	{queue.Budget{MaxScans: 1, BytesPerSec: 1 << 20, OpsPerSec: 30}, 16 << 10, 0.8},
+	{queue.Budget{MaxScans: 3, BytesPerSec: 6 << 20}, 512 << 10, 0.9},
+	{queue.Budget{MaxScans: 1, BytesPerSec: 512 << 10}, 128 << 10, 0.75},
+	{queue.Budget{MaxScans: 2, BytesPerSec: 8 << 20, OpsPerSec: 200}, 1 << 20, 0.7},
+	{queue.Budget{MaxScans: 1, BytesPerSec: 2 << 20, OpsPerSec: 60}, 8 << 10, 0.85},
+	{queue.Budget{MaxScans: 1, BytesPerSec: 1536 << 10}, 256 << 10, 0.95},
+	{queue.Budget{MaxScans: 2, BytesPerSec: 3 << 20, OpsPerSec: 500}, 32 << 10, 0.6},
 }
 
 // simShared is how many VMs of each datastore also have a disk on another.
@@ -131,20 +133,20 @@ func runSimulation(t testing.TB, target time.Duration) simResult {
 		f()
 	}
 	byPath := map[string]*simDisk{}
-	reqs := make([]Request, vms)
+	reqs := make([]queue.Request, vms)
 	for vm := range reqs {
-		reqs[vm] = Request{VM: fmt.Sprintf("vm%04d", vm), Class: Class(vm % 3), Reason: "sim"}
+		reqs[vm] = queue.Request{VM: fmt.Sprintf("vm%04d", vm), Class: queue.Class(vm % 3), Reason: "sim"}
 		for k, d := range disks[vm] {
 			p := fmt.Sprintf("/ds%d/vm%04d-%d.raw", d.ds, vm, k)
 			byPath[p] = d
-			reqs[vm].Disks = append(reqs[vm].Disks, Disk{Path: p, Datastore: fmt.Sprint("ds", d.ds)})
+			reqs[vm].Disks = append(reqs[vm].Disks, queue.Disk{Path: p, Datastore: fmt.Sprint("ds", d.ds)})
 		}
 	}
 
 	var running [10]atomic.Int32
 	var maxRunning [10]atomic.Int32
 	var runs atomic.Int64
-	run := func(ctx context.Context, j Job, wrap Wrap) error {
+	run := func(ctx context.Context, j queue.Job, wrap queue.Wrap) error {
 		runs.Add(1)
 		var wg sync.WaitGroup
 		errs := make([]error, len(j.Disks))
@@ -173,7 +175,7 @@ func runSimulation(t testing.TB, target time.Duration) simResult {
 					h.Write(buf[:n])
 				}
 				if got, want := h.Sum32(), crc32.ChecksumIEEE(simPool[d.shift:d.shift+d.size]); got != want {
-					errs[k] = Permanent(fmt.Errorf("disk %s: checksum %08x, want %08x", jd.Path, got, want))
+					errs[k] = queue.Permanent(fmt.Errorf("disk %s: checksum %08x, want %08x", jd.Path, got, want))
 				}
 			}()
 		}
@@ -186,7 +188,7 @@ func runSimulation(t testing.TB, target time.Duration) simResult {
 		return nil
 	}
 
-	h := newHarness(t, Config{MaxScans: 12, MaxAttempts: 1}, run)
+	h := newHarness(t, queue.Config{MaxScans: 12, MaxAttempts: 1}, run)
 	ctx := context.Background()
 	for ds, sd := range simDatastores {
 		if err := h.q.SetBudget(ctx, fmt.Sprint("ds", ds), sd.budget); err != nil {
@@ -231,7 +233,7 @@ func runSimulation(t testing.TB, target time.Duration) simResult {
 		if j.FinishedAt.After(end) {
 			end = j.FinishedAt
 		}
-		if j.State != Done {
+		if j.State != queue.Done {
 			t.Errorf("job %d (%s): %s: %s", j.ID, j.VM, j.State, j.Error)
 		}
 	}
@@ -252,8 +254,8 @@ func runSimulation(t testing.TB, target time.Duration) simResult {
 	res := simResult{makespan: end.Sub(start)}
 	var worstRatio float64
 	for ds, sd := range simDatastores {
-		if m := int(maxRunning[ds].Load()); m > sd.budget.maxScans() {
-			t.Errorf("ds%d: %d scans at once, budget %d", ds, m, sd.budget.maxScans())
+		if m := int(maxRunning[ds].Load()); m > sd.budget.MaxScansOrOne() {
+			t.Errorf("ds%d: %d scans at once, budget %d", ds, m, sd.budget.MaxScansOrOne())
 		}
 		reads := rec.reads[ds]
 		slices.SortFunc(reads, func(a, b simRead) int { return a.at.Compare(b.at) })

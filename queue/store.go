@@ -10,29 +10,30 @@ import (
 // state change through it before acknowledging it, so a Store method that
 // returns nil must have committed.
 //
-// The interface is kept narrow so a PostgreSQL implementation can follow:
-// Enqueue is one transaction (SELECT ... FOR UPDATE of the VM's queued row,
-// then UPDATE or INSERT, guarded by a partial unique index on vm WHERE
-// state = 'queued'); Transition is a single conditional
-// UPDATE ... WHERE id = $1 AND state = $2 RETURNING * per item of Apply. Several appliances
-// sharing one PostgreSQL store would in addition need leases on running
-// jobs in place of Recover; that is not part of this contract.
+// An implementation lives in a package of its own (queue/sqlite, …) and
+// must pass the conformance suite in queue/storetest. The rules a Store
+// needs that are not about storage live here, in the contract: how a
+// request merges into its VM's queued job ([Job.Merge], [Job.Absorb]), and
+// what each Transition writes. A Store is handed the database it keeps its
+// tables in; it creates and migrates only its own tables, and never closes
+// the database.
 //
 // Contract, for every implementation:
 //   - Methods are safe for concurrent use.
 //   - At most one job per VM is Queued at any time; Enqueue merges into it
-//     (the rule is documented on Queue.Enqueue) and returns its id.
+//     with Job.Merge and returns its id.
 //   - Transitions are conditional on the From state and are the only way a
-//     job changes state after Enqueue (except Cancel and Recover). Done is
-//     only reached through Running -> Done, so completion is recorded once
-//     even if a runner runs twice after a crash: the second run's
-//     transition is refused with ErrConflict.
-//   - Errors other than ErrNotFound and ErrConflict mean the write may not
-//     have happened; the caller retries or gives up, never assumes.
+//     job changes state after Enqueue (except Cancel). Done is only
+//     reached through Running -> Done, so completion is recorded once even
+//     if a runner runs twice after a crash: the second run's transition is
+//     refused with ErrConflict.
+//   - Errors other than ErrNotFound, ErrConflict and ErrFinished mean the
+//     write may not have happened; the caller retries or gives up, never
+//     assumes.
 type Store interface {
 	// Enqueue inserts each request as a new queued job or merges it into
-	// its VM's queued job, all in one transaction, and returns the
-	// resulting jobs in request order. now is the enqueue time.
+	// its VM's queued job (Job.Merge), all in one transaction, and returns
+	// the resulting jobs in request order. now is the enqueue time.
 	Enqueue(ctx context.Context, reqs []Request, now time.Time) ([]Job, error)
 
 	// Apply makes the transitions in one transaction, in order, and
@@ -46,19 +47,16 @@ type Store interface {
 
 	// Cancel cancels a queued job at once (returning Cancelled), or sets
 	// CancelRequested on a running one (returning Running). On a
-	// terminal job it returns the state and ErrFinished.
+	// terminal job it returns the state and an error wrapping ErrFinished.
 	Cancel(ctx context.Context, id int64, now time.Time) (State, error)
 
-	// Recover runs once when a queue starts on the store, before anything
-	// else: running jobs go back to Queued with their attempt count kept,
-	// or to Cancelled when CancelRequested is set. A running job whose VM
-	// also has a queued job is merged into that one (as Enqueue merges)
-	// and ends Cancelled, naming it, so one job per VM stays queued. It
-	// returns how many jobs it moved.
-	Recover(ctx context.Context, now time.Time) (int, error)
-
-	// Queued returns every queued job.
+	// Queued returns every queued job, by id.
 	Queued(ctx context.Context) ([]Job, error)
+
+	// Running returns every running job, by id. A queue starting on the
+	// store calls it to find the runs a crash left behind, and ends each
+	// with a Transition marked Lost.
+	Running(ctx context.Context) ([]Job, error)
 
 	// Get returns one job.
 	Get(ctx context.Context, id int64) (Job, error)
@@ -68,8 +66,7 @@ type Store interface {
 	// validates o before the call: Limit is in [1, MaxList], State is
 	// empty or a known state, ids are not negative. A read only; it
 	// needs no transaction, and a job changing state meanwhile may be seen
-	// in either state. For PostgreSQL it is one
-	// SELECT ... WHERE ... ORDER BY id LIMIT $n.
+	// in either state.
 	List(ctx context.Context, o ListOptions) ([]Job, error)
 
 	// Datastores returns the saved settings of every datastore that has
@@ -86,6 +83,12 @@ type Store interface {
 //     decremented, never below 0), because the queue stopped it, not the
 //     job.
 //   - To Done, Failed, Cancelled: FinishedAt = At, Error = Err.
+//   - Lost, on a transition from Running: the run never reported an end
+//     (a crash): Crashes is incremented.
+//   - MergeInto, on Running -> Cancelled: the job is folded into that
+//     queued job of the same VM with Job.Absorb, in the same transaction;
+//     if that job is no longer queued, the transition is refused with
+//     ErrConflict.
 type Transition struct {
 	ID       int64
 	From, To State
@@ -95,6 +98,12 @@ type Transition struct {
 	// Interrupted, on a Running -> Queued transition, says the run was
 	// stopped by a shutdown and must not count as an attempt.
 	Interrupted bool
+	// Lost, on a transition from Running, says the run was lost to a
+	// crash: it counts in Job.Crashes.
+	Lost bool
+	// MergeInto, on Running -> Cancelled, names the VM's queued job that
+	// takes this one over.
+	MergeInto int64
 }
 
 // Result is the outcome of one Transition in Apply: the job as stored

@@ -2,7 +2,10 @@
 
 package scanner
 
-import "syscall"
+import (
+	"os"
+	"syscall"
+)
 
 // newArena reserves size bytes of address space (no memory until used).
 func newArena(size int) (*arena, error) {
@@ -31,3 +34,13 @@ func (a *arena) release(from, to int) {
 		syscall.Madvise(a.buf[from:to], syscall.MADV_DONTNEED)
 	}
 }
+
+// mapFile maps the first size bytes of f read-only.
+func mapFile(f *os.File, size int64) ([]byte, error) {
+	return syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)
+}
+
+func unmapFile(b []byte) { syscall.Munmap(b) }
+
+// oNonblock opens a file without waiting (a fifo in a file's place).
+const oNonblock = syscall.O_NONBLOCK

@@ -82,7 +82,7 @@ func ceiling(t *testing.T, rules *Rules, dir string, workers int) {
 			return nil
 		}
 		b, err := os.ReadFile(dir + "/" + p)
-		if err == nil && len(b) > 0 && len(b) <= DefaultMaxFileSize {
+		if err == nil && len(b) > 0 && len(b) <= DefaultSpoolAbove {
 			bufs = append(bufs, b)
 			total += int64(len(b))
 		}

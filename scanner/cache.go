@@ -1,9 +1,9 @@
 package scanner
 
 import (
-	"container/list"
 	"crypto/sha256"
-	"sync"
+
+	"github.com/snapscan/snapscan/internal/lru"
 )
 
 // CacheKey identifies a verdict.
@@ -41,60 +41,26 @@ type Cache interface {
 }
 
 // MemoryCache is a Cache held in memory, bounded by a number of entries,
-// evicting the least recently used. It is safe for concurrent use.
+// evicting the least recently used (internal/lru). It is safe for
+// concurrent use.
 type MemoryCache struct {
-	mu    sync.Mutex
-	max   int
-	ll    *list.List // front: most recently used
-	items map[CacheKey]*list.Element
-}
-
-type cacheEntry struct {
-	key CacheKey
-	v   Verdict
+	c *lru.Cache[CacheKey, Verdict]
 }
 
 // NewMemoryCache returns a cache of at most maxEntries verdicts (at least
 // one). An entry of a clean file costs about 200 bytes.
 func NewMemoryCache(maxEntries int) *MemoryCache {
-	return &MemoryCache{max: max(1, maxEntries), ll: list.New(), items: map[CacheKey]*list.Element{}}
+	return &MemoryCache{c: lru.New[CacheKey, Verdict](maxEntries)}
 }
 
 // Get returns the verdict stored under key.
-func (c *MemoryCache) Get(key CacheKey) (Verdict, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.items[key]
-	if !ok {
-		return Verdict{}, false
-	}
-	c.ll.MoveToFront(e)
-	return e.Value.(*cacheEntry).v, true
-}
+func (c *MemoryCache) Get(key CacheKey) (Verdict, bool) { return c.c.Get(key) }
 
 // Put stores a verdict, evicting the least recently used beyond the bound.
-func (c *MemoryCache) Put(key CacheKey, v Verdict) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.items[key]; ok {
-		e.Value.(*cacheEntry).v = v
-		c.ll.MoveToFront(e)
-		return
-	}
-	c.items[key] = c.ll.PushFront(&cacheEntry{key, v})
-	for c.ll.Len() > c.max {
-		last := c.ll.Back()
-		c.ll.Remove(last)
-		delete(c.items, last.Value.(*cacheEntry).key)
-	}
-}
+func (c *MemoryCache) Put(key CacheKey, v Verdict) { c.c.Put(key, v) }
 
 // Len returns the number of verdicts held.
-func (c *MemoryCache) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.ll.Len()
-}
+func (c *MemoryCache) Len() int { return c.c.Len() }
 
 // contextKey hashes the path-like externals of one file.
 func contextKey(ext *externals) [32]byte {

@@ -5,27 +5,34 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/snapscan/snapscan/internal/testenv"
 )
 
-// FuzzArchive feeds arbitrary bytes to the archive walker, as every type
-// it expands, with small limits, and checks that the limits hold.
+// FuzzArchive feeds arbitrary bytes to the archive walker, with small
+// limits, and checks that the limits hold. The first byte picks the type
+// it is expanded as (so that every expander sees every input), the rest
+// is the archive.
 func FuzzArchive(f *testing.F) {
 	// Seeds in testdata/fuzz/FuzzArchive are cut from the fixture's
 	// archives (see TestWriteFuzzSeeds); a few built-in ones too.
-	f.Add(byte(0), []byte("PK\x05\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
-	f.Add(byte(2), []byte("\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
+	f.Add([]byte("\x00PK\x05\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
+	f.Add([]byte("\x02\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
 	tw.WriteHeader(&tar.Header{Name: "dir/a.txt", Mode: 0o644, Size: 5, Typeflag: tar.TypeReg})
 	tw.Write([]byte("hello"))
 	tw.WriteHeader(&tar.Header{Name: "link", Linkname: "dir/a.txt", Typeflag: tar.TypeSymlink})
 	tw.Close()
-	f.Add(byte(1), tb.Bytes())
-	types := []string{TypeZIP, TypeTAR, TypeGZIP, TypeZSTD, TypeBZIP2, TypeXZ}
-	f.Fuzz(func(t *testing.T, kind byte, data []byte) {
-		typ := types[int(kind)%len(types)]
+	f.Add(append([]byte{1}, tb.Bytes()...))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if len(in) == 0 {
+			return
+		}
+		typ, data := archiveTypes[int(in[0])%len(archiveTypes)], in[1:]
 		limits := ArchiveLimits{MaxDepth: 3, MaxMembers: 50, MaxTotalBytes: 1 << 20, MaxRatio: 100}
 		a := &arena{buf: make([]byte, 4<<20)}
 		exp := newExpansion(limits, a, int64(len(data)))
@@ -56,6 +63,9 @@ func FuzzArchive(f *testing.F) {
 		}
 	})
 }
+
+// archiveTypes are the types FuzzArchive's first byte picks from.
+var archiveTypes = []string{TypeZIP, TypeTAR, TypeGZIP, TypeZSTD, TypeBZIP2, TypeXZ}
 
 // FuzzFiletype checks that the sniffer never panics and that its answer
 // depends only on the first SniffLen bytes.
@@ -93,61 +103,29 @@ func FuzzGlob(f *testing.F) {
 }
 
 // TestWriteFuzzSeeds refreshes the committed seed corpora from the
-// fixture when SNAPSCAN_WRITE_SEEDS is set to the fixture's tree folder.
+// fixture tree: go test ./scanner -run TestWriteFuzzSeeds -update-seeds.
 func TestWriteFuzzSeeds(t *testing.T) {
-	tree := os.Getenv("SNAPSCAN_WRITE_SEEDS")
-	if tree == "" {
-		t.Skip("set SNAPSCAN_WRITE_SEEDS=<fixture tree> to refresh the seeds")
-	}
-	kinds := map[string]byte{TypeZIP: 0, TypeTAR: 1, TypeGZIP: 2, TypeZSTD: 3, TypeBZIP2: 4, TypeXZ: 5}
+	testenv.NeedUpdateSeeds(t)
+	testenv.NeedTools(t, "zip", "tar", "gzip", "zstd", "bzip2", "xz", "perl", "go")
+	tree := filepath.Join(testenv.Fixture(t, "scanner.sh"), "tree")
 	for _, name := range []string{"arch/planted.txt.zst", "arch/dropper.sh.bz2", "arch/gz-in.zip",
 		"hostile/liar.zip", "hostile/bigdict.xz", "hostile/deep.gz", "hostile/truncated.tar.gz"} {
 		b, err := os.ReadFile(filepath.Join(tree, name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		writeSeed(t, "FuzzArchive", filepath.Base(name), "byte("+itoa(int(kinds[Filetype(b)]))+")", b)
-		writeSeed(t, "FuzzFiletype", filepath.Base(name), "", b[:min(len(b), 64)])
+		kind := slices.Index(archiveTypes, Filetype(b))
+		if kind < 0 {
+			t.Fatalf("%s: not an archive (%q)", name, Filetype(b))
+		}
+		testenv.WriteSeed(t, "FuzzArchive", "seed-"+filepath.Base(name), append([]byte{byte(kind)}, b...))
+		testenv.WriteSeed(t, "FuzzFiletype", "seed-"+filepath.Base(name), b[:min(len(b), 64)])
 	}
 	for _, name := range []string{"bin/ls", "pe/Signed.EXE", "Mixed.Case/Report.PDF", "text/dropper.sh"} {
 		b, err := os.ReadFile(filepath.Join(tree, name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		writeSeed(t, "FuzzFiletype", filepath.Base(name), "", b[:min(len(b), 300)])
+		testenv.WriteSeed(t, "FuzzFiletype", "seed-"+filepath.Base(name), b[:min(len(b), 300)])
 	}
-}
-
-func itoa(i int) string { return string(rune('0' + i)) }
-
-func writeSeed(t *testing.T, fuzz, name, first string, b []byte) {
-	dir := filepath.Join("testdata", "fuzz", fuzz)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	buf.WriteString("go test fuzz v1\n")
-	if first != "" {
-		buf.WriteString(first + "\n")
-	}
-	buf.WriteString("[]byte(" + quote(b) + ")\n")
-	if err := os.WriteFile(filepath.Join(dir, "seed-"+name), buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func quote(b []byte) string {
-	const hex = "0123456789abcdef"
-	out := []byte{'"'}
-	for _, c := range b {
-		switch {
-		case c == '"' || c == '\\':
-			out = append(out, '\\', c)
-		case c >= 0x20 && c < 0x7f:
-			out = append(out, c)
-		default:
-			out = append(out, '\\', 'x', hex[c>>4], hex[c&15])
-		}
-	}
-	return string(append(out, '"'))
 }

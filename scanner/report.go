@@ -6,12 +6,24 @@ import (
 	"time"
 )
 
-// Target is what one Scan covers: a disk image, a block device or a
-// folder, made of one or more volumes.
+// Target is what one Scan covers: a disk image, a block device, a folder
+// or a single file, made of one or more volumes. DiskTarget, FolderTarget
+// and FileTarget make one; any other fs.FS can be given as a Volume.
 type Target struct {
-	Name    string // shown in findings and reports: the image path, for example
+	Name string // shown in findings and reports: the image path, for example
+	// Kind says which way the target is read (Kind* constants); it is
+	// copied to the Report.
+	Kind    string
 	Volumes []Volume
 }
+
+// Kinds of target: which way a target was read.
+const (
+	KindImage       = "image"        // a disk image file, through snapshot
+	KindBlockDevice = "block_device" // a block device, through snapshot
+	KindFolder      = "folder"       // a folder of the host, as one volume
+	KindFile        = "file"         // one plain file of the host
+)
 
 // Volume is one file system of a target.
 type Volume struct {
@@ -19,7 +31,9 @@ type Volume struct {
 	FileSystem string // "ext4", "ntfs", "dir" ...
 	FS         fs.FS  // nil when Err is set
 	// Err records why the volume cannot be read (unknown file system,
-	// damaged superblock). Such a volume is reported, not scanned.
+	// damaged superblock). Such a volume is reported, not scanned, and
+	// makes the scan incomplete unless Err wraps snapshot.ErrNoFiles
+	// (swap, an LVM2 physical volume, a BIOS boot partition).
 	Err error
 }
 
@@ -65,7 +79,20 @@ const (
 	SkipLimitHit    = "limit_hit"    // an archive limit stopped expansion (member not scanned)
 	SkipScanError   = "scan_error"   // libyara failed for another reason
 	SkipCanceled    = "canceled"     // listed but not scanned because the scan was canceled
+	SkipSpoolError  = "spool_error"  // larger than the memory window and could not be spooled (spool folder full or unwritable)
+	SkipVolume      = "volume_error" // the volume itself could not be read (encrypted, damaged, unknown): counted once
 )
+
+// incomplete reports whether a skip reason means content went unscanned,
+// so that the scan is incomplete. Exclusions were asked for, and links,
+// devices, fifos and sockets have no content to scan.
+func incomplete(reason string) bool {
+	switch reason {
+	case SkipExcluded, SkipExcludedDir, SkipNotRegular:
+		return false
+	}
+	return true
+}
 
 // VolumeReport says what happened to one volume.
 type VolumeReport struct {
@@ -124,12 +151,102 @@ func (e FileError) Unwrap() error { return e.Err }
 
 // Report is the result of scanning one target.
 type Report struct {
-	Target   string         `json:"target"`
+	Target string `json:"target"`
+	Kind   string `json:"kind"` // Target.Kind: image, block_device, folder, file
+	// Result is the verdict: findings, clean, or incomplete.
+	Result   Result         `json:"result"`
 	RulesID  string         `json:"rules_id"`
 	Volumes  []VolumeReport `json:"volumes"`
 	Findings []Finding      `json:"findings"`
 	Started  time.Time      `json:"started"`
 	Duration time.Duration  `json:"duration_ns"`
+}
+
+// Status is the one-word verdict of a scan.
+type Status string
+
+// The statuses, in the order they take precedence when results are
+// merged: findings over incomplete over clean.
+const (
+	// StatusFindings: at least one rule matched, whether or not
+	// everything was scanned (Result.NotScanned says what was not).
+	StatusFindings Status = "findings"
+	// StatusIncomplete: nothing matched in what was scanned, but some
+	// content was not scanned (Result.NotScanned says what and why). It
+	// is never a clean bill of health.
+	StatusIncomplete Status = "incomplete"
+	// StatusClean: everything that holds content was scanned and nothing
+	// matched. Excluded paths, links and devices do not count against it.
+	StatusClean Status = "clean"
+)
+
+// Result is the verdict of one scan (Report.Result), or of several merged
+// (MergeResults): what the appliance stores, events and metrics carry and
+// the CLI turns into its exit status. It is computed from the report's
+// volumes and findings when the scan ends.
+//
+// Content counts as not scanned, and makes the result incomplete, for
+// every skip reason but excluded, excluded_dir and not_regular: too_large,
+// read_error, timeout, limit_hit (an archive member past a limit),
+// scan_error, canceled, spool_error, and volume_error for a volume that
+// may hold files but could not be read (encrypted, damaged, unknown).
+type Result struct {
+	Status Status `json:"status"`
+	// Findings is the number of findings (files or members that matched).
+	Findings int `json:"findings"`
+	// NotScanned counts, by skip reason, the files, members and volumes
+	// whose content was not scanned; empty when the scan was complete.
+	NotScanned map[string]int64 `json:"not_scanned"`
+}
+
+// Complete reports whether everything that holds content was scanned.
+func (r Result) Complete() bool {
+	for _, n := range r.NotScanned {
+		if n > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// MergeResults combines the results of several scans (the disks of one
+// VM, the targets of one command): findings if any has findings, else
+// incomplete if any is incomplete, else clean; counts are added.
+func MergeResults(rs ...Result) Result {
+	out := Result{Status: StatusClean, NotScanned: map[string]int64{}}
+	for _, r := range rs {
+		out.Findings += r.Findings
+		for k, n := range r.NotScanned {
+			out.NotScanned[k] += n
+		}
+	}
+	out.setStatus()
+	return out
+}
+
+func (r *Result) setStatus() {
+	switch {
+	case r.Findings > 0:
+		r.Status = StatusFindings
+	case !r.Complete():
+		r.Status = StatusIncomplete
+	default:
+		r.Status = StatusClean
+	}
+}
+
+// computeResult sets rep.Result from its volumes and findings.
+func (rep *Report) computeResult() {
+	res := Result{Findings: len(rep.Findings), NotScanned: map[string]int64{}}
+	for _, v := range rep.Volumes {
+		for k, n := range v.Skipped {
+			if n > 0 && incomplete(k) {
+				res.NotScanned[k] += n
+			}
+		}
+	}
+	res.setStatus()
+	rep.Result = res
 }
 
 // Files returns the number of files checked over all volumes.

@@ -19,27 +19,19 @@ import (
 
 	"github.com/hillu/go-yara/v4"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/semaphore"
 
+	"github.com/snapscan/snapscan/snapshot"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
 // Defaults of Options.
 const (
-	// DefaultMaxFileSize is high enough for real binaries (the largest
-	// shared libraries and statically linked programs of common guests are
-	// 50-200 MiB) and low enough that what is skipped is mostly disk
-	// images, databases, media and swap: content that signature rules do
-	// not target and that would take YARA more than 5 s each at the
-	// 40-60 MB/s measured here. A file is scanned whole, in memory, so the
-	// limit is also a memory bound.
-	DefaultMaxFileSize = 256 << 20
-	// DefaultMemoryBudget bounds the scan buffers of all workers of a
-	// Scanner together (pages kept resident between files included). Peak
-	// RSS is about the budget plus libyara's compiled rules and the Go heap
-	// (about 90 MiB with signature-base): under 512 MiB whatever the image
-	// size.
-	DefaultMemoryBudget = 320 << 20
+	// DefaultSpoolAbove is the memory window: files up to this size are
+	// read whole into memory and scanned there; larger ones are copied to
+	// a spool file and scanned from it (see the package doc). It holds the
+	// largest shared libraries and statically linked programs of common
+	// guests (50-200 MiB) in memory.
+	DefaultSpoolAbove = 256 << 20
 	// DefaultTimeout is YARA's per-file timeout.
 	DefaultTimeout = 60 * time.Second
 )
@@ -47,9 +39,10 @@ const (
 // scanFlagNoTryCatch is libyara 4.2's SCAN_FLAGS_NO_TRYCATCH (go-yara
 // names it only from 4.3). Without it libyara installs process-wide
 // SIGSEGV/SIGBUS handlers around every scan, to survive a memory-mapped
-// file that shrinks; snapscan only scans its own memory, where no such
-// fault can happen, and the handlers would race the Go runtime's own
-// (installed without SA_ONSTACK, swapped in and out by concurrent scans).
+// file that shrinks; snapscan only scans its own memory and its own spool
+// files (unlinked at once, never truncated), where no such fault can
+// happen, and the handlers would race the Go runtime's own (installed
+// without SA_ONSTACK, swapped in and out by concurrent scans).
 const scanFlagNoTryCatch = 4
 
 // Options tune a Scanner. The zero value is usable.
@@ -57,13 +50,25 @@ type Options struct {
 	// Workers is the number of files scanned at once (default GOMAXPROCS),
 	// shared by all volumes of a target.
 	Workers int
-	// MaxFileSize: larger files are counted as too_large, unread
-	// (default DefaultMaxFileSize; at most MemoryBudget).
+	// MaxFileSize, when positive, is the size above which files are not
+	// scanned at all: they are counted as too_large, and the scan is
+	// incomplete. By default (0) every file is scanned whatever its size,
+	// up to the spool budget (BudgetOptions.Spool), beyond which files are
+	// too_large as well.
 	MaxFileSize int64
-	// MemoryBudget bounds the bytes held by all workers for file content
-	// and expanded archive members (default DefaultMemoryBudget). It is
-	// shared by concurrent Scans of one Scanner.
+	// SpoolAbove is the memory window: larger files are spooled (default
+	// DefaultSpoolAbove; at most the budget's memory).
+	SpoolAbove int64
+	// Budget bounds scan memory and spool space, shared with every other
+	// Scanner given the same Budget (see Budget for who makes it). When
+	// nil, New makes one from MemoryBudget, SpoolDir and SpoolBudget,
+	// which are otherwise ignored.
+	Budget *Budget
+	// MemoryBudget, SpoolDir and SpoolBudget size the Scanner's own
+	// Budget when Budget is nil (see BudgetOptions).
 	MemoryBudget int64
+	SpoolDir     string
+	SpoolBudget  int64
 	// Exclude lists globs matched against each path inside its volume:
 	// matching files are counted as excluded, matching folders as
 	// excluded_dir (their content is not listed).
@@ -89,11 +94,11 @@ type Options struct {
 }
 
 // Scanner scans targets with one rule set. It is safe for concurrent use;
-// concurrent Scans share its memory budget.
+// concurrent Scans share its budget.
 type Scanner struct {
 	rules  *Rules
 	opts   Options
-	budget *semaphore.Weighted
+	budget *Budget
 	keep   int64 // what a worker's arena may keep resident between files
 }
 
@@ -102,13 +107,18 @@ func New(rules *Rules, opts Options) *Scanner {
 	if opts.Workers <= 0 {
 		opts.Workers = runtime.GOMAXPROCS(0)
 	}
-	if opts.MemoryBudget <= 0 {
-		opts.MemoryBudget = DefaultMemoryBudget
+	if opts.Budget == nil {
+		opts.Budget = NewBudget(BudgetOptions{Memory: opts.MemoryBudget, SpoolDir: opts.SpoolDir, Spool: opts.SpoolBudget})
 	}
-	if opts.MaxFileSize <= 0 {
-		opts.MaxFileSize = DefaultMaxFileSize
+	b := opts.Budget.Options()
+	opts.MemoryBudget, opts.SpoolDir, opts.SpoolBudget = b.Memory, b.SpoolDir, b.Spool
+	if opts.MaxFileSize < 0 {
+		opts.MaxFileSize = 0
 	}
-	opts.MaxFileSize = min(opts.MaxFileSize, opts.MemoryBudget)
+	if opts.SpoolAbove <= 0 {
+		opts.SpoolAbove = DefaultSpoolAbove
+	}
+	opts.SpoolAbove = min(opts.SpoolAbove, b.Memory)
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
@@ -118,8 +128,16 @@ func New(rules *Rules, opts Options) *Scanner {
 	}
 	// Half the budget at most goes to kept pages, so that large files
 	// still find room; whole pages only.
-	keep := min(maxKeep, opts.MemoryBudget/int64(2*opts.Workers)) &^ (1<<12 - 1)
-	return &Scanner{rules: rules, opts: opts, budget: semaphore.NewWeighted(opts.MemoryBudget), keep: keep}
+	keep := min(maxKeep, b.Memory/int64(2*opts.Workers)) &^ (1<<12 - 1)
+	return &Scanner{rules: rules, opts: opts, budget: opts.Budget, keep: keep}
+}
+
+// maxSize is the largest file that can be scanned at all.
+func (s *Scanner) maxSize() int64 {
+	if s.opts.MaxFileSize > 0 {
+		return min(s.opts.MaxFileSize, max(s.opts.SpoolBudget, s.opts.SpoolAbove))
+	}
+	return max(s.opts.SpoolBudget, s.opts.SpoolAbove)
 }
 
 // Options returns the options in effect (with defaults filled in).
@@ -150,13 +168,18 @@ type run struct {
 // or when YARA cannot start. A file being scanned when ctx is canceled
 // finishes first (its timeout bounds the wait).
 func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
-	rep := &Report{Target: t.Name, RulesID: s.rules.ID(), Started: time.Now(), Findings: []Finding{}}
+	rep := &Report{Target: t.Name, Kind: t.Kind, RulesID: s.rules.ID(), Started: time.Now(), Findings: []Finding{}}
 	for _, v := range t.Volumes {
 		vr := VolumeReport{ID: v.ID, FileSystem: v.FileSystem, Skipped: map[string]int64{}, Errors: []FileError{}}
-		if v.Err != nil {
+		switch {
+		case v.Err != nil:
 			vr.Err = v.Err.Error()
-		} else if v.FS == nil {
+			if !errors.Is(v.Err, snapshot.ErrNoFiles) {
+				vr.Skipped[SkipVolume] = 1
+			}
+		case v.FS == nil:
 			vr.Err = "no file system"
+			vr.Skipped[SkipVolume] = 1
 		}
 		rep.Volumes = append(rep.Volumes, vr)
 	}
@@ -171,6 +194,13 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 				continue
 			}
 			if err := r.list(gctx, i, v.FS, jobs); err != nil {
+				// What was not listed is unknown: say so for every
+				// volume left, so that the report is incomplete.
+				for k := i; k < len(t.Volumes); k++ {
+					if t.Volumes[k].Err == nil && t.Volumes[k].FS != nil {
+						r.skip(k, "/", SkipCanceled, fmt.Errorf("listing stopped: %w", err), false)
+					}
+				}
 				return err
 			}
 		}
@@ -209,6 +239,7 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 	for i := range rep.Volumes {
 		slices.SortStableFunc(rep.Volumes[i].Errors, func(a, b FileError) int { return strings.Compare(a.Path, b.Path) })
 	}
+	rep.computeResult()
 	return rep, err
 }
 
@@ -265,8 +296,8 @@ func (r *run) list(ctx context.Context, vol int, fsys fs.FS, jobs chan<- job) er
 			r.skip(vol, vpath, SkipNotRegular, nil, true)
 			return nil
 		}
-		if info.Size() > opts.MaxFileSize {
-			r.skip(vol, vpath, SkipTooLarge, nil, true)
+		if lim := r.s.maxSize(); info.Size() > lim {
+			r.skip(vol, vpath, SkipTooLarge, fmt.Errorf("%d bytes: over the %d-byte limit (max file size or spool budget)", info.Size(), lim), true)
 			return nil
 		}
 		owner := r.owners.of(info)
@@ -291,7 +322,7 @@ func (r *run) skip(vol int, p, reason string, err error, listed bool) {
 	defer r.mu.Unlock()
 	vr := &r.rep.Volumes[vol]
 	vr.Skipped[reason]++
-	if err != nil || reason == SkipTimeout {
+	if err != nil {
 		if len(vr.Errors) < MaxErrors {
 			vr.Errors = append(vr.Errors, FileError{Path: p, Reason: reason, Err: err})
 		} else {
@@ -330,7 +361,7 @@ func (r *run) newWorker() (*worker, error) {
 		return nil, fmt.Errorf("scanner: yara scanner: %w", err)
 	}
 	ys.SetFlags(scanFlagNoTryCatch)
-	size := r.s.opts.MaxFileSize
+	size := r.s.opts.SpoolAbove
 	if !r.s.opts.NoArchives {
 		size += r.s.opts.Archives.MaxTotalBytes
 	}
@@ -355,7 +386,7 @@ func (w *worker) close() {
 // worker's arena keeps resident between files.
 func (w *worker) takeKeep() {
 	s := w.r.s
-	if w.keep == 0 && s.keep > 0 && s.budget.TryAcquire(s.keep) {
+	if w.keep == 0 && s.keep > 0 && s.budget.tryMem(s.keep) {
 		w.keep = s.keep
 	}
 }
@@ -366,12 +397,39 @@ func (w *worker) dropKeep() {
 		if w.arena.buf != nil {
 			w.arena.trim(0)
 		}
-		w.r.s.budget.Release(w.keep)
+		w.r.s.budget.releaseMem(w.keep)
 		w.keep = 0
 	}
 }
 
-// scanFile reads a listed file whole and scans it, and its members.
+// takeMem holds weight bytes of the budget for one file, counting the
+// worker's kept pages, and returns what it took beyond them, for giveMem.
+func (w *worker) takeMem(ctx context.Context, weight int64) (int64, error) {
+	b := w.r.s.budget
+	// The worker's kept pages are already paid for; if the rest is not
+	// free now, give them up before waiting, so that waiting workers hold
+	// nothing and cannot block those that hold memory.
+	extra := max(weight-w.keep, 0)
+	if extra > 0 && !b.tryMem(extra) {
+		w.dropKeep()
+		extra = max(weight, 1)
+		if err := b.acquireMem(ctx, extra); err != nil {
+			return 0, err
+		}
+	}
+	return extra, nil
+}
+
+// giveMem empties the arena and returns what takeMem took.
+func (w *worker) giveMem(extra int64) {
+	w.arena.reset(0)
+	w.arena.trim(int(w.keep))
+	w.r.s.budget.releaseMem(extra)
+	w.takeKeep()
+}
+
+// scanFile reads a listed file whole and scans it, and its members: in
+// memory up to the memory window, from a spool file above it.
 func (w *worker) scanFile(ctx context.Context, j job) {
 	r, opts := w.r, &w.r.s.opts
 	vpath := "/" + j.name
@@ -388,48 +446,51 @@ func (w *worker) scanFile(ctx context.Context, j job) {
 		return
 	}
 	typ := Filetype(w.hdr[:n])
+	spool := j.size > opts.SpoolAbove
 
-	// Take the memory before reading: the file, and for an archive room
-	// for what it may expand to.
+	// Take the memory before reading: the file (or the spool copy
+	// buffer), and for an archive room for what it may expand to.
 	weight := j.size
+	if spool {
+		weight = spoolChunk
+	}
 	var exp *expansion
 	if !opts.NoArchives && isArchive(typ) {
 		exp = newExpansion(opts.Archives, w.arena, j.size)
-		exp.remaining = min(exp.remaining, opts.MemoryBudget-j.size)
+		exp.remaining = min(exp.remaining, opts.MemoryBudget-weight, int64(len(w.arena.buf))-weight)
 		weight += exp.remaining
 	}
-	// The worker's kept pages are already paid for; if the rest is not
-	// free now, give them up before waiting, so that waiting workers hold
-	// nothing and cannot block those that hold memory.
-	extra := max(weight-w.keep, 0)
-	if extra > 0 && !r.s.budget.TryAcquire(extra) {
-		w.dropKeep()
-		extra = max(weight, 1)
-		if err := r.s.budget.Acquire(ctx, extra); err != nil {
-			r.skip(j.vol, vpath, SkipCanceled, nil, false)
+	extra, err := w.takeMem(ctx, weight)
+	if err != nil {
+		r.skip(j.vol, vpath, SkipCanceled, nil, false)
+		return
+	}
+	defer w.giveMem(extra)
+
+	var data []byte
+	if spool {
+		sp, reason, err := w.spool(ctx, f, w.hdr[:n], j.size)
+		if err != nil {
+			r.skip(j.vol, vpath, reason, err, false)
 			return
 		}
+		defer sp.close()
+		data = sp.data
+	} else {
+		buf, err := w.arena.alloc(j.size)
+		if err != nil {
+			r.skip(j.vol, vpath, SkipTooLarge, err, false)
+			return
+		}
+		copy(buf, w.hdr[:n])
+		m, err := io.ReadFull(f, buf[n:])
+		if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+			r.skip(j.vol, vpath, SkipReadError, err, false)
+			return
+		}
+		// A file that shrank since it was listed is scanned as it is now.
+		data = buf[:n+m]
 	}
-	defer func() {
-		w.arena.reset(0)
-		w.arena.trim(int(w.keep))
-		r.s.budget.Release(extra)
-		w.takeKeep()
-	}()
-
-	buf, err := w.arena.alloc(j.size)
-	if err != nil {
-		r.skip(j.vol, vpath, SkipTooLarge, err, false)
-		return
-	}
-	copy(buf, w.hdr[:n])
-	m, err := io.ReadFull(f, buf[n:])
-	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		r.skip(j.vol, vpath, SkipReadError, err, false)
-		return
-	}
-	// A file that shrank since it was listed is scanned as it is now.
-	data := buf[:n+m]
 	w.scanContent(ctx, j, vpath, path.Base(vpath), data, typ, 0, exp)
 }
 

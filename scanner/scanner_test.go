@@ -132,8 +132,6 @@ func TestParity(t *testing.T) {
 		switch p {
 		case "/empty/empty.dat": // yara cannot map an empty file: see TestEmptyFile
 			continue
-		case "/empty/big-sparse.img": // over the size limit: see TestLimits
-			continue
 		}
 		want = append(want, yaraCLI(t, dir, tree, p, "")...)
 	}
@@ -152,6 +150,12 @@ func TestParity(t *testing.T) {
 	}
 	if len(matched) != rules.Count()-1 { // is_tiny is private
 		t.Errorf("%d of %d public rules matched: %v", len(matched), rules.Count()-1, slices.Sorted(maps.Keys(matched)))
+	}
+	// The hostile archives are incomplete by design: limits hit, members
+	// unreadable; the result says so next to its findings.
+	want2 := map[string]int64{scanner.SkipLimitHit: 3, scanner.SkipReadError: 2}
+	if r := rep.Result; r.Status != scanner.StatusFindings || r.Findings != len(rep.Findings) || !maps.Equal(r.NotScanned, want2) || r.Complete() {
+		t.Errorf("result %+v, want findings with not_scanned %v", r, want2)
 	}
 }
 
@@ -256,7 +260,9 @@ func TestArchives(t *testing.T) {
 	}
 }
 
-// TestLimits checks size limits, exclusions and the counts of skips.
+// TestLimits checks size limits, exclusions, the counts of skips and the
+// result they give: excluded files leave a scan clean, a file too large
+// makes it incomplete.
 func TestLimits(t *testing.T) {
 	tree, files := fixture(t)
 	rules, _ := parityRules(t)
@@ -270,16 +276,17 @@ func TestLimits(t *testing.T) {
 	}
 	var last scanner.Progress
 	s := scanner.New(rules, scanner.Options{
-		Exclude:    globs,
-		NoArchives: true,
-		OnProgress: func(p scanner.Progress) { last = p },
+		Exclude:     globs,
+		NoArchives:  true,
+		MaxFileSize: 100_000,
+		OnProgress:  func(p scanner.Progress) { last = p },
 	})
 	rep := scanDir(t, s, tree)
 	v := rep.Volumes[0]
 	want := map[string]int64{
 		scanner.SkipExcluded:    3, // arch/planted.zip, arch/gz-in.zip, bin/ls
 		scanner.SkipExcludedDir: 1, // hostile
-		scanner.SkipTooLarge:    1, // empty/big-sparse.img
+		scanner.SkipTooLarge:    1, // lib/libz.so.1, 121280 bytes
 	}
 	if !maps.Equal(v.Skipped, want) {
 		t.Errorf("skipped %v, want %v", v.Skipped, want)
@@ -295,6 +302,27 @@ func TestLimits(t *testing.T) {
 	}
 	if !last.Listed || last.Files != last.TotalFiles || last.Bytes != last.TotalBytes {
 		t.Errorf("final progress %+v", last)
+	}
+	if r := rep.Result; r.Status != scanner.StatusFindings || !maps.Equal(r.NotScanned, map[string]int64{scanner.SkipTooLarge: 1}) {
+		t.Errorf("result %+v", r)
+	}
+	if len(v.Errors) != 1 || v.Errors[0].Path != "/lib/libz.so.1" || v.Errors[0].Reason != scanner.SkipTooLarge {
+		t.Errorf("too large file not named: %v", v.Errors)
+	}
+
+	// A folder where nothing matches is clean when everything was
+	// scanned, and incomplete, never clean, when a file was too large.
+	planted, err := scanner.Compile("testdata/rules/parity/planted.yar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep = scanDir(t, scanner.New(planted, scanner.Options{MaxFileSize: 100_000}), filepath.Join(tree, "lib"))
+	if r := rep.Result; r.Status != scanner.StatusIncomplete || r.Complete() || r.NotScanned[scanner.SkipTooLarge] != 1 {
+		t.Errorf("lib with a file too large: %+v", r)
+	}
+	rep = scanDir(t, scanner.New(planted, scanner.Options{}), filepath.Join(tree, "lib"))
+	if r := rep.Result; r.Status != scanner.StatusClean || !r.Complete() || r.Findings != 0 {
+		t.Errorf("lib: %+v", r)
 	}
 }
 
@@ -387,6 +415,10 @@ func TestBadInput(t *testing.T) {
 	if rep.Volumes[1].Err != "bad superblock" {
 		t.Errorf("broken volume: %+v", rep.Volumes[1])
 	}
+	r := rep.Result
+	if r.Status != scanner.StatusIncomplete || r.NotScanned[scanner.SkipReadError] != 1 || r.NotScanned[scanner.SkipTimeout] < 2 || r.NotScanned[scanner.SkipVolume] != 1 {
+		t.Errorf("result %+v, want incomplete: read_error 1, timeout 2+, volume_error 1", r)
+	}
 	b, err := json.Marshal(v.Errors[0])
 	if err != nil || !bytes.Contains(b, []byte(`"reason"`)) || !bytes.Contains(b, []byte(`"error":"`)) {
 		t.Errorf("FileError JSON %s %v", b, err)
@@ -419,6 +451,9 @@ func TestCancel(t *testing.T) {
 	}
 	if n := rep.Files(); n == 0 || n > 200 {
 		t.Errorf("files scanned after cancel: %d", n)
+	}
+	if r := rep.Result; r.Status == scanner.StatusClean || r.NotScanned[scanner.SkipCanceled] == 0 {
+		t.Errorf("a canceled scan gave %+v", r)
 	}
 }
 

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
+	"testing/fstest"
 
 	"github.com/snapscan/snapscan/internal/testenv"
 )
@@ -156,5 +161,33 @@ func TestXZLayouts(t *testing.T) {
 		if err != nil || int(n) != tc.want {
 			t.Errorf("%s: %d bytes, %v", name, n, err)
 		}
+	}
+}
+
+// TestFileTarget checks the one-file FS against the fs.FS contract, and
+// that only regular files are targets.
+func TestFileTarget(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "a.exe")
+	os.WriteFile(p, []byte("MZ hello"), 0o644)
+	tg, err := FileTarget(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tg.Kind != KindFile || len(tg.Volumes) != 1 {
+		t.Fatalf("%+v", tg)
+	}
+	if err := fstest.TestFS(tg.Volumes[0].FS, "a.exe"); err != nil {
+		t.Error(err)
+	}
+	if _, err := FileTarget(dir); err == nil {
+		t.Error("a folder is a file target")
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := FileTarget(fifo); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("fifo: %v", err)
 	}
 }

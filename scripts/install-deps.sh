@@ -16,7 +16,13 @@ PACKAGES=(
 	squashfs-tools xorriso genisoimage        # squashfs, ISO9660 images
 	zstd xz-utils bzip2 zip unzip             # archives for scanner tests
 	sqlite3                                   # inspecting the appliance database
+	postgresql                                # PostgreSQL 15: fleet mode's shared state, started by the tests (internal/pgtest)
 	time                                      # /usr/bin/time -v for peak RSS in benchmarks
+	libvirt-daemon libvirt-daemon-driver-qemu # a private libvirtd for the libvirt connector's tests (no system service)
+	qemu-system-x86                           # the TCG guest those tests freeze
+	linux-image-cloud-amd64 busybox-static cpio # that guest's kernel and initramfs (testdata/guest.sh)
+	rsyslog rsyslog-openssl                   # a real syslog collector (TCP, TLS, UDP) for the SIEM event tests
+	prometheus                                # promtool: checks and unit-tests deploy/monitoring's rules
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -66,8 +66,9 @@ func Reason(err error) string {
 	return "error"
 }
 
-// reasonError returns the sentinel for a code, nil when unknown.
-func reasonError(code string) error {
+// ErrorForReason returns the sentinel whose Reason is code, nil when
+// there is none (an unknown code, or "error").
+func ErrorForReason(code string) error {
 	for _, r := range reasons {
 		if r.code == code {
 			return r.err
@@ -190,6 +191,10 @@ type signature struct {
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// ValidName reports whether s may name a signature set or an appliance:
+// 1 to 64 of [A-Za-z0-9._-].
+func ValidName(s string) bool { return nameRE.MatchString(s) }
 
 // validPath reports whether p may name a rule file: what fs.ValidPath
 // accepts (clean, relative, no "." or ".." elements), without backslashes

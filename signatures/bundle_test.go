@@ -18,21 +18,22 @@ import (
 
 	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/signatures"
+	"github.com/snapscan/snapscan/signatures/internal/sigtest"
 )
 
 func TestBuildRead(t *testing.T) {
-	key := newKey(t)
-	files := ruleFiles(7)
+	key := sigtest.NewKey(t)
+	files := sigtest.RuleFiles(7)
 	data, m, err := signatures.Build(signatures.BuildOptions{Name: "demo", Version: 7, MinEngine: "4.2",
 		Externals: []string{"filename", "filename"}, Created: time.Date(2025, 1, 2, 3, 4, 5, 6, time.UTC)}, files, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := signatures.ReadBundle(data, signatures.NewKeySet(pub(key)), signatures.Limits{})
+	b, err := signatures.ReadBundle(data, signatures.NewKeySet(sigtest.Pub(key)), signatures.Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b.KeyID != signatures.KeyID(pub(key)) || b.Manifest.Name != "demo" || b.Manifest.Version != 7 ||
+	if b.KeyID != signatures.KeyID(sigtest.Pub(key)) || b.Manifest.Name != "demo" || b.Manifest.Version != 7 ||
 		!slices.Equal(b.Manifest.Externals, []string{"filename"}) || !b.Manifest.Created.Equal(time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)) {
 		t.Errorf("manifest %+v, key %s", b.Manifest, b.KeyID)
 	}
@@ -59,20 +60,20 @@ func TestBuildRead(t *testing.T) {
 }
 
 func TestBuildRefuses(t *testing.T) {
-	key := newKey(t)
+	key := sigtest.NewKey(t)
 	tests := []struct {
 		name  string
 		opts  signatures.BuildOptions
 		files []signatures.File
 	}{
 		{"no files", signatures.BuildOptions{Name: "x", Version: 1}, nil},
-		{"bad name", signatures.BuildOptions{Name: "a b", Version: 1}, ruleFiles(1)},
-		{"version 0", signatures.BuildOptions{Name: "x"}, ruleFiles(1)},
+		{"bad name", signatures.BuildOptions{Name: "a b", Version: 1}, sigtest.RuleFiles(1)},
+		{"version 0", signatures.BuildOptions{Name: "x"}, sigtest.RuleFiles(1)},
 		{"dotdot", signatures.BuildOptions{Name: "x", Version: 1}, []signatures.File{{Path: "../a.yar"}}},
 		{"absolute", signatures.BuildOptions{Name: "x", Version: 1}, []signatures.File{{Path: "/a.yar"}}},
 		{"duplicate", signatures.BuildOptions{Name: "x", Version: 1}, []signatures.File{{Path: "a.yar"}, {Path: "a.yar"}}},
-		{"bad engine", signatures.BuildOptions{Name: "x", Version: 1, MinEngine: "4.x"}, ruleFiles(1)},
-		{"bad external", signatures.BuildOptions{Name: "x", Version: 1, Externals: []string{"a-b"}}, ruleFiles(1)},
+		{"bad engine", signatures.BuildOptions{Name: "x", Version: 1, MinEngine: "4.x"}, sigtest.RuleFiles(1)},
+		{"bad external", signatures.BuildOptions{Name: "x", Version: 1, Externals: []string{"a-b"}}, sigtest.RuleFiles(1)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -93,10 +94,10 @@ func zeros(t testing.TB, n int) []byte {
 }
 
 func TestReadBundleRejects(t *testing.T) {
-	key, other := newKey(t), newKey(t)
-	keys := signatures.NewKeySet(pub(key))
-	files := ruleFiles(3)
-	good := build(t, key, "demo", 3, files)
+	key, other := sigtest.NewKey(t), sigtest.NewKey(t)
+	keys := signatures.NewKeySet(sigtest.Pub(key))
+	files := sigtest.RuleFiles(3)
+	good := sigtest.Build(t, key, "demo", 3, files)
 	ents := unpack(t, good)
 	m, sig := ents[0].data, ents[1].data
 
@@ -110,7 +111,7 @@ func TestReadBundleRejects(t *testing.T) {
 	forged := func() []byte {
 		// The trusted key's ID over another key's signature.
 		s := signManifest(t, other, m)
-		s = bytes.Replace(s, []byte(signatures.KeyID(pub(other))), []byte(signatures.KeyID(pub(key))), 1)
+		s = bytes.Replace(s, []byte(signatures.KeyID(sigtest.Pub(other))), []byte(signatures.KeyID(sigtest.Pub(key))), 1)
 		return with(func(es []entry) []entry { es[1] = entry{name: "manifest.sig", data: s}; return es })
 	}
 
@@ -136,7 +137,7 @@ func TestReadBundleRejects(t *testing.T) {
 			es[0].data = bytes.Replace(m, []byte(`"demo"`), []byte(`"prod"`), 1)
 			return es
 		}), signatures.Limits{}, signatures.ErrBadSignature},
-		{"unknown key", build(t, other, "demo", 3, files), signatures.Limits{}, signatures.ErrUntrustedKey},
+		{"unknown key", sigtest.Build(t, other, "demo", 3, files), signatures.Limits{}, signatures.ErrUntrustedKey},
 		{"forged key id", forged(), signatures.Limits{}, signatures.ErrBadSignature},
 		{"missing file", with(func(es []entry) []entry { return es[:3] }), signatures.Limits{}, signatures.ErrMalformed},
 		{"extra file", with(func(es []entry) []entry {
@@ -199,6 +200,9 @@ func TestReadBundleRejects(t *testing.T) {
 			if b != nil {
 				t.Error("a bundle returned with an error")
 			}
+			if n := strings.Count(err.Error(), "signatures: "); n != 1 {
+				t.Errorf("%q says \"signatures: \" %d times, want once", err, n)
+			}
 			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
 				t.Errorf("allocated %d MiB for a %d-byte bundle", alloc>>20, len(tt.data))
 			}
@@ -208,7 +212,7 @@ func TestReadBundleRejects(t *testing.T) {
 }
 
 // unpackTar returns the tar stream inside a bundle.
-func unpackTar(t *testing.T, bundle []byte) []byte {
+func unpackTar(t testing.TB, bundle []byte) []byte {
 	zr, err := zstd.NewReader(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -253,7 +257,7 @@ func TestOtherTools(t *testing.T) {
 	}
 	run("openssl", "genpkey", "-algorithm", "ed25519", "-out", "k.key")
 	run("openssl", "pkey", "-in", "k.key", "-pubout", "-out", "k.pub")
-	files := ruleFiles(9)
+	files := sigtest.RuleFiles(9)
 	for _, f := range files {
 		p := filepath.Join(dir, "rules", f.Path)
 		os.MkdirAll(filepath.Dir(p), 0o755)
@@ -312,7 +316,7 @@ func TestKeys(t *testing.T) {
 		t.Error("WriteKeyPair overwrote a key")
 	}
 	priv, err := signatures.LoadPrivateKey(filepath.Join(dir, "one.key"))
-	if err != nil || !pub(priv).Equal(p1) {
+	if err != nil || !sigtest.Pub(priv).Equal(p1) {
 		t.Fatalf("LoadPrivateKey: %v", err)
 	}
 	p2, err := signatures.WriteKeyPair(filepath.Join(dir, "two"))
@@ -379,7 +383,7 @@ func TestLoadRuleFiles(t *testing.T) {
 	if _, err := signatures.LoadRuleFiles(filepath.Join(dir, "r", "a.yar"), filepath.Join(dir, "r", "a.yar")); err == nil {
 		t.Error("two files under one name accepted")
 	}
-	if ext := signatures.ReferencedExternals(ruleFiles(1), []string{"filename", "owner"}); !slices.Equal(ext, []string{"filename"}) {
+	if ext := signatures.ReferencedExternals(sigtest.RuleFiles(1), []string{"filename", "owner"}); !slices.Equal(ext, []string{"filename"}) {
 		t.Errorf("externals %v", ext)
 	}
 }

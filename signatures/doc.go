@@ -1,8 +1,11 @@
 // Package signatures holds snapscan's signed, versioned YARA rule bundles:
 // the bundle format (Build, ReadBundle), the Ed25519 keys that sign them and
-// the sets of keys an appliance trusts (KeySet), the central Server that
-// builds, signs, keeps and pushes bundles, and the Receiver an appliance
-// holds to verify, compile, persist and atomically activate them.
+// the sets of keys an appliance trusts (KeySet), the Receiver an appliance
+// holds to verify, compile, persist and atomically activate them, and the
+// protocol between receivers and the central server (PushTarget, Push,
+// PushResponse, Refusal). The central server itself, which builds, signs,
+// keeps and pushes bundles, is package sigserver below this one, so that
+// an appliance never links it.
 //
 // The package is pure Go (it builds with CGO_ENABLED=0): it never compiles
 // rules itself. Callers inject a Compiler, which in snapscan wraps
@@ -65,12 +68,16 @@
 //
 // # Central server and appliances
 //
-// Server (see API.md beside this file for its HTTP API) watches a folder of
-// rule sources, builds and signs a new version when it changes or on
-// request, keeps every version on disk and pushes each new one to every
-// registered appliance, retrying with backoff until each acknowledges.
-// Appliances also pull the latest bundle when they start and periodically,
-// so push and pull converge on the same state.
+// sigserver.Server (see API.md beside this file for its HTTP API) watches a
+// folder of rule sources, builds and signs a new version when it changes
+// or on request, keeps every version on disk and pushes each new one to
+// every registered appliance, retrying with backoff until each
+// acknowledges. Appliances also pull the latest bundle when they start and
+// periodically, so push and pull converge on the same state. Each pull and
+// each push answer carries the version and digest the appliance runs, and
+// a receiver with a server reports every bundle it refuses (Refusal), so
+// that the server knows which appliances run its latest bundle and why the
+// others do not.
 //
 // A Receiver, on the appliance, installs a bundle only when a trusted key
 // signed it, its files match, its version is higher than the active one and

@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -126,38 +125,6 @@ func manifestJSON(t testing.TB, name string, version uint64, files []signatures.
 		t.Fatal(err)
 	}
 	return b
-}
-
-func newKey(t testing.TB) ed25519.PrivateKey {
-	t.Helper()
-	_, priv, err := signatures.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return priv
-}
-
-func pub(k ed25519.PrivateKey) ed25519.PublicKey { return k.Public().(ed25519.PublicKey) }
-
-// ruleFiles returns two rule files whose rules are named after version:
-// scanning "snapscan-test-payload" with them matches exactly
-// set_v<version>_a and set_v<version>_b.
-func ruleFiles(version uint64) []signatures.File {
-	return []signatures.File{
-		{Path: "a.yar", Data: fmt.Appendf(nil, "rule set_v%d_a { strings: $s = \"snapscan-test-payload\" condition: $s }\n", version)},
-		{Path: "sub/b.yar", Data: fmt.Appendf(nil, "rule set_v%d_b { meta: v = %d strings: $s = \"payload\" condition: $s and filename == \"x.bin\" }\n", version, version)},
-	}
-}
-
-// build makes a bundle with Build.
-func build(t testing.TB, key ed25519.PrivateKey, name string, version uint64, files []signatures.File) []byte {
-	t.Helper()
-	data, _, err := signatures.Build(signatures.BuildOptions{Name: name, Version: version, MinEngine: "4.2",
-		Externals: signatures.ReferencedExternals(files, []string{"filename", "filepath", "extension", "filetype", "owner"})}, files, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

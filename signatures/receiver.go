@@ -11,7 +11,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -20,6 +19,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/snapscan/snapscan/internal/httpx"
+	"github.com/snapscan/snapscan/signatures/internal/backoff"
+	"github.com/snapscan/snapscan/signatures/internal/statefile"
 )
 
 // Compiler compiles a bundle's rule files into the rules an engine scans
@@ -80,6 +83,8 @@ type ReceiverConfig[R any] struct {
 	// ("https://central:8443"), the bearer token for it, this
 	// appliance's ID, and the HTTP client (its TLS roots); default
 	// http.DefaultClient is not used: a client with a 60 s timeout is.
+	// With a server URL and an ID, every refusal (of a pulled or a
+	// pushed bundle) is also reported to the server (Refusal).
 	ServerURL   string
 	ServerToken string
 	ApplianceID string
@@ -106,7 +111,15 @@ type Receiver[R any] struct {
 	mu    sync.Mutex // serializes installs; guards floor and name
 	floor uint64     // highest version ever active here
 	name  string
+
+	reportMu sync.Mutex
+	pending  []Refusal     // refusals not yet reported to the server
+	reported chan struct{} // wakes Serve to report them
 }
+
+// maxPending bounds the refusals kept for the server while it cannot be
+// reached; the oldest are dropped first.
+const maxPending = 16
 
 // State files.
 const (
@@ -144,7 +157,7 @@ func NewReceiver[R any](cfg ReceiverConfig[R]) (*Receiver[R], error) {
 		cfg.PullInterval = 5 * time.Minute
 	}
 	cfg.Limits = cfg.Limits.withDefaults()
-	r := &Receiver[R]{cfg: cfg, log: cfg.Logger, name: cfg.Name}
+	r := &Receiver[R]{cfg: cfg, log: cfg.Logger, name: cfg.Name, reported: make(chan struct{}, 1)}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -155,7 +168,7 @@ func NewReceiver[R any](cfg ReceiverConfig[R]) (*Receiver[R], error) {
 	if b, err := os.ReadFile(filepath.Join(cfg.StateDir, stateFile)); err == nil {
 		var st receiverState
 		if err := json.Unmarshal(b, &st); err != nil {
-			return nil, fmt.Errorf("signatures: %s: %w", filepath.Join(cfg.StateDir, stateFile), err)
+			return nil, fmt.Errorf("signatures: state %s: %w", filepath.Join(cfg.StateDir, stateFile), err)
 		}
 		r.floor = st.Version
 		if r.name == "" {
@@ -192,21 +205,15 @@ func NewReceiver[R any](cfg ReceiverConfig[R]) (*Receiver[R], error) {
 	return r, nil
 }
 
-// readLimited reads a file of at most max bytes.
+// readLimited reads a file of at most max bytes; a larger one is
+// ErrTooLarge.
 func readLimited(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
+	data, err := statefile.ReadLimited(path, max)
+	var tle *statefile.TooLargeError
+	if errors.As(err, &tle) {
+		return nil, fmt.Errorf("%w: %w", ErrTooLarge, err)
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > max {
-		return nil, fmt.Errorf("%w: %s: more than %d bytes", ErrTooLarge, path, max)
-	}
-	return data, nil
+	return data, err
 }
 
 // Current returns the active set, or nil before any was installed. A scan
@@ -270,14 +277,18 @@ func (r *Receiver[R]) compile(b *Bundle, data []byte) (*Active[R], error) {
 // compiler's error). A bundle equal to the active one is refused with
 // ErrRollback; IsActive tells a caller that it was merely a repeat.
 func (r *Receiver[R]) Install(ctx context.Context, data []byte) (*Active[R], error) {
-	a, prev, err := r.install(ctx, data)
+	a, prev, m, err := r.install(ctx, data)
 	if err != nil {
 		if errors.Is(err, ErrRollback) && r.IsActive(data) {
 			// A push and a pull of one version crossing: not an attack.
 			r.log.Debug("signatures: bundle already active", "err", err)
 			return nil, err
 		}
+		if ctx.Err() != nil {
+			return nil, err // nothing was refused: the caller gave up
+		}
 		r.log.Warn("signatures: bundle rejected", "reason", Reason(err), "err", err)
+		r.noteRefusal(data, m, err)
 		return nil, err
 	}
 	u := Update{Name: a.Manifest.Name, Version: a.Manifest.Version, RuleCount: a.RuleCount}
@@ -291,45 +302,131 @@ func (r *Receiver[R]) Install(ctx context.Context, data []byte) (*Active[R], err
 	return a, nil
 }
 
-func (r *Receiver[R]) install(ctx context.Context, data []byte) (a, prev *Active[R], err error) {
+// install does Install's work; m is the bundle's verified manifest, nil
+// when it did not verify.
+func (r *Receiver[R]) install(ctx context.Context, data []byte) (a, prev *Active[R], m *Manifest, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if int64(len(data)) > r.cfg.Limits.MaxBundleSize {
-		return nil, nil, fmt.Errorf("%w: %d bytes (at most %d)", ErrTooLarge, len(data), r.cfg.Limits.MaxBundleSize)
+		return nil, nil, nil, fmt.Errorf("%w: %d bytes (at most %d)", ErrTooLarge, len(data), r.cfg.Limits.MaxBundleSize)
 	}
 	b, err := ReadBundle(data, r.keys.Load(), r.cfg.Limits)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
+	m = &b.Manifest
 	// Version first: a replayed bundle is refused before it costs a
 	// compilation.
-	if v := b.Manifest.Version; v <= r.floor {
-		return nil, nil, fmt.Errorf("%w: %s version %d, active here: %d", ErrRollback, b.Manifest.Name, v, r.floor)
+	if v := m.Version; v <= r.floor {
+		return nil, nil, m, fmt.Errorf("%w: %s version %d, active here: %d", ErrRollback, m.Name, v, r.floor)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, nil, err
+		return nil, nil, m, err
 	}
-	if err := r.check(&b.Manifest, false); err != nil {
-		return nil, nil, err
+	if err := r.check(m, false); err != nil {
+		return nil, nil, m, err
 	}
 	a, err = r.compile(b, data)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, m, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, nil, err
+		return nil, nil, m, err
 	}
-	if err := writeAtomic(r.cfg.StateDir, activeFile, data); err != nil {
-		return nil, nil, err
+	if err := statefile.WriteAtomic(r.cfg.StateDir, activeFile, data); err != nil {
+		return nil, nil, m, fmt.Errorf("signatures: %w", err)
 	}
 	st, _ := json.Marshal(receiverState{Name: a.Manifest.Name, Version: a.Manifest.Version})
-	if err := writeAtomic(r.cfg.StateDir, stateFile, st); err != nil {
-		return nil, nil, err
+	if err := statefile.WriteAtomic(r.cfg.StateDir, stateFile, st); err != nil {
+		return nil, nil, m, fmt.Errorf("signatures: %w", err)
 	}
 	prev = r.active.Swap(a)
 	r.floor = a.Manifest.Version
 	r.name = a.Manifest.Name
-	return a, prev, nil
+	return a, prev, m, nil
+}
+
+// reporting reports whether refusals go to a central server.
+func (r *Receiver[R]) reporting() bool { return r.cfg.ServerURL != "" && ValidName(r.cfg.ApplianceID) }
+
+// noteRefusal keeps a refusal for the server and wakes Serve to send it.
+func (r *Receiver[R]) noteRefusal(data []byte, m *Manifest, err error) {
+	if !r.reporting() {
+		return
+	}
+	sum := sha256.Sum256(data)
+	ref := Refusal{Digest: hex.EncodeToString(sum[:]), Reason: Reason(err), Error: err.Error(), Time: time.Now().UTC()}
+	if m != nil {
+		ref.Name, ref.Version = m.Name, m.Version
+	}
+	if a := r.Current(); a != nil {
+		ref.ActiveVersion, ref.ActiveDigest = a.Manifest.Version, a.Digest
+	}
+	r.reportMu.Lock()
+	if len(r.pending) == maxPending {
+		r.pending = r.pending[1:]
+	}
+	r.pending = append(r.pending, ref)
+	r.reportMu.Unlock()
+	select {
+	case r.reported <- struct{}{}:
+	default:
+	}
+}
+
+// sendReports reports the pending refusals to the server, oldest first;
+// those it could not send stay for the next try.
+func (r *Receiver[R]) sendReports(ctx context.Context) {
+	for {
+		r.reportMu.Lock()
+		if len(r.pending) == 0 {
+			r.reportMu.Unlock()
+			return
+		}
+		ref := r.pending[0]
+		r.reportMu.Unlock()
+		if err := r.report(ctx, ref); err != nil {
+			if ctx.Err() == nil {
+				r.log.Warn("signatures: reporting a refusal to the server failed", "server", r.cfg.ServerURL, "err", err)
+			}
+			return
+		}
+		r.reportMu.Lock()
+		if len(r.pending) > 0 && r.pending[0] == ref {
+			r.pending = r.pending[1:]
+		}
+		r.reportMu.Unlock()
+	}
+}
+
+// report sends one refusal to the server.
+func (r *Receiver[R]) report(ctx context.Context, ref Refusal) error {
+	body, _ := json.Marshal(ref)
+	u, err := url.JoinPath(r.cfg.ServerURL, "/v1/appliances", r.cfg.ApplianceID, "refusals")
+	if err != nil {
+		return fmt.Errorf("signatures: report: %w", err)
+	}
+	return r.post(ctx, u, body)
+}
+
+// post sends a JSON body to the server and reads its answer.
+func (r *Receiver[R]) post(ctx context.Context, u string, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("signatures: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+r.cfg.ServerToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := r.cfg.Client.Do(req)
+	if err != nil {
+		return fmt.Errorf("signatures: %w", err) // *url.Error names the method and URL
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("signatures: POST %s: %s: %s", u, resp.Status, bytes.TrimSpace(msg))
+	}
+	return nil
 }
 
 // IsActive reports whether data is the active bundle, byte for byte: a
@@ -344,56 +441,10 @@ func (r *Receiver[R]) IsActive(data []byte) bool {
 	return hex.EncodeToString(sum[:]) == a.Digest
 }
 
-// writeAtomic replaces dir/name with data: a temporary file is written
-// and synced, renamed over the old one and the folder synced, so a crash
-// leaves either the old or the new file, whole.
-func writeAtomic(dir, name string, data []byte) error {
-	f, err := os.CreateTemp(dir, "."+name+".tmp*")
-	if err != nil {
-		return fmt.Errorf("signatures: persist %s: %w", name, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("signatures: persist %s: %w", name, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		err = d.Sync()
-		d.Close()
-		if err != nil {
-			return fmt.Errorf("signatures: persist %s: sync folder: %w", name, err)
-		}
-	}
-	return nil
-}
-
-// Status is what an appliance answers to a push, and what it reports of
-// its active set.
-type Status struct {
-	Appliance string `json:"appliance,omitempty"`
-	Name      string `json:"name,omitempty"`
-	Version   uint64 `json:"version"` // the active version after the request, 0 if none
-	RuleCount int    `json:"rule_count"`
-	// Result is "installed", "already_active" or "rejected".
-	Result string `json:"result"`
-	Reason string `json:"reason,omitempty"` // Reason(err) when rejected
-	Error  string `json:"error,omitempty"`
-}
-
-func (r *Receiver[R]) status(result string, err error) Status {
-	s := Status{Appliance: r.cfg.ApplianceID, Result: result}
+func (r *Receiver[R]) response(result string, err error) PushResponse {
+	s := PushResponse{Appliance: r.cfg.ApplianceID, Result: result}
 	if a := r.Current(); a != nil {
-		s.Name, s.Version, s.RuleCount = a.Manifest.Name, a.Manifest.Version, a.RuleCount
+		s.Name, s.Version, s.Digest, s.RuleCount = a.Manifest.Name, a.Manifest.Version, a.Digest, a.RuleCount
 	}
 	if err != nil {
 		s.Reason = Reason(err)
@@ -421,17 +472,17 @@ func statusCode(err error) int {
 }
 
 // Handler returns the push endpoint: a POST whose body is a bundle. It
-// answers a Status in JSON: 200 when installed or already active, 409 for
-// an older or equal version, 403 for an untrusted key or bad signature,
-// 400 for a malformed bundle, 413 when too large, 422 when it does not
-// compile or does not fit this engine, 500 when it could not be
+// answers a PushResponse in JSON: 200 when installed or already active,
+// 409 for an older or equal version, 403 for an untrusted key or bad
+// signature, 400 for a malformed bundle, 413 when too large, 422 when it
+// does not compile or does not fit this engine, 500 when it could not be
 // persisted. It does no authentication: mount it behind the appliance's
-// own, or wrap it with RequireBearer.
+// own (httpx.RequireBearer).
 func (r *Receiver[R]) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
-			writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "POST a bundle"})
+			httpx.WriteJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "POST a bundle"})
 			return
 		}
 		data, err := io.ReadAll(http.MaxBytesReader(w, req.Body, r.cfg.Limits.MaxBundleSize))
@@ -440,53 +491,55 @@ func (r *Receiver[R]) Handler() http.Handler {
 			if errors.As(err, &mbe) {
 				err = fmt.Errorf("%w: body larger than %d bytes", ErrTooLarge, mbe.Limit)
 				r.log.Warn("signatures: pushed bundle rejected", "remote", req.RemoteAddr, "reason", Reason(err), "err", err)
-				writeJSON(w, statusCode(err), r.status("rejected", err))
+				httpx.WriteJSON(w, statusCode(err), r.response(ResultRejected, err))
 				return
 			}
 			r.log.Warn("signatures: push: reading body", "remote", req.RemoteAddr, "err", err)
-			writeJSON(w, http.StatusBadRequest, r.status("rejected", fmt.Errorf("%w: reading body: %v", ErrMalformed, err)))
+			httpx.WriteJSON(w, http.StatusBadRequest, r.response(ResultRejected, fmt.Errorf("%w: reading body: %v", ErrMalformed, err)))
 			return
 		}
 		if _, err := r.Install(req.Context(), data); err != nil {
 			if errors.Is(err, ErrRollback) && r.IsActive(data) {
-				writeJSON(w, http.StatusOK, r.status("already_active", nil))
+				httpx.WriteJSON(w, http.StatusOK, r.response(ResultAlreadyActive, nil))
 				return
 			}
 			code := statusCode(err)
 			if code == http.StatusInternalServerError {
 				// The detail (paths of the state folder) stays in the log.
-				writeJSON(w, code, r.status("rejected", errors.New("internal error")))
+				httpx.WriteJSON(w, code, r.response(ResultRejected, errors.New("internal error")))
 				return
 			}
-			writeJSON(w, code, r.status("rejected", err))
+			httpx.WriteJSON(w, code, r.response(ResultRejected, err))
 			return
 		}
-		writeJSON(w, http.StatusOK, r.status("installed", nil))
+		httpx.WriteJSON(w, http.StatusOK, r.response(ResultInstalled, nil))
 	})
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
-// Headers an appliance sends with each pull, by which the server tracks it.
-const (
-	HeaderAppliance = "X-Snapscan-Appliance"
-	HeaderVersion   = "X-Snapscan-Version"
-)
-
 // Pull asks the central server for a bundle newer than the active one and
 // installs it. It reports whether a new set became active. A server with
-// nothing newer is not an error.
+// nothing newer is not an error. After an install it asks once more, so
+// that the server learns at once what this appliance runs now (and hands
+// over a version built meanwhile).
 func (r *Receiver[R]) Pull(ctx context.Context) (bool, error) {
+	installed, err := r.pull(ctx)
+	if !installed || err != nil {
+		return installed, err
+	}
+	if _, err := r.pull(ctx); err != nil && ctx.Err() == nil {
+		r.log.Warn("signatures: pull after an install failed", "server", r.cfg.ServerURL, "reason", Reason(err), "err", err)
+	}
+	return true, nil
+}
+
+func (r *Receiver[R]) pull(ctx context.Context) (bool, error) {
 	if r.cfg.ServerURL == "" {
 		return false, errors.New("signatures: pull: no server URL configured")
 	}
 	var have uint64
+	var digest string
 	if a := r.Current(); a != nil {
-		have = a.Manifest.Version
+		have, digest = a.Manifest.Version, a.Digest
 	}
 	u, err := url.JoinPath(r.cfg.ServerURL, "/v1/bundles/latest")
 	if err != nil {
@@ -499,9 +552,12 @@ func (r *Receiver[R]) Pull(ctx context.Context) (bool, error) {
 	req.Header.Set("Authorization", "Bearer "+r.cfg.ServerToken)
 	req.Header.Set(HeaderAppliance, r.cfg.ApplianceID)
 	req.Header.Set(HeaderVersion, strconv.FormatUint(have, 10))
+	if digest != "" {
+		req.Header.Set(HeaderDigest, digest)
+	}
 	resp, err := r.cfg.Client.Do(req)
 	if err != nil {
-		return false, fmt.Errorf("signatures: pull: %w", err)
+		return false, fmt.Errorf("signatures: pull: %w", err) // *url.Error names the URL
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
@@ -520,47 +576,37 @@ func (r *Receiver[R]) Pull(ctx context.Context) (bool, error) {
 		if errors.Is(err, ErrRollback) && r.IsActive(data) {
 			return false, nil
 		}
-		return false, fmt.Errorf("signatures: pulled bundle: %w", err)
+		// Tell the server now: it shows why this appliance stays behind.
+		r.sendReports(ctx)
+		// err carries the package's prefix already.
+		return false, fmt.Errorf("pulled from %s: %w", u, err)
 	}
 	return true, nil
 }
 
 // register tells the server where to push to this appliance.
 func (r *Receiver[R]) register(ctx context.Context) error {
-	body, _ := json.Marshal(Appliance{ID: r.cfg.ApplianceID, URL: r.cfg.ReceiverURL, Token: r.cfg.ReceiverToken})
+	body, _ := json.Marshal(PushTarget{ID: r.cfg.ApplianceID, URL: r.cfg.ReceiverURL, Token: r.cfg.ReceiverToken})
 	u, err := url.JoinPath(r.cfg.ServerURL, "/v1/appliances")
 	if err != nil {
 		return fmt.Errorf("signatures: register: %w", err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("signatures: register: %w", err)
-	}
-	req.Header.Set("Authorization", "Bearer "+r.cfg.ServerToken)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := r.cfg.Client.Do(req)
-	if err != nil {
-		return fmt.Errorf("signatures: register: %w", err)
-	}
-	defer resp.Body.Close()
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("signatures: register at %s: %s", u, resp.Status)
-	}
-	return nil
+	return r.post(ctx, u, body)
 }
 
 // Serve registers with the central server (when ReceiverURL is set) and
 // pulls at start and then every PullInterval (±20%), retrying failures
-// sooner with backoff, until ctx ends; it then returns nil. Failures are
-// logged, never fatal: the active set stays.
+// sooner with backoff, until ctx ends; it then returns nil. Refusals are
+// reported to the server as they happen (a failed report is sent again
+// with the next pull). Failures are logged, never fatal: the active set
+// stays.
 func (r *Receiver[R]) Serve(ctx context.Context) error {
 	if r.cfg.ServerURL == "" {
 		<-ctx.Done()
 		return nil
 	}
 	registered := r.cfg.ReceiverURL == ""
-	bo := backoff{min: time.Second, max: r.cfg.PullInterval}
+	bo := backoff.Backoff{Min: time.Second, Max: r.cfg.PullInterval}
 	for {
 		if !registered {
 			// A failed registration does not stop pulls: the set
@@ -574,6 +620,7 @@ func (r *Receiver[R]) Serve(ctx context.Context) error {
 				registered = true
 			}
 		}
+		r.sendReports(ctx)
 		_, err := r.Pull(ctx)
 		if err != nil && ctx.Err() != nil {
 			return nil
@@ -581,41 +628,24 @@ func (r *Receiver[R]) Serve(ctx context.Context) error {
 		if err != nil {
 			r.log.Warn("signatures: pull failed", "server", r.cfg.ServerURL, "reason", Reason(err), "err", err)
 		}
-		wait := jitter(r.cfg.PullInterval)
+		wait := backoff.Jitter(r.cfg.PullInterval)
 		if err != nil || !registered {
-			wait = bo.next()
+			wait = bo.Next()
 		} else {
-			bo.reset()
+			bo.Reset()
 		}
 		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-r.reported:
+				r.sendReports(ctx)
+			case <-t.C:
+				break wait
+			}
 		}
 	}
 }
-
-// jitter returns d scaled by a random factor in [0.8, 1.2).
-func jitter(d time.Duration) time.Duration {
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
-}
-
-// backoff is exponential backoff with full jitter.
-type backoff struct {
-	min, max time.Duration
-	cur      time.Duration
-}
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	// Half fixed, half random: never zero, never in step with others.
-	return b.cur/2 + rand.N(b.cur/2+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }

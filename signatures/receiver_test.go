@@ -5,101 +5,30 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"testing/fstest"
 	"time"
 
+	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
+	"github.com/snapscan/snapscan/signatures/internal/sigtest"
 )
-
-// compileYARA is the Compiler snapscan uses: real libyara.
-func compileYARA(files []signatures.File) (*scanner.Rules, int, error) {
-	srcs := make([]scanner.Source, len(files))
-	for i, f := range files {
-		srcs[i] = scanner.Source{Name: f.Path, Data: f.Data}
-	}
-	r, err := scanner.CompileSources(srcs)
-	if err != nil {
-		return nil, 0, err
-	}
-	return r, r.Count(), nil
-}
-
-type receiver = signatures.Receiver[*scanner.Rules]
-
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tlogWriter struct{ t testing.TB }
-
-func (w tlogWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func newReceiver(t testing.TB, cfg signatures.ReceiverConfig[*scanner.Rules]) *receiver {
-	t.Helper()
-	if cfg.StateDir == "" {
-		cfg.StateDir = t.TempDir()
-	}
-	cfg.Compile = compileYARA
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger(t)
-	}
-	if cfg.EngineVersion == "" {
-		cfg.EngineVersion = "4.2"
-	}
-	if cfg.Externals == nil {
-		cfg.Externals = scanner.Externals
-	}
-	r, err := signatures.NewReceiver(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
-
-// payload is the file every test scan looks at; with ruleFiles(v) it
-// matches set_v<v>_a and set_v<v>_b.
-var payload = fstest.MapFS{"x.bin": {Data: []byte("...snapscan-test-payload...")}}
-
-func expected(v uint64) []string {
-	return []string{fmt.Sprintf("a.yar:set_v%d_a", v), fmt.Sprintf("sub/b.yar:set_v%d_b", v)}
-}
-
-// scan scans payload with one active set and returns the rules matched.
-func scan(ctx context.Context, a *signatures.Active[*scanner.Rules]) ([]string, error) {
-	s := scanner.New(a.Rules, scanner.Options{Workers: 1, MemoryBudget: 1 << 20})
-	rep, err := s.Scan(ctx, scanner.Target{Name: "payload", Volumes: []scanner.Volume{{ID: "v", FileSystem: "mapfs", FS: payload}}})
-	if err != nil {
-		return nil, err
-	}
-	var got []string
-	for _, f := range rep.Findings {
-		for _, m := range f.Matches {
-			got = append(got, m.Namespace+":"+m.Rule)
-		}
-	}
-	slices.Sort(got)
-	return got, nil
-}
 
 // scanLoop scans in a loop until stop is closed, each scan with the set
 // current when it started, and reports every error or wrong result (a
 // mixed or stale set) on errs. It returns the versions seen.
-func scanLoop(r *receiver, stop <-chan struct{}, errs chan<- error, scans *atomic.Int64) map[uint64]bool {
+func scanLoop(r *sigtest.Receiver, stop <-chan struct{}, errs chan<- error, scans *atomic.Int64) map[uint64]bool {
 	seen := map[uint64]bool{}
 	for {
 		select {
@@ -112,12 +41,12 @@ func scanLoop(r *receiver, stop <-chan struct{}, errs chan<- error, scans *atomi
 			errs <- errors.New("no active set")
 			return seen
 		}
-		got, err := scan(context.Background(), a)
+		got, err := sigtest.Scan(context.Background(), a)
 		if err != nil {
 			errs <- err
 			continue
 		}
-		if want := expected(a.Manifest.Version); !slices.Equal(got, want) {
+		if want := sigtest.Expected(a.Manifest.Version); !slices.Equal(got, want) {
 			errs <- fmt.Errorf("set %d matched %v, want %v", a.Manifest.Version, got, want)
 		}
 		seen[a.Manifest.Version] = true
@@ -126,16 +55,16 @@ func scanLoop(r *receiver, stop <-chan struct{}, errs chan<- error, scans *atomi
 }
 
 func TestInstallRejects(t *testing.T) {
-	key, other := newKey(t), newKey(t)
+	key, other := sigtest.NewKey(t), sigtest.NewKey(t)
 	var updates []signatures.Update
-	r := newReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{
-		Keys:     signatures.NewKeySet(pub(key)),
+	r := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{
+		Keys:     signatures.NewKeySet(sigtest.Pub(key)),
 		Name:     "demo",
 		Limits:   signatures.Limits{MaxBundleSize: 1 << 20},
 		OnUpdate: func(u signatures.Update) { updates = append(updates, u) },
 	})
 	ctx := context.Background()
-	active := build(t, key, "demo", 5, ruleFiles(5))
+	active := sigtest.Build(t, key, "demo", 5, sigtest.RuleFiles(5))
 	if _, err := r.Install(ctx, active); err != nil {
 		t.Fatal(err)
 	}
@@ -145,14 +74,14 @@ func TestInstallRejects(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Go(func() { scanLoop(r, stop, errs, &scans) })
 
-	next := ruleFiles(6)
-	good := build(t, key, "demo", 6, next)
+	next := sigtest.RuleFiles(6)
+	good := sigtest.Build(t, key, "demo", 6, next)
 	es := unpack(t, good)
 	broken := slices.Clone(next)
 	broken[1].Data = []byte("rule ok { condition: true }\nrule broken {\n  condition: $undefined }\n")
 	big := make([]byte, 1<<20)
 	rand.Read(big)
-	huge := append(ruleFiles(6), signatures.File{Path: "big.yar", Data: []byte("/* " + base64.StdEncoding.EncodeToString(big) + " */")})
+	huge := append(sigtest.RuleFiles(6), signatures.File{Path: "big.yar", Data: []byte("/* " + base64.StdEncoding.EncodeToString(big) + " */")})
 	needs := func(m []byte) []byte {
 		return bytes.Replace(m, []byte(`"min_engine":"4.2"`), []byte(`"min_engine":"9.1"`), 1)
 	}
@@ -165,15 +94,15 @@ func TestInstallRejects(t *testing.T) {
 	}{
 		{"tampered rule file", pack(t, []entry{es[0], es[1], {name: es[2].name, data: bytes.ToUpper(es[2].data)}, es[3]}), signatures.ErrHashMismatch, "a.yar"},
 		{"tampered manifest", pack(t, []entry{{name: es[0].name, data: bytes.Replace(es[0].data, []byte(`"version": 6`), []byte(`"version": 60`), 1)}, es[1], es[2], es[3]}), signatures.ErrBadSignature, ""},
-		{"unknown key", build(t, other, "demo", 6, next), signatures.ErrUntrustedKey, signatures.KeyID(pub(other))},
-		{"older version", build(t, key, "demo", 4, ruleFiles(4)), signatures.ErrRollback, "version 4"},
-		{"equal version", build(t, key, "demo", 5, ruleFiles(6)), signatures.ErrRollback, "version 5"},
+		{"unknown key", sigtest.Build(t, other, "demo", 6, next), signatures.ErrUntrustedKey, signatures.KeyID(sigtest.Pub(other))},
+		{"older version", sigtest.Build(t, key, "demo", 4, sigtest.RuleFiles(4)), signatures.ErrRollback, "version 4"},
+		{"equal version", sigtest.Build(t, key, "demo", 5, sigtest.RuleFiles(6)), signatures.ErrRollback, "version 5"},
 		{"replay of the active", active, signatures.ErrRollback, "version 5"},
-		{"does not compile", build(t, key, "demo", 6, broken), signatures.ErrCompile, "sub/b.yar:3"},
+		{"does not compile", sigtest.Build(t, key, "demo", 6, broken), signatures.ErrCompile, "sub/b.yar:3"},
 		{"truncated", good[:len(good)-40], signatures.ErrMalformed, ""},
-		{"oversized", build(t, key, "demo", 6, huge), signatures.ErrTooLarge, ""},
+		{"oversized", sigtest.Build(t, key, "demo", 6, huge), signatures.ErrTooLarge, ""},
 		{"zstd bomb", append(slices.Clone(good), zeros(t, 512<<20)...), signatures.ErrTooLarge, ""},
-		{"another set", build(t, key, "other", 6, next), signatures.ErrWrongName, `"other"`},
+		{"another set", sigtest.Build(t, key, "other", 6, next), signatures.ErrWrongName, `"other"`},
 		{"newer engine", func() []byte {
 			m := needs(manifestJSON(t, "demo", 6, next))
 			return pack(t, []entry{{name: "manifest.json", data: m}, {name: "manifest.sig", data: signManifest(t, key, m)}, es[2], es[3]})
@@ -188,6 +117,9 @@ func TestInstallRejects(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.detail) {
 				t.Errorf("error %q does not say %q", err, tt.detail)
+			}
+			if n := strings.Count(err.Error(), "signatures: "); n != 1 {
+				t.Errorf("%q says \"signatures: \" %d times, want once", err, n)
 			}
 			if tt.want == signatures.ErrCompile {
 				var ce *scanner.CompileError
@@ -224,15 +156,15 @@ func TestInstallRejects(t *testing.T) {
 }
 
 func TestHotSwapUnderLoad(t *testing.T) {
-	key := newKey(t)
+	key := sigtest.NewKey(t)
 	const versions = 8
 	bundles := make([][]byte, versions+1)
 	for v := uint64(1); v <= versions; v++ {
-		bundles[v] = build(t, key, "demo", v, ruleFiles(v))
+		bundles[v] = sigtest.Build(t, key, "demo", v, sigtest.RuleFiles(v))
 	}
 	events := make(chan signatures.Update, versions)
-	r := newReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{
-		Keys:     signatures.NewKeySet(pub(key)),
+	r := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{
+		Keys:     signatures.NewKeySet(sigtest.Pub(key)),
 		OnUpdate: func(u signatures.Update) { events <- u },
 	})
 	ctx := context.Background()
@@ -287,15 +219,15 @@ func TestHotSwapUnderLoad(t *testing.T) {
 }
 
 func TestKeyRotation(t *testing.T) {
-	oldKey, newKey2 := newKey(t), newKey(t)
+	oldKey, newKey2 := sigtest.NewKey(t), sigtest.NewKey(t)
 	dir := t.TempDir()
 	writePub := func(name string, k []byte) {
 		if err := os.WriteFile(filepath.Join(dir, name), k, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	pemOld, _ := signatures.MarshalPublicKey(pub(oldKey))
-	pemNew, _ := signatures.MarshalPublicKey(pub(newKey2))
+	pemOld, _ := signatures.MarshalPublicKey(sigtest.Pub(oldKey))
+	pemNew, _ := signatures.MarshalPublicKey(sigtest.Pub(newKey2))
 	writePub("old.pub", pemOld)
 	loadKeys := func() *signatures.KeySet {
 		ks, err := signatures.LoadKeySet(dir)
@@ -304,7 +236,7 @@ func TestKeyRotation(t *testing.T) {
 		}
 		return ks
 	}
-	r := newReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{Keys: loadKeys()})
+	r := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{Keys: loadKeys()})
 	ctx := context.Background()
 	steps := []struct {
 		name   string
@@ -312,12 +244,12 @@ func TestKeyRotation(t *testing.T) {
 		data   []byte
 		want   error
 	}{
-		{"old key trusted", nil, build(t, oldKey, "demo", 1, ruleFiles(1)), nil},
-		{"new key not yet trusted", nil, build(t, newKey2, "demo", 2, ruleFiles(2)), signatures.ErrUntrustedKey},
-		{"new key added", func() { writePub("new.pub", pemNew) }, build(t, newKey2, "demo", 2, ruleFiles(2)), nil},
-		{"old key still trusted", nil, build(t, oldKey, "demo", 3, ruleFiles(3)), nil},
-		{"old key removed", func() { os.Remove(filepath.Join(dir, "old.pub")) }, build(t, oldKey, "demo", 4, ruleFiles(4)), signatures.ErrUntrustedKey},
-		{"new key signs on", nil, build(t, newKey2, "demo", 4, ruleFiles(4)), nil},
+		{"old key trusted", nil, sigtest.Build(t, oldKey, "demo", 1, sigtest.RuleFiles(1)), nil},
+		{"new key not yet trusted", nil, sigtest.Build(t, newKey2, "demo", 2, sigtest.RuleFiles(2)), signatures.ErrUntrustedKey},
+		{"new key added", func() { writePub("new.pub", pemNew) }, sigtest.Build(t, newKey2, "demo", 2, sigtest.RuleFiles(2)), nil},
+		{"old key still trusted", nil, sigtest.Build(t, oldKey, "demo", 3, sigtest.RuleFiles(3)), nil},
+		{"old key removed", func() { os.Remove(filepath.Join(dir, "old.pub")) }, sigtest.Build(t, oldKey, "demo", 4, sigtest.RuleFiles(4)), signatures.ErrUntrustedKey},
+		{"new key signs on", nil, sigtest.Build(t, newKey2, "demo", 4, sigtest.RuleFiles(4)), nil},
 	}
 	for _, s := range steps {
 		if s.rotate != nil {
@@ -333,8 +265,8 @@ func TestKeyRotation(t *testing.T) {
 			t.Errorf("%s: active set changed on a rejection", s.name)
 		}
 		if err == nil {
-			got, err := scan(ctx, a)
-			if err != nil || !slices.Equal(got, expected(a.Manifest.Version)) {
+			got, err := sigtest.Scan(ctx, a)
+			if err != nil || !slices.Equal(got, sigtest.Expected(a.Manifest.Version)) {
 				t.Errorf("%s: scan %v, %v", s.name, got, err)
 			}
 		}
@@ -342,46 +274,46 @@ func TestKeyRotation(t *testing.T) {
 }
 
 func TestRestart(t *testing.T) {
-	key, other := newKey(t), newKey(t)
+	key, other := sigtest.NewKey(t), sigtest.NewKey(t)
 	dir := t.TempDir()
-	keys := signatures.NewKeySet(pub(key), pub(other))
+	keys := signatures.NewKeySet(sigtest.Pub(key), sigtest.Pub(other))
 	ctx := context.Background()
-	r := newReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{StateDir: dir, Keys: keys})
+	r := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{StateDir: dir, Keys: keys})
 	if r.Current() != nil {
 		t.Fatal("a set before any install")
 	}
 	for v := uint64(1); v <= 3; v++ {
-		if _, err := r.Install(ctx, build(t, key, "demo", v, ruleFiles(v))); err != nil {
+		if _, err := r.Install(ctx, sigtest.Build(t, key, "demo", v, sigtest.RuleFiles(v))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A failed install leaves the persisted set alone.
-	if _, err := r.Install(ctx, build(t, key, "demo", 4, []signatures.File{{Path: "x.yar", Data: []byte("rule {")}})); !errors.Is(err, signatures.ErrCompile) {
+	if _, err := r.Install(ctx, sigtest.Build(t, key, "demo", 4, []signatures.File{{Path: "x.yar", Data: []byte("rule {")}})); !errors.Is(err, signatures.ErrCompile) {
 		t.Fatal(err)
 	}
 
-	r2 := newReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{StateDir: dir, Keys: keys})
+	r2 := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{StateDir: dir, Keys: keys})
 	a := r2.Current()
 	if a == nil || a.Manifest.Version != 3 || a.RuleCount != 2 {
 		t.Fatalf("restarted with %+v, want version 3", a)
 	}
-	if got, err := scan(ctx, a); err != nil || !slices.Equal(got, expected(3)) {
+	if got, err := sigtest.Scan(ctx, a); err != nil || !slices.Equal(got, sigtest.Expected(3)) {
 		t.Fatalf("restored set scans %v, %v", got, err)
 	}
-	if _, err := r2.Install(ctx, build(t, key, "demo", 2, ruleFiles(2))); !errors.Is(err, signatures.ErrRollback) {
+	if _, err := r2.Install(ctx, sigtest.Build(t, key, "demo", 2, sigtest.RuleFiles(2))); !errors.Is(err, signatures.ErrRollback) {
 		t.Errorf("rollback after restart: %v", err)
 	}
 
 	// Its signer no longer trusted: the persisted set is not restored,
 	// yet the version floor still holds against replays.
-	r3 := newReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{StateDir: dir, Keys: signatures.NewKeySet(pub(other))})
+	r3 := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{StateDir: dir, Keys: signatures.NewKeySet(sigtest.Pub(other))})
 	if r3.Current() != nil {
 		t.Fatal("restored a set signed by a key no longer trusted")
 	}
-	if _, err := r3.Install(ctx, build(t, other, "demo", 3, ruleFiles(3))); !errors.Is(err, signatures.ErrRollback) {
+	if _, err := r3.Install(ctx, sigtest.Build(t, other, "demo", 3, sigtest.RuleFiles(3))); !errors.Is(err, signatures.ErrRollback) {
 		t.Errorf("replay at the floor: %v", err)
 	}
-	if _, err := r3.Install(ctx, build(t, other, "demo", 7, ruleFiles(7))); err != nil {
+	if _, err := r3.Install(ctx, sigtest.Build(t, other, "demo", 7, sigtest.RuleFiles(7))); err != nil {
 		t.Fatal(err)
 	}
 
@@ -389,7 +321,7 @@ func TestRestart(t *testing.T) {
 	path := filepath.Join(dir, "active.bundle")
 	data, _ := os.ReadFile(path)
 	os.WriteFile(path, data[:len(data)/2], 0o600)
-	r4 := newReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{StateDir: dir, Keys: keys})
+	r4 := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{StateDir: dir, Keys: keys})
 	if r4.Current() != nil {
 		t.Fatal("restored a damaged bundle")
 	}
@@ -398,23 +330,105 @@ func TestRestart(t *testing.T) {
 	}
 }
 
-// TestPureGo checks that the package builds without cgo: it must never
-// pull in go-yara or the scanner.
-func TestPureGo(t *testing.T) {
-	cmd := exec.Command("go", "list", "-deps", "github.com/snapscan/snapscan/signatures")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, out)
+// TestPushHandler pushes bundles to a receiver behind the bearer check the
+// appliance puts in front of it, over HTTPS on loopback.
+func TestPushHandler(t *testing.T) {
+	key := sigtest.NewKey(t)
+	r := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{Keys: signatures.NewKeySet(sigtest.Pub(key)), ApplianceID: "app", Limits: signatures.Limits{MaxBundleSize: 64 << 10}})
+	tlsCfg, client := sigtest.SelfSigned(t)
+	ln := sigtest.Listen(t, "127.0.0.1:0")
+	sigtest.ServeTLS(t, ln, tlsCfg, httpx.RequireBearer(httpx.NewTokens("tok"), r.Handler(), httpx.BearerOptions{}))
+	url := "https://" + ln.Addr().String() + "/"
+	push := func(token string, body []byte) (int, signatures.PushResponse) {
+		req, _ := http.NewRequest("POST", url, strings.NewReader(string(body)))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var st signatures.PushResponse
+		json.NewDecoder(resp.Body).Decode(&st)
+		return resp.StatusCode, st
 	}
-	for _, dep := range strings.Fields(string(out)) {
-		if strings.Contains(dep, "go-yara") || strings.HasSuffix(dep, "/scanner") || dep == "C" {
-			t.Errorf("signatures depends on %s", dep)
+	v1 := sigtest.Build(t, key, "demo", 1, sigtest.RuleFiles(1))
+	tests := []struct {
+		name   string
+		token  string
+		body   []byte
+		code   int
+		result string
+		reason string
+	}{
+		{"no token", "", v1, 401, "", ""},
+		{"installed", "tok", v1, 200, "installed", ""},
+		{"repeated", "tok", v1, 200, "already_active", ""},
+		{"rollback", "tok", sigtest.Build(t, key, "demo", 1, sigtest.RuleFiles(2)), 409, "rejected", "rollback"},
+		{"untrusted", "tok", sigtest.Build(t, sigtest.NewKey(t), "demo", 2, sigtest.RuleFiles(2)), 403, "rejected", "untrusted_key"},
+		{"garbage", "tok", []byte("hello"), 400, "rejected", "malformed"},
+		{"too large", "tok", make([]byte, 65<<10), 413, "rejected", "too_large"},
+		{"not compiling", "tok", sigtest.Build(t, key, "demo", 2, []signatures.File{{Path: "x.yar", Data: []byte("rule x {")}}), 422, "rejected", "compile"},
+	}
+	for _, tt := range tests {
+		code, st := push(tt.token, tt.body)
+		if code != tt.code || st.Result != tt.result || st.Reason != tt.reason {
+			t.Errorf("%s: %d %+v, want %d %s %s", tt.name, code, st, tt.code, tt.result, tt.reason)
+		}
+		if tt.code != 401 && (st.Version != 1 || st.Appliance != "app") {
+			t.Errorf("%s: reports %+v, want version 1", tt.name, st)
 		}
 	}
-	cmd = exec.Command("go", "build", "-o", os.DevNull, "github.com/snapscan/snapscan/signatures")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("CGO_ENABLED=0 go build: %v\n%s", err, out)
+	if _, err := r.Install(context.Background(), nil); !errors.Is(err, signatures.ErrMalformed) {
+		t.Errorf("empty bundle: %v", err)
+	}
+}
+
+// TestOnePrefixPerLayer: each layer names itself and what it adds once:
+// the package prefix, a path, a URL (issue 11.11).
+func TestOnePrefixPerLayer(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "nope")
+	notKey := filepath.Join(dir, "k.pub")
+	os.WriteFile(notKey, []byte("hello"), 0o644)
+	_, e1 := signatures.LoadPrivateKey(missing)
+	_, e2 := signatures.LoadPublicKey(notKey)
+	_, e3 := signatures.LoadKeySet(dir)
+	_, e4 := signatures.LoadRuleFiles(missing)
+	_, e5 := signatures.LoadRuleFiles(dir)
+
+	// A pull from a server whose bundle this appliance refuses.
+	key := sigtest.NewKey(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(sigtest.Build(t, sigtest.NewKey(t), "demo", 1, sigtest.RuleFiles(1)))
+	}))
+	defer srv.Close()
+	r := sigtest.NewReceiver(t, signatures.ReceiverConfig[*scanner.Rules]{Keys: signatures.NewKeySet(sigtest.Pub(key)), ServerURL: srv.URL, ApplianceID: "app"})
+	_, e6 := r.Pull(context.Background())
+	// A push the receiver refuses.
+	rs := httptest.NewServer(r.Handler())
+	defer rs.Close()
+	_, e7 := signatures.Push(context.Background(), rs.Client(), signatures.PushTarget{URL: rs.URL}, []byte("not a bundle"))
+
+	for _, tt := range []struct {
+		err  error
+		once []string
+	}{
+		{e1, []string{"signatures: ", missing}},
+		{e2, []string{"signatures: ", notKey}},
+		{e3, []string{"signatures: ", dir}},
+		{e4, []string{"signatures: ", missing}},
+		{e5, []string{"signatures: ", dir}},
+		{e6, []string{"signatures: ", srv.URL}},
+		{e7, []string{"signatures: ", rs.URL}},
+	} {
+		if tt.err == nil {
+			t.Errorf("no error where %v expected", tt.once)
+			continue
+		}
+		for _, s := range tt.once {
+			if n := strings.Count(tt.err.Error(), s); n != 1 {
+				t.Errorf("%q says %q %d times, want once", tt.err, s, n)
+			}
+		}
 	}
 }

@@ -58,7 +58,7 @@ func (d *Disk) assembleLVM() {
 	}
 	for _, v := range d.Volumes {
 		if v.FileSystem == "lvm2" && v.Err != nil && errors.Is(v.Err, ErrUnsupported) {
-			v.Err = fmt.Errorf("%s %s: %w: LVM2 physical volume: its logical volumes are listed as lvm/<vg>/<lv>", d.Name, v.ID, ErrUnsupported)
+			v.Err = fmt.Errorf("%s %s: %w", d.Name, v.ID, errLVMPV)
 		}
 	}
 }

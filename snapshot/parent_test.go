@@ -13,16 +13,17 @@ import (
 // TestWrongParent opens differencing VHD and VHDX children through
 // snapshot.Open, with another disk put where the parent should be: the
 // child's record of its parent's identity must catch it on this path too,
-// where snapshot itself opens (and wraps) the parent.
+// where snapshot itself opens the parent.
 func TestWrongParent(t *testing.T) {
 	testenv.NeedTools(t, "qemu-img", "python3")
-	for _, tt := range []struct{ script, child, parent, impostor, want string }{
-		{"vhd.sh", "diff.vhd", "dynamic.vhd", "fixed.vhd", "unique id"},
-		{"vhdx.sh", "diff.vhdx", "dynamic.vhdx", "fixed.vhdx", "data write GUID"},
+	for _, tt := range []struct{ script, format, child, parent, impostor, want string }{
+		{"vhd.sh", "vhd", "diff.vhd", "dynamic.vhd", "fixed.vhd", "unique id"},
+		{"vhdx.sh", "vhdx", "diff.vhdx", "dynamic.vhdx", "fixed.vhdx", "data write GUID"},
 	} {
 		t.Run(tt.child, func(t *testing.T) {
 			dir := testenv.Fixture(t, tt.script)
-			opts := &snapshot.Options{AllowedDirs: []string{dir}}
+			// A declared format follows its chain as the hypervisor would.
+			opts := &snapshot.Options{Format: tt.format, AllowedDirs: []string{dir}}
 			if d, err := snapshot.Open(filepath.Join(dir, tt.child), opts); err != nil {
 				t.Fatalf("with its own parent: %v", err)
 			} else {

@@ -7,11 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"io/fs"
-	"strings"
-	"time"
-
-	"github.com/diskfs/go-diskfs/partition/gpt"
+	"unicode/utf16"
 )
 
 // partition is one entry of a partition table.
@@ -21,6 +17,7 @@ type partition struct {
 	size  int64  // bytes
 	typ   string // human-readable type
 	skip  string // non-empty: holds no file system, with this reason
+	bad   string // non-empty: the entry is invalid, with this reason
 }
 
 // Hard bounds on hostile tables.
@@ -174,10 +171,10 @@ func readEBRs(r io.ReaderAt, size, extStart, extSize int64) ([]partition, error)
 // Well-known GPT partition types, lower-case GUIDs.
 var gptTypes = map[string]struct{ name, skip string }{
 	"c12a7328-f81f-11d2-ba4b-00a0c93ec93b": {"EFI System", ""},
-	"e3c9e316-0b5c-4db8-817d-f92df00215ae": {"Microsoft reserved", "Microsoft reserved partition: holds no file system"},
+	"e3c9e316-0b5c-4db8-817d-f92df00215ae": {"Microsoft reserved", "Microsoft reserved partition"},
 	"ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": {"Microsoft basic data", ""},
 	"de94bba4-06d1-4d40-a16a-bfd50179d6ac": {"Windows recovery", ""},
-	"21686148-6449-6e6f-744e-656564454649": {"BIOS boot", "BIOS boot partition: holds boot loader code, no file system"},
+	"21686148-6449-6e6f-744e-656564454649": {"BIOS boot", "BIOS boot partition (boot loader code)"},
 	"0fc63daf-8483-4772-8e79-3d69d8477de4": {"Linux filesystem", ""},
 	"e6d6d379-f507-44c2-a23c-238f2a3df928": {"Linux LVM", ""},
 	"0657fd6d-a4ab-43c4-84e5-0933c84b4f4f": {"Linux swap", ""},
@@ -187,74 +184,87 @@ var gptTypes = map[string]struct{ name, skip string }{
 	"ca7d7ccb-63ed-4c53-861c-1742536059cc": {"Linux LUKS", ""},
 }
 
-// readGPT validates the GPT header's bounds itself (go-diskfs trusts the
-// entry count and size) and then reads the table through go-diskfs.
-func readGPT(r io.ReaderAt, size int64, ss int) (parts []partition, err error) {
+// readGPT reads a GPT (UEFI specification 2.10, 5.3) whose header is at
+// LBA 1 of ss-byte sectors: the header's size, CRC and entry-array bounds
+// are checked, then the entry array's CRC, then each entry. LBAs are
+// checked before any byte offset is computed from them, so a hostile
+// entry cannot overflow into a negative size.
+func readGPT(r io.ReaderAt, size int64, ss int) ([]partition, error) {
 	hdr := make([]byte, ss)
 	if _, err := r.ReadAt(hdr, int64(ss)); err != nil {
 		return nil, fmt.Errorf("gpt: reading header at byte offset %d: %w", ss, err)
 	}
-	hsize := binary.LittleEndian.Uint32(hdr[12:16])
+	le := binary.LittleEndian
+	hsize := le.Uint32(hdr[12:16])
 	if hsize < 92 || int(hsize) > ss {
 		return nil, fmt.Errorf("gpt: header size %d out of range (at byte offset %d)", hsize, ss+12)
 	}
-	sum := binary.LittleEndian.Uint32(hdr[16:20])
+	sum := le.Uint32(hdr[16:20])
 	chk := bytes.Clone(hdr[:hsize])
 	clear(chk[16:20])
 	if crc32.ChecksumIEEE(chk) != sum {
 		return nil, fmt.Errorf("gpt: header checksum mismatch (at byte offset %d)", ss)
 	}
-	count := binary.LittleEndian.Uint32(hdr[80:84])
-	esize := binary.LittleEndian.Uint32(hdr[84:88])
-	first := int64(binary.LittleEndian.Uint64(hdr[72:80]))
+	count := le.Uint32(hdr[80:84])
+	esize := le.Uint32(hdr[84:88])
+	first := le.Uint64(hdr[72:80])
+	sectors := uint64(size) / uint64(ss)
 	switch {
 	case count == 0 || count > maxGPTEntries:
 		return nil, fmt.Errorf("gpt: %d partition entries, want 1 to %d (at byte offset %d)", count, maxGPTEntries, ss+80)
 	case esize < 128 || esize > 4096 || esize%8 != 0:
 		return nil, fmt.Errorf("gpt: partition entry size %d out of range (at byte offset %d)", esize, ss+84)
-	case first < 2 || first > size/int64(ss) || first*int64(ss)+int64(count)*int64(esize) > size:
+	case first < 2 || first > sectors || first*uint64(ss)+uint64(count)*uint64(esize) > uint64(size):
 		return nil, fmt.Errorf("gpt: partition entries at LBA %d lie outside the %d-byte disk", first, size)
 	}
-	defer func() {
-		if p := recover(); p != nil {
-			parts, err = nil, fmt.Errorf("gpt: reader failed on corrupt table: %v", p)
-		}
-	}()
-	t, err := gpt.Read(&backendFile{SectionReader: io.NewSectionReader(r, 0, size)}, ss, ss)
-	if err != nil {
-		return nil, fmt.Errorf("gpt: %w", err)
+	table := make([]byte, int(count)*int(esize))
+	if _, err := r.ReadAt(table, int64(first)*int64(ss)); err != nil {
+		return nil, fmt.Errorf("gpt: reading partition entries at LBA %d: %w", first, err)
 	}
-	for _, p := range t.Partitions {
-		if p.Type == gpt.Unused {
+	if got, want := crc32.ChecksumIEEE(table), le.Uint32(hdr[88:92]); got != want {
+		return nil, fmt.Errorf("gpt: partition entry array checksum is %#08x, the header says %#08x (at byte offset %d)", got, want, ss+88)
+	}
+	var parts []partition
+	for i := range int(count) {
+		e := table[i*int(esize):]
+		typ := guidString(e[0:16])
+		if typ == "00000000-0000-0000-0000-000000000000" {
 			continue
 		}
-		start, end := int64(p.Start)*int64(ss), (int64(p.End)+1)*int64(ss)
-		guid := strings.ToLower(string(p.Type))
-		pt := partition{num: p.Index, start: start, size: end - start, typ: guid}
-		if known, ok := gptTypes[guid]; ok {
+		lo, hi := le.Uint64(e[32:40]), le.Uint64(e[40:48])
+		pt := partition{num: i + 1, typ: typ}
+		if known, ok := gptTypes[typ]; ok {
 			pt.typ, pt.skip = known.name, known.skip
 		}
-		if p.Name != "" {
-			pt.typ += " (" + p.Name + ")"
+		if name := utf16Name(e[56:128]); name != "" {
+			pt.typ += " (" + name + ")"
+		}
+		if lo > hi || hi >= sectors {
+			pt.bad = fmt.Sprintf("GPT entry %d gives LBAs %d to %d, outside the disk's %d sectors", i+1, lo, hi, sectors)
+		} else {
+			pt.start, pt.size = int64(lo)*int64(ss), int64(hi-lo+1)*int64(ss)
 		}
 		parts = append(parts, pt)
 	}
 	return parts, nil
 }
 
-// backendFile adapts an io.SectionReader to go-diskfs's backend.File.
-type backendFile struct {
-	*io.SectionReader
+// guidString formats a GUID stored as GPT stores it (the first three
+// fields little-endian), lower case.
+func guidString(b []byte) string {
+	le := binary.LittleEndian
+	return fmt.Sprintf("%08x-%04x-%04x-%x-%x", le.Uint32(b[0:4]), le.Uint16(b[4:6]), le.Uint16(b[6:8]), b[8:10], b[10:16])
 }
 
-func (b *backendFile) Stat() (fs.FileInfo, error) { return backendInfo{b.Size()}, nil }
-func (b *backendFile) Close() error               { return nil }
-
-type backendInfo struct{ size int64 }
-
-func (i backendInfo) Name() string       { return "disk" }
-func (i backendInfo) Size() int64        { return i.size }
-func (i backendInfo) Mode() fs.FileMode  { return 0o444 }
-func (i backendInfo) ModTime() time.Time { return time.Time{} }
-func (i backendInfo) IsDir() bool        { return false }
-func (i backendInfo) Sys() any           { return nil }
+// utf16Name decodes a GPT partition name (UTF-16LE, NUL-padded).
+func utf16Name(b []byte) string {
+	u := make([]uint16, 0, len(b)/2)
+	for i := 0; i+1 < len(b); i += 2 {
+		c := binary.LittleEndian.Uint16(b[i:])
+		if c == 0 {
+			break
+		}
+		u = append(u, c)
+	}
+	return string(utf16.Decode(u))
+}

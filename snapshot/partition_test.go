@@ -94,7 +94,57 @@ func writeGPT(d []byte, count, esize uint32, lba uint64) {
 	binary.LittleEndian.PutUint64(h[72:], lba)
 	binary.LittleEndian.PutUint32(h[80:], count)
 	binary.LittleEndian.PutUint32(h[84:], esize)
-	binary.LittleEndian.PutUint32(h[16:], crc32.ChecksumIEEE(h[:92]))
+	sealGPT(d)
+}
+
+// sealGPT recomputes the entry array and header checksums of the GPT
+// that writeGPT wrote, when its entries lie inside d.
+func sealGPT(d []byte) {
+	h := d[512:1024]
+	le := binary.LittleEndian
+	if lba, n := le.Uint64(h[72:]), uint64(le.Uint32(h[80:]))*uint64(le.Uint32(h[84:])); lba < uint64(len(d))/512 && n <= uint64(len(d))-lba*512 {
+		le.PutUint32(h[88:], crc32.ChecksumIEEE(d[lba*512:lba*512+n]))
+	}
+	le.PutUint32(h[16:], 0)
+	le.PutUint32(h[16:], crc32.ChecksumIEEE(h[:92]))
+}
+
+// gptEntry fills entry i (128-byte entries at LBA 2) with a Linux file
+// system partition from LBA first to last, and reseals the table.
+func gptEntry(d []byte, i int, first, last uint64) {
+	e := d[2*512+i*128:]
+	copy(e[0:16], []byte{0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4})
+	e[16] = byte(i + 1)
+	binary.LittleEndian.PutUint64(e[32:], first)
+	binary.LittleEndian.PutUint64(e[40:], last)
+	sealGPT(d)
+}
+
+// TestGPTHugeLBA: an entry whose last LBA is 2^60 (issue 10.7) showed a
+// negative size; it must be reported as outside the disk, and the other
+// entries still served.
+func TestGPTHugeLBA(t *testing.T) {
+	const size = 8 << 20
+	d := make([]byte, size)
+	writeGPT(d, 128, 128, 2)
+	gptEntry(d, 0, 2048, 1<<60)
+	gptEntry(d, 1, 1<<60, 1<<60+10)
+	gptEntry(d, 2, 4096, 8191)
+	disk, err := New(bytes.NewReader(d), size, "huge.raw", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if disk.Table != "gpt" || len(disk.Volumes) != 3 {
+		t.Fatalf("table %q, volumes %+v", disk.Table, disk.Volumes)
+	}
+	for _, v := range disk.Volumes[:2] {
+		if v.Size < 0 || v.Offset < 0 || v.Err == nil || !strings.Contains(v.Err.Error(), "outside the disk") || !strings.Contains(v.Err.Error(), "huge.raw "+v.ID) {
+			t.Errorf("%s: offset %d size %d err %v; want an error naming the disk and volume", v.ID, v.Offset, v.Size, v.Err)
+		}
+	}
+	if v := disk.Volumes[2]; v.ID != "p3" || v.Offset != 4096*512 || v.Size != 4096*512 {
+		t.Errorf("p3: %+v", v)
+	}
 }
 
 // TestMBRLogicalNumbering checks, on a table made by sfdisk, that logical

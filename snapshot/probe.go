@@ -11,37 +11,12 @@ import (
 
 	"github.com/snapscan/snapscan/snapshot/ext4"
 	"github.com/snapscan/snapscan/snapshot/fat"
-	"github.com/snapscan/snapscan/snapshot/image"
-	"github.com/snapscan/snapscan/snapshot/image/qcow2"
-	"github.com/snapscan/snapscan/snapshot/image/vhd"
-	"github.com/snapscan/snapscan/snapshot/image/vhdx"
-	"github.com/snapscan/snapscan/snapshot/image/vmdk"
 	"github.com/snapscan/snapscan/snapshot/iso9660"
 	"github.com/snapscan/snapscan/snapshot/ntfs"
 	"github.com/snapscan/snapscan/snapshot/squashfs"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 	"github.com/snapscan/snapscan/snapshot/xfs"
 )
-
-// formats lists the container formats in detection order; raw is what is
-// left when none matches.
-var formats = []struct {
-	name string
-	open func(r io.ReaderAt, size int64, name string, opts *image.Options) (image.Image, error)
-}{
-	{"qcow2", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
-		return qcow2.New(r, size, name, o)
-	}},
-	{"vmdk", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
-		return vmdk.New(r, size, name, o)
-	}},
-	{"vhdx", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
-		return vhdx.New(r, size, name, o)
-	}},
-	{"vhd", func(r io.ReaderAt, size int64, name string, o *image.Options) (image.Image, error) {
-		return vhd.New(r, size, name, o)
-	}},
-}
 
 // FileSystems is the registry of the file systems snapscan serves, in the
 // order volumes are probed. Each constructor says "not mine" with an error
@@ -63,7 +38,7 @@ var unsupported = []struct {
 	name, reason string
 	magic        func(r io.ReaderAt, size int64) bool
 }{
-	{"swap", "swap space: holds no files", func(r io.ReaderAt, size int64) bool {
+	{"swap", "swap space", func(r io.ReaderAt, size int64) bool {
 		for _, page := range []int64{4096, 8192, 16384, 65536} {
 			if at(r, page-10, "SWAPSPACE2") || at(r, page-10, "SWAP-SPACE") {
 				return true
@@ -83,20 +58,14 @@ var unsupported = []struct {
 	}},
 }
 
+// errLVMPV is the Err of an LVM2 physical volume.
+var errLVMPV = fmt.Errorf("%w: LVM2 physical volume: its logical volumes are listed as lvm/<vg>/<lv> (it %w of its own)", ErrUnsupported, ErrNoFiles)
+
 // at reports whether the bytes at off equal magic.
 func at(r io.ReaderAt, off int64, magic string) bool {
 	b := make([]byte, len(magic))
 	n, _ := r.ReadAt(b, off)
 	return n == len(b) && string(b) == magic
-}
-
-// le16 reads a little-endian uint16 at off, or 0.
-func le16(r io.ReaderAt, off int64) uint16 {
-	var b [2]byte
-	if n, _ := r.ReadAt(b[:], off); n != 2 {
-		return 0
-	}
-	return binary.LittleEndian.Uint16(b[:])
 }
 
 // findVolumes reads the partition table (if any) and probes every
@@ -118,12 +87,14 @@ func (d *Disk) findVolumes() {
 		for _, p := range parts {
 			id := fmt.Sprintf("p%d", p.num)
 			switch {
+			case p.bad != "":
+				d.Volumes = append(d.Volumes, &Volume{ID: id, PartType: p.typ, Err: fmt.Errorf("%s %s: %s", d.Name, id, p.bad)})
 			case p.start < 0 || p.size <= 0 || p.start >= size || p.start+p.size > size:
 				d.Volumes = append(d.Volumes, &Volume{ID: id, Offset: p.start, Size: p.size, PartType: p.typ,
 					Err: fmt.Errorf("%s %s: partition (bytes %d to %d) lies outside the %d-byte disk", d.Name, id, p.start, p.start+p.size, size)})
 			case p.skip != "":
 				d.Volumes = append(d.Volumes, &Volume{ID: id, Offset: p.start, Size: p.size, PartType: p.typ,
-					r: io.NewSectionReader(r, p.start, p.size), Err: fmt.Errorf("%w: %s", ErrUnsupported, p.skip)})
+					r: io.NewSectionReader(r, p.start, p.size), Err: fmt.Errorf("%s %s: %w: %s: %w", d.Name, id, ErrUnsupported, p.skip, ErrNoFiles)})
 			default:
 				v := d.probe(id, io.NewSectionReader(r, p.start, p.size), p.start, p.size)
 				v.PartType = p.typ
@@ -166,18 +137,22 @@ func (d *Disk) probe(id string, r io.ReaderAt, off, size int64) *Volume {
 	}
 	if isLVMPV(r) {
 		v.FileSystem = "lvm2"
-		v.Err = fmt.Errorf("%s: %w: LVM2 physical volume: its logical volumes are listed as lvm/<vg>/<lv>", where, ErrUnsupported)
+		v.Err = fmt.Errorf("%s: %w", where, errLVMPV)
 		return v
 	}
 	for _, u := range unsupported {
 		if u.magic(r, size) {
 			v.FileSystem = u.name
-			v.Err = fmt.Errorf("%s: %w: %s", where, ErrUnsupported, u.reason)
+			if u.name == "swap" {
+				v.Err = fmt.Errorf("%s: %w: %s: %w", where, ErrUnsupported, u.reason, ErrNoFiles)
+			} else {
+				v.Err = fmt.Errorf("%s: %w: %s", where, ErrUnsupported, u.reason)
+			}
 			return v
 		}
 	}
 	if allZero(r) {
-		v.Err = fmt.Errorf("%s: %w: empty (the first sectors are all zeros)", where, ErrUnsupported)
+		v.Err = fmt.Errorf("%s: %w: empty (the first sectors are all zeros): %w", where, ErrUnsupported, ErrNoFiles)
 		return v
 	}
 	v.Err = fmt.Errorf("%s: %w: no known file system", where, ErrUnsupported)

@@ -5,15 +5,41 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
 	"github.com/snapscan/snapscan/snapshot/image"
 )
 
-// Options controls how a disk is opened. The zero value is ready to use.
+// Options controls how a disk is opened. The zero value is ready to use:
+// the format is probed by content and the disk may read no file but its
+// own.
 type Options struct {
+	// Format is the disk's format as the hypervisor or the submitter
+	// declares it: "raw", "qcow2", "vmdk", "vhd" or "vhdx" (see Formats).
+	// "" means probe by content. A declared format is never second-
+	// guessed: "raw" means raw, and no header in the disk's bytes is ever
+	// parsed (a guest owns those bytes, and can write a qcow2 header into
+	// them). A declared format that does not match the content is an
+	// error naming both. A declared image follows its chain as the
+	// hypervisor would, within the allowed folders.
+	Format string
+
+	// Layers lists the files the caller says the disk is made of: the
+	// image, then its extents and backing files or parents, as a
+	// connector or the submitter knows them. When set, no file outside
+	// it is opened, and the chain opened must be exactly this list.
+	Layers []string
+
+	// AllowUnnamedLayers lets a probed image (Format "") open related
+	// files (backing files, parents, extents) that Layers does not name.
+	// Without it, such an open fails with ErrUnnamedLayer: a probed
+	// header may have been written by a guest to make snapscan read
+	// another disk. It is an explicit opt-in, for a person at the CLI
+	// who knows the chain is the host's.
+	AllowUnnamedLayers bool
+
 	// AllowedDirs lists folders, besides the image's own folder and those
 	// below it, from which backing files, parent disks and extents may be
 	// read. See image.Options.
@@ -24,6 +50,17 @@ type Options struct {
 	// datastore's I/O budget.
 	WrapReader func(path string, r io.ReaderAt) io.ReaderAt
 }
+
+// ErrUnnamedLayer is wrapped when an image names a related file (backing
+// file, parent, extent) that may not be opened: the image's format was
+// probed and the file is neither listed in Options.Layers nor allowed by
+// Options.AllowUnnamedLayers, or Options.Layers is set and does not list
+// it. The message names the image and the file as the image writes it.
+var ErrUnnamedLayer = errors.New("snapshot: related file not named by the caller")
+
+// ErrFormatMismatch is wrapped when the content of a disk does not match
+// its declared Options.Format.
+var ErrFormatMismatch = errors.New("snapshot: content does not match the declared format")
 
 // Disk is a virtual disk opened read-only, with the volumes found on it.
 // Its methods are safe for concurrent use once Open or New has returned.
@@ -40,6 +77,10 @@ type Disk struct {
 	// Volumes are the partitions, logical volumes and whole-disk file
 	// systems found, in table order; logical volumes come last.
 	Volumes []*Volume
+	// Chain lists every file the disk reads, top first: the image, its
+	// extents, then its backing files or parents, each with its format,
+	// size, modification time and identity digest (image.Layer).
+	Chain []image.Layer
 
 	img image.Image
 }
@@ -80,35 +121,54 @@ type Volume struct {
 // system snapscan reads: swap, encrypted volumes, unknown content.
 var ErrUnsupported = errors.New("snapshot: volume not supported")
 
+// ErrNoFiles is wrapped, with ErrUnsupported, by Volume.Err for volumes
+// that hold no files at all: swap space, an LVM2 physical volume (its
+// logical volumes are listed on their own), a BIOS boot or Microsoft
+// reserved partition, a volume whose first sectors are all zeros. A scan
+// that could not read such a volume missed nothing; an encrypted, damaged
+// or unknown volume is another matter (scanner.Result counts it).
+var ErrNoFiles = errors.New("holds no files")
+
 // ErrNoVolume is returned by Disk.Volume for an unknown id.
 var ErrNoVolume = errors.New("snapshot: no such volume")
 
-// Open opens the disk image or block device at path read-only, detects
-// its format by content, and finds its volumes. The Disk owns the file:
-// Close releases it. A volume that cannot be read is listed with its Err;
-// only a disk whose image cannot be opened at all is an error.
+// Open opens the disk image or block device at path read-only, with the
+// format opts.Format declares or else detected by content, and finds its
+// volumes. The Disk owns the file and every related file: Close releases
+// them. A volume that cannot be read is listed with its Err; only a disk
+// whose image cannot be opened at all is an error.
 func Open(path string, opts *Options) (*Disk, error) {
-	if opts == nil {
-		opts = &Options{}
-	}
-	o := &opener{opts: opts}
-	img, err := o.open(path, 0, nil)
+	o, err := newOpener(path, opts)
 	if err != nil {
+		return nil, err
+	}
+	img, err := o.open(path, "", o.opts.Format, 0, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.checkChain(img); err != nil {
+		img.Close()
 		return nil, err
 	}
 	return newDisk(img, path), nil
 }
 
 // New reads a disk whose bytes r serves, of the given size, named name in
-// messages. Related files (backing files, extents) are resolved against
+// messages, with the format opts.Format declares or else detected by
+// content. Related files (backing files, extents) are resolved against
 // name when it is a path; pass "" to forbid them. Close does not close r.
 func New(r io.ReaderAt, size int64, name string, opts *Options) (*Disk, error) {
-	if opts == nil {
-		opts = &Options{}
-	}
-	o := &opener{opts: opts}
-	img, err := o.detect(r, size, name, 0, nil, nil)
+	o, err := newOpener(name, opts)
 	if err != nil {
+		return nil, err
+	}
+	f := image.File{R: r, Size: size, Name: name}
+	img, err := o.openFile(f, "", o.opts.Format, 0, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.checkChain(img); err != nil {
+		img.Close()
 		return nil, err
 	}
 	return newDisk(img, name), nil
@@ -118,12 +178,14 @@ func New(r io.ReaderAt, size int64, name string, opts *Options) (*Disk, error) {
 func NewFromImage(img image.Image, name string) *Disk { return newDisk(img, name) }
 
 func newDisk(img image.Image, name string) *Disk {
-	d := &Disk{Name: name, Format: img.Format(), Size: img.Size(), img: img}
+	g := image.Guard(img, name)
+	d := &Disk{Name: name, Format: img.Format(), Size: img.Size(), Chain: img.Layers(), img: g}
 	d.findVolumes()
 	return d
 }
 
-// Image returns the disk's bytes as the guest sees them.
+// Image returns the disk's bytes as the guest sees them. Its ReadAt and
+// Map turn a panic of a format reader into an error naming the disk.
 func (d *Disk) Image() image.Image { return d.img }
 
 // Close releases the image and every file it opened.
@@ -146,98 +208,120 @@ func (d *Disk) Volume(id string) (*Volume, error) {
 // ReaderAt returns the volume's raw bytes.
 func (v *Volume) ReaderAt() io.ReaderAt { return v.r }
 
-// opener opens images and their backing chains, bounding depth and
-// refusing loops.
+// opener opens images and their backing chains, bounding depth, refusing
+// loops and applying the rules of Options.Format and Options.Layers.
 type opener struct {
-	opts *Options
+	opts   *Options
+	top    string
+	layers []string        // opts.Layers, resolved
+	listed map[string]bool // the same, as a set
+}
+
+func newOpener(top string, opts *Options) (*opener, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	if opts.Format != "" && opts.Format != "raw" {
+		if _, ok := lookupFormat(opts.Format); !ok {
+			return nil, fmt.Errorf("%s: unknown declared format %q (known: %s)", top, opts.Format, strings.Join(Formats(), ", "))
+		}
+	}
+	o := &opener{opts: opts, top: top, listed: map[string]bool{}}
+	for _, l := range opts.Layers {
+		p := image.RealPath(l)
+		o.layers = append(o.layers, p)
+		o.listed[p] = true
+	}
+	return o, nil
+}
+
+// admit applies the layer rules to a related file, before it is opened.
+func (o *opener) admit(referrer, name, path string) error {
+	switch {
+	case len(o.layers) > 0:
+		if o.listed[path] {
+			return nil
+		}
+		return fmt.Errorf("%w: Options.Layers does not list it", ErrUnnamedLayer)
+	case o.opts.Format != "" || o.opts.AllowUnnamedLayers:
+		return nil
+	}
+	return fmt.Errorf("%w: the disk's format was probed, not declared, so it opens only files listed in Options.Layers (snapscan --layer) unless AllowUnnamedLayers (--allow-unnamed-layers) is set", ErrUnnamedLayer)
 }
 
 func (o *opener) imageOptions(chain []string) *image.Options {
 	return &image.Options{
 		AllowedDirs: o.opts.AllowedDirs,
 		WrapReader:  o.opts.WrapReader,
-		OpenParent: func(path string) (image.Image, error) {
-			return o.open(path, len(chain), chain)
+		Admit:       o.admit,
+		OpenParent: func(path, name, format string) (image.Image, error) {
+			return o.open(path, name, format, len(chain), chain)
 		},
 	}
 }
 
-// open opens the image file at path as the depth-th link of a chain.
-func (o *opener) open(path string, depth int, chain []string) (image.Image, error) {
+// open opens the image file at path as the depth-th link of a chain, of
+// the given format ("" to detect it); name is how its child names it.
+func (o *opener) open(path, name, format string, depth int, chain []string) (image.Image, error) {
 	if depth > image.MaxChainDepth {
-		return nil, fmt.Errorf("%s: backing chain deeper than %d images: %s", path, image.MaxChainDepth, strings.Join(chain, " -> "))
+		return nil, fmt.Errorf("%s: backing chain deeper than %d images", o.top, image.MaxChainDepth)
 	}
-	abs, err := filepath.Abs(path)
-	if err == nil {
-		if real, err := filepath.EvalSymlinks(abs); err == nil {
-			abs = real
-		}
-	}
+	abs := image.RealPath(path)
 	for _, p := range chain {
 		if p == abs {
-			return nil, fmt.Errorf("%s: backing chain loops: %s -> %s", path, strings.Join(chain, " -> "), abs)
+			return nil, fmt.Errorf("%s: backing chain loops: %q is already in it", o.top, name)
 		}
 	}
-	f, err := image.OpenFile(path)
+	f, err := o.imageOptions(nil).Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("open image: %w", err)
+		if name != "" {
+			return nil, fmt.Errorf("%s: related file %q: %w", o.top, name, err)
+		}
+		return nil, err
 	}
-	size, err := image.SizeOf(f)
+	img, err := o.openFile(f, name, format, depth, append(chain[:len(chain):len(chain)], abs))
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open image %s: %w", path, err)
-	}
-	r := o.opts.WrapReader
-	var ra io.ReaderAt = f
-	if r != nil {
-		ra = r(path, f)
-	}
-	img, err := o.detect(ra, size, path, depth, append(chain[:len(chain):len(chain)], abs), f)
-	if err != nil {
-		f.Close()
+		f.Closer.Close()
 		return nil, err
 	}
 	return img, nil
 }
 
-// closeBoth closes an image and then the file under it.
-type closeBoth struct {
-	image.Image
-	f io.Closer
-}
-
-// Unwrap returns the format reader, for image.Unwrap.
-func (c closeBoth) Unwrap() image.Image { return c.Image }
-
-func (c closeBoth) Close() error {
-	err := c.Image.Close()
-	if c.f != nil {
-		if err2 := c.f.Close(); err == nil {
-			err = err2
-		}
-	}
-	return err
-}
-
-// detect tries each image format in turn on r.
-func (o *opener) detect(r io.ReaderAt, size int64, name string, depth int, chain []string, f io.Closer) (img image.Image, err error) {
-	defer func() {
-		// A format reader must never take the process down on hostile bytes.
-		if p := recover(); p != nil {
-			img, err = nil, fmt.Errorf("%s: image reader failed on corrupt input: %v", name, p)
-		}
-	}()
+// openFile reads f as format ("" to detect it, "raw" for raw). On success
+// the image owns f.Closer.
+func (o *opener) openFile(f image.File, name, format string, depth int, chain []string) (image.Image, error) {
 	iopts := o.imageOptions(chain)
-	for _, fmtr := range formats {
-		img, err := fmtr.open(r, size, name, iopts)
-		if err == nil {
-			return closeBoth{img, f}, nil
-		}
-		if !errors.Is(err, image.ErrWrongType) {
-			return nil, fmt.Errorf("%s: %s image: %w", name, fmtr.name, err)
-		}
+	switch format {
+	case "":
+		return image.Detect(formats, f, iopts)
+	case "raw":
+		return image.NewRaw(f), nil
 	}
-	return closeBoth{image.NewRaw(r, size, nil), f}, nil
+	fm, ok := lookupFormat(format)
+	if !ok {
+		return nil, fmt.Errorf("%s: recorded format %q is not one snapscan reads (%s)", f.Label(), format, strings.Join(Formats(), ", "))
+	}
+	img, err := fm.New(f, iopts)
+	if errors.Is(err, image.ErrWrongType) {
+		return nil, fmt.Errorf("%s: %w: declared %s, but the content is %s: %w", f.Label(), ErrFormatMismatch, format, image.Probe(formats, f), err)
+	}
+	return img, err
+}
+
+// checkChain compares the chain opened with Options.Layers, when given.
+func (o *opener) checkChain(img image.Image) error {
+	if len(o.layers) == 0 {
+		return nil
+	}
+	var got []string
+	for _, l := range img.Layers() {
+		got = append(got, image.RealPath(l.Path))
+	}
+	if slices.Equal(got, o.layers) {
+		return nil
+	}
+	return fmt.Errorf("%s: %w: the disk reads %d files, Options.Layers lists %d (%s)", o.top, ErrUnnamedLayer, len(got), len(o.layers),
+		strings.Join(o.opts.Layers, ", "))
 }
 
 // sortVolumes orders partitions by number, then the rest by id.

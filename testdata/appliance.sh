@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the appliance's end-to-end fixture: 20 VM disk images on two
 # datastores ($OUT/ds-a, $OUT/ds-b), made by real tools — mkfs.ext4 -d from
-# a source tree, sgdisk for a GPT on every other disk, qemu-img convert to
+# a source tree (ext4 guests), sgdisk for a GPT on every other disk, qemu-img convert to
 # qcow2, vmdk, vhdx and vpc (and raw left as is) — with planted matches, plus
 # a corrupt qcow2 whose header points outside the file.
 #
@@ -9,14 +9,11 @@
 # planted match; $OUT/disks.tsv lists "vm<TAB>datastore<TAB>path<TAB>format";
 # $OUT/rules/planted.yar holds the rules that find the plants.
 #
-# Usage: appliance.sh [ext4|vfat] (default ext4): the guests' file system
-# (vfat through mkfs.vfat + mcopy).
+# Usage: OUT=DIR appliance.sh
 #
-# Tools: mkfs.ext4 (e2fsprogs), mkfs.vfat + mcopy (dosfstools, mtools),
-# sgdisk (gdisk), qemu-img (qemu-utils), dd.
+# Tools: mkfs.ext4 (e2fsprogs), sgdisk (gdisk), qemu-img (qemu-utils), dd.
 set -euo pipefail
 : "${OUT:?OUT must be set}"
-FS=${1:-ext4}
 export LC_ALL=C TZ=UTC
 rm -rf "$OUT/ds-a" "$OUT/ds-b" "$OUT/work" "$OUT/rules"
 mkdir -p "$OUT/ds-a" "$OUT/ds-b" "$OUT/work" "$OUT/rules"
@@ -64,12 +61,7 @@ for i in $(seq -w 1 20); do
 	fi
 	find "$T" -exec touch -h -d @1704164645 {} +
 	fsimg="$OUT/work/$vm.ext4"
-	if [ "$FS" = vfat ]; then
-		mkfs.vfat -C -n "VM$i" -i "0000${i}00" "$fsimg" 12288 >/dev/null
-		mcopy -s -m -i "$fsimg" "$T"/* ::/
-	else
-		mkfs.ext4 -q -F -L "$vm" -U "00000000-0000-4000-8000-0000000000$i" -E root_owner=0:0 -d "$T" "$fsimg" 12M >/dev/null
-	fi
+	mkfs.ext4 -q -F -L "$vm" -U "00000000-0000-4000-8000-0000000000$i" -E root_owner=0:0 -d "$T" "$fsimg" 12M >/dev/null
 	raw="$OUT/work/$vm.raw"
 	if ((n % 2 == 0)); then
 		# GPT disk: one partition from 1 MiB holding the file system.

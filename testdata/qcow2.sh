@@ -10,6 +10,8 @@
 #   v2, v3, c4k, c2m, deflate, zstd, l2ext .qcow2   conversions of src.raw
 #   base.qcow2, ovl.qcow2, ovl2.qcow2  a chain (ovl2 -> ovl -> base) written
 #                   with qemu-io, including zeroed clusters over base data
+#   l2ovl.qcow2     an overlay on base.qcow2 with extended L2 entries: some
+#                   subclusters written, some zeroed, the rest from the base
 #   rawbase.qcow2   an overlay whose backing file is src.raw (format raw)
 #   grow.qcow2      an overlay larger than its backing file
 #   sub/below.qcow2 backing file named "../base.qcow2" (outside sub/)
@@ -80,6 +82,17 @@ qemu-io -f qcow2 \
 qemu-img create -q -f qcow2 -b ovl.qcow2 -F qcow2 ovl2.qcow2
 qemu-io -f qcow2 -c 'write -P 0x22 1M 4k' -c 'write -P 0x33 41M 1M' ovl2.qcow2 >/dev/null
 
+# Extended L2 entries over a backing file: subclusters (4 KiB of 128 KiB
+# clusters) written, zeroed, or left to the base.
+qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=128K -b base.qcow2 -F qcow2 l2ovl.qcow2
+qemu-io -f qcow2 \
+	-c 'write -P 0x66 1M 4k' \
+	-c 'write -P 0x67 1028k 8k' \
+	-c 'write -z 3M 8k' \
+	-c 'write -P 0x77 5000k 12k' \
+	-c 'write -z 26M 256k' \
+	l2ovl.qcow2 >/dev/null
+
 # Backing file in raw format.
 qemu-img create -q -f qcow2 -b src.raw -F raw rawbase.qcow2
 qemu-io -f qcow2 -c 'write -P 0x44 5M 70k' rawbase.qcow2 >/dev/null
@@ -88,7 +101,7 @@ qemu-io -f qcow2 -c 'write -P 0x44 5M 70k' rawbase.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 grow.qcow2 80M
 qemu-io -f qcow2 -c 'write -P 0x55 70M 4k' grow.qcow2 >/dev/null
 
-for img in v2 v3 c4k c2m deflate zstd l2ext base ovl ovl2 rawbase grow; do
+for img in v2 v3 c4k c2m deflate zstd l2ext l2ovl base ovl ovl2 rawbase grow; do
 	qemu-img convert -O raw "$img.qcow2" "$img.raw"
 done
 

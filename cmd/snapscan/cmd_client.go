@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,8 +20,9 @@ import (
 
 // Exit codes of submit --wait and status ID, for scripts.
 const (
-	exitScanFailed   = 3 // the scan failed or was cancelled
-	exitScanFindings = 4 // the scan completed and found something
+	exitScanFailed     = 3 // the scan failed or was cancelled
+	exitScanFindings   = 4 // the scan completed and found something
+	exitScanIncomplete = 5 // nothing found, but not everything was scanned
 )
 
 func init() {
@@ -128,11 +130,14 @@ type scanView struct {
 		TotalBytes int64 `json:"total_bytes"`
 	} `json:"progress"`
 	Result *struct {
-		SigVersion uint64 `json:"sig_version"`
-		Files      int64  `json:"files"`
-		Bytes      int64  `json:"bytes"`
-		Cached     int64  `json:"cached"`
-		Findings   int64  `json:"findings"`
+		Status     string           `json:"status"`
+		Incomplete map[string]int64 `json:"incomplete"`
+		SigVersion uint64           `json:"sig_version"`
+		Files      int64            `json:"files"`
+		Bytes      int64            `json:"bytes"`
+		Cached     int64            `json:"cached"`
+		Findings   int64            `json:"findings"`
+		BytesRead  int64            `json:"bytes_read"`
 	} `json:"result"`
 	Findings []findingView `json:"findings"`
 }
@@ -159,15 +164,62 @@ func printJSON(w io.Writer, raw json.RawMessage) error {
 	return enc.Encode(v)
 }
 
+// submitDisk is one disk of a submit, as the API takes it.
+type submitDisk struct {
+	Datastore string   `json:"datastore"`
+	Path      string   `json:"path"`
+	Format    string   `json:"format,omitempty"`
+	Layers    []string `json:"layers,omitempty"`
+}
+
+// submitDisks are --disk, and --format and --layer, which describe the
+// --disk before them.
+type submitDisks struct{ disks []submitDisk }
+
+func (d *submitDisks) last(flag string) (*submitDisk, error) {
+	if len(d.disks) == 0 {
+		return nil, fmt.Errorf("--%s describes the --disk before it: give --disk first", flag)
+	}
+	return &d.disks[len(d.disks)-1], nil
+}
+
+func (d *submitDisks) register(f *flag.FlagSet) {
+	f.Func("disk", "`DATASTORE:PATH` of a disk image (repeatable)", func(v string) error {
+		ds, p, ok := strings.Cut(v, ":")
+		if !ok || ds == "" || p == "" {
+			return fmt.Errorf("want DATASTORE:PATH")
+		}
+		d.disks = append(d.disks, submitDisk{Datastore: ds, Path: p})
+		return nil
+	})
+	f.Func("format", "image `FORMAT` of the --disk before it, as the hypervisor knows it (raw, qcow2,\n"+
+		"vmdk, vhd, vhdx); without it the format is probed and no unlisted backing file is opened", func(v string) error {
+		last, err := d.last("format")
+		if err == nil {
+			last.Format = v
+		}
+		return err
+	})
+	f.Func("layer", "`PATH` on the same datastore of a file in the chain (extent, backing file) of\n"+
+		"the --disk before it (repeatable, in chain order)", func(v string) error {
+		last, err := d.last("layer")
+		if err == nil {
+			last.Layers = append(last.Layers, v)
+		}
+		return err
+	})
+}
+
 func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("submit", "submit --vm NAME --disk DATASTORE:PATH [--disk ...] [--priority P] [--wait] [--json]",
+	f := newFlags("submit", "submit --vm NAME --disk DATASTORE:PATH [--format F] [--layer PATH...] [--disk ...] [--priority P] [--wait] [--json]",
 		"Submits a scan of a VM's disks (paths relative to their datastore's folder) and prints\n"+
 			"the scan id. With --wait, waits for the end: exit 0 when clean, 4 when it found\n"+
-			"something, 3 when it failed or was cancelled.", stderr)
+			"something, 5 when it found nothing but could not scan everything (incomplete),\n"+
+			"3 when it failed or was cancelled.", stderr)
 	newClient := clientFlags(f)
 	vm := f.String("vm", "", "VM `NAME`")
-	var disks stringList
-	f.Var(&disks, "disk", "`DATASTORE:PATH` of a disk image (repeatable)")
+	var disks submitDisks
+	disks.register(f)
 	prio := f.String("priority", "on_demand", "`CLASS`: on_demand, scheduled or rescan")
 	reason := f.String("reason", "", "free-text `REASON` kept with the scan")
 	wait := f.Bool("wait", false, "wait until the scan ends")
@@ -176,26 +228,15 @@ func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if *vm == "" || len(disks) == 0 || len(pos) != 0 {
+	if *vm == "" || len(disks.disks) == 0 || len(pos) != 0 {
 		return usageError("want --vm and at least one --disk DATASTORE:PATH")
 	}
-	type disk struct {
-		Datastore string `json:"datastore"`
-		Path      string `json:"path"`
-	}
 	body := struct {
-		VM       string `json:"vm"`
-		Disks    []disk `json:"disks"`
-		Priority string `json:"priority"`
-		Reason   string `json:"reason,omitempty"`
-	}{VM: *vm, Priority: *prio, Reason: *reason}
-	for _, d := range disks {
-		ds, p, ok := strings.Cut(d, ":")
-		if !ok || ds == "" || p == "" {
-			return usageError("--disk %q: want DATASTORE:PATH", d)
-		}
-		body.Disks = append(body.Disks, disk{ds, p})
-	}
+		VM       string       `json:"vm"`
+		Disks    []submitDisk `json:"disks"`
+		Priority string       `json:"priority"`
+		Reason   string       `json:"reason,omitempty"`
+	}{VM: *vm, Disks: disks.disks, Priority: *prio, Reason: *reason}
 	c, err := newClient()
 	if err != nil {
 		return err
@@ -260,7 +301,16 @@ func showScan(w io.Writer, raw json.RawMessage, sv scanView, asJSON bool) error 
 			fmt.Fprintf(w, "  progress: %d/%d files, %d/%d bytes\n", p.Files, p.TotalFiles, p.Bytes, p.TotalBytes)
 		}
 		if r := sv.Result; r != nil {
-			fmt.Fprintf(w, "  signatures v%d: %d files (%d cached), %d bytes, %d findings\n", r.SigVersion, r.Files, r.Cached, r.Bytes, r.Findings)
+			fmt.Fprintf(w, "  %s: signatures v%d: %d files (%d cached), %d bytes, %d findings; %d bytes read\n",
+				r.Status, r.SigVersion, r.Files, r.Cached, r.Bytes, r.Findings, r.BytesRead)
+			if len(r.Incomplete) > 0 {
+				reasons := make([]string, 0, len(r.Incomplete))
+				for k, n := range r.Incomplete {
+					reasons = append(reasons, fmt.Sprintf("%s %d", k, n))
+				}
+				slices.Sort(reasons)
+				fmt.Fprintf(w, "  not scanned: %s\n", strings.Join(reasons, ", "))
+			}
 		}
 		for _, f := range sv.Findings {
 			fmt.Fprintf(w, "  %s  %s:%s%s\n", f.Rule, f.Disk, f.Volume, f.Path)
@@ -269,16 +319,24 @@ func showScan(w io.Writer, raw json.RawMessage, sv scanView, asJSON bool) error 
 	switch {
 	case sv.State == "failed" || sv.State == "cancelled":
 		return &exitError{code: exitScanFailed}
-	case sv.State == "done" && len(sv.Findings) > 0:
+	case sv.State != "done":
+		return nil
+	case sv.Result == nil:
+		return errors.New("the appliance answered a done scan without its result")
+	case sv.Result.Status == "findings":
 		return &exitError{code: exitScanFindings}
+	case sv.Result.Status == "clean":
+		return nil
 	}
-	return nil
+	// incomplete, or a status this client does not know: never clean.
+	return &exitError{code: exitScanIncomplete}
 }
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("status", "status [--state STATE] [--vm VM] [--json] [ID]",
 		"With ID, shows one scan: exit 0 when queued, running or clean, 4 when it found\n"+
-			"something, 3 when it failed or was cancelled. Without, lists recent scans.", stderr)
+			"something, 5 when incomplete, 3 when it failed or was cancelled. Without, lists\n"+
+			"recent scans.", stderr)
 	newClient := clientFlags(f)
 	state := f.String("state", "", "list only scans in `STATE` (queued, running, done, failed, cancelled)")
 	vm := f.String("vm", "", "list only the scans of `VM`")

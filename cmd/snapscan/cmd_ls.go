@@ -4,14 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"path"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/image"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
@@ -39,22 +42,24 @@ type lsFile struct {
 }
 
 type lsOutput struct {
-	Image       string     `json:"image"`
-	Format      string     `json:"format"`
-	VirtualSize int64      `json:"virtual_size"`
-	Table       string     `json:"table,omitempty"`
-	Volumes     []lsVolume `json:"volumes"`
-	Files       []lsFile   `json:"files"`
-	Errors      []string   `json:"errors,omitempty"`
+	Image       string `json:"image"`
+	Format      string `json:"format"`
+	VirtualSize int64  `json:"virtual_size"`
+	// Chain lists every file the disk reads, top first (image.Layer).
+	Chain   []image.Layer `json:"chain"`
+	Table   string        `json:"table,omitempty"`
+	Volumes []lsVolume    `json:"volumes"`
+	Files   []lsFile      `json:"files"`
+	Errors  []string      `json:"errors,omitempty"`
 }
 
 func runLs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("ls", "ls [--json] [--allow-dir DIR]... IMAGE",
-		"Lists the image's format and volumes, then every file of every readable volume.\n"+
-			"Symbolic links are listed, never followed. Exit status 1 when a volume or file could not be read.", stderr)
+	f := newFlags("ls", "ls [--json] [--format FMT] [--layer FILE]... [--allow-unnamed-layers] [--allow-dir DIR]... IMAGE",
+		"Lists the image's format, the files it reads (its chain) and its volumes, then every file of\n"+
+			"every readable volume. Symbolic links are listed, never followed. Exit status 1 when a volume\n"+
+			"or file could not be read.", stderr)
 	asJSON := f.Bool("json", false, "print one JSON object")
-	var allow stringList
-	f.Var(&allow, "allow-dir", "also allow backing files and extents from `DIR` (repeatable)")
+	diskOpts := diskFlags(f)
 	pos, err := parse(f, args)
 	if err != nil {
 		return err
@@ -63,13 +68,13 @@ func runLs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		f.Usage()
 		return usageError("want exactly one IMAGE, got %d arguments", len(pos))
 	}
-	d, err := snapshot.Open(pos[0], &snapshot.Options{AllowedDirs: allow})
+	d, err := snapshot.Open(pos[0], diskOpts())
 	if err != nil {
 		return err
 	}
 	defer d.Close()
 
-	out := lsOutput{Image: pos[0], Format: d.Format, VirtualSize: d.Size, Table: d.Table,
+	out := lsOutput{Image: pos[0], Format: d.Format, VirtualSize: d.Size, Chain: d.Chain, Table: d.Table,
 		Volumes: []lsVolume{}, Files: []lsFile{}}
 	for _, v := range d.Volumes {
 		lv := lsVolume{ID: v.ID, FileSystem: v.FileSystem, Offset: v.Offset, Size: v.Size, Label: v.Label}
@@ -139,6 +144,13 @@ func printLs(w io.Writer, o *lsOutput) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHAIN\tFORMAT\tSIZE\tFILE\tNAMED")
+	for i, l := range o.Chain {
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\n", i, l.Format, l.Size, l.Path, dash(l.Name))
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VOLUME\tFILESYSTEM\tOFFSET\tSIZE\tLABEL\tNOTE")
 	for _, v := range o.Volumes {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", v.ID, dash(v.FileSystem), v.Offset, v.Size, dash(v.Label), v.Error)
@@ -183,4 +195,21 @@ func volumePath(p string) string {
 		return "."
 	}
 	return p[1:]
+}
+
+// diskFlags adds the flags that say how a disk is opened (its declared
+// format, the files it is made of, the folders it may read) to f, and
+// returns the snapshot.Options they give once f is parsed. Every command
+// that opens a disk should use it.
+func diskFlags(f *flag.FlagSet) func() *snapshot.Options {
+	var allow, layers stringList
+	format := f.String("format", "", "the disk's format: "+strings.Join(snapshot.Formats(), ", ")+
+		"; raw means raw, never probed (default: probe by content)")
+	f.Var(&layers, "layer", "a `FILE` the disk is made of: the image, then its extents and backing files (repeatable)")
+	unnamed := f.Bool("allow-unnamed-layers", false, "let a probed image open backing files, parents and extents not given with\n"+
+		"--layer (only for images whose headers the host wrote: a guest can write a header into a raw disk)")
+	f.Var(&allow, "allow-dir", "also allow backing files and extents from `DIR` (repeatable)")
+	return func() *snapshot.Options {
+		return &snapshot.Options{Format: *format, Layers: layers, AllowUnnamedLayers: *unnamed, AllowedDirs: allow}
+	}
 }

@@ -28,14 +28,29 @@ logical volumes) are found and each file system is read directly: nothing is
 mounted. Archives (zip, tar, gzip, zstd, bzip2, xz, nested) are scanned inside,
 members reported as /path/a.zip!dir/inner.exe.
 
+A TARGET may also be a plain file that is not a disk image (a regular file
+with no partition table and no known file system): it is scanned as a file.
+The report says which way each target was read: image, block_device, folder
+or file.
+
 Per file the rules see the external variables filename, filepath (the path
 inside its volume, /etc/hosts), extension (.exe), filetype (EXE, ELF, ZIP, ...)
-and owner. One bad target never stops the others: it is reported and the scan
-goes on. Files that are not scanned are counted by reason (too_large, excluded,
-not_regular, read_error, timeout, limit_hit) in the summary.
+and owner. Files of any size are scanned whole: those larger than the memory
+window (256 MiB) are copied to a private spool file (--spool-dir, bounded by
+--spool-size) and scanned from it. One bad target never stops the others: it
+is reported and the scan goes on. Files that are not scanned are counted by
+reason (too_large, excluded, not_regular, read_error, timeout, limit_hit, ...)
+in the summary; any of them but excluded and not_regular makes the scan
+incomplete, which is never reported as clean.
 
-Exit status: 0 nothing matched, 1 something matched, 2 a target could not be
-scanned (or wrong usage). A progress line is shown when stderr is a terminal.
+Exit status:
+  0  clean: everything was scanned and nothing matched
+  1  findings: something matched (even if a target failed or the scan was
+     incomplete; those are reported too, and failures go to stderr)
+  2  a target could not be scanned at all (and nothing matched), or wrong usage
+  3  incomplete: nothing matched, but some files or volumes were not scanned
+     (too large, unreadable, timed out, archive limits, encrypted volume)
+A progress line is shown when stderr is a terminal.
 
 Examples:
   snapscan scan --rules rules/ vm42.qcow2
@@ -48,7 +63,9 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	f.Var(&rules, "rules", "YARA rule file, folder of .yar/.yara files, or compiled rules (repeatable, required)")
 	f.Var(&excludes, "exclude", "skip files and folders matching `GLOB` inside a volume, e.g. '**/*.vhdx' or '/var/lib/pacemaker/**' (repeatable)")
 	f.Var(&allow, "allow-dir", "also allow backing files and extents of images from `DIR` (repeatable)")
-	maxSize := f.String("max-file-size", "256MiB", "skip files larger than `SIZE` (units KB, MB, GB, KiB, MiB, GiB)")
+	maxSize := f.String("max-file-size", "", "do not scan files larger than `SIZE` (units KB, MB, GB, KiB, MiB, GiB); they make\nthe scan incomplete (default: no limit but --spool-size)")
+	spoolDir := f.String("spool-dir", "", "folder for spool copies of files over the memory window (default $TMPDIR or /tmp)")
+	spoolSize := f.String("spool-size", "16GiB", "bound on the spool copies held at once: larger files are not scanned (`SIZE`)")
 	asJSON := f.Bool("json", false, "print one JSON object: {targets, findings, stats}")
 	workers := f.Int("workers", 0, "files scanned at once (default: number of CPUs)")
 	timeout := f.Duration("timeout", scanner.DefaultTimeout, "YARA timeout per file (whole seconds)")
@@ -63,9 +80,15 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		f.Usage()
 		return usageError("need --rules and at least one TARGET")
 	}
-	limit, err := parseSize(*maxSize)
+	var limit int64
+	if *maxSize != "" {
+		if limit, err = parseSize(*maxSize); err != nil {
+			return usageError("--max-file-size: %v", err)
+		}
+	}
+	spoolLimit, err := parseSize(*spoolSize)
 	if err != nil {
-		return usageError("--max-file-size: %v", err)
+		return usageError("--spool-size: %v", err)
 	}
 	var globs []scanner.Glob
 	for _, e := range excludes {
@@ -84,6 +107,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	opts := scanner.Options{
 		Workers: *workers, MaxFileSize: limit, Exclude: globs, Timeout: *timeout,
 		NoArchives: *noArchives, OnProgress: prog.update,
+		SpoolDir: *spoolDir, SpoolBudget: spoolLimit,
 	}
 	if !*noCache {
 		// One run's verdicts, by content hash: byte-identical files (clones,
@@ -101,6 +125,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	out := scanOutput{Targets: []targetReport{}, Findings: []scanner.Finding{}}
 	start := time.Now()
 	failed := false
+	var results []scanner.Result
 	for _, target := range pos {
 		if ctx.Err() != nil {
 			break
@@ -113,10 +138,12 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		if tr.report != nil {
 			out.Findings = append(out.Findings, tr.report.Findings...)
+			results = append(results, tr.report.Result)
 		}
 		out.Targets = append(out.Targets, tr)
 	}
 	prog.clear()
+	out.Result = scanner.MergeResults(results...)
 	out.Stats = summarize(out.Targets, rs, time.Since(start))
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -127,21 +154,40 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	} else {
 		printSummary(stdout, &out)
 	}
+	if !out.Result.Complete() {
+		fmt.Fprintf(stderr, "snapscan scan: incomplete: not scanned:%s\n", skipText(out.Result.NotScanned)[len("; skipped:"):])
+	}
 	switch {
-	case ctx.Err() != nil:
-		return &exitError{code: 2, err: fmt.Errorf("interrupted: %w", ctx.Err())}
-	case failed:
-		return &exitError{code: 2}
 	case len(out.Findings) > 0:
-		return &exitError{code: 1}
+		if ctx.Err() != nil {
+			fmt.Fprintf(stderr, "snapscan scan: interrupted: %v\n", ctx.Err())
+		}
+		return &exitError{code: exitFindings}
+	case ctx.Err() != nil:
+		return &exitError{code: exitFailed, err: fmt.Errorf("interrupted: %w", ctx.Err())}
+	case failed:
+		return &exitError{code: exitFailed}
+	case !out.Result.Complete():
+		return &exitError{code: exitIncomplete}
 	}
 	return nil
 }
 
+// Exit statuses of scan (see scanHelp).
+const (
+	exitFindings   = 1
+	exitFailed     = 2
+	exitIncomplete = 3
+)
+
 // targetReport is one target's part of the JSON output.
 type targetReport struct {
-	Target  string                 `json:"target"`
-	Format  string                 `json:"format,omitempty"` // image format, "dir" for a folder
+	Target string `json:"target"`
+	// Kind is which way the target was read: image, block_device,
+	// folder, file (empty when it could not be opened).
+	Kind    string                 `json:"kind"`
+	Format  string                 `json:"format,omitempty"` // image format, "dir" for a folder, "file"
+	Result  *scanner.Result        `json:"result,omitempty"`
 	Volumes []scanner.VolumeReport `json:"volumes"`
 	// Error is why the target could not be scanned at all.
 	Error    string `json:"error,omitempty"`
@@ -165,6 +211,9 @@ type scanStats struct {
 }
 
 type scanOutput struct {
+	// Result merges the targets' results (targets that could not be
+	// opened at all are in Targets[].Error and stats.targets_failed).
+	Result   scanner.Result    `json:"result"`
 	Targets  []targetReport    `json:"targets"`
 	Findings []scanner.Finding `json:"findings"`
 	Stats    scanStats         `json:"stats"`
@@ -175,11 +224,28 @@ type scanOutput struct {
 func scanTarget(ctx context.Context, sc *scanner.Scanner, target string, allow []string) targetReport {
 	tr := targetReport{Target: target, Volumes: []scanner.VolumeReport{}}
 	var t scanner.Target
-	if fi, err := os.Stat(target); err == nil && fi.IsDir() {
+	fi, statErr := os.Stat(target)
+	switch {
+	case statErr == nil && fi.IsDir():
 		tr.Format = "dir"
-		t = scanner.Target{Name: target, Volumes: []scanner.Volume{{ID: "dir", FileSystem: "dir", FS: os.DirFS(target)}}}
-	} else {
+		t = scanner.FolderTarget(target)
+	default:
 		d, err := snapshot.Open(target, &snapshot.Options{AllowedDirs: allow})
+		// A plain file is scanned as itself: one too small to hold a
+		// partition table, or one that opens only as a raw disk with
+		// nothing known on it. A file in an image format that fails to
+		// open stays an error.
+		if statErr == nil && fi.Mode().IsRegular() && ((err != nil && fi.Size() < 512) || (err == nil && notAnImage(d))) {
+			if d != nil {
+				d.Close()
+			}
+			if t, err = scanner.FileTarget(target); err != nil {
+				tr.Error = err.Error()
+				return tr
+			}
+			tr.Format = "file"
+			break
+		}
 		if err != nil {
 			tr.Error = err.Error()
 			return tr
@@ -188,11 +254,13 @@ func scanTarget(ctx context.Context, sc *scanner.Scanner, target string, allow [
 		tr.Format = d.Format
 		t = scanner.DiskTarget(target, d)
 	}
+	tr.Kind = t.Kind
 	rep, err := sc.Scan(ctx, t)
 	if rep != nil {
 		tr.report = rep
 		tr.Volumes = rep.Volumes
 		tr.Findings = len(rep.Findings)
+		tr.Result = &rep.Result
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		tr.Error = fmt.Sprintf("%s: %v", target, err)
@@ -200,6 +268,12 @@ func scanTarget(ctx context.Context, sc *scanner.Scanner, target string, allow [
 		tr.Error = fmt.Sprintf("%s: no volume could be read", target)
 	}
 	return tr
+}
+
+// notAnImage reports whether a disk opened from a regular file is no disk
+// image at all: raw, with no partition table and nothing known on it.
+func notAnImage(d *snapshot.Disk) bool {
+	return d.Format == "raw" && d.Table == "" && len(d.Volumes) == 1 && d.Volumes[0].FS == nil && d.Volumes[0].FileSystem == ""
 }
 
 func anyScanned(t scanner.Target) bool {
@@ -246,7 +320,7 @@ func printFinding(w io.Writer, fd scanner.Finding) {
 func printSummary(w io.Writer, o *scanOutput) {
 	fmt.Fprintln(w)
 	for _, t := range o.Targets {
-		fmt.Fprintf(w, "%s (%s)\n", t.Target, dash(t.Format))
+		fmt.Fprintf(w, "%s (%s, %s)\n", t.Target, dash(t.Kind), dash(t.Format))
 		if t.Error != "" {
 			fmt.Fprintf(w, "  error: %s\n", t.Error)
 		}
@@ -264,6 +338,14 @@ func printSummary(w io.Writer, o *scanOutput) {
 	s := o.Stats
 	fmt.Fprintf(w, "\n%d targets (%d failed), %d files, %s in %.1fs; %d cached; %d rules; %d findings\n",
 		s.Targets, s.TargetsFailed, s.Files, humanBytes(s.Bytes), s.Seconds, s.Cached, s.Rules, s.Findings)
+	res := string(o.Result.Status)
+	if s.TargetsFailed > 0 {
+		res += fmt.Sprintf(", %d targets failed", s.TargetsFailed)
+	}
+	if !o.Result.Complete() {
+		res += " (not scanned:" + skipText(o.Result.NotScanned)[len("; skipped:"):] + ")"
+	}
+	fmt.Fprintf(w, "result: %s\n", res)
 }
 
 func skipText(m map[string]int64) string {

@@ -62,8 +62,8 @@ func TestScanCommand(t *testing.T) {
 	}
 
 	code, out, stderr := scan("--json", sample, corrupt, clean)
-	if code != 2 {
-		t.Errorf("exit %d, want 2 (a target could not be scanned); stderr %s", code, stderr)
+	if code != 1 || !strings.Contains(stderr, "corrupt.qcow2") {
+		t.Errorf("exit %d, want 1 (findings win over a target that could not be scanned, named on stderr); stderr %s", code, stderr)
 	}
 	var res struct {
 		Targets []struct {
@@ -113,6 +113,9 @@ func TestScanCommand(t *testing.T) {
 	}
 	if code, _, _ := scan(); code != 2 {
 		t.Errorf("no target: exit %d, want 2", code)
+	}
+	if code, _, stderr := scan(corrupt, clean); code != 2 || !strings.Contains(stderr, "corrupt.qcow2") {
+		t.Errorf("a clean folder and a corrupt image: exit %d, want 2; %s", code, stderr)
 	}
 	code, _, stderr = runArgs("scan", "--rules", filepath.Join(dir, "missing.yar"), clean)
 	if code != 2 || !strings.Contains(stderr, "missing.yar") {
@@ -172,5 +175,72 @@ func TestLsCommand(t *testing.T) {
 		if code, _, stderr := runArgs(args...); code == 0 || stderr == "" {
 			t.Errorf("%v: exit %d with no error", args, code)
 		}
+	}
+}
+
+// TestScanResult runs the binary: each exit status of scan, the result in
+// the JSON output, and a plain file scanned as a file.
+func TestScanResult(t *testing.T) {
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "r.yar")
+	os.WriteFile(rules, []byte(`rule evil { strings: $a = "EVIL-MARKER" condition: $a }`), 0o644)
+	clean := filepath.Join(dir, "clean")
+	os.MkdirAll(filepath.Join(clean, "etc"), 0o755)
+	os.WriteFile(filepath.Join(clean, "etc", "hosts"), []byte("127.0.0.1 localhost\n"), 0o644)
+	os.WriteFile(filepath.Join(clean, "big.db"), bytes.Repeat([]byte("x"), 10000), 0o644)
+	plain := filepath.Join(dir, "eicar.com")
+	os.WriteFile(plain, []byte("a file, not a disk image: EVIL-MARKER\n"), 0o644)
+	missing := filepath.Join(dir, "missing.img")
+
+	type res struct {
+		Result struct {
+			Status     string
+			Findings   int
+			NotScanned map[string]int64 `json:"not_scanned"`
+		}
+		Targets []struct {
+			Target, Kind, Format, Error string
+			Result                      *struct{ Status string }
+		}
+		Findings []struct{ Target, Volume, Path string }
+	}
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		code   int
+		status string
+		stderr string
+	}{
+		{"clean", []string{clean}, 0, "clean", ""},
+		{"incomplete", []string{"--max-file-size", "5000", clean}, 3, "incomplete", "incomplete: not scanned: too_large 1"},
+		{"findings in a plain file", []string{plain}, 1, "findings", ""},
+		{"findings and a failed target", []string{plain, missing}, 1, "findings", "missing.img"},
+		{"findings and incomplete", []string{"--max-file-size", "5000", clean, plain}, 1, "findings", "too_large 1"},
+		{"nothing scannable", []string{missing}, 2, "clean", "missing.img"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, stderr := runBin(t, append([]string{"scan", "--json", "--rules", rules}, tc.args...)...)
+			var r res
+			if err := json.Unmarshal([]byte(out), &r); err != nil {
+				t.Fatalf("not JSON: %v\n%s", err, out)
+			}
+			if code != tc.code || r.Result.Status != tc.status || !strings.Contains(stderr, tc.stderr) {
+				t.Errorf("exit %d status %q, want %d %q; stderr %q\n%s", code, r.Result.Status, tc.code, tc.status, stderr, out)
+			}
+			for _, tg := range r.Targets {
+				want := map[string]string{clean: "folder", plain: "file", missing: ""}[tg.Target]
+				if tg.Kind != want || (tg.Error == "") != (tg.Result != nil) {
+					t.Errorf("target %s: kind %q (want %q), error %q, result %v", tg.Target, tg.Kind, want, tg.Error, tg.Result)
+				}
+			}
+		})
+	}
+	code, out, _ := runBin(t, "scan", "--rules", rules, plain)
+	if code != 1 || !strings.Contains(out, "FOUND "+plain+" file /eicar.com: evil") || !strings.Contains(out, "result: findings") {
+		t.Errorf("text output of a plain file: exit %d\n%s", code, out)
+	}
+	code, _, stderr := runBin(t, "scan", "--help")
+	if code != 0 || !strings.Contains(stderr, "3  incomplete") {
+		t.Errorf("--help does not document the exit statuses: %d %s", code, stderr)
 	}
 }

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -13,13 +14,15 @@ import (
 )
 
 // ChainOptions returns image options whose OpenParent opens parents with
-// open (a format's Open), bounding the chain at image.MaxChainDepth as
-// snapshot.Open does, and allowing the given folders.
-func ChainOptions(open func(path string, opts *image.Options) (image.Image, error), allowed ...string) *image.Options {
+// newImage (a format's New), or as raw where the child records the format
+// raw or where newImage says ErrWrongType for a parent of unrecorded
+// format; the chain is bounded at image.MaxChainDepth as snapshot.Open
+// bounds it, and the given folders are allowed.
+func ChainOptions(newImage func(f image.File, opts *image.Options) (image.Image, error), allowed ...string) *image.Options {
 	o := &image.Options{AllowedDirs: allowed}
 	var depth int
 	var mu sync.Mutex
-	o.OpenParent = func(path string) (image.Image, error) {
+	o.OpenParent = func(path, name, format string) (image.Image, error) {
 		mu.Lock()
 		depth++
 		d := depth
@@ -27,7 +30,22 @@ func ChainOptions(open func(path string, opts *image.Options) (image.Image, erro
 		if d > image.MaxChainDepth {
 			return nil, fmt.Errorf("parent chain deeper than %d at %s", image.MaxChainDepth, path)
 		}
-		return open(path, o)
+		f, err := o.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		if format == "raw" {
+			return image.NewRaw(f), nil
+		}
+		img, err := newImage(f, o)
+		if errors.Is(err, image.ErrWrongType) && format == "" {
+			return image.NewRaw(f), nil
+		}
+		if err != nil {
+			f.Closer.Close()
+			return nil, err
+		}
+		return img, nil
 	}
 	return o
 }

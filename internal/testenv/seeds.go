@@ -31,9 +31,36 @@ func WriteSeed(t testing.TB, target, name string, args ...[]byte) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	vals := make([]any, len(args))
+	for i, a := range args {
+		vals[i] = a
+	}
+	WriteSeedValues(t, target, name, vals...)
+}
+
+// WriteSeedValues writes one corpus entry for a fuzz target whose
+// arguments are not all []byte: each value is a []byte, string, bool, int,
+// int64, uint64 or float64, written as go test reads it back.
+func WriteSeedValues(t testing.TB, target, name string, args ...any) {
+	t.Helper()
+	dir := filepath.Join("testdata", "fuzz", target)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	body := "go test fuzz v1\n"
 	for _, a := range args {
-		body += fmt.Sprintf("[]byte(%q)\n", a)
+		switch v := a.(type) {
+		case []byte:
+			body += fmt.Sprintf("[]byte(%q)\n", v)
+		case string:
+			body += fmt.Sprintf("string(%q)\n", v)
+		case bool, int, int64, uint64:
+			body += fmt.Sprintf("%T(%v)\n", v, v)
+		case float64:
+			body += fmt.Sprintf("float64(%v)\n", v)
+		default:
+			t.Fatalf("fuzz seed %s/%s: value of type %T", target, name, a)
+		}
 	}
 	if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 		t.Fatal(err)

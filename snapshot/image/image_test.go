@@ -2,9 +2,11 @@ package image
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -62,6 +64,47 @@ func TestResolve(t *testing.T) {
 				t.Fatalf("Resolve(%q) = %q, %v; want an error wrapping %v", tt.ref, got, err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestRelatedFileOracle (issue 10.6): a related file outside the allowed
+// folders is refused with one message whether or not it exists, naming it
+// only as the image does, never where a link leads on the host.
+func TestRelatedFileOracle(t *testing.T) {
+	ds := t.TempDir()
+	img := filepath.Join(ds, "disk.qcow2")
+	for link, target := range map[string]string{"exe": "/proc/self/exe", "gone": "/nonexistent/secret.key", "shadow": "/etc/shadow"} {
+		if err := os.Symlink(target, filepath.Join(ds, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exe, _ := os.Executable()
+	var msgs []string
+	for _, name := range []string{"/etc/passwd", "/nonexistent/secret.key", "../../../etc/passwd", "exe", "gone", "shadow"} {
+		_, err := (&Options{}).Resolve(img, name)
+		var re *RelatedError
+		if !errors.Is(err, ErrUnsafePath) || !errors.As(err, &re) {
+			t.Fatalf("Resolve(%q) = %v, want a RelatedError wrapping ErrUnsafePath", name, err)
+		}
+		msg := err.Error()
+		if exe != "" && strings.Contains(msg, exe) || strings.Contains(msg, "/proc/self") && name != "/proc/self/exe" {
+			t.Errorf("Resolve(%q): message %q tells where a link leads", name, msg)
+		}
+		if re.Name != name || re.Image != img {
+			t.Errorf("Resolve(%q): RelatedError %+v", name, re)
+		}
+		msgs = append(msgs, strings.Replace(msg, fmt.Sprintf("%q", name), "NAME", 1))
+	}
+	for _, m := range msgs[1:] {
+		if m != msgs[0] {
+			t.Errorf("messages differ by more than the name:\n%s\n%s", msgs[0], m)
+		}
+	}
+	// The resolved path stays available to a caller that logs it.
+	_, err := (&Options{}).Resolve(img, "exe")
+	var re *RelatedError
+	if errors.As(err, &re); re == nil || re.Resolved == "" {
+		t.Errorf("RelatedError.Resolved not kept: %+v", re)
 	}
 }
 

@@ -9,7 +9,7 @@ import (
 )
 
 // Limits on header fields, the same as qemu's (block/qcow2.h): bytes
-// outside them are refused before go-qcow2reader allocates anything.
+// outside them are refused before anything is allocated.
 const (
 	minClusterBits = 9
 	maxClusterBits = 21       // 2 MiB clusters
@@ -31,8 +31,7 @@ const (
 	featExtendedL2   = 1 << 4
 )
 
-// header is the part of a qcow2 header snapscan checks itself before
-// handing the image to go-qcow2reader.
+// header is the part of a qcow2 header the reader uses.
 type header struct {
 	version       uint32
 	clusterBits   uint32

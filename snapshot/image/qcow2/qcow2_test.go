@@ -5,15 +5,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/snapshot/image"
+	"github.com/snapscan/snapscan/snapshot/image/imagetest"
 	"github.com/snapscan/snapscan/snapshot/image/qcow2"
 )
 
@@ -23,125 +22,53 @@ func fixtures(t testing.TB) string {
 	return testenv.Fixture(t, "qcow2.sh")
 }
 
-// openParent is what the snapshot package passes: detection by content.
-func openParent(path string) (image.Image, error) {
-	img, err := qcow2.Open(path, &image.Options{OpenParent: openParent})
-	if errors.Is(err, image.ErrWrongType) {
-		f, err := image.OpenFile(path)
-		if err != nil {
-			return nil, err
-		}
-		size, err := image.SizeOf(f)
-		if err != nil {
-			f.Close()
-			return nil, err
-		}
-		return image.NewRaw(f, size, f), nil
-	}
-	return img, err
+// chainOptions is what the snapshot package passes: parents opened by
+// their recorded format, or detected by content.
+func chainOptions(allowed ...string) *image.Options {
+	return testenv.ChainOptions(func(f image.File, o *image.Options) (image.Image, error) { return qcow2.New(f, o) }, allowed...)
 }
 
-// compareImage checks every byte of img against want, the output of
-// qemu-img convert -O raw: a sequential read in 4 MiB chunks, then random
-// unaligned reads across cluster boundaries, some of them concurrent.
-func compareImage(t *testing.T, img image.Image, want []byte, cluster int64) {
-	t.Helper()
-	if img.Size() != int64(len(want)) {
-		t.Fatalf("Size() = %d, want %d", img.Size(), len(want))
-	}
-	buf := make([]byte, 4<<20)
-	for off := int64(0); off < int64(len(want)); off += int64(len(buf)) {
-		n, err := img.ReadAt(buf, off)
-		end := min(off+int64(len(buf)), int64(len(want)))
-		if n != int(end-off) || (err != nil && err != io.EOF) || (end < int64(len(want)) && err != nil) {
-			t.Fatalf("ReadAt(%d bytes, %d) = %d, %v", len(buf), off, n, err)
-		}
-		if !bytes.Equal(buf[:n], want[off:end]) {
-			t.Fatalf("bytes at %d..%d differ from qemu-img's", off, end)
-		}
-	}
-	var wg sync.WaitGroup
-	for g := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(g), 42))
-			p := make([]byte, 300<<10)
-			for range 300 {
-				edge := rng.Int64N(int64(len(want))/cluster+1) * cluster
-				off := max(0, min(edge+rng.Int64N(2*cluster)-cluster, int64(len(want))-1))
-				n := 1 + rng.IntN(len(p))
-				got, err := img.ReadAt(p[:n], off)
-				wantN := min(n, len(want)-int(off))
-				if got != wantN || (got < n) != (err == io.EOF) || (err != nil && err != io.EOF) {
-					t.Errorf("ReadAt(%d bytes, %d) = %d, %v", n, off, got, err)
-					return
-				}
-				if !bytes.Equal(p[:got], want[off:off+int64(got)]) {
-					t.Errorf("ReadAt(%d bytes, %d): bytes differ from qemu-img's", n, off)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if n, err := img.ReadAt(buf[:1], int64(len(want))); n != 0 || err != io.EOF {
-		t.Errorf("ReadAt at Size() = %d, %v; want 0, EOF", n, err)
-	}
-}
-
-func TestVariants(t *testing.T) {
+// TestConformance runs the image.Image suite on every qcow2 variant the
+// fixture makes: versions 2 and 3, 4 KiB to 2 MiB clusters, deflate and
+// zstd clusters, extended L2 entries with and without a backing file, a
+// three-image chain with zero clusters, a raw base and an overlay larger
+// than its base. Parents are opened by the package itself (no
+// Options.OpenParent); TestOpenParent covers the other way.
+func TestConformance(t *testing.T) {
 	dir := fixtures(t)
-	tests := []struct {
-		name      string
-		cluster   int64
-		backing   string // base name of the backing file, "" for none
-		useParent bool   // open the chain through Options.OpenParent
-	}{
-		{"v2", 64 << 10, "", false},
-		{"v3", 64 << 10, "", false},
-		{"c4k", 4 << 10, "", false},
-		{"c2m", 2 << 20, "", false},
-		{"deflate", 64 << 10, "", false},
-		{"zstd", 64 << 10, "", false},
-		{"l2ext", 128 << 10, "", false},
-		{"ovl", 64 << 10, "base.qcow2", false},
-		{"ovl2", 64 << 10, "ovl.qcow2", false},
-		{"ovl2", 64 << 10, "ovl.qcow2", true},
-		{"rawbase", 64 << 10, "src.raw", false},
-		{"rawbase", 64 << 10, "src.raw", true},
-		{"grow", 64 << 10, "base.qcow2", false},
+	c := func(name string, cluster int64, layers int) imagetest.Case {
+		return imagetest.Case{Name: name, Path: filepath.Join(dir, name+".qcow2"), Raw: filepath.Join(dir, name+".raw"), Edge: cluster, Layers: layers}
 	}
-	for _, tt := range tests {
-		name := tt.name
-		if tt.useParent {
-			name += "/OpenParent"
-		}
-		t.Run(name, func(t *testing.T) {
-			want, err := os.ReadFile(filepath.Join(dir, tt.name+".raw"))
+	imagetest.Suite{
+		Format: "qcow2",
+		New:    func(f image.File, o *image.Options) (image.Image, error) { return qcow2.New(f, o) },
+		Cases: []imagetest.Case{
+			c("v3", 64<<10, 1), c("v2", 64<<10, 1), c("c4k", 4<<10, 1), c("c2m", 2<<20, 1),
+			c("deflate", 64<<10, 1), c("zstd", 64<<10, 1), c("l2ext", 128<<10, 1), c("l2ovl", 128<<10, 2),
+			c("ovl", 64<<10, 2), c("ovl2", 64<<10, 3), c("rawbase", 64<<10, 2), c("grow", 64<<10, 2),
+		},
+		Damage: "zstd",
+	}.Run(t)
+}
+
+// TestOpenParent reads chains whose parents are opened through
+// Options.OpenParent, as snapshot opens them.
+func TestOpenParent(t *testing.T) {
+	dir := fixtures(t)
+	for _, tt := range []struct{ name, backing string }{{"ovl2", "ovl.qcow2"}, {"rawbase", "src.raw"}, {"l2ovl", "base.qcow2"}} {
+		t.Run(tt.name, func(t *testing.T) {
+			img, err := qcow2.Open(filepath.Join(dir, tt.name+".qcow2"), chainOptions())
 			if err != nil {
 				t.Fatal(err)
 			}
-			opts := &image.Options{}
-			if tt.useParent {
-				opts.OpenParent = openParent
-			}
-			img, err := qcow2.Open(filepath.Join(dir, tt.name+".qcow2"), opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				if err := img.Close(); err != nil {
-					t.Errorf("Close: %v", err)
-				}
-			}()
-			if img.Format() != "qcow2" {
-				t.Errorf("Format() = %q", img.Format())
-			}
-			if got := filepath.Base(img.BackingFile()); tt.backing != "" && got != tt.backing {
+			defer img.Close()
+			if got := filepath.Base(img.BackingFile()); got != tt.backing {
 				t.Errorf("BackingFile() = %q, want %s", img.BackingFile(), tt.backing)
 			}
-			compareImage(t, img, want, tt.cluster)
+			if l := img.Layers(); l[1].Name != tt.backing {
+				t.Errorf("layer 1 named %q, want %q as the header writes it", l[1].Name, tt.backing)
+			}
+			testenv.CompareImage(t, img, filepath.Join(dir, tt.name+".raw"), 64<<10)
 		})
 	}
 }
@@ -170,7 +97,7 @@ func TestBadChains(t *testing.T) {
 			for _, parent := range []bool{false, true} {
 				opts := &image.Options{AllowedDirs: tt.allowed}
 				if parent {
-					opts.OpenParent = openParent
+					opts = chainOptions(tt.allowed...)
 				}
 				img, err := qcow2.Open(path, opts)
 				if tt.is == nil {
@@ -192,17 +119,6 @@ func TestBadChains(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// TestWrongType checks that non-qcow2 bytes are reported as such, so that
-// detection moves on to the next format.
-func TestWrongType(t *testing.T) {
-	for _, b := range [][]byte{nil, []byte("QF"), make([]byte, 4096), []byte("KDMV" + strings.Repeat("\x00", 508))} {
-		_, err := qcow2.New(bytes.NewReader(b), int64(len(b)), "x", nil)
-		if !errors.Is(err, image.ErrWrongType) {
-			t.Errorf("New(%q...) = %v, want ErrWrongType", b[:min(len(b), 4)], err)
-		}
 	}
 }
 
@@ -244,7 +160,7 @@ func TestCorrupt(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			b := tt.damage(bytes.Clone(orig))
 			const name = "/images/corrupt.qcow2"
-			img, err := qcow2.New(bytes.NewReader(b), int64(len(b)), name, nil)
+			img, err := qcow2.New(image.File{R: bytes.NewReader(b), Size: int64(len(b)), Name: name}, nil)
 			if err == nil {
 				defer img.Close()
 				buf := make([]byte, 4<<20)
@@ -278,17 +194,5 @@ func TestCorrupt(t *testing.T) {
 			}
 			t.Log(err)
 		})
-	}
-}
-
-func ExampleOpen() {
-	img, err := qcow2.Open("disk.qcow2", &image.Options{AllowedDirs: []string{"/var/lib/images"}})
-	if err != nil {
-		return
-	}
-	defer img.Close()
-	mbr := make([]byte, 512)
-	if _, err := img.ReadAt(mbr, 0); err != nil {
-		return
 	}
 }

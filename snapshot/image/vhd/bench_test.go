@@ -25,7 +25,7 @@ func BenchmarkSequentialRead(b *testing.B) {
 				return nil, err
 			}
 			n, err := image.SizeOf(f)
-			return image.NewRaw(f, n, f), err
+			return image.NewRaw(image.File{R: f, Size: n, Name: f.Name(), Closer: f}), err
 		},
 		"vhd-dynamic": func() (image.Image, error) { return vhd.Open(filepath.Join(dir, "vhd-dynamic.vhd"), nil) },
 	}

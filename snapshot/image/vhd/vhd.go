@@ -17,15 +17,17 @@
 package vhd
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
 	"strings"
-	"sync"
 	"unicode/utf16"
 
+	"github.com/snapscan/snapscan/internal/lru"
 	"github.com/snapscan/snapscan/snapshot/image"
 )
 
@@ -64,23 +66,21 @@ var ErrNoParent = errors.New("vhd: parent disk not available")
 
 // Image is an opened VHD. It implements image.Image.
 type Image struct {
+	f        image.File
 	r        io.ReaderAt
 	fileSize int64
 	name     string
 	kind     uint32
 	size     int64
 	uniqueID [16]byte
+	digest   []byte // SHA-256 state input: footer, dynamic header, BAT
 
 	// Dynamic and differencing disks.
 	blockSize  int64
 	bitmapSize int64    // sector bitmap bytes in front of each block, sector aligned
 	bat        []uint32 // sector offset of each block, noBlock if unallocated
-	parent     image.Image
-
-	bmMu    sync.Mutex
-	bmCache map[uint32][]byte
-
-	closer io.Closer // the file Open opened; nil for New
+	stack      image.Stack
+	bitmaps    *lru.Cache[uint32, []byte]
 }
 
 var _ image.Image = (*Image)(nil)
@@ -88,24 +88,25 @@ var _ image.Image = (*Image)(nil)
 // Open opens the VHD at path read-only. Close closes the file and the
 // parent chain. Parents are opened through opts.OpenParent.
 func Open(path string, opts *image.Options) (*Image, error) {
-	img, f, err := image.OpenPath(path, opts, New)
-	if err != nil {
-		return nil, err
-	}
-	img.closer = f
-	return img, nil
+	return image.OpenPath(path, opts, New)
 }
 
-// New reads the VHD held in r, which is size bytes long. name is the path
-// of the file r reads: it locates a differencing disk's parent and appears
-// in error messages ("" means no parent can be opened). The error wraps
-// image.ErrWrongType when r holds no VHD footer. Close does not close r,
-// but closes the parent chain New opened.
-func New(r io.ReaderAt, size int64, name string, opts *image.Options) (*Image, error) {
-	if name == "" {
-		name = "(vhd image)"
-	}
-	img := &Image{r: r, fileSize: size, name: name}
+// New reads the VHD in file. file.Name is the path of the file: it
+// locates a differencing disk's parent and appears in error messages (no
+// name means no parent can be opened). The error wraps image.ErrWrongType
+// when the file holds no VHD footer. On success Close closes file.Closer
+// and the parent chain New opened.
+func New(file image.File, opts *image.Options) (img *Image, err error) {
+	defer image.Recover(&err, file.Label(), "vhd")
+	img = &Image{f: file, r: file.R, fileSize: file.Size, name: file.Label(), bitmaps: lru.New[uint32, []byte](bitmapCacheEntries)}
+	size := file.Size
+	defer func() {
+		if err == nil {
+			sum := sha256.Sum256(img.digest)
+			img.digest = nil
+			img.stack.Own = []image.Layer{file.Layer(img.Format(), "", hex.EncodeToString(sum[:]))}
+		}
+	}()
 	f, err := img.readFooter()
 	if err != nil {
 		return nil, err
@@ -168,6 +169,7 @@ func (img *Image) readFooter() (footer, error) {
 	var tailErr error
 	if string(tail[0:8]) == "conectix" {
 		if tailErr = img.checkFooter(tail[:], tailOff); tailErr == nil {
+			img.digest = append(img.digest, tail[:]...)
 			return parseFooter(tail[:]), nil
 		}
 	}
@@ -181,6 +183,7 @@ func (img *Image) readFooter() (footer, error) {
 			return f, errors.Join(tailErr, err)
 		}
 		if f = parseFooter(head[:]); f.diskType != typeFixed {
+			img.digest = append(img.digest, head[:]...)
 			return f, nil
 		}
 	}
@@ -244,6 +247,7 @@ func (img *Image) readDynHeader(off uint64) (*dynHeader, error) {
 	if want, got := binary.BigEndian.Uint32(b[36:40]), checksum(b, 36); want != got {
 		return nil, img.corrupt(int64(off), fmt.Sprintf("dynamic header checksum is %#08x, computed %#08x", want, got))
 	}
+	img.digest = append(img.digest, b...)
 	h := &dynHeader{
 		tableOffset: binary.BigEndian.Uint64(b[16:24]),
 		maxEntries:  binary.BigEndian.Uint32(b[28:32]),
@@ -277,6 +281,7 @@ func (img *Image) readBAT(h *dynHeader) error {
 	if _, err := img.r.ReadAt(raw, int64(h.tableOffset)); err != nil {
 		return fmt.Errorf("%s: reading VHD BAT at offset %d: %w", img.name, h.tableOffset, err)
 	}
+	img.digest = append(img.digest, raw...)
 	img.bat = make([]uint32, blocks)
 	span := img.bitmapSize + img.blockSize
 	for i := range img.bat {
@@ -340,8 +345,8 @@ func (img *Image) parentCandidates(h *dynHeader) []string {
 }
 
 func (img *Image) openParent(h *dynHeader, hdrOff uint64, opts *image.Options) error {
-	if opts == nil || opts.OpenParent == nil {
-		return fmt.Errorf("%s: %w: differencing disk, and no way to open parents was given", img.name, ErrNoParent)
+	if img.f.Name == "" {
+		return fmt.Errorf("%s: %w: differencing disk read without a path", img.name, ErrNoParent)
 	}
 	names := img.parentCandidates(h)
 	if len(names) == 0 {
@@ -359,17 +364,21 @@ func (img *Image) openParent(h *dynHeader, hdrOff uint64, opts *image.Options) e
 			errs = append(errs, fmt.Errorf("parent %q is the image itself", n))
 			continue
 		}
-		parent, err := opts.OpenParent(p)
+		parent, err := opts.OpenParentImage(p, n, "vhd", func(f image.File, o *image.Options) (image.Image, error) { return New(f, o) })
 		if err != nil {
-			return fmt.Errorf("%s: opening parent %s: %w", img.name, p, err)
+			return fmt.Errorf("%s: opening parent %q: %w", img.name, n, err)
 		}
-		if id, ok := image.Unwrap(parent).(interface{ UniqueID() [16]byte }); ok && strings.HasPrefix(parent.Format(), "vhd/") {
-			if got := id.UniqueID(); got != h.parentID {
-				parent.Close()
-				return img.corrupt(int64(hdrOff)+40, fmt.Sprintf("parent %s has unique id %x, the child expects %x (parent modified or replaced)", p, got, h.parentID))
+		// A VHD's parent is a VHD that carries the unique id the child recorded.
+		id, ok := parent.(interface{ UniqueID() [16]byte })
+		if !ok || id.UniqueID() != h.parentID {
+			parent.Close()
+			got := "none"
+			if ok {
+				got = fmt.Sprintf("%x", id.UniqueID())
 			}
+			return img.corrupt(int64(hdrOff)+40, fmt.Sprintf("parent %q (%s) has unique id %s, the child expects %x (parent modified or replaced)", n, parent.Format(), got, h.parentID))
 		}
-		img.parent = parent
+		img.stack.Parent, img.stack.ParentName = parent, n
 		return nil
 	}
 	return fmt.Errorf("%s: %w: %w", img.name, ErrNoParent, errors.Join(errs...))
@@ -423,20 +432,20 @@ func (img *Image) Format() string {
 func (img *Image) UniqueID() [16]byte { return img.uniqueID }
 
 // Parent returns the parent of a differencing disk, or nil.
-func (img *Image) Parent() image.Image { return img.parent }
+func (img *Image) Parent() image.Image { return img.stack.Parent }
 
-// Close closes the parent chain and, for an image made by Open, the file.
+// Layers returns the file and its parent chain. The file's Digest is the
+// SHA-256 of its footer, dynamic header and BAT.
+func (img *Image) Layers() []image.Layer { return img.stack.Layers() }
+
+// Close closes the parent chain and the file, if the image owns it.
 func (img *Image) Close() error {
-	var errs []error
-	if img.parent != nil {
-		errs = append(errs, img.parent.Close())
-		img.parent = nil
+	err := img.stack.Close()
+	if img.f.Closer != nil {
+		err = errors.Join(err, img.f.Closer.Close())
+		img.f.Closer = nil
 	}
-	if img.closer != nil {
-		errs = append(errs, img.closer.Close())
-		img.closer = nil
-	}
-	return errors.Join(errs...)
+	return err
 }
 
 // ReadAt reads the virtual disk. It is safe for concurrent use.
@@ -446,29 +455,20 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		return 0, cerr
 	}
 	if img.kind == typeFixed {
-		n, err := img.r.ReadAt(p, off)
-		if err != nil && !(err == io.EOF && n == len(p)) {
-			return n, fmt.Errorf("%s: reading %d bytes at %d: %w", img.name, len(p), off, err)
+		if err := img.readFile(p, off); err != nil {
+			return 0, err
 		}
-		return n, eof
+		return len(p), eof
 	}
-	done := 0
-	for done < len(p) {
-		pos := off + int64(done)
-		blk := pos / img.blockSize
-		in := pos % img.blockSize
-		chunk := p[done:min(len(p), done+int(img.blockSize-in))]
-		if err := img.readBlock(chunk, uint32(blk), in, pos); err != nil {
-			return done, err
-		}
-		done += len(chunk)
+	if err := image.Blocks(p, off, img.blockSize, img.readBlock); err != nil {
+		return 0, err
 	}
-	return done, eof
+	return len(p), eof
 }
 
 // readBlock fills b from block blk, starting in bytes into it; pos is the
 // virtual offset of b[0].
-func (img *Image) readBlock(b []byte, blk uint32, in, pos int64) error {
+func (img *Image) readBlock(b []byte, blk, in, pos int64) error {
 	e := img.bat[blk]
 	if e == noBlock {
 		return img.readParent(b, pos)
@@ -480,56 +480,82 @@ func (img *Image) readBlock(b []byte, blk uint32, in, pos int64) error {
 		// need not be consulted (qemu does the same).
 		return img.readFile(b, data+in)
 	}
-	bm, err := img.bitmap(blk, int64(e)*sectorSize)
+	bm, err := img.bitmap(uint32(blk), int64(e)*sectorSize)
 	if err != nil {
 		return err
 	}
-	// Serve runs of sectors that are all in the child or all in the
-	// parent with one read each.
-	for len(b) > 0 {
-		sec := in / sectorSize
-		present := bm[sec/8]&(0x80>>(sec%8)) != 0
-		end := (sec + 1) * sectorSize
-		for end < in+int64(len(b)) {
-			s := end / sectorSize
-			if (bm[s/8]&(0x80>>(s%8)) != 0) != present {
-				break
-			}
-			end += sectorSize
-		}
-		n := min(int64(len(b)), end-in)
+	return image.BitRuns(in, int64(len(b)), sectorSize, bitSet(bm), func(at, n int64, present bool) error {
+		q := b[at-in : at-in+n]
 		if present {
-			err = img.readFile(b[:n], data+in)
-		} else {
-			err = img.readParent(b[:n], pos)
+			return img.readFile(q, data+at)
 		}
-		if err != nil {
-			return err
-		}
-		b, in, pos = b[n:], in+n, pos+n
+		return img.readParent(q, pos+at-in)
+	})
+}
+
+// bitSet reads a VHD sector bitmap: most significant bit first.
+func bitSet(bm []byte) func(int64) bool {
+	return func(s int64) bool { return bm[s/8]&(0x80>>(s%8)) != 0 }
+}
+
+// Map reports which layer holds each range: the whole disk for a fixed
+// disk, allocated blocks for a dynamic one, sectors whose bitmap bit is
+// set for a differencing one; the rest comes from the parent.
+func (img *Image) Map(off, length int64) ([]image.Extent, error) {
+	off, length = image.ClipRange(off, length, img.size)
+	if length == 0 {
+		return nil, nil
 	}
-	return nil
+	if img.kind == typeFixed {
+		return img.stack.Map([]image.Run{{Start: off, Length: length}})
+	}
+	var runs []image.Run
+	add := func(start, n int64, st image.RunState) {
+		if l := len(runs) - 1; l >= 0 && runs[l].State == st && runs[l].Start+runs[l].Length == start {
+			runs[l].Length += n
+			return
+		}
+		runs = append(runs, image.Run{Start: start, Length: n, State: st})
+	}
+	for end := off + length; off < end; {
+		blk, in := off/img.blockSize, off%img.blockSize
+		n := min(end-off, img.blockSize-in)
+		switch e := img.bat[blk]; {
+		case e == noBlock:
+			add(off, n, image.RunParent)
+		case img.kind == typeDynamic:
+			add(off, n, image.RunData)
+		default:
+			bm, err := img.bitmap(uint32(blk), int64(e)*sectorSize)
+			if err != nil {
+				return nil, err
+			}
+			base := off - in
+			_ = image.BitRuns(in, n, sectorSize, bitSet(bm), func(at, k int64, present bool) error {
+				st := image.RunParent
+				if present {
+					st = image.RunData
+				}
+				add(base+at, k, st)
+				return nil
+			})
+		}
+		off += n
+	}
+	return img.stack.Map(runs)
 }
 
 // bitmap returns the sector bitmap of block blk, which starts at file
 // offset at.
 func (img *Image) bitmap(blk uint32, at int64) ([]byte, error) {
-	img.bmMu.Lock()
-	bm, ok := img.bmCache[blk]
-	img.bmMu.Unlock()
-	if ok {
+	if bm, ok := img.bitmaps.Get(blk); ok {
 		return bm, nil
 	}
-	bm = make([]byte, img.bitmapSize)
+	bm := make([]byte, img.bitmapSize)
 	if err := img.readFile(bm, at); err != nil {
 		return nil, err
 	}
-	img.bmMu.Lock()
-	if img.bmCache == nil || len(img.bmCache) >= bitmapCacheEntries {
-		img.bmCache = make(map[uint32][]byte)
-	}
-	img.bmCache[blk] = bm
-	img.bmMu.Unlock()
+	img.bitmaps.Put(blk, bm)
 	return bm, nil
 }
 
@@ -538,5 +564,5 @@ func (img *Image) readFile(b []byte, at int64) error { return image.ReadFull(img
 // readParent fills b with the parent's bytes at pos, or zeros where there
 // is no parent or the parent is shorter.
 func (img *Image) readParent(b []byte, pos int64) error {
-	return image.ReadParent(img.parent, b, pos, img.name)
+	return image.ReadParent(img.stack.Parent, b, pos, img.name)
 }

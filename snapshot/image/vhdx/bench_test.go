@@ -25,7 +25,7 @@ func BenchmarkSequentialRead(b *testing.B) {
 				return nil, err
 			}
 			n, err := image.SizeOf(f)
-			return image.NewRaw(f, n, f), err
+			return image.NewRaw(image.File{R: f, Size: n, Name: f.Name(), Closer: f}), err
 		},
 		"vhdx-dynamic": func() (image.Image, error) { return vhdx.Open(filepath.Join(dir, "vhdx-dynamic.vhdx"), nil) },
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/snapscan/snapscan/internal/testenv"
+	"github.com/snapscan/snapscan/snapshot/image"
 	"github.com/snapscan/snapscan/snapshot/image/vhdx"
 )
 
@@ -87,7 +88,7 @@ func FuzzVHDX(f *testing.F) {
 	// Seeds are in testdata/fuzz/FuzzVHDX (see TestWriteFuzzSeeds).
 	f.Fuzz(func(t *testing.T, in []byte) {
 		s := decodeSparse(in)
-		img, err := vhdx.New(s, s.size, "", nil)
+		img, err := vhdx.New(image.File{R: s, Size: s.size, Name: ""}, nil)
 		if err != nil {
 			return
 		}
@@ -107,11 +108,9 @@ func FuzzVHDX(f *testing.F) {
 
 // TestWriteFuzzSeeds rewrites the committed seed corpus from small images
 // made by qemu-img and qemu-io and from the generated differencing
-// fixture. It runs only with SNAPSCAN_WRITE_SEEDS=1.
+// fixture. It runs only with go test -run TestWriteFuzzSeeds -update-seeds.
 func TestWriteFuzzSeeds(t *testing.T) {
-	if os.Getenv("SNAPSCAN_WRITE_SEEDS") != "1" {
-		t.Skip("set SNAPSCAN_WRITE_SEEDS=1 to rewrite testdata/fuzz/FuzzVHDX")
-	}
+	testenv.NeedUpdateSeeds(t)
 	testenv.NeedTools(t, "qemu-img", "qemu-io")
 	tmp := t.TempDir()
 	run := func(args ...string) {
@@ -138,10 +137,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		seed := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", encodeSparse(b))
-		if err := os.WriteFile(filepath.Join("testdata", "fuzz", "FuzzVHDX", n), []byte(seed), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		testenv.WriteSeed(t, "FuzzVHDX", n, encodeSparse(b))
 	}
 }
 
@@ -158,7 +154,7 @@ func TestSparseSeedsOpen(t *testing.T) {
 			t.Fatalf("%s: %v", n, err)
 		}
 		s := decodeSparse(in)
-		img, err := vhdx.New(s, s.size, n, nil)
+		img, err := vhdx.New(image.File{R: s, Size: s.size, Name: n}, nil)
 		if err != nil {
 			t.Fatalf("seed %s does not open: %v", n, err)
 		}

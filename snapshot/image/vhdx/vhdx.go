@@ -22,6 +22,7 @@ package vhdx
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -30,9 +31,9 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
-	"sync"
 	"unicode/utf16"
 
+	"github.com/snapscan/snapscan/internal/lru"
 	"github.com/snapscan/snapscan/snapshot/image"
 )
 
@@ -140,6 +141,7 @@ func crcOK(b []byte) (stored, computed uint32, ok bool) {
 
 // Image is an opened VHDX. It implements image.Image.
 type Image struct {
+	f        image.File
 	r        io.ReaderAt
 	fileSize int64
 	name     string
@@ -152,13 +154,9 @@ type Image struct {
 	hasParent  bool
 	dataWrite  guid
 	bat        []uint64
-	parent     image.Image
-
-	bmMu    sync.Mutex
-	bmCache map[int64][]byte
-	bmBytes int
-
-	closer io.Closer
+	stack      image.Stack
+	bitmaps    *lru.Cache[int64, []byte]
+	digest     []byte // input of the layer's Digest: headers, region table, metadata table, BAT
 }
 
 var _ image.Image = (*Image)(nil)
@@ -166,24 +164,25 @@ var _ image.Image = (*Image)(nil)
 // Open opens the VHDX at path read-only. Close closes the file and the
 // parent chain. Parents are opened through opts.OpenParent.
 func Open(path string, opts *image.Options) (*Image, error) {
-	img, f, err := image.OpenPath(path, opts, New)
-	if err != nil {
-		return nil, err
-	}
-	img.closer = f
-	return img, nil
+	return image.OpenPath(path, opts, New)
 }
 
-// New reads the VHDX held in r, which is size bytes long. name is the path
-// of the file r reads: it locates a differencing disk's parent and appears
-// in error messages ("" means no parent can be opened). The error wraps
-// image.ErrWrongType when r does not start with the VHDX file identifier.
-// Close does not close r, but closes the parent chain New opened.
-func New(r io.ReaderAt, size int64, name string, opts *image.Options) (*Image, error) {
-	if name == "" {
-		name = "(vhdx image)"
-	}
-	img := &Image{r: r, fileSize: size, name: name}
+// New reads the VHDX in file. file.Name is the path of the file: it
+// locates a differencing disk's parent and appears in error messages (no
+// name means no parent can be opened). The error wraps image.ErrWrongType
+// when the file does not start with the VHDX file identifier. On success
+// Close closes file.Closer and the parent chain New opened.
+func New(file image.File, opts *image.Options) (img *Image, err error) {
+	r, size, name := file.R, file.Size, file.Label()
+	defer image.Recover(&err, name, "vhdx")
+	img = &Image{f: file, r: r, fileSize: size, name: name}
+	defer func() {
+		if err == nil {
+			sum := sha256.Sum256(img.digest)
+			img.digest = nil
+			img.stack.Own = []image.Layer{file.Layer(img.Format(), "", hex.EncodeToString(sum[:]))}
+		}
+	}()
 	var sig [8]byte
 	if size < int64(len(sig)) {
 		return nil, fmt.Errorf("%s: %w: file of %d bytes is too short for VHDX", name, image.ErrWrongType, size)
@@ -216,6 +215,7 @@ func New(r io.ReaderAt, size int64, name string, opts *image.Options) (*Image, e
 	if err := img.readBAT(batRegion); err != nil {
 		return nil, err
 	}
+	img.bitmaps = lru.New[int64, []byte](max(1, bitmapCacheBytes/int(img.blockSize/img.sectorSize/8)))
 	if img.hasParent {
 		if err := img.openParent(md.locator, metaRegion, opts); err != nil {
 			return nil, err
@@ -259,6 +259,7 @@ func (img *Image) readHeaders() (*header, error) {
 			logLength: binary.LittleEndian.Uint32(b[68:72]),
 			logOffset: binary.LittleEndian.Uint64(b[72:80]),
 		}
+		img.digest = append(img.digest, b...)
 		copy(h.dataWrite[:], b[32:48])
 		copy(h.logGUID[:], b[48:64])
 		if best == nil || h.seq > best.seq {
@@ -314,6 +315,7 @@ func (img *Image) readRegionTable() (bat, meta region, err error) {
 		}
 		bat, meta, err = img.parseRegionTable(b, off)
 		if err == nil {
+			img.digest = append(img.digest, b...)
 			return bat, meta, nil
 		}
 		errs = append(errs, err)
@@ -373,6 +375,7 @@ func (img *Image) readMetadata(mr region) (*metadata, error) {
 	if _, err := img.r.ReadAt(t, mr.off); err != nil {
 		return nil, fmt.Errorf("%s: reading VHDX metadata table at offset %d: %w", img.name, mr.off, err)
 	}
+	img.digest = append(img.digest, t...)
 	if string(t[0:8]) != "metadata" {
 		return nil, img.corrupt(mr.off, "metadata table signature is not \"metadata\"")
 	}
@@ -477,6 +480,7 @@ func (img *Image) readBAT(br region) error {
 	if _, err := img.r.ReadAt(raw, br.off); err != nil {
 		return fmt.Errorf("%s: reading VHDX BAT at offset %d: %w", img.name, br.off, err)
 	}
+	img.digest = append(img.digest, raw...)
 	img.bat = make([]uint64, entries)
 	for i := range img.bat {
 		img.bat[i] = binary.LittleEndian.Uint64(raw[i*8:])
@@ -569,8 +573,8 @@ func (img *Image) openParent(item []byte, mr region, opts *image.Options) error 
 		return img.corrupt(mr.off, fmt.Sprintf("parent locator has no valid parent_linkage (%q)", kv["parent_linkage"]))
 	}
 	linkage2, has2 := parseGUID(kv["parent_linkage2"])
-	if opts == nil || opts.OpenParent == nil {
-		return fmt.Errorf("%s: %w: differencing disk, and no way to open parents was given", img.name, ErrNoParent)
+	if img.f.Name == "" {
+		return fmt.Errorf("%s: %w: differencing disk read without a path", img.name, ErrNoParent)
 	}
 	var names []string
 	for _, k := range pathKeys {
@@ -601,17 +605,21 @@ func (img *Image) openParent(item []byte, mr region, opts *image.Options) error 
 			errs = append(errs, fmt.Errorf("parent %q is the image itself", n))
 			continue
 		}
-		parent, err := opts.OpenParent(p)
+		parent, err := opts.OpenParentImage(p, n, "vhdx", func(f image.File, o *image.Options) (image.Image, error) { return New(f, o) })
 		if err != nil {
-			return fmt.Errorf("%s: opening parent %s: %w", img.name, p, err)
+			return fmt.Errorf("%s: opening parent %q: %w", img.name, n, err)
 		}
-		if w, ok := image.Unwrap(parent).(interface{ DataWriteGUID() [16]byte }); ok && strings.HasPrefix(parent.Format(), "vhdx/") {
-			if got := guid(w.DataWriteGUID()); got != linkage && !(has2 && got == linkage2) {
-				parent.Close()
-				return img.corrupt(mr.off, fmt.Sprintf("parent %s has data write GUID %s, the child expects %s (parent modified or replaced)", p, got, linkage))
-			}
+		// A VHDX's parent is a VHDX whose data write GUID the child recorded.
+		var got guid
+		w, ok := parent.(interface{ DataWriteGUID() [16]byte })
+		if ok {
+			got = guid(w.DataWriteGUID())
 		}
-		img.parent = parent
+		if !ok || (got != linkage && !(has2 && got == linkage2)) {
+			parent.Close()
+			return img.corrupt(mr.off, fmt.Sprintf("parent %q (%s) has data write GUID %s, the child expects %s (parent modified or replaced)", n, parent.Format(), got, linkage))
+		}
+		img.stack.Parent, img.stack.ParentName = parent, n
 		return nil
 	}
 	return fmt.Errorf("%s: %w: %w", img.name, ErrNoParent, errors.Join(errs...))
@@ -652,20 +660,20 @@ func (img *Image) DataWriteGUID() [16]byte { return img.dataWrite }
 func (img *Image) SectorSize() int64 { return img.sectorSize }
 
 // Parent returns the parent of a differencing disk, or nil.
-func (img *Image) Parent() image.Image { return img.parent }
+func (img *Image) Parent() image.Image { return img.stack.Parent }
 
-// Close closes the parent chain and, for an image made by Open, the file.
+// Layers returns the file and its parent chain. The file's Digest is the
+// SHA-256 of its headers, region table, metadata table and BAT.
+func (img *Image) Layers() []image.Layer { return img.stack.Layers() }
+
+// Close closes the parent chain and the file, if the image owns it.
 func (img *Image) Close() error {
-	var errs []error
-	if img.parent != nil {
-		errs = append(errs, img.parent.Close())
-		img.parent = nil
+	err := img.stack.Close()
+	if img.f.Closer != nil {
+		err = errors.Join(err, img.f.Closer.Close())
+		img.f.Closer = nil
 	}
-	if img.closer != nil {
-		errs = append(errs, img.closer.Close())
-		img.closer = nil
-	}
-	return errors.Join(errs...)
+	return err
 }
 
 // ReadAt reads the virtual disk. It is safe for concurrent use.
@@ -674,18 +682,10 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	if empty {
 		return 0, cerr
 	}
-	done := 0
-	for done < len(p) {
-		pos := off + int64(done)
-		blk := pos / img.blockSize
-		in := pos % img.blockSize
-		chunk := p[done:min(len(p), done+int(img.blockSize-in))]
-		if err := img.readBlock(chunk, blk, in, pos); err != nil {
-			return done, err
-		}
-		done += len(chunk)
+	if err := image.Blocks(p, off, img.blockSize, img.readBlock); err != nil {
+		return 0, err
 	}
-	return done, eof
+	return len(p), eof
 }
 
 // readBlock fills b from payload block blk, starting in bytes into it;
@@ -693,19 +693,12 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 func (img *Image) readBlock(b []byte, blk, in, pos int64) error {
 	e := img.bat[img.batIndex(blk)]
 	data := int64(e>>20) * miB
-	switch e & 7 {
-	case stateFullyPresent:
+	switch img.state(e) {
+	case image.RunData:
 		return img.readFile(b, data+in)
-	case statePartiallyPresent:
-	case stateNotPresent, stateUndefined:
-		// Undefined blocks may read as anything; the parent's data is
-		// what the block held before it became undefined.
-		if img.hasParent {
-			return img.readParent(b, pos)
-		}
-		clear(b)
-		return nil
-	default: // zero, unmapped
+	case image.RunParent:
+		return img.readParent(b, pos)
+	case image.RunZero:
 		clear(b)
 		return nil
 	}
@@ -713,54 +706,94 @@ func (img *Image) readBlock(b []byte, blk, in, pos int64) error {
 	if err != nil {
 		return err
 	}
-	ss := img.sectorSize
-	bit := func(s int64) bool { return bm[s/8]&(1<<(s%8)) != 0 }
-	// Serve runs of sectors that are all in the child or all in the
-	// parent with one read each.
-	for len(b) > 0 {
-		sec := in / ss
-		present := bit(sec)
-		end := (sec + 1) * ss
-		for end < in+int64(len(b)) && bit(end/ss) == present {
-			end += ss
-		}
-		n := min(int64(len(b)), end-in)
+	return image.BitRuns(in, int64(len(b)), img.sectorSize, bitSet(bm), func(at, n int64, present bool) error {
+		q := b[at-in : at-in+n]
 		if present {
-			err = img.readFile(b[:n], data+in)
-		} else {
-			err = img.readParent(b[:n], pos)
+			return img.readFile(q, data+at)
 		}
-		if err != nil {
-			return err
+		return img.readParent(q, pos+at-in)
+	})
+}
+
+// partial is the state of a partially present block: look at its bitmap.
+const partial image.RunState = 255
+
+// state says where a payload block's bytes come from.
+func (img *Image) state(e uint64) image.RunState {
+	switch e & 7 {
+	case stateFullyPresent:
+		return image.RunData
+	case statePartiallyPresent:
+		return partial
+	case stateNotPresent, stateUndefined:
+		// Undefined blocks may read as anything; the parent's data is
+		// what the block held before it became undefined.
+		if img.hasParent {
+			return image.RunParent
 		}
-		b, in, pos = b[n:], in+n, pos+n
 	}
-	return nil
+	return image.RunZero // zero, unmapped, and absent blocks without a parent
+}
+
+// bitSet reads a VHDX sector bitmap: bit 0 of byte 0 first.
+func bitSet(bm []byte) func(int64) bool {
+	return func(s int64) bool { return bm[s/8]&(1<<(s%8)) != 0 }
+}
+
+// Map reports which layer holds each range: fully present blocks and the
+// present sectors of partially present ones are this file's; zero and
+// unmapped blocks read as zeros; the rest comes from the parent.
+func (img *Image) Map(off, length int64) ([]image.Extent, error) {
+	off, length = image.ClipRange(off, length, img.size)
+	var runs []image.Run
+	add := func(start, n int64, st image.RunState) {
+		if l := len(runs) - 1; l >= 0 && runs[l].State == st && runs[l].Start+runs[l].Length == start {
+			runs[l].Length += n
+			return
+		}
+		runs = append(runs, image.Run{Start: start, Length: n, State: st})
+	}
+	for end := off + length; off < end; {
+		blk, in := off/img.blockSize, off%img.blockSize
+		n := min(end-off, img.blockSize-in)
+		st := img.state(img.bat[img.batIndex(blk)])
+		if st != partial {
+			add(off, n, st)
+			off += n
+			continue
+		}
+		bm, err := img.bitmap(blk)
+		if err != nil {
+			return nil, err
+		}
+		base := off - in
+		_ = image.BitRuns(in, n, img.sectorSize, bitSet(bm), func(at, k int64, present bool) error {
+			st := image.RunParent
+			if present {
+				st = image.RunData
+			}
+			add(base+at, k, st)
+			return nil
+		})
+		off += n
+	}
+	return img.stack.Map(runs)
 }
 
 // bitmap returns the part of the sector bitmap that covers payload block
 // blk: one bit per sector, bit 0 of byte 0 first.
 func (img *Image) bitmap(blk int64) ([]byte, error) {
-	img.bmMu.Lock()
-	bm, ok := img.bmCache[blk]
-	img.bmMu.Unlock()
-	if ok {
+	if bm, ok := img.bitmaps.Get(blk); ok {
 		return bm, nil
 	}
 	perBlock := img.blockSize / img.sectorSize / 8
 	sb := img.bat[img.bitmapIndex(blk/img.chunkRatio)]
 	at := int64(sb>>20)*miB + blk%img.chunkRatio*perBlock
-	bm = make([]byte, perBlock)
+	bm := make([]byte, perBlock)
 	if err := img.readFile(bm, at); err != nil {
 		return nil, err
 	}
-	img.bmMu.Lock()
-	if img.bmCache == nil || img.bmBytes+len(bm) > bitmapCacheBytes {
-		img.bmCache, img.bmBytes = make(map[int64][]byte), 0
-	}
-	img.bmCache[blk] = bm
-	img.bmBytes += len(bm)
-	img.bmMu.Unlock()
+	img.bitmaps.Put(blk, bm)
 	return bm, nil
 }
 
@@ -769,5 +802,5 @@ func (img *Image) readFile(b []byte, at int64) error { return image.ReadFull(img
 // readParent fills b with the parent's bytes at pos, or zeros where there
 // is no parent or the parent is shorter.
 func (img *Image) readParent(b []byte, pos int64) error {
-	return image.ReadParent(img.parent, b, pos, img.name)
+	return image.ReadParent(img.stack.Parent, b, pos, img.name)
 }

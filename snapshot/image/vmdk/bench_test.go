@@ -28,7 +28,7 @@ func BenchmarkSequentialRead(b *testing.B) {
 					b.Fatal(err)
 				}
 				size, _ := image.SizeOf(f)
-				img = image.NewRaw(f, size, f)
+				img = image.NewRaw(image.File{R: f, Size: size, Name: f.Name(), Closer: f})
 			} else {
 				v, err := vmdk.Open(filepath.Join(dir, name+".vmdk"), nil)
 				if err != nil {

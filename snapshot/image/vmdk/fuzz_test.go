@@ -4,9 +4,15 @@ import (
 	"bytes"
 	"encoding/binary"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/klauspost/compress/zlib"
+
+	"github.com/snapscan/snapscan/internal/testenv"
+	"github.com/snapscan/snapscan/snapshot/image"
 )
 
 // tinySparse builds a small sparse extent by the specification: 1-sector
@@ -75,7 +81,7 @@ func FuzzVMDK(f *testing.F) {
 		if d, err := parseDescriptor(data); err == nil && len(d.extents) > maxExtents {
 			t.Fatalf("%d extents parsed", len(d.extents))
 		}
-		img, err := New(bytes.NewReader(data), int64(len(data)), "", nil)
+		img, err := New(image.File{R: bytes.NewReader(data), Size: int64(len(data)), Name: ""}, nil)
 		if err != nil {
 			return
 		}
@@ -98,7 +104,7 @@ func FuzzVMDK(f *testing.F) {
 func TestTinySparse(t *testing.T) {
 	for _, tt := range []struct{ compressed, gdAtEnd bool }{{false, false}, {true, false}, {true, true}} {
 		b := tinySparse(tt.compressed, tt.gdAtEnd)
-		img, err := New(bytes.NewReader(b), int64(len(b)), "", nil)
+		img, err := New(image.File{R: bytes.NewReader(b), Size: int64(len(b)), Name: ""}, nil)
 		if err != nil {
 			t.Fatalf("%+v: %v", tt, err)
 		}
@@ -114,4 +120,37 @@ func TestTinySparse(t *testing.T) {
 		}
 		img.Close()
 	}
+}
+
+// TestWriteFuzzSeeds rewrites the committed corpus (go test -run
+// TestWriteFuzzSeeds -update-seeds): the first 13 KiB (header, embedded
+// descriptor, grain directory and tables) of small monolithicSparse and
+// zeroed-grain disks, and the text descriptor of a monolithicFlat disk,
+// all made by qemu-img and written by qemu-io.
+func TestWriteFuzzSeeds(t *testing.T) {
+	testenv.NeedUpdateSeeds(t)
+	testenv.NeedTools(t, "qemu-img", "qemu-io")
+	tmp := t.TempDir()
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	seed := func(name, path string, n int) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testenv.WriteSeed(t, "FuzzVMDK", name, b[:min(len(b), n)])
+	}
+	for name, sub := range map[string]string{"small-vmdk-head": "monolithicSparse", "zg-vmdk-head": "monolithicSparse,zeroed_grain=on"} {
+		p := filepath.Join(tmp, name+".vmdk")
+		run("qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat="+sub, p, "1M")
+		run("qemu-io", "-f", "vmdk", "-c", "write -P 0x5a 0 4k", "-c", "write -z 512k 64k", p)
+		seed(name, p, 13<<10)
+	}
+	p := filepath.Join(tmp, "flat.vmdk")
+	run("qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", p, "64M")
+	seed("flat-descriptor-txt", p, 4096)
 }

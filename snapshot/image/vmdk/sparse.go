@@ -2,8 +2,9 @@ package vmdk
 
 import (
 	"bytes"
-	"container/list"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"runtime"
@@ -12,6 +13,7 @@ import (
 	"github.com/klauspost/compress/flate"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/snapscan/snapscan/internal/lru"
 	"github.com/snapscan/snapscan/snapshot/image"
 )
 
@@ -160,26 +162,13 @@ type sparseExtent struct {
 	grain      int64 // bytes
 	numGTEs    int64
 	gd         []uint32
+	header     [sector]byte
 	compressed bool
 	markers    bool
 	zeroGrain  bool
 
-	mu     sync.Mutex
-	gts    map[int64]*list.Element // GD index -> cached grain table
-	lru    list.List               // of *gtEntry, most recent first
-	grains [grainCacheSize]cachedGrain
-	clock  int
-}
-
-type gtEntry struct {
-	index int64
-	gt    []uint32
-}
-
-type cachedGrain struct {
-	index int64 // -1 when empty
-	data  []byte
-	n     int // valid bytes
+	gts    *lru.Cache[int64, []uint32] // GD index -> grain table
+	grains *lru.Cache[int64, []byte]   // grain index -> inflated grain
 }
 
 func newSparseExtent(r io.ReaderAt, fileSize int64, path string, h *sparseHeader) (*sparseExtent, error) {
@@ -190,10 +179,11 @@ func newSparseExtent(r io.ReaderAt, fileSize int64, path string, h *sparseHeader
 		compressed: h.flags&flagCompressed != 0,
 		markers:    h.flags&flagMarkers != 0,
 		zeroGrain:  h.flags&flagZeroGrain != 0,
-		gts:        map[int64]*list.Element{},
+		gts:        lru.New[int64, []uint32](gtCacheTables),
+		grains:     lru.New[int64, []byte](grainCacheSize),
 	}
-	for i := range e.grains {
-		e.grains[i].index = -1
+	if _, err := r.ReadAt(e.header[:], 0); err != nil {
+		return nil, readErr(0, "sparse extent header", err)
 	}
 	raw := make([]byte, h.gdEntries()*4)
 	off := int64(h.gdOffset) * sector
@@ -239,14 +229,9 @@ func (e *sparseExtent) lookup(gi int64) (int, int64, error) {
 
 // table returns grain table gdi, reading it unless it is cached.
 func (e *sparseExtent) table(gdi int64) ([]uint32, error) {
-	e.mu.Lock()
-	if el, ok := e.gts[gdi]; ok {
-		e.lru.MoveToFront(el)
-		gt := el.Value.(*gtEntry).gt
-		e.mu.Unlock()
+	if gt, ok := e.gts.Get(gdi); ok {
 		return gt, nil
 	}
-	e.mu.Unlock()
 
 	off := int64(e.gd[gdi]) * sector
 	if off+e.numGTEs*4 > e.fileSize {
@@ -261,18 +246,34 @@ func (e *sparseExtent) table(gdi int64) ([]uint32, error) {
 		gt[i] = binary.LittleEndian.Uint32(raw[4*i:])
 	}
 
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if el, ok := e.gts[gdi]; ok { // another reader was quicker
-		return el.Value.(*gtEntry).gt, nil
-	}
-	if e.lru.Len() >= gtCacheTables {
-		old := e.lru.Back()
-		e.lru.Remove(old)
-		delete(e.gts, old.Value.(*gtEntry).index)
-	}
-	e.gts[gdi] = e.lru.PushFront(&gtEntry{index: gdi, gt: gt})
+	e.gts.Put(gdi, gt)
 	return gt, nil
+}
+
+// identity returns the hex SHA-256 of the extent's header, grain
+// directory and every grain table.
+func (e *sparseExtent) identity() (string, error) {
+	h := sha256.New()
+	h.Write(e.header[:])
+	var b [4]byte
+	for _, g := range e.gd {
+		binary.LittleEndian.PutUint32(b[:], g)
+		h.Write(b[:])
+	}
+	for i, g := range e.gd {
+		if g == 0 {
+			continue
+		}
+		gt, err := e.table(int64(i))
+		if err != nil {
+			return "", err
+		}
+		for _, x := range gt {
+			binary.LittleEndian.PutUint32(b[:], x)
+			h.Write(b[:])
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // readAt fills p from offset off of the extent, whose virtual length is
@@ -380,28 +381,15 @@ func (e *sparseExtent) readCompressed(p []byte, gi, in, host, length int64) erro
 	if in == 0 && int64(len(p)) >= need {
 		return e.inflate(p[:need], gi, host, need)
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var c *cachedGrain
-	for i := range e.grains {
-		if e.grains[i].index == gi {
-			c = &e.grains[i]
-			break
-		}
-	}
-	if c == nil {
-		e.clock = (e.clock + 1) % grainCacheSize
-		c = &e.grains[e.clock]
-		c.index = -1
-		if c.data == nil {
-			c.data = make([]byte, e.grain)
-		}
-		if err := e.inflate(c.data[:need], gi, host, need); err != nil {
+	c, ok := e.grains.Get(gi)
+	if !ok {
+		c = make([]byte, need)
+		if err := e.inflate(c, gi, host, need); err != nil {
 			return err
 		}
-		c.index, c.n = gi, int(need)
+		e.grains.Put(gi, c)
 	}
-	copy(p, c.data[in:c.n])
+	copy(p, c[in:])
 	return nil
 }
 

@@ -21,8 +21,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
+	"sync"
 
 	"github.com/snapscan/snapscan/snapshot/image"
 )
@@ -54,14 +54,17 @@ func readErr(off int64, what string, err error) error {
 // Image is an open VMDK disk. It implements image.Image; ReadAt is safe for
 // concurrent use.
 type Image struct {
+	f          image.File
 	name       string
 	size       int64
 	createType string
 	extents    []*extent // in disk order, back to back from 0
-	parent     image.Image
+	stack      image.Stack
 	parentPath string
 	cid        uint32 // the descriptor's CID, noParentCID if none
+	parentHint string // the parent as the descriptor names it
 	closers    []io.Closer
+	digestOnce sync.Once
 }
 
 // extent is one extent of the disk.
@@ -71,39 +74,35 @@ type extent struct {
 	r             io.ReaderAt
 	flatOff       int64 // byte offset of a flat extent in its file
 	sparse        *sparseExtent
+	file          int // index of its file in the image's own layers
 }
 
 // Open opens the VMDK disk at path read-only: a descriptor file or a
 // sparse extent with an embedded descriptor. Close closes every file it
 // opened.
 func Open(path string, opts *image.Options) (*Image, error) {
-	img, f, err := image.OpenPath(path, opts, New)
-	if err != nil {
-		return nil, err
-	}
-	img.closers = append(img.closers, f)
-	return img, nil
+	return image.OpenPath(path, opts, New)
 }
 
-// New reads the VMDK disk r of size bytes. name is the path of the file r
-// reads: extents and the parent are resolved against it, and it names the
-// disk in errors; with name "", only a disk held entirely in r (a
-// monolithic sparse or stream-optimized file without a parent) can be
-// opened. The error wraps image.ErrWrongType when r is not VMDK. Close
-// does not close r, but closes the files New opened.
-func New(r io.ReaderAt, size int64, name string, opts *image.Options) (*Image, error) {
-	label := name
-	if label == "" {
-		label = "(unnamed image)"
-	}
-	img := &Image{name: label}
-	if err := img.open(r, size, name, opts); err != nil {
+// New reads the VMDK disk in f. f.Name is the path of the file: extents
+// and the parent are resolved against it, and it names the disk in
+// errors; without a name, only a disk held entirely in f (a monolithic
+// sparse or stream-optimized file without a parent) can be opened. The
+// error wraps image.ErrWrongType when f is not VMDK. On success Close
+// closes f.Closer and every file New opened.
+func New(f image.File, opts *image.Options) (img *Image, err error) {
+	label := f.Label()
+	defer image.Recover(&err, label, "vmdk")
+	img = &Image{name: label}
+	if err := img.open(f.R, f.Size, f.Name, opts); err != nil {
 		img.Close()
 		if errors.Is(err, image.ErrWrongType) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("vmdk image %s: %w", label, err)
+		return nil, fmt.Errorf("%s: %w", label, err)
 	}
+	img.f = f
+	img.stack.Own[0] = f.Layer(img.Format(), "", "")
 	return img, nil
 }
 
@@ -120,6 +119,7 @@ func (img *Image) open(r io.ReaderAt, size int64, name string, opts *image.Optio
 			return err
 		}
 		img.extents = []*extent{{length: h.capacity * sector, typ: extSparse, r: r, sparse: sp}}
+		img.stack.Own = []image.Layer{{}}
 		img.size = h.capacity * sector
 		img.createType = "monolithicSparse"
 		if h.flags&flagCompressed != 0 {
@@ -139,6 +139,7 @@ func (img *Image) open(r io.ReaderAt, size int64, name string, opts *image.Optio
 		img.cid = desc.cid
 	}
 	if desc != nil && desc.parentCID != noParentCID && desc.parentHint != "" {
+		img.parentHint = desc.parentHint
 		return img.openParent(desc.parentHint, desc.parentCID, name, opts)
 	}
 	return nil
@@ -195,6 +196,7 @@ func readDescriptor(r io.ReaderAt, size int64) (*descriptor, *sparseHeader, erro
 // openExtents opens the extents a descriptor file lists.
 func (img *Image) openExtents(d *descriptor, name string, opts *image.Options) error {
 	files := map[string]*openedFile{} // one open file per path
+	img.stack.Own = []image.Layer{{}} // the descriptor; extents follow
 	var off int64
 	for _, l := range d.extents {
 		e := &extent{start: off, length: l.sectors * sector, typ: l.typ}
@@ -214,15 +216,20 @@ func (img *Image) openExtents(d *descriptor, name string, opts *image.Options) e
 			}
 			f := files[p]
 			if f == nil {
-				r, size, c, err := opts.OpenRelated(p)
+				of, err := opts.Open(p)
 				if err != nil {
 					return fmt.Errorf("%s: %w", where, err)
 				}
-				img.closers = append(img.closers, c)
-				f = &openedFile{r: r, size: size}
+				img.closers = append(img.closers, of.Closer)
+				f = &openedFile{r: of.R, size: of.Size, layer: len(img.stack.Own)}
+				kind := "vmdk/extent-flat"
+				if l.typ == extSparse {
+					kind = "vmdk/extent-sparse"
+				}
+				img.stack.Own = append(img.stack.Own, of.Layer(kind, l.file, ""))
 				files[p] = f
 			}
-			e.r = f.r
+			e.r, e.file = f.r, f.layer
 			if l.typ == extSparse {
 				h, err := readSparseHeader(f.r, f.size)
 				if errors.Is(err, image.ErrWrongType) {
@@ -253,8 +260,9 @@ func (img *Image) openExtents(d *descriptor, name string, opts *image.Options) e
 }
 
 type openedFile struct {
-	r    io.ReaderAt
-	size int64
+	r     io.ReaderAt
+	size  int64
+	layer int // index in the image's own layers
 }
 
 // openParent checks the chain of parents from the disk at name, then opens
@@ -263,7 +271,7 @@ func (img *Image) openParent(hint string, parentCID uint32, name string, opts *i
 	if name == "" {
 		return fmt.Errorf("%w: parent %q cannot be opened for a disk read without a path", ErrChain, hint)
 	}
-	seen := map[string]bool{realPath(name): true}
+	seen := map[string]bool{image.RealPath(name): true}
 	var first string
 	cur := name
 	for depth := 1; hint != ""; depth++ {
@@ -275,40 +283,36 @@ func (img *Image) openParent(hint string, parentCID uint32, name string, opts *i
 			if errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("%w: parent %q of %s is missing: %w", ErrChain, hint, cur, err)
 			}
-			return fmt.Errorf("parent of %s: %w", cur, err)
+			return err
 		}
 		if seen[p] {
-			return fmt.Errorf("%w: parent chain loops: %s names %s, which is already in the chain", ErrChain, cur, p)
+			return fmt.Errorf("%w: parent chain loops: %s names %q, which is already in the chain", ErrChain, cur, hint)
 		}
 		seen[p] = true
 		if first == "" {
 			first = p
 		}
-		if hint, err = parentHint(p); err != nil {
-			return fmt.Errorf("parent %s: %w", p, err)
+		next, err := parentHint(p)
+		if err != nil {
+			return fmt.Errorf("parent %q: %w", hint, err)
 		}
-		cur = p
+		cur, hint = p, next
 	}
 	img.parentPath = first
-	var parent image.Image
-	var err error
-	if opts != nil && opts.OpenParent != nil {
-		parent, err = opts.OpenParent(first)
-	} else {
-		var p *Image // not assigned to the interface unless opened
-		if p, err = Open(first, opts); err == nil {
-			parent = p
-		}
-	}
+	firstName := img.parentHint
+	parent, err := opts.OpenParentImage(first, firstName, "vmdk", func(f image.File, o *image.Options) (image.Image, error) { return New(f, o) })
 	if err != nil {
-		return fmt.Errorf("parent: %w", err)
+		return fmt.Errorf("parent %q: %w", firstName, err)
 	}
-	img.parent = parent
+	img.stack.Parent, img.stack.ParentName = parent, firstName
 	// A delta disk records its parent's content id: a parent written since
 	// (or another disk under the parent's name) would give wrong bytes.
-	if p, ok := image.Unwrap(img.parent).(*Image); ok && p.cid != noParentCID && p.cid != parentCID {
-		return &image.FormatError{Format: "vmdk", Offset: -1, Msg: fmt.Sprintf(
-			"%s: parent %s has CID %08x, the delta disk was made over CID %08x (parentCID)", img.name, first, p.cid, parentCID)}
+	p, ok := parent.(*Image)
+	if !ok {
+		return formatErr(-1, "parent %q is %s, not a VMDK disk", firstName, parent.Format())
+	}
+	if p.cid != noParentCID && p.cid != parentCID {
+		return formatErr(-1, "parent %q has CID %08x, the delta disk was made over CID %08x (parentCID)", firstName, p.cid, parentCID)
 	}
 	return nil
 }
@@ -332,16 +336,6 @@ func parentHint(path string) (string, error) {
 	return d.parentHint, err
 }
 
-func realPath(path string) string {
-	if p, err := filepath.EvalSymlinks(path); err == nil {
-		path = p
-	}
-	if p, err := filepath.Abs(path); err == nil {
-		path = p
-	}
-	return path
-}
-
 // Size returns the virtual size of the disk in bytes.
 func (img *Image) Size() int64 { return img.size }
 
@@ -357,23 +351,94 @@ func (img *Image) Format() string {
 // ParentFile returns the resolved path of the parent disk, or "".
 func (img *Image) ParentFile() string { return img.parentPath }
 
+// Parent returns the parent of a delta disk, or nil.
+func (img *Image) Parent() image.Image { return img.stack.Parent }
+
+// Layers returns the disk's files (the descriptor or monolithic file,
+// then each extent file), then the parent's. A sparse file's Digest is
+// the SHA-256 of its header, grain directory and grain tables.
+func (img *Image) Layers() []image.Layer {
+	img.digestOnce.Do(func() {
+		for _, e := range img.extents {
+			if e.sparse == nil || img.stack.Own[e.file].Digest != "" {
+				continue
+			}
+			if d, err := e.sparse.identity(); err == nil {
+				img.stack.Own[e.file].Digest = d
+			}
+		}
+	})
+	return img.stack.Layers()
+}
+
 // Close closes the parent and every file the disk opened.
 func (img *Image) Close() error {
-	var errs []error
-	if img.parent != nil {
-		errs = append(errs, img.parent.Close())
-		img.parent = nil
-	}
+	errs := []error{img.stack.Close()}
 	for _, c := range img.closers {
 		errs = append(errs, c.Close())
 	}
 	img.closers = nil
+	if img.f.Closer != nil {
+		errs = append(errs, img.f.Closer.Close())
+		img.f.Closer = nil
+	}
 	return errors.Join(errs...)
+}
+
+// Map reports which layer holds each range: flat extents and allocated
+// grains are the extent file's (compressed for stream-optimized disks),
+// ZERO extents and zeroed grains read as zeros, unallocated grains come
+// from the parent.
+func (img *Image) Map(off, length int64) ([]image.Extent, error) {
+	off, length = image.ClipRange(off, length, img.size)
+	var runs []image.Run
+	add := func(r image.Run) {
+		if l := len(runs) - 1; l >= 0 && runs[l].State == r.State && runs[l].File == r.File && runs[l].Compressed == r.Compressed {
+			runs[l].Length += r.Length
+			return
+		}
+		runs = append(runs, r)
+	}
+	end := off + length
+	for _, e := range img.extents {
+		if e.start+e.length <= off || e.start >= end {
+			continue
+		}
+		s, t := max(off, e.start), min(end, e.start+e.length)
+		switch e.typ {
+		case extZero:
+			add(image.Run{Start: s, Length: t - s, State: image.RunZero})
+		case extFlat:
+			add(image.Run{Start: s, Length: t - s, File: e.file})
+		default:
+			for s < t {
+				rel := s - e.start
+				gi := rel / e.sparse.grain
+				n := min(t-s, (gi+1)*e.sparse.grain-rel)
+				kind, _, err := e.sparse.lookup(gi)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", img.name, err)
+				}
+				r := image.Run{Start: s, Length: n, File: e.file}
+				switch kind {
+				case grainUnallocated:
+					r.State, r.File = image.RunParent, 0
+				case grainZero:
+					r.State = image.RunZero
+				default:
+					r.Compressed = e.sparse.compressed
+				}
+				add(r)
+				s += n
+			}
+		}
+	}
+	return img.stack.Map(runs)
 }
 
 // ReadAt reads the virtual disk.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	p, eof, empty, cerr := image.Clip(p, off, img.size, "vmdk image "+img.name)
+	p, eof, empty, cerr := image.Clip(p, off, img.size, img.name)
 	if empty {
 		return 0, cerr
 	}
@@ -387,7 +452,7 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 		rel := off - e.start
 		k := min(int64(len(p)), e.length-rel)
 		if err := img.readExtent(e, p[:k], rel); err != nil {
-			return 0, fmt.Errorf("vmdk image %s: reading at %d: %w", img.name, off, err)
+			return 0, fmt.Errorf("%s: reading at %d: %w", img.name, off, err)
 		}
 		p, off = p[k:], off+k
 	}
@@ -414,14 +479,5 @@ func (img *Image) readExtent(e *extent, p []byte, rel int64) error {
 // readParent fills p from the parent at virtual offset off: zeros without
 // a parent or past its end.
 func (img *Image) readParent(p []byte, off int64) error {
-	n := 0
-	if img.parent != nil && off < img.parent.Size() {
-		var err error
-		n, err = img.parent.ReadAt(p, off)
-		if err != nil && err != io.EOF {
-			return fmt.Errorf("parent %s: %w", img.parentPath, err)
-		}
-	}
-	clear(p[n:])
-	return nil
+	return image.ReadParent(img.stack.Parent, p, off, img.name)
 }

@@ -1,2 +1,2 @@
 go test fuzz v1
-[]byte("#!/bin/sh\x0aecho SNAPSCAN-PLANTED-2\x0a")
+[]byte("#!/bin/sh\necho SNAPSCAN-PLANTED-2\n")

@@ -1,0 +1,141 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snapscan/snapscan/appliance/results"
+	"github.com/snapscan/snapscan/queue"
+)
+
+// slowDatastores makes every scan take tens of seconds: 16 KiB/s per
+// datastore, one scan at a time.
+func slowDatastores(c *Config) {
+	for i := range c.Datastores {
+		c.Datastores[i].MaxScans = 1
+		c.Datastores[i].BytesPerSec = 16 << 10
+	}
+}
+
+// waitRunning waits until job id runs and has read something.
+func (ta *testApp) waitRunning(id int64) {
+	ta.t.Helper()
+	eventually(ta.t, "the scan to run and read", 30*time.Second, func() bool {
+		p, ok := ta.a.progress.job(id)
+		return ok && p.BytesRead > 0
+	})
+}
+
+// checkRequeued checks, on a reopened appliance, that job id went back to
+// the queue without its interrupted run counted as an attempt.
+func checkRequeued(t *testing.T, a *Appliance, id int64) {
+	t.Helper()
+	j, err := a.q.Job(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.State != queue.Queued || j.Attempts != 0 || !strings.Contains(j.Error, "interrupted") {
+		t.Errorf("after the stop, job %d is %s after %d attempts (error %q); want queued, 0 attempts, interrupted", id, j.State, j.Attempts, j.Error)
+	}
+	if _, err := a.results.Scan(context.Background(), id); !errors.Is(err, results.ErrNotFound) {
+		t.Errorf("an interrupted scan stored a result: %v", err)
+	}
+}
+
+// TestListenerFails: when the API's listener fails, the whole appliance
+// stops with that error (the queue, the receiver, the events and the
+// rescanner with it), and the scan it was running goes back to the queue
+// without counting an attempt, within the grace period.
+func TestListenerFails(t *testing.T) {
+	const grace = time.Second
+	app := startApp(t, appOpts{edit: func(c *Config) { slowDatastores(c); c.Server.ShutdownGrace = grace }})
+	app.install(1)
+	id := app.submit("vm05")["vm05"]
+	app.waitRunning(id)
+	t0 := time.Now()
+	app.ln.Close() // the listener fails under the running server
+	err := app.wait(grace + 15*time.Second)
+	took := time.Since(t0)
+	if err == nil || !strings.Contains(err.Error(), "appliance: http:") || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("Serve returned %v, want the listener's error, named as the API's", err)
+	}
+	if took > grace+5*time.Second {
+		t.Errorf("Serve took %s to return after the listener failed (grace %s)", took, grace)
+	}
+	t.Logf("stopped %s after the listener failed: %v", took.Round(time.Millisecond), err)
+	checkRequeued(t, app.reopen(), id)
+}
+
+// TestShutdownDuringScan is SIGTERM during a long scan: Serve's context
+// ends (cmd/snapscan cancels it on SIGTERM); the scan gets the grace
+// period, is interrupted, goes back to the queue without counting an
+// attempt, and Serve returns soon after the grace period.
+func TestShutdownDuringScan(t *testing.T) {
+	const grace = 1500 * time.Millisecond
+	app := startApp(t, appOpts{edit: func(c *Config) { slowDatastores(c); c.Server.ShutdownGrace = grace }})
+	app.install(1)
+	id := app.submit("vm07")["vm07"]
+	app.waitRunning(id)
+	t0 := time.Now()
+	app.cancel()
+	if err := app.wait(grace + 15*time.Second); err != nil {
+		t.Fatalf("Serve after its context ended: %v", err)
+	}
+	took := time.Since(t0)
+	if took < grace || took > grace+5*time.Second {
+		t.Errorf("Serve returned %s after the stop, want the grace period (%s) and little more", took, grace)
+	}
+	t.Logf("stopped %s after the signal (grace %s)", took.Round(time.Millisecond), grace)
+	// The API answered no more once the stop began.
+	if code, _ := app.call("GET", "/healthz", "", nil, nil); code != 0 {
+		t.Errorf("the API still answers (%d) after Serve returned", code)
+	}
+	checkRequeued(t, app.reopen(), id)
+}
+
+// TestJobTimeout: a scan still running at queue.job_timeout is stopped;
+// what it found is stored as incomplete with the reason time_limit, the
+// job fails for good naming the limit, and its slot goes to the next job.
+func TestJobTimeout(t *testing.T) {
+	const limit = 700 * time.Millisecond
+	app := startApp(t, appOpts{edit: func(c *Config) { slowDatastores(c); c.Queue.JobTimeout = limit }})
+	app.install(1)
+	// Both on ds-a, which takes one scan at a time.
+	ids := app.submit("vm01", "vm03")
+	jobs := app.waitJobs(ids["vm01"], ids["vm03"])
+	for _, j := range jobs {
+		if j.State != queue.Failed || j.Attempts != 1 || !strings.Contains(j.Error, "job time limit") || !strings.Contains(j.Error, limit.String()) {
+			t.Errorf("%s: %s after %d attempts, error %q; want failed once, naming the time limit", j.VM, j.State, j.Attempts, j.Error)
+		}
+		if d := j.FinishedAt.Sub(j.StartedAt); d < limit || d > limit+5*time.Second {
+			t.Errorf("%s ran %s, want about the limit %s", j.VM, d, limit)
+		}
+		r, err := app.a.results.Scan(context.Background(), j.ID)
+		if err != nil {
+			t.Fatalf("%s: no result stored: %v", j.VM, err)
+		}
+		if r.Status != results.StatusIncomplete || r.Incomplete[IncompleteTimeLimit] != 1 {
+			t.Errorf("%s: result %s %v, want incomplete with %s", j.VM, r.Status, r.Incomplete, IncompleteTimeLimit)
+		}
+		var view ScanView
+		if code, err := app.call("GET", "/v1/scans/"+itoa(j.ID), testToken, nil, &view); code != 200 {
+			t.Fatalf("GET scan: %d %v", code, err)
+		}
+		if view.Result == nil || view.Result.Status != results.StatusIncomplete || view.Result.Incomplete[IncompleteTimeLimit] != 1 {
+			t.Errorf("%s: API shows result %+v, want incomplete (time_limit)", j.VM, view.Result)
+		}
+	}
+	first, second := jobs[0], jobs[1]
+	if second.StartedAt.Before(first.StartedAt) {
+		first, second = second, first
+	}
+	if second.StartedAt.Before(first.FinishedAt) {
+		t.Errorf("the second scan started %s before the first released its slot", first.FinishedAt.Sub(second.StartedAt))
+	}
+	if v := app.metric(`snapscan_scans_incomplete_total{reason="time_limit"}`); v != 2 {
+		t.Errorf("time_limit metric %v, want 2", v)
+	}
+}

@@ -1,0 +1,432 @@
+// Package results is what the appliance keeps about its scans, as one
+// database-neutral contract: the stored result of each job with its
+// volumes and findings, the scanner's verdict cache, an inventory of the
+// VMs the appliance knows, and a coarse history of each datastore's reads.
+//
+// Store is the interface; package sqlite implements it on the appliance's
+// embedded SQLite database, and a PostgreSQL implementation for fleet mode
+// implements the same contract. Package resultstest is the conformance
+// suite every implementation runs (restic's internal/backend/test is the
+// model): what it checks is the contract, this documentation says why.
+//
+// The package holds types and rules only: no SQL, no cgo, no scanner. The
+// appliance turns scanner reports into a Scan and scanner cache keys into
+// VerdictKeys.
+//
+// # Contract
+//
+//   - Every method is safe for concurrent use and takes a context; a
+//     cancelled context makes it return an error wrapping ctx.Err() without
+//     having committed anything.
+//   - A method that returns nil has committed what it wrote. Any error but
+//     ErrNotFound means the write may or may not have happened; callers
+//     retry (every write here is idempotent) or give up, never assume.
+//   - SaveScan is idempotent by job id: a job saved twice (it ran again
+//     after a crash) leaves one result, its second set of findings and
+//     volumes, and one inventory update. The result, its volumes, its
+//     findings and the VM's last-scan fields change in one transaction, so a
+//     reader never sees half a result.
+//   - Lists are ordered by a stable key (finding id, VM id, sample time)
+//     and paged with an exclusive lower bound (After) and a Limit in
+//     [1, MaxPage] (0 means MaxPage; more is an error wrapping ErrInvalid).
+//   - Times are stored to the nanosecond and returned in UTC.
+//   - Meta values round-trip as string, int64 or bool.
+package results
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Errors the package's implementations return; match them with errors.Is.
+var (
+	// ErrNotFound: no stored result, VM or verdict has that key.
+	ErrNotFound = errors.New("results: not found")
+	// ErrInvalid: a query or a value is malformed (a limit out of range, a
+	// scan without a job id).
+	ErrInvalid = errors.New("results: invalid")
+)
+
+// MaxPage bounds the rows one list call returns.
+const MaxPage = 1000
+
+// Store is everything the appliance keeps about scans. See the package
+// documentation for the contract every implementation keeps.
+type Store interface {
+	Results
+	Verdicts
+	Inventory
+	History
+	// Close releases what the store holds (prepared statements, caches).
+	// It does not close the database handle, which belongs to whoever
+	// opened it. Nothing may be called after Close.
+	Close() error
+}
+
+// Results keeps the result of each job.
+type Results interface {
+	// SaveScan stores a job's result, replacing any result stored before
+	// for the same job id (with its volumes and findings), and records it
+	// as the last scan of its VM in the inventory (adding the VM if
+	// unknown, with s.Disks), all in one transaction. It returns the
+	// findings as stored, with their ids, in s.Findings' order.
+	SaveScan(ctx context.Context, s *Scan) ([]Finding, error)
+
+	// Scan returns a job's stored result with its volumes; Findings is
+	// left nil (they are paged through Findings). ErrNotFound when the job
+	// has no stored result.
+	Scan(ctx context.Context, jobID int64) (*Scan, error)
+
+	// Findings returns the findings q selects in ascending id order.
+	Findings(ctx context.Context, q FindingQuery) ([]Finding, error)
+}
+
+// Verdicts is the scanner's verdict cache kept in the database: a file
+// already scanned under a rule set (in another VM, or before a restart) is
+// not scanned again. A lost or stale entry only costs a rescan, so
+// implementations need no stronger guarantee than "what Get returns was
+// Put under that exact key".
+type Verdicts interface {
+	// Verdict returns the verdict stored under k, or ErrNotFound.
+	Verdict(ctx context.Context, k VerdictKey) (Verdict, error)
+	// PutVerdicts stores verdicts, replacing those under the same keys, in
+	// one transaction.
+	PutVerdicts(ctx context.Context, vs []VerdictEntry) error
+}
+
+// Inventory is every VM the appliance knows: submitted through the API,
+// registered by a hypervisor connector, or scanned.
+type Inventory interface {
+	// PutVM adds a VM or updates its identity (Name, Source, Disks),
+	// keeping its last-scan fields, which only SaveScan sets. UpdatedAt
+	// is set to v.UpdatedAt, or now when zero.
+	PutVM(ctx context.Context, v VM) error
+	// VM returns one VM by id, or ErrNotFound.
+	VM(ctx context.Context, id string) (VM, error)
+	// VMs returns the VMs q selects in ascending id order.
+	VMs(ctx context.Context, q VMQuery) ([]VM, error)
+	// RemoveVM forgets a VM (a connector saw it deleted); its stored
+	// results and findings stay. Removing an unknown VM is not an error.
+	RemoveVM(ctx context.Context, id string) error
+}
+
+// History is a coarse record of what each datastore delivered, for charts
+// that look back further than the live metrics.
+type History interface {
+	// AddIOSamples stores samples, replacing any stored for the same
+	// datastore and time, in one transaction.
+	AddIOSamples(ctx context.Context, s []IOSample) error
+	// IOHistory returns the samples q selects in ascending time order
+	// (then datastore).
+	IOHistory(ctx context.Context, q IOQuery) ([]IOSample, error)
+	// PruneIOHistory deletes the samples taken before t and says how many.
+	PruneIOHistory(ctx context.Context, before time.Time) (int64, error)
+}
+
+// Status is a scan's outcome: exactly one of StatusClean, StatusFindings
+// and StatusIncomplete. A scan that could not read or scan everything is
+// never clean.
+type Status string
+
+// The outcomes of a scan.
+const (
+	// StatusClean: every file was read and scanned and nothing matched.
+	StatusClean Status = "clean"
+	// StatusFindings: at least one rule matched. Scan.Incomplete may
+	// still say what was not scanned besides.
+	StatusFindings Status = "findings"
+	// StatusIncomplete: nothing matched, but not everything was scanned;
+	// Scan.Incomplete says what and how much.
+	StatusIncomplete Status = "incomplete"
+)
+
+// Valid reports whether s is one of the three outcomes.
+func (s Status) Valid() bool {
+	return s == StatusClean || s == StatusFindings || s == StatusIncomplete
+}
+
+// StatusOf is the one rule that turns a scan's counts into its status:
+// findings win, then anything not scanned makes it incomplete, else clean.
+func StatusOf(findings int, incomplete map[string]int64) Status {
+	switch {
+	case findings > 0:
+		return StatusFindings
+	case len(incomplete) > 0:
+		return StatusIncomplete
+	}
+	return StatusClean
+}
+
+// Disk is one disk of a VM as it was submitted or registered.
+type Disk struct {
+	// Datastore is the configured datastore the disk is read from.
+	Datastore string `json:"datastore"`
+	// Path is the image path relative to the datastore's folder.
+	Path string `json:"path"`
+	// Format is the image format the submitter declared ("raw", "qcow2",
+	// ...), or "" when the format is probed.
+	Format string `json:"format,omitempty"`
+	// Layers are the other files of the disk's backing chain the submitter
+	// named (paths relative to the datastore), outermost first.
+	Layers []string `json:"layers,omitempty"`
+}
+
+// Scan is the stored result of one job: the run that completed it, or the
+// run a time limit stopped.
+type Scan struct {
+	JobID int64  `json:"job_id"`
+	VM    string `json:"vm"`
+	// Status is the outcome; Incomplete counts what was not scanned, by
+	// reason (the scanner's skip reasons, "volume_unreadable",
+	// "time_limit"), and is empty for a scan that read everything.
+	Status     Status           `json:"status"`
+	Incomplete map[string]int64 `json:"incomplete"`
+	// The signature set the scan used.
+	SigName    string    `json:"sig_name"`
+	SigVersion uint64    `json:"sig_version"`
+	RulesID    string    `json:"rules_id"`
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at"`
+	// Files and Bytes count the files checked (by YARA or the verdict
+	// cache) and their bytes; Cached the files whose verdict came from the
+	// cache; FindingCount the findings stored.
+	Files        int64 `json:"files"`
+	Bytes        int64 `json:"bytes"`
+	Cached       int64 `json:"cached"`
+	FindingCount int64 `json:"findings"`
+	// BytesRead and ReadOps are what the scan read from its datastores
+	// (image metadata and backing files included).
+	BytesRead int64 `json:"bytes_read"`
+	ReadOps   int64 `json:"read_ops"`
+	// Disks are the VM's disks as the job named them.
+	Disks []Disk `json:"disks"`
+	// Volumes, one per volume of each disk.
+	Volumes []Volume `json:"volumes"`
+	// Findings are given to SaveScan; Scan leaves them nil.
+	Findings []Finding `json:"-"`
+}
+
+// Volume is what one volume of one disk of a scan held.
+type Volume struct {
+	Disk       string `json:"disk"`
+	Volume     string `json:"volume"`
+	FileSystem string `json:"file_system"`
+	// Error is why the volume was not read at all.
+	Error  string `json:"error,omitempty"`
+	Files  int64  `json:"files"`
+	Bytes  int64  `json:"bytes"`
+	Cached int64  `json:"cached"`
+	// Skipped counts the files not scanned, by the scanner's reason.
+	Skipped map[string]int64 `json:"skipped"`
+	// Errors lists some of the files that could not be scanned, at most
+	// MaxVolumeErrors; ErrorsDropped counts the rest.
+	Errors        []FileError `json:"errors"`
+	ErrorsDropped int64       `json:"errors_dropped,omitempty"`
+}
+
+// MaxVolumeErrors bounds Volume.Errors as stored: the scanner's own bound
+// is for memory, this one for rows. SaveScan keeps the first ones and adds
+// the rest to ErrorsDropped.
+const MaxVolumeErrors = 100
+
+// FileError is one file that could not be (fully) scanned.
+type FileError struct {
+	Path   string `json:"path"`
+	Reason string `json:"reason"`
+	Error  string `json:"error"`
+}
+
+// Finding is one rule that matched one file.
+type Finding struct {
+	// ID is given by the store, ascending in storing order.
+	ID        int64  `json:"id"`
+	JobID     int64  `json:"job_id"`
+	VM        string `json:"vm"`
+	Datastore string `json:"datastore"`
+	Disk      string `json:"disk"`
+	Volume    string `json:"volume"`
+	// Path is "/dir/file", or "/a.zip!inner" for an archive member.
+	Path      string   `json:"path"`
+	Size      int64    `json:"size"`
+	SHA256    string   `json:"sha256"`
+	Namespace string   `json:"namespace"`
+	Rule      string   `json:"rule"`
+	Tags      []string `json:"tags"`
+	Meta      []Meta   `json:"meta"`
+	// Strings are the rule's strings that matched, where the scanner
+	// reported them.
+	Strings    []StringMatch `json:"strings,omitempty"`
+	SigVersion uint64        `json:"sig_version"`
+	FoundAt    time.Time     `json:"found_at"`
+}
+
+// Meta is one metadata field of a rule; Value is a string, an int64 or a
+// bool. Rules repeat keys, hence a list.
+type Meta struct {
+	Key   string `json:"key"`
+	Value any    `json:"value"`
+}
+
+// StringMatch is one match of a rule's string: its identifier, where in
+// the file, and the bytes matched (possibly cut short by the scanner).
+type StringMatch struct {
+	Identifier string `json:"identifier"`
+	Offset     int64  `json:"offset"`
+	Data       []byte `json:"data"`
+}
+
+// FindingQuery selects findings; zero fields do not filter.
+type FindingQuery struct {
+	JobID     int64
+	VM        string
+	Datastore string
+	Rule      string
+	// Tag keeps findings whose rule has this tag.
+	Tag string
+	// Since and Until bound FoundAt: Since <= FoundAt < Until.
+	Since, Until time.Time
+	// After keeps ids above it (the last id of the previous page).
+	After int64
+	// Limit is the most returned: 0 means MaxPage.
+	Limit int
+}
+
+// VerdictKey identifies a verdict: the file's content hash, the rule set
+// and a hash of the path-like externals the rules could see.
+type VerdictKey struct {
+	Content [32]byte
+	Rules   string
+	Context [32]byte
+}
+
+// Verdict is what the rules said about one file: the rules that matched,
+// none for a clean file.
+type Verdict struct {
+	Matches []Match `json:"matches"`
+}
+
+// Match is one rule that matched, as the verdict cache keeps it.
+type Match struct {
+	Rule      string        `json:"rule"`
+	Namespace string        `json:"namespace"`
+	Tags      []string      `json:"tags"`
+	Meta      []Meta        `json:"meta"`
+	Strings   []StringMatch `json:"strings,omitempty"`
+}
+
+// VerdictEntry is one verdict to store.
+type VerdictEntry struct {
+	Key     VerdictKey
+	Verdict Verdict
+}
+
+// VM is one VM of the inventory.
+type VM struct {
+	// ID is the VM's key: the name the queue knows it by (a connector's
+	// stable id, or the name given to the submit API).
+	ID string `json:"id"`
+	// Name is what people call it; it defaults to ID.
+	Name string `json:"name"`
+	// Source says who made it known: "api", "scan", or a connector's name.
+	Source string `json:"source"`
+	Disks  []Disk `json:"disks"`
+	// UpdatedAt is when Name, Source or Disks last changed.
+	UpdatedAt time.Time `json:"updated_at"`
+
+	// The last stored scan (SaveScan sets them; zero when never scanned).
+	LastJob        int64     `json:"last_job,omitempty"`
+	LastScanned    time.Time `json:"last_scanned,omitzero"`
+	LastStatus     Status    `json:"last_status,omitempty"`
+	LastFindings   int64     `json:"last_findings"`
+	LastSigVersion uint64    `json:"last_sig_version,omitempty"`
+	LastBytesRead  int64     `json:"last_bytes_read"`
+}
+
+// VMQuery selects VMs; zero fields do not filter.
+type VMQuery struct {
+	// Search keeps VMs whose id or name contains it (case-insensitive
+	// for ASCII letters).
+	Search string
+	// Scanned keeps VMs with at least one stored scan.
+	Scanned bool
+	// After keeps ids above it (the last id of the previous page).
+	After string
+	// Limit is the most returned: 0 means MaxPage.
+	Limit int
+}
+
+// IOSample is what one datastore delivered over one interval.
+type IOSample struct {
+	Datastore string `json:"datastore"`
+	// At is the end of the interval, Interval its length.
+	At       time.Time     `json:"at"`
+	Interval time.Duration `json:"interval_ns"`
+	// BytesRead and ReadOps over the interval.
+	BytesRead int64 `json:"bytes_read"`
+	ReadOps   int64 `json:"read_ops"`
+	// The budget in force at At (0: unlimited), and the scans reading
+	// the datastore then.
+	BudgetBytesPerSec float64 `json:"budget_bytes_per_sec"`
+	BudgetOpsPerSec   float64 `json:"budget_ops_per_sec"`
+	Running           int     `json:"running"`
+}
+
+// BytesPerSec is the sample's mean read rate.
+func (s IOSample) BytesPerSec() float64 {
+	if s.Interval <= 0 {
+		return 0
+	}
+	return float64(s.BytesRead) / s.Interval.Seconds()
+}
+
+// OpsPerSec is the sample's mean operation rate.
+func (s IOSample) OpsPerSec() float64 {
+	if s.Interval <= 0 {
+		return 0
+	}
+	return float64(s.ReadOps) / s.Interval.Seconds()
+}
+
+// IOQuery selects samples; zero fields do not filter.
+type IOQuery struct {
+	Datastore string
+	// Since and Until bound At: Since <= At < Until.
+	Since, Until time.Time
+	// Limit is the most returned: 0 means MaxPage.
+	Limit int
+}
+
+// CheckLimit validates a query's limit and returns the one to use: 0 means
+// MaxPage, a negative limit or one above MaxPage is an error. Every
+// implementation checks limits with it, so that they agree.
+func CheckLimit(limit int) (int, error) {
+	if limit < 0 || limit > MaxPage {
+		return 0, errorf("limit %d not in [0, %d]", limit, MaxPage)
+	}
+	if limit == 0 {
+		return MaxPage, nil
+	}
+	return limit, nil
+}
+
+// CheckScan validates a scan before it is saved: a job id, a VM, a valid
+// status that agrees with its findings and reasons (StatusOf).
+func CheckScan(s *Scan) error {
+	switch {
+	case s.JobID <= 0:
+		return errorf("scan without a job id")
+	case s.VM == "":
+		return errorf("scan of job %d without a VM", s.JobID)
+	case !s.Status.Valid():
+		return errorf("job %d: status %q is not clean, findings or incomplete", s.JobID, s.Status)
+	case s.Status != StatusOf(len(s.Findings), s.Incomplete):
+		return errorf("job %d: status %s, but %d findings and %d incomplete reasons", s.JobID, s.Status, len(s.Findings), len(s.Incomplete))
+	}
+	return nil
+}
+
+func errorf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+}

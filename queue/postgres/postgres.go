@@ -1,0 +1,476 @@
+// Package postgres is the queue.Store kept in PostgreSQL through
+// github.com/jackc/pgx/v5, the shared state of a fleet of appliances. It
+// is handed a connection pool the appliance owns, creates and migrates
+// only its own tables (named queue_*), and never closes the pool.
+//
+// Every write transaction first bumps the one row of queue_clock. That
+// row lock serialises the queue's writers across the fleet, so the
+// read-then-write steps the contract needs (merge into the VM's queued
+// job, conditional transitions) are atomic without retry loops, and the
+// sequence number it hands out orders the writes as they committed. The
+// writes are short (a few statements), so the lock is held for
+// milliseconds; reads (Get, List, Queued) take no lock.
+//
+// A connection string may name several hosts with
+// target_session_attrs=read-write: pgx then connects to the one that takes
+// writes, which is how a failover to a promoted standby is followed. A
+// write that fails because the server went away returns an error (the
+// queue retries it); nothing is assumed committed.
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/snapscan/snapscan/queue"
+)
+
+// Store is the queue.Store in PostgreSQL. Its methods are safe for
+// concurrent use, by any number of processes sharing the database.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+var _ queue.Store = (*Store)(nil)
+
+// New creates or migrates the queue's tables and returns the store. The
+// caller keeps ownership of pool. Several appliances may call New on one
+// database at once: the migration runs under an advisory lock.
+func New(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
+	s := &Store{pool: pool}
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(7245001)`); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS queue_schema (version integer NOT NULL)`); err != nil {
+			return err
+		}
+		var v int
+		err := tx.QueryRow(ctx, `SELECT version FROM queue_schema`).Scan(&v)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			if _, err := tx.Exec(ctx, schema); err != nil {
+				return err
+			}
+			_, err = tx.Exec(ctx, `INSERT INTO queue_schema (version) VALUES ($1)`, schemaVersion)
+			return err
+		case err != nil:
+			return err
+		case v > schemaVersion:
+			return fmt.Errorf("tables are at version %d, newer than this snapscan (%d)", v, schemaVersion)
+		}
+		for ; v < schemaVersion; v++ {
+			if _, err := tx.Exec(ctx, migrations[v+1]); err != nil {
+				return fmt.Errorf("migrate to version %d: %w", v+1, err)
+			}
+			if _, err := tx.Exec(ctx, `UPDATE queue_schema SET version = $1`, v+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: create or migrate tables: %w", err)
+	}
+	return s, nil
+}
+
+const schemaVersion = 1
+
+var migrations = map[int]string{}
+
+// Times are unix nanoseconds (0 for none), as in the SQLite store, so both
+// keep them exactly; disks are a JSON array. seq is the queue_clock value
+// of the job's last change.
+const schema = `
+CREATE TABLE queue_clock (seq bigint NOT NULL);
+INSERT INTO queue_clock VALUES (0);
+CREATE TABLE queue_jobs (
+	id               bigserial PRIMARY KEY,
+	vm               text      NOT NULL,
+	disks            text      NOT NULL,
+	class            integer   NOT NULL,
+	reason           text      NOT NULL DEFAULT '',
+	sig_version      text      NOT NULL DEFAULT '',
+	deadline         bigint    NOT NULL DEFAULT 0,
+	state            text      NOT NULL,
+	attempts         integer   NOT NULL DEFAULT 0,
+	error            text      NOT NULL DEFAULT '',
+	enqueued_at      bigint    NOT NULL,
+	not_before       bigint    NOT NULL DEFAULT 0,
+	retry_at         bigint    NOT NULL DEFAULT 0,
+	started_at       bigint    NOT NULL DEFAULT 0,
+	finished_at      bigint    NOT NULL DEFAULT 0,
+	cancel_requested boolean   NOT NULL DEFAULT false,
+	crashes          integer   NOT NULL DEFAULT 0,
+	seq              bigint    NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX queue_jobs_one_queued ON queue_jobs (vm) WHERE state = 'queued';
+CREATE INDEX queue_jobs_state ON queue_jobs (state, id);
+CREATE INDEX queue_jobs_vm ON queue_jobs (vm, id);
+CREATE INDEX queue_jobs_seq ON queue_jobs (seq);
+CREATE TABLE queue_datastores (
+	name          text             PRIMARY KEY,
+	max_scans     integer          NOT NULL,
+	bytes_per_sec double precision NOT NULL,
+	ops_per_sec   double precision NOT NULL,
+	paused        boolean          NOT NULL
+);
+`
+
+const jobColumns = `id, vm, disks, class, reason, sig_version, deadline, state, attempts, error,
+	enqueued_at, not_before, retry_at, started_at, finished_at, cancel_requested, crashes`
+
+// tx runs f in a write transaction, after taking the queue's clock (see
+// the package documentation); seq is the value it got.
+func (s *Store) tx(ctx context.Context, f func(tx pgx.Tx, seq int64) error) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var seq int64
+		if err := tx.QueryRow(ctx, `UPDATE queue_clock SET seq = seq + 1 RETURNING seq`).Scan(&seq); err != nil {
+			return err
+		}
+		return f(tx, seq)
+	})
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+func scanJob(row pgx.Row) (queue.Job, error) {
+	var (
+		j                                           queue.Job
+		disks, state                                string
+		deadline, enq, nb, retry, started, finished int64
+	)
+	err := row.Scan(&j.ID, &j.VM, &disks, &j.Class, &j.Reason, &j.SigVersion, &deadline, &state,
+		&j.Attempts, &j.Error, &enq, &nb, &retry, &started, &finished, &j.CancelRequested, &j.Crashes)
+	if err != nil {
+		return queue.Job{}, err
+	}
+	if err := json.Unmarshal([]byte(disks), &j.Disks); err != nil {
+		return queue.Job{}, fmt.Errorf("job %d: disks column: %w", j.ID, err)
+	}
+	j.State = queue.State(state)
+	j.Deadline, j.EnqueuedAt, j.NotBefore = fromNanos(deadline), fromNanos(enq), fromNanos(nb)
+	j.RetryAt, j.StartedAt, j.FinishedAt = fromNanos(retry), fromNanos(started), fromNanos(finished)
+	return j, nil
+}
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func getJob(ctx context.Context, q querier, id int64) (queue.Job, error) {
+	j, err := scanJob(q.QueryRow(ctx, "SELECT "+jobColumns+" FROM queue_jobs WHERE id = $1", id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return queue.Job{}, fmt.Errorf("%w: id %d", queue.ErrNotFound, id)
+	}
+	return j, err
+}
+
+func queryJobs(ctx context.Context, q querier, sql string, args ...any) ([]queue.Job, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []queue.Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, j)
+	}
+	return out, rows.Err()
+}
+
+// saveMerged writes back the fields Job.Merge and Job.Absorb change.
+func saveMerged(ctx context.Context, tx pgx.Tx, seq int64, j *queue.Job) error {
+	disks, err := json.Marshal(j.Disks)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `UPDATE queue_jobs SET disks = $1, class = $2, reason = $3, sig_version = $4,
+		deadline = $5, not_before = $6, enqueued_at = $7, seq = $8 WHERE id = $9 AND state = 'queued'`,
+		string(disks), j.Class, j.Reason, j.SigVersion, nanos(j.Deadline), nanos(j.NotBefore), nanos(j.EnqueuedAt), seq, j.ID)
+	if err != nil {
+		return fmt.Errorf("merge into job %d: %w", j.ID, err)
+	}
+	return nil
+}
+
+// Enqueue implements queue.Store.
+func (s *Store) Enqueue(ctx context.Context, reqs []queue.Request, now time.Time) ([]queue.Job, error) {
+	var out []queue.Job
+	err := s.tx(ctx, func(tx pgx.Tx, seq int64) error {
+		out = make([]queue.Job, 0, len(reqs))
+		for i := range reqs {
+			r := &reqs[i]
+			j, err := scanJob(tx.QueryRow(ctx, "SELECT "+jobColumns+" FROM queue_jobs WHERE vm = $1 AND state = 'queued'", r.VM))
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				j = queue.Job{VM: r.VM, Disks: append([]queue.Disk(nil), r.Disks...), Class: r.Class, Reason: r.Reason,
+					SigVersion: r.SigVersion, Deadline: r.Deadline, State: queue.Queued, EnqueuedAt: now, NotBefore: r.NotBefore}
+				disks, err := json.Marshal(j.Disks)
+				if err != nil {
+					return err
+				}
+				err = tx.QueryRow(ctx, `INSERT INTO queue_jobs
+					(vm, disks, class, reason, sig_version, deadline, state, enqueued_at, not_before, seq)
+					VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9) RETURNING id`,
+					j.VM, string(disks), j.Class, j.Reason, j.SigVersion, nanos(j.Deadline), nanos(now), nanos(j.NotBefore), seq).Scan(&j.ID)
+				if err != nil {
+					return fmt.Errorf("insert job for VM %q: %w", r.VM, err)
+				}
+			case err != nil:
+				return fmt.Errorf("look up queued job of VM %q: %w", r.VM, err)
+			default:
+				j.Merge(r)
+				if err := saveMerged(ctx, tx, seq, &j); err != nil {
+					return err
+				}
+			}
+			out = append(out, j)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: enqueue: %w", err)
+	}
+	return out, nil
+}
+
+// Apply implements queue.Store.
+func (s *Store) Apply(ctx context.Context, ts []queue.Transition) ([]queue.Result, error) {
+	var out []queue.Result
+	err := s.tx(ctx, func(tx pgx.Tx, seq int64) error {
+		out = make([]queue.Result, len(ts))
+		for i, t := range ts {
+			j, err := transition(ctx, tx, seq, t)
+			if err != nil && !errors.Is(err, queue.ErrConflict) && !errors.Is(err, queue.ErrNotFound) {
+				return err
+			}
+			out[i] = queue.Result{Job: j, Err: err}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: apply %d transitions: %w", len(ts), err)
+	}
+	return out, nil
+}
+
+func transition(ctx context.Context, tx pgx.Tx, seq int64, t queue.Transition) (queue.Job, error) {
+	if t.MergeInto != 0 {
+		if t.To != queue.Cancelled || t.From != queue.Running {
+			return queue.Job{}, fmt.Errorf("%w: MergeInto on %s -> %s", queue.ErrInvalid, t.From, t.To)
+		}
+		j, err := getJob(ctx, tx, t.ID)
+		if err != nil {
+			return queue.Job{}, err
+		}
+		if j.State != t.From {
+			return j, fmt.Errorf("%w: job %d is %s, not %s", queue.ErrConflict, t.ID, j.State, t.From)
+		}
+		into, err := getJob(ctx, tx, t.MergeInto)
+		if err != nil {
+			return j, err
+		}
+		if into.State != queue.Queued || into.VM != j.VM {
+			return j, fmt.Errorf("%w: job %d to merge into is %s, for VM %q", queue.ErrConflict, into.ID, into.State, into.VM)
+		}
+		into.Absorb(&j)
+		if err := saveMerged(ctx, tx, seq, &into); err != nil {
+			return j, err
+		}
+	}
+	lost := 0
+	if t.Lost {
+		lost = 1
+	}
+	var sql string
+	var args []any
+	switch {
+	case t.To == queue.Running:
+		sql = `UPDATE queue_jobs SET state = 'running', attempts = attempts + 1, started_at = $1, seq = $2
+			WHERE id = $3 AND state = $4`
+		args = []any{nanos(t.At), seq, t.ID, string(t.From)}
+	case t.To == queue.Queued:
+		uncount := 0
+		if t.Interrupted {
+			uncount = 1
+		}
+		sql = `UPDATE queue_jobs SET state = 'queued', retry_at = $1, error = $2, attempts = greatest(attempts - $3, 0),
+			crashes = crashes + $4, seq = $5 WHERE id = $6 AND state = $7`
+		args = []any{nanos(t.RetryAt), t.Err, uncount, lost, seq, t.ID, string(t.From)}
+	case t.To.Terminal():
+		sql = `UPDATE queue_jobs SET state = $1, finished_at = $2, error = $3, crashes = crashes + $4, seq = $5
+			WHERE id = $6 AND state = $7`
+		args = []any{string(t.To), nanos(t.At), t.Err, lost, seq, t.ID, string(t.From)}
+	default:
+		return queue.Job{}, fmt.Errorf("%w: transition to %q", queue.ErrInvalid, t.To)
+	}
+	tag, err := tx.Exec(ctx, sql, args...)
+	if err != nil {
+		return queue.Job{}, fmt.Errorf("job %d %s -> %s: %w", t.ID, t.From, t.To, err)
+	}
+	j, err := getJob(ctx, tx, t.ID)
+	if err != nil {
+		return queue.Job{}, err
+	}
+	if tag.RowsAffected() != 1 {
+		return j, fmt.Errorf("%w: job %d is %s, not %s", queue.ErrConflict, t.ID, j.State, t.From)
+	}
+	return j, nil
+}
+
+// Cancel implements queue.Store.
+func (s *Store) Cancel(ctx context.Context, id int64, now time.Time) (queue.State, error) {
+	var st queue.State
+	err := s.tx(ctx, func(tx pgx.Tx, seq int64) error {
+		j, err := getJob(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		st = j.State
+		switch j.State {
+		case queue.Queued:
+			_, err = tx.Exec(ctx, `UPDATE queue_jobs SET state = 'cancelled', finished_at = $1, seq = $2
+				WHERE id = $3 AND state = 'queued'`, nanos(now), seq, id)
+			st = queue.Cancelled
+		case queue.Running:
+			_, err = tx.Exec(ctx, `UPDATE queue_jobs SET cancel_requested = true, seq = $1 WHERE id = $2`, seq, id)
+		default:
+			return fmt.Errorf("%w: job %d is %s", queue.ErrFinished, id, j.State)
+		}
+		return err
+	})
+	if err != nil {
+		return st, fmt.Errorf("queue: cancel: %w", err)
+	}
+	return st, nil
+}
+
+// Queued implements queue.Store.
+func (s *Store) Queued(ctx context.Context) ([]queue.Job, error) {
+	jobs, err := queryJobs(ctx, s.pool, "SELECT "+jobColumns+" FROM queue_jobs WHERE state = 'queued' ORDER BY id")
+	if err != nil {
+		return nil, fmt.Errorf("queue: list queued jobs: %w", err)
+	}
+	return jobs, nil
+}
+
+// Running implements queue.Store.
+func (s *Store) Running(ctx context.Context) ([]queue.Job, error) {
+	jobs, err := queryJobs(ctx, s.pool, "SELECT "+jobColumns+" FROM queue_jobs WHERE state = 'running' ORDER BY id")
+	if err != nil {
+		return nil, fmt.Errorf("queue: list running jobs: %w", err)
+	}
+	return jobs, nil
+}
+
+// List implements queue.Store.
+func (s *Store) List(ctx context.Context, o queue.ListOptions) ([]queue.Job, error) {
+	var where []string
+	var args []any
+	add := func(cond string, arg any) {
+		args = append(args, arg)
+		where = append(where, fmt.Sprintf(cond, len(args)))
+	}
+	if o.State != "" {
+		add("state = $%d", string(o.State))
+	}
+	if o.VM != "" {
+		add("vm = $%d", o.VM)
+	}
+	if o.BeforeID > 0 {
+		add("id < $%d", o.BeforeID)
+	}
+	if o.AfterID > 0 {
+		add("id > $%d", o.AfterID)
+	}
+	if !o.Since.IsZero() {
+		add("enqueued_at >= $%d", o.Since.UnixNano())
+	}
+	if !o.Until.IsZero() {
+		add("enqueued_at < $%d", o.Until.UnixNano())
+	}
+	q := "SELECT " + jobColumns + " FROM queue_jobs"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	args = append(args, o.Limit)
+	if o.Ascending {
+		q += fmt.Sprintf(" ORDER BY id ASC LIMIT $%d", len(args))
+	} else {
+		q += fmt.Sprintf(" ORDER BY id DESC LIMIT $%d", len(args))
+	}
+	jobs, err := queryJobs(ctx, s.pool, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("queue: list jobs: %w", err)
+	}
+	return jobs, nil
+}
+
+// Get implements queue.Store.
+func (s *Store) Get(ctx context.Context, id int64) (queue.Job, error) {
+	j, err := getJob(ctx, s.pool, id)
+	if err != nil {
+		return queue.Job{}, fmt.Errorf("queue: get: %w", err)
+	}
+	return j, nil
+}
+
+// Datastores implements queue.Store.
+func (s *Store) Datastores(ctx context.Context) (map[string]queue.DatastoreConfig, error) {
+	rows, err := s.pool.Query(ctx, "SELECT name, max_scans, bytes_per_sec, ops_per_sec, paused FROM queue_datastores")
+	if err != nil {
+		return nil, fmt.Errorf("queue: list datastores: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]queue.DatastoreConfig{}
+	for rows.Next() {
+		var name string
+		var c queue.DatastoreConfig
+		if err := rows.Scan(&name, &c.Budget.MaxScans, &c.Budget.BytesPerSec, &c.Budget.OpsPerSec, &c.Paused); err != nil {
+			return nil, fmt.Errorf("queue: list datastores: %w", err)
+		}
+		out[name] = c
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("queue: list datastores: %w", err)
+	}
+	return out, nil
+}
+
+// SetDatastore implements queue.Store.
+func (s *Store) SetDatastore(ctx context.Context, name string, c queue.DatastoreConfig) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO queue_datastores (name, max_scans, bytes_per_sec, ops_per_sec, paused)
+		VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET max_scans = excluded.max_scans,
+		bytes_per_sec = excluded.bytes_per_sec, ops_per_sec = excluded.ops_per_sec, paused = excluded.paused`,
+		name, c.Budget.MaxScans, c.Budget.BytesPerSec, c.Budget.OpsPerSec, c.Paused)
+	if err != nil {
+		return fmt.Errorf("queue: save datastore %q: %w", name, err)
+	}
+	return nil
+}

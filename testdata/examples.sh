@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Rebuilds the small committed disk images that the Example functions of
+# snapshot and snapshot/image/* read (go test runs them, with // Output:).
+# Run it by hand from the repository's top folder; the outputs are
+# committed, so tests need no tool for them.
+#
+#   bash testdata/examples.sh
+#
+#   snapshot/testdata/example.qcow2  a 2 MiB GPT disk, partition 1 a 960 KiB
+#                     ext4 labelled "root" with /etc/hostname and
+#                     /home/alice/notes.txt; zlib-compressed 4 KiB clusters
+#   snapshot/image/testdata/hello-base.qcow2, hello.qcow2
+#                     a 1 MiB disk ("hello, disk\n" at 0) and an overlay on it
+#                     with "overlay data\n" written at 64 KiB by qemu-io
+#   snapshot/image/testdata/hello.vmdk (streamOptimized), hello.vhd
+#                     (fixed), hello.vhdx (dynamic, 1 MiB blocks): the
+#                     1 MiB disk in the other formats
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export PATH=$PATH:/usr/sbin:/sbin
+
+mkdir -p "$tmp/tree/etc" "$tmp/tree/home/alice"
+printf 'example-vm\n' >"$tmp/tree/etc/hostname"
+printf 'hello from the guest\n' >"$tmp/tree/home/alice/notes.txt"
+truncate -s 2M "$tmp/disk.raw"
+sgdisk -n1:2048:0 -t1:8300 -c1:root "$tmp/disk.raw" >/dev/null
+mkfs.ext4 -q -b 1024 -N 16 -O ^has_journal,^resize_inode -L root -E root_owner=0:0 -d "$tmp/tree" "$tmp/fs.img" 960K
+dd if="$tmp/fs.img" of="$tmp/disk.raw" bs=512 seek=2048 conv=notrunc status=none
+qemu-img convert -c -O qcow2 -o cluster_size=4096 "$tmp/disk.raw" snapshot/testdata/example.qcow2
+
+d=snapshot/image/testdata
+mkdir -p "$d"
+truncate -s 1M "$tmp/hello.raw"
+printf 'hello, disk\n' | dd of="$tmp/hello.raw" conv=notrunc status=none
+qemu-img convert -O qcow2 -o cluster_size=4096 "$tmp/hello.raw" "$d/hello-base.qcow2"
+rm -f "$d/hello.qcow2"
+qemu-img create -q -f qcow2 -o cluster_size=4096 -b hello-base.qcow2 -F qcow2 "$d/hello.qcow2"
+qemu-io -f qcow2 -c 'write -P 0x6f 64k 4k' "$d/hello.qcow2" >/dev/null
+printf 'overlay data\n' >"$tmp/ov"
+qemu-io -f qcow2 -c "write -s $tmp/ov 64k 13" "$d/hello.qcow2" >/dev/null
+qemu-img convert -O vmdk -o subformat=streamOptimized "$tmp/hello.raw" "$d/hello.vmdk"
+qemu-img convert -O vpc -o subformat=fixed "$tmp/hello.raw" "$d/hello.vhd"
+qemu-img convert -O vhdx -o subformat=dynamic,block_size=1M,log_size=1M "$tmp/hello.raw" "$d/hello.vhdx"
