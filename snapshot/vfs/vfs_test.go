@@ -408,8 +408,8 @@ type hostileFS struct {
 
 func (h hostileFS) Root() (vfs.Node, error) {
 	if h.at == "Root" {
-		var m map[string]int
-		m["x"]++ // a nil map: runtime error
+		zero := len(h.at) - 4
+		_ = 4096 / zero // integer divide by zero: a runtime error
 	}
 	return h.memFS.Root()
 }
