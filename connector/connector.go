@@ -176,6 +176,17 @@ type FrozenDisk struct {
 	Checkpoint string `json:"checkpoint,omitempty"`
 }
 
+// Paths lists the frozen layers' paths, top first: what
+// snapshot.Options.Layers takes, with Top().Format as its Format, so that
+// the disk is opened as the hypervisor declares it and no other file is.
+func (f FrozenDisk) Paths() []string {
+	out := make([]string, len(f.Layers))
+	for i, l := range f.Layers {
+		out[i] = l.Path
+	}
+	return out
+}
+
 // Top returns the frozen view's top layer.
 func (f FrozenDisk) Top() Layer {
 	if len(f.Layers) == 0 {

@@ -98,7 +98,8 @@ func FuzzGlob(f *testing.F) {
 		if err != nil {
 			return
 		}
-		g.Match(p)
+		g.Match(p, false)
+		g.Match(p, true)
 	})
 }
 

@@ -1,6 +1,7 @@
 package scanner
 
 import (
+	"bytes"
 	"encoding/json"
 	"io/fs"
 	"time"
@@ -37,21 +38,94 @@ type Volume struct {
 	Err error
 }
 
-// Match is one rule that matched.
+// Match is one rule that matched, with what it matched.
 type Match struct {
 	Rule      string      `json:"rule"`
 	Namespace string      `json:"namespace"`
 	Tags      []string    `json:"tags"`
 	Meta      []MetaEntry `json:"meta"`
+	// Strings are the occurrences of the rule's strings, in the rule's
+	// order of strings and then by offset: at most MaxStringMatches per
+	// string, the rest counted in StringsDropped. A rule whose condition
+	// needs no string has none.
+	Strings        []StringMatch `json:"strings"`
+	StringsDropped int           `json:"strings_dropped,omitempty"`
+}
+
+// StringMatch is one occurrence of one of a rule's strings.
+type StringMatch struct {
+	Identifier string `json:"identifier"` // "$a"
+	// Offset is where the occurrence starts in the file, or in the
+	// archive member the finding names.
+	Offset int64 `json:"offset"`
+	// Data is the matched bytes written so that they are safe to print
+	// on a terminal or in a log: printable ASCII as is, a backslash as
+	// \\, every other byte as \xNN (as yara -s prints them); at most
+	// MaxMatchData bytes of the match, Truncated when there were more.
+	Data      string `json:"data"`
+	Truncated bool   `json:"truncated,omitempty"`
+}
+
+// Bounds on what a Match carries, so that a file crafted to match a
+// string a million times costs a bounded report.
+const (
+	MaxStringMatches = 10  // occurrences kept per string of a rule
+	MaxMatchData     = 128 // bytes of each occurrence kept in StringMatch.Data
+)
+
+// escapeData writes b as StringMatch.Data does.
+func escapeData(b []byte) string {
+	const hex = "0123456789ABCDEF"
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		switch {
+		case c == '\\':
+			out = append(out, '\\', '\\')
+		case c >= 0x20 && c < 0x7f:
+			out = append(out, c)
+		default:
+			out = append(out, '\\', 'x', hex[c>>4], hex[c&15])
+		}
+	}
+	return string(out)
 }
 
 // MetaEntry is one metadata field of a rule. Meta is a list, in the rule's
 // order, rather than an object because rules repeat keys (several "hash"
-// entries are common in public rule sets). Value is a string, an int or a
-// bool.
+// entries are common in public rule sets). Value is a string, an int64 or
+// a bool; decoding JSON restores those types (an integer is not turned
+// into a float64), so a Match round-trips through JSON unchanged.
 type MetaEntry struct {
 	Key   string `json:"key"`
 	Value any    `json:"value"`
+}
+
+// UnmarshalJSON decodes {"key", "value"} with integers as int64.
+func (m *MetaEntry) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		Key   string          `json:"key"`
+		Value json.RawMessage `json:"value"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	d := json.NewDecoder(bytes.NewReader(raw.Value))
+	d.UseNumber()
+	var v any
+	if len(raw.Value) > 0 {
+		if err := d.Decode(&v); err != nil {
+			return err
+		}
+	}
+	if n, ok := v.(json.Number); ok {
+		if iv, err := n.Int64(); err == nil {
+			v = iv
+		} else if fv, err := n.Float64(); err == nil {
+			v = fv
+		}
+	}
+	m.Key, m.Value = raw.Key, v
+	return nil
 }
 
 // Finding is a file, or archive member, that matched at least one rule.
@@ -158,8 +232,40 @@ type Report struct {
 	RulesID  string         `json:"rules_id"`
 	Volumes  []VolumeReport `json:"volumes"`
 	Findings []Finding      `json:"findings"`
+	// Excludes counts, for each Options.Exclude pattern in order, the
+	// files and folders it matched in this scan (see UnusedExcludes).
+	Excludes []ExcludeCount `json:"excludes"`
 	Started  time.Time      `json:"started"`
 	Duration time.Duration  `json:"duration_ns"`
+}
+
+// ExcludeCount is how many paths an exclusion pattern matched.
+type ExcludeCount struct {
+	Pattern string `json:"pattern"`
+	Matched int64  `json:"matched"`
+}
+
+// UnusedExcludes returns the exclusion patterns that matched nothing in
+// any of the reports (the targets of one run), in order, so that a
+// caller can warn about a pattern that was probably mistyped.
+func UnusedExcludes(reps ...*Report) []string {
+	var order []string
+	hits := map[string]int64{}
+	for _, r := range reps {
+		for _, e := range r.Excludes {
+			if _, seen := hits[e.Pattern]; !seen {
+				order = append(order, e.Pattern)
+			}
+			hits[e.Pattern] += e.Matched
+		}
+	}
+	var out []string
+	for _, p := range order {
+		if hits[p] == 0 {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Status is the one-word verdict of a scan.

@@ -69,10 +69,18 @@ type Options struct {
 	MemoryBudget int64
 	SpoolDir     string
 	SpoolBudget  int64
-	// Exclude lists globs matched against each path inside its volume:
-	// matching files are counted as excluded, matching folders as
-	// excluded_dir (their content is not listed).
+	// Exclude lists globs (gitignore-like, see Glob) matched against each
+	// path inside its volume: matching files are counted as excluded,
+	// matching folders as excluded_dir (their content is not listed).
+	// Report.Excludes counts what each pattern matched.
 	Exclude []Glob
+	// Tags, when not empty, reports only the rules that have at least one
+	// of these tags; SkipTags never reports a rule that has any of them
+	// (it wins over Tags). Tags are case-sensitive, as in YARA. A file
+	// whose matching rules are all filtered out is no finding; the
+	// verdict cache keeps every match, so filters can differ between
+	// Scanners sharing a cache.
+	Tags, SkipTags []string
 	// Timeout is YARA's timeout for one file or member, in whole seconds
 	// (default DefaultTimeout). A context deadline that comes sooner
 	// lowers it, never below one second (YARA's granularity).
@@ -160,6 +168,8 @@ type run struct {
 
 	mu       sync.Mutex // guards rep, progress and the hooks
 	progress Progress
+
+	excludeHits []int64 // per Options.Exclude pattern; the lister's own
 }
 
 // Scan scans every volume of t and returns its report. Unreadable files,
@@ -183,7 +193,8 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 		}
 		rep.Volumes = append(rep.Volumes, vr)
 	}
-	r := &run{s: s, target: t, rep: rep, progress: Progress{Target: t.Name}, owners: readOwners(t)}
+	r := &run{s: s, target: t, rep: rep, progress: Progress{Target: t.Name}, owners: readOwners(t),
+		excludeHits: make([]int64, len(s.opts.Exclude))}
 
 	g, gctx := errgroup.WithContext(ctx)
 	jobs := make(chan job, 4*s.opts.Workers)
@@ -239,6 +250,10 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 	for i := range rep.Volumes {
 		slices.SortStableFunc(rep.Volumes[i].Errors, func(a, b FileError) int { return strings.Compare(a.Path, b.Path) })
 	}
+	rep.Excludes = make([]ExcludeCount, len(s.opts.Exclude))
+	for i, g := range s.opts.Exclude {
+		rep.Excludes[i] = ExcludeCount{Pattern: g.String(), Matched: r.excludeHits[i]}
+	}
 	rep.computeResult()
 	return rep, err
 }
@@ -271,7 +286,15 @@ func (r *run) list(ctx context.Context, vol int, fsys fs.FS, jobs chan<- job) er
 			r.skip(vol, vpath, reason, err, false)
 			return nil
 		}
-		excluded := name != "." && slices.ContainsFunc(opts.Exclude, func(g Glob) bool { return g.Match(vpath) })
+		excluded := false
+		if name != "." {
+			for i, g := range opts.Exclude {
+				if g.Match(vpath, d.IsDir()) {
+					r.excludeHits[i]++
+					excluded = true
+				}
+			}
+		}
 		if d.IsDir() {
 			if excluded {
 				r.skip(vol, vpath, SkipExcludedDir, nil, false)
@@ -555,6 +578,7 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 			}
 		}
 	}
+	matches = r.s.filter(matches)
 	if scanned && len(matches) > 0 && !hashed {
 		sum = sha256.Sum256(data)
 	}
@@ -636,6 +660,27 @@ func (w *worker) yaraScan(ctx context.Context, ext *externals, data []byte) ([]M
 	return m, nil
 }
 
+// filter applies Options.Tags and SkipTags; it allocates only when it
+// drops something (matches may be a cached, shared slice).
+func (s *Scanner) filter(matches []Match) []Match {
+	if len(matches) == 0 || (len(s.opts.Tags) == 0 && len(s.opts.SkipTags) == 0) {
+		return matches
+	}
+	keep := func(m Match) bool {
+		if slices.ContainsFunc(m.Tags, func(t string) bool { return slices.Contains(s.opts.SkipTags, t) }) {
+			return false
+		}
+		return len(s.opts.Tags) == 0 || slices.ContainsFunc(m.Tags, func(t string) bool { return slices.Contains(s.opts.Tags, t) })
+	}
+	var out []Match
+	for _, m := range matches {
+		if keep(m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // yaraTimeout is libyara's ERROR_SCAN_TIMEOUT.
 const yaraTimeout = yara.Error(26)
 
@@ -649,13 +694,34 @@ type collector struct {
 
 // RuleMatching implements yara.ScanCallback. It must not panic: a panic
 // cannot unwind through libyara.
-func (c *collector) RuleMatching(_ *yara.ScanContext, r *yara.Rule) (bool, error) {
-	m := Match{Rule: r.Identifier(), Namespace: r.Namespace(), Tags: r.Tags(), Meta: []MetaEntry{}}
+func (c *collector) RuleMatching(sc *yara.ScanContext, r *yara.Rule) (bool, error) {
+	m := Match{Rule: r.Identifier(), Namespace: r.Namespace(), Tags: r.Tags(), Meta: []MetaEntry{}, Strings: []StringMatch{}}
 	if m.Tags == nil {
 		m.Tags = []string{}
 	}
 	for _, mt := range r.Metas() {
-		m.Meta = append(m.Meta, MetaEntry{Key: mt.Identifier, Value: mt.Value})
+		v := mt.Value
+		if i, ok := v.(int); ok {
+			v = int64(i) // as JSON decoding restores it
+		}
+		m.Meta = append(m.Meta, MetaEntry{Key: mt.Identifier, Value: v})
+	}
+	for _, s := range r.Strings() {
+		id := s.Identifier()
+		occ := s.Matches(sc)
+		for i := range occ {
+			if i == MaxStringMatches {
+				m.StringsDropped += len(occ) - i
+				break
+			}
+			data := occ[i].Data()
+			sm := StringMatch{Identifier: id, Offset: occ[i].Base() + occ[i].Offset()}
+			if len(data) > MaxMatchData {
+				data, sm.Truncated = data[:MaxMatchData], true
+			}
+			sm.Data = escapeData(data)
+			m.Strings = append(m.Strings, sm)
+		}
 	}
 	c.matches = append(c.matches, m)
 	return false, nil

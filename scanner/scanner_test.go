@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -267,7 +268,7 @@ func TestLimits(t *testing.T) {
 	tree, files := fixture(t)
 	rules, _ := parityRules(t)
 	var globs []scanner.Glob
-	for _, p := range []string{"**/*.zip", "/hostile/**", "/bin/l?"} {
+	for _, p := range []string{"*.zip", "hostile/", "/bin/l?", "never-there.txt", "ls/"} {
 		g, err := scanner.CompileGlob(p)
 		if err != nil {
 			t.Fatal(err)
@@ -308,6 +309,13 @@ func TestLimits(t *testing.T) {
 	}
 	if len(v.Errors) != 1 || v.Errors[0].Path != "/lib/libz.so.1" || v.Errors[0].Reason != scanner.SkipTooLarge {
 		t.Errorf("too large file not named: %v", v.Errors)
+	}
+	wantEx := []scanner.ExcludeCount{{"*.zip", 2}, {"hostile/", 1}, {"/bin/l?", 1}, {"never-there.txt", 0}, {"ls/", 0}}
+	if !slices.Equal(rep.Excludes, wantEx) {
+		t.Errorf("exclude counts %v, want %v", rep.Excludes, wantEx)
+	}
+	if u := scanner.UnusedExcludes(rep, rep); !slices.Equal(u, []string{"never-there.txt", "ls/"}) {
+		t.Errorf("unused excludes %v", u)
 	}
 
 	// A folder where nothing matches is clean when everything was
@@ -493,7 +501,16 @@ func TestFindingJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = `{"target":"t","volume":"v","path":"/p","size":1,"sha256":"00","matches":[{"rule":"r","namespace":"n","tags":["a"],"meta":[{"key":"k","value":1}]}]}`
+	// A Match with every field round-trips through JSON (meta ints stay
+	// int64), as the appliance stores verdicts.
+	m := scanner.Match{Rule: "r", Namespace: "n", Tags: []string{}, Meta: []scanner.MetaEntry{{"i", int64(-3)}, {"s", "x"}, {"b", true}, {"f", 1.5}},
+		Strings: []scanner.StringMatch{{Identifier: "$a", Offset: 7, Data: `a\x00`, Truncated: true}}, StringsDropped: 2}
+	mb, _ := json.Marshal(m)
+	var back scanner.Match
+	if err := json.Unmarshal(mb, &back); err != nil || !reflect.DeepEqual(back, m) {
+		t.Errorf("round trip: %v\n%+v\n%+v", err, back, m)
+	}
+	const want = `{"target":"t","volume":"v","path":"/p","size":1,"sha256":"00","matches":[{"rule":"r","namespace":"n","tags":["a"],"meta":[{"key":"k","value":1}],"strings":null}]}`
 	if string(b) != want {
 		t.Errorf("got  %s\nwant %s", b, want)
 	}

@@ -18,33 +18,52 @@ import (
 func TestGlob(t *testing.T) {
 	for _, tc := range []struct {
 		pattern, path string
+		dir           bool
 		want          bool
 	}{
-		{"**/*.vhdx", "/a/b/c.vhdx", true},
-		{"**/*.vhdx", "/c.vhdx", true},
-		{"**/*.vhdx", "/a/c.vhdx.txt", false},
-		{"/var/lib/pacemaker/**", "/var/lib/pacemaker", true},
-		{"/var/lib/pacemaker/**", "/var/lib/pacemaker/cib/cib.xml", true},
-		{"/var/lib/pacemaker/**", "/var/lib/pacemakerx/a", false},
-		{"var/lib/*", "/var/lib/dpkg", true},
-		{"var/lib/*", "/var/lib/dpkg/status", false},
-		{"/home/*/.cache/**", "/home/ann/.cache/x/y", true},
-		{"/home/*/.cache/**", "/home/.cache/x", false},
-		{"**", "/anything/at/all", true},
-		{"/a/**/b", "/a/b", true},
-		{"/a/**/b", "/a/x/y/b", true},
-		{"/a/**/b", "/a/x/y/c", false},
-		{"*.EXE", "/x.exe", false}, // case-sensitive
+		{"**/*.vhdx", "/a/b/c.vhdx", false, true},
+		{"**/*.vhdx", "/c.vhdx", false, true},
+		{"**/*.vhdx", "/a/c.vhdx.txt", false, false},
+		{"/var/lib/pacemaker/**", "/var/lib/pacemaker", true, true},
+		{"/var/lib/pacemaker/**", "/var/lib/pacemaker/cib/cib.xml", false, true},
+		{"/var/lib/pacemaker/**", "/var/lib/pacemakerx/a", false, false},
+		{"var/lib/*", "/var/lib/dpkg", true, true},
+		{"var/lib/*", "/var/lib/dpkg/status", false, false},
+		{"/home/*/.cache/**", "/home/ann/.cache/x/y", false, true},
+		{"/home/*/.cache/**", "/home/.cache/x", false, false},
+		{"**", "/anything/at/all", false, true},
+		{"/a/**/b", "/a/b", false, true},
+		{"/a/**/b", "/a/x/y/b", false, true},
+		{"/a/**/b", "/a/x/y/c", false, false},
+		{"*.EXE", "/x.exe", false, false}, // case-sensitive
+		// gitignore: no slash matches at any depth.
+		{"eicar.com", "/eicar.com", false, true},
+		{"eicar.com", "/home/ann/Downloads/eicar.com", false, true},
+		{"eicar.com", "/home/eicar.com.txt", false, false},
+		{"*.zip", "/a/b/c.zip", false, true},
+		{"*.zip", "/c.zip", false, true},
+		{"node_modules", "/srv/app/node_modules", true, true},
+		// A slash at the start or in the middle anchors.
+		{"/eicar.com", "/home/eicar.com", false, false},
+		{"/eicar.com", "/eicar.com", false, true},
+		{"tmp/x", "/a/tmp/x", false, false},
+		{"tmp/x", "/tmp/x", false, true},
+		// A trailing slash matches folders only.
+		{"cache/", "/var/cache", true, true},
+		{"cache/", "/var/cache", false, false},
+		{"/var/cache/", "/var/cache", true, true},
+		{"/var/cache/", "/x/var/cache", true, false},
+		{`\!x`, "/a/!x", false, true},
 	} {
 		g, err := CompileGlob(tc.pattern)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.pattern, err)
 		}
-		if got := g.Match(tc.path); got != tc.want {
-			t.Errorf("%q matching %q = %v, want %v", tc.pattern, tc.path, got, tc.want)
+		if got := g.Match(tc.path, tc.dir); got != tc.want {
+			t.Errorf("%q matching %q (dir %v) = %v, want %v", tc.pattern, tc.path, tc.dir, got, tc.want)
 		}
 	}
-	for _, bad := range []string{"", "/", "a//b", "a**"} {
+	for _, bad := range []string{"", "/", "//", "a//b", "a**", "!x", "[z-a"} {
 		if _, err := CompileGlob(bad); err == nil {
 			t.Errorf("%q: no error", bad)
 		}

@@ -54,14 +54,19 @@ A progress line is shown when stderr is a terminal.
 
 Examples:
   snapscan scan --rules rules/ vm42.qcow2
-  snapscan scan --rules a.yar --rules b.yar --exclude '**/*.vhdx' --json /dev/sdb /srv/share
+  snapscan scan --rules a.yar --rules b.yar --exclude '*.vhdx' --json /dev/sdb /srv/share
+  snapscan scan --rules signature-base/ --tags APT --skip-tags test --show-strings ./download.exe
 `
 
 func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("scan", "scan --rules PATH [--rules PATH]... [flags] TARGET...", scanHelp, stderr)
 	var rules, excludes, allow stringList
 	f.Var(&rules, "rules", "YARA rule file, folder of .yar/.yara files, or compiled rules (repeatable, required)")
-	f.Var(&excludes, "exclude", "skip files and folders matching `GLOB` inside a volume, e.g. '**/*.vhdx' or '/var/lib/pacemaker/**' (repeatable)")
+	f.Var(&excludes, "exclude", "skip files and folders matching `GLOB` inside a volume, as in .gitignore: a pattern\nwithout '/' matches at any depth ('*.vhdx', 'eicar.com'), a leading or inner '/'\nanchors at the volume's root ('/var/lib/pacemaker'), a trailing '/' matches folders\nonly ('cache/'), '**' any number of folders (repeatable; a pattern that matches\nnothing in the whole run is warned about)")
+	var tags, skipTags stringList
+	f.Var(&tags, "tags", "report only rules with one of these `TAGS` (comma-separated, repeatable)")
+	f.Var(&skipTags, "skip-tags", "never report rules with any of these `TAGS` (comma-separated, repeatable; wins over --tags)")
+	showStrings := f.Bool("show-strings", false, "print what each rule matched: offset, string identifier and the bytes, escaped\nand at most 128 of them (--json always carries them)")
 	f.Var(&allow, "allow-dir", "also allow backing files and extents of images from `DIR` (repeatable)")
 	maxSize := f.String("max-file-size", "", "do not scan files larger than `SIZE` (units KB, MB, GB, KiB, MiB, GiB); they make\nthe scan incomplete (default: no limit but --spool-size)")
 	spoolDir := f.String("spool-dir", "", "folder for spool copies of files over the memory window (default $TMPDIR or /tmp)")
@@ -108,6 +113,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Workers: *workers, MaxFileSize: limit, Exclude: globs, Timeout: *timeout,
 		NoArchives: *noArchives, OnProgress: prog.update,
 		SpoolDir: *spoolDir, SpoolBudget: spoolLimit,
+		Tags: splitList(tags), SkipTags: splitList(skipTags),
 	}
 	if !*noCache {
 		// One run's verdicts, by content hash: byte-identical files (clones,
@@ -117,7 +123,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if !*asJSON {
 		opts.OnFinding = func(fd scanner.Finding) {
 			prog.clear()
-			printFinding(stdout, fd)
+			printFinding(stdout, fd, *showStrings)
 		}
 	}
 	sc := scanner.New(rs, opts)
@@ -126,6 +132,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	start := time.Now()
 	failed := false
 	var results []scanner.Result
+	var reports []*scanner.Report
 	for _, target := range pos {
 		if ctx.Err() != nil {
 			break
@@ -139,11 +146,17 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if tr.report != nil {
 			out.Findings = append(out.Findings, tr.report.Findings...)
 			results = append(results, tr.report.Result)
+			reports = append(reports, tr.report)
 		}
 		out.Targets = append(out.Targets, tr)
 	}
 	prog.clear()
 	out.Result = scanner.MergeResults(results...)
+	if len(reports) > 0 {
+		for _, p := range scanner.UnusedExcludes(reports...) {
+			fmt.Fprintf(stderr, "snapscan scan: warning: --exclude %q matched nothing\n", p)
+		}
+	}
 	out.Stats = summarize(out.Targets, rs, time.Since(start))
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -306,7 +319,7 @@ func summarize(ts []targetReport, rs *scanner.Rules, d time.Duration) scanStats 
 	return st
 }
 
-func printFinding(w io.Writer, fd scanner.Finding) {
+func printFinding(w io.Writer, fd scanner.Finding, showStrings bool) {
 	names := make([]string, len(fd.Matches))
 	for i, m := range fd.Matches {
 		names[i] = m.Rule
@@ -315,6 +328,34 @@ func printFinding(w io.Writer, fd scanner.Finding) {
 		}
 	}
 	fmt.Fprintf(w, "FOUND %s %s %s: %s (sha256 %s)\n", fd.Target, fd.Volume, fd.Path, strings.Join(names, ", "), fd.SHA256)
+	if !showStrings {
+		return
+	}
+	for _, m := range fd.Matches {
+		for _, s := range m.Strings {
+			more := ""
+			if s.Truncated {
+				more = "..."
+			}
+			fmt.Fprintf(w, "  %s 0x%x:%s: %s%s\n", m.Rule, s.Offset, s.Identifier, s.Data, more)
+		}
+		if m.StringsDropped > 0 {
+			fmt.Fprintf(w, "  %s: %d more string matches not shown\n", m.Rule, m.StringsDropped)
+		}
+	}
+}
+
+// splitList splits comma-separated flag values.
+func splitList(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
 }
 
 func printSummary(w io.Writer, o *scanOutput) {

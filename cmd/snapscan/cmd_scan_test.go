@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -242,5 +243,91 @@ func TestScanResult(t *testing.T) {
 	code, _, stderr := runBin(t, "scan", "--help")
 	if code != 0 || !strings.Contains(stderr, "3  incomplete") {
 		t.Errorf("--help does not document the exit statuses: %d %s", code, stderr)
+	}
+}
+
+// TestScanFilters runs the binary with --show-strings, --tags, --skip-tags
+// and --exclude (gitignore-like, and a warning for a pattern that matched
+// nothing in the whole run).
+func TestScanFilters(t *testing.T) {
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "r.yar")
+	os.WriteFile(rules, []byte(`rule evil : apt { strings: $a = "EVIL-MARKER" condition: $a }
+rule test_file : test { strings: $t = "TEST-MARKER" condition: $t }`), 0o644)
+	tree := filepath.Join(dir, "tree")
+	for p, body := range map[string]string{
+		"a/eicar.com":     "x\x01EVIL-MARKER\n",
+		"b/c/eicar.com":   "EVIL-MARKER",
+		"b/keep.txt":      "TEST-MARKER EVIL-MARKER",
+		"cache/x.bin":     "EVIL-MARKER",
+		"d/cache":         "EVIL-MARKER", // a file named cache: not a folder
+		"z/archive.zip.1": "TEST-MARKER",
+	} {
+		os.MkdirAll(filepath.Dir(filepath.Join(tree, p)), 0o755)
+		os.WriteFile(filepath.Join(tree, p), []byte(body), 0o644)
+	}
+	scan := func(args ...string) (int, string, string) {
+		return runBin(t, append([]string{"scan", "--rules", rules}, append(args, tree)...)...)
+	}
+	found := func(out string) []string {
+		var paths []string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "FOUND ") {
+				f := strings.Fields(l)
+				paths = append(paths, f[3]+" "+strings.Join(f[4:len(f)-2], " "))
+			}
+		}
+		sort.Strings(paths) // streamed as found, in no fixed order
+		return paths
+	}
+	code, out, stderr := scan("--exclude", "eicar.com", "--exclude", "cache/", "--exclude", "nothing-*.txt", "--exclude", "/keep.txt")
+	want := []string{"/b/keep.txt: evil [apt], test_file [test]", "/d/cache: evil [apt]", "/z/archive.zip.1: test_file [test]"}
+	if code != 1 || strings.Join(found(out), "\n") != strings.Join(want, "\n") {
+		t.Errorf("excludes: exit %d, found\n%s\nwant\n%s", code, strings.Join(found(out), "\n"), strings.Join(want, "\n"))
+	}
+	for _, p := range []string{`"nothing-*.txt"`, `"/keep.txt"`} {
+		if !strings.Contains(stderr, "--exclude "+p+" matched nothing") {
+			t.Errorf("no warning for %s: %s", p, stderr)
+		}
+	}
+	if strings.Contains(stderr, `"eicar.com" matched nothing`) {
+		t.Errorf("warning for a pattern that matched: %s", stderr)
+	}
+
+	code, out, _ = scan("--tags", "apt", "--skip-tags", "test")
+	want = []string{"/a/eicar.com: evil [apt]", "/b/c/eicar.com: evil [apt]", "/b/keep.txt: evil [apt]", "/cache/x.bin: evil [apt]", "/d/cache: evil [apt]"}
+	if code != 1 || strings.Join(found(out), "\n") != strings.Join(want, "\n") {
+		t.Errorf("tags: exit %d, found %v", code, found(out))
+	}
+	code, out, _ = scan("--tags", "apt,test", "--skip-tags", "apt", "--show-strings", "--exclude", "/z")
+	if code != 1 || !strings.Contains(out, "test_file 0x0:$t: TEST-MARKER\n") || strings.Contains(out, "evil") {
+		t.Errorf("--show-strings: exit %d\n%s", code, out)
+	}
+	code, out, _ = scan("--show-strings", "--exclude", "b/", "--exclude", "cache", "--exclude", "z/")
+	if code != 1 || !strings.Contains(out, "evil 0x2:$a: EVIL-MARKER\n") || !strings.Contains(out, "FOUND "+tree+" dir /a/eicar.com") {
+		t.Errorf("--show-strings on a plain match: exit %d\n%s", code, out)
+	}
+	if code, _, _ := scan("--tags", "none"); code != 0 {
+		t.Errorf("every rule filtered out: exit %d, want 0", code)
+	}
+	var res struct {
+		Findings []struct {
+			Matches []struct {
+				Strings []struct {
+					Identifier, Data string
+					Offset           int64
+				}
+			}
+		}
+	}
+	_, out, _ = scan("--json", "--exclude", "b/", "--exclude", "cache", "--exclude", "z/", "--exclude", "/d")
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Findings) != 1 {
+		t.Fatalf("json: %v\n%s", err, out)
+	}
+	if s := res.Findings[0].Matches[0].Strings; len(s) != 1 || s[0].Identifier != "$a" || s[0].Offset != 2 || s[0].Data != "EVIL-MARKER" {
+		t.Errorf("json strings: %+v", s)
+	}
+	if code, _, stderr := scan("--exclude", "!x"); code != 2 || !strings.Contains(stderr, "negation") {
+		t.Errorf("negation: exit %d %s", code, stderr)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	_ "github.com/vmware/govmomi/vapi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
@@ -91,7 +92,8 @@ func newSimTB(t testing.TB) *sim {
 	}
 	t.Cleanup(s.model.Remove)
 	s.model.Service.Listen = &url.URL{User: url.UserPassword(simUser, simPass)}
-	s.model.Service.TLS = new(tls.Config) // vcsim serves HTTPS with a self-signed certificate
+	s.model.Service.RegisterEndpoints = true // vAPI (tags), from vapi/simulator
+	s.model.Service.TLS = new(tls.Config)    // vcsim serves HTTPS with a self-signed certificate
 	s.srv = s.model.Service.NewServer()
 	t.Cleanup(s.srv.Close)
 	s.url = s.srv.URL

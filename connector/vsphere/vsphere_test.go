@@ -10,12 +10,17 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vapi/rest"
+	"github.com/vmware/govmomi/vapi/tags"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/snapscan/snapscan/connector"
@@ -89,7 +94,8 @@ func scanFrozen(t *testing.T, s *sim, c connector.Connector, fd connector.Frozen
 		t.Fatal(err)
 	}
 	defer f.Close()
-	disk, err := snapshot.New(f, f.Size(), "", nil)
+	// The declared format; no related file may be opened ("" as name).
+	disk, err := snapshot.New(f, f.Size(), "", &snapshot.Options{Format: top.Format})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,8 +131,38 @@ func readAt(t *testing.T, path string, off, n int64) []byte {
 
 func TestList(t *testing.T) {
 	s := newSim(t)
-	c := s.dial(t, false)
+	ctx := context.Background()
+	// Tag the VM through vCenter's tagging API (vcsim's vapi simulator).
+	vc, err := govmomi.NewClient(ctx, &url.URL{Scheme: s.url.Scheme, Host: s.url.Host, Path: "/sdk", User: url.UserPassword(simUser, simPass)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := rest.NewClient(vc.Client)
+	if err := rc.Login(ctx, url.UserPassword(simUser, simPass)); err != nil {
+		t.Fatal(err)
+	}
+	tm := tags.NewManager(rc)
+	cat, err := tm.CreateCategory(ctx, &tags.Category{Name: "cluster", Cardinality: "MULTIPLE"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := tm.CreateTag(ctx, &tags.Tag{Name: "pacemaker-a", CategoryID: cat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tm.AttachTag(ctx, tag, s.vm(t, vmName).Reference()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := vsphere.Config{URL: s.url.String(), Username: simUser, Password: simPass, CAFile: s.caFile(t), Tags: true}
+	c, err := vsphere.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	vm := listed(t, c, vmName)
+	if strings.Join(vm.Tags, ",") != "cluster/pacemaker-a" || len(listed(t, c, "DC0_C0_RP0_VM1").Tags) != 0 {
+		t.Fatalf("tags = %v", vm.Tags)
+	}
 	if vm.Power != connector.PoweredOn || vm.Folder != "/DC0/vm" || vm.ID == "" || len(vm.Disks) != 1 {
 		t.Fatalf("VM = %+v", vm)
 	}
@@ -365,4 +401,61 @@ func TestConformance(t *testing.T) {
 			return left
 		},
 	}.Run(t)
+}
+
+// TestInventory: a refresh reports new VMs, VMs whose disks changed (a
+// snapshot someone else took makes a delta disk the new top) and VMs
+// that are gone or no longer selected.
+func TestInventory(t *testing.T) {
+	s := newSim(t)
+	c := s.dial(t, false)
+	ctx := context.Background()
+	inv, err := connector.NewInventory(c, connector.Selection{All: true, Exclude: []string{"*VM1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := inv.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.VMs) != 1 || len(d.New) != 1 || d.New[0].Name != vmName {
+		t.Fatalf("first refresh: %+v", d)
+	}
+	vm := d.VMs[0]
+	// An administrator's snapshot: the VM writes to a delta disk now.
+	f, err := c.Freeze(ctx, vm.ID, connector.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err = inv.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Changed) != 1 || len(d.New) != 0 || len(d.Changed[0].Disks[0].Layers) != 2 {
+		t.Fatalf("after the snapshot: %+v", d)
+	}
+	if _, err := c.Release(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := inv.VM(vmName); !ok || got.ID != vm.ID {
+		t.Fatalf("lookup by name: %+v %v", got, ok)
+	}
+	vc, err := govmomi.NewClient(ctx, &url.URL{Scheme: s.url.Scheme, Host: s.url.Host, Path: "/sdk", User: url.UserPassword(simUser, simPass)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := object.NewVirtualMachine(vc.Client, s.vm(t, vmName).Reference())
+	if task, err := gone.PowerOff(ctx); err != nil || task.Wait(ctx) != nil {
+		t.Fatal("power off", err)
+	}
+	if task, err := gone.Destroy(ctx); err != nil || task.Wait(ctx) != nil {
+		t.Fatal("destroy", err)
+	}
+	d, err = inv.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Gone) != 1 || d.Gone[0].ID != vm.ID || len(d.VMs) != 0 {
+		t.Fatalf("after removal: %+v", d)
+	}
 }
