@@ -80,12 +80,13 @@ func (a *Appliance) Handler() http.Handler {
 	handle("POST /v1/scans/{id}/cancel", nil, a.handleCancel)
 	handle("GET /v1/findings", []string{"vm", "datastore", "rule", "tag", "scan", "since", "until", "after", "limit"}, a.handleFindings)
 	handle("GET /v1/datastores", nil, a.handleDatastores)
+	handle("GET /v1/datastores/{name}/history", []string{"since", "until", "step", "limit"}, a.handleHistory)
+	handle("GET /v1/vms", []string{"search", "scanned", "after", "limit"}, a.handleVMs)
+	handle("GET /v1/vms/{id}", nil, a.handleVM)
 	handle("POST /v1/datastores/{name}/pause", nil, a.handlePause(true))
 	handle("POST /v1/datastores/{name}/resume", nil, a.handlePause(false))
 	handle("GET /v1/signatures", nil, a.handleSignatures)
 	handle("GET /v1/queue", []string{"limit"}, a.handleQueue)
-	handle("GET /v1/vms", []string{"search", "after", "limit", "scanned"}, a.handleVMs)
-	handle("GET /v1/datastores/{name}/history", []string{"since", "until", "step"}, a.handleHistory)
 	handle("GET /v1/events", nil, a.handleEvents)
 	// The console: pages for a browser, which logs in with an API token
 	// and then calls this API with its session (see auth).
@@ -532,6 +533,52 @@ func (a *Appliance) datastores() []DatastoreView {
 
 func (a *Appliance) handleDatastores(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	writeJSON(w, http.StatusOK, map[string]any{"datastores": a.datastores()})
+	return nil
+}
+
+// handleVMs lists the inventory: every VM known, with its last scan
+// (status, findings, signature version, bytes read).
+func (a *Appliance) handleVMs(w http.ResponseWriter, r *http.Request, qs httpx.Query) error {
+	q := results.VMQuery{Search: qs.Get("search"), After: qs.Get("after")}
+	switch qs.Get("scanned") {
+	case "", "false":
+	case "true":
+		q.Scanned = true
+	default:
+		return badRequest("scanned: %q is not true or false", qs.Get("scanned"))
+	}
+	if len(q.Search) > 256 || len(q.After) > 4096 {
+		return badRequest("search or after too long")
+	}
+	limit, err := qs.Int("limit", 100, 1, results.MaxPage)
+	if err != nil {
+		return err
+	}
+	q.Limit = int(limit)
+	vms, err := a.results.VMs(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	out := struct {
+		VMs       []results.VM `json:"vms"`
+		NextAfter string       `json:"next_after,omitempty"`
+	}{VMs: vms}
+	if len(vms) == q.Limit {
+		out.NextAfter = vms[len(vms)-1].ID
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *Appliance) handleVM(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
+	v, err := a.results.VM(r.Context(), r.PathValue("id"))
+	if errors.Is(err, results.ErrNotFound) {
+		return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no VM %q", r.PathValue("id"))}
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
 	return nil
 }
 

@@ -12,8 +12,8 @@ import (
 )
 
 // The API endpoints the console's pages read (any client may): the queue
-// as the scheduler sees it, the VM inventory, a datastore's I/O history
-// and the event sinks' counters. openapi.yaml documents them.
+// as the scheduler sees it, a datastore's I/O history and the event sinks'
+// counters. openapi.yaml documents them.
 
 // WaitingView is a queued scan, its place in line and why it waits.
 type WaitingView struct {
@@ -56,43 +56,11 @@ func (a *Appliance) handleQueue(w http.ResponseWriter, r *http.Request, q httpx.
 	return nil
 }
 
-func (a *Appliance) handleVMs(w http.ResponseWriter, r *http.Request, q httpx.Query) error {
-	limit, err := q.Int("limit", 100, 1, results.MaxPage)
-	if err != nil {
-		return err
-	}
-	vq := results.VMQuery{Search: q.Get("search"), After: q.Get("after"), Limit: int(limit)}
-	switch q.Get("scanned") {
-	case "", "false":
-	case "true":
-		vq.Scanned = true
-	default:
-		return badRequest("scanned: %q is not true or false", q.Get("scanned"))
-	}
-	if len(vq.Search) > 1024 || len(vq.After) > 1024 {
-		return badRequest("search, after: at most 1024 bytes")
-	}
-	vms, err := a.results.VMs(r.Context(), vq)
-	if err != nil {
-		return err
-	}
-	out := struct {
-		VMs       []results.VM `json:"vms"`
-		NextAfter string       `json:"next_after,omitempty"`
-	}{VMs: vms}
-	if out.VMs == nil {
-		out.VMs = []results.VM{}
-	}
-	if len(vms) == vq.Limit {
-		out.NextAfter = vms[len(vms)-1].ID
-	}
-	writeJSON(w, http.StatusOK, out)
-	return nil
-}
-
 // IOPoint is one sample of a datastore's I/O history: what it delivered
-// over Interval ending At, and the budget then.
+// over Interval ending At (and as rates), the budget then, and the scans
+// reading it.
 type IOPoint struct {
+	Datastore         string        `json:"datastore"`
 	At                time.Time     `json:"at"`
 	Interval          time.Duration `json:"interval_ns"`
 	BytesRead         int64         `json:"bytes_read"`
@@ -100,6 +68,8 @@ type IOPoint struct {
 	BudgetBytesPerSec float64       `json:"budget_bytes_per_sec"`
 	BudgetOpsPerSec   float64       `json:"budget_ops_per_sec"`
 	Running           int           `json:"running"`
+	BytesPerSec       float64       `json:"bytes_per_sec"`
+	OpsPerSec         float64       `json:"ops_per_sec"`
 }
 
 // maxHistory bounds the span one history request may cover.
@@ -109,6 +79,10 @@ const maxHistory = 31 * 24 * time.Hour
 // when it is downsampled.
 const historyPoints = 360
 
+// handleHistory serves a datastore's I/O history: the last hour from the
+// in-memory trail (one sample per trailEvery), further back from the
+// results store's per-interval history (historyEvery), added up into
+// buckets of step over long spans; at most limit points, the latest.
 func (a *Appliance) handleHistory(w http.ResponseWriter, r *http.Request, q httpx.Query) error {
 	name := r.PathValue("name")
 	if _, ok := a.cfg.datastore(name); !ok {
@@ -131,6 +105,10 @@ func (a *Appliance) handleHistory(w http.ResponseWriter, r *http.Request, q http
 	}
 	if !since.Before(until) || until.Sub(since) > maxHistory {
 		return badRequest("since, until: want since before until, at most %s apart", maxHistory)
+	}
+	limit, err := q.Int("limit", results.MaxPage, 1, results.MaxPage)
+	if err != nil {
+		return err
 	}
 	var step time.Duration
 	if s := q.Get("step"); s != "" {
@@ -167,7 +145,7 @@ func (a *Appliance) handleHistory(w http.ResponseWriter, r *http.Request, q http
 	}
 	pts := make([]IOPoint, 0, len(samples))
 	for _, s := range samples {
-		p := IOPoint{At: s.At.UTC(), Interval: s.Interval, BytesRead: s.BytesRead, ReadOps: s.ReadOps,
+		p := IOPoint{Datastore: name, At: s.At.UTC(), Interval: s.Interval, BytesRead: s.BytesRead, ReadOps: s.ReadOps,
 			BudgetBytesPerSec: s.BudgetBytesPerSec, BudgetOpsPerSec: s.BudgetOpsPerSec, Running: s.Running}
 		if n := len(pts); step > 0 && n > 0 && s.At.Sub(pts[n-1].At.Add(-pts[n-1].Interval)) <= step {
 			// Same bucket: add up what was read, keep the latest budget.
@@ -178,6 +156,14 @@ func (a *Appliance) handleHistory(w http.ResponseWriter, r *http.Request, q http
 			continue
 		}
 		pts = append(pts, p)
+	}
+	if len(pts) > int(limit) {
+		pts = pts[len(pts)-int(limit):]
+	}
+	for i := range pts {
+		if secs := pts[i].Interval.Seconds(); secs > 0 {
+			pts[i].BytesPerSec, pts[i].OpsPerSec = float64(pts[i].BytesRead)/secs, float64(pts[i].ReadOps)/secs
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"datastore": name, "since": since, "until": until, "step_ns": step, "samples": pts})
 	return nil
