@@ -413,6 +413,8 @@ func allocated(path string) ([]connector.Extent, error) {
 // Snapshots lists the names of the VM's snapshots.
 func (s *Sim) Snapshots(t testing.TB, name string) []string {
 	vm := s.VM(t, name)
+	s.mu.Lock() // the extension's tasks change the tree holding it
+	defer s.mu.Unlock()
 	if vm.Snapshot == nil {
 		return nil
 	}
