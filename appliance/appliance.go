@@ -80,7 +80,7 @@ type Appliance struct {
 	// their freeze metrics.
 	hypervisors []*hypervisor
 	connm       *connectorMetrics
-	opts       Options
+	opts        Options
 
 	tokens     [][32]byte // SHA-256 of each API token
 	pushTokens [][32]byte // API tokens plus the receiver token
