@@ -100,6 +100,9 @@ type Appliance struct {
 	// historyEvery is how often the I/O history is sampled.
 	historyEvery time.Duration
 
+	// budget is the process's one scan budget (memory and spool), shared
+	// by every Scanner: one per rule set.
+	budget   *scanner.Budget
 	scMu     sync.Mutex
 	sc       *scanner.Scanner
 	scRules  string
@@ -168,6 +171,12 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		return nil, err
 	}
 	a.cache = newVerdictCache(a.results, cfg.Scanner.CacheEntries)
+	if cfg.Scanner.SpoolDir != "" {
+		if err := os.MkdirAll(cfg.Scanner.SpoolDir, 0o700); err != nil {
+			return nil, fmt.Errorf("%w: scanner.spool_dir: %v", ErrConfig, err)
+		}
+	}
+	a.budget = scanner.NewBudget(cfg.budgetOptions())
 
 	var out io.Writer
 	if cfg.Events.Log != "none" {

@@ -166,12 +166,14 @@ type activeSet struct {
 
 // scanner returns the Scanner for a rule set, making a new one when the
 // set changed; scans that started on the old one keep it. Every Scanner
-// shares the process's one memory budget (scanner.memory_budget).
+// shares the process's one budget (scanner.memory_budget, spool_budget),
+// so a signature update never doubles the bound while old scans finish.
 func (a *Appliance) scanner(act *signatures.Active[*scanner.Rules]) *scanner.Scanner {
 	a.scMu.Lock()
 	defer a.scMu.Unlock()
 	if id := act.Rules.ID(); a.sc == nil || a.scRules != id {
 		o := a.cfg.scannerOptions()
+		o.Budget = a.budget
 		if !a.cfg.Scanner.NoCache {
 			o.Cache = a.cache
 		}
@@ -314,7 +316,6 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 	}
 	defer disk.Close()
 	t := scanner.DiskTarget(fmt.Sprintf("job-%d/%d", job.ID, i), disk)
-	unread := unreadVolumes(disk)
 	readable := 0
 	for _, v := range disk.Volumes {
 		if v.Err == nil {
@@ -341,7 +342,7 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 	a.progress.addTarget(t.Name, jp)
 	defer a.progress.removeTarget(t.Name)
 	rep, err := sc.Scan(ctx, t)
-	out := &diskScan{disk: d, report: rep, unread: unread, redact: ds.redact}
+	out := &diskScan{disk: d, report: rep, redact: ds.redact}
 	if err != nil {
 		if ctx.Err() != nil {
 			return out, fmt.Errorf("%s: %s: %w", d.Datastore, d.Path, context.Cause(ctx))

@@ -36,11 +36,11 @@ func runCat(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	if v.FS == nil {
-		return fmt.Errorf("%s %s: %w", pos[0], v.ID, v.Err)
+		return v.Err // names the disk and the volume
 	}
 	file, err := v.FS.Open(volumePath(pos[2]))
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", pos[0], v.ID, err)
+		return err // the volume's label names the disk and the volume
 	}
 	defer file.Close()
 	info, err := file.Stat()

@@ -281,3 +281,33 @@ func Blocks(p []byte, off, blockSize int64, fn func(b []byte, blk, in, pos int64
 	}
 	return nil
 }
+
+// Runs collects a format's runs for Map, merging each with the one before
+// when they continue it with the same state, file and compression.
+type Runs []Run
+
+// Add appends a run of n bytes at start.
+func (rs *Runs) Add(r Run) {
+	if l := len(*rs) - 1; l >= 0 {
+		p := &(*rs)[l]
+		if p.Start+p.Length == r.Start && p.State == r.State && p.File == r.File && p.Compressed == r.Compressed {
+			p.Length += r.Length
+			return
+		}
+	}
+	*rs = append(*rs, r)
+}
+
+// AddBits adds the n bytes from byte in of a block that starts at
+// virtual offset base, split by a sector bitmap: sectors whose bit is set
+// are the file's data, the others the parent's.
+func (rs *Runs) AddBits(base, in, n, sector int64, bit func(s int64) bool) {
+	_ = BitRuns(in, n, sector, bit, func(at, k int64, present bool) error {
+		st := RunParent
+		if present {
+			st = RunData
+		}
+		rs.Add(Run{Start: base + at, Length: k, State: st})
+		return nil
+	})
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -194,5 +195,46 @@ func TestCorrupt(t *testing.T) {
 			}
 			t.Log(err)
 		})
+	}
+}
+
+// TestIdentity: a layer's digest covers its header and allocation tables,
+// so a write that allocates a cluster changes it, and a copy of the same
+// bytes has the same digest under another name.
+func TestIdentity(t *testing.T) {
+	dir := fixtures(t)
+	tmp := t.TempDir()
+	digest := func(p string) string {
+		img, err := qcow2.Open(p, &image.Options{AllowedDirs: []string{dir}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer img.Close()
+		d := img.Layers()[0].Digest
+		if len(d) != 64 {
+			t.Fatalf("digest %q", d)
+		}
+		return d
+	}
+	cp := func(dst string) {
+		b, err := os.ReadFile(filepath.Join(dir, "v3.qcow2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := filepath.Join(tmp, "a.qcow2"), filepath.Join(tmp, "b.qcow2")
+	cp(a)
+	cp(b)
+	if digest(a) != digest(b) || digest(a) != digest(filepath.Join(dir, "v3.qcow2")) {
+		t.Error("copies of one image have different digests")
+	}
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x99 40M 4k", b).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v\n%s", err, out)
+	}
+	if digest(a) == digest(b) {
+		t.Error("a write that allocated a cluster left the digest unchanged")
 	}
 }
