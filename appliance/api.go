@@ -312,7 +312,7 @@ func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 func (a *Appliance) checkEntry(ds *DatastoreConfig, rel string) error {
 	if _, err := ds.entry(rel); err != nil {
 		if errors.Is(err, ErrRequest) {
-			return fmt.Errorf("%q must be a clean path relative to the datastore, without ..", rel)
+			return fmt.Errorf("%q must be a clean path relative to the datastore, with no .. element", rel)
 		}
 		a.log.Warn("appliance: submit refused", "datastore", ds.Name, "path", rel, "resolves", resolvedForLog(ds, rel), "err", err)
 		return err

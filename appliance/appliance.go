@@ -77,7 +77,11 @@ type Appliance struct {
 	// unreadable: the disk each running job could not open or read.
 	unreadable unreadableDisks
 	m          *metrics
-	opts       Options
+	// hypervisors are the configured connectors (connectors.go), connm
+	// their freeze metrics.
+	hypervisors []*hypervisor
+	connm       *connectorMetrics
+	opts        Options
 
 	tokens     [][32]byte // SHA-256 of each API token
 	pushTokens [][32]byte // API tokens plus the receiver token
@@ -189,6 +193,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		return nil, err
 	}
 	a.m = newMetrics(a)
+	if a.hypervisors, a.connm, err = newHypervisors(a); err != nil {
+		return nil, fmt.Errorf("%w: connectors: %v", ErrConfig, err)
+	}
 
 	keys, err := signatures.LoadKeySet(cfg.Signatures.TrustedKeys...)
 	if err != nil {
@@ -367,6 +374,7 @@ func (a *Appliance) Serve(ctx context.Context) (err error) {
 		sup.start("history", a.serveHistory),
 		sup.start("trail", func(ctx context.Context) error { return a.trail.Serve(ctx, a.q.Metrics, a.trailEvery) }),
 		sup.start("events", a.events.Serve),
+		sup.start("connectors", a.serveConnectors),
 	}
 	sup.onShutdown(func() {
 		a.draining.Store(true)
