@@ -237,7 +237,7 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	defer scancel()
 	rows, err := a.results.SaveScan(sctx, res)
 	if err != nil {
-		return fmt.Errorf("appliance: job %d: %w", job.ID, err) // transient: the scan is redone
+		return err // transient: the scan is redone; the store's error names the job
 	}
 	if err := a.cache.Flush(sctx); err != nil {
 		log.Warn("appliance: verdict cache", "err", err)
