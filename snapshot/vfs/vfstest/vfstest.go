@@ -348,7 +348,7 @@ func (s *Suite) testBitFlips(t *testing.T) {
 			}
 		}
 	}
-	regions := [][2]int64{{0, min(64 << 10, int64(len(img)))}}
+	regions := [][2]int64{{0, min(64<<10, int64(len(img)))}}
 	if s.FlipRandom != nil {
 		regions = s.FlipRandom(img)
 	}
