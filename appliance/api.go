@@ -608,15 +608,14 @@ func (a *Appliance) handlePause(pause bool) queryHandler {
 }
 
 func (a *Appliance) handleSignatures(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
-	act := a.recv.Current()
-	if act == nil {
-		writeJSON(w, http.StatusOK, map[string]any{"active": nil})
-		return nil
+	out := map[string]any{"active": nil, "server": a.serverState()}
+	if act := a.recv.Current(); act != nil {
+		out["active"] = map[string]any{
+			"name": act.Manifest.Name, "version": act.Manifest.Version, "created": act.Manifest.Created,
+			"rule_count": act.RuleCount, "files": len(act.Manifest.Files), "key_id": act.KeyID,
+			"digest": act.Digest, "installed": act.Installed.UTC(), "rules_id": act.Rules.ID(),
+		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"active": map[string]any{
-		"name": act.Manifest.Name, "version": act.Manifest.Version, "created": act.Manifest.Created,
-		"rule_count": act.RuleCount, "files": len(act.Manifest.Files), "key_id": act.KeyID,
-		"digest": act.Digest, "installed": act.Installed.UTC(), "rules_id": act.Rules.ID(),
-	}})
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }

@@ -345,3 +345,32 @@ func (a *Appliance) handlePeriodReport(w http.ResponseWriter, r *http.Request, q
 	}
 	return writeHTML(w, func(out io.Writer) error { return report.WritePeriod(out, p) })
 }
+
+// ServerState is what this appliance knows of the central signature
+// server's newest version (GET /v1/signatures, "server").
+type ServerState struct {
+	URL string `json:"url"`
+	// Name is the signature set (the active one's, else the configured).
+	Name string `json:"name,omitempty"`
+	// CheckedAt is the last pull; Version the newest the server offered
+	// (0: unknown); UpToDate says it is the one active here; Error is why
+	// the last pull failed or its bundle was refused.
+	CheckedAt *time.Time `json:"checked_at,omitempty"`
+	Version   uint64     `json:"version,omitempty"`
+	UpToDate  bool       `json:"up_to_date"`
+	Error     string     `json:"error,omitempty"`
+}
+
+// serverState is nil without a central server.
+func (a *Appliance) serverState() *ServerState {
+	if a.cfg.Signatures.ServerURL == "" {
+		return nil
+	}
+	p := a.recv.LastPull()
+	st := &ServerState{URL: a.cfg.Signatures.ServerURL, Name: a.cfg.Signatures.Name, CheckedAt: timePtr(p.At),
+		Version: p.ServerVersion, UpToDate: p.UpToDate && !p.At.IsZero(), Error: p.Err}
+	if act := a.recv.Current(); act != nil {
+		st.Name = act.Manifest.Name
+	}
+	return st
+}

@@ -209,6 +209,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		EngineVersion: EngineVersion,
 		Externals:     scanner.Externals,
 		OnUpdate:      a.onUpdate,
+		OnRefusal:     func(r signatures.Refusal) { a.events.Emit(refusalEvent(r)) },
 		Logger:        log,
 		ServerURL:     cfg.Signatures.ServerURL,
 		ApplianceID:   cfg.Signatures.ApplianceID,

@@ -505,7 +505,8 @@ log:
 	}
 	mb, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, m := range []string{`snapscan_signature_version{name="e2e"} 1`, `snapscan_datastore_budget_bytes_per_second{datastore="ds-a"} 1.048576e+06`,
+	for _, m := range []string{`snapscan_signature_version{name="e2e"} 1`, `snapscan_signature_server_version{name="e2e"} 1`,
+		`snapscan_datastore_budget_bytes_per_second{datastore="ds-a"} 1.048576e+06`,
 		`snapscan_queue_depth{class=`, `snapscan_running_jobs 0`, "snapscan_datastore_read_bytes_per_second", "snapscan_queue_wait_seconds_bucket"} {
 		if !bytes.Contains(mb, []byte(m)) {
 			t.Errorf("metrics lack %q", m)

@@ -21,7 +21,9 @@ import (
 //   - scan_failed: a job that ended failed (it will not be retried);
 //   - vm_unreadable: a job that ended failed because one of its disks
 //     could not be opened or read (instead of scan_failed);
-//   - signature_installed: a signature set version became active.
+//   - signature_installed: a signature set version became active;
+//   - signature_refused: a bundle was refused (its version when its
+//     signature verified, and why).
 
 // newEvents makes the event dispatcher from the configuration; log is the
 // event log stream (nil: none).
@@ -103,6 +105,11 @@ func (a *Appliance) jobEvent(j queue.Job) (events.Event, bool) {
 		ev.Datastore, ev.Disk = j.Disks[0].Datastore, j.Disks[0].Path
 	}
 	return ev, true
+}
+
+// refusalEvent is a signature bundle refused (pushed or pulled).
+func refusalEvent(r signatures.Refusal) events.Event {
+	return events.Event{Kind: events.KindSignatureRefused, SigName: r.Name, SigVersion: r.Version, Error: r.Error}
 }
 
 // signatureEvent is a signature update that became active.

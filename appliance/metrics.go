@@ -101,6 +101,7 @@ var (
 	descDSQueued  = prometheus.NewDesc("snapscan_datastore_queued_jobs", "Queued jobs with a disk on a datastore.", []string{"datastore"}, nil)
 	descDSPaused  = prometheus.NewDesc("snapscan_datastore_paused", "1 when a datastore is paused.", []string{"datastore"}, nil)
 	descSig       = prometheus.NewDesc("snapscan_signature_version", "Version of the active signature set (0: none).", []string{"name"}, nil)
+	descSigServer = prometheus.NewDesc("snapscan_signature_server_version", "Newest version of the signature set the central server offered at the last pull (absent without a server or before it answered).", []string{"name"}, nil)
 	descSigRules  = prometheus.NewDesc("snapscan_signature_rules", "Rules in the active signature set.", nil, nil)
 	descEvents    = prometheus.NewDesc("snapscan_events_total", "Events (findings, failed and incomplete scans, unreadable VMs, signature updates) by sink and outcome: sent, dropped (queue full, or stopped before sending), failed (refused or given up).", []string{"sink", "outcome"}, nil)
 	descEvQueued  = prometheus.NewDesc("snapscan_events_queued", "Events waiting in a sink's queue.", []string{"sink"}, nil)
@@ -112,7 +113,7 @@ var (
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDepth, descWait, descRunning, descJobEvents, descDSBytes, descDSOps, descDSRate,
-		descDSOpRate, descDSBudgetB, descDSBudgetO, descDSSlots, descDSRunning, descDSQueued, descDSPaused, descSig,
+		descDSOpRate, descDSBudgetB, descDSBudgetO, descDSSlots, descDSRunning, descDSQueued, descDSPaused, descSig, descSigServer,
 		descSigRules, descEvents, descEvQueued, descEvConn, descReady, descBudget} {
 		ch <- d
 	}
@@ -156,6 +157,9 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	} else {
 		gauge(descSig, 0, "")
 		gauge(descSigRules, 0)
+	}
+	if st := a.serverState(); st != nil && st.Version > 0 {
+		gauge(descSigServer, float64(st.Version), st.Name)
 	}
 	for _, s := range a.events.Stats() {
 		counter(descEvents, float64(s.Sent), s.Name, "sent")

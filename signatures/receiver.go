@@ -76,6 +76,10 @@ type ReceiverConfig[R any] struct {
 	// OnUpdate is called after each new set became active, from the
 	// goroutine that installed it; it must not block for long.
 	OnUpdate func(Update)
+	// OnRefusal is called after each bundle refused (pushed or pulled:
+	// bad signature, older version, does not compile...), from the
+	// goroutine that refused it; it must not block for long.
+	OnRefusal func(Refusal)
 	// Logger receives accepted and rejected bundles; nil discards.
 	Logger *slog.Logger
 
@@ -111,6 +115,9 @@ type Receiver[R any] struct {
 	mu    sync.Mutex // serializes installs; guards floor and name
 	floor uint64     // highest version ever active here
 	name  string
+
+	pullMu   sync.Mutex
+	lastPull PullState // the last pull's outcome
 
 	reportMu sync.Mutex
 	pending  []Refusal     // refusals not yet reported to the server
@@ -349,9 +356,10 @@ func (r *Receiver[R]) install(ctx context.Context, data []byte) (a, prev *Active
 // reporting reports whether refusals go to a central server.
 func (r *Receiver[R]) reporting() bool { return r.cfg.ServerURL != "" && ValidName(r.cfg.ApplianceID) }
 
-// noteRefusal keeps a refusal for the server and wakes Serve to send it.
+// noteRefusal tells OnRefusal, keeps a refusal for the server and wakes
+// Serve to send it.
 func (r *Receiver[R]) noteRefusal(data []byte, m *Manifest, err error) {
-	if !r.reporting() {
+	if !r.reporting() && r.cfg.OnRefusal == nil {
 		return
 	}
 	sum := sha256.Sum256(data)
@@ -361,6 +369,12 @@ func (r *Receiver[R]) noteRefusal(data []byte, m *Manifest, err error) {
 	}
 	if a := r.Current(); a != nil {
 		ref.ActiveVersion, ref.ActiveDigest = a.Manifest.Version, a.Digest
+	}
+	if r.cfg.OnRefusal != nil {
+		r.cfg.OnRefusal(ref)
+	}
+	if !r.reporting() {
+		return
 	}
 	r.reportMu.Lock()
 	if len(r.pending) == maxPending {
@@ -532,7 +546,32 @@ func (r *Receiver[R]) Pull(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-func (r *Receiver[R]) pull(ctx context.Context) (bool, error) {
+// PullState is what the last pull from the central server found out.
+type PullState struct {
+	// At is when the pull ended (zero: no pull yet).
+	At time.Time
+	// ServerVersion is the newest version the server offers, as far as
+	// the pull learned: the version it sent, or the version this
+	// appliance runs when the server had nothing newer (0: unknown, or
+	// the server has no bundle yet).
+	ServerVersion uint64
+	// UpToDate is true when the server's newest is the version active
+	// here (or the server has none). A pull that got no answer keeps
+	// what the one before learned.
+	UpToDate bool
+	// Err is why the pull failed or its bundle was refused.
+	Err string
+}
+
+// LastPull returns the outcome of the last pull (Pull or Serve's). A
+// pull that failed keeps the server version learned before.
+func (r *Receiver[R]) LastPull() PullState {
+	r.pullMu.Lock()
+	defer r.pullMu.Unlock()
+	return r.lastPull
+}
+
+func (r *Receiver[R]) pull(ctx context.Context) (installed bool, err error) {
 	if r.cfg.ServerURL == "" {
 		return false, errors.New("signatures: pull: no server URL configured")
 	}
@@ -541,6 +580,26 @@ func (r *Receiver[R]) pull(ctx context.Context) (bool, error) {
 	if a := r.Current(); a != nil {
 		have, digest = a.Manifest.Version, a.Digest
 	}
+	// What the pull learns of the server: known once it answered.
+	var serverV uint64
+	known, upToDate := false, false
+	defer func() {
+		if ctx.Err() != nil {
+			return // given up: nothing learned
+		}
+		r.pullMu.Lock()
+		defer r.pullMu.Unlock()
+		// Without an answer the pull learned nothing: what was known
+		// before stays, beside the error.
+		st := PullState{At: time.Now().UTC(), ServerVersion: r.lastPull.ServerVersion, UpToDate: r.lastPull.UpToDate}
+		if known {
+			st.ServerVersion, st.UpToDate = serverV, upToDate
+		}
+		if err != nil {
+			st.Err = err.Error()
+		}
+		r.lastPull = st
+	}()
 	u, err := url.JoinPath(r.cfg.ServerURL, "/v1/bundles/latest")
 	if err != nil {
 		return false, fmt.Errorf("signatures: pull: %w", err)
@@ -561,9 +620,15 @@ func (r *Receiver[R]) pull(ctx context.Context) (bool, error) {
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
-	case http.StatusNoContent, http.StatusNotFound:
+	case http.StatusNoContent: // nothing newer than have
+		serverV, known, upToDate = have, true, true
+		return false, nil
+	case http.StatusNotFound: // no bundle built yet
+		known, upToDate = true, true
 		return false, nil
 	case http.StatusOK:
+		serverV, _ = strconv.ParseUint(resp.Header.Get(HeaderVersion), 10, 64)
+		known = serverV > 0
 	default:
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return false, fmt.Errorf("signatures: pull %s: %s: %s", u, resp.Status, bytes.TrimSpace(msg))
@@ -572,8 +637,10 @@ func (r *Receiver[R]) pull(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("signatures: pull %s: %w", u, err)
 	}
-	if _, err := r.Install(ctx, data); err != nil {
+	a, err := r.Install(ctx, data)
+	if err != nil {
 		if errors.Is(err, ErrRollback) && r.IsActive(data) {
+			upToDate = true
 			return false, nil
 		}
 		// Tell the server now: it shows why this appliance stays behind.
@@ -581,6 +648,7 @@ func (r *Receiver[R]) pull(ctx context.Context) (bool, error) {
 		// err carries the package's prefix already.
 		return false, fmt.Errorf("pulled from %s: %w", u, err)
 	}
+	serverV, known, upToDate = max(serverV, a.Manifest.Version), true, true
 	return true, nil
 }
 

@@ -489,3 +489,65 @@ func TestPlainHTTP(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestLastPull: what an appliance learns of the server by pulling (the
+// console shows whether the server's newest reached it), and its
+// OnRefusal hook (the appliance's signature_refused events).
+func TestLastPull(t *testing.T) {
+	key := sigtest.NewKey(t)
+	rules := filepath.Join(t.TempDir(), "rules")
+	sigtest.WriteRules(t, rules, sigtest.RuleFiles(1))
+	c := startServer(t, sigserver.Config{Key: key, RulesDir: rules, StateDir: t.TempDir()})
+	sigtest.WaitFor(t, "version 1 built", func() bool { return c.srv.Latest() != nil })
+	ctx := context.Background()
+
+	app := startAppliance(t, "app-now", key, signatures.ReceiverConfig[*scanner.Rules]{ServerURL: c.base})
+	if st := app.LastPull(); !st.At.IsZero() && st.ServerVersion != 1 {
+		t.Errorf("before a pull: %+v", st)
+	}
+	if _, err := app.Pull(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := app.LastPull(); st.At.IsZero() || st.ServerVersion != 1 || !st.UpToDate || st.Err != "" {
+		t.Errorf("after pulling version 1: %+v", st)
+	}
+	sigtest.WriteRules(t, rules, sigtest.RuleFiles(2))
+	if code, res := build(t, c, ""); code != 200 {
+		t.Fatalf("build: %d %v", code, res)
+	}
+	if ok, err := app.Pull(ctx); !ok || err != nil {
+		t.Fatalf("pull of version 2: %v %v", ok, err)
+	}
+	if st := app.LastPull(); st.ServerVersion != 2 || !st.UpToDate {
+		t.Errorf("after pulling version 2: %+v", st)
+	}
+
+	// An engine too old: the server's newest does not reach it, and says
+	// why; the hook hears of the refusal.
+	refusals := make(chan signatures.Refusal, 4)
+	old := startAppliance(t, "app-old", key, signatures.ReceiverConfig[*scanner.Rules]{ServerURL: c.base, EngineVersion: "4.1",
+		OnRefusal: func(r signatures.Refusal) { refusals <- r }})
+	if _, err := old.Pull(ctx); err == nil {
+		t.Fatal("an old engine took the bundle")
+	}
+	st := old.LastPull()
+	if st.ServerVersion != 2 || st.UpToDate || !strings.Contains(st.Err, "needs a newer engine") {
+		t.Errorf("old engine: %+v", st)
+	}
+	select {
+	case r := <-refusals:
+		if r.Version != 2 || r.Reason != "incompatible" || r.Name != "demo" {
+			t.Errorf("refusal %+v", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnRefusal was not called")
+	}
+	// The server gone: the version learned before stays, with the error.
+	c.stop()
+	if _, err := app.Pull(ctx); err == nil {
+		t.Fatal("pull from a stopped server")
+	}
+	if st := app.LastPull(); st.ServerVersion != 2 || !st.UpToDate || st.Err == "" {
+		t.Errorf("server gone: %+v (want what was known, and the error)", st)
+	}
+}
