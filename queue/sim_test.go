@@ -407,7 +407,7 @@ func TestSimulation(t *testing.T) {
 	// machine. Here the bound only catches a scheduler that idles
 	// datastores wholesale (a cascade of holds once made it 4×), with room
 	// for a loaded 2-core machine, where 1.5× has been seen.
-	if res.makespan > res.bound*5/2 {
+	if !raceEnabled && res.makespan > res.bound*5/2 {
 		t.Errorf("makespan %v is more than 2.5× the lower bound %v", res.makespan, res.bound)
 	}
 }
