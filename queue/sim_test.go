@@ -420,6 +420,7 @@ func TestSimulation(t *testing.T) {
 // SQLite and three queues (appliances) on one PostgreSQL. Run with
 // -benchtime=1x.
 func BenchmarkSimulation(b *testing.B) {
+	parent := b
 	var srv *pgtest.Server
 	pg := func(t testing.TB) queue.Store {
 		pool, err := pgxpool.New(context.Background(), simDSN)
@@ -443,10 +444,9 @@ func BenchmarkSimulation(b *testing.B) {
 		{"vms=10000/ds=50/postgres/queues=3", simScale{vms: 10000, copies: 5, queues: 3, open: pg}},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			if c.sc.open != nil {
-				if srv == nil {
-					srv = pgtest.StartOptions(b, pgtest.Options{Fsync: true})
-				}
+			if c.sc.open != nil && srv == nil {
+				// One server for every sub-benchmark: it stops with the parent.
+				srv = pgtest.StartOptions(parent, pgtest.Options{Fsync: true})
 			}
 			for b.Loop() {
 				if c.sc.open != nil {
