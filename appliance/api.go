@@ -80,6 +80,9 @@ func (a *Appliance) Handler() http.Handler {
 	handle("POST /v1/scans/{id}/cancel", nil, a.handleCancel)
 	handle("GET /v1/findings", []string{"vm", "datastore", "rule", "tag", "scan", "since", "until", "after", "limit"}, a.handleFindings)
 	handle("GET /v1/datastores", nil, a.handleDatastores)
+	handle("GET /v1/datastores/{name}/history", []string{"since", "until", "limit"}, a.handleHistory)
+	handle("GET /v1/vms", []string{"search", "scanned", "after", "limit"}, a.handleVMs)
+	handle("GET /v1/vms/{id}", nil, a.handleVM)
 	handle("POST /v1/datastores/{name}/pause", nil, a.handlePause(true))
 	handle("POST /v1/datastores/{name}/resume", nil, a.handlePause(false))
 	handle("GET /v1/signatures", nil, a.handleSignatures)
@@ -300,7 +303,7 @@ func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 func (a *Appliance) checkEntry(ds *DatastoreConfig, rel string) error {
 	if _, err := ds.entry(rel); err != nil {
 		if errors.Is(err, ErrRequest) {
-			return fmt.Errorf("%q must be a clean path relative to the datastore, without ..", rel)
+			return fmt.Errorf("%q must be a clean path relative to the datastore, with no .. element", rel)
 		}
 		a.log.Warn("appliance: submit refused", "datastore", ds.Name, "path", rel, "resolves", resolvedForLog(ds, rel), "err", err)
 		return err
@@ -521,6 +524,91 @@ func (a *Appliance) datastores() []DatastoreView {
 
 func (a *Appliance) handleDatastores(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	writeJSON(w, http.StatusOK, map[string]any{"datastores": a.datastores()})
+	return nil
+}
+
+// handleHistory serves a datastore's I/O history: per interval (a
+// minute), bytes and operations read, the budget then, the scans running.
+func (a *Appliance) handleHistory(w http.ResponseWriter, r *http.Request, qs httpx.Query) error {
+	name := r.PathValue("name")
+	if _, ok := a.cfg.datastore(name); !ok {
+		return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no datastore %q", name)}
+	}
+	q := results.IOQuery{Datastore: name}
+	var err error
+	if q.Since, err = qs.Time("since"); err != nil {
+		return err
+	}
+	if q.Until, err = qs.Time("until"); err != nil {
+		return err
+	}
+	limit, err := qs.Int("limit", results.MaxPage, 1, results.MaxPage)
+	if err != nil {
+		return err
+	}
+	q.Limit = int(limit)
+	samples, err := a.results.IOHistory(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	type sample struct {
+		results.IOSample
+		BytesPerSec float64 `json:"bytes_per_sec"`
+		OpsPerSec   float64 `json:"ops_per_sec"`
+	}
+	out := struct {
+		Samples []sample `json:"samples"`
+	}{Samples: make([]sample, 0, len(samples))}
+	for _, x := range samples {
+		out.Samples = append(out.Samples, sample{x, x.BytesPerSec(), x.OpsPerSec()})
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// handleVMs lists the inventory: every VM known, with its last scan
+// (status, findings, signature version, bytes read).
+func (a *Appliance) handleVMs(w http.ResponseWriter, r *http.Request, qs httpx.Query) error {
+	q := results.VMQuery{Search: qs.Get("search"), After: qs.Get("after")}
+	switch qs.Get("scanned") {
+	case "", "false":
+	case "true":
+		q.Scanned = true
+	default:
+		return badRequest("scanned: %q is not true or false", qs.Get("scanned"))
+	}
+	if len(q.Search) > 256 || len(q.After) > 4096 {
+		return badRequest("search or after too long")
+	}
+	limit, err := qs.Int("limit", 100, 1, results.MaxPage)
+	if err != nil {
+		return err
+	}
+	q.Limit = int(limit)
+	vms, err := a.results.VMs(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	out := struct {
+		VMs       []results.VM `json:"vms"`
+		NextAfter string       `json:"next_after,omitempty"`
+	}{VMs: vms}
+	if len(vms) == q.Limit {
+		out.NextAfter = vms[len(vms)-1].ID
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *Appliance) handleVM(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
+	v, err := a.results.VM(r.Context(), r.PathValue("id"))
+	if errors.Is(err, results.ErrNotFound) {
+		return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no VM %q", r.PathValue("id"))}
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
 	return nil
 }
 

@@ -76,7 +76,11 @@ type Appliance struct {
 	// unreadable: the disk each running job could not open or read.
 	unreadable unreadableDisks
 	m          *metrics
-	opts       Options
+	// hypervisors are the configured connectors (connectors.go), connm
+	// their freeze metrics.
+	hypervisors []*hypervisor
+	connm       *connectorMetrics
+	opts        Options
 
 	tokens     [][32]byte // SHA-256 of each API token
 	pushTokens [][32]byte // API tokens plus the receiver token
@@ -182,6 +186,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		return nil, err
 	}
 	a.m = newMetrics(a)
+	if a.hypervisors, a.connm, err = newHypervisors(a); err != nil {
+		return nil, fmt.Errorf("%w: connectors: %v", ErrConfig, err)
+	}
 
 	keys, err := signatures.LoadKeySet(cfg.Signatures.TrustedKeys...)
 	if err != nil {
@@ -359,6 +366,7 @@ func (a *Appliance) Serve(ctx context.Context) (err error) {
 		sup.start("rescans", a.serveRescans),
 		sup.start("history", a.serveHistory),
 		sup.start("events", a.events.Serve),
+		sup.start("connectors", a.serveConnectors),
 	}
 	sup.onShutdown(func() {
 		a.draining.Store(true)

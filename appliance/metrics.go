@@ -22,6 +22,7 @@ type metrics struct {
 	findings   prometheus.Counter
 	readBytes  prometheus.Counter
 	readOps    prometheus.Counter
+	vmRead     *prometheus.CounterVec // by VM
 	files      prometheus.Counter
 	cached     prometheus.Counter
 	bytes      prometheus.Counter
@@ -40,6 +41,8 @@ func newMetrics(a *Appliance) *metrics {
 		Help: "What stored scans could not scan, by reason (the scanner's skip reasons, volume_error, spool_error, time_limit): files, volumes or scans."}, []string{"reason"})
 	m.readBytes = f("scan_read_bytes_total", "Bytes scans read from datastores (image metadata and backing files included).")
 	m.readOps = f("scan_read_ops_total", "Read operations scans issued to datastores.")
+	m.vmRead = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "vm_read_bytes_total",
+		Help: "Bytes the stored scans of a VM read from its datastores (one series per VM of the inventory)."}, []string{"vm"})
 	m.findings = f("findings_total", "Findings stored (one per rule matching a file).")
 	m.files = f("files_scanned_total", "Files and archive members checked.")
 	m.cached = f("files_cached_total", "Files whose verdict came from the verdict cache.")
@@ -48,7 +51,7 @@ func newMetrics(a *Appliance) *metrics {
 		Help: "Jobs that reached a final state, by state."}, []string{"state"})
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "http_requests_total",
 		Help: "API requests by status code."}, []string{"code"})
-	m.reg.MustRegister(m.scans, m.incomplete, m.readBytes, m.readOps, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
+	m.reg.MustRegister(m.scans, m.incomplete, m.readBytes, m.readOps, m.vmRead, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -65,6 +68,7 @@ func (m *metrics) scanDone(r *results.Scan) {
 	m.bytes.Add(float64(r.Bytes))
 	m.readBytes.Add(float64(r.BytesRead))
 	m.readOps.Add(float64(r.ReadOps))
+	m.vmRead.WithLabelValues(r.VM).Add(float64(r.BytesRead))
 }
 
 func (m *metrics) scanOutcome(err error) {

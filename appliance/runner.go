@@ -193,6 +193,11 @@ var errTimeLimit = errors.New("appliance: job time limit reached")
 // and fails the job for good: the same bytes would hold a slot as long
 // again.
 func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) error {
+	if h, vmID, ok := a.connectorJob(job); ok {
+		// A scheduled VM of a connector: freeze it, scan the frozen
+		// disks (this function again), release it whatever happened.
+		return a.runFrozen(ctx, job, wrap, h, vmID)
+	}
 	act := a.recv.Current()
 	if act == nil {
 		return errors.New("appliance: no signature set active") // transient
@@ -237,7 +242,7 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	defer scancel()
 	rows, err := a.results.SaveScan(sctx, res)
 	if err != nil {
-		return fmt.Errorf("appliance: job %d: %w", job.ID, err) // transient: the scan is redone
+		return err // transient: the scan is redone; the store's error names the job
 	}
 	if err := a.cache.Flush(sctx); err != nil {
 		log.Warn("appliance: verdict cache", "err", err)
