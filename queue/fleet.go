@@ -171,7 +171,7 @@ func (q *Queue) syncLoop(ctx context.Context) {
 }
 
 // fastSyncs is how many quick looks a sync interval holds.
-const fastSyncs = 10
+const fastSyncs = 40
 
 // fastSync reads the fleet's changes and moves the rate shares that must
 // move now.
