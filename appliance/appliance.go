@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/snapscan/snapscan/appliance/console"
 	"github.com/snapscan/snapscan/appliance/events"
 	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/appliance/results/sqlite"
@@ -99,6 +100,11 @@ type Appliance struct {
 	updates chan signatures.Update
 	// historyEvery is how often the I/O history is sampled.
 	historyEvery time.Duration
+	// console is the browser console and its logins; trail keeps the
+	// last hour of each datastore's reads, sampled every trailEvery.
+	console    *console.Console
+	trail      *console.Trail
+	trailEvery time.Duration
 
 	// budget is the process's one scan budget (memory and spool), shared
 	// by every Scanner: one per rule set.
@@ -118,7 +124,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &Appliance{cfg: cfg, log: log, opts: opts, ready: make(chan struct{}), updates: make(chan signatures.Update, 1),
-		historyEvery: time.Minute, progress: newProgressBoard()}
+		historyEvery: time.Minute, progress: newProgressBoard(), trail: console.NewTrail(time.Hour), trailEvery: 5 * time.Second}
 	defer func() {
 		if err != nil {
 			a.Close()
@@ -134,6 +140,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		tokens = append(tokens, t...)
 	}
 	a.tokens = hashTokens(tokens)
+	a.console = console.New(console.Config{Tokens: a.tokens, Logger: log})
 	a.pushTokens = a.tokens
 	var receiverToken string
 	if cfg.Signatures.ReceiverTokenFile != "" {
@@ -365,6 +372,7 @@ func (a *Appliance) Serve(ctx context.Context) (err error) {
 		sup.start("signatures", a.recv.Serve),
 		sup.start("rescans", a.serveRescans),
 		sup.start("history", a.serveHistory),
+		sup.start("trail", func(ctx context.Context) error { return a.trail.Serve(ctx, a.q.Metrics, a.trailEvery) }),
 		sup.start("events", a.events.Serve),
 		sup.start("connectors", a.serveConnectors),
 	}
