@@ -265,16 +265,3 @@ func TestTruncated(t *testing.T) {
 		}
 	}
 }
-
-type readerAt []byte
-
-func (b readerAt) ReadAt(p []byte, off int64) (int, error) {
-	if off >= int64(len(b)) {
-		return 0, io.EOF
-	}
-	n := copy(p, b[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
