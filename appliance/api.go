@@ -80,12 +80,18 @@ func (a *Appliance) Handler() http.Handler {
 	handle("POST /v1/scans/{id}/cancel", nil, a.handleCancel)
 	handle("GET /v1/findings", []string{"vm", "datastore", "rule", "tag", "scan", "since", "until", "after", "limit"}, a.handleFindings)
 	handle("GET /v1/datastores", nil, a.handleDatastores)
-	handle("GET /v1/datastores/{name}/history", []string{"since", "until", "limit"}, a.handleHistory)
+	handle("GET /v1/datastores/{name}/history", []string{"since", "until", "step", "limit"}, a.handleHistory)
 	handle("GET /v1/vms", []string{"search", "scanned", "after", "limit"}, a.handleVMs)
 	handle("GET /v1/vms/{id}", nil, a.handleVM)
 	handle("POST /v1/datastores/{name}/pause", nil, a.handlePause(true))
 	handle("POST /v1/datastores/{name}/resume", nil, a.handlePause(false))
 	handle("GET /v1/signatures", nil, a.handleSignatures)
+	handle("GET /v1/queue", []string{"limit"}, a.handleQueue)
+	handle("GET /v1/events", nil, a.handleEvents)
+	// The console: pages for a browser, which logs in with an API token
+	// and then calls this API with its session (see auth).
+	mux.Handle("/console/", a.console.Handler())
+	mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusSeeOther))
 	// The central server pushes here; the receiver verifies the bundle,
 	// the token only says who may try.
 	mux.Handle("POST /v1/signatures", a.auth(a.pushTokens, a.recv.Handler()))
@@ -113,9 +119,12 @@ func (a *Appliance) count(h http.Handler) http.Handler {
 // auth lets a request through when it bears one of tokens, or a client
 // certificate verified against server.tls.client_ca (httpx.RequireBearer:
 // the scheme in any case, digests compared in constant time, refusals
-// logged without the secret).
+// logged without the secret), or the console's session cookie of a login
+// with one of tokens (with its CSRF token when it changes something:
+// console.Authenticate).
 func (a *Appliance) auth(tokens httpx.Tokens, next http.Handler) http.Handler {
-	return httpx.RequireBearer(tokens, next, httpx.BearerOptions{Log: a.log, ClientCert: a.clientCAs != nil})
+	bearer := httpx.RequireBearer(tokens, next, httpx.BearerOptions{Log: a.log, ClientCert: a.clientCAs != nil})
+	return a.console.Authenticate(tokens, bearer, next)
 }
 
 func hashTokens(ts []string) httpx.Tokens { return httpx.NewTokens(ts...) }
@@ -303,7 +312,7 @@ func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 func (a *Appliance) checkEntry(ds *DatastoreConfig, rel string) error {
 	if _, err := ds.entry(rel); err != nil {
 		if errors.Is(err, ErrRequest) {
-			return fmt.Errorf("%q must be a clean path relative to the datastore, without ..", rel)
+			return fmt.Errorf("%q must be a clean path relative to the datastore, with no .. element", rel)
 		}
 		a.log.Warn("appliance: submit refused", "datastore", ds.Name, "path", rel, "resolves", resolvedForLog(ds, rel), "err", err)
 		return err
@@ -524,45 +533,6 @@ func (a *Appliance) datastores() []DatastoreView {
 
 func (a *Appliance) handleDatastores(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	writeJSON(w, http.StatusOK, map[string]any{"datastores": a.datastores()})
-	return nil
-}
-
-// handleHistory serves a datastore's I/O history: per interval (a
-// minute), bytes and operations read, the budget then, the scans running.
-func (a *Appliance) handleHistory(w http.ResponseWriter, r *http.Request, qs httpx.Query) error {
-	name := r.PathValue("name")
-	if _, ok := a.cfg.datastore(name); !ok {
-		return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no datastore %q", name)}
-	}
-	q := results.IOQuery{Datastore: name}
-	var err error
-	if q.Since, err = qs.Time("since"); err != nil {
-		return err
-	}
-	if q.Until, err = qs.Time("until"); err != nil {
-		return err
-	}
-	limit, err := qs.Int("limit", results.MaxPage, 1, results.MaxPage)
-	if err != nil {
-		return err
-	}
-	q.Limit = int(limit)
-	samples, err := a.results.IOHistory(r.Context(), q)
-	if err != nil {
-		return err
-	}
-	type sample struct {
-		results.IOSample
-		BytesPerSec float64 `json:"bytes_per_sec"`
-		OpsPerSec   float64 `json:"ops_per_sec"`
-	}
-	out := struct {
-		Samples []sample `json:"samples"`
-	}{Samples: make([]sample, 0, len(samples))}
-	for _, x := range samples {
-		out.Samples = append(out.Samples, sample{x, x.BytesPerSec(), x.OpsPerSec()})
-	}
-	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

@@ -38,6 +38,9 @@ type Config struct {
 	Scanner    ScannerConfig     `yaml:"scanner"`
 	Events     EventsConfig      `yaml:"events"`
 	Log        LogConfig         `yaml:"log"`
+	// Connectors are the hypervisors whose VMs are found, frozen and
+	// scanned by the appliance itself (connectors.go).
+	Connectors []ConnectorConfig `yaml:"connectors"`
 }
 
 // ServerConfig is the HTTP API's listener.
@@ -346,7 +349,14 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string) error {
 func fieldByTag(t reflect.Type, key string) (reflect.StructField, bool) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
-		if strings.Split(f.Tag.Get("yaml"), ",")[0] == key {
+		tag := f.Tag.Get("yaml")
+		if tag == ",inline" && f.Type.Kind() == reflect.Struct {
+			if g, ok := fieldByTag(f.Type, key); ok {
+				return g, true
+			}
+			continue
+		}
+		if strings.Split(tag, ",")[0] == key {
 			return f, true
 		}
 	}
@@ -361,6 +371,9 @@ func joinKey(path, k string) string {
 }
 
 func (c *Config) setDefaults() {
+	for i := range c.Connectors {
+		c.Connectors[i].setDefaults()
+	}
 	if c.Server.Listen == "" {
 		c.Server.Listen = DefaultListen
 	}
@@ -460,6 +473,9 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Server.Listen); err != nil {
 		return bad("server.listen", "%v (want host:port)", err)
+	}
+	if err := validateConnectors(c.Connectors); err != nil {
+		return err
 	}
 	if (c.Server.TLS.Cert == "") != (c.Server.TLS.Key == "") {
 		return bad("server.tls", "set both cert and key, or neither")

@@ -193,6 +193,11 @@ var errTimeLimit = errors.New("appliance: job time limit reached")
 // and fails the job for good: the same bytes would hold a slot as long
 // again.
 func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) error {
+	if h, vmID, ok := a.connectorJob(job); ok {
+		// A scheduled VM of a connector: freeze it, scan the frozen
+		// disks (this function again), release it whatever happened.
+		return a.runFrozen(ctx, job, wrap, h, vmID)
+	}
 	act := a.recv.Current()
 	if act == nil {
 		return errors.New("appliance: no signature set active") // transient

@@ -273,6 +273,14 @@ type Files interface {
 	Open(ctx context.Context, path string) (File, error)
 }
 
+// LocalPather is implemented by connectors whose files the appliance
+// reads from its own file system (libvirt's host paths through PathMap,
+// vSphere's mounted datastores): LocalPath says where the file named
+// path is here, or fails when it is not reachable so.
+type LocalPather interface {
+	LocalPath(path string) (string, error)
+}
+
 // File is a read-only file of a frozen disk. ReadAt is safe for
 // concurrent use.
 type File interface {

@@ -183,6 +183,9 @@ func (img *Image) BackingFile() string { return img.backingPath }
 // Backing returns the backing image, or nil.
 func (img *Image) Backing() image.Image { return img.stack.Parent }
 
+// Parent returns the backing image, or nil (image.Parented).
+func (img *Image) Parent() image.Image { return img.stack.Parent }
+
 // Layers returns the image file and its backing chain. The image's own
 // layer carries its Identity digest.
 func (img *Image) Layers() []image.Layer {
