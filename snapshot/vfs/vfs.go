@@ -513,6 +513,11 @@ func (f *file) Close() error               { return nil }
 func (f *file) Read(p []byte) (n int, err error) {
 	defer f.fs.recoverTo("read", f.name, &err)
 	n, err = f.sr.Read(p)
+	if err == io.EOF {
+		if at, _ := f.sr.Seek(0, io.SeekCurrent); at < f.sr.Size() {
+			err = f.short(at)
+		}
+	}
 	if err != nil && err != io.EOF {
 		err = f.fs.wrap("read", f.name, err)
 	}
@@ -522,10 +527,19 @@ func (f *file) Read(p []byte) (n int, err error) {
 func (f *file) ReadAt(p []byte, off int64) (n int, err error) {
 	defer f.fs.recoverTo("read", f.name, &err)
 	n, err = f.sr.ReadAt(p, off)
+	if err == io.EOF && off >= 0 && off+int64(n) < f.sr.Size() {
+		err = f.short(off + int64(n))
+	}
 	if err != nil && err != io.EOF {
 		err = f.fs.wrap("read", f.name, err)
 	}
 	return n, err
+}
+
+// short is the error of a reader that ends inside the file: the file's
+// data is missing (a truncated image), never a shorter file.
+func (f *file) short(at int64) error {
+	return fmt.Errorf("data ends at byte %d of %d: %w", at, f.sr.Size(), io.ErrUnexpectedEOF)
 }
 
 func (f *file) Seek(offset int64, whence int) (int64, error) {
