@@ -15,8 +15,11 @@
 #
 # Environment: RULES, RUNS (3), WORKERS (2), WORK (/tmp/snapscan-bench), as
 # bench/scan-vs-yara.sh, which makes the tree and the compiled rules;
-# SNAPSCAN (a snapscan binary to time instead of building this tree's,
-# e.g. an older build for a before/after comparison).
+# SNAPSCAN (a snapscan binary to time instead of building this tree's),
+# BEFORE (another snapscan binary, e.g. a build of an older commit: timed
+# and checked too, as snapscan-before, in every round, so that before and
+# after share their rounds and their yara references), NOCACHE=0 (skip
+# the --no-cache runs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export WORK=${WORK:-/tmp/snapscan-bench} WORKERS=${WORKERS:-2}
@@ -72,12 +75,19 @@ run() { # label want-status command...: prints "label wall cpu rssKiB"; checks s
 			} | tee -a "$fails" >&2
 		fi
 	fi
-	awk '{printf "%s %.2f %.2f %d\n", $1, $2, $3 + $4, $5}' "$WORK/time.$label"
+	# time's file starts with "Command exited with non-zero status N"
+	# when the status is not 0.
+	awk -v l="$label" '$1 == l {printf "%s %.2f %.2f %d\n", $1, $2, $3 + $4, $5}' "$WORK/time.$label"
 }
 for i in $(seq 1 "$RUNS"); do
 	run yara 0 yara -r -p "$WORKERS" -N -C "$WORK/rules.yarc" "$WORK/tree"
+	if [ -n "${BEFORE:-}" ]; then
+		run snapscan-before 1 "$BEFORE" "${snap[@]:1}" "$img"
+	fi
 	run snapscan 1 "${snap[@]}" "$img"
-	run snapscan-nocache 1 "${snap[@]}" --no-cache "$img"
+	if [ "${NOCACHE:-1}" != 0 ]; then
+		run snapscan-nocache 1 "${snap[@]}" --no-cache "$img"
+	fi
 done | tee "$WORK/scan-image.txt"
 echo "findings: $(wc -l <"$WORK/found.yara") (path, rule) pairs from yara, the same from snapscan in every round unless FAIL above"
 awk '{ wall[$1] = wall[$1] " " $2; cpu[$1] = cpu[$1] " " $3; rss[$1] = ($4 > rss[$1]) ? $4 : rss[$1] }
@@ -86,7 +96,12 @@ median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 ratios() { # ratios LABEL FIELD: each run's figure over yara's in the same round
 	awk -v l="$1" -v f="$2" '$1 == "yara" { y = $f } $1 == l { printf "%.3f\n", $f / y }' "$WORK/scan-image.txt"
 }
-echo "median ratio snapscan/yara: wall $(ratios snapscan 2 | median), cpu $(ratios snapscan 3 | median) (verdict cache); wall $(ratios snapscan-nocache 2 | median), cpu $(ratios snapscan-nocache 3 | median) (--no-cache); goal wall <= 0.9, cpu <= 0.95"
+for l in snapscan-before snapscan snapscan-nocache; do
+	if grep -q "^$l " "$WORK/scan-image.txt"; then
+		echo "median ratio $l/yara: wall $(ratios $l 2 | median), cpu $(ratios $l 3 | median)"
+	fi
+done
+echo "(snapscan: verdict cache on, the default; goal wall <= 0.9, cpu <= 0.95)"
 if [ -s "$fails" ]; then
 	echo "$(grep -c '^FAIL' "$fails") checks failed: the figures above do not count" >&2
 	exit 1
