@@ -53,24 +53,45 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // openapi.yaml beside this file documents it.
 func (a *Appliance) Handler() http.Handler {
 	mux := http.NewServeMux()
-	handle := func(pattern string, h httpx.HandlerFunc) {
-		mux.Handle(pattern, a.auth(a.tokens, httpx.Handle(a.log, h)))
+	// Every handler takes the query parameters it names and no other:
+	// an unknown or repeated one is refused with 400 naming it, never
+	// ignored (a filter ignored widens the answer).
+	strict := func(params []string, h queryHandler) http.Handler {
+		return httpx.Handle(a.log, func(w http.ResponseWriter, r *http.Request) error {
+			q, err := httpx.StrictQuery(r, params...)
+			if err != nil {
+				return err
+			}
+			return h(w, r, q)
+		})
 	}
-	mux.Handle("GET /healthz", httpx.Handle(a.log, func(w http.ResponseWriter, r *http.Request) error {
+	handle := func(pattern string, params []string, h queryHandler) {
+		mux.Handle(pattern, a.auth(a.tokens, strict(params, h)))
+	}
+	mux.Handle("GET /healthz", strict(nil, func(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 		writeJSON(w, http.StatusOK, map[string]any{"ok": true})
 		return nil
 	}))
-	mux.Handle("GET /readyz", httpx.Handle(a.log, a.handleReady))
+	mux.Handle("GET /readyz", strict(nil, a.handleReady))
 	mux.Handle("GET /metrics", a.auth(a.tokens, promhttp.HandlerFor(a.m.reg, promhttp.HandlerOpts{})))
-	handle("POST /v1/scans", a.handleSubmit)
-	handle("GET /v1/scans", a.handleListScans)
-	handle("GET /v1/scans/{id}", a.handleGetScan)
-	handle("POST /v1/scans/{id}/cancel", a.handleCancel)
-	handle("GET /v1/findings", a.handleFindings)
-	handle("GET /v1/datastores", a.handleDatastores)
-	handle("POST /v1/datastores/{name}/pause", a.handlePause(true))
-	handle("POST /v1/datastores/{name}/resume", a.handlePause(false))
-	handle("GET /v1/signatures", a.handleSignatures)
+	handle("POST /v1/scans", nil, a.handleSubmit)
+	handle("GET /v1/scans", []string{"state", "limit", "before", "vm"}, a.handleListScans)
+	handle("GET /v1/scans/{id}", nil, a.handleGetScan)
+	handle("POST /v1/scans/{id}/cancel", nil, a.handleCancel)
+	handle("GET /v1/findings", []string{"vm", "datastore", "rule", "tag", "scan", "since", "until", "after", "limit"}, a.handleFindings)
+	handle("GET /v1/datastores", nil, a.handleDatastores)
+	handle("GET /v1/datastores/{name}/history", []string{"since", "until", "step", "limit"}, a.handleHistory)
+	handle("GET /v1/vms", []string{"search", "scanned", "after", "limit"}, a.handleVMs)
+	handle("GET /v1/vms/{id}", nil, a.handleVM)
+	handle("POST /v1/datastores/{name}/pause", nil, a.handlePause(true))
+	handle("POST /v1/datastores/{name}/resume", nil, a.handlePause(false))
+	handle("GET /v1/signatures", nil, a.handleSignatures)
+	handle("GET /v1/queue", []string{"limit"}, a.handleQueue)
+	handle("GET /v1/events", nil, a.handleEvents)
+	// The console: pages for a browser, which logs in with an API token
+	// and then calls this API with its session (see auth).
+	mux.Handle("/console/", a.console.Handler())
+	mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusSeeOther))
 	// The central server pushes here; the receiver verifies the bundle,
 	// the token only says who may try.
 	mux.Handle("POST /v1/signatures", a.auth(a.pushTokens, a.recv.Handler()))
@@ -79,6 +100,9 @@ func (a *Appliance) Handler() http.Handler {
 	}))
 	return a.count(mux)
 }
+
+// queryHandler is an API handler given its checked query parameters.
+type queryHandler func(w http.ResponseWriter, r *http.Request, q httpx.Query) error
 
 // count feeds the request counter.
 func (a *Appliance) count(h http.Handler) http.Handler {
@@ -95,9 +119,12 @@ func (a *Appliance) count(h http.Handler) http.Handler {
 // auth lets a request through when it bears one of tokens, or a client
 // certificate verified against server.tls.client_ca (httpx.RequireBearer:
 // the scheme in any case, digests compared in constant time, refusals
-// logged without the secret).
+// logged without the secret), or the console's session cookie of a login
+// with one of tokens (with its CSRF token when it changes something:
+// console.Authenticate).
 func (a *Appliance) auth(tokens httpx.Tokens, next http.Handler) http.Handler {
-	return httpx.RequireBearer(tokens, next, httpx.BearerOptions{Log: a.log, ClientCert: a.clientCAs != nil})
+	bearer := httpx.RequireBearer(tokens, next, httpx.BearerOptions{Log: a.log, ClientCert: a.clientCAs != nil})
+	return a.console.Authenticate(tokens, bearer, next)
 }
 
 func hashTokens(ts []string) httpx.Tokens { return httpx.NewTokens(ts...) }
@@ -129,7 +156,7 @@ func (a *Appliance) readiness() (bool, []string) {
 	return len(why) == 0, why
 }
 
-func (a *Appliance) handleReady(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleReady(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	ok, why := a.readiness()
 	if !ok {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reasons": why})
@@ -196,7 +223,7 @@ func priorityName(c queue.Class) string {
 	return c.String()
 }
 
-func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	if a.draining.Load() {
 		return &apiError{Code: http.StatusServiceUnavailable, Msg: "shutting down"}
 	}
@@ -285,7 +312,7 @@ func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 func (a *Appliance) checkEntry(ds *DatastoreConfig, rel string) error {
 	if _, err := ds.entry(rel); err != nil {
 		if errors.Is(err, ErrRequest) {
-			return fmt.Errorf("%q must be a clean path relative to the datastore, without ..", rel)
+			return fmt.Errorf("%q must be a clean path relative to the datastore, with no .. element", rel)
 		}
 		a.log.Warn("appliance: submit refused", "datastore", ds.Name, "path", rel, "resolves", resolvedForLog(ds, rel), "err", err)
 		return err
@@ -343,7 +370,7 @@ func (a *Appliance) getJob(ctx context.Context, id int64) (queue.Job, error) {
 	return j, err
 }
 
-func (a *Appliance) handleGetScan(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleGetScan(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	id, err := pathID(r)
 	if err != nil {
 		return err
@@ -369,46 +396,22 @@ func (a *Appliance) handleGetScan(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-func intParam(r *http.Request, name string, def, lo, hi int64) (int64, error) {
-	s := r.URL.Query().Get(name)
-	if s == "" {
-		return def, nil
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < lo || n > hi {
-		return 0, badRequest("%s: %q is not an integer in [%d, %d]", name, s, lo, hi)
-	}
-	return n, nil
-}
-
-func timeParam(r *http.Request, name string) (time.Time, error) {
-	s := r.URL.Query().Get(name)
-	if s == "" {
-		return time.Time{}, nil
-	}
-	t, err := time.Parse(time.RFC3339, s)
-	if err != nil {
-		return t, badRequest("%s: %q is not an RFC 3339 time (2024-01-02T15:04:05Z)", name, s)
-	}
-	return t, nil
-}
-
-func (a *Appliance) handleListScans(w http.ResponseWriter, r *http.Request) error {
-	st := queue.State(r.URL.Query().Get("state"))
+func (a *Appliance) handleListScans(w http.ResponseWriter, r *http.Request, qs httpx.Query) error {
+	st := queue.State(qs.Get("state"))
 	switch st {
 	case "", queue.Queued, queue.Running, queue.Done, queue.Failed, queue.Cancelled:
 	default:
 		return badRequest("state: %q is not queued, running, done, failed or cancelled", st)
 	}
-	limit, err := intParam(r, "limit", 100, 1, queue.MaxList)
+	limit, err := qs.Int("limit", 100, 1, queue.MaxList)
 	if err != nil {
 		return err
 	}
-	before, err := intParam(r, "before", 0, 0, 1<<62)
+	before, err := qs.Int("before", 0, 0, 1<<62)
 	if err != nil {
 		return err
 	}
-	vm := r.URL.Query().Get("vm")
+	vm := qs.Get("vm")
 	if len(vm) > 1024 {
 		return badRequest("vm: longer than 1024 bytes")
 	}
@@ -430,7 +433,7 @@ func (a *Appliance) handleListScans(w http.ResponseWriter, r *http.Request) erro
 	return nil
 }
 
-func (a *Appliance) handleCancel(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleCancel(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	id, err := pathID(r)
 	if err != nil {
 		return err
@@ -452,26 +455,25 @@ func (a *Appliance) handleCancel(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleFindings(w http.ResponseWriter, r *http.Request, qs httpx.Query) error {
 	var q results.FindingQuery
 	var err error
-	qs := r.URL.Query()
-	q.VM, q.Rule = qs.Get("vm"), qs.Get("rule")
-	if q.JobID, err = intParam(r, "scan", 0, 0, 1<<62); err != nil {
+	q.VM, q.Datastore, q.Rule, q.Tag = qs.Get("vm"), qs.Get("datastore"), qs.Get("rule"), qs.Get("tag")
+	if q.JobID, err = qs.Int("scan", 0, 0, 1<<62); err != nil {
 		return err
 	}
-	if q.After, err = intParam(r, "after", 0, 0, 1<<62); err != nil {
+	if q.After, err = qs.Int("after", 0, 0, 1<<62); err != nil {
 		return err
 	}
-	limit, err := intParam(r, "limit", 100, 1, results.MaxPage)
+	limit, err := qs.Int("limit", 100, 1, results.MaxPage)
 	if err != nil {
 		return err
 	}
 	q.Limit = int(limit)
-	if q.Since, err = timeParam(r, "since"); err != nil {
+	if q.Since, err = qs.Time("since"); err != nil {
 		return err
 	}
-	if q.Until, err = timeParam(r, "until"); err != nil {
+	if q.Until, err = qs.Time("until"); err != nil {
 		return err
 	}
 	rows, err := a.results.Findings(r.Context(), q)
@@ -529,13 +531,59 @@ func (a *Appliance) datastores() []DatastoreView {
 	return out
 }
 
-func (a *Appliance) handleDatastores(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleDatastores(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	writeJSON(w, http.StatusOK, map[string]any{"datastores": a.datastores()})
 	return nil
 }
 
-func (a *Appliance) handlePause(pause bool) func(w http.ResponseWriter, r *http.Request) error {
-	return func(w http.ResponseWriter, r *http.Request) error {
+// handleVMs lists the inventory: every VM known, with its last scan
+// (status, findings, signature version, bytes read).
+func (a *Appliance) handleVMs(w http.ResponseWriter, r *http.Request, qs httpx.Query) error {
+	q := results.VMQuery{Search: qs.Get("search"), After: qs.Get("after")}
+	switch qs.Get("scanned") {
+	case "", "false":
+	case "true":
+		q.Scanned = true
+	default:
+		return badRequest("scanned: %q is not true or false", qs.Get("scanned"))
+	}
+	if len(q.Search) > 256 || len(q.After) > 4096 {
+		return badRequest("search or after too long")
+	}
+	limit, err := qs.Int("limit", 100, 1, results.MaxPage)
+	if err != nil {
+		return err
+	}
+	q.Limit = int(limit)
+	vms, err := a.results.VMs(r.Context(), q)
+	if err != nil {
+		return err
+	}
+	out := struct {
+		VMs       []results.VM `json:"vms"`
+		NextAfter string       `json:"next_after,omitempty"`
+	}{VMs: vms}
+	if len(vms) == q.Limit {
+		out.NextAfter = vms[len(vms)-1].ID
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *Appliance) handleVM(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
+	v, err := a.results.VM(r.Context(), r.PathValue("id"))
+	if errors.Is(err, results.ErrNotFound) {
+		return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no VM %q", r.PathValue("id"))}
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func (a *Appliance) handlePause(pause bool) queryHandler {
+	return func(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 		name := r.PathValue("name")
 		if _, ok := a.cfg.datastore(name); !ok {
 			return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no datastore %q", name)}
@@ -557,7 +605,7 @@ func (a *Appliance) handlePause(pause bool) func(w http.ResponseWriter, r *http.
 	}
 }
 
-func (a *Appliance) handleSignatures(w http.ResponseWriter, r *http.Request) error {
+func (a *Appliance) handleSignatures(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 	act := a.recv.Current()
 	if act == nil {
 		writeJSON(w, http.StatusOK, map[string]any{"active": nil})

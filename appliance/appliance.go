@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/snapscan/snapscan/appliance/console"
 	"github.com/snapscan/snapscan/appliance/events"
 	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/appliance/results/sqlite"
@@ -76,7 +77,11 @@ type Appliance struct {
 	// unreadable: the disk each running job could not open or read.
 	unreadable unreadableDisks
 	m          *metrics
-	opts       Options
+	// hypervisors are the configured connectors (connectors.go), connm
+	// their freeze metrics.
+	hypervisors []*hypervisor
+	connm       *connectorMetrics
+	opts        Options
 
 	tokens     [][32]byte // SHA-256 of each API token
 	pushTokens [][32]byte // API tokens plus the receiver token
@@ -95,7 +100,15 @@ type Appliance struct {
 	updates chan signatures.Update
 	// historyEvery is how often the I/O history is sampled.
 	historyEvery time.Duration
+	// console is the browser console and its logins; trail keeps the
+	// last hour of each datastore's reads, sampled every trailEvery.
+	console    *console.Console
+	trail      *console.Trail
+	trailEvery time.Duration
 
+	// budget is the process's one scan budget (memory and spool), shared
+	// by every Scanner: one per rule set.
+	budget   *scanner.Budget
 	scMu     sync.Mutex
 	sc       *scanner.Scanner
 	scRules  string
@@ -111,7 +124,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &Appliance{cfg: cfg, log: log, opts: opts, ready: make(chan struct{}), updates: make(chan signatures.Update, 1),
-		historyEvery: time.Minute, progress: newProgressBoard()}
+		historyEvery: time.Minute, progress: newProgressBoard(), trail: console.NewTrail(time.Hour), trailEvery: 5 * time.Second}
 	defer func() {
 		if err != nil {
 			a.Close()
@@ -127,6 +140,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		tokens = append(tokens, t...)
 	}
 	a.tokens = hashTokens(tokens)
+	a.console = console.New(console.Config{Tokens: a.tokens, Logger: log})
 	a.pushTokens = a.tokens
 	var receiverToken string
 	if cfg.Signatures.ReceiverTokenFile != "" {
@@ -164,6 +178,12 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		return nil, err
 	}
 	a.cache = newVerdictCache(a.results, cfg.Scanner.CacheEntries)
+	if cfg.Scanner.SpoolDir != "" {
+		if err := os.MkdirAll(cfg.Scanner.SpoolDir, 0o700); err != nil {
+			return nil, fmt.Errorf("%w: scanner.spool_dir: %v", ErrConfig, err)
+		}
+	}
+	a.budget = scanner.NewBudget(cfg.budgetOptions())
 
 	var out io.Writer
 	if cfg.Events.Log != "none" {
@@ -173,6 +193,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		return nil, err
 	}
 	a.m = newMetrics(a)
+	if a.hypervisors, a.connm, err = newHypervisors(a); err != nil {
+		return nil, fmt.Errorf("%w: connectors: %v", ErrConfig, err)
+	}
 
 	keys, err := signatures.LoadKeySet(cfg.Signatures.TrustedKeys...)
 	if err != nil {
@@ -349,7 +372,9 @@ func (a *Appliance) Serve(ctx context.Context) (err error) {
 		sup.start("signatures", a.recv.Serve),
 		sup.start("rescans", a.serveRescans),
 		sup.start("history", a.serveHistory),
+		sup.start("trail", func(ctx context.Context) error { return a.trail.Serve(ctx, a.q.Metrics, a.trailEvery) }),
 		sup.start("events", a.events.Serve),
+		sup.start("connectors", a.serveConnectors),
 	}
 	sup.onShutdown(func() {
 		a.draining.Store(true)

@@ -38,6 +38,9 @@ type Config struct {
 	Scanner    ScannerConfig     `yaml:"scanner"`
 	Events     EventsConfig      `yaml:"events"`
 	Log        LogConfig         `yaml:"log"`
+	// Connectors are the hypervisors whose VMs are found, frozen and
+	// scanned by the appliance itself (connectors.go).
+	Connectors []ConnectorConfig `yaml:"connectors"`
 }
 
 // ServerConfig is the HTTP API's listener.
@@ -143,13 +146,22 @@ type QueueConfig struct {
 
 // ScannerConfig tunes scanning (zero: the scanner's defaults).
 type ScannerConfig struct {
-	Workers      int           `yaml:"workers"`
-	MaxFileSize  ByteSize      `yaml:"max_file_size"`
-	MemoryBudget ByteSize      `yaml:"memory_budget"`
-	Timeout      time.Duration `yaml:"timeout"`
-	Exclude      []string      `yaml:"exclude"`
-	NoArchives   bool          `yaml:"no_archives"`
-	Archives     struct {
+	Workers     int      `yaml:"workers"`
+	MaxFileSize ByteSize `yaml:"max_file_size"`
+	// MemoryBudget bounds the scan memory of the whole process: one
+	// budget shared by every scan, on every rule set (scans still running
+	// on the previous signature version included).
+	MemoryBudget ByteSize `yaml:"memory_budget"`
+	// SpoolDir and SpoolBudget: files larger than the memory window are
+	// copied to private, unlinked files in SpoolDir (default the system's
+	// temp folder; on a disk, not a tmpfs) and scanned whole, within
+	// SpoolBudget for all scans together (default 16GiB).
+	SpoolDir    string        `yaml:"spool_dir"`
+	SpoolBudget ByteSize      `yaml:"spool_budget"`
+	Timeout     time.Duration `yaml:"timeout"`
+	Exclude     []string      `yaml:"exclude"`
+	NoArchives  bool          `yaml:"no_archives"`
+	Archives    struct {
 		MaxDepth      int      `yaml:"max_depth"`
 		MaxMembers    int      `yaml:"max_members"`
 		MaxTotalBytes ByteSize `yaml:"max_total_bytes"`
@@ -337,7 +349,14 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string) error {
 func fieldByTag(t reflect.Type, key string) (reflect.StructField, bool) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
-		if strings.Split(f.Tag.Get("yaml"), ",")[0] == key {
+		tag := f.Tag.Get("yaml")
+		if tag == ",inline" && f.Type.Kind() == reflect.Struct {
+			if g, ok := fieldByTag(f.Type, key); ok {
+				return g, true
+			}
+			continue
+		}
+		if strings.Split(tag, ",")[0] == key {
 			return f, true
 		}
 	}
@@ -352,6 +371,9 @@ func joinKey(path, k string) string {
 }
 
 func (c *Config) setDefaults() {
+	for i := range c.Connectors {
+		c.Connectors[i].setDefaults()
+	}
 	if c.Server.Listen == "" {
 		c.Server.Listen = DefaultListen
 	}
@@ -431,6 +453,7 @@ func (c *Config) resolvePaths(dir string) {
 		abs(&c.Datastores[i].Path)
 	}
 	abs(&c.Database.Path)
+	abs(&c.Scanner.SpoolDir)
 	if c.Events.Log != "stdout" && c.Events.Log != "none" {
 		abs(&c.Events.Log)
 	}
@@ -450,6 +473,9 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Server.Listen); err != nil {
 		return bad("server.listen", "%v (want host:port)", err)
+	}
+	if err := validateConnectors(c.Connectors); err != nil {
+		return err
 	}
 	if (c.Server.TLS.Cert == "") != (c.Server.TLS.Key == "") {
 		return bad("server.tls", "set both cert and key, or neither")
@@ -538,8 +564,8 @@ func (c *Config) Validate() error {
 	if c.Queue.MaxScans < 0 || c.Queue.MaxAttempts < 0 {
 		return bad("queue", "max_scans and max_attempts must not be negative")
 	}
-	if c.Scanner.Workers < 0 || c.Scanner.MaxFileSize < 0 || c.Scanner.MemoryBudget < 0 || c.Scanner.CacheEntries < 0 {
-		return bad("scanner", "workers, max_file_size, memory_budget and cache_entries must not be negative")
+	if c.Scanner.Workers < 0 || c.Scanner.MaxFileSize < 0 || c.Scanner.MemoryBudget < 0 || c.Scanner.SpoolBudget < 0 || c.Scanner.CacheEntries < 0 {
+		return bad("scanner", "workers, max_file_size, memory_budget, spool_budget and cache_entries must not be negative")
 	}
 	for i, g := range c.Scanner.Exclude {
 		if _, err := scanner.CompileGlob(g); err != nil {
@@ -593,14 +619,19 @@ func (d *DatastoreConfig) budget() queue.Budget {
 	return queue.Budget{MaxScans: d.MaxScans, BytesPerSec: float64(d.BytesPerSec), OpsPerSec: d.OpsPerSec}
 }
 
-// scannerOptions turns the scanner section into scanner.Options.
+// budgetOptions sizes the process's one scan budget.
+func (c *Config) budgetOptions() scanner.BudgetOptions {
+	return scanner.BudgetOptions{Memory: int64(c.Scanner.MemoryBudget), SpoolDir: c.Scanner.SpoolDir, Spool: int64(c.Scanner.SpoolBudget)}
+}
+
+// scannerOptions turns the scanner section into scanner.Options, but for
+// the budget (budgetOptions), which the appliance makes once.
 func (c *Config) scannerOptions() scanner.Options {
 	o := scanner.Options{
-		Workers:      c.Scanner.Workers,
-		MaxFileSize:  int64(c.Scanner.MaxFileSize),
-		MemoryBudget: int64(c.Scanner.MemoryBudget),
-		Timeout:      c.Scanner.Timeout,
-		NoArchives:   c.Scanner.NoArchives,
+		Workers:     c.Scanner.Workers,
+		MaxFileSize: int64(c.Scanner.MaxFileSize),
+		Timeout:     c.Scanner.Timeout,
+		NoArchives:  c.Scanner.NoArchives,
 		Archives: scanner.ArchiveLimits{
 			MaxDepth:      c.Scanner.Archives.MaxDepth,
 			MaxMembers:    c.Scanner.Archives.MaxMembers,

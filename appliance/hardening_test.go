@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -221,5 +222,56 @@ func TestDatastoreLinks(t *testing.T) {
 	var view ScanView
 	if code, _ := app.call("GET", "/v1/scans/"+itoa(s.ID), testToken, nil, &view); code != 200 || view.Error != j.Error {
 		t.Errorf("API shows error %q (%d), want the job's", view.Error, code)
+	}
+}
+
+// TestStrictRequests is issue 10.7's request half: a JSON name given
+// twice, and a query parameter an endpoint does not take or given twice,
+// are refused with 400 naming it — never ignored, which would widen the
+// answer (/v1/findings?job=1 OR 1=1 listed every finding).
+func TestStrictRequests(t *testing.T) {
+	app := startApp(t, appOpts{})
+	app.install(1)
+	id := app.submit("vm03")["vm03"]
+	app.waitJobs(id)
+	for _, tc := range []struct {
+		method, path, body string
+		want               string
+	}{
+		{"POST", "/v1/scans", `{"vm": "a", "vm": "b", "disks": [{"datastore": "ds-a", "path": "vm01.qcow2"}]}`, `vm: name given twice`},
+		{"POST", "/v1/scans", `{"vm": "a", "VM": "b", "disks": [{"datastore": "ds-a", "path": "vm01.qcow2"}]}`, `VM`},
+		{"POST", "/v1/scans", `{"vm": "a", "disks": [{"datastore": "ds-a", "path": "vm01.qcow2", "path": "vm03.qcow2"}]}`, `disks[0].path`},
+		{"POST", "/v1/scans", `{"vm": "a", "disks": [{"datastore": "ds-a", "path": "vm01.qcow2", "fromat": "raw"}]}`, `fromat`},
+		{"GET", "/v1/findings?job=1%20OR%201=1", "", `"job"`},
+		{"GET", "/v1/findings?vm=vm03&vm=vm06", "", `"vm" given 2 times`},
+		{"GET", "/v1/scans?stat=running", "", `"stat"`},
+		{"GET", "/v1/scans/" + itoa(id) + "?verbose=1", "", `"verbose"`},
+		{"POST", "/v1/scans?priority=rescan", `{"vm": "a", "disks": [{"datastore": "ds-a", "path": "vm01.qcow2"}]}`, `"priority"`},
+		{"GET", "/v1/datastores?name=ds-a", "", `"name"`},
+		{"GET", "/healthz?deep=1", "", `"deep"`},
+	} {
+		req, err := http.NewRequest(tc.method, app.base+tc.path, strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := app.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct{ Error string }
+		err = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || err != nil || !strings.Contains(e.Error, tc.want) {
+			t.Errorf("%s %s %s: %d %q, want 400 naming %s", tc.method, tc.path, tc.body, resp.StatusCode, e.Error, tc.want)
+		}
+	}
+	// What the filters are for still works.
+	var page struct{ Findings []results.Finding }
+	if code, err := app.call("GET", "/v1/findings?vm=vm03&datastore=ds-a&tag=&limit=10", testToken, nil, &page); code != 200 || len(page.Findings) != 1 {
+		t.Errorf("findings of vm03: %d %v, %d findings; want 200 and 1", code, err, len(page.Findings))
+	}
+	if code, _ := app.call("GET", "/v1/findings?vm=vm03&datastore=ds-b", testToken, nil, &page); code != 200 || len(page.Findings) != 0 {
+		t.Errorf("findings of vm03 on ds-b: %d, %d findings; want none", code, len(page.Findings))
 	}
 }

@@ -3,6 +3,8 @@ package appliance
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -137,5 +139,136 @@ func TestJobTimeout(t *testing.T) {
 	}
 	if v := app.metric(`snapscan_scans_incomplete_total{reason="time_limit"}`); v != 2 {
 		t.Errorf("time_limit metric %v, want 2", v)
+	}
+}
+
+// TestIncompleteNeverClean: a scan that leaves files unscanned (here,
+// over scanner.max_file_size) is incomplete with the reason and count in
+// the API and the metrics, never clean; with a finding it is "findings"
+// and still says what it did not scan.
+func TestIncompleteNeverClean(t *testing.T) {
+	app := startApp(t, appOpts{yaml: "scanner: {max_file_size: 4096}\n"})
+	app.install(1)
+	ids := app.submit("vm01", "vm03") // vm03 has a small planted dropper
+	app.waitJobs(ids["vm01"], ids["vm03"])
+	for vm, want := range map[string]results.Status{"vm01": results.StatusIncomplete, "vm03": results.StatusFindings} {
+		var view ScanView
+		if code, err := app.call("GET", "/v1/scans/"+itoa(ids[vm]), testToken, nil, &view); code != 200 {
+			t.Fatalf("GET scan: %d %v", code, err)
+		}
+		// /usr/bin/ls and /usr/bin/cat are larger than 4096 bytes.
+		if view.State != queue.Done || view.Result == nil || view.Result.Status != want || view.Result.Incomplete["too_large"] != 2 {
+			t.Errorf("%s: %s, result %+v; want done, %s with 2 too_large", vm, view.State, view.Result, want)
+		}
+		v, err := app.a.results.VM(context.Background(), vm)
+		if err != nil || v.LastStatus != want {
+			t.Errorf("%s: inventory says %q (%v), want %s", vm, v.LastStatus, err, want)
+		}
+	}
+	for sample, want := range map[string]float64{
+		`snapscan_scans_total{result="incomplete"}`:           1,
+		`snapscan_scans_total{result="findings"}`:             1,
+		`snapscan_scans_total{result="clean"}`:                -1, // never counted
+		`snapscan_scans_incomplete_total{reason="too_large"}`: 4,
+	} {
+		if got := app.metric(sample); got != want {
+			t.Errorf("%s = %v, want %v", sample, got, want)
+		}
+	}
+}
+
+// TestOneBudget: the Scanner made for a new signature version shares the
+// process's one scan budget with the previous one, whose scans may still
+// run (issue 11.2).
+func TestOneBudget(t *testing.T) {
+	app := startApp(t, appOpts{})
+	app.install(1)
+	s1 := app.a.scanner(app.a.recv.Current())
+	extra := filepath.Join(app.dir, "extra.yar")
+	if err := os.WriteFile(extra, []byte("rule Extra { strings: $a = \"EXTRA-RULE\" condition: $a }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	app.installRules(2, filepath.Join(app.fx, "rules", "planted.yar"), extra)
+	s2 := app.a.scanner(app.a.recv.Current())
+	if s1 == s2 {
+		t.Fatal("the same Scanner for two rule sets")
+	}
+	if s1.Options().Budget != app.a.budget || s2.Options().Budget != app.a.budget || app.a.budget == nil {
+		t.Errorf("Scanners have budgets %p and %p, want the appliance's one %p", s1.Options().Budget, s2.Options().Budget, app.a.budget)
+	}
+	if v := app.metric(`snapscan_scan_budget_bytes{budget="memory",kind="size"}`); v != float64(app.a.budget.Options().Memory) || v <= 0 {
+		t.Errorf("memory budget metric %v, want %d", v, app.a.budget.Options().Memory)
+	}
+}
+
+// TestBytesRead is issue 16.6's appliance half: what a scan reads from its
+// datastore is shown per scan, per VM (inventory and metrics) and per
+// datastore (live, and in the per-interval history), and they agree.
+func TestBytesRead(t *testing.T) {
+	app := startApp(t, appOpts{prepare: func(a *Appliance) { a.historyEvery = 100 * time.Millisecond }})
+	app.install(1)
+	ids := app.submit("vm01", "vm03") // both on ds-a
+	app.waitJobs(ids["vm01"], ids["vm03"])
+	var total int64
+	for _, vm := range []string{"vm01", "vm03"} {
+		r, err := app.a.results.Scan(context.Background(), ids[vm])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.BytesRead <= 0 || r.ReadOps <= 0 {
+			t.Errorf("%s: %d bytes in %d reads", vm, r.BytesRead, r.ReadOps)
+		}
+		total += r.BytesRead
+		var v results.VM
+		if code, err := app.call("GET", "/v1/vms/"+vm, testToken, nil, &v); code != 200 || v.LastBytesRead != r.BytesRead || v.LastJob != ids[vm] {
+			t.Errorf("GET /v1/vms/%s: %d %v %+v; want last job %d with %d bytes read", vm, code, err, v, ids[vm], r.BytesRead)
+		}
+		if m := app.metric(`snapscan_vm_read_bytes_total{vm="` + vm + `"}`); m != float64(r.BytesRead) {
+			t.Errorf("%s: metric %v, want %d", vm, m, r.BytesRead)
+		}
+	}
+	var list struct {
+		VMs []results.VM `json:"vms"`
+	}
+	if code, _ := app.call("GET", "/v1/vms?search=VM0&scanned=true", testToken, nil, &list); code != 200 || len(list.VMs) != 2 {
+		t.Errorf("GET /v1/vms?search=VM0&scanned=true: %d, %d VMs; want 2", code, len(list.VMs))
+	}
+	if code, _ := app.call("GET", "/v1/vms/nobody", testToken, nil, nil); code != 404 {
+		t.Errorf("GET /v1/vms/nobody: %d, want 404", code)
+	}
+	// The datastore read at least what its scans read (the queue counts
+	// every read of the datastore); its history catches up within an
+	// interval or two.
+	if m := app.metric(`snapscan_datastore_read_bytes_total{datastore="ds-a"}`); m < float64(total) {
+		t.Errorf("ds-a read %v bytes, its scans %d", m, total)
+	}
+	var hist struct {
+		Samples []struct {
+			results.IOSample
+			BytesPerSec float64 `json:"bytes_per_sec"`
+		} `json:"samples"`
+	}
+	eventually(t, "the history to hold the scans' reads", 10*time.Second, func() bool {
+		if code, _ := app.call("GET", "/v1/datastores/ds-a/history", testToken, nil, &hist); code != 200 {
+			t.Fatalf("history: %d", code)
+		}
+		var sum int64
+		for _, s := range hist.Samples {
+			sum += s.BytesRead
+		}
+		return sum >= total
+	})
+	busy := false
+	for _, s := range hist.Samples {
+		if s.Datastore != "ds-a" || s.Interval <= 0 {
+			t.Errorf("sample %+v", s)
+		}
+		busy = busy || s.BytesPerSec > 0
+	}
+	if !busy {
+		t.Errorf("no sample shows a read rate")
+	}
+	if code, _ := app.call("GET", "/v1/datastores/nope/history", testToken, nil, nil); code != 404 {
+		t.Errorf("history of an unknown datastore: %d, want 404", code)
 	}
 }

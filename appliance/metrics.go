@@ -22,6 +22,7 @@ type metrics struct {
 	findings   prometheus.Counter
 	readBytes  prometheus.Counter
 	readOps    prometheus.Counter
+	vmRead     *prometheus.CounterVec // by VM
 	files      prometheus.Counter
 	cached     prometheus.Counter
 	bytes      prometheus.Counter
@@ -37,9 +38,11 @@ func newMetrics(a *Appliance) *metrics {
 	m.scans = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "scans_total",
 		Help: "Scan runs by result: clean, findings, incomplete (results stored), failed_permanent, failed_transient, interrupted (cancelled or shut down)."}, []string{"result"})
 	m.incomplete = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "scans_incomplete_total",
-		Help: "What stored scans could not scan, by reason (the scanner's skip reasons, volume_unreadable, time_limit): files, volumes or scans."}, []string{"reason"})
+		Help: "What stored scans could not scan, by reason (the scanner's skip reasons, volume_error, spool_error, time_limit): files, volumes or scans."}, []string{"reason"})
 	m.readBytes = f("scan_read_bytes_total", "Bytes scans read from datastores (image metadata and backing files included).")
 	m.readOps = f("scan_read_ops_total", "Read operations scans issued to datastores.")
+	m.vmRead = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "vm_read_bytes_total",
+		Help: "Bytes the stored scans of a VM read from its datastores (one series per VM of the inventory)."}, []string{"vm"})
 	m.findings = f("findings_total", "Findings stored (one per rule matching a file).")
 	m.files = f("files_scanned_total", "Files and archive members checked.")
 	m.cached = f("files_cached_total", "Files whose verdict came from the verdict cache.")
@@ -48,7 +51,7 @@ func newMetrics(a *Appliance) *metrics {
 		Help: "Jobs that reached a final state, by state."}, []string{"state"})
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "http_requests_total",
 		Help: "API requests by status code."}, []string{"code"})
-	m.reg.MustRegister(m.scans, m.incomplete, m.readBytes, m.readOps, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
+	m.reg.MustRegister(m.scans, m.incomplete, m.readBytes, m.readOps, m.vmRead, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -65,6 +68,7 @@ func (m *metrics) scanDone(r *results.Scan) {
 	m.bytes.Add(float64(r.Bytes))
 	m.readBytes.Add(float64(r.BytesRead))
 	m.readOps.Add(float64(r.ReadOps))
+	m.vmRead.WithLabelValues(r.VM).Add(float64(r.BytesRead))
 }
 
 func (m *metrics) scanOutcome(err error) {
@@ -102,13 +106,14 @@ var (
 	descEvQueued  = prometheus.NewDesc("snapscan_events_queued", "Events waiting in a sink's queue.", []string{"sink"}, nil)
 	descEvConn    = prometheus.NewDesc("snapscan_events_connected", "1 while a syslog stream sink (tcp, tls) is connected to its collector.", []string{"sink"}, nil)
 	descReady     = prometheus.NewDesc("snapscan_ready", "1 when the appliance takes scans (signatures active, database open).", nil, nil)
+	descBudget    = prometheus.NewDesc("snapscan_scan_budget_bytes", "The process's one scan budget (memory: scan buffers of every scan; spool: large files copied to disk): its size, what is lent now, and the peak since start.", []string{"budget", "kind"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDepth, descWait, descRunning, descJobEvents, descDSBytes, descDSOps, descDSRate,
 		descDSOpRate, descDSBudgetB, descDSBudgetO, descDSSlots, descDSRunning, descDSQueued, descDSPaused, descSig,
-		descSigRules, descEvents, descEvQueued, descEvConn, descReady} {
+		descSigRules, descEvents, descEvQueued, descEvConn, descReady, descBudget} {
 		ch <- d
 	}
 }
@@ -163,6 +168,16 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	ok, _ := a.readiness()
 	gauge(descReady, b2f(ok))
+	bo, bu := a.budget.Options(), a.budget.Usage()
+	for _, g := range []struct {
+		budget, kind string
+		v            int64
+	}{
+		{"memory", "size", bo.Memory}, {"memory", "in_use", bu.Memory}, {"memory", "peak", bu.MemoryPeak},
+		{"spool", "size", bo.Spool}, {"spool", "in_use", bu.Spool}, {"spool", "peak", bu.SpoolPeak},
+	} {
+		gauge(descBudget, float64(g.v), g.budget, g.kind)
+	}
 }
 
 func b2f(b bool) float64 {

@@ -1,62 +1,24 @@
 package appliance
 
 import (
-	"errors"
 	"maps"
-	"strings"
 
 	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/queue"
 	"github.com/snapscan/snapscan/scanner"
-	"github.com/snapscan/snapscan/snapshot"
 )
 
-// Reasons of Scan.Incomplete that are the appliance's own (the others are
-// the scanner's skip reasons).
-const (
-	// IncompleteVolume counts volumes that hold files but could not be
-	// read (encrypted, unsupported or damaged).
-	IncompleteVolume = "volume_unreadable"
-	// IncompleteTimeLimit is set when the job's time limit stopped the
-	// scan (queue.job_timeout).
-	IncompleteTimeLimit = "time_limit"
-)
-
-// incompleteSkips are the scanner's skip reasons that leave content
-// unscanned. Excluded files are the operator's choice and links, devices
-// and sockets have no content to scan: neither makes a scan incomplete.
-var incompleteSkips = map[string]bool{
-	scanner.SkipTooLarge: true, scanner.SkipReadError: true, scanner.SkipTimeout: true,
-	scanner.SkipLimitHit: true, scanner.SkipScanError: true, scanner.SkipCanceled: true,
-}
+// IncompleteTimeLimit is the reason of Scan.Incomplete that is the
+// appliance's own (the others are the scanner's: scanner.Result): the job's
+// time limit (queue.job_timeout) stopped the scan.
+const IncompleteTimeLimit = "time_limit"
 
 // diskScan is the scan of one disk of a job.
 type diskScan struct {
 	disk   queue.Disk
 	report *scanner.Report
-	// unread are the disk's volumes that hold files the scan could not
-	// read, by volume id.
-	unread map[string]bool
 	// redact makes the report's error messages fit for API clients.
 	redact func(string) string
-}
-
-// unreadVolumes returns the volumes of d that hold files but were not
-// read. Swap, reserved and boot-loader partitions and LVM physical volumes
-// (whose logical volumes are listed on their own) hold no files.
-func unreadVolumes(d *snapshot.Disk) map[string]bool {
-	out := map[string]bool{}
-	for _, v := range d.Volumes {
-		if v.Err == nil {
-			continue
-		}
-		noFiles := v.FileSystem == "swap" || strings.Contains(v.Err.Error(), "holds no") ||
-			(v.FileSystem == "lvm2" && errors.Is(v.Err, snapshot.ErrUnsupported))
-		if !noFiles {
-			out[v.ID] = true
-		}
-	}
-	return out
 }
 
 // record turns a job's disk scans into the result to store: totals,
@@ -64,6 +26,7 @@ func unreadVolumes(d *snapshot.Disk) map[string]bool {
 func record(job queue.Job, act activeSet, disks []diskScan, timedOut bool) *results.Scan {
 	r := &results.Scan{JobID: job.ID, VM: job.VM, SigName: act.name, SigVersion: act.version, RulesID: act.rulesID,
 		Incomplete: map[string]int64{}}
+	var reports []scanner.Result
 	for _, d := range job.Disks {
 		r.Disks = append(r.Disks, resultDisk(d))
 	}
@@ -86,15 +49,8 @@ func record(job queue.Job, act activeSet, disks []diskScan, timedOut bool) *resu
 				rv.Errors = append(rv.Errors, results.FileError{Path: e.Path, Reason: e.Reason, Error: d.redact(msg)})
 			}
 			r.Volumes = append(r.Volumes, rv)
-			for reason, n := range v.Skipped {
-				if incompleteSkips[reason] && n > 0 {
-					r.Incomplete[reason] += n
-				}
-			}
-			if d.unread[v.ID] {
-				r.Incomplete[IncompleteVolume]++
-			}
 		}
+		reports = append(reports, d.report.Result)
 		for _, f := range d.report.Findings {
 			for _, m := range f.Matches {
 				r.Findings = append(r.Findings, results.Finding{Datastore: d.disk.Datastore, Disk: d.disk.Path, Volume: f.Volume,
@@ -103,6 +59,10 @@ func record(job queue.Job, act activeSet, disks []diskScan, timedOut bool) *resu
 			}
 		}
 	}
+	// The scanner's rule (scanner.MergeResults) decides what is
+	// incomplete; the time limit adds its own reason.
+	res := scanner.MergeResults(reports...)
+	maps.Copy(r.Incomplete, res.NotScanned)
 	if timedOut {
 		r.Incomplete[IncompleteTimeLimit] = 1
 	}

@@ -166,12 +166,14 @@ type activeSet struct {
 
 // scanner returns the Scanner for a rule set, making a new one when the
 // set changed; scans that started on the old one keep it. Every Scanner
-// shares the process's one memory budget (scanner.memory_budget).
+// shares the process's one budget (scanner.memory_budget, spool_budget),
+// so a signature update never doubles the bound while old scans finish.
 func (a *Appliance) scanner(act *signatures.Active[*scanner.Rules]) *scanner.Scanner {
 	a.scMu.Lock()
 	defer a.scMu.Unlock()
 	if id := act.Rules.ID(); a.sc == nil || a.scRules != id {
 		o := a.cfg.scannerOptions()
+		o.Budget = a.budget
 		if !a.cfg.Scanner.NoCache {
 			o.Cache = a.cache
 		}
@@ -191,6 +193,11 @@ var errTimeLimit = errors.New("appliance: job time limit reached")
 // and fails the job for good: the same bytes would hold a slot as long
 // again.
 func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) error {
+	if h, vmID, ok := a.connectorJob(job); ok {
+		// A scheduled VM of a connector: freeze it, scan the frozen
+		// disks (this function again), release it whatever happened.
+		return a.runFrozen(ctx, job, wrap, h, vmID)
+	}
 	act := a.recv.Current()
 	if act == nil {
 		return errors.New("appliance: no signature set active") // transient
@@ -235,7 +242,7 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	defer scancel()
 	rows, err := a.results.SaveScan(sctx, res)
 	if err != nil {
-		return fmt.Errorf("appliance: job %d: %w", job.ID, err) // transient: the scan is redone
+		return err // transient: the scan is redone; the store's error names the job
 	}
 	if err := a.cache.Flush(sctx); err != nil {
 		log.Warn("appliance: verdict cache", "err", err)
@@ -309,7 +316,6 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 	}
 	defer disk.Close()
 	t := scanner.DiskTarget(fmt.Sprintf("job-%d/%d", job.ID, i), disk)
-	unread := unreadVolumes(disk)
 	readable := 0
 	for _, v := range disk.Volumes {
 		if v.Err == nil {
@@ -336,7 +342,7 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 	a.progress.addTarget(t.Name, jp)
 	defer a.progress.removeTarget(t.Name)
 	rep, err := sc.Scan(ctx, t)
-	out := &diskScan{disk: d, report: rep, unread: unread, redact: ds.redact}
+	out := &diskScan{disk: d, report: rep, redact: ds.redact}
 	if err != nil {
 		if ctx.Err() != nil {
 			return out, fmt.Errorf("%s: %s: %w", d.Datastore, d.Path, context.Cause(ctx))

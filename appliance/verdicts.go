@@ -3,6 +3,7 @@ package appliance
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -101,7 +102,7 @@ func (c *verdictCache) Flush(ctx context.Context) error {
 		return nil
 	}
 	if err := c.store.PutVerdicts(ctx, batch); err != nil {
-		return errors.Join(errVerdictsLost, err)
+		return fmt.Errorf("%w: %w", errVerdictsLost, err)
 	}
 	return nil
 }

@@ -176,6 +176,17 @@ type FrozenDisk struct {
 	Checkpoint string `json:"checkpoint,omitempty"`
 }
 
+// Paths lists the frozen layers' paths, top first: what
+// snapshot.Options.Layers takes, with Top().Format as its Format, so that
+// the disk is opened as the hypervisor declares it and no other file is.
+func (f FrozenDisk) Paths() []string {
+	out := make([]string, len(f.Layers))
+	for i, l := range f.Layers {
+		out[i] = l.Path
+	}
+	return out
+}
+
 // Top returns the frozen view's top layer.
 func (f FrozenDisk) Top() Layer {
 	if len(f.Layers) == 0 {
@@ -260,6 +271,14 @@ type Connector interface {
 type Files interface {
 	// Open opens the file at path read-only. The caller closes it.
 	Open(ctx context.Context, path string) (File, error)
+}
+
+// LocalPather is implemented by connectors whose files the appliance
+// reads from its own file system (libvirt's host paths through PathMap,
+// vSphere's mounted datastores): LocalPath says where the file named
+// path is here, or fails when it is not reachable so.
+type LocalPather interface {
+	LocalPath(path string) (string, error)
 }
 
 // File is a read-only file of a frozen disk. ReadAt is safe for

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/btree"
 	"golang.org/x/time/rate"
 )
 
@@ -30,6 +31,10 @@ func (b Budget) validate() error {
 	}
 	return nil
 }
+
+// rated reports whether b limits bytes or operations: such a budget is
+// shared out between the appliances that read the datastore.
+func (b Budget) rated() bool { return b.BytesPerSec > 0 || b.OpsPerSec > 0 }
 
 func (b Budget) maxScans() int {
 	if b.MaxScans <= 0 {
@@ -60,20 +65,26 @@ func (b Budget) Burst() (bytes, ops int) {
 	return bytes, ops
 }
 
-func limitOf(perSec float64) rate.Limit {
-	if perSec <= 0 {
-		return rate.Inf
-	}
-	return rate.Limit(perSec)
-}
-
 // datastore is the run-time state of one datastore. The scheduler fields
 // are guarded by Queue.mu; the limiters are safe on their own and the
 // meter has its own lock, so reads never touch Queue.mu.
 type datastore struct {
 	name    string
 	cfg     DatastoreConfig // guarded by Queue.mu
-	running int             // guarded by Queue.mu
+	running int             // guarded by Queue.mu: this queue's scans
+	remote  int             // guarded by Queue.mu: other appliances' scans
+	// share is this queue's part of the rate budget, as the store last
+	// granted it (see ShareRequest); held says the store may still record
+	// a share for it. Guarded by Queue.mu.
+	share Share
+	held  bool
+	// due holds the datastore's due queued jobs in key order (sched.go).
+	// Guarded by Queue.mu.
+	due *btree.BTreeG[*entry]
+	// idleAt is when this queue's last scan on it ended: a share is kept
+	// for a few syncs after that, so back-to-back jobs do not wait for
+	// a grant each. Guarded by Queue.mu.
+	idleAt time.Time
 
 	bytes *rate.Limiter
 	ops   *rate.Limiter
@@ -83,20 +94,55 @@ type datastore struct {
 
 func newDatastore(name string, cfg DatastoreConfig) *datastore {
 	d := &datastore{name: name, bytes: rate.NewLimiter(rate.Inf, 0), ops: rate.NewLimiter(rate.Inf, 0),
-		turn: make(chan struct{}, 1)}
+		turn: make(chan struct{}, 1), due: newDueTree()}
 	d.configure(cfg)
 	return d
 }
 
 func (d *datastore) configure(cfg DatastoreConfig) {
 	d.cfg = cfg
-	bb, ob := cfg.Budget.Burst()
+	d.apply()
+}
+
+// setShare sets the rate this queue may read the datastore at.
+func (d *datastore) setShare(s Share) {
+	d.share = s
+	d.apply()
+}
+
+// needsShare reports whether reads wait for a share to be granted.
+// Queue.mu must be held.
+func (d *datastore) needsShare() bool {
+	b := d.cfg.Budget
+	return b.BytesPerSec > 0 && d.share.BytesPerSec == 0 || b.OpsPerSec > 0 && d.share.OpsPerSec == 0
+}
+
+// apply sets the limiters to the smaller of the budget and the share.
+func (d *datastore) apply() {
+	b := d.cfg.Budget
+	eff := Budget{BytesPerSec: min(b.BytesPerSec, d.share.BytesPerSec), OpsPerSec: min(b.OpsPerSec, d.share.OpsPerSec)}
+	bb, ob := eff.Burst()
+	if b.BytesPerSec > 0 && eff.BytesPerSec == 0 {
+		bb = minBurstBytes // shut until a share comes: reads still split to a size the bucket holds
+	}
+	if b.OpsPerSec > 0 && eff.OpsPerSec == 0 {
+		ob = 1
+	}
 	// Burst before limit: a lowered limit with the old, larger burst would
 	// briefly allow more than the new budget.
 	d.bytes.SetBurst(bb)
-	d.bytes.SetLimit(limitOf(cfg.Budget.BytesPerSec))
+	d.bytes.SetLimit(shareLimit(b.BytesPerSec, eff.BytesPerSec))
 	d.ops.SetBurst(ob)
-	d.ops.SetLimit(limitOf(cfg.Budget.OpsPerSec))
+	d.ops.SetLimit(shareLimit(b.OpsPerSec, eff.OpsPerSec))
+}
+
+// shareLimit is the limiter rate for a budget and its share: unlimited
+// without a budget, shut (0) without a share.
+func shareLimit(budget, share float64) rate.Limit {
+	if budget <= 0 {
+		return rate.Inf
+	}
+	return rate.Limit(share)
 }
 
 // errBurst: a read asked for more than a bucket holds; the reader splits
@@ -164,6 +210,9 @@ func deficit(lim *rate.Limiter, now time.Time, n int) time.Duration {
 	r := lim.Limit()
 	if r == rate.Inf {
 		return 0
+	}
+	if r == 0 {
+		return 10 * time.Millisecond // no share yet: look again
 	}
 	if n > lim.Burst() {
 		return -1

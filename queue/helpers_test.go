@@ -164,8 +164,31 @@ func disk(ds string, n int) queue.Disk {
 
 func ok(context.Context, queue.Job, queue.Wrap) error { return nil }
 
-// apply1 applies one transition and returns its result as an error.
+// prevHolder is the lease a test's "previous process" of the appliance
+// ("local", the default) ran jobs under: a queue started on the store
+// reaps it at once.
+const prevHolder = "local/previous"
+
+// apply1 applies one transition as prevHolder (registered on first use),
+// fenced to the job's current run, and returns its result as an error.
 func apply1(ctx context.Context, s queue.Store, t queue.Transition) (queue.Job, error) {
+	_ = s.Heartbeat(ctx, prevHolder, "local", time.Hour) // refused once reaped; the fence then refuses too
+	if t.To == queue.Running && t.Holder == "" {
+		t.Holder = prevHolder
+		t.Slots = map[string]int{}
+		if j, err := s.Get(ctx, t.ID); err == nil {
+			for _, ds := range j.Datastores() {
+				t.Slots[ds] = 100
+			}
+		}
+	}
+	if t.From == queue.Running && t.Holder == "" {
+		j, err := s.Get(ctx, t.ID)
+		if err != nil {
+			return queue.Job{}, err
+		}
+		t.Holder, t.Epoch = j.Holder, j.Epoch
+	}
 	res, err := s.Apply(ctx, []queue.Transition{t})
 	if err != nil {
 		return queue.Job{}, err

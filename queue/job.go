@@ -174,6 +174,13 @@ type Job struct {
 	StartedAt  time.Time // start of the last run
 	FinishedAt time.Time // when the job reached a terminal state
 
+	// Holder and Epoch name the lease of the job's current or last run:
+	// the queue instance (appliance and process) that runs it, and a count
+	// that grows by one at every start. A report about a run is accepted
+	// only with the epoch it was started with (fencing).
+	Holder string
+	Epoch  int64
+
 	// CancelRequested is set when Cancel was called on the running job;
 	// a crash before the runner returns turns it into Cancelled on restart.
 	CancelRequested bool
@@ -265,6 +272,13 @@ var (
 	ErrAttempts = errors.New("queue: too many attempts")
 	// ErrClosed: Serve has ended or was never started where it must run.
 	ErrClosed = errors.New("queue: not serving")
+	// ErrLeaseLost: the holder's lease expired (or it was reaped): the
+	// runs it held are no longer its own, and what it reports of them is
+	// refused.
+	ErrLeaseLost = errors.New("queue: lease lost")
+	// ErrNoSlot: a start was refused because a datastore it needs runs as
+	// many scans as its budget allows, counted over the whole fleet.
+	ErrNoSlot = errors.New("queue: no free scan slot on the datastore")
 )
 
 // permanentError marks an error a retry cannot fix.

@@ -10,7 +10,8 @@
 // above does.
 //
 // State lives behind the Store interface, in a package of its own per
-// database: queue/sqlite (modernc.org/sqlite, pure Go) for one appliance.
+// database: queue/sqlite (modernc.org/sqlite, pure Go) for one appliance,
+// queue/postgres (pgx) for a fleet of appliances sharing one PostgreSQL.
 // Every implementation passes the suite in queue/storetest. Every state
 // change is committed before it is acknowledged: Enqueue returns after the
 // commit.
@@ -69,6 +70,53 @@
 // once it has used MaxAttempts, "crashed the scanner N times", so a disk
 // whose bytes crash the process cannot run forever.
 //
+// # Fleet mode
+//
+// Several queues, one per appliance, may share one Store: queue/postgres
+// for a fleet, queue/sqlite for processes on one host. Each holds its runs
+// under a lease it renews every Config.SyncInterval (Store.Heartbeat,
+// valid for Config.LeaseTTL by the store's clock). Starting a job commits
+// the holder and a new epoch; every later report about the run carries
+// both and is refused unless it is the job's current run (fencing), so an
+// appliance that wakes up after its lease ended cannot complete a job
+// another appliance has taken over.
+//
+// A lease that ends (its appliance died, hung or lost the database) is
+// reaped by any queue of the fleet (a restarted appliance reaps its own
+// earlier process at once): its runs end as lost and go back to the queue
+// with their attempts counted, under the MaxAttempts rule above. The
+// queues follow each other's writes through Store.Changes, in commit
+// order, so each schedules from the fleet's queue: merge per VM (done by
+// the store), classes and aging (from stored times), holds (the same rule
+// over the same view), retries and cancel (a cancel asked of any
+// appliance reaches the runner wherever it runs) keep their meaning. One
+// run per VM holds over the fleet.
+//
+// A queue whose store stops answering starts nothing more; its running
+// scans go on until its lease would end by its own clock, counted from
+// when its last successful heartbeat was sent, which is before the store
+// ends it; then it stops them, and the ends it could not write are
+// dropped (another appliance redoes the runs). An end that could not be
+// written while the lease lasts is retried until it is.
+//
+// # Budgets over the fleet
+//
+// A datastore's MaxScans counts the scans of the whole fleet: a start
+// takes a slot row per datastore in the start's own transaction, refused
+// with ErrNoSlot when another appliance took the last one. Its byte and
+// op rates are shared out through the store (Store.Shares, every sync):
+// each queue asks for its running scans' part of the budget, and the store
+// grants it only out of what the other live leases leave free. A queue's
+// limiter never runs above the share recorded for it (it lowers its
+// limiter before the store frees the difference, and raises it only after
+// a grant), and the recorded shares never add up to more than the budget.
+// So a hand-over adds nothing over the budget: over any interval of
+// length T a datastore receives at most Budget×(T + BurstWindow) plus 4 KiB
+// per queue, the token buckets' bursts, as with one appliance; in a
+// 1-second window at most 1.10× its budget plus 4 KiB per queue. What a
+// hand-over costs is time: a share one queue gives up reaches another one
+// sync later, and a dead appliance's share is unused until its lease ends.
+//
 // # Exactly once
 //
 // A runner may run more than once for one job: after a crash (the job was
@@ -79,7 +127,7 @@
 package queue
 
 import (
-	"cmp"
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -133,6 +181,21 @@ type Config struct {
 	// ObserveWait, if set, is called on each job start with the job's class
 	// and how long it waited since its wait start (for a histogram).
 	ObserveWait func(Class, time.Duration)
+	// Appliance names this queue's appliance in the fleet (default
+	// "local"). Each process holds its leases under Appliance plus a
+	// random suffix; a restarted appliance ends its earlier process's
+	// leases at once. Two appliances on one store must have different
+	// names.
+	Appliance string
+	// LeaseTTL is how long a lease lasts without a heartbeat (default
+	// 15 s): how long the jobs of an appliance that died wait before
+	// another takes them, and how long an appliance that lost the
+	// database keeps scanning.
+	LeaseTTL time.Duration
+	// SyncInterval is how often the queue renews its lease, takes its rate
+	// shares, reaps expired leases and reads the fleet's changes (default
+	// 1 s, at most LeaseTTL/4).
+	SyncInterval time.Duration
 	// OnFinish, if set, is called after a job's terminal state is
 	// committed. It is called at most once per job by this process; a
 	// crash just after the commit loses the call, never repeats it. It
@@ -168,6 +231,16 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.Appliance == "" {
+		c.Appliance = "local"
+	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = 15 * time.Second
+	}
+	if c.SyncInterval <= 0 {
+		c.SyncInterval = time.Second
+	}
+	c.SyncInterval = min(c.SyncInterval, c.LeaseTTL/4)
 }
 
 // Queue is the scan queue. Its methods are safe for concurrent use.
@@ -191,6 +264,8 @@ type Queue struct {
 	active    int                   // running jobs whose runner has not returned
 	ended     []*runningJob         // runner returned, end not yet committed
 	runningVM map[string]int
+	fleet     // other holders' runs, the lease, the changes cursor
+	sched     schedIndex
 	ds        map[string]*datastore
 	dsNames   []string // sorted, for round-robin
 	rr        int      // round-robin cursor into dsNames
@@ -204,6 +279,11 @@ type entry struct {
 	Job
 	ds  []*datastore // distinct, by name
 	key time.Time    // see Queue.key
+	// noSlotUntil: the store refused a start for want of a slot (another
+	// appliance took it) or of a live lease; wait for a sync.
+	noSlotUntil time.Time
+	due         bool // in its datastores' queues (see sched.go)
+	gone        bool // forgotten: dropped from the heaps when met
 }
 
 type runningJob struct {
@@ -211,6 +291,7 @@ type runningJob struct {
 	ds              []*datastore
 	cancel          context.CancelFunc
 	cancelRequested bool
+	leaseLost       bool // the lease ended: the run is no longer this queue's
 	// Set when the runner returns.
 	err          error
 	pastDeadline bool
@@ -238,12 +319,21 @@ func New(ctx context.Context, store Store, run Runner, cfg Config) (*Queue, erro
 		runningVM: map[string]int{},
 		ds:        map[string]*datastore{},
 	}
+	q.fleet.init()
+	q.sched.init()
 	for i := range q.wait {
 		q.wait[i].Counts = make([]uint64, len(WaitBuckets)+1)
 	}
-	if err := q.recoverLost(ctx); err != nil {
+	if err := q.register(ctx); err != nil {
 		return nil, err
 	}
+	// The clock first: a change made while the rest is read is read again
+	// from Changes, and mirroring is idempotent.
+	clock, err := store.Clock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	q.clock = clock
 	saved, err := store.Datastores(ctx)
 	if err != nil {
 		return nil, err
@@ -258,53 +348,28 @@ func New(ctx context.Context, store Store, run Runner, cfg Config) (*Queue, erro
 	for i := range jobs {
 		q.mirror(jobs[i])
 	}
+	running, err := store.Running(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, j := range running {
+		q.mirrorRemote(j)
+	}
+	if err := q.reap(ctx); err != nil {
+		return nil, err
+	}
 	return q, nil
-}
-
-// recoverLost ends the runs a crash left running: each goes back to the
-// queue with its attempt counted, unless it asked to be cancelled, its VM
-// has a newer queued job (which absorbs it), or it used its last attempt.
-func (q *Queue) recoverLost(ctx context.Context) error {
-	lost, err := q.store.Running(ctx)
-	if err != nil || len(lost) == 0 {
-		return err
-	}
-	queued, err := q.store.Queued(ctx)
-	if err != nil {
-		return err
-	}
-	queuedVM := map[string]int64{}
-	for _, j := range queued {
-		queuedVM[j.VM] = j.ID
-	}
-	now := q.cfg.Now()
-	ts := make([]Transition, len(lost))
-	for i, j := range lost {
-		ts[i] = q.lostOutcome(j, queuedVM[j.VM], now)
-	}
-	results, err := q.store.Apply(ctx, ts)
-	if err != nil {
-		return fmt.Errorf("queue: recover runs left by a crash: %w", err)
-	}
-	for i, r := range results {
-		if r.Err != nil {
-			return fmt.Errorf("queue: recover job %d: %w", ts[i].ID, r.Err)
-		}
-		q.log.Warn("queue: run lost to a crash", "job", r.Job.ID, "vm", r.Job.VM, "attempts", r.Job.Attempts,
-			"crashes", r.Job.Crashes, "now", r.Job.State)
-	}
-	return nil
 }
 
 // lostOutcome decides how a run that never reported its end (its process
 // crashed) ends. queuedID is the VM's queued job, or 0.
 func (q *Queue) lostOutcome(j Job, queuedID int64, now time.Time) Transition {
-	t := Transition{ID: j.ID, From: Running, At: now, Lost: true}
+	t := Transition{ID: j.ID, From: Running, At: now, Lost: true, Holder: j.Holder, Epoch: j.Epoch}
 	crashes := j.Crashes + 1
 	switch {
 	case j.CancelRequested:
 		t.To, t.Err = Cancelled, "queue: cancelled (the run was lost to a crash)"
-	case queuedID != 0:
+	case queuedID != 0 && queuedID != j.ID:
 		t.To, t.MergeInto = Cancelled, queuedID
 		t.Err = fmt.Sprintf("queue: superseded by job %d: the run was lost to a crash", queuedID)
 	case j.Attempts >= q.cfg.MaxAttempts:
@@ -341,11 +406,14 @@ func (q *Queue) datastore(name string) *datastore {
 
 // mirror records a queued job in memory. q.mu must be held.
 func (q *Queue) mirror(j Job) {
+	q.forget(j.ID)
 	e := &entry{Job: j, key: q.key(&j)}
 	for _, name := range j.Datastores() {
 		e.ds = append(e.ds, q.datastore(name))
 	}
 	q.queued[j.ID] = e
+	q.queuedVM[j.VM] = j.ID
+	q.index(e, q.cfg.Now())
 }
 
 func (q *Queue) signal() {
@@ -450,7 +518,7 @@ func (q *Queue) Cancel(ctx context.Context, id int64) error {
 			if e := q.queued[id]; e != nil {
 				done = &e.Job
 			}
-			delete(q.queued, id)
+			q.forget(id)
 			q.stats.cancelled++
 		case Running:
 			if rj := q.running[id]; rj != nil {
@@ -593,6 +661,13 @@ func (q *Queue) Serve(ctx context.Context) error {
 	q.serving = true
 	q.mu.Unlock()
 
+	// The fleet's side (lease, shares, reaping, others' changes) runs
+	// beside the scheduler and ends with it.
+	syncCtx, stopSync := context.WithCancel(ctx)
+	synced := make(chan struct{})
+	go func() { defer close(synced); q.syncLoop(syncCtx) }()
+	defer func() { stopSync(); <-synced }()
+
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for ctx.Err() == nil {
@@ -670,43 +745,42 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 		}
 	}
 	var changes []change
+	kept := q.ended[:0]
 	for _, rj := range q.ended {
-		changes = append(changes, change{t: q.outcome(serveCtx, rj, now), rj: rj})
-	}
-	var eligible []*entry
-	for _, e := range q.queued {
-		if !e.Deadline.IsZero() {
-			if !now.Before(e.Deadline) {
-				changes = append(changes, change{e: e, t: Transition{ID: e.ID, From: Queued, To: Failed, At: now,
-					Err: fmt.Sprintf("%v while queued (deadline %s)", ErrDeadline, e.Deadline.Format(time.RFC3339))}})
-				continue
-			}
-			soonest(e.Deadline)
-		}
-		if r := e.readyAt(); r.After(now) {
-			soonest(r)
+		if rj.leaseLost {
+			// The lease ended under the run: it is no longer this
+			// queue's to report (the store would refuse it); whoever
+			// reaps the lease ends it as lost.
+			delete(q.running, rj.job.ID)
 			continue
 		}
-		if startNew && !q.draining && q.runningVM[e.VM] == 0 && !q.paused(e) {
-			eligible = append(eligible, e)
-		}
+		kept = append(kept, rj)
+		changes = append(changes, change{t: q.outcome(serveCtx, rj, now), rj: rj})
 	}
-	slices.SortFunc(eligible, func(a, b *entry) int {
-		if c := a.key.Compare(b.key); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.ID, b.ID)
-	})
+	q.ended = kept
+	q.checkDrained()
+	expired, at := q.advance(now)
+	if !at.IsZero() {
+		soonest(at)
+	}
+	for _, e := range expired {
+		changes = append(changes, change{e: e, t: Transition{ID: e.ID, From: Queued, To: Failed, At: now,
+			Err: fmt.Sprintf("%v while queued (deadline %s)", ErrDeadline, e.Deadline.Format(time.RFC3339))}})
+	}
 	// Slots are taken now and given back if the write fails.
-	for q.active < q.cfg.MaxScans && len(eligible) > 0 {
-		i := q.pick(eligible, now)
-		if i < 0 {
+	for startNew && !q.draining && q.leaseOK() && q.active < q.cfg.MaxScans {
+		e := q.pick(now)
+		if e == nil {
 			break
 		}
-		e := eligible[i]
-		eligible = slices.Delete(eligible, i, i+1)
+		q.unDue(e)
 		q.take(e.ds, e.VM, 1)
-		changes = append(changes, change{e: e, start: true, t: Transition{ID: e.ID, From: Queued, To: Running, At: now}})
+		slots := make(map[string]int, len(e.ds))
+		for _, d := range e.ds {
+			slots[d.name] = d.cfg.Budget.maxScans()
+		}
+		changes = append(changes, change{e: e, start: true, t: Transition{ID: e.ID, From: Queued, To: Running, At: now,
+			Holder: q.holder, Slots: slots}})
 	}
 	if len(changes) == 0 {
 		q.mu.Unlock()
@@ -719,8 +793,12 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 	results, err := q.store.Apply(wctx, ts)
 	if err != nil {
 		for _, c := range changes {
-			if c.start {
+			switch {
+			case c.start:
 				q.take(c.e.ds, c.e.VM, -1)
+				q.makeDue(c.e)
+			case c.e != nil: // an expiry: look again next time
+				heap.Push(&q.sched.deadlines, c.e)
 			}
 		}
 		q.mu.Unlock()
@@ -768,17 +846,28 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 				finished = append(finished, r.Job)
 			}
 		case c.start:
-			delete(q.queued, c.e.ID)
 			if r.Err != nil {
-				// The store knows better (another writer?): forget the
-				// job rather than run it.
 				q.take(c.e.ds, c.e.VM, -1)
-				q.log.Warn("queue: start refused by the store", "job", c.e.ID, "err", r.Err)
+				switch {
+				case errors.Is(r.Err, ErrNoSlot), errors.Is(r.Err, ErrLeaseLost):
+					// Another appliance took the slot, or our lease is
+					// being renewed: look again after the next sync.
+					c.e.noSlotUntil = now.Add(q.cfg.SyncInterval)
+					soonest(c.e.noSlotUntil)
+					q.makeDue(c.e)
+					q.syncSoon()
+				default:
+					// Another appliance started it, or it changed: the
+					// store knows better, and the next sync says what.
+					q.forget(c.e.ID)
+					q.syncSoon()
+				}
 				continue
 			}
+			q.forget(c.e.ID)
 			q.launch(serveCtx, c.e, r.Job, now)
 		default: // expiry
-			delete(q.queued, c.e.ID)
+			q.forget(c.e.ID)
 			if r.Err == nil {
 				q.stats.failed++
 				finished = append(finished, r.Job)
@@ -799,7 +888,9 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 // q.mu must be held.
 func (q *Queue) take(ds []*datastore, vm string, n int) {
 	for _, d := range ds {
-		d.running += n
+		if d.running += n; d.running == 0 {
+			d.idleAt = time.Now()
+		}
 	}
 	q.active += n
 	if q.runningVM[vm] += n; q.runningVM[vm] <= 0 {
@@ -814,88 +905,6 @@ func (q *Queue) paused(e *entry) bool {
 		}
 	}
 	return false
-}
-
-// pick returns the index in eligible (sorted by key) of the job to start
-// next, or -1 if none fits. See the package documentation for the rule.
-func (q *Queue) pick(eligible []*entry, now time.Time) int {
-	used := map[*datastore]int{}      // slots taken by earlier candidates
-	reserved := map[*datastore]bool{} // held for an earlier blocked job
-	seen := map[*datastore]bool{}     // wanted by an earlier job
-	full := func(d *datastore) bool { return d.running+used[d] >= d.cfg.Budget.maxScans() }
-	closed := 0 // datastores full, paused or reserved: when all are, stop looking
-	for _, d := range q.ds {
-		if full(d) || d.cfg.Paused {
-			closed++
-		}
-	}
-	var cands []int
-	for i, e := range eligible {
-		fits, byFull, byReserved, first := true, false, false, true
-		for _, d := range e.ds {
-			switch {
-			case reserved[d]:
-				fits, byReserved = false, true
-			case full(d):
-				fits, byFull = false, true
-				first = first && !seen[d]
-			}
-		}
-		switch {
-		case fits:
-			for _, d := range e.ds {
-				if used[d]++; full(d) {
-					closed++
-				}
-			}
-			cands = append(cands, i)
-		case byFull && first && !byReserved && now.Sub(e.ageBase()) >= q.cfg.ReserveAfter:
-			// Next in line on every full datastore it needs: hold its
-			// free datastores for it. Jobs blocked by a reservation do
-			// not reserve in turn, so holds never cascade.
-			for _, d := range e.ds {
-				if !full(d) {
-					reserved[d] = true
-					closed++
-				}
-			}
-		}
-		for _, d := range e.ds {
-			seen[d] = true
-		}
-		if closed >= len(q.ds) {
-			break // every datastore is taken: nothing later can fit
-		}
-	}
-	if len(cands) == 0 {
-		return -1
-	}
-	// Candidates are in key order, so the best level is the first's, and
-	// the candidates of that level are a prefix.
-	// The free worker goes first to a job whose datastores run the fewest
-	// scans: a scan on an idle datastore uses budget nobody else can,
-	// while another scan on a busy one mostly shares its rate. Then the
-	// best level, then round-robin from the cursor. Candidates are in key
-	// order, so the first of equal load and level is the best by key.
-	best, bestLoad, bestLevel, bestDist := -1, 0, int64(0), 0
-	for _, i := range cands {
-		e := eligible[i]
-		load, dist := 0, len(q.dsNames)
-		for _, d := range e.ds {
-			load = max(load, d.running)
-			pos, _ := slices.BinarySearch(q.dsNames, d.name)
-			dist = min(dist, (pos-q.rr+len(q.dsNames))%len(q.dsNames))
-		}
-		level := q.level(e, now)
-		switch {
-		case best < 0, load < bestLoad,
-			load == bestLoad && level > bestLevel,
-			load == bestLoad && level == bestLevel && dist < bestDist:
-			best, bestLoad, bestLevel, bestDist = i, load, level, dist
-		}
-	}
-	q.rr = (q.rr + bestDist + 1) % len(q.dsNames)
-	return best
 }
 
 // launch starts the runner of a job whose start is committed; its slots
@@ -917,6 +926,11 @@ func (q *Queue) launch(serveCtx context.Context, e *entry, j Job, now time.Time)
 		cancel = func() { c2(); c1() }
 	}
 	rj.cancel = cancel
+	for _, d := range e.ds {
+		if d.needsShare() {
+			q.syncSoon() // its reads wait for a rate share
+		}
+	}
 	q.wg.Add(1)
 	go q.runJob(jctx, rj)
 }
@@ -965,7 +979,7 @@ func (q *Queue) safeRun(ctx context.Context, j Job, wrap Wrap) (err error) {
 // writes it, so a Cancel acknowledged before is never overtaken by a retry.
 func (q *Queue) outcome(serveCtx context.Context, rj *runningJob, now time.Time) Transition {
 	j, runErr := rj.job, rj.err
-	t := Transition{ID: j.ID, From: Running, At: now}
+	t := Transition{ID: j.ID, From: Running, At: now, Holder: j.Holder, Epoch: j.Epoch}
 	switch {
 	case runErr == nil:
 		t.To = Done
@@ -987,12 +1001,9 @@ func (q *Queue) outcome(serveCtx context.Context, rj *runningJob, now time.Time)
 	if t.To == Queued {
 		// The VM was enqueued again while this run went on: that newer
 		// job is the VM's one queued job, and it takes over.
-		for _, e := range q.queued {
-			if e.VM == j.VM {
-				t.To, t.RetryAt, t.MergeInto = Cancelled, time.Time{}, e.ID
-				t.Err = fmt.Sprintf("queue: superseded by job %d: %s", e.ID, t.Err)
-				break
-			}
+		if id, ok := q.queuedVM[j.VM]; ok {
+			t.To, t.RetryAt, t.MergeInto = Cancelled, time.Time{}, id
+			t.Err = fmt.Sprintf("queue: superseded by job %d: %s", id, t.Err)
 		}
 	}
 	return t

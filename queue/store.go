@@ -73,6 +73,84 @@ type Store interface {
 	// any; SetDatastore saves one.
 	Datastores(ctx context.Context) (map[string]DatastoreConfig, error)
 	SetDatastore(ctx context.Context, name string, cfg DatastoreConfig) error
+
+	// Heartbeat takes or renews holder's lease until ttl from now, by the
+	// store's clock (the database server's, for a shared database). A
+	// holder seen for the first time is registered, under appliance. A
+	// holder whose lease expired, or that Reap ended, gets an error
+	// wrapping ErrLeaseLost: it must stop its runs and come back under
+	// another name.
+	Heartbeat(ctx context.Context, holder, appliance string, ttl time.Duration) error
+
+	// Reap ends the leases that expired, and those of the other holders
+	// of self's appliance (its earlier processes: a restart ends them at
+	// once rather than when they expire), and returns every running job
+	// whose holder's lease is ended, for the caller to end as lost with
+	// Transitions marked Lost. Several callers may reap at once; the
+	// transitions are conditional, so each lost run is ended once.
+	Reap(ctx context.Context, self string) ([]Job, error)
+
+	// Changes returns the jobs changed by writes after the clock value
+	// after (a new job, a merge, any transition, a cancel request), in
+	// commit order, at most limit of them, and the clock value of the last
+	// one returned (after itself when none). The clock counts committed
+	// writes; Clock returns its value now. A fleet's queues follow each
+	// other's writes through it.
+	Changes(ctx context.Context, after int64, limit int) ([]Job, int64, error)
+	Clock(ctx context.Context) (int64, error)
+
+	// Shares takes holder's shares of the datastores' byte and op
+	// budgets; see ShareRequest.
+	Shares(ctx context.Context, holder string, reqs []ShareRequest) ([]Share, error)
+}
+
+// ShareRequest asks for a share of one datastore's rate budget for the
+// holder running Scans scans on it. In one transaction over the fleet's
+// live shares (those of holders whose lease has not ended or expired), the
+// store computes with FairShare
+//
+//	target  = min(Budget × Scans / (Scans + others' scans), Budget − others' shares)
+//	written = max(target, Keep)
+//
+// for bytes and ops alike, records written as the holder's share and
+// returns target. Keep is the rate the holder's limiter runs at when it
+// asks; it sets its limiter to target only after the call. So a holder's
+// limiter never runs above the share recorded for it, the recorded shares
+// never add up to more than the budget, and a share a holder gives up is
+// released in the database one call later than in its limiter. A zero
+// Budget is unlimited (target 0, no limit). Scans and Keep of zero
+// release the share.
+type ShareRequest struct {
+	Datastore string
+	Budget    Budget
+	Scans     int
+	Keep      Share
+}
+
+// FairShare is the rule on ShareRequest, from the other live holders'
+// scans and shares of the datastore.
+func FairShare(r ShareRequest, otherScans int, others Share) (target, written Share) {
+	one := func(budget, other, keep float64) (float64, float64) {
+		if budget <= 0 {
+			return 0, 0
+		}
+		var t float64
+		if r.Scans > 0 {
+			t = min(budget*float64(r.Scans)/float64(r.Scans+max(otherScans, 0)), max(budget-other, 0))
+		}
+		return t, max(t, keep)
+	}
+	target.Datastore, written.Datastore = r.Datastore, r.Datastore
+	target.BytesPerSec, written.BytesPerSec = one(r.Budget.BytesPerSec, others.BytesPerSec, r.Keep.BytesPerSec)
+	target.OpsPerSec, written.OpsPerSec = one(r.Budget.OpsPerSec, others.OpsPerSec, r.Keep.OpsPerSec)
+	return target, written
+}
+
+// Share is a rate granted to one holder on one datastore.
+type Share struct {
+	Datastore   string
+	BytesPerSec float64
+	OpsPerSec   float64
 }
 
 // Transition is a conditional state change.
@@ -89,6 +167,14 @@ type Store interface {
 //     queued job of the same VM with Job.Absorb, in the same transaction;
 //     if that job is no longer queued, the transition is refused with
 //     ErrConflict.
+//   - Leases. To Running, Holder names the taker: its lease must be live
+//     (else ErrLeaseLost); Epoch is set to the job's epoch plus one, and a
+//     scan slot is taken on each of the job's datastores if fewer than
+//     Slots[datastore] (at least 1) are taken over the fleet (else
+//     ErrNoSlot, and nothing changes). From Running, Holder and Epoch must
+//     be the run's (else ErrConflict: the run is not this one), and the
+//     holder's lease must not have been ended, unless Lost (else
+//     ErrLeaseLost); the job's slots are given back.
 type Transition struct {
 	ID       int64
 	From, To State
@@ -104,13 +190,18 @@ type Transition struct {
 	// MergeInto, on Running -> Cancelled, names the VM's queued job that
 	// takes this one over.
 	MergeInto int64
+	// Holder and Epoch fence the transition to one run (see above).
+	Holder string
+	Epoch  int64
+	// Slots, on a start, is the max_scans of each datastore of the job.
+	Slots map[string]int
 }
 
 // Result is the outcome of one Transition in Apply: the job as stored
 // afterwards, or why the transition did not apply.
 type Result struct {
 	Job Job
-	Err error // nil, or wraps ErrConflict or ErrNotFound
+	Err error // nil, or wraps ErrConflict, ErrNotFound, ErrLeaseLost or ErrNoSlot
 }
 
 // DatastoreConfig is what the store keeps about a datastore.

@@ -111,3 +111,11 @@ func (q *Queue) Waiting() []WaitingJob {
 	}
 	return out
 }
+
+// Slots returns how many jobs run now and how many may run at once
+// (Config.MaxScans).
+func (q *Queue) Slots() (running, limit int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.active, q.cfg.MaxScans
+}

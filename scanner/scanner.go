@@ -22,6 +22,7 @@ import (
 	"lukechampine.com/blake3"
 
 	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
 // Defaults of Options.
@@ -270,7 +271,9 @@ func (r *run) volIndex(id string) int {
 // list walks one volume and queues its regular files.
 func (r *run) list(ctx context.Context, vol int, fsys fs.FS, jobs *jobQueue) error {
 	opts := &r.s.opts
-	return fs.WalkDir(fsys, ".", func(name string, d fs.DirEntry, err error) error {
+	// vfs.WalkDir is linear in the entries whatever the tree's shape,
+	// stops at a depth bound and never enters a directory cycle.
+	return vfs.WalkDir(fsys, ".", 0, func(name string, d fs.DirEntry, err error) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -279,8 +282,14 @@ func (r *run) list(ctx context.Context, vol int, fsys fs.FS, jobs *jobQueue) err
 			vpath = "/"
 		}
 		if err != nil {
-			// An unreadable folder (or root): its content is unknown.
-			r.skip(vol, vpath, SkipReadError, err, false)
+			// An unreadable folder (or root): its content is unknown. A
+			// folder past the depth bound is a limit hit; a cycle (an
+			// entry naming an ancestor), like damage, a read error.
+			reason := SkipReadError
+			if errors.Is(err, vfs.ErrDepth) {
+				reason = SkipLimitHit
+			}
+			r.skip(vol, vpath, reason, err, false)
 			return nil
 		}
 		excluded := false

@@ -23,6 +23,7 @@ PACKAGES=(
 	linux-image-cloud-amd64 busybox-static cpio # that guest's kernel and initramfs (testdata/guest.sh)
 	rsyslog rsyslog-openssl                   # a real syslog collector (TCP, TLS, UDP) for the SIEM event tests
 	prometheus                                # promtool: checks and unit-tests deploy/monitoring's rules
+	chromium                                  # headless browser for the console's browser tests (chromedp)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -28,4 +28,4 @@ echo "== go test"
 go test -timeout 30m -count=1 ./...
 
 echo "== go test -race (concurrent packages)"
-go test -race -timeout 30m -count=1 ./snapshot/vfs/ ./snapshot/image/vmdk/ ./snapshot/squashfs/ ./scanner/ ./queue/... ./signatures/... ./internal/httpx/ ./appliance/ ./appliance/events/
+go test -race -timeout 30m -count=1 ./snapshot/vfs/ ./snapshot/image/vmdk/ ./snapshot/image/qcow2/ ./snapshot/squashfs/ ./scanner/ ./queue/... ./signatures/... ./internal/httpx/ ./appliance/ ./appliance/events/

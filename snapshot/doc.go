@@ -8,9 +8,10 @@
 // # Layers
 //
 //   - Image formats (snapshot/image and its subpackages): raw, qcow2 with
-//     backing chains and compressed clusters, VMDK, VHD, VHDX. Detection
-//     tries each format in turn; each says "not mine" with
-//     image.ErrWrongType; raw is what is left.
+//     backing chains and compressed clusters, VMDK, VHD, VHDX, one
+//     registry (formats.go). A declared format is used as declared;
+//     otherwise detection tries each format in turn; each says "not mine"
+//     with image.ErrWrongType; raw is what is left.
 //   - Partition tables (this package): GPT, and MBR with extended and
 //     logical partitions. A disk with no table may hold a file system
 //     directly.
@@ -32,8 +33,25 @@
 //
 // # Safety
 //
-// Every file is opened O_RDONLY. A backing file, parent disk or extent
-// named inside an image is opened only if it lies in the image's own
-// folder (or below) or in a folder the caller allows (Options.AllowedDirs):
-// a snapshot must never make the appliance read its own files.
+// Every file is opened O_RDONLY, and only regular files and block devices
+// are opened (a FIFO is refused before anything is read). A backing file,
+// parent disk or extent named inside an image is opened only if it lies
+// in the image's own folder (or below) or in a folder the caller allows
+// (Options.AllowedDirs): a snapshot must never make the appliance read its
+// own files. The refusal reads the same whether or not the file exists.
+//
+// # Declared formats and named layers
+//
+// A guest owns the bytes of its disk: on a raw disk it can write a qcow2
+// header naming another disk of the datastore as its backing file, and
+// probing by content would then read the other disk. So the format a
+// hypervisor declares is authoritative (Options.Format; "raw" means raw
+// and no header is parsed), and a probed image opens no related file that
+// the caller did not list in Options.Layers, unless Options.
+// AllowUnnamedLayers says so explicitly (ErrUnnamedLayer). Disk.Chain
+// lists every file a disk reads, with an identity for each; the disk's
+// image answers which layer holds each range (image.Image.Map).
+//
+// A panic in a format reader on hostile bytes becomes an error naming the
+// disk, at Disk.Image, the one seam every read passes.
 package snapshot

@@ -39,7 +39,7 @@ func (d *Disk) assembleLVM() {
 			id := "lvm/" + vg.Name + "/" + lv.Name
 			if lv.Reason != "" {
 				d.Volumes = append(d.Volumes, &Volume{ID: id, Offset: -1, Size: lv.Size,
-					Err: fmt.Errorf("%w: %s", ErrUnsupported, lv.Reason)})
+					Err: fmt.Errorf("%s %s: %w: %s", d.Name, id, ErrUnsupported, lv.Reason)})
 				continue
 			}
 			r, err := lv.Open()
@@ -58,7 +58,7 @@ func (d *Disk) assembleLVM() {
 	}
 	for _, v := range d.Volumes {
 		if v.FileSystem == "lvm2" && v.Err != nil && errors.Is(v.Err, ErrUnsupported) {
-			v.Err = errLVMPV
+			v.Err = fmt.Errorf("%s %s: %w", d.Name, v.ID, errLVMPV)
 		}
 	}
 }

@@ -18,30 +18,19 @@ import (
 	"github.com/snapscan/snapscan/snapshot/xfs"
 )
 
-// fileSystems lists the file systems snapscan serves. Each probe reads a
-// magic number; only a file system whose magic matches is opened, so that
-// a damaged one is reported as damaged rather than as unknown.
-var fileSystems = []struct {
-	name  string
-	magic func(r io.ReaderAt, size int64) bool
-	open  func(r io.ReaderAt, size int64) (vfs.FileSystem, error)
-}{
-	{"ext4", func(r io.ReaderAt, size int64) bool { return le16(r, 1024+0x38) == 0xEF53 }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
-		return ext4.New(r, size)
-	}},
-	{"ntfs", func(r io.ReaderAt, size int64) bool { return at(r, 3, "NTFS    ") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
-		return ntfs.New(r, size)
-	}},
-	{"xfs", func(r io.ReaderAt, size int64) bool { return at(r, 0, "XFSB") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
-		return xfs.New(r, size)
-	}},
-	{"fat", isFAT, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return fat.New(r, size) }},
-	{"iso9660", func(r io.ReaderAt, size int64) bool { return at(r, 0x8001, "CD001") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
-		return iso9660.New(r, size)
-	}},
-	{"squashfs", func(r io.ReaderAt, size int64) bool { return at(r, 0, "hsqs") }, func(r io.ReaderAt, size int64) (vfs.FileSystem, error) {
-		return squashfs.New(r, size)
-	}},
+// FileSystems is the registry of the file systems snapscan serves, in the
+// order volumes are probed. Each constructor says "not mine" with an error
+// wrapping vfs.ErrWrongType and nothing else: a volume whose magic matches
+// but whose file system is damaged is reported as damaged, not as unknown.
+// The file systems read the volume's reader without owning it; the Disk
+// owns everything under them and closes it.
+var FileSystems = []vfs.Kind{
+	{Name: "ext4", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return ext4.New(r, size) }},
+	{Name: "ntfs", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return ntfs.New(r, size) }},
+	{Name: "xfs", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return xfs.New(r, size) }},
+	{Name: "fat", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return fat.New(r, size) }},
+	{Name: "iso9660", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return iso9660.New(r, size) }},
+	{Name: "squashfs", New: func(r io.ReaderAt, size int64) (vfs.FileSystem, error) { return squashfs.New(r, size) }},
 }
 
 // unsupported recognises content that holds no files snapscan can read.
@@ -79,15 +68,6 @@ func at(r io.ReaderAt, off int64, magic string) bool {
 	return n == len(b) && string(b) == magic
 }
 
-// le16 reads a little-endian uint16 at off, or 0.
-func le16(r io.ReaderAt, off int64) uint16 {
-	var b [2]byte
-	if n, _ := r.ReadAt(b[:], off); n != 2 {
-		return 0
-	}
-	return binary.LittleEndian.Uint16(b[:])
-}
-
 // findVolumes reads the partition table (if any) and probes every
 // partition, then assembles LVM2 volume groups from the physical volumes
 // found.
@@ -114,7 +94,7 @@ func (d *Disk) findVolumes() {
 					Err: fmt.Errorf("%s %s: partition (bytes %d to %d) lies outside the %d-byte disk", d.Name, id, p.start, p.start+p.size, size)})
 			case p.skip != "":
 				d.Volumes = append(d.Volumes, &Volume{ID: id, Offset: p.start, Size: p.size, PartType: p.typ,
-					r: io.NewSectionReader(r, p.start, p.size), Err: fmt.Errorf("%w: %s: %w", ErrUnsupported, p.skip, ErrNoFiles)})
+					r: io.NewSectionReader(r, p.start, p.size), Err: fmt.Errorf("%s %s: %w: %s: %w", d.Name, id, ErrUnsupported, p.skip, ErrNoFiles)})
 			default:
 				v := d.probe(id, io.NewSectionReader(r, p.start, p.size), p.start, p.size)
 				v.PartType = p.typ
@@ -130,24 +110,19 @@ func (d *Disk) findVolumes() {
 	sortVolumes(d.Volumes)
 }
 
-// probe finds what a volume holds and serves it.
+// probe finds what a volume holds and serves it. Errors name the disk and
+// the volume once; the file system's own error says the rest.
 func (d *Disk) probe(id string, r io.ReaderAt, off, size int64) *Volume {
 	v := &Volume{ID: id, Offset: off, Size: size, r: r}
 	where := d.Name + " " + id
-	for _, f := range fileSystems {
-		if !f.magic(r, size) {
-			continue
-		}
-		v.FileSystem = f.name
-		fsys, err := openFS(f.open, r, size)
-		if err != nil {
-			v.Err = fmt.Errorf("%s: %s: %w", where, f.name, err)
-			return v
-		}
+	kind, fsys, err := vfs.Detect(r, size, FileSystems)
+	switch {
+	case err == nil:
+		v.FileSystem = kind.Name
 		if t, ok := fsys.(interface{ Type() fat.Type }); ok {
 			v.FileSystem = strings.ToLower(t.Type().String()) // fat12, fat16, fat32
 		}
-		if f.name == "ext4" {
+		if kind.Name == "ext4" {
 			v.FileSystem = extVersion(r) // ext2, ext3 or ext4
 		}
 		if l, ok := fsys.(vfs.Labeler); ok {
@@ -155,40 +130,33 @@ func (d *Disk) probe(id string, r io.ReaderAt, off, size int64) *Volume {
 		}
 		v.FS = vfs.New(fsys, fmt.Sprintf("%s %s (%s)", filepath.Base(d.Name), id, v.FileSystem))
 		return v
+	case !errors.Is(err, vfs.ErrWrongType):
+		v.FileSystem = kind.Name
+		v.Err = fmt.Errorf("%s: %w", where, err)
+		return v
 	}
 	if isLVMPV(r) {
 		v.FileSystem = "lvm2"
-		v.Err = errLVMPV
+		v.Err = fmt.Errorf("%s: %w", where, errLVMPV)
 		return v
 	}
 	for _, u := range unsupported {
 		if u.magic(r, size) {
 			v.FileSystem = u.name
 			if u.name == "swap" {
-				v.Err = fmt.Errorf("%w: %s: %w", ErrUnsupported, u.reason, ErrNoFiles)
+				v.Err = fmt.Errorf("%s: %w: %s: %w", where, ErrUnsupported, u.reason, ErrNoFiles)
 			} else {
-				v.Err = fmt.Errorf("%w: %s", ErrUnsupported, u.reason)
+				v.Err = fmt.Errorf("%s: %w: %s", where, ErrUnsupported, u.reason)
 			}
 			return v
 		}
 	}
 	if allZero(r) {
-		v.Err = fmt.Errorf("%w: empty (the first sectors are all zeros): %w", ErrUnsupported, ErrNoFiles)
+		v.Err = fmt.Errorf("%s: %w: empty (the first sectors are all zeros): %w", where, ErrUnsupported, ErrNoFiles)
 		return v
 	}
-	v.Err = fmt.Errorf("%w: no known file system", ErrUnsupported)
+	v.Err = fmt.Errorf("%s: %w: no known file system", where, ErrUnsupported)
 	return v
-}
-
-// openFS opens a file system, turning a panic in a reader of hostile
-// bytes into an error.
-func openFS(open func(io.ReaderAt, int64) (vfs.FileSystem, error), r io.ReaderAt, size int64) (fsys vfs.FileSystem, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			fsys, err = nil, fmt.Errorf("reader failed on corrupt input: %v", p)
-		}
-	}()
-	return open(r, size)
 }
 
 // extVersion names an ext file system by its features, as blkid does:
@@ -215,16 +183,6 @@ func extVersion(r io.ReaderAt) string {
 		return "ext3"
 	}
 	return "ext2"
-}
-
-// isFAT recognises a FAT boot sector: a jump instruction and a BIOS
-// parameter block with a sane geometry. fat.New validates the rest.
-func isFAT(r io.ReaderAt, size int64) bool {
-	var b [512]byte
-	if n, _ := r.ReadAt(b[:], 0); n != len(b) {
-		return false
-	}
-	return looksLikeBootSector(b[:]) && string(b[3:11]) != "NTFS    " && string(b[3:11]) != "EXFAT   " && string(b[3:11]) != "-FVE-FS-"
 }
 
 func allZero(r io.ReaderAt) bool {

@@ -7,6 +7,9 @@
 # $OUT/gzip.sqfs     mksquashfs defaults (gzip, 128 KiB blocks, fragments)
 # $OUT/zstd.sqfs     -comp zstd
 # $OUT/xz.sqfs       -comp xz -b 1M
+# $OUT/zstd-4k.sqfs, xz-4k.sqfs  -comp zstd / xz -b 4096: metadata blocks
+#                    (8 KiB) expand to more than a data block (issue 10.10:
+#                    the 300-entry src/wide listing was refused)
 # $OUT/lz4.sqfs      -comp lz4 -no-fragments (refused: not supported)
 # $OUT/lzo.sqfs      -comp lzo (refused: not supported)
 # $OUT/small.sqfs    gzip image of $OUT/small.src, for the fuzz seed
@@ -70,6 +73,8 @@ mk() { # mk OUTPUT SOURCE ARGS...
 mk gzip.sqfs src
 mk zstd.sqfs src -comp zstd
 mk xz.sqfs src -comp xz -b 1M
+mk zstd-4k.sqfs src -comp zstd -b 4096
+mk xz-4k.sqfs src -comp xz -b 4096
 mk lz4.sqfs src -comp lz4 -no-fragments
 mk lzo.sqfs src -comp lzo
 mk small.sqfs small.src

@@ -179,7 +179,7 @@ type Scan struct {
 	JobID int64  `json:"job_id"`
 	VM    string `json:"vm"`
 	// Status is the outcome; Incomplete counts what was not scanned, by
-	// reason (the scanner's skip reasons, "volume_unreadable",
+	// reason (the scanner's skip reasons, "volume_error",
 	// "time_limit"), and is empty for a scan that read everything.
 	Status     Status           `json:"status"`
 	Incomplete map[string]int64 `json:"incomplete"`

@@ -13,11 +13,10 @@ func init() {
 }
 
 func runCat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("cat", "cat [--allow-dir DIR]... IMAGE VOLUME PATH",
+	f := newFlags("cat", "cat [--format FMT] [--layer FILE]... [--allow-unnamed-layers] [--allow-dir DIR]... IMAGE VOLUME PATH",
 		"Writes the bytes of the file PATH (e.g. /etc/hosts, or /file.txt:stream for an NTFS\n"+
 			"alternate data stream) of volume VOLUME (an id from 'snapscan ls': p1, disk, lvm/vg/lv) to stdout.", stderr)
-	var allow stringList
-	f.Var(&allow, "allow-dir", "also allow backing files and extents from `DIR` (repeatable)")
+	diskOpts := diskFlags(f)
 	pos, err := parse(f, args)
 	if err != nil {
 		return err
@@ -26,7 +25,7 @@ func runCat(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		f.Usage()
 		return usageError("want IMAGE VOLUME PATH, got %d arguments", len(pos))
 	}
-	d, err := snapshot.Open(pos[0], &snapshot.Options{AllowedDirs: allow})
+	d, err := snapshot.Open(pos[0], diskOpts())
 	if err != nil {
 		return err
 	}
@@ -36,11 +35,11 @@ func runCat(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	if v.FS == nil {
-		return fmt.Errorf("%s %s: %w", pos[0], v.ID, v.Err)
+		return v.Err // names the disk and the volume
 	}
 	file, err := v.FS.Open(volumePath(pos[2]))
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", pos[0], v.ID, err)
+		return err // the volume's label names the disk and the volume
 	}
 	defer file.Close()
 	info, err := file.Stat()

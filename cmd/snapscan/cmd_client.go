@@ -392,11 +392,13 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func runFindings(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("findings", "findings [--vm NAME] [--rule RULE] [--scan ID] [--since TIME] [--until TIME] [--json]",
-		"Lists findings, oldest first, filtered by VM, rule, scan and time (RFC 3339).", stderr)
+	f := newFlags("findings", "findings [--vm NAME] [--datastore DS] [--rule RULE] [--tag TAG] [--scan ID] [--since TIME] [--until TIME] [--json]",
+		"Lists findings, oldest first, filtered by VM, datastore, rule, tag, scan and time (RFC 3339).", stderr)
 	newClient := clientFlags(f)
 	vm := f.String("vm", "", "only VM `NAME`")
 	rule := f.String("rule", "", "only `RULE`")
+	datastore := f.String("datastore", "", "only findings on `DATASTORE`")
+	tag := f.String("tag", "", "only rules with `TAG`")
 	scan := f.String("scan", "", "only scan `ID`")
 	since := f.String("since", "", "found at or after `TIME`")
 	until := f.String("until", "", "found before `TIME`")
@@ -414,7 +416,7 @@ func runFindings(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	q := url.Values{}
-	for k, v := range map[string]string{"vm": *vm, "rule": *rule, "scan": *scan, "since": *since, "until": *until} {
+	for k, v := range map[string]string{"vm": *vm, "rule": *rule, "datastore": *datastore, "tag": *tag, "scan": *scan, "since": *since, "until": *until} {
 		if v != "" {
 			q.Set(k, v)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/snapscan/snapscan/snapshot"
 	"github.com/snapscan/snapscan/snapshot/image"
+	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
 func init() {
@@ -89,7 +90,7 @@ func runLs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if v.FS == nil {
 			continue
 		}
-		err := fs.WalkDir(v.FS, ".", func(p string, e fs.DirEntry, err error) error {
+		err := vfs.WalkDir(v.FS, ".", 0, func(p string, e fs.DirEntry, err error) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}

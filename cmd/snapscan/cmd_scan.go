@@ -61,14 +61,14 @@ Examples:
 
 func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("scan", "scan --rules PATH [--rules PATH]... [flags] TARGET...", scanHelp, stderr)
-	var rules, excludes, allow stringList
+	var rules, excludes stringList
 	f.Var(&rules, "rules", "YARA rule file, folder of .yar/.yara files, or compiled rules (repeatable, required)")
 	f.Var(&excludes, "exclude", "skip files and folders matching `GLOB` inside a volume, as in .gitignore: a pattern\nwithout '/' matches at any depth ('*.vhdx', 'eicar.com'), a leading or inner '/'\nanchors at the volume's root ('/var/lib/pacemaker'), a trailing '/' matches folders\nonly ('cache/'), '**' any number of folders (repeatable; a pattern that matches\nnothing in the whole run is warned about)")
 	var tags, skipTags stringList
 	f.Var(&tags, "tags", "report only rules with one of these `TAGS` (comma-separated, repeatable)")
 	f.Var(&skipTags, "skip-tags", "never report rules with any of these `TAGS` (comma-separated, repeatable; wins over --tags)")
 	showStrings := f.Bool("show-strings", false, "print what each rule matched: offset, string identifier and the bytes, escaped\nand at most 128 of them (--json always carries them)")
-	f.Var(&allow, "allow-dir", "also allow backing files and extents of images from `DIR` (repeatable)")
+	diskOpts := diskFlags(f) // --format, --layer, --allow-unnamed-layers, --allow-dir
 	maxSize := f.String("max-file-size", "", "do not scan files larger than `SIZE` (units KB, MB, GB, KiB, MiB, GiB); they make\nthe scan incomplete (default: no limit but --spool-size)")
 	spoolDir := f.String("spool-dir", "", "folder for spool copies of files over the memory window (default $TMPDIR or /tmp)")
 	spoolSize := f.String("spool-size", "16GiB", "bound on the spool copies held at once: larger files are not scanned (`SIZE`)")
@@ -142,7 +142,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if ctx.Err() != nil {
 			break
 		}
-		tr := scanTarget(ctx, sc, target, allow)
+		tr := scanTarget(ctx, sc, target, diskOpts())
 		prog.clear()
 		if tr.Error != "" {
 			failed = true
@@ -239,7 +239,7 @@ type scanOutput struct {
 
 // scanTarget opens and scans one target; its errors are recorded in the
 // report, never returned, so that the other targets are still scanned.
-func scanTarget(ctx context.Context, sc *scanner.Scanner, target string, allow []string) targetReport {
+func scanTarget(ctx context.Context, sc *scanner.Scanner, target string, opts *snapshot.Options) targetReport {
 	tr := targetReport{Target: target, Volumes: []scanner.VolumeReport{}}
 	var t scanner.Target
 	fi, statErr := os.Stat(target)
@@ -248,7 +248,7 @@ func scanTarget(ctx context.Context, sc *scanner.Scanner, target string, allow [
 		tr.Format = "dir"
 		t = scanner.FolderTarget(target)
 	default:
-		d, err := snapshot.Open(target, &snapshot.Options{AllowedDirs: allow})
+		d, err := snapshot.Open(target, opts)
 		// A plain file is scanned as itself: one too small to hold a
 		// partition table, or one that opens only as a raw disk with
 		// nothing known on it. A file in an image format that fails to

@@ -55,6 +55,9 @@ type Config struct {
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 	// Mounts maps datastore names to local mount points (vsphere).
 	Mounts map[string]string `yaml:"mounts"`
+	// Tags reads vSphere tags (vCenter only), for selections and groups
+	// by tag.
+	Tags bool `yaml:"tags"`
 
 	// Timeout bounds each call to the hypervisor.
 	Timeout time.Duration `yaml:"timeout"`
@@ -72,8 +75,8 @@ func (c Config) Validate() error {
 	}
 	switch c.Type {
 	case "libvirt":
-		if c.URL != "" || c.UsernameFile != "" || c.PasswordFile != "" || len(c.Mounts) > 0 {
-			return fmt.Errorf("connector %s: url, credentials and mounts are vsphere settings", c.Name)
+		if c.URL != "" || c.UsernameFile != "" || c.PasswordFile != "" || len(c.Mounts) > 0 || c.Tags {
+			return fmt.Errorf("connector %s: url, credentials, mounts and tags are vsphere settings", c.Name)
 		}
 	case "vsphere":
 		if c.URL == "" || c.UsernameFile == "" || c.PasswordFile == "" {
@@ -110,7 +113,7 @@ func Open(ctx context.Context, c Config, log *slog.Logger) (connector.Connector,
 			return nil, fmt.Errorf("connector %s: %w", c.Name, err)
 		}
 		return vsphere.Dial(ctx, vsphere.Config{URL: c.URL, Username: user, Password: pass, CAFile: c.CAFile,
-			Insecure: c.InsecureSkipVerify, Mounts: c.Mounts, Timeout: c.Timeout, Log: log})
+			Insecure: c.InsecureSkipVerify, Mounts: c.Mounts, Tags: c.Tags, Timeout: c.Timeout, Log: log})
 	}
 }
 

@@ -145,6 +145,9 @@ func (c *Connector) Close() error { return c.l.Disconnect() }
 // Files reads the host's files, through Config.PathMap.
 func (c *Connector) Files() connector.Files { return localFiles{c.cfg.PathMap} }
 
+// LocalPath maps a host path through Config.PathMap.
+func (c *Connector) LocalPath(path string) (string, error) { return mapPath(c.cfg.PathMap, path), nil }
+
 // List returns every VM libvirtd defines or runs.
 func (c *Connector) List(ctx context.Context) ([]connector.VM, error) {
 	if err := ctx.Err(); err != nil {

@@ -132,7 +132,8 @@ func readPlanted(t *testing.T, e *testEnv, fd connector.FrozenDisk, upTo int) in
 	if top.Format != "qcow2" {
 		t.Fatalf("frozen top %+v: want qcow2", top)
 	}
-	disk, err := snapshot.Open(top.Path, nil)
+	// Opened as the appliance does: the declared format and chain only.
+	disk, err := snapshot.Open(top.Path, &snapshot.Options{Format: top.Format, Layers: fd.Paths()})
 	if err != nil {
 		t.Fatal(err)
 	}

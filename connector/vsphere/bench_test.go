@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/snapscan/snapscan/connector"
+	"github.com/snapscan/snapscan/connector/vsphere/vspheretest"
 	"github.com/snapscan/snapscan/snapshot"
 )
 
@@ -17,19 +18,19 @@ import (
 // Reported: freeze-to-released-ms for each, and their ratio.
 // bench/connector.sh runs it.
 func BenchmarkFreezeScanRelease(b *testing.B) {
-	s := newSimTB(b)
+	s := vspheretest.New(b)
 	ctx := context.Background()
 	var took [2]time.Duration
 	for i := 0; i < b.N; i++ {
 		for j, mounted := range []bool{true, false} {
-			c := s.dialTB(b, mounted)
+			c := dialTB(b, s, mounted)
 			vm := listed(b, c, vmName)
 			start := time.Now()
 			f, err := c.Freeze(ctx, vm.ID, connector.Options{})
 			if err != nil {
 				b.Fatal(err)
 			}
-			s.guestWrite(b, vmName, 30<<20, 64<<10, byte(i))
+			s.GuestWrite(b, vmName, 30<<20, 64<<10, byte(i))
 			file, err := c.Files().Open(ctx, f.Disks[0].Top().Path)
 			if err != nil {
 				b.Fatal(err)

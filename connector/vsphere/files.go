@@ -24,6 +24,24 @@ func (c *Connector) Files() connector.Files { return files{c} }
 
 type files struct{ c *Connector }
 
+// LocalPath maps "[ds] folder/file" through Config.Mounts; a datastore
+// with no mount is an error.
+func (c *Connector) LocalPath(path string) (string, error) {
+	var p object.DatastorePath
+	if !p.FromString(path) || p.Datastore == "" {
+		return "", fmt.Errorf("%q is not a datastore path", path)
+	}
+	dir, ok := c.cfg.Mounts[p.Datastore]
+	if !ok {
+		return "", fmt.Errorf("datastore %s is not mounted here (vsphere mounts)", p.Datastore)
+	}
+	local := filepath.Join(dir, filepath.FromSlash(p.Path))
+	if rel, err := filepath.Rel(dir, local); err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("%q leaves datastore %s", path, p.Datastore)
+	}
+	return local, nil
+}
+
 func (f files) Open(ctx context.Context, path string) (connector.File, error) {
 	c := f.c
 	var p object.DatastorePath

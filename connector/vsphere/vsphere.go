@@ -57,6 +57,8 @@ import (
 	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/session"
 	gtask "github.com/vmware/govmomi/task"
+	"github.com/vmware/govmomi/vapi/rest"
+	"github.com/vmware/govmomi/vapi/tags"
 	"github.com/vmware/govmomi/view"
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/methods"
@@ -88,6 +90,10 @@ type Config struct {
 	// Retries is how many times a failed HTTP range request is tried
 	// again (3 when zero; a negative value means none).
 	Retries int
+	// Tags reads each VM's vSphere tags (as "category/tag") through
+	// vCenter's REST API; a List that cannot read them fails rather than
+	// select VMs by tag from nothing. ESXi alone has no tags.
+	Tags bool
 	// Log receives what the connector does; nil discards.
 	Log *slog.Logger
 }
@@ -99,6 +105,7 @@ type Connector struct {
 	endpoint string
 	vc       *vim25.Client
 	sm       *session.Manager
+	rc       *rest.Client // vAPI session for tags, when Config.Tags
 	log      *slog.Logger
 
 	mu   sync.Mutex
@@ -151,13 +158,52 @@ func Dial(ctx context.Context, cfg Config) (*Connector, error) {
 	if err := c.sm.Login(cctx, url.UserPassword(cfg.Username, cfg.Password)); err != nil {
 		return nil, c.fail("login", "", "", err)
 	}
+	if cfg.Tags {
+		c.rc = rest.NewClient(vc)
+		if err := c.rc.Login(cctx, url.UserPassword(cfg.Username, cfg.Password)); err != nil {
+			c.sm.Logout(cctx)
+			return nil, c.fail("login (tags)", "", "", err)
+		}
+	}
 	return c, nil
+}
+
+// tags reads the tags attached to refs, as "category/tag".
+func (c *Connector) tags(ctx context.Context, refs []mo.Reference) (map[types.ManagedObjectReference][]string, error) {
+	out := map[types.ManagedObjectReference][]string{}
+	if c.rc == nil || len(refs) == 0 {
+		return out, nil
+	}
+	m := tags.NewManager(c.rc)
+	attached, err := m.GetAttachedTagsOnObjects(ctx, refs)
+	if err != nil {
+		return nil, c.fail("list tags", "", "", err)
+	}
+	cats := map[string]string{}
+	for _, a := range attached {
+		ref := a.ObjectID.Reference()
+		for _, t := range a.Tags {
+			name, ok := cats[t.CategoryID]
+			if !ok {
+				if cat, err := m.GetCategory(ctx, t.CategoryID); err == nil {
+					name = cat.Name
+				}
+				cats[t.CategoryID] = name
+			}
+			out[ref] = append(out[ref], name+"/"+t.Name)
+		}
+		sort.Strings(out[ref])
+	}
+	return out, nil
 }
 
 // Close logs out.
 func (c *Connector) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
 	defer cancel()
+	if c.rc != nil {
+		c.rc.Logout(ctx)
+	}
 	return c.sm.Logout(ctx)
 }
 
@@ -183,9 +229,19 @@ func (c *Connector) List(ctx context.Context) ([]connector.VM, error) {
 	if err != nil {
 		return nil, err
 	}
+	refs := make([]mo.Reference, len(vms))
+	for i := range vms {
+		refs[i] = vms[i].Self
+	}
+	tagged, err := c.tags(ctx, refs)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]connector.VM, 0, len(vms))
 	for i := range vms {
-		out = append(out, c.describe(&vms[i], paths))
+		vm := c.describe(&vms[i], paths)
+		vm.Tags = tagged[vms[i].Self]
+		out = append(out, vm)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil

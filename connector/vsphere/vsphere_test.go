@@ -5,53 +5,45 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"io"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vapi/rest"
+	"github.com/vmware/govmomi/vapi/tags"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/snapscan/snapscan/connector"
 	"github.com/snapscan/snapscan/connector/connectortest"
 	"github.com/snapscan/snapscan/connector/vsphere"
+	"github.com/snapscan/snapscan/connector/vsphere/vspheretest"
 	"github.com/snapscan/snapscan/snapshot"
 )
 
 const vmName = "DC0_C0_RP0_VM0"
 
-func (s *sim) caFile(t testing.TB) string {
+func dial(t *testing.T, s *vspheretest.Sim, mounted bool) *vsphere.Connector {
 	t.Helper()
-	cert := s.srv.Certificate()
-	if cert == nil {
-		t.Fatal("vcsim serves no TLS certificate")
-	}
-	p := filepath.Join(s.dir, "..", "snapscan-ca.pem")
-	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func (s *sim) dial(t *testing.T, mounted bool) *vsphere.Connector {
-	t.Helper()
-	c := s.dialTB(t, mounted)
+	c := dialTB(t, s, mounted)
 	t.Cleanup(func() { c.Close() })
 	return c
 }
 
 // dialTB connects; the caller closes.
-func (s *sim) dialTB(t testing.TB, mounted bool) *vsphere.Connector {
+func dialTB(t testing.TB, s *vspheretest.Sim, mounted bool) *vsphere.Connector {
 	t.Helper()
-	cfg := vsphere.Config{URL: s.url.String(), Username: simUser, Password: simPass, CAFile: s.caFile(t), Timeout: 20 * time.Second}
+	cfg := vsphere.Config{URL: s.URL.String(), Username: vspheretest.User, Password: vspheretest.Password, CAFile: s.CAFile(t), Timeout: 20 * time.Second}
 	if mounted {
-		cfg.Mounts = map[string]string{s.ds: s.dir}
+		cfg.Mounts = map[string]string{s.DS: s.Dir}
 	}
 	c, err := vsphere.Dial(context.Background(), cfg)
 	if err != nil {
@@ -78,7 +70,7 @@ func listed(t testing.TB, c connector.Connector, name string) connector.VM {
 // scanFrozen opens a frozen disk's top layer through the connector's Files
 // (a local mount or HTTP range reads), as the appliance will, and checks
 // the planted files.
-func scanFrozen(t *testing.T, s *sim, c connector.Connector, fd connector.FrozenDisk) {
+func scanFrozen(t *testing.T, s *vspheretest.Sim, c connector.Connector, fd connector.FrozenDisk) {
 	t.Helper()
 	top := fd.Top()
 	if top.Format != "vmdk" {
@@ -89,7 +81,8 @@ func scanFrozen(t *testing.T, s *sim, c connector.Connector, fd connector.Frozen
 		t.Fatal(err)
 	}
 	defer f.Close()
-	disk, err := snapshot.New(f, f.Size(), "", nil)
+	// The declared format; no related file may be opened ("" as name).
+	disk, err := snapshot.New(f, f.Size(), "", &snapshot.Options{Format: top.Format})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +91,7 @@ func scanFrozen(t *testing.T, s *sim, c connector.Connector, fd connector.Frozen
 	if err != nil || v.Err != nil {
 		t.Fatalf("volume: %v %v", err, v.Err)
 	}
-	for path, sum := range s.planted {
+	for path, sum := range s.Planted {
 		b, err := fs.ReadFile(v.FS, path)
 		if err != nil {
 			t.Fatalf("planted %s: %v", path, err)
@@ -124,14 +117,44 @@ func readAt(t *testing.T, path string, off, n int64) []byte {
 }
 
 func TestList(t *testing.T) {
-	s := newSim(t)
-	c := s.dial(t, false)
+	s := vspheretest.New(t)
+	ctx := context.Background()
+	// Tag the VM through vCenter's tagging API (vcsim's vapi simulator).
+	vc, err := govmomi.NewClient(ctx, &url.URL{Scheme: s.URL.Scheme, Host: s.URL.Host, Path: "/sdk", User: url.UserPassword(vspheretest.User, vspheretest.Password)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := rest.NewClient(vc.Client)
+	if err := rc.Login(ctx, url.UserPassword(vspheretest.User, vspheretest.Password)); err != nil {
+		t.Fatal(err)
+	}
+	tm := tags.NewManager(rc)
+	cat, err := tm.CreateCategory(ctx, &tags.Category{Name: "cluster", Cardinality: "MULTIPLE"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := tm.CreateTag(ctx, &tags.Tag{Name: "pacemaker-a", CategoryID: cat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tm.AttachTag(ctx, tag, s.VM(t, vmName).Reference()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := vsphere.Config{URL: s.URL.String(), Username: vspheretest.User, Password: vspheretest.Password, CAFile: s.CAFile(t), Tags: true}
+	c, err := vsphere.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	vm := listed(t, c, vmName)
+	if strings.Join(vm.Tags, ",") != "cluster/pacemaker-a" || len(listed(t, c, "DC0_C0_RP0_VM1").Tags) != 0 {
+		t.Fatalf("tags = %v", vm.Tags)
+	}
 	if vm.Power != connector.PoweredOn || vm.Folder != "/DC0/vm" || vm.ID == "" || len(vm.Disks) != 1 {
 		t.Fatalf("VM = %+v", vm)
 	}
 	d := vm.Disks[0]
-	if d.Datastore != s.ds || d.Size != 32<<20 || len(d.Layers) != 1 || d.Layers[0].Format != "vmdk" || !strings.HasPrefix(d.Layers[0].Path, "["+s.ds+"] ") || d.Independent {
+	if d.Datastore != s.DS || d.Size != 32<<20 || len(d.Layers) != 1 || d.Layers[0].Format != "vmdk" || !strings.HasPrefix(d.Layers[0].Path, "["+s.DS+"] ") || d.Independent {
 		t.Fatalf("disk = %+v", d)
 	}
 }
@@ -140,8 +163,8 @@ func TestFreezeScanRelease(t *testing.T) {
 	for _, mounted := range []bool{true, false} {
 		name := map[bool]string{true: "mounted datastore", false: "HTTP range reads"}[mounted]
 		t.Run(name, func(t *testing.T) {
-			s := newSim(t)
-			c := s.dial(t, mounted)
+			s := vspheretest.New(t)
+			c := dial(t, s, mounted)
 			ctx := context.Background()
 			vm := listed(t, c, vmName)
 			base := vm.Disks[0].Top().Path
@@ -153,14 +176,14 @@ func TestFreezeScanRelease(t *testing.T) {
 			if f.InPlace || len(f.Disks) != 1 || f.Disks[0].Top().Path != base {
 				t.Fatalf("freeze = %+v, want the former top %s frozen", f, base)
 			}
-			if s.top(t, vmName) == base {
+			if s.Top(t, vmName) == base {
 				t.Fatal("the VM still writes to the frozen file")
 			}
-			sum0 := sha(t, s.local(t, base))
+			sum0 := sha(t, s.Local(t, base))
 			// The guest writes while the frozen view is read.
-			s.guestWrite(t, vmName, 30<<20, 64<<10, 0x5a)
+			s.GuestWrite(t, vmName, 30<<20, 64<<10, 0x5a)
 			scanFrozen(t, s, c, f.Disks[0])
-			if sha(t, s.local(t, base)) != sum0 {
+			if sha(t, s.Local(t, base)) != sum0 {
 				t.Fatal("the frozen file changed while frozen")
 			}
 			r, err := c.Release(ctx, f)
@@ -172,10 +195,10 @@ func TestFreezeScanRelease(t *testing.T) {
 			if len(after.Disks[0].Layers) != 1 || after.Disks[0].Top().Path != base {
 				t.Fatalf("disk after release %+v, want %s again", after.Disks[0], base)
 			}
-			if got := readAt(t, s.local(t, base), 30<<20, 64<<10); !bytes.Equal(got, bytes.Repeat([]byte{0x5a}, 64<<10)) {
+			if got := readAt(t, s.Local(t, base), 30<<20, 64<<10); !bytes.Equal(got, bytes.Repeat([]byte{0x5a}, 64<<10)) {
 				t.Fatal("the guest's write was not consolidated into the base disk")
 			}
-			if left, _ := filepath.Glob(filepath.Join(filepath.Dir(s.local(t, base)), "*-0000*.vmdk")); len(left) != 0 {
+			if left, _ := filepath.Glob(filepath.Join(filepath.Dir(s.Local(t, base)), "*-0000*.vmdk")); len(left) != 0 {
 				t.Fatalf("delta disks left: %v", left)
 			}
 			if _, err := c.Release(ctx, f); err != nil {
@@ -196,10 +219,10 @@ func sha(t *testing.T, path string) string {
 }
 
 func TestChanges(t *testing.T) {
-	s := newSim(t)
-	c := s.dial(t, true)
+	s := vspheretest.New(t)
+	c := dial(t, s, true)
 	ctx := context.Background()
-	svm := s.vm(t, vmName)
+	svm := s.VM(t, vmName)
 	svm.Config.ChangeTrackingEnabled = types.NewBool(true)
 	vm := listed(t, c, vmName)
 	if !vm.Disks[0].ChangeTracking {
@@ -209,7 +232,7 @@ func TestChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.guestWrite(t, vmName, 20<<20, 128<<10, 0x11)
+	s.GuestWrite(t, vmName, 20<<20, 128<<10, 0x11)
 	if _, err := c.Release(ctx, f1); err != nil {
 		t.Fatal(err)
 	}
@@ -242,16 +265,16 @@ func TestChanges(t *testing.T) {
 }
 
 func TestFaults(t *testing.T) {
-	s := newSim(t)
+	s := vspheretest.New(t)
 	ctx := context.Background()
 	t.Run("wrong credentials", func(t *testing.T) {
-		_, err := vsphere.Dial(ctx, vsphere.Config{URL: s.url.String(), Username: simUser, Password: "wrong", CAFile: s.caFile(t)})
+		_, err := vsphere.Dial(ctx, vsphere.Config{URL: s.URL.String(), Username: vspheretest.User, Password: "wrong", CAFile: s.CAFile(t)})
 		if !errors.Is(err, connector.ErrAuth) || !connector.IsPermanent(err) {
 			t.Fatalf("err = %v", err)
 		}
 	})
 	t.Run("certificate not trusted", func(t *testing.T) {
-		_, err := vsphere.Dial(ctx, vsphere.Config{URL: s.url.String(), Username: simUser, Password: simPass})
+		_, err := vsphere.Dial(ctx, vsphere.Config{URL: s.URL.String(), Username: vspheretest.User, Password: vspheretest.Password})
 		if !errors.Is(err, connector.ErrRefused) || !connector.IsPermanent(err) || !strings.Contains(err.Error(), "certificate") {
 			t.Fatalf("err = %v, want TLS verification to refuse vcsim's self-signed certificate", err)
 		}
@@ -263,16 +286,16 @@ func TestFaults(t *testing.T) {
 		}
 		addr := l.Addr().String()
 		l.Close()
-		_, err = vsphere.Dial(ctx, vsphere.Config{URL: "https://" + addr + "/sdk", Username: simUser, Password: simPass, Timeout: 2 * time.Second})
+		_, err = vsphere.Dial(ctx, vsphere.Config{URL: "https://" + addr + "/sdk", Username: vspheretest.User, Password: vspheretest.Password, Timeout: 2 * time.Second})
 		if !errors.Is(err, connector.ErrUnreachable) || connector.IsPermanent(err) {
 			t.Fatalf("err = %v", err)
 		}
 	})
-	c := s.dial(t, true)
+	c := dial(t, s, true)
 	vm := listed(t, c, vmName)
 	t.Run("independent disk", func(t *testing.T) {
 		other := listed(t, c, "DC0_C0_RP0_VM1")
-		sv := s.vm(t, "DC0_C0_RP0_VM1")
+		sv := s.VM(t, "DC0_C0_RP0_VM1")
 		b := sv.Config.Hardware.Device
 		for _, dev := range b {
 			if vd, ok := dev.(*types.VirtualDisk); ok {
@@ -286,14 +309,8 @@ func TestFaults(t *testing.T) {
 		}
 	})
 	t.Run("VM migrating", func(t *testing.T) {
-		s.mu.Lock()
-		s.busy[vm.ID] = true
-		s.mu.Unlock()
-		defer func() {
-			s.mu.Lock()
-			delete(s.busy, vm.ID)
-			s.mu.Unlock()
-		}()
+		s.SetBusy(vm.ID, true)
+		defer s.SetBusy(vm.ID, false)
 		_, err := c.Freeze(ctx, vm.ID, connector.Options{})
 		if !errors.Is(err, connector.ErrRefused) || connector.IsPermanent(err) || !strings.Contains(err.Error(), vmName) {
 			t.Fatalf("err = %v, want a transient refusal naming the VM", err)
@@ -309,7 +326,7 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("stale %v %v", stale, err)
 		}
 		// An administrator removes it (the simulator's consolidation).
-		other := s.dial(t, false)
+		other := dial(t, s, false)
 		if _, err := other.ReleaseStale(ctx, stale[0]); err != nil {
 			t.Fatal(err)
 		}
@@ -319,8 +336,8 @@ func TestFaults(t *testing.T) {
 	})
 	t.Run("datastore not mounted", func(t *testing.T) {
 		missing := filepath.Join(t.TempDir(), "not-mounted")
-		cc, err := vsphere.Dial(ctx, vsphere.Config{URL: s.url.String(), Username: simUser, Password: simPass, CAFile: s.caFile(t),
-			Mounts: map[string]string{s.ds: missing}})
+		cc, err := vsphere.Dial(ctx, vsphere.Config{URL: s.URL.String(), Username: vspheretest.User, Password: vspheretest.Password, CAFile: s.CAFile(t),
+			Mounts: map[string]string{s.DS: missing}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -331,7 +348,7 @@ func TestFaults(t *testing.T) {
 		}
 		defer cc.Release(ctx, f)
 		_, err = cc.Files().Open(ctx, f.Disks[0].Top().Path)
-		if !errors.Is(err, connector.ErrUnreachable) || !strings.Contains(err.Error(), s.ds) || !strings.Contains(err.Error(), "mounted") {
+		if !errors.Is(err, connector.ErrUnreachable) || !strings.Contains(err.Error(), s.DS) || !strings.Contains(err.Error(), "mounted") {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -344,10 +361,10 @@ func TestFaults(t *testing.T) {
 }
 
 func TestConformance(t *testing.T) {
-	s := newSim(t)
-	c := s.dial(t, false)
+	s := vspheretest.New(t)
+	c := dial(t, s, false)
 	// Power one VM off, for the in-place case.
-	s.vm(t, "DC0_C0_RP0_VM1").Runtime.PowerState = types.VirtualMachinePowerStatePoweredOff
+	s.VM(t, "DC0_C0_RP0_VM1").Runtime.PowerState = types.VirtualMachinePowerStatePoweredOff
 	connectortest.Suite{
 		Connector: c,
 		Running:   vmName,
@@ -355,14 +372,69 @@ func TestConformance(t *testing.T) {
 		Formats:   []string{"vmdk"},
 		Leftovers: func(t *testing.T, name string) []string {
 			var left []string
-			files, _ := filepath.Glob(filepath.Join(s.dir, name, "*-0000*.vmdk"))
+			files, _ := filepath.Glob(filepath.Join(s.Dir, name, "*-0000*.vmdk"))
 			left = append(left, files...)
-			if sv := s.vm(t, name); sv.Snapshot != nil {
-				for _, sn := range ours(sv.Snapshot.RootSnapshotList) {
-					left = append(left, "snapshot "+sn.Name)
-				}
+			for _, sn := range s.Snapshots(t, name) {
+				left = append(left, "snapshot "+sn)
 			}
 			return left
 		},
 	}.Run(t)
+}
+
+// TestInventory: a refresh reports new VMs, VMs whose disks changed (a
+// snapshot someone else took makes a delta disk the new top) and VMs
+// that are gone or no longer selected.
+func TestInventory(t *testing.T) {
+	s := vspheretest.New(t)
+	c := dial(t, s, false)
+	ctx := context.Background()
+	inv, err := connector.NewInventory(c, connector.Selection{All: true, Exclude: []string{"*VM1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := inv.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.VMs) != 1 || len(d.New) != 1 || d.New[0].Name != vmName {
+		t.Fatalf("first refresh: %+v", d)
+	}
+	vm := d.VMs[0]
+	// An administrator's snapshot: the VM writes to a delta disk now.
+	f, err := c.Freeze(ctx, vm.ID, connector.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err = inv.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Changed) != 1 || len(d.New) != 0 || len(d.Changed[0].Disks[0].Layers) != 2 {
+		t.Fatalf("after the snapshot: %+v", d)
+	}
+	if _, err := c.Release(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := inv.VM(vmName); !ok || got.ID != vm.ID {
+		t.Fatalf("lookup by name: %+v %v", got, ok)
+	}
+	vc, err := govmomi.NewClient(ctx, &url.URL{Scheme: s.URL.Scheme, Host: s.URL.Host, Path: "/sdk", User: url.UserPassword(vspheretest.User, vspheretest.Password)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := object.NewVirtualMachine(vc.Client, s.VM(t, vmName).Reference())
+	if task, err := gone.PowerOff(ctx); err != nil || task.Wait(ctx) != nil {
+		t.Fatal("power off", err)
+	}
+	if task, err := gone.Destroy(ctx); err != nil || task.Wait(ctx) != nil {
+		t.Fatal("destroy", err)
+	}
+	d, err = inv.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Gone) != 1 || d.Gone[0].ID != vm.ID || len(d.VMs) != 0 {
+		t.Fatalf("after removal: %+v", d)
+	}
 }

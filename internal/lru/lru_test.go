@@ -59,3 +59,26 @@ func ExampleCache() {
 	fmt.Println(a, okB, c.Len())
 	// Output: 1 false 2
 }
+
+func TestWeighted(t *testing.T) {
+	c := NewWeighted(10, func(k string, v []byte) int { return len(k) + len(v) })
+	c.Put("a", make([]byte, 4)) // 5
+	c.Put("b", make([]byte, 4)) // 10
+	c.Get("a")
+	c.Put("c", make([]byte, 2)) // 13: evicts b, the least recently used
+	if _, ok := c.Get("b"); ok || c.Len() != 2 || c.Weight() != 8 {
+		t.Fatalf("after overflow: b kept %v, Len %d, Weight %d", ok, c.Len(), c.Weight())
+	}
+	c.Put("a", make([]byte, 1)) // replace: 2 + 3
+	if c.Weight() != 5 {
+		t.Fatalf("after replace: Weight %d, want 5", c.Weight())
+	}
+	c.Put("huge", make([]byte, 100)) // heavier than the cache: kept alone
+	if v, ok := c.Get("huge"); !ok || len(v) != 100 || c.Len() != 1 || c.Weight() != 104 {
+		t.Fatalf("heavy entry: kept %v, Len %d, Weight %d", ok, c.Len(), c.Weight())
+	}
+	c.Put("d", nil) // the heavy one goes as soon as anything else comes
+	if _, ok := c.Get("huge"); ok || c.Len() != 1 || c.Weight() != 1 {
+		t.Fatalf("after heavy: kept %v, Len %d, Weight %d", ok, c.Len(), c.Weight())
+	}
+}

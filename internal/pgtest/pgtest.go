@@ -27,11 +27,12 @@ import (
 
 // Server is a running PostgreSQL.
 type Server struct {
-	bin  string // folder of initdb, pg_ctl
-	dir  string // owned by the server's user: data/, sock/, log
-	port int
-	as   []string // command prefix that runs as the server's user
-	n    atomic.Int64
+	bin   string // folder of initdb, pg_ctl
+	dir   string // owned by the server's user: data/, sock/, log
+	port  int
+	as    []string // command prefix that runs as the server's user
+	fsync bool
+	n     atomic.Int64
 }
 
 // binDir finds the PostgreSQL programs: Debian installs them under
@@ -47,9 +48,19 @@ func binDir() string {
 	return filepath.Dir(m[len(m)-1])
 }
 
+// Options tune a test server.
+type Options struct {
+	// Fsync keeps PostgreSQL's fsync on, as in production: for
+	// benchmarks. Tests run with it off.
+	Fsync bool
+}
+
 // Start initialises and starts a server, stopped (and its folder removed)
 // when t ends. It skips (fails in CI) when PostgreSQL is not installed.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { return StartOptions(t, Options{}) }
+
+// StartOptions is Start with options.
+func StartOptions(t testing.TB, o Options) *Server {
 	t.Helper()
 	bin := binDir()
 	if bin == "" {
@@ -59,7 +70,7 @@ func Start(t testing.TB) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{bin: bin, dir: dir}
+	s := &Server{bin: bin, dir: dir, fsync: o.Fsync}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("nobody")
@@ -119,8 +130,12 @@ func (s *Server) Port() int { return s.port }
 // Start starts the (stopped) server and waits until it accepts
 // connections.
 func (s *Server) Start() error {
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-		s.port, filepath.Join(s.dir, "sock"))
+	fsync := "off"
+	if s.fsync {
+		fsync = "on"
+	}
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=%s -c max_connections=200",
+		s.port, filepath.Join(s.dir, "sock"), fsync)
 	return s.run("pg_ctl", "-D", s.data(), "-l", filepath.Join(s.dir, "log"), "-o", opts, "-w", "-t", "60", "start")
 }
 

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -110,6 +111,8 @@ CREATE TABLE queue_jobs (
 	finished_at      bigint    NOT NULL DEFAULT 0,
 	cancel_requested boolean   NOT NULL DEFAULT false,
 	crashes          integer   NOT NULL DEFAULT 0,
+	holder           text      NOT NULL DEFAULT '',
+	epoch            bigint    NOT NULL DEFAULT 0,
 	seq              bigint    NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX queue_jobs_one_queued ON queue_jobs (vm) WHERE state = 'queued';
@@ -123,10 +126,30 @@ CREATE TABLE queue_datastores (
 	ops_per_sec   double precision NOT NULL,
 	paused        boolean          NOT NULL
 );
+CREATE TABLE queue_holders (
+	name       text        PRIMARY KEY,
+	appliance  text        NOT NULL,
+	expires_at timestamptz NOT NULL,
+	ended      boolean     NOT NULL DEFAULT false
+);
+CREATE TABLE queue_slots (
+	datastore text   NOT NULL,
+	job_id    bigint NOT NULL,
+	PRIMARY KEY (datastore, job_id)
+);
+CREATE INDEX queue_slots_job ON queue_slots (job_id);
+CREATE TABLE queue_shares (
+	holder        text             NOT NULL,
+	datastore     text             NOT NULL,
+	scans         integer          NOT NULL,
+	bytes_per_sec double precision NOT NULL,
+	ops_per_sec   double precision NOT NULL,
+	PRIMARY KEY (holder, datastore)
+);
 `
 
 const jobColumns = `id, vm, disks, class, reason, sig_version, deadline, state, attempts, error,
-	enqueued_at, not_before, retry_at, started_at, finished_at, cancel_requested, crashes`
+	enqueued_at, not_before, retry_at, started_at, finished_at, cancel_requested, crashes, holder, epoch`
 
 // tx runs f in a write transaction, after taking the queue's clock (see
 // the package documentation); seq is the value it got.
@@ -161,7 +184,7 @@ func scanJob(row pgx.Row) (queue.Job, error) {
 		deadline, enq, nb, retry, started, finished int64
 	)
 	err := row.Scan(&j.ID, &j.VM, &disks, &j.Class, &j.Reason, &j.SigVersion, &deadline, &state,
-		&j.Attempts, &j.Error, &enq, &nb, &retry, &started, &finished, &j.CancelRequested, &j.Crashes)
+		&j.Attempts, &j.Error, &enq, &nb, &retry, &started, &finished, &j.CancelRequested, &j.Crashes, &j.Holder, &j.Epoch)
 	if err != nil {
 		return queue.Job{}, err
 	}
@@ -267,7 +290,8 @@ func (s *Store) Apply(ctx context.Context, ts []queue.Transition) ([]queue.Resul
 		out = make([]queue.Result, len(ts))
 		for i, t := range ts {
 			j, err := transition(ctx, tx, seq, t)
-			if err != nil && !errors.Is(err, queue.ErrConflict) && !errors.Is(err, queue.ErrNotFound) {
+			if err != nil && !errors.Is(err, queue.ErrConflict) && !errors.Is(err, queue.ErrNotFound) &&
+				!errors.Is(err, queue.ErrLeaseLost) && !errors.Is(err, queue.ErrNoSlot) {
 				return err
 			}
 			out[i] = queue.Result{Job: j, Err: err}
@@ -280,17 +304,63 @@ func (s *Store) Apply(ctx context.Context, ts []queue.Transition) ([]queue.Resul
 	return out, nil
 }
 
+// fence checks a transition against the job's lease (see
+// queue.Transition), by the database server's clock.
+func fence(ctx context.Context, tx pgx.Tx, t queue.Transition) (queue.Job, error) {
+	j, err := getJob(ctx, tx, t.ID)
+	if err != nil {
+		return queue.Job{}, err
+	}
+	if j.State != t.From {
+		return j, fmt.Errorf("%w: job %d is %s, not %s", queue.ErrConflict, t.ID, j.State, t.From)
+	}
+	if t.From == queue.Running {
+		if j.Holder != t.Holder || j.Epoch != t.Epoch {
+			return j, fmt.Errorf("%w: job %d runs under %s epoch %d, not %s epoch %d", queue.ErrConflict,
+				t.ID, j.Holder, j.Epoch, t.Holder, t.Epoch)
+		}
+		if !t.Lost {
+			var ended bool
+			err := tx.QueryRow(ctx, `SELECT ended FROM queue_holders WHERE name = $1`, t.Holder).Scan(&ended)
+			if errors.Is(err, pgx.ErrNoRows) || err == nil && ended {
+				return j, fmt.Errorf("%w: %s, reporting on job %d", queue.ErrLeaseLost, t.Holder, t.ID)
+			} else if err != nil {
+				return j, err
+			}
+		}
+	}
+	if t.To == queue.Running {
+		var live bool
+		err := tx.QueryRow(ctx, `SELECT NOT ended AND expires_at > now() FROM queue_holders WHERE name = $1`, t.Holder).Scan(&live)
+		if errors.Is(err, pgx.ErrNoRows) || err == nil && !live {
+			return j, fmt.Errorf("%w: %s cannot start job %d", queue.ErrLeaseLost, t.Holder, t.ID)
+		} else if err != nil {
+			return j, err
+		}
+		for _, ds := range j.Datastores() {
+			var n int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM queue_slots WHERE datastore = $1`, ds).Scan(&n); err != nil {
+				return j, err
+			}
+			if n >= max(t.Slots[ds], 1) {
+				return j, fmt.Errorf("%w: %s runs %d scans, job %d", queue.ErrNoSlot, ds, n, t.ID)
+			}
+		}
+	}
+	return j, nil
+}
+
 func transition(ctx context.Context, tx pgx.Tx, seq int64, t queue.Transition) (queue.Job, error) {
+	if t.To != queue.Running && t.To != queue.Queued && !t.To.Terminal() {
+		return queue.Job{}, fmt.Errorf("%w: transition to %q", queue.ErrInvalid, t.To)
+	}
+	j, err := fence(ctx, tx, t)
+	if err != nil {
+		return j, err
+	}
 	if t.MergeInto != 0 {
 		if t.To != queue.Cancelled || t.From != queue.Running {
 			return queue.Job{}, fmt.Errorf("%w: MergeInto on %s -> %s", queue.ErrInvalid, t.From, t.To)
-		}
-		j, err := getJob(ctx, tx, t.ID)
-		if err != nil {
-			return queue.Job{}, err
-		}
-		if j.State != t.From {
-			return j, fmt.Errorf("%w: job %d is %s, not %s", queue.ErrConflict, t.ID, j.State, t.From)
 		}
 		into, err := getJob(ctx, tx, t.MergeInto)
 		if err != nil {
@@ -308,40 +378,32 @@ func transition(ctx context.Context, tx pgx.Tx, seq int64, t queue.Transition) (
 	if t.Lost {
 		lost = 1
 	}
-	var sql string
-	var args []any
 	switch {
 	case t.To == queue.Running:
-		sql = `UPDATE queue_jobs SET state = 'running', attempts = attempts + 1, started_at = $1, seq = $2
-			WHERE id = $3 AND state = $4`
-		args = []any{nanos(t.At), seq, t.ID, string(t.From)}
+		_, err = tx.Exec(ctx, `UPDATE queue_jobs SET state = 'running', attempts = attempts + 1, started_at = $1,
+			holder = $2, epoch = epoch + 1, seq = $3 WHERE id = $4`, nanos(t.At), t.Holder, seq, t.ID)
+		if err == nil {
+			_, err = tx.Exec(ctx, `INSERT INTO queue_slots (datastore, job_id) SELECT unnest($1::text[]), $2`, j.Datastores(), t.ID)
+		}
 	case t.To == queue.Queued:
 		uncount := 0
 		if t.Interrupted {
 			uncount = 1
 		}
-		sql = `UPDATE queue_jobs SET state = 'queued', retry_at = $1, error = $2, attempts = greatest(attempts - $3, 0),
-			crashes = crashes + $4, seq = $5 WHERE id = $6 AND state = $7`
-		args = []any{nanos(t.RetryAt), t.Err, uncount, lost, seq, t.ID, string(t.From)}
-	case t.To.Terminal():
-		sql = `UPDATE queue_jobs SET state = $1, finished_at = $2, error = $3, crashes = crashes + $4, seq = $5
-			WHERE id = $6 AND state = $7`
-		args = []any{string(t.To), nanos(t.At), t.Err, lost, seq, t.ID, string(t.From)}
+		_, err = tx.Exec(ctx, `UPDATE queue_jobs SET state = 'queued', retry_at = $1, error = $2,
+			attempts = greatest(attempts - $3, 0), crashes = crashes + $4, seq = $5 WHERE id = $6`,
+			nanos(t.RetryAt), t.Err, uncount, lost, seq, t.ID)
 	default:
-		return queue.Job{}, fmt.Errorf("%w: transition to %q", queue.ErrInvalid, t.To)
+		_, err = tx.Exec(ctx, `UPDATE queue_jobs SET state = $1, finished_at = $2, error = $3, crashes = crashes + $4,
+			seq = $5 WHERE id = $6`, string(t.To), nanos(t.At), t.Err, lost, seq, t.ID)
 	}
-	tag, err := tx.Exec(ctx, sql, args...)
+	if err == nil && t.From == queue.Running {
+		_, err = tx.Exec(ctx, `DELETE FROM queue_slots WHERE job_id = $1`, t.ID)
+	}
 	if err != nil {
 		return queue.Job{}, fmt.Errorf("job %d %s -> %s: %w", t.ID, t.From, t.To, err)
 	}
-	j, err := getJob(ctx, tx, t.ID)
-	if err != nil {
-		return queue.Job{}, err
-	}
-	if tag.RowsAffected() != 1 {
-		return j, fmt.Errorf("%w: job %d is %s, not %s", queue.ErrConflict, t.ID, j.State, t.From)
-	}
-	return j, nil
+	return getJob(ctx, tx, t.ID)
 }
 
 // Cancel implements queue.Store.
@@ -473,4 +535,168 @@ func (s *Store) SetDatastore(ctx context.Context, name string, c queue.Datastore
 		return fmt.Errorf("queue: save datastore %q: %w", name, err)
 	}
 	return nil
+}
+
+// Heartbeat implements queue.Store. Leases run on the database server's
+// clock, so the appliances' clocks need not agree.
+func (s *Store) Heartbeat(ctx context.Context, holder, appliance string, ttl time.Duration) error {
+	lost := false
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var live bool
+		err := tx.QueryRow(ctx, `SELECT NOT ended AND expires_at > now() FROM queue_holders WHERE name = $1 FOR UPDATE`,
+			holder).Scan(&live)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			_, err = tx.Exec(ctx, `INSERT INTO queue_holders (name, appliance, expires_at)
+				VALUES ($1, $2, now() + $3 * interval '1 microsecond')`, holder, appliance, ttl.Microseconds())
+			return err
+		case err != nil:
+			return err
+		case !live:
+			if _, err := tx.Exec(ctx, `UPDATE queue_holders SET ended = true WHERE name = $1`, holder); err != nil {
+				return err
+			}
+			lost = true
+			return nil
+		}
+		_, err = tx.Exec(ctx, `UPDATE queue_holders SET expires_at = now() + $1 * interval '1 microsecond' WHERE name = $2`,
+			ttl.Microseconds(), holder)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("queue: heartbeat: %w", err)
+	}
+	if lost {
+		// Committed: the lease stays ended whatever the holder does next.
+		return fmt.Errorf("%w: %s", queue.ErrLeaseLost, holder)
+	}
+	return nil
+}
+
+// Reap implements queue.Store.
+func (s *Store) Reap(ctx context.Context, self string) ([]queue.Job, error) {
+	// Most calls find nothing to end: look first, without a write.
+	var n int
+	err := s.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM queue_holders WHERE NOT ended AND (expires_at <= now()
+		OR (name != $1 AND appliance = (SELECT appliance FROM queue_holders WHERE name = $1))))
+		+ (SELECT count(*) FROM queue_jobs j WHERE state = 'running' AND NOT EXISTS
+			(SELECT 1 FROM queue_holders h WHERE h.name = j.holder AND NOT h.ended))`, self).Scan(&n)
+	if err != nil {
+		return nil, fmt.Errorf("queue: reap expired leases: %w", err)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	var out []queue.Job
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE queue_holders SET ended = true WHERE NOT ended AND (expires_at <= now()
+			OR (name != $1 AND appliance = (SELECT appliance FROM queue_holders WHERE name = $1)))`, self)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM queue_shares WHERE holder IN (SELECT name FROM queue_holders WHERE ended)`); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM queue_holders WHERE ended AND expires_at < now() - interval '1 hour'
+			AND name NOT IN (SELECT holder FROM queue_jobs WHERE state = 'running')`); err != nil {
+			return err
+		}
+		out, err = queryJobs(ctx, tx, "SELECT "+jobColumns+` FROM queue_jobs j WHERE state = 'running' AND NOT EXISTS
+			(SELECT 1 FROM queue_holders h WHERE h.name = j.holder AND NOT h.ended) ORDER BY id`)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: reap expired leases: %w", err)
+	}
+	return out, nil
+}
+
+// Changes implements queue.Store.
+func (s *Store) Changes(ctx context.Context, after int64, limit int) ([]queue.Job, int64, error) {
+	rows, err := s.pool.Query(ctx, "SELECT "+jobColumns+", seq FROM queue_jobs WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit)
+	if err != nil {
+		return nil, after, fmt.Errorf("queue: read changes: %w", err)
+	}
+	defer rows.Close()
+	var out []queue.Job
+	next := after
+	for rows.Next() {
+		var seq int64
+		j, err := scanJob(seqRow{rows, &seq})
+		if err != nil {
+			return nil, after, fmt.Errorf("queue: read changes: %w", err)
+		}
+		out, next = append(out, j), seq
+	}
+	if err := rows.Err(); err != nil {
+		return nil, after, fmt.Errorf("queue: read changes: %w", err)
+	}
+	return out, next, nil
+}
+
+// seqRow scans jobColumns followed by seq.
+type seqRow struct {
+	pgx.Row
+	seq *int64
+}
+
+func (r seqRow) Scan(dest ...any) error { return r.Row.Scan(append(dest, r.seq)...) }
+
+// Clock implements queue.Store.
+func (s *Store) Clock(ctx context.Context) (int64, error) {
+	var seq int64
+	if err := s.pool.QueryRow(ctx, `SELECT seq FROM queue_clock`).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("queue: read clock: %w", err)
+	}
+	return seq, nil
+}
+
+// Shares implements queue.Store. The shares of a datastore are computed
+// under a lock on its rows, so two holders never both take what is left.
+func (s *Store) Shares(ctx context.Context, holder string, reqs []queue.ShareRequest) ([]queue.Share, error) {
+	out := make([]queue.Share, len(reqs))
+	// Locks in datastore order, so two holders never wait on each other.
+	order := make([]int, len(reqs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(reqs[a].Datastore, reqs[b].Datastore) })
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		for _, i := range order {
+			r := reqs[i]
+			// One advisory lock per datastore, held to commit: the
+			// read of the others' shares and the write of ours are one
+			// step for the fleet.
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(7245002, hashtext($1))`, r.Datastore); err != nil {
+				return err
+			}
+			var others queue.Share
+			var scans int
+			err := tx.QueryRow(ctx, `SELECT coalesce(sum(s.scans), 0), coalesce(sum(s.bytes_per_sec), 0),
+				coalesce(sum(s.ops_per_sec), 0) FROM queue_shares s JOIN queue_holders h ON h.name = s.holder
+				WHERE s.datastore = $1 AND s.holder != $2 AND NOT h.ended AND h.expires_at > now()`,
+				r.Datastore, holder).Scan(&scans, &others.BytesPerSec, &others.OpsPerSec)
+			if err != nil {
+				return err
+			}
+			target, g := queue.FairShare(r, scans, others)
+			out[i] = target
+			if r.Scans == 0 && g.BytesPerSec == 0 && g.OpsPerSec == 0 {
+				_, err = tx.Exec(ctx, `DELETE FROM queue_shares WHERE holder = $1 AND datastore = $2`, holder, r.Datastore)
+			} else {
+				_, err = tx.Exec(ctx, `INSERT INTO queue_shares (holder, datastore, scans, bytes_per_sec, ops_per_sec)
+					VALUES ($1, $2, $3, $4, $5) ON CONFLICT (holder, datastore) DO UPDATE SET scans = excluded.scans,
+					bytes_per_sec = excluded.bytes_per_sec, ops_per_sec = excluded.ops_per_sec`,
+					holder, r.Datastore, r.Scans, g.BytesPerSec, g.OpsPerSec)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: take rate shares: %w", err)
+	}
+	return out, nil
 }

@@ -48,10 +48,27 @@ func (s Suite) Run(t *testing.T) {
 		{"LostRuns", testLostRuns},
 		{"List", testList},
 		{"Datastores", testDatastores},
+		{"Leases", testLeases},
+		{"Reap", testReap},
+		{"Slots", testSlots},
+		{"Changes", testChanges},
+		{"Shares", testShares},
 	} {
-		t.Run(tc.name, func(t *testing.T) { tc.f(t, s.New(t)) })
+		t.Run(tc.name, func(t *testing.T) {
+			st := s.New(t)
+			if err := st.Heartbeat(context.Background(), holder, appliance, time.Hour); err != nil {
+				t.Fatalf("Heartbeat: %v", err)
+			}
+			tc.f(t, st)
+		})
 	}
 }
+
+// The holder the tests run jobs under, unless they say otherwise.
+const (
+	holder    = "storetest/1"
+	appliance = "storetest"
+)
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
@@ -77,7 +94,35 @@ func enqueue(t *testing.T, s queue.Store, now time.Time, reqs ...queue.Request) 
 	return jobs
 }
 
+// apply1 applies one transition. One that names no holder is made by the
+// test's holder and fenced to the job's current run, so the tests of other
+// rules need not carry leases around.
 func apply1(s queue.Store, tr queue.Transition) (queue.Job, error) {
+	if tr.To == queue.Running && tr.Slots == nil {
+		tr.Slots = map[string]int{}
+		if j, err := s.Get(context.Background(), tr.ID); err == nil {
+			for _, ds := range j.Datastores() {
+				tr.Slots[ds] = 100
+			}
+		}
+	}
+	if tr.Holder == "" {
+		if tr.To == queue.Running {
+			tr.Holder = holder
+		}
+		if tr.From == queue.Running {
+			j, err := s.Get(context.Background(), tr.ID)
+			if err != nil {
+				return queue.Job{}, err
+			}
+			tr.Holder, tr.Epoch = j.Holder, j.Epoch
+		}
+	}
+	return applyRaw(s, tr)
+}
+
+// applyRaw applies one transition as given.
+func applyRaw(s queue.Store, tr queue.Transition) (queue.Job, error) {
 	res, err := s.Apply(context.Background(), []queue.Transition{tr})
 	if err != nil {
 		return queue.Job{}, err
@@ -320,9 +365,9 @@ func testApplyAtomic(t *testing.T, s queue.Store) {
 		queue.Request{VM: "b", Disks: []queue.Disk{disk("A", 1)}})
 	a, b := jobs[0].ID, jobs[1].ID
 	res, err := s.Apply(context.Background(), []queue.Transition{
-		{ID: a, From: queue.Queued, To: queue.Running, At: t0},
-		{ID: b, From: queue.Running, To: queue.Done, At: t0}, // conflict
-		{ID: a, From: queue.Running, To: queue.Done, At: t0}, // sees the first
+		{ID: a, From: queue.Queued, To: queue.Running, At: t0, Holder: holder},
+		{ID: b, From: queue.Running, To: queue.Done, At: t0, Holder: holder, Epoch: 1}, // conflict
+		{ID: a, From: queue.Running, To: queue.Done, At: t0, Holder: holder, Epoch: 1}, // sees the first
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -332,8 +377,8 @@ func testApplyAtomic(t *testing.T, s queue.Store) {
 		t.Errorf("results %+v", res)
 	}
 	_, err = s.Apply(context.Background(), []queue.Transition{
-		{ID: b, From: queue.Queued, To: queue.Running, At: t0},
-		{ID: b, From: queue.Running, To: "sleeping", At: t0},
+		{ID: b, From: queue.Queued, To: queue.Running, At: t0, Holder: holder},
+		{ID: b, From: queue.Running, To: "sleeping", At: t0, Holder: holder, Epoch: 1},
 	})
 	if err == nil {
 		t.Error("a transition to an unknown state was accepted")
@@ -372,7 +417,7 @@ func testExactlyOnce(t *testing.T, s queue.Store) {
 	if n := race(queue.Transition{ID: j.ID, From: queue.Queued, To: queue.Running, At: t0}); n != 1 {
 		t.Errorf("%d of %d starts won, want 1", n, writers)
 	}
-	if n := race(queue.Transition{ID: j.ID, From: queue.Running, To: queue.Done, At: t0}); n != 1 {
+	if n := race(queue.Transition{ID: j.ID, From: queue.Running, To: queue.Done, At: t0, Holder: holder, Epoch: 1}); n != 1 {
 		t.Errorf("%d of %d completions won, want 1", n, writers)
 	}
 	if g := get(t, s, j.ID); g.State != queue.Done || g.Attempts != 1 {
@@ -596,4 +641,287 @@ func testDatastores(t *testing.T, s queue.Store) {
 	if len(m) != 2 || m["ds-a"] != a || m["ds b"] != b {
 		t.Errorf("datastores %+v", m)
 	}
+}
+
+// testLeases: a start needs a live lease and takes an epoch; a report
+// about a run must carry that run's holder and epoch; an expired lease
+// cannot be renewed, and its holder's late reports are refused.
+func testLeases(t *testing.T, s queue.Store) {
+	ctx := context.Background()
+	jobs := enqueue(t, s, t0,
+		queue.Request{VM: "a", Disks: []queue.Disk{disk("A", 0)}},
+		queue.Request{VM: "b", Disks: []queue.Disk{disk("A", 1)}})
+	a, b := jobs[0].ID, jobs[1].ID
+	if _, err := applyRaw(s, queue.Transition{ID: a, From: queue.Queued, To: queue.Running, At: t0, Holder: "nobody/1"}); !errors.Is(err, queue.ErrLeaseLost) {
+		t.Errorf("start by an unregistered holder: %v, want ErrLeaseLost", err)
+	}
+	j := mustApply(t, s, queue.Transition{ID: a, From: queue.Queued, To: queue.Running, At: t0, Holder: holder})
+	if j.Holder != holder || j.Epoch != 1 {
+		t.Errorf("started job holder %q epoch %d, want %q 1", j.Holder, j.Epoch, holder)
+	}
+	for _, tr := range []queue.Transition{
+		{Holder: holder, Epoch: 2}, {Holder: "other/1", Epoch: 1}, {Holder: "", Epoch: 0},
+	} {
+		tr.ID, tr.From, tr.To, tr.At = a, queue.Running, queue.Done, t0
+		if _, err := applyRaw(s, tr); !errors.Is(err, queue.ErrConflict) {
+			t.Errorf("done as %s epoch %d: %v, want ErrConflict", tr.Holder, tr.Epoch, err)
+		}
+	}
+	// Back to the queue and again: the epoch grows, the old one is refused.
+	mustApply(t, s, queue.Transition{ID: a, From: queue.Running, To: queue.Queued, At: t0, Holder: holder, Epoch: 1})
+	j = mustApply(t, s, queue.Transition{ID: a, From: queue.Queued, To: queue.Running, At: t0, Holder: holder})
+	if j.Epoch != 2 {
+		t.Errorf("second start has epoch %d, want 2", j.Epoch)
+	}
+	if _, err := applyRaw(s, queue.Transition{ID: a, From: queue.Running, To: queue.Done, At: t0, Holder: holder, Epoch: 1}); !errors.Is(err, queue.ErrConflict) {
+		t.Errorf("done for the first run: %v, want ErrConflict", err)
+	}
+	mustApply(t, s, queue.Transition{ID: a, From: queue.Running, To: queue.Done, At: t0, Holder: holder, Epoch: 2})
+
+	// A short lease, renewed, then left to expire.
+	const short = "short/1"
+	if err := s.Heartbeat(ctx, short, "short", 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Heartbeat(ctx, short, "short", 300*time.Millisecond); err != nil {
+		t.Errorf("renewal of a live lease: %v", err)
+	}
+	mustApply(t, s, queue.Transition{ID: b, From: queue.Queued, To: queue.Running, At: t0, Holder: short})
+	time.Sleep(400 * time.Millisecond)
+	if err := s.Heartbeat(ctx, short, "short", time.Hour); !errors.Is(err, queue.ErrLeaseLost) {
+		t.Errorf("renewal of an expired lease: %v, want ErrLeaseLost", err)
+	}
+	if _, err := applyRaw(s, queue.Transition{ID: b, From: queue.Running, To: queue.Done, At: t0, Holder: short, Epoch: 1}); !errors.Is(err, queue.ErrLeaseLost) {
+		t.Errorf("late done from an expired holder: %v, want ErrLeaseLost", err)
+	}
+	if g := get(t, s, b); g.State != queue.Running {
+		t.Errorf("a refused report changed the job: %s", g.State)
+	}
+}
+
+// testReap: expired leases and the earlier holders of one's own appliance
+// are ended at once, their running jobs returned; a lost run ended by two
+// reapers is ended once; the job then runs again under a new epoch.
+func testReap(t *testing.T, s queue.Store) {
+	ctx := context.Background()
+	jobs := enqueue(t, s, t0,
+		queue.Request{VM: "a", Disks: []queue.Disk{disk("A", 0)}},
+		queue.Request{VM: "b", Disks: []queue.Disk{disk("A", 1)}},
+		queue.Request{VM: "c", Disks: []queue.Disk{disk("A", 2)}})
+	for _, h := range []struct {
+		name, appliance string
+		ttl             time.Duration
+	}{{"x/old", "x", time.Hour}, {"x/new", "x", time.Hour}, {"y/1", "y", 200 * time.Millisecond}} {
+		if err := s.Heartbeat(ctx, h.name, h.appliance, h.ttl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustApply(t, s, queue.Transition{ID: jobs[0].ID, From: queue.Queued, To: queue.Running, At: t0, Holder: "x/old"})
+	mustApply(t, s, queue.Transition{ID: jobs[1].ID, From: queue.Queued, To: queue.Running, At: t0, Holder: "y/1"})
+	mustApply(t, s, queue.Transition{ID: jobs[2].ID, From: queue.Queued, To: queue.Running, At: t0, Holder: holder})
+	lost, err := s.Reap(ctx, "x/new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lost) != 1 || lost[0].ID != jobs[0].ID || lost[0].Holder != "x/old" {
+		t.Errorf("Reap by x's new process: %+v, want x/old's job %d only", lost, jobs[0].ID)
+	}
+	time.Sleep(300 * time.Millisecond)
+	lost, err = s.Reap(ctx, holder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	for _, j := range lost {
+		ids = append(ids, j.ID)
+	}
+	if want := []int64{jobs[0].ID, jobs[1].ID}; !slices.Equal(ids, want) {
+		t.Errorf("Reap after y's lease expired: jobs %v, want %v", ids, want)
+	}
+	for _, name := range []string{"x/old", "y/1"} {
+		if err := s.Heartbeat(ctx, name, "", time.Hour); !errors.Is(err, queue.ErrLeaseLost) {
+			t.Errorf("heartbeat of reaped %s: %v, want ErrLeaseLost", name, err)
+		}
+	}
+	if err := s.Heartbeat(ctx, "x/new", "x", time.Hour); err != nil {
+		t.Errorf("the reaper's own lease: %v", err)
+	}
+	// Two reapers end the same lost run: one wins.
+	j := lost[1]
+	tr := queue.Transition{ID: j.ID, From: queue.Running, To: queue.Queued, Lost: true, At: t0, Holder: j.Holder, Epoch: j.Epoch}
+	res, err := s.Apply(ctx, []queue.Transition{tr, tr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err != nil || !errors.Is(res[1].Err, queue.ErrConflict) || res[0].Job.Crashes != 1 {
+		t.Errorf("lost run ended twice: %+v", res)
+	}
+	again := mustApply(t, s, queue.Transition{ID: j.ID, From: queue.Queued, To: queue.Running, At: t0, Holder: holder})
+	if again.Epoch != j.Epoch+1 || again.Holder != holder || again.Attempts != 2 {
+		t.Errorf("rerun: %+v", again)
+	}
+	if _, err := applyRaw(s, queue.Transition{ID: j.ID, From: queue.Running, To: queue.Done, At: t0, Holder: "y/1", Epoch: j.Epoch}); !errors.Is(err, queue.ErrConflict) {
+		t.Errorf("the dead holder's late result after a rerun: %v, want ErrConflict", err)
+	}
+	if lost, err := s.Reap(ctx, holder); err != nil || len(lost) != 1 || lost[0].ID != jobs[0].ID {
+		t.Errorf("Reap again: %+v, %v; want only the job not yet ended", lost, err)
+	}
+}
+
+// testSlots: a start takes a slot on every datastore of the job, refused
+// with ErrNoSlot when one is full over the fleet; any end gives them back.
+func testSlots(t *testing.T, s queue.Store) {
+	ctx := context.Background()
+	if err := s.Heartbeat(ctx, "other/1", "other", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	jobs := enqueue(t, s, t0,
+		queue.Request{VM: "a", Disks: []queue.Disk{disk("A", 0)}},
+		queue.Request{VM: "ab", Disks: []queue.Disk{disk("A", 1), disk("B", 0)}},
+		queue.Request{VM: "b", Disks: []queue.Disk{disk("B", 1)}},
+		queue.Request{VM: "a2", Disks: []queue.Disk{disk("A", 2)}})
+	slots := map[string]int{"A": 2, "B": 1}
+	start := func(id int64, h string) (queue.Job, error) {
+		return applyRaw(s, queue.Transition{ID: id, From: queue.Queued, To: queue.Running, At: t0, Holder: h, Slots: slots})
+	}
+	if _, err := start(jobs[0].ID, holder); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := start(jobs[1].ID, "other/1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []int64{jobs[2].ID, jobs[3].ID} { // B full; A full (2 over two holders)
+		if g, err := start(id, holder); !errors.Is(err, queue.ErrNoSlot) || g.State != queue.Queued || g.Attempts != 0 {
+			t.Errorf("start of job %d: %v (%s, %d attempts), want ErrNoSlot and unchanged", id, err, g.State, g.Attempts)
+		}
+	}
+	ab := get(t, s, jobs[1].ID)
+	mustApply(t, s, queue.Transition{ID: ab.ID, From: queue.Running, To: queue.Failed, At: t0, Holder: "other/1", Epoch: ab.Epoch})
+	for _, id := range []int64{jobs[2].ID, jobs[3].ID} {
+		if _, err := start(id, holder); err != nil {
+			t.Errorf("start of job %d after the slots were given back: %v", id, err)
+		}
+	}
+	// Without Slots, a datastore has one.
+	j := enqueue(t, s, t0, queue.Request{VM: "c", Disks: []queue.Disk{disk("B", 2)}})[0]
+	if _, err := applyRaw(s, queue.Transition{ID: j.ID, From: queue.Queued, To: queue.Running, At: t0, Holder: holder}); !errors.Is(err, queue.ErrNoSlot) {
+		t.Errorf("start on a busy datastore without Slots: %v, want ErrNoSlot", err)
+	}
+}
+
+// testChanges: every write that changes a job shows in Changes, once, in
+// commit order, paged by the clock value.
+func testChanges(t *testing.T, s queue.Store) {
+	ctx := context.Background()
+	c0, err := s.Clock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := enqueue(t, s, t0, queue.Request{VM: "a", Disks: []queue.Disk{disk("A", 0)}})[0]
+	b := enqueue(t, s, t0, queue.Request{VM: "b", Disks: []queue.Disk{disk("A", 1)}})[0]
+	enqueue(t, s, t0, queue.Request{VM: "a", Disks: []queue.Disk{disk("B", 0)}}) // merge into a
+	mustApply(t, s, queue.Transition{ID: b.ID, From: queue.Queued, To: queue.Running, At: t0})
+	if _, err := s.Cancel(ctx, b.ID, t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDatastore(ctx, "A", queue.DatastoreConfig{Paused: true}); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	after := c0
+	for {
+		jobs, next, err := s.Changes(ctx, after, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs) == 0 {
+			if next != after {
+				t.Errorf("no changes, but the cursor moved from %d to %d", after, next)
+			}
+			break
+		}
+		if next <= after {
+			t.Fatalf("cursor went from %d to %d", after, next)
+		}
+		for _, j := range jobs {
+			seen = append(seen, fmt.Sprintf("%s:%s:%d:%t", j.VM, j.State, len(j.Disks), j.CancelRequested))
+		}
+		after = next
+	}
+	// Each job shows once, as it is now, after its last change.
+	want := []string{"a:queued:2:false", "b:running:1:true"}
+	if !slices.Equal(seen, want) {
+		t.Errorf("changes %v, want %v", seen, want)
+	}
+	if c, err := s.Clock(ctx); err != nil || c != after {
+		t.Errorf("Clock = %d, %v; want %d", c, err, after)
+	}
+	if jobs, _, err := s.Changes(ctx, c0, 10); err != nil || len(jobs) != 2 || jobs[0].ID != a.ID {
+		t.Errorf("Changes since the start: %+v, %v", jobs, err)
+	}
+}
+
+// testShares: rate shares split by running scans, never add up to more
+// than the budget, follow the holders' scans, and free up when a holder
+// releases or its lease ends.
+func testShares(t *testing.T, s queue.Store) {
+	ctx := context.Background()
+	b := queue.Budget{BytesPerSec: 900, OpsPerSec: 90}
+	if err := s.Heartbeat(ctx, "two/1", "two", 400*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	ask := func(h string, scans int, keep queue.Share) queue.Share {
+		t.Helper()
+		g, err := s.Shares(ctx, h, []queue.ShareRequest{{Datastore: "A", Budget: b, Scans: scans, Keep: keep}})
+		if err != nil || len(g) != 1 || g[0].Datastore != "A" {
+			t.Fatalf("Shares(%s, %d scans): %+v, %v", h, scans, g, err)
+		}
+		return g[0]
+	}
+	near := func(got queue.Share, bytes, ops float64) bool {
+		return abs(got.BytesPerSec-bytes) < 1e-6 && abs(got.OpsPerSec-ops) < 1e-6
+	}
+	one := ask(holder, 1, queue.Share{})
+	if !near(one, 900, 90) {
+		t.Errorf("alone: %+v, want the whole budget", one)
+	}
+	// A second holder with two scans: its fair two thirds is held by the
+	// first until the first lowers (one call later in the database).
+	two := ask("two/1", 2, queue.Share{})
+	if !near(two, 0, 0) {
+		t.Errorf("second holder while the first holds everything: %+v, want nothing yet", two)
+	}
+	one = ask(holder, 1, one) // target a third; the database keeps 900 this once
+	if !near(one, 300, 30) {
+		t.Errorf("first holder's target: %+v, want a third", one)
+	}
+	if two = ask("two/1", 2, two); !near(two, 0, 0) {
+		t.Errorf("second holder before the first wrote its lower share: %+v", two)
+	}
+	one = ask(holder, 1, one)
+	if two = ask("two/1", 2, two); !near(two, 600, 60) {
+		t.Errorf("second holder after the first lowered: %+v, want two thirds", two)
+	}
+	// The second's lease ends: its share stops counting.
+	time.Sleep(500 * time.Millisecond)
+	if one = ask(holder, 1, one); !near(one, 900, 90) {
+		t.Errorf("after the other lease expired: %+v, want everything", one)
+	}
+	// Releasing.
+	if r := ask(holder, 0, queue.Share{}); !near(r, 0, 0) {
+		t.Errorf("release: %+v", r)
+	}
+	if err := s.Heartbeat(ctx, "three/1", "three", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if g := ask("three/1", 1, queue.Share{}); !near(g, 900, 90) {
+		t.Errorf("after a release: %+v, want everything", g)
+	}
+}
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
 }

@@ -60,8 +60,8 @@ func direntMode(typ byte) uint16 {
 // both read block by block (the htree index blocks look like empty
 // entries), inline directories from the inode. Entries "." and ".." are
 // left out. A directory that is not the one its ".." names as parent (a
-// second link to a directory, which a hostile image uses to build loops)
-// cannot be listed.
+// second link to a directory) cannot be listed; a link to an ancestor (a
+// loop) is refused before that by vfs, which knows directories by inode.
 func (f *FS) ReadDir(dir vfs.Node) ([]vfs.Entry, error) {
 	d, ok := dir.(*node)
 	if !ok {
@@ -75,9 +75,6 @@ func (f *FS) ReadDir(dir vfs.Node) ([]vfs.Entry, error) {
 	}
 	if d.badDir != "" {
 		return nil, corrupt("directory inode %d: %s", d.stat.Ino, d.badDir)
-	}
-	if !d.isRoot && (d.stat.Ino == rootIno || d.stat.Ino == d.parent) {
-		return nil, corrupt("directory inode %d is linked from directory %d, which would loop", d.stat.Ino, d.parent)
 	}
 	var out []vfs.Entry
 	seenDirs := map[uint32]bool{}

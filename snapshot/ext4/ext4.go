@@ -33,6 +33,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snapscan/snapscan/internal/lru"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
@@ -127,8 +128,14 @@ type FS struct {
 	needsRecovery  bool
 	verify         bool // verify metadata_csum checksums
 
-	cache *blockCache
+	// cache keeps recently read metadata blocks (group descriptors,
+	// inode tables, extent tree and indirect blocks, directory blocks of
+	// small directories), cacheBytes in all.
+	cache *lru.Cache[uint64, []byte]
 }
+
+// cacheBytes bounds the memory the metadata block cache holds.
+const cacheBytes = 4 << 20
 
 var _ vfs.FileSystem = (*FS)(nil)
 var _ vfs.Labeler = (*FS)(nil)
@@ -165,7 +172,7 @@ func newFS(r io.ReaderAt, size int64, verify bool) (*FS, error) {
 	if err := f.parseSuperblock(sb); err != nil {
 		return nil, err
 	}
-	f.cache = newBlockCache(f.blockSize)
+	f.cache = lru.New[uint64, []byte](max(int(cacheBytes/f.blockSize), 16))
 	return f, nil
 }
 
@@ -299,14 +306,14 @@ func (f *FS) readBlock(n uint64) ([]byte, error) {
 	if n >= f.blocks {
 		return nil, corrupt("block %d is beyond the end of the file system (%d blocks)", n, f.blocks)
 	}
-	if b := f.cache.get(n); b != nil {
+	if b, ok := f.cache.Get(n); ok {
 		return b, nil
 	}
 	b := make([]byte, f.blockSize)
 	if err := f.readFull(b, int64(n)*f.blockSize); err != nil {
 		return nil, err
 	}
-	f.cache.put(n, b)
+	f.cache.Put(n, b)
 	return b, nil
 }
 

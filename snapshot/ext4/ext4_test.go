@@ -10,7 +10,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -419,16 +421,19 @@ func TestLinksAndOwners(t *testing.T) {
 }
 
 // TestLoops reads an image where debugfs added links to directories that
-// would make a walker loop: d/self -> d, d/up -> /, again -> d.
+// would make a walker loop: d/self -> d and d/up -> / are cycles, which
+// vfs refuses to enter; again -> d is a second link to d, whose ".." does
+// not name the root it is reached from.
 func TestLoops(t *testing.T) {
 	dir := fixture(t)
 	f, _ := openImage(t, filepath.Join(dir, "loop.img"))
 	fsys := vfs.New(f, "loop.img")
 	var seen, failed []string
+	wantErr := map[string]error{"again": ErrCorrupt, "d/self": vfs.ErrCycle, "d/up": vfs.ErrCycle}
 	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Errorf("%s: %v, want ErrCorrupt", p, err)
+			if !errors.Is(err, wantErr[p]) {
+				t.Errorf("%s: %v, want %v", p, err, wantErr[p])
 			}
 			failed = append(failed, p)
 			return nil
@@ -526,5 +531,57 @@ func TestConcurrentReads(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// TestDeep walks the chain of 10,000 directories of
+// testdata/hostile-trees.sh (issue 10.3: with every path resolved from the
+// root, depth 4,000 took minutes and 10,000 did not finish): all of it
+// with a bound above its depth, and with the default bound, which reports
+// the directory past it with vfs.ErrDepth. BenchmarkWalkDeep in
+// snapshot/vfs measures the time.
+func TestDeep(t *testing.T) {
+	testenv.NeedTools(t, "mkfs.xfs", "xfs_db", "mkfs.ext4", "debugfs", "e2fsck", "perl", "mkfs.vfat", "mcopy", "mshowfat")
+	dir := testenv.Fixture(t, "hostile-trees.sh")
+	f, _ := openImage(t, filepath.Join(dir, "ext4-deep.img"))
+	fsys := vfs.New(f, "ext4-deep.img")
+	for _, tc := range []struct {
+		maxDepth, entries, depthErrs int
+		found                        []int // levels of the eicar.com files reached
+	}{
+		// The root, lost+found, 10,000 directories, eicar.com at levels
+		// 10 and 10,000 and leaf.txt.
+		{20000, 10005, 0, []int{10000, 10}},
+		{0, 2 + vfs.DefaultMaxDepth + 2, 1, []int{10}},
+	} {
+		var found []int
+		entries, depthErrs := 0, 0
+		err := vfs.WalkDir(fsys, ".", tc.maxDepth, func(p string, d fs.DirEntry, err error) error {
+			switch {
+			case errors.Is(err, vfs.ErrDepth):
+				depthErrs++
+				return nil
+			case err != nil:
+				return err
+			}
+			entries++
+			if path.Base(p) == "eicar.com" {
+				b, err := fs.ReadFile(fsys, p)
+				if err != nil || !bytes.HasPrefix(b, []byte("X5O!P%@AP")) {
+					t.Errorf("%s: %q, %v", p, b, err)
+				}
+				found = append(found, strings.Count(p, "/"))
+			}
+			return nil
+		})
+		if err != nil || entries != tc.entries || depthErrs != tc.depthErrs || !slices.Equal(found, tc.found) {
+			t.Errorf("maxDepth %d: %d entries, %d depth errors, eicar.com at levels %v, %v; want %d, %d, %v",
+				tc.maxDepth, entries, depthErrs, found, err, tc.entries, tc.depthErrs, tc.found)
+		}
+	}
+	// fs.WalkDir, which resolves every directory by path, ends too.
+	n := 0
+	if err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error { n++; return err }); err != nil || n != 10005 {
+		t.Errorf("fs.WalkDir: %d entries, %v", n, err)
 	}
 }

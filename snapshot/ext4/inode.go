@@ -65,8 +65,8 @@ type node struct {
 	iblock     [nBlockBytes]byte
 
 	// For directories: the directory this one was listed in, which its
-	// ".." entry must name, and whether it is the root. The check breaks
-	// loops that hostile images build with extra links to directories.
+	// ".." entry must name, and whether it is the root. The check refuses
+	// second links to directories, which hostile images add.
 	parent uint32
 	isRoot bool
 	badDir string // why this directory must not be listed
@@ -109,6 +109,7 @@ func (n *node) Mode() fs.FileMode {
 }
 
 func (n *node) Size() int64        { return int64(n.size) }
+func (n *node) Ino() uint64        { return uint64(n.stat.Ino) }
 func (n *node) ModTime() time.Time { return n.mtime }
 func (n *node) Sys() any           { return &n.stat }
 

@@ -17,12 +17,15 @@ const maxLFNEntries = 20
 // name: the long name when its entries are complete, in order and carry
 // the short entry's checksum, else the 8.3 name. ".", "..", deleted
 // entries and volume labels are skipped. Parsing stops at the end marker.
-func parseDir(b []byte, fn func(name string, e []byte) error) error {
+// fn also gets the byte offsets in b of the short entry and of the first
+// entry that names it (its first long-name entry, or the short entry).
+func parseDir(b []byte, fn func(name string, e []byte, off, first int) error) error {
 	var (
 		lfn   [maxLFNEntries * 13]uint16
 		count int // entries of the pending long name, 0 if none
 		next  int // ordinal expected next; 0 once complete
 		sum   byte
+		start int // offset of the pending long name's first entry
 	)
 	for off := 0; off+32 <= len(b); off += 32 {
 		e := b[off : off+32]
@@ -37,7 +40,7 @@ func parseDir(b []byte, fn func(name string, e []byte) error) error {
 			ord := int(e[0] & 0x1F)
 			switch {
 			case e[0]&0x40 != 0 && ord >= 1 && ord <= maxLFNEntries:
-				count, next, sum = ord, ord, e[13]
+				count, next, sum, start = ord, ord, e[13], off
 				clear(lfn[:])
 			case count == 0 || ord != next || e[13] != sum:
 				count = 0
@@ -51,8 +54,10 @@ func parseDir(b []byte, fn func(name string, e []byte) error) error {
 			continue
 		}
 		var long string
+		first := off
 		if count > 0 && next == 0 && checksum(e[:11]) == sum {
 			long = decodeUTF16(lfn[:count*13])
+			first = start
 		}
 		count = 0
 		if e[11]&attrVolume != 0 {
@@ -65,8 +70,10 @@ func parseDir(b []byte, fn func(name string, e []byte) error) error {
 		name := short
 		if long != "" && !strings.ContainsAny(long, "/\x00") {
 			name = long
+		} else {
+			first = off
 		}
-		if err := fn(name, e); err != nil {
+		if err := fn(name, e, off, first); err != nil {
 			return err
 		}
 	}

@@ -67,7 +67,7 @@ func TestParseDir(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []string
-			if err := parseDir(tt.dir, func(name string, e []byte) error { got = append(got, name); return nil }); err != nil {
+			if err := parseDir(tt.dir, func(name string, e []byte, _, _ int) error { got = append(got, name); return nil }); err != nil {
 				t.Fatal(err)
 			}
 			if !slices.Equal(got, tt.want) {

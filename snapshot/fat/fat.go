@@ -2,9 +2,10 @@
 //
 // It follows Microsoft's "FAT: General Overview of On-Disk Format"
 // (FAT32 File System Specification, version 1.03): the BIOS parameter
-// block is validated, the FAT type is decided by the count of data
-// clusters alone (fewer than 4085: FAT12, fewer than 65525: FAT16, else
-// FAT32), and directories are read with their VFAT long names (checksum
+// block is validated, the FAT type is decided as Linux's vfat driver and
+// fsck.fat decide it (a volume whose 16-bit FAT size field is 0 is FAT32,
+// whatever its cluster count; otherwise fewer than 4085 data clusters make
+// FAT12, more FAT16), and directories are read with their VFAT long names (checksum
 // checked, UTF-16 decoded with surrogate pairs) falling back to the 8.3
 // name with the Windows NT lower-case flags. Short names are decoded as
 // code page 437.
@@ -19,10 +20,11 @@
 // clusters its size needs, a directory's at most 2 MiB (the
 // specification's 65536 entries); each subdirectory must begin with "."
 // and ".." entries naming itself and the directory that lists it, and no
-// directory may list one subdirectory twice, so loops and cross-linked
-// directories cannot make a walk endless or exponential. Damaged or
-// hostile volumes give errors wrapping ErrCorrupt, never hangs or
-// unbounded allocations.
+// directory may list one subdirectory twice, so cross-linked directories
+// cannot make a walk exponential. A directory entry naming an ancestor (a
+// cycle) is found by vfs, which knows directories by their first cluster
+// (Node.Ino). Damaged or hostile volumes give errors wrapping ErrCorrupt,
+// never hangs or unbounded allocations.
 package fat
 
 import (
@@ -35,6 +37,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/snapscan/snapscan/internal/lru"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
@@ -71,9 +74,6 @@ const (
 	// maxDirBytes bounds a directory: the specification allows 65536
 	// entries of 32 bytes.
 	maxDirBytes = 65536 * 32
-	// maxDepth bounds directory nesting, which also stops directory
-	// cycles that are not caught by the ancestor check.
-	maxDepth = 1024
 	// fatBlock is the unit in which FAT32 tables are read and cached.
 	fatBlock = 64 << 10
 	// fatCacheBlocks bounds the FAT32 cache (16 MiB).
@@ -112,8 +112,7 @@ type FS struct {
 
 	fat []byte // FAT12/16: the whole table, read at open
 
-	mu     sync.Mutex
-	blocks map[int64][]byte // FAT32: cached blocks of the table, by offset
+	blocks *lru.Cache[int64, []byte] // FAT32: recent blocks of the table, by offset
 
 	labelOnce sync.Once
 	label     string
@@ -122,8 +121,12 @@ type FS struct {
 var _ vfs.FileSystem = (*FS)(nil)
 var _ vfs.Labeler = (*FS)(nil)
 
-// New opens the FAT volume held in the first size bytes of r. The caller
-// keeps r open while the FS is used and closes it after.
+// New opens the FAT volume held in the first size bytes of r. The FS does
+// not own r: the caller keeps it open while the FS and the files read from
+// it are used, and closes it after. A boot sector without a FAT BIOS
+// parameter block, or one that names another file system (NTFS, exFAT,
+// BitLocker, whose boot sectors look alike), gives an error wrapping
+// ErrWrongType.
 func New(r io.ReaderAt, size int64) (*FS, error) {
 	if size < 512 {
 		return nil, fmt.Errorf("volume of %d bytes is too small for a boot sector: %w", size, ErrWrongType)
@@ -131,6 +134,10 @@ func New(r io.ReaderAt, size int64) (*FS, error) {
 	var bs [512]byte
 	if _, err := r.ReadAt(bs[:], 0); err != nil && err != io.EOF {
 		return nil, fmt.Errorf("fat: reading boot sector: %w", err)
+	}
+	switch oem := string(bs[3:11]); oem {
+	case "NTFS    ", "EXFAT   ", "-FVE-FS-":
+		return nil, fmt.Errorf("boot sector names %q: %w", oem, ErrWrongType)
 	}
 	f := &FS{r: r, size: size}
 	if err := f.parseBPB(bs[:]); err != nil {
@@ -142,7 +149,7 @@ func New(r io.ReaderAt, size int64) (*FS, error) {
 			return nil, fmt.Errorf("fat: reading the FAT at byte %d: %w", f.fatOff, err)
 		}
 	} else {
-		f.blocks = map[int64][]byte{}
+		f.blocks = lru.New[int64, []byte](fatCacheBlocks)
 	}
 	return f, nil
 }
@@ -199,13 +206,19 @@ func (f *FS) parseBPB(b []byte) error {
 		return corrupt(11, "BPB: %d reserved, FAT and root sectors leave no data area in %d sectors", meta, totSec)
 	}
 	clusters := (totSec - meta) / spc
+	// As Linux (fs/fat/inode.c) and fsck.fat do: no 16-bit FAT size
+	// means FAT32, even with few clusters (mkfs.fat -F 32 makes such
+	// volumes on small disks with large sectors); otherwise the cluster
+	// count tells FAT12 from FAT16.
 	switch {
+	case le16(22) == 0:
+		f.typ = FAT32
 	case clusters < 4085:
 		f.typ = FAT12
 	case clusters < 65525:
 		f.typ = FAT16
 	default:
-		f.typ = FAT32
+		return corrupt(22, "BPB: %d clusters with a 16-bit FAT size: more than FAT16 can address", clusters)
 	}
 	if clusters > 0x0FFFFFF5 {
 		return corrupt(32, "BPB: %d clusters is more than FAT32 can address", clusters)
@@ -228,8 +241,8 @@ func (f *FS) parseBPB(b []byte) error {
 
 	labelAt := 43
 	if f.typ == FAT32 {
-		if rootEntries != 0 || le16(22) != 0 {
-			return corrupt(17, "BPB: FAT32 volume with %d fixed root entries or a 16-bit FAT size", rootEntries)
+		if rootEntries != 0 {
+			return corrupt(17, "BPB: FAT32 volume with %d fixed root entries", rootEntries)
 		}
 		if v := le16(42); v != 0 {
 			return corrupt(42, "BPB: FAT32 version %#x is not 0.0", v)
@@ -281,7 +294,7 @@ func (f *FS) Label() string {
 	f.labelOnce.Do(func() {
 		f.label = f.bpbLabel
 		root, _ := f.Root()
-		if b, err := f.readDir(root.(*node)); err == nil {
+		if b, _, err := f.readDir(root.(*node)); err == nil {
 			if l, ok := findLabel(b); ok {
 				f.label = l
 			}
@@ -326,21 +339,14 @@ func (f *FS) next(c uint32) (uint32, error) {
 	}
 	o := 4 * int64(c)
 	blk := o / fatBlock * fatBlock
-	f.mu.Lock()
-	b, ok := f.blocks[blk]
-	f.mu.Unlock()
+	b, ok := f.blocks.Get(blk)
 	if !ok {
 		n := min(int64(fatBlock), f.fatBytes-blk)
 		b = make([]byte, n)
 		if _, err := f.r.ReadAt(b, f.fatOff+blk); err != nil && err != io.EOF {
 			return 0, fmt.Errorf("fat: reading FAT at byte %d: %w", f.fatOff+blk, err)
 		}
-		f.mu.Lock()
-		if len(f.blocks) >= fatCacheBlocks {
-			clear(f.blocks)
-		}
-		f.blocks[blk] = b
-		f.mu.Unlock()
+		f.blocks.Put(blk, b)
 	}
 	return binary.LittleEndian.Uint32(b[o-blk:]) & 0x0FFFFFFF, nil
 }
@@ -414,8 +420,23 @@ type node struct {
 	size    int64  // files only
 	mtime   time.Time
 	parent  *node
-	depth   int
 	root    bool
+	// Where the directory entries naming the node lie on the volume:
+	// the short entry at entry, its long-name entries from first on
+	// (first == entry without a long name). -1 for the root.
+	entry, first int64
+	dirRuns      []run // the clusters of the directory that lists it
+}
+
+// Ino returns a directory's first cluster (0 for the FAT12/16 root),
+// which vfs uses to find cycles, and for a file the place of its short
+// directory entry (with the top bit set): FAT has no inodes, and an
+// empty file has no cluster.
+func (n *node) Ino() uint64 {
+	if n.attr&attrDir != 0 {
+		return uint64(n.cluster)
+	}
+	return 1<<63 | uint64(n.entry)
 }
 
 const (
@@ -447,7 +468,7 @@ func (n *node) Sys() any           { return nil }
 
 // Root returns the root directory.
 func (f *FS) Root() (vfs.Node, error) {
-	return &node{name: "/", attr: attrDir, cluster: f.rootCluster, root: true}, nil
+	return &node{name: "/", attr: attrDir, cluster: f.rootCluster, root: true, entry: -1, first: -1}, nil
 }
 
 func (f *FS) nodeOf(v vfs.Node) (*node, error) {
@@ -458,28 +479,39 @@ func (f *FS) nodeOf(v vfs.Node) (*node, error) {
 	return n, nil
 }
 
-// readDir returns the raw bytes of directory n.
-func (f *FS) readDir(n *node) ([]byte, error) {
+// readDir returns the raw bytes of directory n and where they lie.
+func (f *FS) readDir(n *node) ([]byte, []run, error) {
 	if n.root && f.typ != FAT32 {
 		b := make([]byte, f.rootBytes) // at most 2 MiB (65535 entries)
 		if _, err := f.r.ReadAt(b, f.rootOff); err != nil && err != io.EOF {
-			return nil, fmt.Errorf("fat: reading root directory at byte %d: %w", f.rootOff, err)
+			return nil, nil, fmt.Errorf("fat: reading root directory at byte %d: %w", f.rootOff, err)
 		}
-		return b, nil
+		return b, []run{{fileOff: 0, diskOff: f.rootOff, length: f.rootBytes}}, nil
 	}
 	what := fmt.Sprintf("directory %q at cluster %d", n.name, n.cluster)
 	runs, err := f.chain(n.cluster, -1, what)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	last := runs[len(runs)-1]
 	b := make([]byte, last.fileOff+last.length) // bounded by maxDirBytes
 	for _, r := range runs {
 		if _, err := f.r.ReadAt(b[r.fileOff:r.fileOff+r.length], r.diskOff); err != nil && err != io.EOF {
-			return nil, fmt.Errorf("fat: reading %s at byte %d: %w", what, r.diskOff, err)
+			return nil, nil, fmt.Errorf("fat: reading %s at byte %d: %w", what, r.diskOff, err)
 		}
 	}
-	return b, nil
+	return b, runs, nil
+}
+
+// volumeOff returns where byte off of a file or directory laid out in
+// runs lies on the volume.
+func volumeOff(runs []run, off int64) int64 {
+	for _, r := range runs {
+		if off >= r.fileOff && off < r.fileOff+r.length {
+			return r.diskOff + off - r.fileOff
+		}
+	}
+	return -1
 }
 
 // ReadDir lists directory d, without ".", "..", deleted entries and the
@@ -492,7 +524,7 @@ func (f *FS) ReadDir(d vfs.Node) ([]vfs.Entry, error) {
 	if dir.attr&attrDir == 0 {
 		return nil, fmt.Errorf("fat: %q is not a directory", dir.name)
 	}
-	b, err := f.readDir(dir)
+	b, runs, err := f.readDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -503,7 +535,7 @@ func (f *FS) ReadDir(d vfs.Node) ([]vfs.Entry, error) {
 	}
 	var out []vfs.Entry
 	subdirs := map[uint32]bool{}
-	err = parseDir(b, func(name string, e []byte) error {
+	err = parseDir(b, func(name string, e []byte, off, first int) error {
 		c := uint32(binary.LittleEndian.Uint16(e[20:]))<<16 | uint32(binary.LittleEndian.Uint16(e[26:]))
 		if f.typ != FAT32 {
 			c &= 0xFFFF
@@ -515,19 +547,13 @@ func (f *FS) ReadDir(d vfs.Node) ([]vfs.Entry, error) {
 			size:    int64(binary.LittleEndian.Uint32(e[28:])),
 			mtime:   dosTime(binary.LittleEndian.Uint16(e[24:]), binary.LittleEndian.Uint16(e[22:])),
 			parent:  dir,
-			depth:   dir.depth + 1,
+			entry:   volumeOff(runs, int64(off)),
+			first:   volumeOff(runs, int64(first)),
+			dirRuns: runs,
 		}
 		if n.attr&attrDir != 0 {
-			if n.depth > maxDepth {
-				return corrupt(-1, "directory %q nested more than %d deep", name, maxDepth)
-			}
 			if !f.valid(c) {
 				return corrupt(-1, "directory %q starts at cluster %d, outside 2..%d", name, c, f.clusters+1)
-			}
-			for a := dir; a != nil; a = a.parent {
-				if a.cluster == c {
-					return corrupt(-1, "directory %q at cluster %d contains itself or an ancestor", name, c)
-				}
 			}
 			if subdirs[c] {
 				return corrupt(-1, "two entries for the directory at cluster %d", c)

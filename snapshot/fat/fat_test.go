@@ -305,7 +305,7 @@ func TestCorrupt(t *testing.T) {
 			binary.LittleEndian.PutUint16(b[v.clusterOff(bigDir.cluster)+32+26:], 7)
 			return b
 		}, false},
-		{"directory contains its parent", func(b []byte) []byte {
+		{"directory contains itself", func(b []byte) []byte {
 			off := findEntry(b, v.clusterOff(bigDir.cluster), "MULTI   BIN")
 			b[off+11] = attrDir
 			binary.LittleEndian.PutUint16(b[off+26:], uint16(bigDir.cluster))
@@ -330,8 +330,12 @@ func TestCorrupt(t *testing.T) {
 			if err == nil {
 				t.Fatal("walk: no error")
 			}
-			if !errors.Is(err, ErrCorrupt) {
-				t.Errorf("walk: %v does not wrap ErrCorrupt", err)
+			want := ErrCorrupt
+			if tt.name == "directory contains itself" {
+				want = vfs.ErrCycle // found by vfs, before fat lists it
+			}
+			if !errors.Is(err, want) {
+				t.Errorf("walk: %v does not wrap %v", err, want)
 			}
 			t.Log(err)
 		})
@@ -414,4 +418,28 @@ func filesUnder(t *testing.T, dir string) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestCycle walks the volume of testdata/hostile-trees.sh whose a/b/c
+// names the cluster of a (fsck.fat: "Start does point to containing
+// directory's parent"): the entry is listed and reported with
+// vfs.ErrCycle, never entered.
+func TestCycle(t *testing.T) {
+	testenv.NeedTools(t, "mkfs.xfs", "xfs_db", "mkfs.ext4", "debugfs", "e2fsck", "perl", "mkfs.vfat", "mcopy", "mshowfat")
+	v, _ := openImage(t, filepath.Join(testenv.Fixture(t, "hostile-trees.sh"), "fat-cycle.img"))
+	var seen, cycles []string
+	err := vfs.WalkDir(vfs.New(v, "fat-cycle.img"), ".", 0, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if !errors.Is(err, vfs.ErrCycle) {
+				t.Errorf("%s: %v", p, err)
+			}
+			cycles = append(cycles, p)
+			return nil
+		}
+		seen = append(seen, p)
+		return nil
+	})
+	if err != nil || strings.Join(seen, " ") != ". a a/b a/b/c" || strings.Join(cycles, " ") != "a/b/c" {
+		t.Errorf("listed %q, cycles %q, %v", seen, cycles, err)
+	}
 }

@@ -232,6 +232,16 @@ func (g *guarded) Map(off, length int64) (e []Extent, err error) {
 	return g.Image.Map(off, length)
 }
 
+// Parent returns the guarded image's parent, guarded too, or nil.
+func (g *guarded) Parent() Image {
+	if p, ok := g.Image.(Parented); ok {
+		if pi := p.Parent(); pi != nil {
+			return Guard(pi, g.name)
+		}
+	}
+	return nil
+}
+
 func (g *guarded) corrupt(p any, what string) error {
 	return fmt.Errorf("%s: %w", g.name, &FormatError{Format: g.Image.Format(), Offset: -1,
 		Msg: fmt.Sprintf("reader failed on corrupt input %s: %v", what, p)})
@@ -280,4 +290,80 @@ func Blocks(p []byte, off, blockSize int64, fn func(b []byte, blk, in, pos int64
 		p, off = p[n:], off+n
 	}
 	return nil
+}
+
+// Runs collects a format's runs for Map, merging each with the one before
+// when they continue it with the same state, file and compression.
+type Runs []Run
+
+// Add appends a run of n bytes at start.
+func (rs *Runs) Add(r Run) {
+	if l := len(*rs) - 1; l >= 0 {
+		p := &(*rs)[l]
+		if p.Start+p.Length == r.Start && p.State == r.State && p.File == r.File && p.Compressed == r.Compressed {
+			p.Length += r.Length
+			return
+		}
+	}
+	*rs = append(*rs, r)
+}
+
+// AddBits adds the n bytes from byte in of a block that starts at
+// virtual offset base, split by a sector bitmap: sectors whose bit is set
+// are the file's data, the others the parent's.
+func (rs *Runs) AddBits(base, in, n, sector int64, bit func(s int64) bool) {
+	_ = BitRuns(in, n, sector, bit, func(at, k int64, present bool) error {
+		st := RunParent
+		if present {
+			st = RunData
+		}
+		rs.Add(Run{Start: base + at, Length: k, State: st})
+		return nil
+	})
+}
+
+// Parented is implemented by images that may have a parent (a backing
+// file, a VHD or VHDX parent, a VMDK parent): Parent returns it, or nil.
+type Parented interface {
+	Parent() Image
+}
+
+// HeldBy reports which ranges of [off, off+length) layer i of img's
+// chain (an index into img.Layers()) holds itself, whether or not the
+// layers above it hide them: its data (Zero false) and the ranges it
+// records as zeros (Zero true), with Layer indexing img.Layers(). It is
+// the per-layer question "what does the base hold?", answered from that
+// layer's own allocation tables.
+func HeldBy(img Image, i int, off, length int64) ([]Extent, error) {
+	base := 0 // index in img.Layers() of cur's first layer
+	cur := img
+	for {
+		var parent Image
+		if p, ok := cur.(Parented); ok {
+			parent = p.Parent()
+		}
+		own := len(cur.Layers())
+		if parent != nil {
+			own -= len(parent.Layers())
+		}
+		if i < base+own {
+			m, err := cur.Map(off, length)
+			if err != nil {
+				return nil, err
+			}
+			var out []Extent
+			for _, e := range m {
+				if e.Layer >= 0 && e.Layer < own && e.Layer == i-base {
+					e.Layer += base
+					out = append(out, e)
+				}
+			}
+			return out, nil
+		}
+		if parent == nil {
+			return nil, fmt.Errorf("image: layer %d of %d: %w", i, base+own, ErrNoMap)
+		}
+		base += own
+		cur = parent
+	}
 }

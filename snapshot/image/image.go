@@ -112,13 +112,20 @@ var ErrNotRegular = errors.New("image: not a regular file or block device")
 // MaxChainDepth bounds backing-file and parent chains.
 const MaxChainDepth = 16
 
+// ErrCorrupt is what every *FormatError is (errors.Is): the image's bytes
+// are not a valid image of its format.
+var ErrCorrupt = errors.New("image: corrupt image")
+
 // FormatError reports corrupt or unsupported content at a byte offset of
-// an image file.
+// an image file. It wraps ErrCorrupt.
 type FormatError struct {
 	Format string // "qcow2", "vmdk", ...
 	Offset int64  // byte offset in the image file, -1 if not known
 	Msg    string // what is wrong
 }
+
+// Unwrap makes errors.Is(err, ErrCorrupt) hold.
+func (e *FormatError) Unwrap() error { return ErrCorrupt }
 
 func (e *FormatError) Error() string {
 	if e.Offset < 0 {

@@ -17,9 +17,10 @@
 // Rock Ridge names, does not join multi-extent files, and resolves every
 // path from the root again. Here every size and location is checked
 // against the image before it is used, continuation areas are bounded in
-// number and bytes, and directory cycles and cross-links are refused
-// (a directory may be listed by one directory only, once), so a
-// hostile image gives errors, never hangs or unbounded allocations.
+// number and bytes, and cross-links are refused (a directory may be
+// listed by one directory only, once); directory cycles are refused by
+// vfs, which knows directories by their extent (Node.Ino). A hostile
+// image gives errors, never hangs or unbounded allocations.
 //
 // An FS implements vfs.FileSystem and vfs.Labeler; serve it as an fs.FS
 // with vfs.New. Symbolic links are reported, never followed.
@@ -78,7 +79,6 @@ const (
 	maxCEHops      = 16       // continuation areas per record
 	maxSUSPBytes   = 64 << 10 // system use bytes per record, all areas
 	maxExtents     = 4096     // extents of one multi-extent file
-	maxDepth       = 1024
 )
 
 // Tree names the directory tree an FS serves.
@@ -207,7 +207,7 @@ func (f *FS) rootNode(rec []byte, off int64) (*node, error) {
 	if rec[0] < 34 {
 		return nil, corrupt(off, "root directory record of %d bytes", rec[0])
 	}
-	n := &node{name: "/", dir: true, root: true, mode: fs.ModeDir | 0o555}
+	n := &node{name: "/", dir: true, root: true, mode: fs.ModeDir | 0o555, rec: off}
 	n.extents = []extent{{block: binary.LittleEndian.Uint32(rec[2:]), length: binary.LittleEndian.Uint32(rec[10:])}}
 	n.size = int64(n.extents[0].length)
 	n.mtime = recTime(rec[18:25])
@@ -295,11 +295,20 @@ type node struct {
 	uid     uint32
 	hasUID  bool
 	link    string
-	parent  *node
-	depth   int
+	rec     int64 // byte offset of the directory record, -1 for the root
 }
 
-func (n *node) Mode() fs.FileMode  { return n.mode }
+func (n *node) Mode() fs.FileMode { return n.mode }
+
+// Ino returns the first block of the node's extent, which directories
+// and hard-linked files own; an empty file, whose extent may be shared,
+// is known by the place of its directory record instead.
+func (n *node) Ino() uint64 {
+	if !n.dir && (n.size == 0 || n.mode.Type() == fs.ModeSymlink) {
+		return 1<<63 | uint64(n.rec)
+	}
+	return uint64(n.extents[0].block)
+}
 func (n *node) ModTime() time.Time { return n.mtime }
 
 func (n *node) Size() int64 {
@@ -380,7 +389,6 @@ func (f *FS) ReadDir(d vfs.Node) ([]vfs.Entry, error) {
 		if n == nil {
 			continue // hidden: relocated directory or associated file
 		}
-		n.parent, n.depth = dir, dir.depth+1
 		if pending != nil {
 			if pending.name != n.name || n.dir {
 				return nil, corrupt(at, "%s: multi-extent file %q is not continued", what, pending.name)
@@ -398,15 +406,7 @@ func (f *FS) ReadDir(d vfs.Node) ([]vfs.Entry, error) {
 		}
 		pending = nil
 		if n.dir {
-			if n.depth > maxDepth {
-				return nil, corrupt(at, "%s: directories nested more than %d deep", what, maxDepth)
-			}
 			blk := n.extents[0].block
-			for a := dir; a != nil; a = a.parent {
-				if a.extents[0].block == blk {
-					return nil, corrupt(at, "%s: %q at block %d is the directory itself or an ancestor", what, n.name, blk)
-				}
-			}
 			if subdirs[blk] {
 				return nil, corrupt(at, "%s: two entries for the directory at block %d", what, blk)
 			}
@@ -461,6 +461,7 @@ func (f *FS) parseRecord(rec []byte, at int64) (*node, error) {
 	}
 	raw := rec[33 : 33+int(rec[32])]
 	n := &node{
+		rec:     at,
 		dir:     flags&0x02 != 0,
 		extents: []extent{{block: binary.LittleEndian.Uint32(rec[2:]), length: binary.LittleEndian.Uint32(rec[10:])}},
 		mtime:   recTime(rec[18:25]),

@@ -221,6 +221,9 @@ func (n *node) Size() int64        { return n.size }
 func (n *node) ModTime() time.Time { return n.mtime }
 func (n *node) Sys() any           { return n.id }
 
+// Ino returns the MFT entry number; the named streams of a file share it.
+func (n *node) Ino() uint64 { return n.id }
+
 // Root returns the root directory (MFT entry 5).
 func (f *FS) Root() (vfs.Node, error) {
 	in, err := f.inspect(rootEntry)

@@ -34,17 +34,22 @@ type decoder struct {
 	zstd    *zstd.Decoder
 }
 
+// newDecoder returns a decoder for blocks of a volume with the given
+// data block size. Metadata blocks expand to 8 KiB, more than the
+// smallest data blocks (4 KiB): the decoder's limits are the larger of
+// the two.
 func newDecoder(comp uint16, blockSize int) (*decoder, error) {
-	d := &decoder{comp: comp, dictCap: int64(blockSize)}
+	limit := max(blockSize, metaSize)
+	d := &decoder{comp: comp, dictCap: int64(limit)}
 	if comp == compZstd {
-		// DecodeAll stops once the output passes the block size, and the
+		// DecodeAll stops once the output passes the limit, and the
 		// window a frame may ask for is capped, so a frame header cannot
 		// make the decoder allocate more.
 		z, err := zstd.NewReader(nil,
 			zstd.WithDecoderConcurrency(1),
 			zstd.WithDecoderLowmem(true),
-			zstd.WithDecoderMaxMemory(uint64(blockSize)),
-			zstd.WithDecoderMaxWindow(uint64(blockSize)))
+			zstd.WithDecoderMaxMemory(uint64(limit)),
+			zstd.WithDecoderMaxWindow(uint64(limit)))
 		if err != nil {
 			return nil, fmt.Errorf("squashfs: zstd decoder: %w", err)
 		}

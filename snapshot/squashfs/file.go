@@ -17,19 +17,6 @@ const (
 	storedBit       = 1 << 24 // in a data block size: stored uncompressed
 )
 
-// fragCache holds a few decompressed fragment blocks, by byte offset.
-type fragCache struct {
-	at   [fragCacheBlocks]int64
-	data [fragCacheBlocks][]byte
-	hand int
-}
-
-func (c *fragCache) init() {
-	for i := range c.at {
-		c.at[i] = -1
-	}
-}
-
 // chunkStart is where the block sizes of a list chunk are and where the
 // chunk's first block is on disk.
 type chunkStart struct {
@@ -230,11 +217,8 @@ func (f *FS) fragment(idx, ino uint32) ([]byte, error) {
 		return nil, err
 	}
 	start, size := binary.LittleEndian.Uint64(e[0:]), binary.LittleEndian.Uint32(e[8:])
-	c := &f.frag
-	for i, a := range c.at {
-		if a >= 0 && uint64(a) == start && c.data[i] != nil {
-			return c.data[i], nil
-		}
+	if b, ok := f.frag.Get(start); ok {
+		return b, nil
 	}
 	l := int(size &^ storedBit)
 	if size&storedBit == 0 {
@@ -243,13 +227,7 @@ func (f *FS) fragment(idx, ino uint32) ([]byte, error) {
 	if l > f.bs {
 		return nil, corrupt(int64(min(start, 1<<62)), "fragment %d: block of %d bytes (size field %#x), above the block size", idx, l, size)
 	}
-	i := c.hand
-	c.hand = (c.hand + 1) % fragCacheBlocks
-	c.at[i] = -1
-	if cap(c.data[i]) < f.bs {
-		c.data[i] = make([]byte, f.bs)
-	}
-	buf := c.data[i][:f.bs]
+	buf := make([]byte, f.bs)
 	if size&storedBit != 0 {
 		buf = buf[:l]
 		if err := f.readBlock(buf, start, size, "fragment block", ino); err != nil {
@@ -262,7 +240,7 @@ func (f *FS) fragment(idx, ino uint32) ([]byte, error) {
 		}
 		buf = buf[:n]
 	}
-	c.at[i], c.data[i] = int64(start), buf
+	f.frag.Put(start, buf)
 	return buf, nil
 }
 

@@ -32,26 +32,18 @@ type metaPos struct {
 	off   int
 }
 
-// metaBlock is one decompressed metadata block.
+// metaBlock is one decompressed metadata block. It is shared through the
+// cache and never modified.
 type metaBlock struct {
-	at   int64 // byte offset of its header, -1 when the slot is free
 	data []byte
 	next int64 // byte offset of the following block
-}
-
-// metaCache is a FIFO of decompressed metadata blocks with fixed slots.
-type metaCache struct {
-	slots [metaCacheBlocks]metaBlock
-	index map[int64]int
-	hand  int
 }
 
 // metaBlock returns the metadata block whose header is at byte at, which
 // must lie before end. The caller holds f.mu.
 func (f *FS) metaBlock(at, end int64, what string) (*metaBlock, error) {
-	c := &f.meta
-	if i, ok := c.index[at]; ok {
-		return &c.slots[i], nil
+	if b, ok := f.meta.Get(at); ok {
+		return b, nil
 	}
 	if at < superblockSize || at+2 >= end {
 		return nil, corrupt(at, "%s: metadata block outside its table (which ends at byte %d)", what, end)
@@ -66,21 +58,7 @@ func (f *FS) metaBlock(at, end int64, what string) (*metaBlock, error) {
 	if size == 0 || size > metaSize || at+2+size > end {
 		return nil, corrupt(at, "%s: metadata block of %d bytes (header %#04x) does not fit before byte %d", what, size, hdr, end)
 	}
-	if c.index == nil {
-		c.index = make(map[int64]int, metaCacheBlocks)
-		for i := range c.slots {
-			c.slots[i].at = -1
-		}
-	}
-	slot := &c.slots[c.hand]
-	if slot.at >= 0 {
-		delete(c.index, slot.at)
-		slot.at = -1
-	}
-	if slot.data == nil {
-		slot.data = make([]byte, metaSize)
-	}
-	buf := slot.data[:metaSize]
+	buf := make([]byte, metaSize)
 	var n int
 	if stored {
 		if err := f.readAt(buf[:size], at+2, what+" metadata block"); err != nil {
@@ -97,10 +75,9 @@ func (f *FS) metaBlock(at, end int64, what string) (*metaBlock, error) {
 			return nil, corrupt(at, "%s: metadata block of %d bytes: %v", what, size, err)
 		}
 	}
-	slot.at, slot.data, slot.next = at, buf[:n], at+2+size
-	c.index[at] = c.hand
-	c.hand = (c.hand + 1) % metaCacheBlocks
-	return slot, nil
+	b := &metaBlock{data: buf[:n], next: at + 2 + size}
+	f.meta.Put(at, b)
+	return b, nil
 }
 
 // metaReader reads a byte stream spread over consecutive metadata

@@ -40,6 +40,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/snapscan/snapscan/internal/lru"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
@@ -193,10 +194,10 @@ type FS struct {
 
 	mu      sync.Mutex // guards what follows: caches, decoder, scratch buffer
 	dec     *decoder
-	scratch []byte // compressed bytes of one block
-	meta    metaCache
-	frag    fragCache
-	parents map[uint64]dirKey // directory inode ref -> where it was first listed
+	scratch []byte                        // compressed bytes of one block
+	meta    *lru.Cache[int64, *metaBlock] // decompressed metadata blocks by offset
+	frag    *lru.Cache[uint64, []byte]    // decompressed fragment blocks by offset
+	parents map[uint64]dirKey             // directory inode ref -> where it was first listed
 	root    *node
 }
 
@@ -232,7 +233,8 @@ func New(r io.ReaderAt, size int64) (*FS, error) {
 		return nil, err
 	}
 	f.scratch = make([]byte, max(f.bs, metaSize))
-	f.frag.init()
+	f.meta = lru.New[int64, *metaBlock](metaCacheBlocks)
+	f.frag = lru.New[uint64, []byte](fragCacheBlocks)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.readIDs(); err != nil {
@@ -418,6 +420,11 @@ func (n *node) Size() int64 {
 }
 
 func (n *node) ModTime() time.Time { return time.Unix(int64(n.mtime), 0).UTC() }
+
+// Ino returns the inode's reference (where it lies in the inode table):
+// the inode numbers recorded in inodes are not checked for uniqueness,
+// their places are unique by construction.
+func (n *node) Ino() uint64 { return n.ref }
 
 // Sys returns an Owner: squashfs records numeric uids only.
 func (n *node) Sys() any {

@@ -117,6 +117,10 @@ func TestImages(t *testing.T) {
 		{"gzip.sqfs", "gzip", 128 << 10},
 		{"zstd.sqfs", "zstd", 128 << 10},
 		{"xz.sqfs", "xz", 1 << 20},
+		// Metadata blocks expand to 8 KiB, twice a data block: the
+		// 300-entry listing of wide/ was refused (issue 10.10).
+		{"zstd-4k.sqfs", "zstd", 4096},
+		{"xz-4k.sqfs", "xz", 4096},
 	}
 	for _, tt := range tests {
 		t.Run(tt.image, func(t *testing.T) {

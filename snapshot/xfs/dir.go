@@ -40,7 +40,7 @@ func (f *FS) ReadDir(n vfs.Node) ([]vfs.Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	ip, err := f.readInode(xn.Ino)
+	ip, err := f.readInode(xn.ino)
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +68,7 @@ func (f *FS) ReadDir(n vfs.Node) ([]vfs.Entry, error) {
 			if int(d.ftype) < len(ftypeMode) && d.ftype != 0 {
 				m = ftypeMode[d.ftype]
 			}
-			node = &Node{Ino: d.ino, mode: m, err: fmt.Errorf("entry %q of directory inode %d: %w", d.name, ip.ino, err)}
+			node = &Node{ino: d.ino, mode: m, err: fmt.Errorf("entry %q of directory inode %d: %w", d.name, ip.ino, err)}
 		} else {
 			node = child.node()
 		}

@@ -36,7 +36,7 @@ func ExampleNew() {
 			return err
 		}
 		n := info.Sys().(*xfs.Node)
-		fmt.Println(p, info.Mode(), info.Size(), "inode", n.Ino, "owner", n.Owner())
+		fmt.Println(p, info.Mode(), info.Size(), "inode", n.Ino(), "owner", n.Owner())
 		return nil
 	})
 }

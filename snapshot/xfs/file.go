@@ -42,7 +42,7 @@ func (f *FS) Open(n vfs.Node) (io.ReaderAt, error) {
 	if err != nil {
 		return nil, err
 	}
-	ip, err := f.readInode(xn.Ino)
+	ip, err := f.readInode(xn.ino)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +124,7 @@ func (f *FS) ReadLink(n vfs.Node) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	ip, err := f.readInode(xn.Ino)
+	ip, err := f.readInode(xn.ino)
 	if err != nil {
 		return "", err
 	}

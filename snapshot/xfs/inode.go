@@ -68,13 +68,13 @@ func (f *FS) readInode(ino uint64) (*inode, error) {
 	agEnd := agStart + int64(sb.agLen(uint32(agno)))<<sb.blockLog
 	cstart = max(cstart, agStart)
 	cend := min(cstart+cs, agEnd)
-	cl := f.icache.get(cstart)
-	if cl == nil || int64(len(cl)) != cend-cstart {
+	cl, _ := f.icache.Get(cstart)
+	if int64(len(cl)) != cend-cstart {
 		cl = make([]byte, cend-cstart)
 		if err := f.readAt(cl, cstart, fmt.Sprintf("inode cluster of inode %d", ino)); err != nil {
 			return nil, err
 		}
-		f.icache.put(cstart, cl)
+		f.icache.Put(cstart, cl)
 	}
 	rel := off - cstart
 	return parseInode(cl[rel:rel+int64(sb.inodeSize)], ino, off, sb)
@@ -238,12 +238,12 @@ func decodeTime(b []byte, big bool) time.Time {
 // as returned in vfs entries. Its Sys method returns the Node itself, which
 // implements vfs.Owner and exposes the inode number and owners.
 type Node struct {
-	Ino   uint64 // inode number
 	UID   uint32 // owner user id
 	GID   uint32 // owner group id
 	Nlink uint32 // number of hard links
 	Rdev  uint32 // device number of a device node, as XFS stores it (major<<18 | minor)
 
+	ino   uint64
 	mode  fs.FileMode
 	size  int64
 	mtime time.Time
@@ -254,9 +254,12 @@ type Node struct {
 }
 
 func (ip *inode) node() *Node {
-	return &Node{Ino: ip.ino, UID: ip.uid, GID: ip.gid, Nlink: ip.nlink, Rdev: ip.rdev,
+	return &Node{ino: ip.ino, UID: ip.uid, GID: ip.gid, Nlink: ip.nlink, Rdev: ip.rdev,
 		mode: ip.mode, size: ip.size, mtime: ip.mtime}
 }
+
+// Ino returns the inode number.
+func (n *Node) Ino() uint64 { return n.ino }
 
 // Mode returns the type and permission bits.
 func (n *Node) Mode() fs.FileMode { return n.mode }

@@ -51,6 +51,7 @@ import (
 	"math/bits"
 	"sync"
 
+	"github.com/snapscan/snapscan/internal/lru"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
@@ -114,7 +115,7 @@ type FS struct {
 	agMu  sync.Mutex
 	agErr map[uint32]error // AG number -> result of its header check
 
-	icache clusterCache
+	icache *lru.Cache[int64, []byte] // recent inode clusters by byte offset, cacheBytes in all
 }
 
 var (
@@ -146,7 +147,7 @@ func New(r io.ReaderAt, size int64) (*FS, error) {
 		return nil, err
 	}
 	f := &FS{r: r, size: size, sb: sb, agErr: map[uint32]error{}}
-	f.icache.init(int(sb.clusterSize))
+	f.icache = lru.New[int64, []byte](max(cacheBytes/int(sb.clusterSize), 4))
 	// The root must be a directory; checking now gives a clear error at
 	// open time rather than at the first listing.
 	root, err := f.readInode(sb.rootIno)
@@ -250,41 +251,8 @@ func (sb *superblock) checkAGHeaders(agno uint32, agf, agi []byte, off int64) er
 	return nil
 }
 
-// clusterCache keeps recently read inode clusters, so that listing a
-// directory (whose inodes are usually allocated together) reads each
-// cluster once. Eviction is random: cheap and good enough for the
-// mostly sequential access of a scan.
-type clusterCache struct {
-	mu   sync.Mutex
-	size int
-	m    map[int64][]byte
-}
-
+// cacheBytes bounds the inode cluster cache, which lets a listing (whose
+// inodes are usually allocated together) read each cluster once.
 const cacheBytes = 8 << 20
-
-func (c *clusterCache) init(clusterSize int) {
-	c.size = cacheBytes / clusterSize
-	c.m = make(map[int64][]byte, c.size)
-}
-
-func (c *clusterCache) get(off int64) []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[off]
-}
-
-func (c *clusterCache) put(off int64, b []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= c.size {
-		for k := range c.m {
-			delete(c.m, k)
-			if len(c.m) < c.size*3/4 {
-				break
-			}
-		}
-	}
-	c.m[off] = b
-}
 
 func log2(x uint64) uint { return uint(bits.Len64(x) - 1) }

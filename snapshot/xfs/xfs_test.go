@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -519,6 +520,56 @@ func TestConcurrent(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		if err := <-errs; err != nil {
 			t.Error(err)
+		}
+	}
+}
+
+// TestCycle walks the image of testdata/hostile-trees.sh where xfs_db made
+// a/b/up name a and a/b/top the root (issue 10.2: ls and scan of such an
+// image ran forever, memory growing). Both entries are listed and
+// reported with vfs.ErrCycle, never entered; the rest of the tree is
+// read, by vfs.WalkDir and by fs.WalkDir alike.
+func TestCycle(t *testing.T) {
+	testenv.NeedTools(t, "mkfs.xfs", "xfs_db", "mkfs.ext4", "debugfs", "e2fsck", "perl", "mkfs.vfat", "mcopy", "mshowfat")
+	dir := testenv.Fixture(t, "hostile-trees.sh")
+	b, err := os.ReadFile(filepath.Join(dir, "xfs-cycle.list"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Fields(string(b))
+	x, _ := openImage(t, filepath.Join(dir, "xfs-cycle.img"))
+	fsys := vfs.New(x, "xfs-cycle.img")
+	for name, walk := range map[string]func(fs.FS, fs.WalkDirFunc) error{
+		"vfs.WalkDir": func(f fs.FS, fn fs.WalkDirFunc) error { return vfs.WalkDir(f, ".", 0, fn) },
+		"fs.WalkDir":  func(f fs.FS, fn fs.WalkDirFunc) error { return fs.WalkDir(f, ".", fn) },
+	} {
+		var seen, cycles []string
+		err := walk(fsys, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				if !errors.Is(err, vfs.ErrCycle) {
+					t.Errorf("%s: %s: %v", name, p, err)
+				}
+				cycles = append(cycles, p)
+				return nil
+			}
+			if p != "." {
+				seen = append(seen, p)
+			}
+			if len(seen) > 100 {
+				return fmt.Errorf("%s: walk does not end: %v", name, seen)
+			}
+			if d.Type().IsRegular() {
+				if _, err := fs.ReadFile(fsys, p); err != nil {
+					t.Errorf("%s: %v", name, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(seen, want) || !slices.Equal(cycles, []string{"a/b/top", "a/b/up"}) {
+			t.Errorf("%s: listed %q with cycles %q; want %q with cycles a/b/top, a/b/up", name, seen, cycles, want)
 		}
 	}
 }

@@ -81,7 +81,7 @@ func scan(id int64, vm string, findings ...results.Finding) *results.Scan {
 		},
 		Findings: findings,
 	}
-	s.Incomplete = map[string]int64{"too_large": 2, "volume_unreadable": 1}
+	s.Incomplete = map[string]int64{"too_large": 2, "volume_error": 1}
 	s.Status = results.StatusOf(len(findings), s.Incomplete)
 	return s
 }

@@ -28,8 +28,11 @@ func checkChain(h *header, name string, opts *image.Options) error {
 		}
 		p, err := opts.Resolve(cur, h.backingName)
 		if err != nil {
+			if cur != name {
+				err = fmt.Errorf("in %s: %w", cur, err)
+			}
 			if errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("%w: backing file %q of %s is missing: %w", ErrChain, h.backingName, cur, err)
+				return fmt.Errorf("%w: backing file missing: %w", ErrChain, err)
 			}
 			return err
 		}

@@ -28,7 +28,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/snapscan/snapscan/internal/lru"
 	"github.com/snapscan/snapscan/snapshot/image"
@@ -179,6 +182,9 @@ func (img *Image) BackingFile() string { return img.backingPath }
 
 // Backing returns the backing image, or nil.
 func (img *Image) Backing() image.Image { return img.stack.Parent }
+
+// Parent returns the backing image, or nil (image.Parented).
+func (img *Image) Parent() image.Image { return img.stack.Parent }
 
 // Layers returns the image file and its backing chain. The image's own
 // layer carries its Identity digest.
@@ -366,10 +372,42 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	if empty {
 		return 0, cerr
 	}
-	if err := img.read(p, off); err != nil {
+	if err := img.readParallel(p, off); err != nil {
 		return 0, err
 	}
 	return len(p), eof
+}
+
+// parallelMin is the size from which a read that starts in a compressed
+// cluster is split among the CPUs: decompression is the whole cost of
+// reading a compressed image, and clusters decompress independently.
+const parallelMin = 1 << 20
+
+// readParallel is read, split at cluster boundaries into one run per CPU
+// when p is large and starts in a compressed cluster.
+func (img *Image) readParallel(p []byte, off int64) error {
+	workers := int64(runtime.GOMAXPROCS(0))
+	if int64(len(p)) < parallelMin || workers < 2 {
+		return img.read(p, off)
+	}
+	if sp, err := img.lookup(off); err != nil || sp.kind != kindCompressed {
+		return img.read(p, off)
+	}
+	cs := img.clusterSize
+	per := (int64(len(p))/workers + cs - 1) &^ (cs - 1)
+	var g errgroup.Group
+	for start := int64(0); start < int64(len(p)); {
+		// Runs end on cluster boundaries of the disk, so no compressed
+		// cluster is decompressed by two runs.
+		end := min(int64(len(p)), ((off+start+per)&^(cs-1))-off)
+		if end <= start {
+			end = int64(len(p))
+		}
+		q, o := p[start:end], off+start
+		g.Go(func() error { return img.read(q, o) })
+		start = end
+	}
+	return g.Wait()
 }
 
 func (img *Image) read(p []byte, off int64) error {
@@ -464,7 +502,7 @@ func (img *Image) decompress(c []byte, sp span) error {
 // the rest the backing chain's map.
 func (img *Image) Map(off, length int64) ([]image.Extent, error) {
 	off, length = image.ClipRange(off, length, img.size)
-	var runs []image.Run
+	var runs image.Runs
 	for end := off + length; off < end; {
 		sp, err := img.lookup(off)
 		if err != nil {
@@ -480,11 +518,7 @@ func (img *Image) Map(off, length int64) ([]image.Extent, error) {
 		case kindCompressed:
 			r.Compressed = true
 		}
-		if l := len(runs) - 1; l >= 0 && runs[l].State == r.State && runs[l].Compressed == r.Compressed {
-			runs[l].Length += n
-		} else {
-			runs = append(runs, r)
-		}
+		runs.Add(r)
 		off += n
 	}
 	return img.stack.Map(runs)

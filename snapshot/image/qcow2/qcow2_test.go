@@ -3,10 +3,13 @@ package qcow2_test
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -194,5 +197,115 @@ func TestCorrupt(t *testing.T) {
 			}
 			t.Log(err)
 		})
+	}
+}
+
+// TestIdentity: a layer's digest covers its header and allocation tables,
+// so a write that allocates a cluster changes it, and a copy of the same
+// bytes has the same digest under another name.
+func TestIdentity(t *testing.T) {
+	dir := fixtures(t)
+	tmp := t.TempDir()
+	digest := func(p string) string {
+		img, err := qcow2.Open(p, &image.Options{AllowedDirs: []string{dir}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer img.Close()
+		d := img.Layers()[0].Digest
+		if len(d) != 64 {
+			t.Fatalf("digest %q", d)
+		}
+		return d
+	}
+	cp := func(dst string) {
+		b, err := os.ReadFile(filepath.Join(dir, "v3.qcow2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := filepath.Join(tmp, "a.qcow2"), filepath.Join(tmp, "b.qcow2")
+	cp(a)
+	cp(b)
+	if digest(a) != digest(b) || digest(a) != digest(filepath.Join(dir, "v3.qcow2")) {
+		t.Error("copies of one image have different digests")
+	}
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x99 40M 4k", b).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v\n%s", err, out)
+	}
+	if digest(a) == digest(b) {
+		t.Error("a write that allocated a cluster left the digest unchanged")
+	}
+}
+
+// TestHeldBy asks, for each layer of the ovl2 -> ovl -> base chain, which
+// ranges that layer holds itself, and compares the answer with qemu-img
+// map of that layer's file alone: the same bytes present, the same ones
+// zero.
+func TestHeldBy(t *testing.T) {
+	testenv.NeedTools(t, "qemu-img")
+	dir := fixtures(t)
+	img, err := qcow2.Open(filepath.Join(dir, "ovl2.qcow2"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	for i, l := range img.Layers() {
+		held, err := image.HeldBy(img, i, 0, img.Size())
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec, _ := json.Marshal(map[string]any{"driver": "qcow2", "backing": nil, "file": map[string]string{"driver": "file", "filename": l.Path}})
+		out, err := exec.Command("qemu-img", "map", "--output=json", "json:"+string(spec)).Output()
+		if err != nil {
+			t.Fatalf("qemu-img map %s: %v", l.Path, err)
+		}
+		var q []struct {
+			Start, Length int64
+			Depth         int
+			Present, Zero bool
+		}
+		if err := json.Unmarshal(out, &q); err != nil {
+			t.Fatal(err)
+		}
+		type run struct {
+			start, end int64
+			zero       bool
+		}
+		var want, got []run
+		for _, e := range q {
+			if e.Present && e.Depth == 0 && e.Start < img.Size() {
+				want = append(want, run{e.Start, min(e.Start+e.Length, img.Size()), e.Zero})
+			}
+		}
+		for _, e := range held {
+			if e.Layer != i {
+				t.Fatalf("layer %d: extent %+v of another layer", i, e)
+			}
+			got = append(got, run{e.Start, e.Start + e.Length, e.Zero})
+		}
+		merge := func(rs []run) []run {
+			var o []run
+			for _, r := range rs {
+				if n := len(o); n > 0 && o[n-1].end == r.start && o[n-1].zero == r.zero {
+					o[n-1].end = r.end
+					continue
+				}
+				o = append(o, r)
+			}
+			return o
+		}
+		if len(want) == 0 {
+			t.Fatalf("layer %d: qemu-img says the file holds nothing; the fixture proves nothing", i)
+		}
+		if g, w := merge(got), merge(want); !slices.Equal(g, w) {
+			t.Errorf("layer %d (%s): HeldBy %v, qemu-img map of the file alone %v", i, filepath.Base(l.Path), g, w)
+		}
+	}
+	if _, err := image.HeldBy(img, 3, 0, 1); !errors.Is(err, image.ErrNoMap) {
+		t.Errorf("layer past the chain: err = %v", err)
 	}
 }

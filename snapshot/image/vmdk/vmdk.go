@@ -280,8 +280,11 @@ func (img *Image) openParent(hint string, parentCID uint32, name string, opts *i
 		}
 		p, err := opts.Resolve(cur, hint)
 		if err != nil {
+			if cur != name {
+				err = fmt.Errorf("in %s: %w", cur, err)
+			}
 			if errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("%w: parent %q of %s is missing: %w", ErrChain, hint, cur, err)
+				return fmt.Errorf("%w: parent missing: %w", ErrChain, err)
 			}
 			return err
 		}
@@ -391,14 +394,7 @@ func (img *Image) Close() error {
 // from the parent.
 func (img *Image) Map(off, length int64) ([]image.Extent, error) {
 	off, length = image.ClipRange(off, length, img.size)
-	var runs []image.Run
-	add := func(r image.Run) {
-		if l := len(runs) - 1; l >= 0 && runs[l].State == r.State && runs[l].File == r.File && runs[l].Compressed == r.Compressed {
-			runs[l].Length += r.Length
-			return
-		}
-		runs = append(runs, r)
-	}
+	var runs image.Runs
 	end := off + length
 	for _, e := range img.extents {
 		if e.start+e.length <= off || e.start >= end {
@@ -407,9 +403,9 @@ func (img *Image) Map(off, length int64) ([]image.Extent, error) {
 		s, t := max(off, e.start), min(end, e.start+e.length)
 		switch e.typ {
 		case extZero:
-			add(image.Run{Start: s, Length: t - s, State: image.RunZero})
+			runs.Add(image.Run{Start: s, Length: t - s, State: image.RunZero})
 		case extFlat:
-			add(image.Run{Start: s, Length: t - s, File: e.file})
+			runs.Add(image.Run{Start: s, Length: t - s, File: e.file})
 		default:
 			for s < t {
 				rel := s - e.start
@@ -428,7 +424,7 @@ func (img *Image) Map(off, length int64) ([]image.Extent, error) {
 				default:
 					r.Compressed = e.sparse.compressed
 				}
-				add(r)
+				runs.Add(r)
 				s += n
 			}
 		}

@@ -1,8 +1,14 @@
-package vsphere_test
+// Package vspheretest runs the vSphere simulator (govmomi's vcsim) in
+// process for the tests of the vSphere connector and of the appliance,
+// with real VMDK disks (testdata/vsphere-disk.sh) in its datastore
+// folder, extended where vcsim does not model what the connector relies
+// on (see Sim).
+package vspheretest
 
 import (
 	"crypto/tls"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net/url"
 	"os"
@@ -16,6 +22,7 @@ import (
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	_ "github.com/vmware/govmomi/vapi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
@@ -24,7 +31,8 @@ import (
 	"github.com/snapscan/snapscan/internal/testenv"
 )
 
-// The vSphere simulator (vcsim) in govmomi v0.52.0 records a snapshot but
+// Sim is a running vcsim. The vSphere simulator (vcsim) in govmomi
+// v0.52.0 records a snapshot but
 // makes no delta disk, so the VM would go on writing to the very file
 // the snapshot is meant to freeze, and it does not implement
 // QueryChangedDiskAreas. The test extends the simulated VMs the way
@@ -43,17 +51,17 @@ import (
 //   - A VM marked busy fails CreateSnapshot with TaskInProgress, as a VM
 //     being migrated does.
 //
-// "Guest writes" are made with qemu-io into the VM's current delta.
-
-type sim struct {
-	model *simulator.Model
-	srv   *simulator.Server
-	ds    string // the datastore's name
-	dir   string // its local folder
-	url   *url.URL
-	disk  string // the fixture VMDK
-	// planted maps planted paths to their SHA-256.
-	planted map[string]string
+// "Guest writes" are made with qemu-io into the VM's current delta
+// (GuestWrite).
+type Sim struct {
+	Model *simulator.Model
+	Srv   *simulator.Server
+	DS    string   // the datastore's name
+	Dir   string   // its local folder
+	URL   *url.URL // the SDK endpoint
+	disk  string   // the fixture VMDK
+	// Planted maps planted paths to their SHA-256.
+	Planted map[string]string
 
 	mu    sync.Mutex
 	busy  map[string]bool               // VM ids whose snapshots fail as during a migration
@@ -61,18 +69,21 @@ type sim struct {
 	log   map[string][]connector.Extent // per VM+disk+epoch: areas consolidated
 }
 
+// The credentials vcsim accepts.
 const (
-	simUser = "snapscan"
-	simPass = "s3cret"
+	User     = "snapscan"
+	Password = "s3cret"
 )
 
-func newSim(t *testing.T) *sim { return newSimTB(t) }
-
-func newSimTB(t testing.TB) *sim {
+// New starts a simulated vCenter (one datacenter DC0, one cluster with
+// two powered-on VMs, DC0_C0_RP0_VM0 and DC0_C0_RP0_VM1, each with a
+// 32 MiB VMDK holding an ext4 with planted files) on a loopback HTTPS
+// port until the test ends.
+func New(t testing.TB) *Sim {
 	t.Helper()
 	testenv.NeedTools(t, "qemu-img", "qemu-io", "mkfs.ext4")
 	fix := testenv.Fixture(t, "vsphere-disk.sh")
-	s := &sim{disk: filepath.Join(fix, "disk.vmdk"), planted: map[string]string{},
+	s := &Sim{disk: filepath.Join(fix, "disk.vmdk"), Planted: map[string]string{},
 		busy: map[string]bool{}, epoch: map[string]int{}, log: map[string][]connector.Extent{}}
 	b, err := os.ReadFile(filepath.Join(fix, "planted.txt"))
 	if err != nil {
@@ -80,32 +91,33 @@ func newSimTB(t testing.TB) *sim {
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		if f := strings.Fields(line); len(f) == 2 {
-			s.planted[f[1]] = f[0]
+			s.Planted[f[1]] = f[0]
 		}
 	}
-	s.model = simulator.VPX()
-	s.model.Host = 0
-	s.model.Machine = 2
-	if err := s.model.Create(); err != nil {
+	s.Model = simulator.VPX()
+	s.Model.Host = 0
+	s.Model.Machine = 2
+	if err := s.Model.Create(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(s.model.Remove)
-	s.model.Service.Listen = &url.URL{User: url.UserPassword(simUser, simPass)}
-	s.model.Service.TLS = new(tls.Config) // vcsim serves HTTPS with a self-signed certificate
-	s.srv = s.model.Service.NewServer()
-	t.Cleanup(s.srv.Close)
-	s.url = s.srv.URL
-	m := s.model.Map()
+	t.Cleanup(s.Model.Remove)
+	s.Model.Service.Listen = &url.URL{User: url.UserPassword(User, Password)}
+	s.Model.Service.RegisterEndpoints = true // vAPI (tags), from vapi/simulator
+	s.Model.Service.TLS = new(tls.Config)    // vcsim serves HTTPS with a self-signed certificate
+	s.Srv = s.Model.Service.NewServer()
+	t.Cleanup(s.Srv.Close)
+	s.URL = s.Srv.URL
+	m := s.Model.Map()
 	ds := m.Any("Datastore").(*simulator.Datastore)
-	s.ds = ds.Name
-	s.dir = ds.Info.GetDatastoreInfo().Url
+	s.DS = ds.Name
+	s.Dir = ds.Info.GetDatastoreInfo().Url
 	// Give every VM a real disk and the extension.
 	for _, obj := range m.All("VirtualMachine") {
 		vm := obj.(*simulator.VirtualMachine)
 		for _, dev := range object.VirtualDeviceList(vm.Config.Hardware.Device).SelectByType((*types.VirtualDisk)(nil)) {
 			vd := dev.(*types.VirtualDisk)
 			b := vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
-			local := s.local(t, b.FileName)
+			local := s.Local(t, b.FileName)
 			if err := os.MkdirAll(filepath.Dir(local), 0o755); err != nil {
 				t.Fatal(err)
 			}
@@ -120,48 +132,49 @@ func newSimTB(t testing.TB) *sim {
 	return s
 }
 
-// local maps "[ds] path" to the datastore's folder.
-func (s *sim) local(t testing.TB, dsPath string) string {
+// Local maps "[ds] path" to the datastore's folder.
+func (s *Sim) Local(t testing.TB, dsPath string) string {
 	var p object.DatastorePath
-	if !p.FromString(dsPath) || p.Datastore != s.ds {
+	if !p.FromString(dsPath) || p.Datastore != s.DS {
 		t.Fatalf("unexpected datastore path %q", dsPath)
 	}
-	return filepath.Join(s.dir, p.Path)
+	return filepath.Join(s.Dir, p.Path)
 }
 
-// vm returns the simulated VM named name.
-func (s *sim) vm(t testing.TB, name string) *deltaVM {
+// VM returns the simulated VM named name.
+func (s *Sim) VM(t testing.TB, name string) *simulator.VirtualMachine {
 	t.Helper()
-	for _, obj := range s.model.Map().All("VirtualMachine") {
+	for _, obj := range s.Model.Map().All("VirtualMachine") {
 		if vm, ok := obj.(*deltaVM); ok && vm.Name == name {
-			return vm
+			return vm.VirtualMachine
 		}
 	}
 	t.Fatalf("no simulated VM %s", name)
 	return nil
 }
 
-// top returns the file the VM's first disk writes now.
-func (s *sim) top(t testing.TB, name string) string {
-	vm := s.vm(t, name)
+// Top returns the file the VM's first disk writes now.
+func (s *Sim) Top(t testing.TB, name string) string {
+	vm := s.VM(t, name)
 	disk := object.VirtualDeviceList(vm.Config.Hardware.Device).SelectByType((*types.VirtualDisk)(nil))[0].(*types.VirtualDisk)
 	return disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo).FileName
 }
 
-// guestWrite writes a pattern into the VM's current top file, as the
+// GuestWrite writes a pattern into the VM's current top file, as the
 // guest would.
-func (s *sim) guestWrite(t testing.TB, name string, off, n int64, pattern byte) {
+func (s *Sim) GuestWrite(t testing.TB, name string, off, n int64, pattern byte) {
 	t.Helper()
-	local := s.local(t, s.top(t, name))
+	local := s.Local(t, s.Top(t, name))
 	cmd := exec.Command("qemu-io", "-f", "vmdk", "-c", fmt.Sprintf("write -P 0x%02x %d %d", pattern, off, n), local)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("qemu-io: %v\n%s", err, out)
 	}
 }
 
+// deltaVM is a simulated VM with the extension.
 type deltaVM struct {
 	*simulator.VirtualMachine
-	s *sim
+	s *Sim
 }
 
 func diskKey(vm, key string, epoch int) string { return fmt.Sprintf("%s/%s/%d", vm, key, epoch) }
@@ -205,9 +218,9 @@ func (vm *deltaVM) CreateSnapshotTask(ctx *simulator.Context, req *types.CreateS
 			var p object.DatastorePath
 			p.FromString(old.FileName)
 			base := strings.TrimSuffix(filepath.Base(p.Path), ".vmdk")
-			deltaName := fmt.Sprintf("%s-%06d.vmdk", strings.SplitN(base, "-0000", 2)[0], len(ours(vm.Snapshot.RootSnapshotList)))
+			deltaName := fmt.Sprintf("%s-%06d.vmdk", strings.SplitN(base, "-0000", 2)[0], len(snapshots(vm.Snapshot.RootSnapshotList)))
 			deltaPath := object.DatastorePath{Datastore: p.Datastore, Path: filepath.Join(filepath.Dir(p.Path), deltaName)}
-			localOld := filepath.Join(s.dir, p.Path)
+			localOld := filepath.Join(s.Dir, p.Path)
 			cmd := exec.Command("qemu-img", "create", "-q", "-f", "vmdk", "-b", filepath.Base(localOld), "-F", "vmdk", deltaName)
 			cmd.Dir = filepath.Dir(localOld)
 			if out, err := cmd.CombinedOutput(); err != nil {
@@ -230,11 +243,11 @@ func (vm *deltaVM) CreateSnapshotTask(ctx *simulator.Context, req *types.CreateS
 	return &methods.CreateSnapshot_TaskBody{Res: &types.CreateSnapshot_TaskResponse{Returnval: task.Run(ctx)}}
 }
 
-func ours(tree []types.VirtualMachineSnapshotTree) []types.VirtualMachineSnapshotTree {
+func snapshots(tree []types.VirtualMachineSnapshotTree) []types.VirtualMachineSnapshotTree {
 	var out []types.VirtualMachineSnapshotTree
 	for _, s := range tree {
 		out = append(out, s)
-		out = append(out, ours(s.ChildSnapshotList)...)
+		out = append(out, snapshots(s.ChildSnapshotList)...)
 	}
 	return out
 }
@@ -296,7 +309,7 @@ func (snap *deltaSnapshot) RemoveSnapshotTask(ctx *simulator.Context, req *types
 			}
 			var p object.DatastorePath
 			p.FromString(b.FileName)
-			local := filepath.Join(s.dir, p.Path)
+			local := filepath.Join(s.Dir, p.Path)
 			areas, err := allocated(local)
 			if err != nil {
 				return nil, &types.FileFault{File: err.Error()}
@@ -395,4 +408,41 @@ func allocated(path string) ([]connector.Extent, error) {
 		}
 	}
 	return ext, nil
+}
+
+// Snapshots lists the names of the VM's snapshots.
+func (s *Sim) Snapshots(t testing.TB, name string) []string {
+	vm := s.VM(t, name)
+	s.mu.Lock() // the extension's tasks change the tree holding it
+	defer s.mu.Unlock()
+	if vm.Snapshot == nil {
+		return nil
+	}
+	var out []string
+	for _, sn := range snapshots(vm.Snapshot.RootSnapshotList) {
+		out = append(out, sn.Name)
+	}
+	return out
+}
+
+// SetBusy makes the VM's snapshots fail with TaskInProgress, as during a
+// migration, or stops that.
+func (s *Sim) SetBusy(id string, busy bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.busy[id] = busy
+}
+
+// CAFile writes vcsim's certificate to a PEM file in the test's folder.
+func (s *Sim) CAFile(t testing.TB) string {
+	t.Helper()
+	cert := s.Srv.Certificate()
+	if cert == nil {
+		t.Fatal("vcsim serves no TLS certificate")
+	}
+	p := filepath.Join(s.Dir, "..", "snapscan-ca.pem")
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -1,0 +1,328 @@
+package queue
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"time"
+)
+
+// fleet is what a queue knows of the other queues on its store, and its
+// own lease. Guarded by Queue.mu.
+type fleet struct {
+	holder     string    // this process's lease: Appliance + "/" + random
+	leaseUntil time.Time // when the lease ends if no heartbeat succeeds (by the local clock, from the send time)
+	dbOK       bool      // the last heartbeat succeeded
+	clock      int64     // Changes cursor
+	remote     map[int64]*remoteRun
+	remoteVM   map[string]int
+	queuedVM   map[string]int64 // the VM's queued job
+	syncNow    chan struct{}
+}
+
+// remoteRun is a job running under another holder: it takes slots on
+// its datastores and its VM runs.
+type remoteRun struct {
+	vm string
+	ds []*datastore
+}
+
+func (f *fleet) init() {
+	f.remote = map[int64]*remoteRun{}
+	f.remoteVM = map[string]int{}
+	f.queuedVM = map[string]int64{}
+	f.syncNow = make(chan struct{}, 1)
+}
+
+func newHolder(appliance string) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return appliance + "/" + hex.EncodeToString(b)
+}
+
+// register takes a lease under a new holder name.
+func (q *Queue) register(ctx context.Context) error {
+	q.holder = newHolder(q.cfg.Appliance)
+	sent := time.Now()
+	if err := q.store.Heartbeat(ctx, q.holder, q.cfg.Appliance, q.cfg.LeaseTTL); err != nil {
+		return err
+	}
+	q.leaseUntil, q.dbOK = sent.Add(q.cfg.LeaseTTL), true
+	return nil
+}
+
+// leaseOK reports whether the queue may start jobs: its lease is live and
+// the store answered the last heartbeat. q.mu must be held.
+func (q *Queue) leaseOK() bool { return q.dbOK && time.Now().Before(q.leaseUntil) }
+
+func (q *Queue) syncSoon() {
+	select {
+	case q.syncNow <- struct{}{}:
+	default:
+	}
+}
+
+// forget drops what the mirror knows of job id. q.mu must be held.
+func (q *Queue) forget(id int64) {
+	if e := q.queued[id]; e != nil {
+		e.gone = true
+		q.unDue(e)
+		delete(q.queued, id)
+		if q.queuedVM[e.VM] == id {
+			delete(q.queuedVM, e.VM)
+		}
+	}
+	if r := q.remote[id]; r != nil {
+		delete(q.remote, id)
+		for _, d := range r.ds {
+			d.remote--
+		}
+		if q.remoteVM[r.vm]--; q.remoteVM[r.vm] <= 0 {
+			delete(q.remoteVM, r.vm)
+		}
+	}
+}
+
+// mirrorRemote records a job another holder runs. q.mu must be held.
+func (q *Queue) mirrorRemote(j Job) {
+	if j.Holder == q.holder {
+		return
+	}
+	q.forget(j.ID)
+	r := &remoteRun{vm: j.VM}
+	for _, name := range j.Datastores() {
+		d := q.datastore(name)
+		d.remote++
+		r.ds = append(r.ds, d)
+	}
+	q.remote[j.ID] = r
+	q.remoteVM[j.VM]++
+}
+
+// absorb brings the mirror up to date with jobs read from Changes. It
+// runs under q.mu, as every write of this queue does, so what it reads is
+// never older than what this queue wrote.
+func (q *Queue) absorb(jobs []Job) {
+	for _, j := range jobs {
+		if rj := q.running[j.ID]; rj != nil {
+			// Ours: the scheduler keeps it. Another appliance may have
+			// asked to cancel it.
+			if j.CancelRequested && j.Epoch == rj.job.Epoch && !rj.cancelRequested {
+				rj.cancelRequested = true
+				rj.cancel()
+			}
+			continue
+		}
+		switch {
+		case j.State == Queued:
+			q.mirror(j)
+		case j.State == Running:
+			q.mirrorRemote(j)
+		default:
+			q.forget(j.ID)
+		}
+	}
+}
+
+// loseLease stops every run of the queue: its lease ended (or could not
+// be renewed before it expired), so another appliance may run them now.
+// The queue comes back under a new holder name at the next heartbeat.
+// q.mu must be held.
+func (q *Queue) loseLease(why string) {
+	q.log.Error("queue: lease lost: stopping this appliance's runs; they go back to the fleet's queue",
+		"holder", q.holder, "runs", len(q.running), "why", why)
+	for _, rj := range q.running {
+		rj.leaseLost = true
+		rj.cancel()
+	}
+	for _, d := range q.ds {
+		d.setShare(Share{})
+		d.held = false // the store ends the old holder's shares with its lease
+	}
+	q.holder, q.leaseUntil, q.dbOK = newHolder(q.cfg.Appliance), time.Time{}, false
+}
+
+// syncLoop renews the lease, takes rate shares, reaps expired leases and
+// reads the fleet's changes, every SyncInterval and when asked, until ctx
+// ends.
+func (q *Queue) syncLoop(ctx context.Context) {
+	t := time.NewTicker(q.cfg.SyncInterval)
+	defer t.Stop()
+	for ctx.Err() == nil {
+		q.syncOnce(ctx)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		case <-q.syncNow:
+		}
+	}
+}
+
+func (q *Queue) syncOnce(ctx context.Context) {
+	octx, cancel := context.WithTimeout(ctx, q.cfg.LeaseTTL/2)
+	defer cancel()
+	q.mu.Lock()
+	holder := q.holder
+	q.mu.Unlock()
+	sent := time.Now()
+	err := q.store.Heartbeat(octx, holder, q.cfg.Appliance, q.cfg.LeaseTTL)
+	q.mu.Lock()
+	switch {
+	case q.holder != holder:
+	case err == nil:
+		if !q.dbOK {
+			q.log.Info("queue: store reachable again", "holder", holder)
+		}
+		q.leaseUntil, q.dbOK = sent.Add(q.cfg.LeaseTTL), true
+	case errors.Is(err, ErrLeaseLost):
+		q.loseLease(err.Error())
+		q.syncSoon()
+	default:
+		if q.dbOK && ctx.Err() == nil {
+			q.log.Warn("queue: heartbeat failed: starting nothing until the store answers; running scans go on within their lease",
+				"err", err, "lease_left", time.Until(q.leaseUntil).Round(time.Millisecond))
+		}
+		q.dbOK = false
+		if !time.Now().Before(q.leaseUntil) {
+			q.loseLease("store unreachable for the whole lease")
+		}
+	}
+	ok := q.dbOK
+	q.mu.Unlock()
+	q.signal()
+	if !ok {
+		return
+	}
+	q.syncShares(octx)
+	if err := q.reap(octx); err != nil && ctx.Err() == nil {
+		q.log.Warn("queue: reaping expired leases failed", "err", err)
+	}
+	if err := q.syncStore(octx); err != nil && ctx.Err() == nil {
+		q.log.Warn("queue: reading the fleet's changes failed", "err", err)
+	}
+	q.signal()
+}
+
+// syncStore reads the datastore settings and the jobs changed since the
+// last look.
+func (q *Queue) syncStore(ctx context.Context) error {
+	saved, err := q.store.Datastores(ctx)
+	if err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for name, c := range saved {
+		if d := q.datastore(name); d.cfg != c {
+			d.configure(c)
+		}
+	}
+	const page = 1000
+	for {
+		jobs, next, err := q.store.Changes(ctx, q.clock, page)
+		if err != nil {
+			return err
+		}
+		q.absorb(jobs)
+		q.clock = next
+		if len(jobs) < page {
+			return nil
+		}
+	}
+}
+
+// reap ends the runs of leases that ended (another appliance died, or
+// this one's earlier process) as lost: see lostOutcome.
+func (q *Queue) reap(ctx context.Context) error {
+	q.mu.Lock()
+	holder := q.holder
+	q.mu.Unlock()
+	lost, err := q.store.Reap(ctx, holder)
+	if err != nil || len(lost) == 0 {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.cfg.Now()
+	ts := make([]Transition, len(lost))
+	for i, j := range lost {
+		ts[i] = q.lostOutcome(j, q.queuedVM[j.VM], now)
+	}
+	results, err := q.store.Apply(ctx, ts)
+	if err != nil {
+		return err
+	}
+	for i, r := range results {
+		if r.Err != nil {
+			continue // another appliance ended it first
+		}
+		q.log.Warn("queue: run lost with its holder's lease", "job", r.Job.ID, "vm", r.Job.VM, "holder", lost[i].Holder,
+			"attempts", r.Job.Attempts, "crashes", r.Job.Crashes, "now", r.Job.State)
+		q.forget(r.Job.ID)
+		switch {
+		case r.Job.State == Queued:
+			q.mirror(r.Job)
+		case ts[i].MergeInto != 0:
+			if e := q.queued[ts[i].MergeInto]; e != nil {
+				e.Job.Absorb(&lost[i])
+				q.mirror(e.Job)
+			}
+		}
+		if r.Job.State.Terminal() {
+			switch r.Job.State {
+			case Failed:
+				q.stats.failed++
+			case Cancelled:
+				q.stats.cancelled++
+			}
+		}
+	}
+	return nil
+}
+
+// shareGrace is how many syncs a queue keeps a share of a datastore it
+// stopped reading.
+const shareGrace = 3
+
+// syncShares takes this queue's shares of the budgets of the datastores
+// it reads (see ShareRequest).
+func (q *Queue) syncShares(ctx context.Context) {
+	q.mu.Lock()
+	holder := q.holder
+	var reqs []ShareRequest
+	var ds []*datastore
+	for _, name := range q.dsNames {
+		d := q.ds[name]
+		if !d.cfg.Budget.rated() || d.running == 0 && !d.held {
+			continue
+		}
+		scans := d.running
+		if scans == 0 && d.share != (Share{}) && time.Since(d.idleAt) < shareGrace*q.cfg.SyncInterval {
+			scans = 1 // idle for a moment only: keep a share for the next job
+		}
+		reqs = append(reqs, ShareRequest{Datastore: name, Budget: d.cfg.Budget, Scans: scans, Keep: d.share})
+		ds = append(ds, d)
+	}
+	q.mu.Unlock()
+	if len(reqs) == 0 {
+		return
+	}
+	targets, err := q.store.Shares(ctx, holder, reqs)
+	if err != nil {
+		if ctx.Err() == nil {
+			q.log.Warn("queue: taking rate shares failed", "err", err)
+		}
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.holder != holder {
+		return // the lease ended meanwhile: the limiters stay shut
+	}
+	for i, d := range ds {
+		d.setShare(targets[i])
+		// What the store wrote: max(target, keep).
+		d.held = reqs[i].Keep != (Share{}) || targets[i] != (Share{})
+	}
+}
