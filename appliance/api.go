@@ -88,6 +88,8 @@ func (a *Appliance) Handler() http.Handler {
 	handle("GET /v1/signatures", nil, a.handleSignatures)
 	handle("GET /v1/queue", []string{"limit"}, a.handleQueue)
 	handle("GET /v1/events", nil, a.handleEvents)
+	handle("GET /v1/reports/scans/{id}", nil, a.handleScanReport)
+	handle("GET /v1/reports/period", []string{"since", "until", "schedule_hours"}, a.handlePeriodReport)
 	// The console: pages for a browser, which logs in with an API token
 	// and then calls this API with its session (see auth).
 	mux.Handle("/console/", a.console.Handler())

@@ -1,11 +1,17 @@
 package appliance
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/snapscan/snapscan/appliance/events"
+	"github.com/snapscan/snapscan/appliance/report"
 	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/queue"
@@ -176,4 +182,166 @@ func (a *Appliance) handleEvents(w http.ResponseWriter, r *http.Request, _ httpx
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"sinks": sinks})
 	return nil
+}
+
+// writeHTML answers with a report page: no script may run in it, and its
+// only style sheet is the console's.
+func writeHTML(w http.ResponseWriter, render func(io.Writer) error) error {
+	var b bytes.Buffer
+	if err := render(&b); err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	_, err := w.Write(b.Bytes())
+	return err
+}
+
+func (a *Appliance) handleScanReport(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	j, err := a.getJob(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	rep := &report.Scan{Appliance: a.cfg.Signatures.ApplianceID, Generated: time.Now().UTC(), ID: j.ID, VM: j.VM,
+		State: string(j.State), Priority: priorityName(j.Class), Attempts: j.Attempts, Error: j.Error}
+	for _, d := range j.Disks {
+		rep.Disks = append(rep.Disks, resultDisk(d))
+	}
+	res, err := a.results.Scan(r.Context(), id)
+	switch {
+	case errors.Is(err, results.ErrNotFound):
+	case err != nil:
+		return err
+	default:
+		rep.Result = res
+		if rep.Findings, err = a.results.Findings(r.Context(), results.FindingQuery{JobID: id}); err != nil {
+			return err
+		}
+		rep.FindingsTotal = int(res.FindingCount)
+	}
+	return writeHTML(w, func(out io.Writer) error { return report.WriteScan(out, rep) })
+}
+
+// reportFindings bounds the findings a period report lists (all are
+// counted).
+const reportFindings = 1000
+
+func (a *Appliance) handlePeriodReport(w http.ResponseWriter, r *http.Request, q httpx.Query) error {
+	ctx := r.Context()
+	now := time.Now().UTC()
+	until, err := q.Time("until")
+	if err != nil {
+		return err
+	}
+	if until.IsZero() {
+		until = now
+	}
+	since, err := q.Time("since")
+	if err != nil {
+		return err
+	}
+	if since.IsZero() {
+		since = until.Add(-7 * 24 * time.Hour)
+	}
+	hours, err := q.Int("schedule_hours", 24, 1, 24*366)
+	if err != nil {
+		return err
+	}
+	if !since.Before(until) || until.Sub(since) > 366*24*time.Hour {
+		return badRequest("since, until: want since before until, at most a year apart")
+	}
+	p := &report.Period{Appliance: a.cfg.Signatures.ApplianceID, Generated: now, Since: since, Until: until,
+		Schedule: time.Duration(hours) * time.Hour}
+
+	// The inventory: every VM, and those not scanned within the schedule.
+	vms := map[string]results.VM{}
+	for after := ""; ; {
+		page, err := a.results.VMs(ctx, results.VMQuery{After: after, Limit: results.MaxPage})
+		if err != nil {
+			return err
+		}
+		for _, v := range page {
+			vms[v.ID] = v
+			if v.LastScanned.IsZero() || v.LastScanned.Before(until.Add(-p.Schedule)) {
+				p.NotScanned = append(p.NotScanned, v)
+			}
+		}
+		if len(page) < results.MaxPage {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	p.VMsKnown = len(vms)
+
+	// Jobs that ended in the period (enqueued at most a schedule before
+	// it: a job waits no longer than that in a queue that keeps up).
+	latest := map[string]queue.Job{}
+	for _, st := range []queue.State{queue.Done, queue.Failed, queue.Cancelled} {
+		for after := int64(0); ; {
+			jobs, err := a.q.List(ctx, queue.ListOptions{State: st, Since: since.Add(-p.Schedule), Until: until,
+				AfterID: after, Ascending: true, Limit: queue.MaxList})
+			if err != nil {
+				return err
+			}
+			for _, j := range jobs {
+				if j.FinishedAt.Before(since) || !j.FinishedAt.Before(until) {
+					continue
+				}
+				if st != queue.Done {
+					p.Failed = append(p.Failed, report.JobLine{ID: j.ID, VM: j.VM, State: string(j.State), Finished: j.FinishedAt,
+						Attempts: j.Attempts, Error: j.Error})
+				} else if old, ok := latest[j.VM]; !ok || j.FinishedAt.After(old.FinishedAt) {
+					latest[j.VM] = j
+				}
+			}
+			if len(jobs) < queue.MaxList {
+				break
+			}
+			after = jobs[len(jobs)-1].ID
+		}
+	}
+	for vm, j := range latest {
+		s := report.VMScan{VM: vm, Job: j.ID, Finished: j.FinishedAt}
+		// A clean scan left nothing out: the inventory says enough.
+		// Others are read for what they left out.
+		if v, ok := vms[vm]; ok && v.LastJob == j.ID && v.LastStatus == results.StatusClean {
+			s.Status, s.Findings, s.SigVersion, s.BytesRead = v.LastStatus, v.LastFindings, v.LastSigVersion, v.LastBytesRead
+		} else {
+			res, err := a.results.Scan(ctx, j.ID)
+			if errors.Is(err, results.ErrNotFound) {
+				continue // done without a stored result: cannot happen
+			} else if err != nil {
+				return err
+			}
+			s.Status, s.Findings, s.SigVersion, s.BytesRead, s.Incomplete = res.Status, res.FindingCount, res.SigVersion, res.BytesRead, res.Incomplete
+		}
+		p.Scanned = append(p.Scanned, s)
+	}
+	slices.SortFunc(p.Scanned, func(a, b report.VMScan) int { return strings.Compare(a.VM, b.VM) })
+	slices.SortFunc(p.Failed, func(a, b report.JobLine) int { return a.Finished.Compare(b.Finished) })
+
+	// Findings of the period: the first ones listed, all counted.
+	for after := int64(0); ; {
+		page, err := a.results.Findings(ctx, results.FindingQuery{Since: since, Until: until, After: after, Limit: results.MaxPage})
+		if err != nil {
+			return err
+		}
+		p.FindingsTotal += len(page)
+		if n := reportFindings - len(p.Findings); n > 0 {
+			p.Findings = append(p.Findings, page[:min(n, len(page))]...)
+		}
+		if len(page) < results.MaxPage {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	return writeHTML(w, func(out io.Writer) error { return report.WritePeriod(out, p) })
 }

@@ -203,6 +203,7 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 		return errors.New("appliance: no signature set active") // transient
 	}
 	limit := a.cfg.Queue.JobTimeout
+	qctx := ctx // the queue's: cancel, shutdown, deadline
 	ctx, cancel := context.WithTimeoutCause(ctx, limit, errTimeLimit)
 	defer cancel()
 	sc := a.scanner(act)
@@ -218,6 +219,15 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	timedOut := false
 	for i, d := range job.Disks {
 		ds, err := a.scanDisk(ctx, sc, job, i, d, wrap, jp)
+		// The queue's context is asked first, and directly: its end
+		// reaches the reads (which fail) an instant before it reaches
+		// ctx, and a scan whose reads failed that way must not be stored
+		// as a result.
+		if qctx.Err() != nil {
+			a.m.scanOutcome(qctx.Err())
+			log.Info("appliance: scan interrupted", "disk", d.Path, "cause", context.Cause(qctx))
+			return fmt.Errorf("%s: %s: %w", d.Datastore, d.Path, context.Cause(qctx))
+		}
 		if errors.Is(context.Cause(ctx), errTimeLimit) {
 			timedOut = true
 			if ds != nil {

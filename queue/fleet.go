@@ -146,17 +146,49 @@ func (q *Queue) loseLease(why string) {
 // syncLoop renews the lease, takes rate shares, reaps expired leases and
 // reads the fleet's changes, every SyncInterval and when asked, until ctx
 // ends.
+//
+// Between two full syncs it looks at the fleet's changes and at the rate
+// shares fastSyncs times: a share one queue gives up, or one another
+// queue waits for, moves in a tenth of a sync, not a whole one.
 func (q *Queue) syncLoop(ctx context.Context) {
-	t := time.NewTicker(q.cfg.SyncInterval)
+	t := time.NewTicker(q.cfg.SyncInterval / fastSyncs)
 	defer t.Stop()
+	last := time.Time{}
 	for ctx.Err() == nil {
-		q.syncOnce(ctx)
+		if time.Since(last) >= q.cfg.SyncInterval*9/10 {
+			last = time.Now()
+			q.syncOnce(ctx)
+		} else {
+			q.fastSync(ctx)
+		}
 		select {
 		case <-ctx.Done():
 		case <-t.C:
 		case <-q.syncNow:
+			last = time.Time{} // asked for: a full sync
 		}
 	}
+}
+
+// fastSyncs is how many quick looks a sync interval holds.
+const fastSyncs = 40
+
+// fastSync reads the fleet's changes and moves the rate shares that must
+// move now.
+func (q *Queue) fastSync(ctx context.Context) {
+	q.mu.Lock()
+	ok := q.leaseOK()
+	q.mu.Unlock()
+	if !ok {
+		return
+	}
+	octx, cancel := context.WithTimeout(ctx, q.cfg.LeaseTTL/2)
+	defer cancel()
+	if err := q.syncStore(octx, false); err != nil && ctx.Err() == nil {
+		q.log.Warn("queue: reading the fleet's changes failed", "err", err)
+	}
+	q.syncShares(octx, false)
+	q.signal()
 }
 
 func (q *Queue) syncOnce(ctx context.Context) {
@@ -194,11 +226,11 @@ func (q *Queue) syncOnce(ctx context.Context) {
 	if !ok {
 		return
 	}
-	q.syncShares(octx)
+	q.syncShares(octx, true)
 	if err := q.reap(octx); err != nil && ctx.Err() == nil {
 		q.log.Warn("queue: reaping expired leases failed", "err", err)
 	}
-	if err := q.syncStore(octx); err != nil && ctx.Err() == nil {
+	if err := q.syncStore(octx, true); err != nil && ctx.Err() == nil {
 		q.log.Warn("queue: reading the fleet's changes failed", "err", err)
 	}
 	q.signal()
@@ -206,10 +238,13 @@ func (q *Queue) syncOnce(ctx context.Context) {
 
 // syncStore reads the datastore settings and the jobs changed since the
 // last look.
-func (q *Queue) syncStore(ctx context.Context) error {
-	saved, err := q.store.Datastores(ctx)
-	if err != nil {
-		return err
+func (q *Queue) syncStore(ctx context.Context, settings bool) error {
+	var saved map[string]DatastoreConfig
+	if settings {
+		var err error
+		if saved, err = q.store.Datastores(ctx); err != nil {
+			return err
+		}
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -286,8 +321,17 @@ func (q *Queue) reap(ctx context.Context) error {
 const shareGrace = 3
 
 // syncShares takes this queue's shares of the budgets of the datastores
-// it reads (see ShareRequest).
-func (q *Queue) syncShares(ctx context.Context) {
+// it reads (see ShareRequest). A full sync renews every share (the fair
+// split follows the fleet's scans); a quick one asks only where reads wait
+// for a share, and gives back the share of a datastore this queue no
+// longer reads when another appliance scans it.
+//
+// A share is kept for shareGrace syncs after the queue's last scan on the
+// datastore ended, if no other appliance scans it, so back-to-back jobs do
+// not wait for a grant each. Giving it back, the queue shuts its limiter
+// first (no scan of its reads the datastore), so the store may free the
+// share in the same call.
+func (q *Queue) syncShares(ctx context.Context, full bool) {
 	q.mu.Lock()
 	holder := q.holder
 	var reqs []ShareRequest
@@ -297,11 +341,15 @@ func (q *Queue) syncShares(ctx context.Context) {
 		if !d.cfg.Budget.rated() || d.running == 0 && !d.held {
 			continue
 		}
-		scans := d.running
-		if scans == 0 && d.share != (Share{}) && time.Since(d.idleAt) < shareGrace*q.cfg.SyncInterval {
-			scans = 1 // idle for a moment only: keep a share for the next job
+		if d.running == 0 {
+			if d.remote == 0 && time.Since(d.idleAt) < shareGrace*q.cfg.SyncInterval {
+				continue // idle a moment only, and nobody else wants it
+			}
+			d.setShare(Share{})
+		} else if !full && !d.needsShare() {
+			continue
 		}
-		reqs = append(reqs, ShareRequest{Datastore: name, Budget: d.cfg.Budget, Scans: scans, Keep: d.share})
+		reqs = append(reqs, ShareRequest{Datastore: name, Budget: d.cfg.Budget, Scans: d.running, Keep: d.share})
 		ds = append(ds, d)
 	}
 	q.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -117,8 +118,9 @@ type fleetCase struct {
 	budget      queue.Budget // of each of the datastores
 	datastores  int
 	diskSize    int
-	// fault, if set, runs while the jobs do (it gets the cut stores).
-	fault func(t *testing.T, stores []*cutStore)
+	// fault, if set, runs while the jobs do; cut(i, true) cuts queue i
+	// from the database, cut(i, false) mends it.
+	fault func(t *testing.T, cut func(i int, on bool))
 }
 
 // runFleet runs c with queues on stores made by open (one handle each, on
@@ -126,7 +128,10 @@ type fleetCase struct {
 // no datastore ran more scans than its budget allows at any moment over
 // the whole fleet, and that no second of summed reads exceeded its byte
 // budget by more than the buckets' bursts.
-func runFleet(t *testing.T, open func(t *testing.T) queue.Store, c fleetCase) {
+//
+// open returns queue i's handle on the database and a function that cuts
+// it off (true) and mends it (false).
+func runFleet(t *testing.T, open func(t *testing.T, i int) (queue.Store, func(bool)), c fleetCase) {
 	fr := &fleetRun{reads: map[string][]simRead{}, finished: map[int64][]queue.Job{}, completed: map[int64]int{},
 		running: map[string]int{}, maxRun: map[string]int{}}
 	data := simPool[:c.diskSize]
@@ -158,11 +163,12 @@ func runFleet(t *testing.T, open func(t *testing.T) queue.Store, c fleetCase) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stores []*cutStore
+	var stores []queue.Store
+	var cuts []func(bool)
 	var qs []*queue.Queue
 	for i := range c.queues {
-		cs := &cutStore{Store: open(t)}
-		stores = append(stores, cs)
+		cs, cut := open(t, i)
+		stores, cuts = append(stores, cs), append(cuts, cut)
 		q, err := queue.New(ctx, cs, run, queue.Config{
 			Appliance: fmt.Sprint("appliance-", i), MaxScans: 4, LeaseTTL: 2 * time.Second, SyncInterval: 100 * time.Millisecond,
 			BackoffBase: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond, MaxAttempts: 10,
@@ -204,7 +210,7 @@ func runFleet(t *testing.T, open func(t *testing.T) queue.Store, c fleetCase) {
 		ids = append(ids, j.ID)
 	}
 	if c.fault != nil {
-		c.fault(t, stores)
+		c.fault(t, func(i int, on bool) { cuts[i](on) })
 	}
 	waitFor(t, "every job to finish", func() bool {
 		fr.mu.Lock()
@@ -226,7 +232,7 @@ func runFleet(t *testing.T, open func(t *testing.T) queue.Store, c fleetCase) {
 			t.Errorf("job %d done but no runner completed it", id)
 		}
 		reruns += fr.completed[id] - 1
-		j, err := stores[0].Store.Get(context.Background(), id)
+		j, err := stores[0].Get(context.Background(), id)
 		if err != nil || j.State != queue.Done {
 			t.Errorf("job %d stored as %s (%v)", id, j.State, err)
 		}
@@ -273,19 +279,21 @@ func runFleet(t *testing.T, open func(t *testing.T) queue.Store, c fleetCase) {
 // cutOne cuts one queue's store for longer than its lease, then mends it:
 // its runs stop, the others reap its lease and run its jobs, and it comes
 // back under a new lease.
-func cutOne(t *testing.T, stores []*cutStore) {
+func cutOne(t *testing.T, cut func(int, bool)) {
 	time.Sleep(700 * time.Millisecond)
-	stores[1].cut.Store(true)
+	cut(1, true)
 	time.Sleep(3500 * time.Millisecond)
-	stores[1].cut.Store(false)
+	cut(1, false)
 }
 
 var fleetBase = fleetCase{queues: 3, vms: 36, datastores: 3, diskSize: 384 << 10,
 	budget: queue.Budget{MaxScans: 2, BytesPerSec: 1 << 20}}
 
 func TestFleetSQLite(t *testing.T) {
+	// Processes on one host sharing the file; SQLite has no network to
+	// cut, so the cut is made in front of the store.
 	path := filepath.Join(t.TempDir(), "fleet.db")
-	open := func(t *testing.T) queue.Store {
+	open := func(t *testing.T, _ int) (queue.Store, func(bool)) {
 		db, err := sqlitedb.Open(path)
 		if err != nil {
 			t.Fatal(err)
@@ -295,7 +303,8 @@ func TestFleetSQLite(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return s
+		cs := &cutStore{Store: s}
+		return cs, cs.cut.Store
 	}
 	c := fleetBase
 	c.fault = cutOne
@@ -309,20 +318,32 @@ func TestFleetPostgres(t *testing.T) {
 	srv := pgtest.Start(t)
 	for _, tc := range []struct {
 		name  string
-		fault func(t *testing.T, stores []*cutStore)
+		fault func(t *testing.T, cut func(int, bool))
 	}{
 		{"network cut", cutOne},
-		{"server restart", func(t *testing.T, _ []*cutStore) {
+		{"server restart", func(t *testing.T, _ func(int, bool)) {
 			time.Sleep(800 * time.Millisecond)
 			if err := srv.Restart(); err != nil {
 				t.Fatal(err)
 			}
 		}},
+		{"failover", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if raceEnabled && tc.name != "network cut" {
+				t.Skip("under -race, the network cut covers the same code; the suite's time is kept for the rest")
+			}
+			if tc.name == "failover" {
+				testFailover(t)
+				return
+			}
 			dsn := srv.NewDatabase(t)
-			open := func(t *testing.T) queue.Store {
-				pool, err := pgxpool.New(context.Background(), dsn)
+			// Each queue reaches the server through a proxy of its own:
+			// a cut closes its connections and refuses new ones, as a
+			// network failure would.
+			open := func(t *testing.T, _ int) (queue.Store, func(bool)) {
+				p := pgtest.NewProxy(t, srv.Port())
+				pool, err := pgxpool.New(context.Background(), p.DSN(srv, dsn))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -331,11 +352,53 @@ func TestFleetPostgres(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				return s
+				return s, func(on bool) {
+					if on {
+						p.Cut()
+					} else {
+						p.Mend()
+					}
+				}
 			}
 			c := fleetBase
 			c.fault = tc.fault
 			runFleet(t, open, c)
 		})
 	}
+}
+
+// testFailover runs the fleet on a primary with a synchronous standby,
+// through a connection string naming both with
+// target_session_attrs=read-write; the primary stops and the standby is
+// promoted while the jobs run: the queues follow it, and every job is
+// done exactly once.
+func testFailover(t *testing.T) {
+	primary := pgtest.Start(t)
+	dsn := primary.NewDatabase(t) // before the standby copies the cluster
+	standby := primary.StartStandby(t)
+	both := strings.Replace(dsn, fmt.Sprintf("127.0.0.1:%d", primary.Port()),
+		fmt.Sprintf("127.0.0.1:%d,127.0.0.1:%d", primary.Port(), standby.Port()), 1) + "&target_session_attrs=read-write"
+	open := func(t *testing.T, _ int) (queue.Store, func(bool)) {
+		pool, err := pgxpool.New(context.Background(), both)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		s, err := postgres.New(context.Background(), pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, nil
+	}
+	c := fleetBase
+	c.fault = func(t *testing.T, _ func(int, bool)) {
+		time.Sleep(800 * time.Millisecond)
+		if err := primary.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		if err := standby.Promote(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runFleet(t, open, c)
 }

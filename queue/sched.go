@@ -208,7 +208,7 @@ func (q *Queue) pick(now time.Time) *entry {
 	// while another scan on a busy one mostly shares its rate. Then the
 	// best level, then round-robin from the cursor.
 	var best *entry
-	bestLoad, bestLevel, bestDist := 0, int64(0), 0
+	bestLoad, bestLevel, bestDist, bestWait := 0, int64(0), 0, false
 	for _, name := range q.dsNames {
 		d := q.ds[name]
 		if d.cfg.Paused || full(d) {
@@ -232,12 +232,17 @@ func (q *Queue) pick(now time.Time) *entry {
 			dist = min(dist, (pos-q.rr+len(q.dsNames))%len(q.dsNames))
 		}
 		level := q.level(c, now)
+		// Among equally loaded datastores, one whose rate share this
+		// queue holds first: a scan there reads at once, where another
+		// waits for a share to move from another appliance.
+		wait := slices.ContainsFunc(c.ds, (*datastore).needsShare)
 		switch {
 		case best == nil, load < bestLoad,
-			load == bestLoad && level > bestLevel,
-			load == bestLoad && level == bestLevel && dist < bestDist,
-			load == bestLoad && level == bestLevel && dist == bestDist && entryCmp(c, best) < 0:
-			best, bestLoad, bestLevel, bestDist = c, load, level, dist
+			load == bestLoad && !wait && bestWait,
+			load == bestLoad && wait == bestWait && level > bestLevel,
+			load == bestLoad && wait == bestWait && level == bestLevel && dist < bestDist,
+			load == bestLoad && wait == bestWait && level == bestLevel && dist == bestDist && entryCmp(c, best) < 0:
+			best, bestLoad, bestLevel, bestDist, bestWait = c, load, level, dist, wait
 		}
 	}
 	if best != nil {

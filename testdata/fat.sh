@@ -10,6 +10,11 @@
 # $OUT/fat32-4k.img   mkfs.vfat -F 32 -S 4096 (4 KiB sectors)
 # $OUT/small12.img    a 64 KiB FAT12 with a few files (fuzz seed)
 # $OUT/small.src      the source tree of small12.img
+# $OUT/fat32-2k.img   mkfs.fat -F 32 -S 2048 on 8 MiB: FAT32 with 4048 clusters
+#                     (issue 10.10). Empty: mtools takes it for FAT12 and finds
+#                     no root directory ("No directory slots"), as snapscan
+#                     did, and a loop mount needs the vfat module, which the
+#                     test machines lack; fsck.fat reads it as FAT32.
 #
 # Each image gets frag/frag.bin written after a deleted file left a hole,
 # so that the file's clusters are not contiguous where mtools reuses holes.
@@ -89,6 +94,10 @@ printf 'long name\n' >'small.src/Long Name Here.txt'
 printf 'nested\n' >small.src/sub/nested.txt
 mkfs.vfat --invariant -i 64646464 -n SMALL -F 12 -s 1 -r 16 -C small12.img 64 >/dev/null
 mcopy -s -m -i small12.img small.src/* ::/
+
+rm -f fat32-2k.img
+mkfs.fat -F 32 -S 2048 -n SMALL32 -C fat32-2k.img 8192 >/dev/null 2>&1
+fsck.fat -n fat32-2k.img 2>&1 | grep -q 'FAT32 according to fat_length' || { echo "fsck.fat does not read fat32-2k.img as FAT32" >&2; exit 1; }
 
 rm -rf stage
 (cd src && find . -printf '%y %s %P\n' | sort -k3) >listing.txt

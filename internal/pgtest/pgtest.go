@@ -9,6 +9,7 @@ package pgtest
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,6 +41,10 @@ type Server struct {
 // /usr/lib/postgresql/N/bin, off PATH.
 func binDir() string {
 	if p, err := exec.LookPath("pg_ctl"); err == nil {
+		// A link on PATH: the other programs are beside its target.
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			p = r
+		}
 		return filepath.Dir(p)
 	}
 	m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_ctl")
@@ -177,3 +183,148 @@ func (s *Server) NewDatabase(t testing.TB) string {
 	}
 	return s.DSN("postgres") + "&search_path=" + name
 }
+
+// Proxy forwards loopback TCP connections to a server, and can cut them
+// all, as a network failure between an appliance and its database does:
+// established connections are closed at once and new ones are dropped as
+// soon as they are accepted, until Mend.
+type Proxy struct {
+	l     net.Listener
+	to    string
+	mu    sync.Mutex
+	cut   bool
+	conns map[net.Conn]bool
+	wg    sync.WaitGroup
+}
+
+// NewProxy starts a proxy to port on 127.0.0.1, stopped when t ends.
+func NewProxy(t testing.TB, port int) *Proxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{l: l, to: fmt.Sprintf("127.0.0.1:%d", port), conns: map[net.Conn]bool{}}
+	p.wg.Add(1)
+	go p.serve()
+	t.Cleanup(func() {
+		l.Close()
+		p.Cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// Port is the proxy's port.
+func (p *Proxy) Port() int { return p.l.Addr().(*net.TCPAddr).Port }
+
+// DSN is the connection string of database dsn's search path through the
+// proxy: srv.NewDatabase's string with the proxy's port.
+func (p *Proxy) DSN(srv *Server, dsn string) string {
+	return strings.Replace(dsn, fmt.Sprintf(":%d/", srv.port), fmt.Sprintf(":%d/", p.Port()), 1)
+}
+
+func (p *Proxy) serve() {
+	defer p.wg.Done()
+	for {
+		c, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.cut {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		p.mu.Unlock()
+		s, err := net.DialTimeout("tcp", p.to, 5*time.Second)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns[c], p.conns[s] = true, true
+		p.mu.Unlock()
+		p.wg.Add(2)
+		pipe := func(dst, src net.Conn) {
+			defer p.wg.Done()
+			_, _ = io.Copy(dst, src)
+			dst.Close()
+			src.Close()
+			p.mu.Lock()
+			delete(p.conns, dst)
+			delete(p.conns, src)
+			p.mu.Unlock()
+		}
+		go pipe(s, c)
+		go pipe(c, s)
+	}
+}
+
+// Cut closes every connection and drops new ones.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// Mend lets connections through again.
+func (p *Proxy) Mend() {
+	p.mu.Lock()
+	p.cut = false
+	p.mu.Unlock()
+}
+
+// StartStandby makes a streaming standby of s (pg_basebackup -R) on a
+// port of its own and starts it, with synchronous replication, so that a
+// commit the primary acknowledged is on the standby too and a failover
+// loses nothing. It is stopped when t ends.
+func (s *Server) StartStandby(t testing.TB) *Server {
+	t.Helper()
+	sb := &Server{bin: s.bin, dir: filepath.Join(s.dir, "standby"), as: s.as, fsync: s.fsync}
+	if err := s.run("mkdir", "-p", filepath.Join(sb.dir, "sock")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.run("pg_basebackup", "-D", sb.data(), "-R", "-X", "stream", "-h", "127.0.0.1",
+		"-p", strconv.Itoa(s.port), "-U", "postgres", "-d", "application_name=standby"); err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	sb.port = freePort(t)
+	if err := sb.Start(); err != nil {
+		t.Fatalf("pgtest: standby: %v", err)
+	}
+	t.Cleanup(func() { _ = sb.Stop() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, s.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	for _, q := range []string{`ALTER SYSTEM SET synchronous_standby_names = 'standby'`, `SELECT pg_reload_conf()`} {
+		if _, err := c.Exec(ctx, q); err != nil {
+			t.Fatalf("pgtest: %s: %v", q, err)
+		}
+	}
+	// Wait until the standby streams synchronously.
+	for {
+		var n int
+		if err := c.QueryRow(ctx, `SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 1 {
+			return sb
+		}
+		if ctx.Err() != nil {
+			t.Fatal("pgtest: the standby never became synchronous")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Promote makes a standby the primary.
+func (s *Server) Promote() error { return s.run("pg_ctl", "-D", s.data(), "-w", "promote") }

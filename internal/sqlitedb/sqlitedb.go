@@ -5,6 +5,7 @@
 package sqlitedb
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"net/url"
@@ -48,4 +49,30 @@ func open(path, sync string) (*sql.DB, error) {
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
 	return db, nil
+}
+
+// Tx runs f inside BEGIN IMMEDIATE ... COMMIT on one connection of db:
+// immediate, so two writers never both read and then fail to upgrade
+// their lock, whatever the DSN says. A failing f, or a failing commit,
+// rolls back (even when ctx was cancelled) and returns the error.
+func Tx(ctx context.Context, db *sql.DB, f func(c *sql.Conn) error) (err error) {
+	c, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			// A cancelled ctx must not keep the rollback from running.
+			_, _ = c.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+		}
+	}()
+	if err := f(c); err != nil {
+		return err
+	}
+	_, err = c.ExecContext(ctx, "COMMIT")
+	return err
 }

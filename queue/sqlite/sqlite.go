@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snapscan/snapscan/internal/sqlitedb"
 	"github.com/snapscan/snapscan/queue"
 )
 
@@ -173,26 +174,8 @@ func (s *Store) wtx(ctx context.Context, f func(c *sql.Conn, seq int64) error) e
 
 // tx runs f inside BEGIN IMMEDIATE ... COMMIT on one connection: immediate,
 // so two writers never both read and then fail to upgrade their lock.
-func (s *Store) tx(ctx context.Context, f func(c *sql.Conn) error) (err error) {
-	c, err := s.db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			// A cancelled ctx must not keep the rollback from running.
-			_, _ = c.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
-		}
-	}()
-	if err := f(c); err != nil {
-		return err
-	}
-	_, err = c.ExecContext(ctx, "COMMIT")
-	return err
+func (s *Store) tx(ctx context.Context, f func(c *sql.Conn) error) error {
+	return sqlitedb.Tx(ctx, s.db, f)
 }
 
 type querier interface {

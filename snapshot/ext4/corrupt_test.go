@@ -5,13 +5,11 @@ import (
 	"errors"
 	"io"
 	"io/fs"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
@@ -266,44 +264,4 @@ func TestTruncated(t *testing.T) {
 			}
 		}
 	}
-}
-
-// TestRandomFlips flips random bytes in the metadata of the small images
-// (superblock, descriptors, inode tables, directories): any error is fine,
-// a panic or a hang is not.
-func TestRandomFlips(t *testing.T) {
-	dir := fixture(t)
-	rng := rand.New(rand.NewPCG(1, 2))
-	deadline := time.Now().Add(20 * time.Second)
-	for _, name := range []string{"tiny-ext4.img", "tiny-ext2.img", "tiny-inline.img", "frag.img"} {
-		data, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		limit := min(len(data), 64<<10)
-		for i := 0; i < 300 && time.Now().Before(deadline); i++ {
-			p := &patched{r: readerAt(data), patches: map[int64]byte{}}
-			for range 1 + rng.IntN(4) {
-				p.patches[int64(1024+rng.IntN(limit-1024))] = byte(rng.Uint32())
-			}
-			start := time.Now()
-			exercise(p, int64(len(data)))
-			if d := time.Since(start); d > 5*time.Second {
-				t.Errorf("%s patches %v: took %v", name, p.patches, d)
-			}
-		}
-	}
-}
-
-type readerAt []byte
-
-func (b readerAt) ReadAt(p []byte, off int64) (int, error) {
-	if off >= int64(len(b)) {
-		return 0, io.EOF
-	}
-	n := copy(p, b[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
 }

@@ -456,24 +456,6 @@ func TestLoops(t *testing.T) {
 	}
 }
 
-func TestWrongType(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		data []byte
-	}{
-		{"empty", nil},
-		{"zeros", make([]byte, 1<<20)},
-		{"short", []byte("hello")},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := New(bytes.NewReader(tc.data), int64(len(tc.data)))
-			if !errors.Is(err, vfs.ErrWrongType) || !errors.Is(err, ErrWrongType) {
-				t.Fatalf("err = %v, want ErrWrongType", err)
-			}
-		})
-	}
-}
-
 // TestReadAtAllocs checks that reading a file allocates nothing once the
 // extent tree blocks are cached: runs go straight into the caller's buffer.
 func TestReadAtAllocs(t *testing.T) {
@@ -504,33 +486,6 @@ func TestReadAtAllocs(t *testing.T) {
 				t.Errorf("%v allocations per pass over %s", n, tc.path)
 			}
 		})
-	}
-}
-
-// TestConcurrentReads reads the same files from several goroutines at once
-// (run with -race).
-func TestConcurrentReads(t *testing.T) {
-	dir := fixture(t)
-	f, _ := openImage(t, filepath.Join(dir, "frag.img"))
-	fsys := vfs.New(f, "frag.img")
-	want, err := os.ReadFile(filepath.Join(dir, "fragsrc", "big.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	errs := make(chan error, 8)
-	for range 8 {
-		go func() {
-			got, err := fs.ReadFile(fsys, "big.bin")
-			if err == nil && !bytes.Equal(got, want) {
-				err = errors.New("big.bin differs")
-			}
-			errs <- err
-		}()
-	}
-	for range 8 {
-		if err := <-errs; err != nil {
-			t.Error(err)
-		}
 	}
 }
 

@@ -132,7 +132,7 @@ func New(r io.ReaderAt, size int64) (*FS, error) {
 		return nil, fmt.Errorf("volume of %d bytes is too small for a boot sector: %w", size, ErrWrongType)
 	}
 	var bs [512]byte
-	if _, err := r.ReadAt(bs[:], 0); err != nil && err != io.EOF {
+	if err := readFull(r, bs[:], 0); err != nil {
 		return nil, fmt.Errorf("fat: reading boot sector: %w", err)
 	}
 	switch oem := string(bs[3:11]); oem {
@@ -145,7 +145,7 @@ func New(r io.ReaderAt, size int64) (*FS, error) {
 	}
 	if f.typ != FAT32 {
 		f.fat = make([]byte, f.fatBytes) // at most 128 KiB for FAT16
-		if _, err := r.ReadAt(f.fat, f.fatOff); err != nil && err != io.EOF {
+		if err := readFull(r, f.fat, f.fatOff); err != nil {
 			return nil, fmt.Errorf("fat: reading the FAT at byte %d: %w", f.fatOff, err)
 		}
 	} else {
@@ -205,6 +205,9 @@ func (f *FS) parseBPB(b []byte) error {
 	if meta >= totSec {
 		return corrupt(11, "BPB: %d reserved, FAT and root sectors leave no data area in %d sectors", meta, totSec)
 	}
+	if totSec*bps > f.size {
+		return corrupt(19, "BPB: volume of %d sectors of %d bytes is larger than the %d bytes available (truncated?)", totSec, bps, f.size)
+	}
 	clusters := (totSec - meta) / spc
 	// As Linux (fs/fat/inode.c) and fsck.fat do: no 16-bit FAT size
 	// means FAT32, even with few clusters (mkfs.fat -F 32 makes such
@@ -224,9 +227,6 @@ func (f *FS) parseBPB(b []byte) error {
 		return corrupt(32, "BPB: %d clusters is more than FAT32 can address", clusters)
 	}
 	f.clusters = uint32(clusters)
-	if totSec*bps > f.size {
-		return corrupt(19, "BPB: volume of %d sectors of %d bytes is larger than the %d bytes available (truncated?)", totSec, bps, f.size)
-	}
 	// The FAT must have an entry for every cluster.
 	need := (int64(f.clusters) + 2) * int64(f.typ) / 8
 	if int64(f.typ) == 12 {
@@ -280,6 +280,19 @@ func (f *FS) parseBPB(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// readFull reads len(p) bytes at off: a short read is an error
+// (io.ErrUnexpectedEOF), never zeros taken for the volume's content.
+func readFull(r io.ReaderAt, p []byte, off int64) error {
+	n, err := r.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // Type reports whether the volume is FAT12, FAT16 or FAT32.
@@ -343,7 +356,7 @@ func (f *FS) next(c uint32) (uint32, error) {
 	if !ok {
 		n := min(int64(fatBlock), f.fatBytes-blk)
 		b = make([]byte, n)
-		if _, err := f.r.ReadAt(b, f.fatOff+blk); err != nil && err != io.EOF {
+		if err := readFull(f.r, b, f.fatOff+blk); err != nil {
 			return 0, fmt.Errorf("fat: reading FAT at byte %d: %w", f.fatOff+blk, err)
 		}
 		f.blocks.Put(blk, b)
@@ -483,7 +496,7 @@ func (f *FS) nodeOf(v vfs.Node) (*node, error) {
 func (f *FS) readDir(n *node) ([]byte, []run, error) {
 	if n.root && f.typ != FAT32 {
 		b := make([]byte, f.rootBytes) // at most 2 MiB (65535 entries)
-		if _, err := f.r.ReadAt(b, f.rootOff); err != nil && err != io.EOF {
+		if err := readFull(f.r, b, f.rootOff); err != nil {
 			return nil, nil, fmt.Errorf("fat: reading root directory at byte %d: %w", f.rootOff, err)
 		}
 		return b, []run{{fileOff: 0, diskOff: f.rootOff, length: f.rootBytes}}, nil
@@ -496,7 +509,7 @@ func (f *FS) readDir(n *node) ([]byte, []run, error) {
 	last := runs[len(runs)-1]
 	b := make([]byte, last.fileOff+last.length) // bounded by maxDirBytes
 	for _, r := range runs {
-		if _, err := f.r.ReadAt(b[r.fileOff:r.fileOff+r.length], r.diskOff); err != nil && err != io.EOF {
+		if err := readFull(f.r, b[r.fileOff:r.fileOff+r.length], r.diskOff); err != nil {
 			return nil, nil, fmt.Errorf("fat: reading %s at byte %d: %w", what, r.diskOff, err)
 		}
 	}

@@ -121,7 +121,7 @@ descriptors:
 		off := descriptorsAt + i*sectorSize
 		d := make([]byte, sectorSize)
 		if n, err := r.ReadAt(d, off); n < len(d) {
-			if i == 0 {
+			if i == 0 && (n < 6 || string(d[1:6]) != "CD001") {
 				return nil, fmt.Errorf("volume of %d bytes: %w", size, ErrWrongType)
 			}
 			return nil, fmt.Errorf("iso9660: reading volume descriptor %d at byte %d: %w", i, off, orEOF(err))

@@ -41,12 +41,21 @@ func openExt4(b *testing.B, file string) *vfs.FS {
 	return vfs.New(e, filepath.Base(file))
 }
 
-// countWalk walks fsys as the scanner does and returns the entries seen;
-// any error fails the benchmark, so that a walk that stops early never
-// scores.
-func countWalk(b *testing.B, fsys fs.FS) int {
+// walkers are the walks measured: vfs.WalkDir, as the scanner walks (by
+// node), and fs.WalkDir, which looks every directory up by path.
+var walkers = []struct {
+	name string
+	walk func(fs.FS, fs.WalkDirFunc) error
+}{
+	{"vfs.WalkDir", func(fsys fs.FS, fn fs.WalkDirFunc) error { return vfs.WalkDir(fsys, ".", 1<<20, fn) }},
+	{"fs.WalkDir", func(fsys fs.FS, fn fs.WalkDirFunc) error { return fs.WalkDir(fsys, ".", fn) }},
+}
+
+// countWalk walks fsys and returns the entries seen; any error fails the
+// benchmark, so that a walk that stops early never scores.
+func countWalk(b *testing.B, walk func(fs.FS, fs.WalkDirFunc) error, fsys fs.FS) int {
 	n := 0
-	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+	err := walk(fsys, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -76,25 +85,34 @@ func peakRSS() float64 {
 
 // walkPair alternates walks of a small and a large tree (the reference
 // and the measured run, in one invocation) and reports each one's cost
-// per entry and their ratio: 1 means linear.
+// per entry and their ratio: 1 means linear. Each walk gets a new FS, so
+// that vfs's directory cache starts empty as in a scan.
 func walkPair(b *testing.B, small, large string, wantSmall, wantLarge int) {
 	dir := walkTrees(b)
-	fs1, fs2 := openExt4(b, filepath.Join(dir, small)), openExt4(b, filepath.Join(dir, large))
+	for _, w := range walkers {
+		b.Run(w.name, func(b *testing.B) {
+			walkPairWith(b, w.walk, filepath.Join(dir, small), filepath.Join(dir, large), wantSmall, wantLarge)
+		})
+	}
+}
+
+func walkPairWith(b *testing.B, walk func(fs.FS, fs.WalkDirFunc) error, small, large string, wantSmall, wantLarge int) {
 	var t1, t2 time.Duration
 	var a1, a2 uint64
 	var ms runtime.MemStats
 	b.ResetTimer()
 	for b.Loop() {
 		for i, c := range []struct {
-			fsys  fs.FS
+			img   string
 			want  int
 			t     *time.Duration
 			alloc *uint64
-		}{{fs1, wantSmall, &t1, &a1}, {fs2, wantLarge, &t2, &a2}} {
+		}{{small, wantSmall, &t1, &a1}, {large, wantLarge, &t2, &a2}} {
+			fsys := openExt4(b, c.img)
 			runtime.ReadMemStats(&ms)
 			before := ms.TotalAlloc
 			start := time.Now()
-			if n := countWalk(b, c.fsys); n != c.want {
+			if n := countWalk(b, walk, fsys); n != c.want {
 				b.Fatalf("walk %d: %d entries, want %d", i, n, c.want)
 			}
 			*c.t += time.Since(start)

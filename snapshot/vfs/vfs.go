@@ -148,10 +148,12 @@ type FS struct {
 
 // dirCacheWeight bounds the directory cache: each directory weighs the
 // length of its path plus, per entry, its name and entryWeight bytes for
-// the node, about 64 MiB in all.
+// the node and the entry (about what a reader's node takes), 32 MiB in
+// all. A scan opens each file soon after the walk lists it, so recent
+// directories are what is needed.
 const (
-	dirCacheWeight = 64 << 20
-	entryWeight    = 128
+	dirCacheWeight = 32 << 20
+	entryWeight    = 256
 )
 
 var (
@@ -235,7 +237,10 @@ func (f *FS) list(p string, n Node, anc *ancestor, depth int) (*dir, error) {
 		if e.Name == "" || e.Name == "." || e.Name == ".." || strings.Contains(e.Name, "/") || e.Node == nil {
 			continue // not representable as an fs.FS name
 		}
-		de := &dirEntry{fs: f, name: e.Name, node: e.Node, dir: p}
+		de := &dirEntry{name: e.Name, node: e.Node}
+		if err := nodeErr(e.Node); err != nil {
+			de.err = f.wrap("stat", joinPath(p, e.Name), err)
+		}
 		d.entries = append(d.entries, de)
 		d.weight += len(e.Name) + entryWeight
 	}
@@ -442,12 +447,21 @@ func (f *FS) ReadLink(name string) (_ string, err error) {
 	return t, nil
 }
 
-// dirEntry is an entry of a listed directory.
+// dirEntry is an entry of a listed directory. It holds no path: a walk
+// keeps the listings of every directory above it, whose paths would add
+// up to the square of the depth.
 type dirEntry struct {
-	fs   *FS
-	dir  string // the directory's path, for errors
 	name string
 	node Node
+	err  error // of a broken node, naming volume and path
+}
+
+// joinPath returns the path of entry name of directory p.
+func joinPath(p, name string) string {
+	if p == "." {
+		return name
+	}
+	return p + "/" + name
 }
 
 func (e *dirEntry) Name() string      { return e.name }
@@ -457,8 +471,8 @@ func (e *dirEntry) String() string    { return fs.FormatDirEntry(e) }
 
 // Info returns the entry's metadata, or the error of a damaged inode.
 func (e *dirEntry) Info() (fs.FileInfo, error) {
-	if err := nodeErr(e.node); err != nil {
-		return nil, e.fs.wrap("stat", path.Join(e.dir, e.name), err)
+	if e.err != nil {
+		return nil, e.err
 	}
 	return &fileInfo{name: e.name, node: e.node}, nil
 }
@@ -499,6 +513,11 @@ func (f *file) Close() error               { return nil }
 func (f *file) Read(p []byte) (n int, err error) {
 	defer f.fs.recoverTo("read", f.name, &err)
 	n, err = f.sr.Read(p)
+	if err == io.EOF {
+		if at, _ := f.sr.Seek(0, io.SeekCurrent); at < f.sr.Size() {
+			err = f.short(at)
+		}
+	}
 	if err != nil && err != io.EOF {
 		err = f.fs.wrap("read", f.name, err)
 	}
@@ -508,10 +527,19 @@ func (f *file) Read(p []byte) (n int, err error) {
 func (f *file) ReadAt(p []byte, off int64) (n int, err error) {
 	defer f.fs.recoverTo("read", f.name, &err)
 	n, err = f.sr.ReadAt(p, off)
+	if err == io.EOF && off >= 0 && off+int64(n) < f.sr.Size() {
+		err = f.short(off + int64(n))
+	}
 	if err != nil && err != io.EOF {
 		err = f.fs.wrap("read", f.name, err)
 	}
 	return n, err
+}
+
+// short is the error of a reader that ends inside the file: the file's
+// data is missing (a truncated image), never a shorter file.
+func (f *file) short(at int64) error {
+	return fmt.Errorf("data ends at byte %d of %d: %w", at, f.sr.Size(), io.ErrUnexpectedEOF)
 }
 
 func (f *file) Seek(offset int64, whence int) (int64, error) {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
+	"strings"
 )
 
 // DefaultMaxDepth is the depth bound WalkDir applies when given 0: 4096
@@ -70,15 +72,16 @@ type walkSource interface {
 	list(p string, e fs.DirEntry, parent any, depth int) (entries []fs.DirEntry, state any, err error)
 	// identity returns the identity of a directory's entry, if known.
 	identity(e fs.DirEntry) (ident, bool)
-	// join returns the path of entry name of directory p.
-	join(p, name string) string
 	// fail returns the error of listing directory p.
 	fail(p string, err error) error
 }
 
-// frame is a directory being walked.
+// frame is a directory being walked. Its path is w.buf[:plen] (the paths
+// of the directories on the stack are prefixes of one another, so one
+// buffer holds them all: memory stays linear in depth).
 type frame struct {
-	path    string
+	plen    int
+	bare    bool // the walk's root ".": its entries' paths are their names
 	depth   int
 	entries []fs.DirEntry
 	next    int
@@ -93,6 +96,7 @@ type walker struct {
 	maxDepth int
 	onPath   map[ident]int // directories on the path being walked
 	stack    []*frame
+	buf      []byte // the path of the top frame
 }
 
 // walk walks root; its result is what fs.WalkDir's walkDir(root) returns.
@@ -100,6 +104,9 @@ func (w *walker) walk(root string) error {
 	d, err := w.src.root(root)
 	if err != nil {
 		return w.fn(root, nil, err)
+	}
+	if root != "." {
+		w.buf = append(w.buf, root...)
 	}
 	if err := w.enter(root, d, 0, nil); err != nil {
 		return err
@@ -112,11 +119,22 @@ func (w *walker) walk(root string) error {
 		}
 		e := top.entries[top.next]
 		top.next++
-		p := w.src.join(top.path, e.Name())
+		name := e.Name()
+		w.buf = w.buf[:top.plen]
+		if !top.bare {
+			w.buf = append(w.buf, '/')
+		}
+		w.buf = append(w.buf, name...)
+		p := string(w.buf)
 		var err error
-		if e.IsDir() {
+		switch {
+		case name == "" || name == "." || name == ".." || strings.Contains(name, "/"):
+			// Only a broken fs.FS lists such names; fs.WalkDir would
+			// make a path that is not the entry's.
+			err = w.fn(p, e, w.src.fail(p, fmt.Errorf("entry name %q: %w", name, fs.ErrInvalid)))
+		case e.IsDir():
 			err = w.enter(p, e, top.depth+1, top)
-		} else {
+		default:
 			err = w.fn(p, e, nil)
 		}
 		if err != nil {
@@ -159,7 +177,8 @@ func (w *walker) enter(p string, e fs.DirEntry, depth int, parent *frame) error 
 			if keyed {
 				w.onPath[id]++
 			}
-			w.stack = append(w.stack, &frame{path: p, depth: depth, entries: entries, state: state, id: id, keyed: keyed})
+			w.stack = append(w.stack, &frame{plen: len(w.buf), bare: parent == nil && p == ".", depth: depth,
+				entries: entries, state: state, id: id, keyed: keyed})
 			return nil
 		}
 	}
@@ -212,8 +231,6 @@ func (s *genericSource) identity(e fs.DirEntry) (ident, bool) {
 	return sysIdentity(info.Sys())
 }
 
-func (s *genericSource) join(p, name string) string { return path.Join(p, name) }
-
 func (s *genericSource) fail(p string, err error) error {
 	return &fs.PathError{Op: "readdir", Path: p, Err: err}
 }
@@ -232,7 +249,7 @@ func (s *nativeSource) root(name string) (_ fs.DirEntry, err error) {
 	if err != nil {
 		return nil, s.fs.errPath("stat", name, err)
 	}
-	return &dirEntry{fs: s.fs, name: path.Base(name), node: n, dir: path.Dir(name)}, nil
+	return &dirEntry{name: path.Base(name), node: n}, nil
 }
 
 func (s *nativeSource) list(p string, e fs.DirEntry, parent any, depth int) (_ []fs.DirEntry, _ any, err error) {
@@ -252,8 +269,11 @@ func (s *nativeSource) list(p string, e fs.DirEntry, parent any, depth int) (_ [
 		if d, err = s.fs.list(p, n, &ancestor{ino: n.Ino(), parent: pd.anc}, pd.depth+1); err != nil {
 			return nil, nil, s.fs.wrap("readdir", p, err)
 		}
-		// Remembered for the Opens of the files about to be reported.
-		s.fs.dirs.Put(p, d)
+		// Remembered for the Opens of the files about to be reported: a
+		// directory that holds only directories is not looked up again.
+		if slices.ContainsFunc(d.entries, func(e *dirEntry) bool { return !e.node.Mode().IsDir() }) {
+			s.fs.dirs.Put(p, d)
+		}
 	}
 	out := make([]fs.DirEntry, len(d.entries))
 	for i, e := range d.entries {
@@ -271,10 +291,3 @@ func (s *nativeSource) identity(e fs.DirEntry) (ident, bool) {
 }
 
 func (s *nativeSource) fail(p string, err error) error { return s.fs.wrap("readdir", p, err) }
-
-func (s *nativeSource) join(p, name string) string {
-	if p == "." {
-		return name
-	}
-	return p + "/" + name
-}

@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/snapscan/snapscan/appliance/results"
+	"github.com/snapscan/snapscan/internal/sqlitedb"
 )
 
 // Store is results.Store on SQLite. Make it with New.
@@ -195,26 +196,8 @@ func (s *Store) Close() error { return nil }
 
 // tx runs f inside BEGIN IMMEDIATE ... COMMIT on one connection, so two
 // writers never both read and then fail to upgrade their lock.
-func (s *Store) tx(ctx context.Context, f func(c *sql.Conn) error) (err error) {
-	c, err := s.db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			// A cancelled ctx must not keep the rollback from running.
-			_, _ = c.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
-		}
-	}()
-	if err := f(c); err != nil {
-		return err
-	}
-	_, err = c.ExecContext(ctx, "COMMIT")
-	return err
+func (s *Store) tx(ctx context.Context, f func(c *sql.Conn) error) error {
+	return sqlitedb.Tx(ctx, s.db, f)
 }
 
 func nanos(t time.Time) int64 {
