@@ -12,7 +12,9 @@
 # that command line; it replaces the library driver.
 #
 # Environment: RULES (default ../shared/rules/signature-base), RUNS (3),
-# WORKERS (2), WORK (a scratch folder, default /tmp/snapscan-bench).
+# WORKERS (2), WORK (a scratch folder, default /tmp/snapscan-bench),
+# SETUP_ONLY=1 (make the tree and the compiled rules, time nothing: for
+# bench/scan-image.sh).
 # Prints each run, the median ratio snapscan/yara (≤ 1.0: snapscan as fast
 # or faster), the in-memory ceiling and peak RSS of each side.
 set -euo pipefail
@@ -42,8 +44,11 @@ echo "target: $target ($(find "$target" -type f -printf "%s\n" | awk "{s+=\$1} E
 # needs defined empty (as snapscan does).
 yarc=$WORK/rules.yarc
 mapfile -t srcs < <(if [ -d "$RULES" ]; then find "$RULES" -name '*.yar' -o -name '*.yara' | sort; else echo "$RULES"; fi)
-yarac -d filename= -d filepath= -d extension= -d filetype= -d owner= "${srcs[@]}" "$yarc"
+if [ ! -f "$yarc" ] || [ -n "$(find "${srcs[@]}" -newer "$yarc" -print -quit)" ]; then
+	yarac -d filename= -d filepath= -d extension= -d filetype= -d owner= "${srcs[@]}" "$yarc"
+fi
 echo "rules: ${#srcs[@]} files compiled to $yarc"
+if [ -n "${SETUP_ONLY:-}" ]; then exit 0; fi
 
 # The library driver: the scanner package's test binary.
 (cd "$here" && go test -c -o "$WORK/scanner.test" ./scanner)

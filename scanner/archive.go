@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/bzip2"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -86,6 +87,9 @@ type expansion struct {
 	arena     *arena
 	remaining int64 // bytes that may still be expanded
 	members   int   // members listed so far
+	// ctx, when set, stops an expansion under way (a bomb decompresses
+	// for a while) when the scan is canceled.
+	ctx context.Context
 }
 
 // newExpansion starts the tree of a file of the given size.
@@ -149,8 +153,14 @@ func (e *expansion) expand(name string, r io.Reader, depth int, visit visitor, s
 	}
 	m := e.arena.mark()
 	defer e.arena.reset(m)
+	if e.ctx != nil {
+		r = ctxReader{e.ctx, r}
+	}
 	data, exceeded, err := e.arena.readFull(r, e.remaining)
 	switch {
+	case err != nil && e.ctx != nil && e.ctx.Err() != nil:
+		skip(name, SkipCanceled, err)
+		return errStopArchive
 	case exceeded || (err == nil && data == nil):
 		e.remaining = 0
 		skip(name, SkipLimitHit, fmt.Errorf("%w: expands beyond %d bytes (total or ratio limit)", ErrLimit, e.limits.MaxTotalBytes))
@@ -161,6 +171,19 @@ func (e *expansion) expand(name string, r io.Reader, depth int, visit visitor, s
 	}
 	e.remaining -= int64(len(data))
 	return visit(member{Name: name, Data: data, Depth: depth})
+}
+
+// ctxReader fails reads once its context is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(b []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(b)
 }
 
 // errStopArchive ends the listing of one archive without being an error

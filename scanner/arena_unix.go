@@ -7,12 +7,19 @@ import (
 	"syscall"
 )
 
+// hugeArena: see adviseHuge (SNAPSCAN_NO_HUGEPAGES=1 turns it off, to
+// measure).
+var hugeArena = os.Getenv("SNAPSCAN_NO_HUGEPAGES") == ""
+
 // newArena reserves size bytes of address space (no memory until used).
 func newArena(size int) (*arena, error) {
 	b, err := syscall.Mmap(-1, 0, max(size, 1), syscall.PROT_READ|syscall.PROT_WRITE,
 		syscall.MAP_PRIVATE|syscall.MAP_ANON|mapNoReserve)
 	if err != nil {
 		return nil, err
+	}
+	if hugeArena {
+		adviseHuge(b)
 	}
 	return &arena{buf: b, mapped: true}, nil
 }

@@ -3,3 +3,5 @@
 package scanner
 
 const mapNoReserve = 0
+
+func adviseHuge(b []byte) {}

@@ -10,7 +10,11 @@ import (
 //
 // A verdict depends on the content, on the rules, and — when the rules
 // read the externals filename, filepath, extension or owner — on where the
-// file is. Content is the SHA-256 of the bytes scanned; Rules is Rules.ID();
+// file is. Content is the BLAKE3-256 digest of the bytes scanned, keyed
+// with a fixed key (the same on every machine, so that a persistent cache
+// outlives the process; BLAKE3 is collision-resistant, so a guest cannot
+// make a malicious file share a clean file's key); it is not the SHA-256
+// that Finding reports, which is computed for findings only. Rules is Rules.ID();
 // Context is the SHA-256 of those four externals when the rule set refers
 // to any of them (detected in the sources; always for compiled rules files
 // that declare them), else all zero. Identical files at the same path (the

@@ -55,6 +55,16 @@
 // them), although the yara tool refuses to map them; the verdict cache
 // makes that cost one scan per rule set.
 //
+// # Speed
+//
+// libyara does the matching, as in the yara tool; what snapscan adds is
+// kept small: files are read straight into the scan memory (one copy from
+// the page cache, where yara maps the file), the largest listed files are
+// started first so that the workers finish together, the verdict cache
+// keys content with BLAKE3 (SHA-256 only for findings), and compiled rule
+// sets can be kept by their sources' digest (CompileCached) so that a
+// start loads them instead of compiling.
+//
 // # Memory
 //
 // The bytes held for file content, spool copy buffers and archive members

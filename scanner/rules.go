@@ -123,6 +123,19 @@ func (r *Rules) Warnings() []CompileMessage { return slices.Clone(r.warnings) }
 // On a compilation error the result wraps ErrCompile and is a
 // *CompileError holding every compiler message with file and line.
 func Compile(paths ...string) (*Rules, error) {
+	return CompileCached("", paths...)
+}
+
+// CompileCached is Compile with the compiled rule set kept in the folder
+// dir (made 0700 if missing), under its Rules.ID: a later start with the
+// same sources, byte for byte, loads the compiled set instead of
+// compiling it (signature-base: seconds of compilation saved per start).
+// A cached set that cannot be loaded is compiled again and replaced.
+// Sources that use include are compiled every time, since the included
+// files are not part of the ID; a compiled rules file given as input is
+// loaded as it is. dir "" means no cache. The folder must be private to
+// the user: libyara trusts a compiled rules file it loads.
+func CompileCached(dir string, paths ...string) (*Rules, error) {
 	if len(paths) == 0 {
 		return nil, fmt.Errorf("%w: no rules given", ErrCompile)
 	}
@@ -177,17 +190,72 @@ func Compile(paths ...string) (*Rules, error) {
 		srcs = append(srcs, Source{Name: in.ns, Data: data})
 		files = append(files, in.path)
 	}
-	return compile(srcs, files)
+	return compileCached(dir, srcs, files)
 }
 
 // CompileSources compiles rules held in memory, each source in its own
 // namespace named by Source.Name, in the order given. Sources cannot use
 // include (there is no folder to resolve it against).
 func CompileSources(sources []Source) (*Rules, error) {
+	return CompileSourcesCached("", sources)
+}
+
+// CompileSourcesCached is CompileSources with the cache of CompileCached.
+func CompileSourcesCached(dir string, sources []Source) (*Rules, error) {
 	if len(sources) == 0 {
 		return nil, fmt.Errorf("%w: no rules given", ErrCompile)
 	}
-	return compile(sources, nil)
+	return compileCached(dir, sources, nil)
+}
+
+// includeRef finds an include directive.
+var includeRef = regexp.MustCompile(`(?m)^\s*include\s*"`)
+
+// compileCached loads srcs' compiled set from dir, or compiles and stores
+// it there.
+func compileCached(dir string, srcs []Source, files []string) (*Rules, error) {
+	if dir == "" || slices.ContainsFunc(srcs, func(s Source) bool { return includeRef.Match(s.Data) }) {
+		return compile(srcs, files)
+	}
+	id, pathDependent := sourcesID(srcs)
+	p := filepath.Join(dir, id+".yarc")
+	if y, err := yara.LoadRules(p); err == nil {
+		return &Rules{y: y, id: id, count: len(y.GetRules()), pathDependent: pathDependent, defined: Externals}, nil
+	}
+	r, err := compile(srcs, files)
+	if err != nil {
+		return nil, err
+	}
+	// A cache that cannot be written costs the next start a compilation,
+	// nothing else.
+	if os.MkdirAll(dir, 0o700) == nil {
+		if f, err := os.CreateTemp(dir, id+".*.tmp"); err == nil {
+			tmp := f.Name()
+			if r.y.Write(f) == nil && f.Close() == nil {
+				os.Rename(tmp, p)
+			} else {
+				f.Close()
+			}
+			os.Remove(tmp)
+		}
+	}
+	return r, nil
+}
+
+// sourcesID returns the Rules.ID of srcs, and whether they refer to the
+// path-like externals.
+func sourcesID(srcs []Source) (string, bool) {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00sources\x00%d\x00", engineID, len(srcs))
+	pathDependent := false
+	for i, s := range srcs {
+		fmt.Fprintf(h, "%d\x00%s\x00%d\x00", i, s.Name, len(s.Data))
+		h.Write(s.Data)
+		if externalRef.Match(s.Data) {
+			pathDependent = true
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), pathDependent
 }
 
 // externalRef finds a reference to one of the path-like externals; a hit
@@ -210,9 +278,7 @@ func compile(srcs []Source, files []string) (*Rules, error) {
 			return nil, fmt.Errorf("scanner: define %s: %w", name, err)
 		}
 	}
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00sources\x00%d\x00", engineID, len(srcs))
-	pathDependent := false
+	id, pathDependent := sourcesID(srcs)
 	var msgs []CompileMessage
 	// collect attributes the compiler's new messages to source s: libyara
 	// names the file only for AddFile.
@@ -225,11 +291,6 @@ func compile(srcs []Source, files []string) (*Rules, error) {
 		}
 	}
 	for i, s := range srcs {
-		fmt.Fprintf(h, "%d\x00%s\x00%d\x00", i, s.Name, len(s.Data))
-		h.Write(s.Data)
-		if externalRef.Match(s.Data) {
-			pathDependent = true
-		}
 		ne, nw := len(c.Errors), len(c.Warnings)
 		var err error
 		if files != nil {
@@ -280,7 +341,7 @@ func compile(srcs []Source, files []string) (*Rules, error) {
 	}
 	return &Rules{
 		y:             y,
-		id:            hex.EncodeToString(h.Sum(nil)),
+		id:            id,
 		count:         len(y.GetRules()),
 		warnings:      warnings,
 		pathDependent: pathDependent,

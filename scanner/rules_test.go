@@ -1,11 +1,13 @@
 package scanner_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -130,11 +132,17 @@ func signatureBase(t testing.TB) string {
 func TestSignatureBase(t *testing.T) {
 	dir := signatureBase(t)
 	start := time.Now()
-	r, err := scanner.Compile(dir)
+	cache := t.TempDir()
+	r, err := scanner.CompileCached(cache, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("signature-base: %d rules, %d warnings, compiled in %v", r.Count(), len(r.Warnings()), time.Since(start))
+	start = time.Now()
+	if c, err := scanner.CompileCached(cache, dir); err != nil || c.ID() != r.ID() || c.Count() != r.Count() {
+		t.Fatalf("cached signature-base: %v", err)
+	}
+	t.Logf("signature-base from the compiled cache in %v", time.Since(start))
 	if r.Count() < 3000 {
 		t.Errorf("only %d rules", r.Count())
 	}
@@ -154,4 +162,57 @@ func TestSignatureBase(t *testing.T) {
 		t.Errorf("scanned %d files of %d", v.Files, len(files))
 	}
 	t.Logf("%d files, %d findings, %v", v.Files, len(rep.Findings), rep.Duration)
+}
+
+// TestCompileCached: the second compilation of the same sources loads the
+// cached set (same ID, same verdicts), a corrupt cache entry is compiled
+// again, and sources with include are never cached.
+func TestCompileCached(t *testing.T) {
+	tree, _ := fixture(t)
+	dir := filepath.Join(t.TempDir(), "cache")
+	fresh, err := scanner.CompileCached(dir, "testdata/rules/parity")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := filepath.Join(dir, fresh.ID()+".yarc")
+	st, err := os.Stat(entry)
+	if err != nil {
+		t.Fatalf("nothing cached: %v", err)
+	}
+	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o700 {
+		t.Errorf("cache folder mode %v", fi.Mode())
+	}
+	cached, err := scanner.CompileCached(dir, "testdata/rules/parity")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cached.ID() != fresh.ID() || cached.Count() != fresh.Count() {
+		t.Errorf("cached %s/%d, fresh %s/%d", cached.ID(), cached.Count(), fresh.ID(), fresh.Count())
+	}
+	want := pairs(scanDir(t, scanner.New(fresh, scanner.Options{}), tree), func(string) bool { return true })
+	got := pairs(scanDir(t, scanner.New(cached, scanner.Options{}), tree), func(string) bool { return true })
+	if !slices.Equal(got, want) || len(want) < 40 {
+		t.Errorf("cached rules scan differently\n%s", diff(got, want))
+	}
+	if st2, _ := os.Stat(entry); !st2.ModTime().Equal(st.ModTime()) {
+		t.Error("the cached set was written again")
+	}
+	os.WriteFile(entry, []byte("YARA garbage"), 0o600)
+	if r, err := scanner.CompileCached(dir, "testdata/rules/parity"); err != nil || r.Count() != fresh.Count() {
+		t.Errorf("corrupt cache entry: %v", err)
+	}
+	if b, _ := os.ReadFile(entry); bytes.HasPrefix(b, []byte("YARA garbage")) {
+		t.Error("corrupt cache entry not replaced")
+	}
+
+	inc := t.TempDir()
+	os.WriteFile(filepath.Join(inc, "a.yar"), []byte(`include "b.inc"`+"\nrule a { condition: b }\n"), 0o644)
+	os.WriteFile(filepath.Join(inc, "b.inc"), []byte("rule b { condition: true }\n"), 0o644)
+	r, err := scanner.CompileCached(dir, filepath.Join(inc, "a.yar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, r.ID()+".yarc")); err == nil {
+		t.Error("rules with include were cached")
+	}
 }

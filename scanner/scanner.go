@@ -19,6 +19,7 @@ import (
 
 	"github.com/hillu/go-yara/v4"
 	"golang.org/x/sync/errgroup"
+	"lukechampine.com/blake3"
 
 	"github.com/snapscan/snapscan/snapshot"
 	"github.com/snapscan/snapscan/snapshot/vfs"
@@ -197,9 +198,11 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 		excludeHits: make([]int64, len(s.opts.Exclude))}
 
 	g, gctx := errgroup.WithContext(ctx)
-	jobs := make(chan job, 4*s.opts.Workers)
+	jobs := newJobQueue()
+	stop := context.AfterFunc(gctx, jobs.abort)
+	defer stop()
 	g.Go(func() error {
-		defer close(jobs)
+		defer jobs.close()
 		for i, v := range t.Volumes {
 			if v.Err != nil || v.FS == nil {
 				continue
@@ -227,14 +230,17 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 				return err
 			}
 			defer w.close()
-			for j := range jobs {
+			for {
+				j, ok := jobs.pop()
+				if !ok {
+					return nil
+				}
 				if gctx.Err() != nil {
 					r.skip(j.vol, "/"+j.name, SkipCanceled, nil, false)
 					continue
 				}
 				w.scanFile(gctx, j)
 			}
-			return nil
 		})
 	}
 	err := g.Wait()
@@ -263,7 +269,7 @@ func (r *run) volIndex(id string) int {
 }
 
 // list walks one volume and queues its regular files.
-func (r *run) list(ctx context.Context, vol int, fsys fs.FS, jobs chan<- job) error {
+func (r *run) list(ctx context.Context, vol int, fsys fs.FS, jobs *jobQueue) error {
 	opts := &r.s.opts
 	// vfs.WalkDir is linear in the entries whatever the tree's shape,
 	// stops at a depth bound and never enters a directory cycle.
@@ -328,12 +334,7 @@ func (r *run) list(ctx context.Context, vol int, fsys fs.FS, jobs chan<- job) er
 		r.progress.TotalFiles++
 		r.progress.TotalBytes += info.Size()
 		r.mu.Unlock()
-		select {
-		case jobs <- job{vol: vol, name: name, size: info.Size(), owner: owner}:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return jobs.push(ctx, job{vol: vol, name: name, size: info.Size(), owner: owner})
 	})
 }
 
@@ -374,8 +375,9 @@ type worker struct {
 	arena *arena
 	hdr   [SniffLen]byte
 	cb    collector
-	tmo   time.Duration // timeout currently set on ys
-	keep  int64         // budget held for the arena's resident pages
+	h     *blake3.Hasher // content digests, made on first use
+	tmo   time.Duration  // timeout currently set on ys
+	keep  int64          // budget held for the arena's resident pages
 }
 
 func (r *run) newWorker() (*worker, error) {
@@ -480,6 +482,7 @@ func (w *worker) scanFile(ctx context.Context, j job) {
 	var exp *expansion
 	if !opts.NoArchives && isArchive(typ) {
 		exp = newExpansion(opts.Archives, w.arena, j.size)
+		exp.ctx = ctx
 		exp.remaining = min(exp.remaining, opts.MemoryBudget-weight, int64(len(w.arena.buf))-weight)
 		weight += exp.remaining
 	}
@@ -517,6 +520,28 @@ func (w *worker) scanFile(ctx context.Context, j job) {
 	w.scanContent(ctx, j, vpath, path.Base(vpath), data, typ, 0, exp)
 }
 
+// digest returns the cache key of content: its BLAKE3 keyed with
+// contentKey.
+func (w *worker) digest(data []byte) [32]byte {
+	if w.h == nil {
+		w.h = blake3.New(32, contentKey[:])
+	}
+	w.h.Reset()
+	w.h.Write(data)
+	var d [32]byte
+	w.h.Sum(d[:0])
+	return d
+}
+
+// contentKey keys the content digests of CacheKey. It is fixed, so that
+// digests are the same on every machine and a persistent cache outlives
+// the process; keying separates them from any other use of BLAKE3 (and
+// from the SHA-256 digests earlier versions stored).
+var contentKey = func() (k [32]byte) {
+	blake3.DeriveKey(k[:], "snapscan 2026-12 verdict cache: content of a scanned file", []byte("snapscan"))
+	return k
+}()
+
 // fileDone advances progress for one listed file.
 func (w *worker) fileDone(size int64) {
 	r := w.r
@@ -545,16 +570,14 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 		filetype:  typ,
 		owner:     j.owner,
 	}
-	// The content hash is needed for the cache and for findings only:
-	// without a cache, clean files (nearly all) are not hashed.
-	var sum [32]byte
-	hashed := false
+	// The cache key takes a digest of every file (BLAKE3, about twice as
+	// fast as SHA-256 here); the SHA-256 that findings report is computed
+	// for findings only.
 	var key CacheKey
 	var matches []Match
 	cached := false
 	if c := r.s.opts.Cache; c != nil {
-		sum, hashed = sha256.Sum256(data), true
-		key = CacheKey{Content: sum, Rules: r.s.rules.id}
+		key = CacheKey{Content: w.digest(data), Rules: r.s.rules.id}
 		if r.s.rules.pathDependent {
 			key.Context = contextKey(&ext)
 		}
@@ -579,7 +602,8 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 		}
 	}
 	matches = r.s.filter(matches)
-	if scanned && len(matches) > 0 && !hashed {
+	var sum [32]byte
+	if scanned && len(matches) > 0 {
 		sum = sha256.Sum256(data)
 	}
 	if scanned {

@@ -2,6 +2,7 @@ package scanner
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/snapscan/snapscan/internal/testenv"
 )
@@ -208,5 +210,53 @@ func TestFileTarget(t *testing.T) {
 	}
 	if _, err := FileTarget(fifo); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("fifo: %v", err)
+	}
+}
+
+// TestJobQueue: largest first; after abort push refuses (also a push
+// waiting on a full queue) while pop drains what is queued.
+func TestJobQueue(t *testing.T) {
+	q := newJobQueue()
+	ctx := context.Background()
+	for _, n := range []int64{3, 1, 4, 1, 5, 9, 2, 6} {
+		if err := q.push(ctx, job{size: n, name: fmt.Sprint(n)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q.close()
+	var got []int64
+	for {
+		j, ok := q.pop()
+		if !ok {
+			break
+		}
+		got = append(got, j.size)
+	}
+	if fmt.Sprint(got) != "[9 6 5 4 3 2 1 1]" {
+		t.Errorf("order %v", got)
+	}
+
+	q = newJobQueue()
+	for i := range maxQueued {
+		q.push(ctx, job{size: int64(i)})
+	}
+	done := make(chan error)
+	go func() { done <- q.push(ctx, job{size: -1}) }()
+	select {
+	case err := <-done:
+		t.Fatalf("push on a full queue returned %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	q.abort()
+	if err := <-done; err == nil {
+		t.Error("push after abort succeeded")
+	}
+	q.close()
+	n := 0
+	for _, ok := q.pop(); ok; _, ok = q.pop() {
+		n++
+	}
+	if n != maxQueued {
+		t.Errorf("drained %d of %d", n, maxQueued)
 	}
 }

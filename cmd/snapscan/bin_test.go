@@ -10,6 +10,23 @@ import (
 	"testing"
 )
 
+// TestMain points the user cache folder (compiled rules) at a temporary
+// folder, for the commands run in-process and for the binary alike.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "snapscan-cache-")
+	if err == nil {
+		os.Setenv("XDG_CACHE_HOME", dir)
+	}
+	code := m.Run()
+	if err == nil {
+		os.RemoveAll(dir)
+	}
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // The snapscan binary, built once per test process for the tests that run
 // it as a user would (exit status, stdout, stderr of the real process).
 var (

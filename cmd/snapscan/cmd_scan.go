@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -76,6 +77,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	timeout := f.Duration("timeout", scanner.DefaultTimeout, "YARA timeout per file (whole seconds)")
 	noArchives := f.Bool("no-archives", false, "do not look inside archives")
 	noProgress := f.Bool("no-progress", false, "never show the progress line")
+	rulesCache := f.String("rules-cache", defaultRulesCache(), "keep compiled rule sets in `DIR`, by the digest of their sources, so that the\nnext start loads instead of compiling (\"off\": compile every time)")
 	noCache := f.Bool("no-cache", false, "scan every file even if identical content was already scanned in this run\n(saves hashing every file when targets share little content)")
 	pos, err := parse(f, args)
 	if err != nil {
@@ -103,7 +105,10 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		globs = append(globs, g)
 	}
-	rs, err := scanner.Compile(rules...)
+	if *rulesCache == "off" {
+		*rulesCache = ""
+	}
+	rs, err := scanner.CompileCached(*rulesCache, rules...)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
@@ -281,6 +286,16 @@ func scanTarget(ctx context.Context, sc *scanner.Scanner, target string, opts *s
 		tr.Error = fmt.Sprintf("%s: no volume could be read", target)
 	}
 	return tr
+}
+
+// defaultRulesCache is the user's cache folder for compiled rule sets, or
+// "" (no cache) when there is none.
+func defaultRulesCache() string {
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(d, "snapscan", "rules")
 }
 
 // notAnImage reports whether a disk opened from a regular file is no disk

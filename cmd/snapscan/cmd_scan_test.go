@@ -240,6 +240,16 @@ func TestScanResult(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "FOUND "+plain+" file /eicar.com: evil") || !strings.Contains(out, "result: findings") {
 		t.Errorf("text output of a plain file: exit %d\n%s", code, out)
 	}
+	// Compiled rules are kept by the digest of their sources.
+	cache := filepath.Join(dir, "rules-cache")
+	for range 2 {
+		if code, _, stderr := runBin(t, "scan", "--rules-cache", cache, "--rules", rules, clean); code != 0 {
+			t.Fatalf("with a rules cache: exit %d %s", code, stderr)
+		}
+	}
+	if ents, _ := os.ReadDir(cache); len(ents) != 1 || !strings.HasSuffix(ents[0].Name(), ".yarc") {
+		t.Errorf("rules cache holds %v", ents)
+	}
 	code, _, stderr := runBin(t, "scan", "--help")
 	if code != 0 || !strings.Contains(stderr, "3  incomplete") {
 		t.Errorf("--help does not document the exit statuses: %d %s", code, stderr)
