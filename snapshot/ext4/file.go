@@ -74,6 +74,9 @@ type fileReader struct {
 	extents  bool
 	csumSeed uint32
 	iblock   [nBlockBytes]byte
+	// meta, when set, is told of every extent tree or indirect block
+	// read (Extents lists them).
+	meta func(blk uint64)
 }
 
 // ReadAt implements io.ReaderAt.
@@ -112,7 +115,8 @@ func (r *fileReader) ReadAt(p []byte, off int64) (int, error) {
 
 // mapBlocks maps logical block lb of the file: the result covers count
 // blocks (1 <= count <= want), either physically contiguous from phys or,
-// when zero is set, a hole or an unwritten range that reads as zeros.
+// when zero is set, a hole (phys 0) or an unwritten range (phys its first
+// block) that reads as zeros.
 func (r *fileReader) mapBlocks(lb, want uint64) (phys, count uint64, zero bool, err error) {
 	if r.extents {
 		return r.mapExtents(lb, want)
@@ -171,6 +175,9 @@ func (r *fileReader) mapExtents(lb, want uint64) (phys, count uint64, zero bool,
 			limit = min(limit, next)
 		}
 		child := uint64(le32(e, 4)) | uint64(le16(e, 8))<<32
+		if r.meta != nil {
+			r.meta(child)
+		}
 		b, err := f.readBlock(child)
 		if err != nil {
 			return 0, 0, false, fmt.Errorf("extent tree block (from %s): %w", nodeName(where), err)
@@ -236,6 +243,9 @@ func (r *fileReader) mapIndirect(lb, want uint64) (phys, count uint64, zero bool
 	for ; ; level-- {
 		if blk == 0 {
 			return 0, min(want, span-rel), true, nil
+		}
+		if r.meta != nil {
+			r.meta(blk)
 		}
 		b, err := f.readBlock(blk)
 		if err != nil {

@@ -267,15 +267,26 @@ func (f *FS) fastLink(n *node) bool {
 // the inode's extra space. The result is at most nBlockBytes+inode size
 // bytes long.
 func (f *FS) inlineData(n *node) ([]byte, error) {
-	raw, err := f.inodeBytes(n.stat.Ino)
+	raw, valOff, valSize, err := f.inlineValue(n)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, nBlockBytes, nBlockBytes+f.inodeSize)
+	out := make([]byte, nBlockBytes, nBlockBytes+valSize)
 	copy(out, raw[0x28:0x28+nBlockBytes])
+	return append(out, raw[valOff:valOff+valSize]...), nil
+}
+
+// inlineValue returns the raw inode of n and where in it the value of its
+// system.data attribute lies (the inline data past i_block), 0, 0 when
+// there is none.
+func (f *FS) inlineValue(n *node) (raw []byte, valOff, valSize int, err error) {
+	raw, err = f.inodeBytes(n.stat.Ino)
+	if err != nil {
+		return nil, 0, 0, err
+	}
 	start := 128 + n.extraIsize
 	if f.inodeSize <= 128 || start+4 > f.inodeSize || le32(raw, int(start)) != 0xEA020000 {
-		return out, nil // no in-inode attributes: everything is in i_block
+		return raw, 0, 0, nil // no in-inode attributes: everything is in i_block
 	}
 	region := raw[start+4:]
 	for off := 0; off+16 <= len(region); {
@@ -288,18 +299,18 @@ func (f *FS) inlineData(n *node) ([]byte, error) {
 		valInum := le32(region, off+4)
 		valSize := int(le32(region, off+8))
 		if off+16+nameLen > len(region) {
-			return nil, corrupt("inode %d: extended attribute entry at byte %d of the inode runs past it", n.stat.Ino, int(start)+4+off)
+			return nil, 0, 0, corrupt("inode %d: extended attribute entry at byte %d of the inode runs past it", n.stat.Ino, int(start)+4+off)
 		}
 		if index == 7 && string(region[off+16:off+16+nameLen]) == "data" {
 			if valInum != 0 {
-				return nil, fmt.Errorf("%w: inode %d keeps its inline data in inode %d (ea_inode)", ErrUnsupported, n.stat.Ino, valInum)
+				return nil, 0, 0, fmt.Errorf("%w: inode %d keeps its inline data in inode %d (ea_inode)", ErrUnsupported, n.stat.Ino, valInum)
 			}
 			if valSize > len(region) || valOff > len(region)-valSize {
-				return nil, corrupt("inode %d: inline data value (%d bytes at %d) runs past the inode", n.stat.Ino, valSize, valOff)
+				return nil, 0, 0, corrupt("inode %d: inline data value (%d bytes at %d) runs past the inode", n.stat.Ino, valSize, valOff)
 			}
-			return append(out, region[valOff:valOff+valSize]...), nil
+			return raw, int(start) + 4 + valOff, valSize, nil
 		}
 		off += (16 + nameLen + 3) &^ 3
 	}
-	return out, nil
+	return raw, 0, 0, nil
 }

@@ -469,6 +469,10 @@ func (e *dirEntry) IsDir() bool       { return e.node.Mode().IsDir() }
 func (e *dirEntry) Type() fs.FileMode { return e.node.Mode().Type() }
 func (e *dirEntry) String() string    { return fs.FormatDirEntry(e) }
 
+// Ino returns the identity of the entry's object (see Node.Ino), also of
+// one whose metadata could not be read.
+func (e *dirEntry) Ino() uint64 { return e.node.Ino() }
+
 // Info returns the entry's metadata, or the error of a damaged inode.
 func (e *dirEntry) Info() (fs.FileInfo, error) {
 	if e.err != nil {

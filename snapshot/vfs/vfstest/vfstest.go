@@ -18,7 +18,13 @@
 //     the caller as an error, and the FS still answers afterwards;
 //   - directory cycles are listed and reported with vfs.ErrCycle, never
 //     entered; directories have distinct identities (Node.Ino), and hard
-//     links share theirs.
+//     links share theirs;
+//   - a reader that is a vfs.Mapper says truly where objects lie: every
+//     file's Data extents cover it, hold its bytes where allocated or
+//     inline and zeros elsewhere, a link's hold its target, every range
+//     lies on the volume, hard links have equal Extents; and the
+//     vfs.Mapper contract holds: bytes changed outside an object's Ranges
+//     leave it served alike when its Layout, Locate and Extents stay.
 package vfstest
 
 import (
@@ -117,6 +123,7 @@ func (s *Suite) Run(t *testing.T) {
 	if s.Cycle != nil {
 		t.Run("Cycle", s.testCycle)
 	}
+	t.Run("Extents", s.testExtents)
 }
 
 // open runs the constructor, turning a panic into an error as vfs.Detect
