@@ -443,36 +443,69 @@ func (a *Appliance) onUpdate(u signatures.Update) {
 	}
 }
 
-// serveRescans enqueues the rescans each signature update calls for.
+// serveRescans enqueues the rescans each signature update calls for, and
+// every rescanCheckEvery (and at start) makes sure the active version's
+// rescan was enqueued by some appliance of the fleet: an update whose
+// rescan a crash interrupted, here or on the appliance that claimed it, is
+// picked up again.
 func (a *Appliance) serveRescans(ctx context.Context) error {
+	t := time.NewTicker(rescanCheckEvery)
+	defer t.Stop()
+	check := func() {
+		if act := a.recv.Current(); act != nil {
+			a.rescan(ctx, signatures.Update{Name: act.Manifest.Name, Version: act.Manifest.Version})
+		}
+	}
+	check()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case u := <-a.updates:
 			a.rescan(ctx, u)
+		case <-t.C:
+			check()
 		}
 	}
 }
 
-// rescanTimeout bounds listing and enqueueing the rescans of one update.
-const rescanTimeout = time.Minute
+// rescanTimeout bounds listing and enqueueing the rescans of one update;
+// a claim older than rescanClaimStale that was not done may be taken over.
+const (
+	rescanTimeout    = time.Minute
+	rescanClaimStale = 2 * rescanTimeout
+	rescanCheckEvery = time.Minute
+)
 
-// rescan enqueues every VM scanned so far at the Rescan class, spread over
-// signatures.rescan_spread so the datastores see a smooth load.
+// rescan enqueues every VM scanned so far under an older signature
+// version at the Rescan class, spread over signatures.rescan_spread so the
+// datastores see a smooth load, once for the fleet: the appliance that
+// claims the version's rescan first (results.Rescans) enqueues it, the
+// others leave it. Jobs run on whichever appliance takes them, with the
+// newest signature set that appliance has.
 func (a *Appliance) rescan(ctx context.Context, u signatures.Update) {
 	ctx, cancel := context.WithTimeout(ctx, rescanTimeout)
 	defer cancel()
+	log := a.log.With("set", u.Name, "version", u.Version)
+	ok, err := a.results.ClaimRescan(ctx, u.Name, u.Version, a.cfg.Name, rescanClaimStale)
+	if err != nil {
+		log.Error("appliance: rescan: claiming it failed (tried again within a minute)", "err", err)
+		return
+	}
+	if !ok {
+		log.Debug("appliance: rescan: enqueued by the fleet already, or claimed by another appliance")
+		return
+	}
 	var vms []queue.VM
 	for after := ""; ; {
 		page, err := a.results.VMs(ctx, results.VMQuery{Scanned: true, After: after})
 		if err != nil {
-			a.log.Error("appliance: rescan: listing VMs failed", "err", err)
+			log.Error("appliance: rescan: listing VMs failed", "err", err)
 			return
 		}
 		for _, v := range page {
-			if len(v.Disks) == 0 {
-				continue
+			if len(v.Disks) == 0 || v.LastSigVersion >= u.Version {
+				continue // nothing to scan, or already scanned under this version
 			}
 			qv := queue.VM{Name: v.ID}
 			for _, d := range v.Disks {
@@ -485,15 +518,20 @@ func (a *Appliance) rescan(ctx context.Context, u signatures.Update) {
 		}
 		after = page[len(page)-1].ID
 	}
-	if len(vms) == 0 {
+	var jobs []queue.Job
+	if len(vms) > 0 {
+		if jobs, err = a.q.EnqueueRescan(ctx, vms, fmt.Sprint(u.Version), a.cfg.Signatures.RescanSpread); err != nil {
+			log.Error("appliance: rescan: enqueue failed (tried again within a minute)", "vms", len(vms), "err", err)
+			return
+		}
+	}
+	if err := a.results.RescanDone(ctx, u.Name, u.Version, len(jobs)); err != nil {
+		// Claimed again by this appliance next time: the VMs already
+		// enqueued merge into their queued jobs.
+		log.Warn("appliance: rescan: recording it failed", "err", err)
 		return
 	}
-	jobs, err := a.q.EnqueueRescan(ctx, vms, fmt.Sprint(u.Version), a.cfg.Signatures.RescanSpread)
-	if err != nil {
-		a.log.Error("appliance: rescan: enqueue failed", "vms", len(vms), "err", err)
-		return
-	}
-	a.log.Info("appliance: rescans enqueued", "version", u.Version, "jobs", len(jobs), "spread", a.cfg.Signatures.RescanSpread)
+	log.Info("appliance: rescans enqueued for the fleet", "jobs", len(jobs), "spread", a.cfg.Signatures.RescanSpread)
 }
 
 func (a *Appliance) onFinish(j queue.Job) {

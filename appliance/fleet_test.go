@@ -261,3 +261,88 @@ func TestDatabaseCut(t *testing.T) {
 		t.Errorf("snapscan_database_up = %v after the network came back", up)
 	}
 }
+
+// TestFleetRescanOnce: a new signature version installed on two appliances
+// of one fleet, one after the other and then at once, enqueues the rescan
+// of the VMs once: one job per VM, not one per appliance.
+func TestFleetRescanOnce(t *testing.T) {
+	dsn := pgtest.Start(t).NewDatabase(t)
+	fast := func(c *Config) { c.Signatures.RescanSpread = time.Millisecond }
+	app1 := startApp(t, appOpts{edit: join(onPostgres(t, "app-1", dsn), fast)})
+	app2 := startApp(t, appOpts{edit: join(onPostgres(t, "app-2", dsn), fast)})
+	app1.install(1)
+	app2.install(1)
+	vms := []string{"vm01", "vm02", "vm03", "vm04"}
+	var ids []int64
+	for _, id := range app1.submit(vms...) {
+		ids = append(ids, id)
+	}
+	app1.waitJobs(ids...)
+	ctx := context.Background()
+	jobs := func() []queue.Job {
+		t.Helper()
+		l, err := app1.a.q.List(ctx, queue.ListOptions{Ascending: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	waitAll := func(n int, version string) {
+		t.Helper()
+		var l []queue.Job
+		eventually(t, "rescans for version "+version, 30*time.Second, func() bool {
+			l = jobs()
+			done := 0
+			for _, j := range l {
+				if j.SigVersion == version && j.State == queue.Done {
+					done++
+				}
+			}
+			return done == len(vms)
+		})
+		// Give a second enqueue the time it would take.
+		time.Sleep(1500 * time.Millisecond)
+		if l = jobs(); len(l) != n {
+			t.Fatalf("%d jobs after the rescans for version %s, want %d (one rescan per VM)", len(l), version, n)
+		}
+	}
+	// Version 2 reaches app-2 while the rescans app-1 enqueued run
+	// (slowly): app-2 enqueues nothing, not even for the VMs being
+	// rescanned, whose last scan is still under version 1.
+	budget := func(b queue.Budget) {
+		for _, ds := range []string{"ds-a", "ds-b"} {
+			if err := app1.a.q.SetBudget(ctx, ds, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	budget(queue.Budget{MaxScans: 1, BytesPerSec: 32 << 10})
+	app1.install(2)
+	eventually(t, "a rescan to run", 30*time.Second, func() bool {
+		for _, j := range jobs() {
+			if j.SigVersion == "2" && j.State == queue.Running {
+				return true
+			}
+		}
+		return false
+	})
+	app2.install(2)
+	time.Sleep(1500 * time.Millisecond)
+	if l := jobs(); len(l) != 8 {
+		t.Fatalf("the second appliance's install of version 2 during the rescans: %d jobs, want 8", len(l))
+	}
+	budget(queue.Budget{MaxScans: 2})
+	waitAll(8, "2")
+	installed := make(chan struct{})
+	go func() { app2.install(3); close(installed) }()
+	app1.install(3)
+	<-installed
+	waitAll(12, "3")
+	var list struct {
+		Appliances []ApplianceView `json:"appliances"`
+	}
+	eventually(t, "both appliances on version 3 in the register", 15*time.Second, func() bool {
+		app2.call("GET", "/v1/appliances", testToken, nil, &list)
+		return len(list.Appliances) == 2 && list.Appliances[0].SigVersion == 3 && list.Appliances[1].SigVersion == 3
+	})
+}

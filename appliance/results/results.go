@@ -66,6 +66,7 @@ type Store interface {
 	Inventory
 	History
 	Appliances
+	Rescans
 	// Close releases what the store holds (prepared statements, caches).
 	// It does not close the database handle, which belongs to whoever
 	// opened it. Nothing may be called after Close.
@@ -149,6 +150,23 @@ type Appliances interface {
 	Announce(ctx context.Context, a Appliance, staleAfter time.Duration) error
 	// Appliances returns every appliance announced, by name.
 	Appliances(ctx context.Context) ([]Appliance, error)
+}
+
+// Rescans makes the rescan a signature version calls for happen once for
+// the fleet, not once per appliance that installs the version: the first
+// appliance to claim it enqueues it; a claim left unfinished (its
+// appliance died between the claim and the enqueue) may be taken over.
+type Rescans interface {
+	// ClaimRescan claims the rescan for version of signature set set for
+	// appliance. It reports true when the caller should enqueue it: no
+	// one claimed it before, or the claim is the caller's own, or the
+	// claim is older than staleAfter and not done. It reports false once
+	// the rescan is done (RescanDone), or while another appliance's fresh
+	// claim stands.
+	ClaimRescan(ctx context.Context, set string, version uint64, appliance string, staleAfter time.Duration) (bool, error)
+	// RescanDone records that the claimed rescan was enqueued, as jobs
+	// jobs.
+	RescanDone(ctx context.Context, set string, version uint64, jobs int) error
 }
 
 // Appliance is one appliance of the fleet as it last announced itself.

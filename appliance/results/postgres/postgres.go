@@ -40,7 +40,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 3
+const schemaVersion = 4
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version integer NOT NULL);
@@ -141,6 +141,15 @@ CREATE TABLE IF NOT EXISTS fleet_appliances (
 	rules_id    text   NOT NULL,
 	started_at  bigint NOT NULL,
 	seen_at     bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fleet_rescans (
+	set_name   text   NOT NULL,
+	version    bigint NOT NULL,
+	claimed_by text   NOT NULL,
+	claimed_at bigint NOT NULL,
+	done_at    bigint NOT NULL DEFAULT 0,
+	jobs       bigint NOT NULL DEFAULT 0,
+	PRIMARY KEY (set_name, version)
 );
 `
 
@@ -851,4 +860,31 @@ func (s *Store) Appliances(ctx context.Context) ([]results.Appliance, error) {
 		return nil, wrap("list appliances", err)
 	}
 	return out, nil
+}
+
+// ClaimRescan implements results.Rescans, by the server's clock: INSERT
+// ... ON CONFLICT makes one claim win however many appliances ask at once.
+func (s *Store) ClaimRescan(ctx context.Context, set string, version uint64, appliance string, staleAfter time.Duration) (bool, error) {
+	res, err := s.r.ExecContext(ctx, `INSERT INTO fleet_rescans (set_name, version, claimed_by, claimed_at) VALUES (?, ?, ?, `+nowNanos+`)
+		ON CONFLICT (set_name, version) DO UPDATE SET claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at
+		WHERE fleet_rescans.done_at = 0 AND (fleet_rescans.claimed_by = excluded.claimed_by OR fleet_rescans.claimed_at < excluded.claimed_at - ?)`,
+		set, int64(version), appliance, staleAfter.Nanoseconds())
+	if err != nil {
+		return false, wrap(fmt.Sprintf("claim the rescan for %s version %d", set, version), err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, wrap(fmt.Sprintf("claim the rescan for %s version %d", set, version), err)
+	}
+	return n == 1, nil
+}
+
+// RescanDone implements results.Rescans.
+func (s *Store) RescanDone(ctx context.Context, set string, version uint64, jobs int) error {
+	_, err := s.r.ExecContext(ctx, `UPDATE fleet_rescans SET done_at = `+nowNanos+`, jobs = ? WHERE set_name = ? AND version = ?`,
+		jobs, set, int64(version))
+	if err != nil {
+		return wrap(fmt.Sprintf("record the rescan for %s version %d", set, version), err)
+	}
+	return nil
 }

@@ -51,6 +51,7 @@ func (s Suite) Run(t *testing.T) {
 		{"Concurrent", testConcurrent},
 		{"Fence", testFence},
 		{"Appliances", testAppliances},
+		{"Rescans", testRescans},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := s.New(t)
@@ -663,5 +664,46 @@ func testAppliances(t *testing.T, st results.Store) {
 	got, _ = st.Appliances(ctx(t))
 	if got[1].Instance != "i2" || got[1].SigVersion != 9 {
 		t.Errorf("after the name moved: %+v", got[1])
+	}
+}
+
+// testRescans: one claim per version wins; the claimant may claim again
+// (its restart) until it is done; a stale claim moves; nothing moves
+// once done.
+func testRescans(t *testing.T, st results.Store) {
+	claim := func(v uint64, who string, stale time.Duration) bool {
+		t.Helper()
+		ok, err := st.ClaimRescan(ctx(t), "set", v, who, stale)
+		must(t, err)
+		return ok
+	}
+	if !claim(7, "app-1", time.Hour) {
+		t.Fatal("first claim refused")
+	}
+	if claim(7, "app-2", time.Hour) {
+		t.Error("a second appliance claimed a freshly claimed rescan")
+	}
+	if !claim(7, "app-1", time.Hour) {
+		t.Error("the claimant could not claim again before it was done")
+	}
+	if !claim(8, "app-2", time.Hour) {
+		t.Error("another version's claim refused")
+	}
+	if claim(7, "other-set-same-version", time.Hour) {
+		t.Error("a claim of the same set and version by a third appliance won")
+	}
+	time.Sleep(20 * time.Millisecond)
+	if !claim(7, "app-2", 10*time.Millisecond) {
+		t.Error("a stale claim did not move")
+	}
+	must(t, st.RescanDone(ctx(t), "set", 7, 12))
+	time.Sleep(20 * time.Millisecond)
+	for _, who := range []string{"app-1", "app-2"} {
+		if claim(7, who, 10*time.Millisecond) {
+			t.Errorf("%s claimed a rescan already done", who)
+		}
+	}
+	if ok, err := st.ClaimRescan(ctx(t), "other", 7, "app-1", time.Hour); err != nil || !ok {
+		t.Errorf("another set's version 7: %v %v", ok, err)
 	}
 }

@@ -20,6 +20,8 @@
 //	               the budget then, the scans running.
 //	fleet_appliances the appliances announced: instance, signature set,
 //	               start and last-seen times.
+//	fleet_rescans  one row per signature version whose rescan was
+//	               claimed: by whom, when, and when it was enqueued.
 //	results_schema the schema version (one row).
 //
 // Example: sqlite3 snapscan.db "SELECT vm, path, rule FROM scan_findings
@@ -53,7 +55,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 3
+const schemaVersion = 4
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version INTEGER NOT NULL);
@@ -161,6 +163,16 @@ CREATE TABLE fleet_appliances (
 	rules_id    TEXT    NOT NULL,
 	started_at  INTEGER NOT NULL,
 	seen_at     INTEGER NOT NULL
+);
+`, `
+CREATE TABLE fleet_rescans (
+	set_name   TEXT    NOT NULL,
+	version    INTEGER NOT NULL,
+	claimed_by TEXT    NOT NULL,
+	claimed_at INTEGER NOT NULL,
+	done_at    INTEGER NOT NULL DEFAULT 0,
+	jobs       INTEGER NOT NULL DEFAULT 0,
+	PRIMARY KEY (set_name, version)
 );
 `}
 
@@ -805,4 +817,35 @@ func (s *Store) Appliances(ctx context.Context) ([]results.Appliance, error) {
 		return nil, wrap("list appliances", err)
 	}
 	return out, nil
+}
+
+// ClaimRescan implements results.Rescans.
+func (s *Store) ClaimRescan(ctx context.Context, set string, version uint64, appliance string, staleAfter time.Duration) (bool, error) {
+	now := time.Now().UnixNano()
+	var n int64
+	err := s.tx(ctx, func(c *sql.Conn) error {
+		res, err := c.ExecContext(ctx, `INSERT INTO fleet_rescans (set_name, version, claimed_by, claimed_at) VALUES (?, ?, ?, ?)
+			ON CONFLICT (set_name, version) DO UPDATE SET claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at
+			WHERE fleet_rescans.done_at = 0 AND (fleet_rescans.claimed_by = excluded.claimed_by OR fleet_rescans.claimed_at < ?)`,
+			set, int64(version), appliance, now, now-staleAfter.Nanoseconds())
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return false, wrap(fmt.Sprintf("claim the rescan for %s version %d", set, version), err)
+	}
+	return n == 1, nil
+}
+
+// RescanDone implements results.Rescans.
+func (s *Store) RescanDone(ctx context.Context, set string, version uint64, jobs int) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE fleet_rescans SET done_at = ?, jobs = ? WHERE set_name = ? AND version = ?`,
+		time.Now().UnixNano(), jobs, set, int64(version))
+	if err != nil {
+		return wrap(fmt.Sprintf("record the rescan for %s version %d", set, version), err)
+	}
+	return nil
 }
