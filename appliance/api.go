@@ -86,6 +86,7 @@ func (a *Appliance) Handler() http.Handler {
 	handle("POST /v1/datastores/{name}/pause", nil, a.handlePause(true))
 	handle("POST /v1/datastores/{name}/resume", nil, a.handlePause(false))
 	handle("GET /v1/signatures", nil, a.handleSignatures)
+	handle("GET /v1/appliances", nil, a.handleAppliances)
 	handle("GET /v1/queue", []string{"limit"}, a.handleQueue)
 	handle("GET /v1/events", nil, a.handleEvents)
 	handle("GET /v1/reports/scans/{id}", nil, a.handleScanReport)
@@ -154,6 +155,8 @@ func (a *Appliance) readiness() (bool, []string) {
 	defer cancel()
 	if a.db == nil || a.db.PingContext(ctx) != nil {
 		why = append(why, "database unavailable")
+	} else if !a.q.Metrics().StoreOK {
+		why = append(why, "queue cannot reach the database")
 	}
 	return len(why) == 0, why
 }

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,10 +21,7 @@ import (
 	"github.com/snapscan/snapscan/appliance/console"
 	"github.com/snapscan/snapscan/appliance/events"
 	"github.com/snapscan/snapscan/appliance/results"
-	"github.com/snapscan/snapscan/appliance/results/sqlite"
-	"github.com/snapscan/snapscan/internal/sqlitedb"
 	"github.com/snapscan/snapscan/queue"
-	queuesqlite "github.com/snapscan/snapscan/queue/sqlite"
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/signatures"
 )
@@ -69,6 +65,7 @@ type Appliance struct {
 	cfg     *Config
 	log     *slog.Logger
 	db      *sql.DB
+	dbs     *database // what db and results are opened from
 	results results.Store
 	cache   *verdictCache
 	q       *queue.Queue
@@ -82,6 +79,10 @@ type Appliance struct {
 	hypervisors []*hypervisor
 	connm       *connectorMetrics
 	opts        Options
+	// instance and startedAt are announced with the appliance's name
+	// (fleet.go).
+	instance  string
+	startedAt time.Time
 
 	tokens     [][32]byte // SHA-256 of each API token
 	pushTokens [][32]byte // API tokens plus the receiver token
@@ -98,6 +99,8 @@ type Appliance struct {
 	// holds at most one (a newer one replaces it: the rescan is for the
 	// newest version).
 	updates chan signatures.Update
+	// announceNow asks for the register entry to be refreshed (fleet.go).
+	announceNow chan struct{}
 	// historyEvery is how often the I/O history is sampled.
 	historyEvery time.Duration
 	// console is the browser console and its logins; trail keeps the
@@ -123,7 +126,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Appliance{cfg: cfg, log: log, opts: opts, ready: make(chan struct{}), updates: make(chan signatures.Update, 1),
+	a := &Appliance{cfg: cfg, log: log, opts: opts, ready: make(chan struct{}), updates: make(chan signatures.Update, 1), announceNow: make(chan struct{}, 1),
 		historyEvery: time.Minute, progress: newProgressBoard(), trail: console.NewTrail(time.Hour), trailEvery: 5 * time.Second}
 	defer func() {
 		if err != nil {
@@ -165,18 +168,10 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		}
 	}
 
-	// The appliance owns the database: like the signature state folder,
-	// its folder is made if missing, private to the service.
-	if err := os.MkdirAll(filepath.Dir(cfg.Database.Path), 0o700); err != nil {
-		return nil, fmt.Errorf("%w: database.path: %v", ErrConfig, err)
-	}
-	a.db, err = sqlitedb.Open(cfg.Database.Path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: database.path: %v", ErrConfig, err)
-	}
-	if a.results, err = sqlite.New(ctx, a.db); err != nil {
+	if a.dbs, err = openDatabase(ctx, cfg); err != nil {
 		return nil, err
 	}
+	a.db, a.results = a.dbs.db, a.dbs.results
 	a.cache = newVerdictCache(a.results, cfg.Scanner.CacheEntries)
 	if cfg.Scanner.SpoolDir != "" {
 		if err := os.MkdirAll(cfg.Scanner.SpoolDir, 0o700); err != nil {
@@ -246,11 +241,14 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		a.markReady()
 	}
 
-	qstore, err := queuesqlite.New(ctx, a.db)
-	if err != nil {
+	// The name is claimed before the queue takes a lease under it: a
+	// second appliance under one name would end the first one's leases.
+	a.instance, a.startedAt = instanceID(cfg), time.Now().UTC()
+	if err := a.announce(ctx); err != nil {
 		return nil, err
 	}
-	a.q, err = queue.New(ctx, qstore, a.run, queue.Config{
+	a.q, err = queue.New(ctx, a.dbs.queue, a.run, queue.Config{
+		Appliance:   cfg.Name,
 		MaxScans:    cfg.Queue.MaxScans,
 		MaxAttempts: cfg.Queue.MaxAttempts,
 		AgingStep:   cfg.Queue.AgingStep,
@@ -285,11 +283,8 @@ func (a *Appliance) Close() error {
 			errs = append(errs, a.cache.Flush(ctx))
 			cancel()
 		}
-		if a.results != nil {
-			errs = append(errs, a.results.Close())
-		}
-		if a.db != nil {
-			errs = append(errs, a.db.Close())
+		if a.dbs != nil {
+			errs = append(errs, a.dbs.close())
 		}
 		a.closeErr = errors.Join(errs...)
 	})
@@ -376,6 +371,7 @@ func (a *Appliance) Serve(ctx context.Context) (err error) {
 		sup.start("trail", func(ctx context.Context) error { return a.trail.Serve(ctx, a.q.Metrics, a.trailEvery) }),
 		sup.start("events", a.events.Serve),
 		sup.start("connectors", a.serveConnectors),
+		sup.start("fleet", a.serveAnnounce),
 	}
 	sup.onShutdown(func() {
 		a.draining.Store(true)
@@ -433,6 +429,7 @@ func (a *Appliance) onUpdate(u signatures.Update) {
 	a.markReady()
 	a.log.Info("appliance: signature set active", "name", u.Name, "version", u.Version, "rules", u.RuleCount, "previous", u.Previous)
 	a.events.Emit(signatureEvent(u))
+	a.announceSoon()
 	for {
 		select {
 		case a.updates <- u:
@@ -446,36 +443,69 @@ func (a *Appliance) onUpdate(u signatures.Update) {
 	}
 }
 
-// serveRescans enqueues the rescans each signature update calls for.
+// serveRescans enqueues the rescans each signature update calls for, and
+// every rescanCheckEvery (and at start) makes sure the active version's
+// rescan was enqueued by some appliance of the fleet: an update whose
+// rescan a crash interrupted, here or on the appliance that claimed it, is
+// picked up again.
 func (a *Appliance) serveRescans(ctx context.Context) error {
+	t := time.NewTicker(rescanCheckEvery)
+	defer t.Stop()
+	check := func() {
+		if act := a.recv.Current(); act != nil {
+			a.rescan(ctx, signatures.Update{Name: act.Manifest.Name, Version: act.Manifest.Version})
+		}
+	}
+	check()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case u := <-a.updates:
 			a.rescan(ctx, u)
+		case <-t.C:
+			check()
 		}
 	}
 }
 
-// rescanTimeout bounds listing and enqueueing the rescans of one update.
-const rescanTimeout = time.Minute
+// rescanTimeout bounds listing and enqueueing the rescans of one update;
+// a claim older than rescanClaimStale that was not done may be taken over.
+const (
+	rescanTimeout    = time.Minute
+	rescanClaimStale = 2 * rescanTimeout
+	rescanCheckEvery = time.Minute
+)
 
-// rescan enqueues every VM scanned so far at the Rescan class, spread over
-// signatures.rescan_spread so the datastores see a smooth load.
+// rescan enqueues every VM scanned so far under an older signature
+// version at the Rescan class, spread over signatures.rescan_spread so the
+// datastores see a smooth load, once for the fleet: the appliance that
+// claims the version's rescan first (results.Rescans) enqueues it, the
+// others leave it. Jobs run on whichever appliance takes them, with the
+// newest signature set that appliance has.
 func (a *Appliance) rescan(ctx context.Context, u signatures.Update) {
 	ctx, cancel := context.WithTimeout(ctx, rescanTimeout)
 	defer cancel()
+	log := a.log.With("set", u.Name, "version", u.Version)
+	ok, err := a.results.ClaimRescan(ctx, u.Name, u.Version, a.cfg.Name, rescanClaimStale)
+	if err != nil {
+		log.Error("appliance: rescan: claiming it failed (tried again within a minute)", "err", err)
+		return
+	}
+	if !ok {
+		log.Debug("appliance: rescan: enqueued by the fleet already, or claimed by another appliance")
+		return
+	}
 	var vms []queue.VM
 	for after := ""; ; {
 		page, err := a.results.VMs(ctx, results.VMQuery{Scanned: true, After: after})
 		if err != nil {
-			a.log.Error("appliance: rescan: listing VMs failed", "err", err)
+			log.Error("appliance: rescan: listing VMs failed", "err", err)
 			return
 		}
 		for _, v := range page {
-			if len(v.Disks) == 0 {
-				continue
+			if len(v.Disks) == 0 || v.LastSigVersion >= u.Version {
+				continue // nothing to scan, or already scanned under this version
 			}
 			qv := queue.VM{Name: v.ID}
 			for _, d := range v.Disks {
@@ -488,15 +518,20 @@ func (a *Appliance) rescan(ctx context.Context, u signatures.Update) {
 		}
 		after = page[len(page)-1].ID
 	}
-	if len(vms) == 0 {
+	var jobs []queue.Job
+	if len(vms) > 0 {
+		if jobs, err = a.q.EnqueueRescan(ctx, vms, fmt.Sprint(u.Version), a.cfg.Signatures.RescanSpread); err != nil {
+			log.Error("appliance: rescan: enqueue failed (tried again within a minute)", "vms", len(vms), "err", err)
+			return
+		}
+	}
+	if err := a.results.RescanDone(ctx, u.Name, u.Version, len(jobs)); err != nil {
+		// Claimed again by this appliance next time: the VMs already
+		// enqueued merge into their queued jobs.
+		log.Warn("appliance: rescan: recording it failed", "err", err)
 		return
 	}
-	jobs, err := a.q.EnqueueRescan(ctx, vms, fmt.Sprint(u.Version), a.cfg.Signatures.RescanSpread)
-	if err != nil {
-		a.log.Error("appliance: rescan: enqueue failed", "vms", len(vms), "err", err)
-		return
-	}
-	a.log.Info("appliance: rescans enqueued", "version", u.Version, "jobs", len(jobs), "spread", a.cfg.Signatures.RescanSpread)
+	log.Info("appliance: rescans enqueued for the fleet", "jobs", len(jobs), "spread", a.cfg.Signatures.RescanSpread)
 }
 
 func (a *Appliance) onFinish(j queue.Job) {

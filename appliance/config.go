@@ -29,6 +29,12 @@ var ErrConfig = errors.New("appliance: bad configuration")
 // keys are errors, so a misspelled setting never silently falls back to its
 // default. deploy/appliance.yaml documents each one.
 type Config struct {
+	// Name is this appliance's name: in the fleet's shared database
+	// (required with database.driver postgres, and unique in the fleet:
+	// two processes under one name would end each other's leases), in
+	// reports and events, and to the signature server
+	// (signatures.appliance_id defaults to it). Default: the host name.
+	Name       string            `yaml:"name"`
 	Server     ServerConfig      `yaml:"server"`
 	Auth       AuthConfig        `yaml:"auth"`
 	Signatures SignaturesConfig  `yaml:"signatures"`
@@ -122,10 +128,25 @@ type DatastoreConfig struct {
 	AllowUnnamedLayers bool `yaml:"allow_unnamed_layers"`
 }
 
-// DatabaseConfig locates the embedded SQLite database that holds the
-// queue, the results, the verdict cache, the inventory and the I/O history.
+// DatabaseConfig is the database that holds the queue, the results, the
+// verdict cache, the inventory and the I/O history: an embedded SQLite
+// file for one appliance (driver sqlite, the default), or a PostgreSQL
+// server shared by a fleet of appliances (driver postgres).
 type DatabaseConfig struct {
-	Path string `yaml:"path"` // default /var/lib/snapscan/snapscan.db
+	// Driver is sqlite (default) or postgres.
+	Driver string `yaml:"driver"`
+	// Path is the SQLite file (driver sqlite; default
+	// /var/lib/snapscan/snapscan.db).
+	Path string `yaml:"path"`
+	// DSNFile (driver postgres, required) names a file holding the
+	// connection string, a URL or key=value pairs, password included: a
+	// file no one but the service's user may read (mode 0600 or 0400). A
+	// string naming several hosts with target_session_attrs=read-write
+	// follows a failover to a promoted standby.
+	DSNFile string `yaml:"dsn_file"`
+	// MaxConns bounds the appliance's connections to PostgreSQL
+	// (default 10).
+	MaxConns int `yaml:"max_conns"`
 	// HistoryRetention is how long the per-minute record of each
 	// datastore's reads is kept (default 720h: 30 days).
 	HistoryRetention time.Duration `yaml:"history_retention"`
@@ -255,6 +276,15 @@ const (
 	// slot forever, not to hurry scans.
 	DefaultJobTimeout       = 24 * time.Hour
 	DefaultHistoryRetention = 30 * 24 * time.Hour
+	// DefaultMaxConns bounds the PostgreSQL pool: the queue's scheduler
+	// and sync, result saves, verdict lookups and API reads.
+	DefaultMaxConns = 10
+)
+
+// The database drivers.
+const (
+	DriverSQLite   = "sqlite"
+	DriverPostgres = "postgres"
 )
 
 // Load reads and checks a configuration file. Errors name the key path
@@ -389,8 +419,20 @@ func (c *Config) setDefaults() {
 	if c.Server.ShutdownGrace == 0 {
 		c.Server.ShutdownGrace = DefaultShutdownGrace
 	}
-	if c.Database.Path == "" {
+	if c.Database.Driver == "" {
+		c.Database.Driver = DriverSQLite
+	}
+	if c.Database.Path == "" && c.Database.Driver == DriverSQLite {
 		c.Database.Path = DefaultDatabase
+	}
+	if c.Database.MaxConns == 0 {
+		c.Database.MaxConns = DefaultMaxConns
+	}
+	if c.Name == "" && c.Database.Driver == DriverSQLite {
+		// One appliance on its own database: the host name will do.
+		if c.Name, _ = os.Hostname(); !nameRE.MatchString(c.Name) {
+			c.Name = "local"
+		}
 	}
 	if c.Database.HistoryRetention == 0 {
 		c.Database.HistoryRetention = DefaultHistoryRetention
@@ -405,7 +447,7 @@ func (c *Config) setDefaults() {
 		c.Signatures.RescanSpread = DefaultRescanSpread
 	}
 	if c.Signatures.ApplianceID == "" {
-		c.Signatures.ApplianceID, _ = os.Hostname()
+		c.Signatures.ApplianceID = c.Name
 	}
 	if c.Events.Log == "" {
 		c.Events.Log = "stdout"
@@ -453,6 +495,7 @@ func (c *Config) resolvePaths(dir string) {
 		abs(&c.Datastores[i].Path)
 	}
 	abs(&c.Database.Path)
+	abs(&c.Database.DSNFile)
 	abs(&c.Scanner.SpoolDir)
 	if c.Events.Log != "stdout" && c.Events.Log != "none" {
 		abs(&c.Events.Log)
@@ -531,6 +574,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Signatures.ReceiverURL != "" && c.Signatures.ServerURL == "" {
 		return bad("signatures.receiver_url", "needs signatures.server_url to register with")
+	}
+	if err := c.validateDatabase(); err != nil {
+		return err
 	}
 	if len(c.Datastores) == 0 {
 		return bad("datastores", "at least one datastore is required")

@@ -96,3 +96,66 @@ func TestParseByteSize(t *testing.T) {
 		}
 	}
 }
+
+// TestDatabaseConfig: the database section, strictly: the driver, the
+// appliance's name, the DSN file's mode and syntax; no error quotes the
+// connection string or its password.
+func TestDatabaseConfig(t *testing.T) {
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "ds"), 0o755)
+	const secret = "s3cret-Passw0rd"
+	dsn := func(name, text string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(text), 0o600)
+		os.Chmod(p, mode)
+		return p
+	}
+	good := dsn("good.dsn", "# the fleet's database\npostgres://snapscan:"+secret+"@db1:5432,db2:5432/snapscan?target_session_attrs=read-write\n", 0o600)
+	kv := dsn("kv.dsn", "host=db1 user=snapscan password="+secret+" dbname=snapscan\n", 0o400)
+	open := dsn("open.dsn", "postgres://snapscan:"+secret+"@db1/snapscan\n", 0o644)
+	broken := dsn("broken.dsn", "postgres://snapscan:"+secret+"@db1:notaport/snapscan\n", 0o600)
+	two := dsn("two.dsn", "postgres://a@db1/x\npostgres://b@db2/y\n", 0o600)
+	base := "auth: {tokens: [abcdefghijklmnop0123]}\nsignatures: {trusted_keys: [k.pub]}\ndatastores: [{name: a, path: ds}]\n"
+	for _, tc := range []struct {
+		name, yaml, wantErr string
+	}{
+		{"sqlite default", base, ""},
+		{"postgres", base + "name: app-1\ndatabase: {driver: postgres, dsn_file: " + good + "}\n", ""},
+		{"postgres key=value", base + "name: app-1\ndatabase: {driver: postgres, dsn_file: " + kv + "}\n", ""},
+		{"unknown driver", base + "database: {driver: mysql}\n", "database.driver: \"mysql\""},
+		{"postgres without name", base + "database: {driver: postgres, dsn_file: " + good + "}\n", "name: required with database.driver postgres"},
+		{"bad name", base + "name: 'app 1'\ndatabase: {driver: postgres, dsn_file: " + good + "}\n", "name: \"app 1\" is not a valid"},
+		{"postgres without dsn", base + "name: app-1\ndatabase: {driver: postgres}\n", "database.dsn_file: required"},
+		{"postgres with path", base + "name: app-1\ndatabase: {driver: postgres, dsn_file: " + good + ", path: x.db}\n", "database.path: only with driver sqlite"},
+		{"sqlite with dsn", base + "database: {dsn_file: " + good + "}\n", "database.dsn_file: only with driver postgres"},
+		{"missing dsn file", base + "name: app-1\ndatabase: {driver: postgres, dsn_file: nope.dsn}\n", "database.dsn_file: stat"},
+		{"readable by others", base + "name: app-1\ndatabase: {driver: postgres, dsn_file: " + open + "}\n", "mode 0644"},
+		{"does not parse", base + "name: app-1\ndatabase: {driver: postgres, dsn_file: " + broken + "}\n", "database.dsn_file: " + broken + ": the connection string does not parse"},
+		{"two strings", base + "name: app-1\ndatabase: {driver: postgres, dsn_file: " + two + "}\n", "want one connection string, found 2"},
+		{"max conns", base + "name: app-1\ndatabase: {driver: postgres, dsn_file: " + good + ", max_conns: -1}\n", "database.max_conns"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, "c.yaml")
+			os.WriteFile(p, []byte(tc.yaml), 0o644)
+			c, err := Load(p)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.Name == "" || c.Signatures.ApplianceID != c.Name {
+					t.Errorf("name %q, signatures.appliance_id %q: want a name, and the id defaulting to it", c.Name, c.Signatures.ApplianceID)
+				}
+				if c.Database.Driver == DriverSQLite && c.Database.Path != DefaultDatabase || c.Database.Driver == DriverPostgres && c.Database.Path != "" {
+					t.Errorf("driver %s with path %q", c.Database.Driver, c.Database.Path)
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("err = %v, want ErrConfig naming %q", err, tc.wantErr)
+			}
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("the error quotes the password: %v", err)
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@ package appliance
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -28,6 +29,10 @@ type metrics struct {
 	bytes      prometheus.Counter
 	jobs       *prometheus.CounterVec // by final state
 	requests   *prometheus.CounterVec // by code
+	// Result saves: retried (the database failed), fenced (refused: the
+	// run was no longer this appliance's).
+	saveRetries prometheus.Counter
+	fenced      prometheus.Counter
 }
 
 func newMetrics(a *Appliance) *metrics {
@@ -51,7 +56,9 @@ func newMetrics(a *Appliance) *metrics {
 		Help: "Jobs that reached a final state, by state."}, []string{"state"})
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "http_requests_total",
 		Help: "API requests by status code."}, []string{"code"})
-	m.reg.MustRegister(m.scans, m.incomplete, m.readBytes, m.readOps, m.vmRead, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
+	m.saveRetries = f("result_save_retries_total", "Result saves that failed (the database unreachable or failing) and were retried.")
+	m.fenced = f("results_fenced_total", "Results refused because their run was no longer this appliance's (its lease ended and another run took the job).")
+	m.reg.MustRegister(m.saveRetries, m.fenced, m.scans, m.incomplete, m.readBytes, m.readOps, m.vmRead, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -106,6 +113,9 @@ var (
 	descEvents    = prometheus.NewDesc("snapscan_events_total", "Events (findings, failed and incomplete scans, unreadable VMs, signature updates) by sink and outcome: sent, dropped (queue full, or stopped before sending), failed (refused or given up).", []string{"sink", "outcome"}, nil)
 	descEvQueued  = prometheus.NewDesc("snapscan_events_queued", "Events waiting in a sink's queue.", []string{"sink"}, nil)
 	descEvConn    = prometheus.NewDesc("snapscan_events_connected", "1 while a syslog stream sink (tcp, tls) is connected to its collector.", []string{"sink"}, nil)
+	descDBUp      = prometheus.NewDesc("snapscan_database_up", "1 when the database answers a ping.", nil, nil)
+	descQueueDB   = prometheus.NewDesc("snapscan_queue_store_ok", "1 when the queue's last heartbeat reached the database (0: it starts no new work; running scans go on within their lease).", nil, nil)
+	descLeases    = prometheus.NewDesc("snapscan_queue_leases_lost_total", "Times the queue lost its lease (the database unreachable for a whole lease, or the lease ended by the fleet) and stopped its runs.", nil, nil)
 	descReady     = prometheus.NewDesc("snapscan_ready", "1 when the appliance takes scans (signatures active, database open).", nil, nil)
 	descBudget    = prometheus.NewDesc("snapscan_scan_budget_bytes", "The process's one scan budget (memory: scan buffers of every scan; spool: large files copied to disk): its size, what is lent now, and the peak since start.", []string{"budget", "kind"}, nil)
 )
@@ -114,7 +124,7 @@ var (
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDepth, descWait, descRunning, descJobEvents, descDSBytes, descDSOps, descDSRate,
 		descDSOpRate, descDSBudgetB, descDSBudgetO, descDSSlots, descDSRunning, descDSQueued, descDSPaused, descSig, descSigServer,
-		descSigRules, descEvents, descEvQueued, descEvConn, descReady, descBudget} {
+		descSigRules, descEvents, descEvQueued, descEvConn, descReady, descBudget, descDBUp, descQueueDB, descLeases} {
 		ch <- d
 	}
 }
@@ -170,8 +180,11 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			gauge(descEvConn, b2f(s.Connected), s.Name)
 		}
 	}
-	ok, _ := a.readiness()
+	ok, why := a.readiness()
 	gauge(descReady, b2f(ok))
+	gauge(descDBUp, b2f(!slices.Contains(why, "database unavailable")))
+	gauge(descQueueDB, b2f(qm.StoreOK))
+	counter(descLeases, float64(qm.LeasesLost))
 	bo, bu := a.budget.Options(), a.budget.Usage()
 	for _, g := range []struct {
 		budget, kind string

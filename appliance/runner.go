@@ -247,13 +247,15 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	res.StartedAt, res.FinishedAt = started, time.Now().UTC()
 	res.BytesRead, res.ReadOps = jp.read.bytes.Load(), jp.read.ops.Load()
 	// The results are saved even when the time limit ended the scan:
-	// what it found is real.
+	// what it found is real. They are saved under the run's fence, and
+	// retried while the run is this appliance's (fleet.go).
+	res.Fence = a.dbs.fence(job)
+	rows, err := a.saveScan(qctx, res, log)
+	if err != nil {
+		return err // transient: the run is redone (or already was); the store's error names the job
+	}
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
 	defer scancel()
-	rows, err := a.results.SaveScan(sctx, res)
-	if err != nil {
-		return err // transient: the scan is redone; the store's error names the job
-	}
 	if err := a.cache.Flush(sctx); err != nil {
 		log.Warn("appliance: verdict cache", "err", err)
 	}

@@ -132,6 +132,7 @@ func (q *Queue) absorb(jobs []Job) {
 func (q *Queue) loseLease(why string) {
 	q.log.Error("queue: lease lost: stopping this appliance's runs; they go back to the fleet's queue",
 		"holder", q.holder, "runs", len(q.running), "why", why)
+	q.stats.leasesLost++
 	for _, rj := range q.running {
 		rj.leaseLost = true
 		rj.cancel()
@@ -184,8 +185,11 @@ func (q *Queue) fastSync(ctx context.Context) {
 	}
 	octx, cancel := context.WithTimeout(ctx, q.cfg.LeaseTTL/2)
 	defer cancel()
-	if err := q.syncStore(octx, false); err != nil && ctx.Err() == nil {
-		q.log.Warn("queue: reading the fleet's changes failed", "err", err)
+	if err := q.syncStore(octx, false); err != nil {
+		// The full sync says so: a quick look fails forty times a
+		// second while the store is away.
+		q.log.Debug("queue: reading the fleet's changes failed", "err", err)
+		return
 	}
 	q.syncShares(octx, false)
 	q.signal()

@@ -76,6 +76,11 @@ type Metrics struct {
 	// Job outcomes since the process started. Retried counts transient
 	// failures sent back to the queue.
 	Started, Done, Failed, Cancelled, Retried uint64
+	// StoreOK: the queue's last heartbeat reached the store (while not,
+	// it starts no job). LeasesLost counts the times it lost its lease
+	// and stopped its runs.
+	StoreOK    bool
+	LeasesLost uint64
 }
 
 // Metrics returns a snapshot of the queue's state and counters.
@@ -88,6 +93,7 @@ func (q *Queue) Metrics() Metrics {
 		Depth: map[Class]int{}, Wait: map[Class]WaitHistogram{},
 		Started: q.stats.started, Done: q.stats.done, Failed: q.stats.failed,
 		Cancelled: q.stats.cancelled, Retried: q.stats.retried,
+		StoreOK: q.dbOK, LeasesLost: q.stats.leasesLost,
 	}
 	queuedOn := map[string]int{}
 	for c := Class(0); c < numClasses; c++ {

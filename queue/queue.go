@@ -297,7 +297,7 @@ type runningJob struct {
 	pastDeadline bool
 }
 
-type counters struct{ started, done, failed, cancelled, retried uint64 }
+type counters struct{ started, done, failed, cancelled, retried, leasesLost uint64 }
 
 // New recovers the store (runs a crash left running are ended as lost: see
 // the package documentation), loads queued jobs and datastore settings,

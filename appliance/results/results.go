@@ -47,6 +47,12 @@ var (
 	// ErrInvalid: a query or a value is malformed (a limit out of range, a
 	// scan without a job id).
 	ErrInvalid = errors.New("results: invalid")
+	// ErrFenced: SaveScan refused a scan whose Fence did not hold (the run
+	// that made it is no longer the job's current run); nothing was
+	// written.
+	ErrFenced = errors.New("results: refused: the run is no longer the job's")
+	// ErrNameInUse: Announce refused a name another appliance holds.
+	ErrNameInUse = errors.New("results: appliance name in use by another appliance")
 )
 
 // MaxPage bounds the rows one list call returns.
@@ -59,6 +65,8 @@ type Store interface {
 	Verdicts
 	Inventory
 	History
+	Appliances
+	Rescans
 	// Close releases what the store holds (prepared statements, caches).
 	// It does not close the database handle, which belongs to whoever
 	// opened it. Nothing may be called after Close.
@@ -71,7 +79,10 @@ type Results interface {
 	// for the same job id (with its volumes and findings), and records it
 	// as the last scan of its VM in the inventory (adding the VM if
 	// unknown, with s.Disks), all in one transaction. It returns the
-	// findings as stored, with their ids, in s.Findings' order.
+	// findings as stored, with their ids, in s.Findings' order. With
+	// s.Fence set, the fence's query runs first in that transaction, and
+	// without a row from it nothing is written and the error wraps
+	// ErrFenced.
 	SaveScan(ctx context.Context, s *Scan) ([]Finding, error)
 
 	// Scan returns a job's stored result with its volumes; Findings is
@@ -123,6 +134,69 @@ type History interface {
 	IOHistory(ctx context.Context, q IOQuery) ([]IOSample, error)
 	// PruneIOHistory deletes the samples taken before t and says how many.
 	PruneIOHistory(ctx context.Context, before time.Time) (int64, error)
+}
+
+// Appliances is the fleet's register of its appliances: which signature
+// set each one runs and when it was last heard of. It also keeps names
+// unique: an appliance announces itself under its name with an instance
+// id that a restart keeps, and a name another instance announced within
+// the last staleAfter is refused.
+type Appliances interface {
+	// Announce records a as the state of appliance a.Name, seen now by
+	// the store's clock (a.SeenAt is ignored; StartedAt is kept from the
+	// first announce of an instance). It fails with ErrNameInUse, writing
+	// nothing, when another instance announced that name within
+	// staleAfter.
+	Announce(ctx context.Context, a Appliance, staleAfter time.Duration) error
+	// Appliances returns every appliance announced, by name.
+	Appliances(ctx context.Context) ([]Appliance, error)
+}
+
+// Rescans makes the rescan a signature version calls for happen once for
+// the fleet, not once per appliance that installs the version: the first
+// appliance to claim it enqueues it; a claim left unfinished (its
+// appliance died between the claim and the enqueue) may be taken over.
+type Rescans interface {
+	// ClaimRescan claims the rescan for version of signature set set for
+	// appliance. It reports true when the caller should enqueue it: no
+	// one claimed it before, or the claim is the caller's own, or the
+	// claim is older than staleAfter and not done. It reports false once
+	// the rescan is done (RescanDone), or while another appliance's fresh
+	// claim stands.
+	ClaimRescan(ctx context.Context, set string, version uint64, appliance string, staleAfter time.Duration) (bool, error)
+	// RescanDone records that the claimed rescan was enqueued, as jobs
+	// jobs.
+	RescanDone(ctx context.Context, set string, version uint64, jobs int) error
+}
+
+// Appliance is one appliance of the fleet as it last announced itself.
+type Appliance struct {
+	Name string `json:"name"`
+	// Instance tells a restart of the appliance (same instance) from
+	// another appliance under its name.
+	Instance string `json:"instance"`
+	// Version is the snapscan build.
+	Version string `json:"version,omitempty"`
+	// The active signature set (zero: none yet).
+	SigName    string `json:"sig_name,omitempty"`
+	SigVersion uint64 `json:"sig_version"`
+	RulesID    string `json:"rules_id,omitempty"`
+	// StartedAt is when the instance first announced itself since its
+	// start; SeenAt when it last did, by the store's clock.
+	StartedAt time.Time `json:"started_at"`
+	SeenAt    time.Time `json:"seen_at"`
+}
+
+// Fence makes a save conditional on the run that produced it: SaveScan
+// runs Query with Args inside its transaction before writing anything, and
+// writes only if the query returns a row. The queue's store supplies the
+// query (queue/sqlite.FenceQuery, queue/postgres.FenceQuery): it reads
+// the queue's tables in the same database, so the check and the write
+// commit together and a late result from an appliance whose lease ended is
+// never stored. Query uses ? placeholders.
+type Fence struct {
+	Query string
+	Args  []any
 }
 
 // Status is a scan's outcome: exactly one of StatusClean, StatusFindings
@@ -206,6 +280,8 @@ type Scan struct {
 	Volumes []Volume `json:"volumes"`
 	// Findings are given to SaveScan; Scan leaves them nil.
 	Findings []Finding `json:"-"`
+	// Fence, given to SaveScan, makes the save conditional (see Fence).
+	Fence *Fence `json:"-"`
 }
 
 // Volume is what one volume of one disk of a scan held.

@@ -700,3 +700,19 @@ func (s *Store) Shares(ctx context.Context, holder string, reqs []queue.ShareReq
 	}
 	return out, nil
 }
+
+// FenceQuery is the check that makes a write elsewhere in the same
+// database (the appliance's results) conditional on the run (holder,
+// epoch) still being job id's current run, by the rule the queue applies
+// to the run's own end (queue.Transition): the job runs under that holder
+// and epoch, and the holder's lease has not been ended. The query returns
+// a row only then. Run inside the write's transaction, it locks the job's
+// row and the lease's (FOR SHARE) until the commit, so no reap and no
+// takeover comes between the check and the write: they wait for it, and a
+// check that waited for one sees its outcome. Placeholders are ?, in
+// Args' order.
+func FenceQuery(id int64, holder string, epoch int64) (query string, args []any) {
+	return `SELECT 1 FROM queue_jobs j JOIN queue_holders h ON h.name = j.holder
+		WHERE j.id = ? AND j.state = 'running' AND j.holder = ? AND j.epoch = ? AND NOT h.ended
+		FOR SHARE OF j, h`, []any{id, holder, epoch}
+}

@@ -40,7 +40,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 2
+const schemaVersion = 4
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version integer NOT NULL);
@@ -132,6 +132,25 @@ CREATE TABLE IF NOT EXISTS io_history (
 	PRIMARY KEY (datastore, at)
 );
 CREATE INDEX IF NOT EXISTS io_history_at ON io_history (at);
+CREATE TABLE IF NOT EXISTS fleet_appliances (
+	name        text   PRIMARY KEY,
+	instance    text   NOT NULL,
+	version     text   NOT NULL,
+	sig_name    text   NOT NULL,
+	sig_version bigint NOT NULL,
+	rules_id    text   NOT NULL,
+	started_at  bigint NOT NULL,
+	seen_at     bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fleet_rescans (
+	set_name   text   NOT NULL,
+	version    bigint NOT NULL,
+	claimed_by text   NOT NULL,
+	claimed_at bigint NOT NULL,
+	done_at    bigint NOT NULL DEFAULT 0,
+	jobs       bigint NOT NULL DEFAULT 0,
+	PRIMARY KEY (set_name, version)
+);
 `
 
 // notRecorded is the incomplete reason of results stored before statuses
@@ -161,6 +180,10 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 			return err
 		case v > schemaVersion:
 			return fmt.Errorf("schema version %d is newer than this snapscan's %d", v, schemaVersion)
+		case v < schemaVersion:
+			// The schema above made what was missing.
+			_, err = c.ExecContext(ctx, `UPDATE results_schema SET version = ?`, schemaVersion)
+			return err
 		}
 		return nil
 	})
@@ -264,6 +287,9 @@ func (s *Store) SaveScan(ctx context.Context, r *results.Scan) ([]results.Findin
 		rows = rows[:0]
 		// One save of a job at a time over the fleet.
 		if _, err := c.ExecContext(ctx, `SELECT pg_advisory_xact_lock(7245004, hashtext(?::text))`, strconv.FormatInt(r.JobID, 10)); err != nil {
+			return err
+		}
+		if err := checkFence(ctx, c, r.Fence); err != nil {
 			return err
 		}
 		for _, q := range []string{`DELETE FROM scan_findings WHERE job_id = ?`, `DELETE FROM scan_volumes WHERE job_id = ?`} {
@@ -773,4 +799,92 @@ func (s *Store) PruneIOHistory(ctx context.Context, before time.Time) (int64, er
 		return 0, wrap("prune I/O history", err)
 	}
 	return n, nil
+}
+
+// checkFence runs a save's fence inside its transaction (results.Fence).
+func checkFence(ctx context.Context, c rebind, f *results.Fence) error {
+	if f == nil {
+		return nil
+	}
+	var one int
+	err := c.QueryRowContext(ctx, f.Query, f.Args...).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return results.ErrFenced
+	}
+	return err
+}
+
+// nowNanos is the server's clock in unix nanoseconds.
+const nowNanos = `(extract(epoch from clock_timestamp()) * 1000000000)::bigint`
+
+// Announce implements results.Appliances, by the server's clock.
+func (s *Store) Announce(ctx context.Context, a results.Appliance, staleAfter time.Duration) error {
+	res, err := s.r.ExecContext(ctx, `INSERT INTO fleet_appliances (name, instance, version, sig_name, sig_version, rules_id, started_at, seen_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, `+nowNanos+`) ON CONFLICT (name) DO UPDATE SET instance = excluded.instance, version = excluded.version,
+		sig_name = excluded.sig_name, sig_version = excluded.sig_version, rules_id = excluded.rules_id,
+		started_at = excluded.started_at, seen_at = excluded.seen_at
+		WHERE fleet_appliances.instance = excluded.instance OR fleet_appliances.seen_at < excluded.seen_at - ?`,
+		a.Name, a.Instance, a.Version, a.SigName, int64(a.SigVersion), a.RulesID, nanos(a.StartedAt), staleAfter.Nanoseconds())
+	if err != nil {
+		return wrap("announce appliance "+a.Name, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return wrap("announce appliance "+a.Name, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: %s", results.ErrNameInUse, a.Name)
+	}
+	return nil
+}
+
+// Appliances implements results.Appliances.
+func (s *Store) Appliances(ctx context.Context) ([]results.Appliance, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT name, instance, version, sig_name, sig_version, rules_id, started_at, seen_at
+		FROM fleet_appliances ORDER BY name`)
+	if err != nil {
+		return nil, wrap("list appliances", err)
+	}
+	defer rows.Close()
+	var out []results.Appliance
+	for rows.Next() {
+		var a results.Appliance
+		var v, started, seen int64
+		if err := rows.Scan(&a.Name, &a.Instance, &a.Version, &a.SigName, &v, &a.RulesID, &started, &seen); err != nil {
+			return nil, wrap("list appliances", err)
+		}
+		a.SigVersion, a.StartedAt, a.SeenAt = uint64(v), fromNanos(started), fromNanos(seen)
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, wrap("list appliances", err)
+	}
+	return out, nil
+}
+
+// ClaimRescan implements results.Rescans, by the server's clock: INSERT
+// ... ON CONFLICT makes one claim win however many appliances ask at once.
+func (s *Store) ClaimRescan(ctx context.Context, set string, version uint64, appliance string, staleAfter time.Duration) (bool, error) {
+	res, err := s.r.ExecContext(ctx, `INSERT INTO fleet_rescans (set_name, version, claimed_by, claimed_at) VALUES (?, ?, ?, `+nowNanos+`)
+		ON CONFLICT (set_name, version) DO UPDATE SET claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at
+		WHERE fleet_rescans.done_at = 0 AND (fleet_rescans.claimed_by = excluded.claimed_by OR fleet_rescans.claimed_at < excluded.claimed_at - ?)`,
+		set, int64(version), appliance, staleAfter.Nanoseconds())
+	if err != nil {
+		return false, wrap(fmt.Sprintf("claim the rescan for %s version %d", set, version), err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, wrap(fmt.Sprintf("claim the rescan for %s version %d", set, version), err)
+	}
+	return n == 1, nil
+}
+
+// RescanDone implements results.Rescans.
+func (s *Store) RescanDone(ctx context.Context, set string, version uint64, jobs int) error {
+	_, err := s.r.ExecContext(ctx, `UPDATE fleet_rescans SET done_at = `+nowNanos+`, jobs = ? WHERE set_name = ? AND version = ?`,
+		jobs, set, int64(version))
+	if err != nil {
+		return wrap(fmt.Sprintf("record the rescan for %s version %d", set, version), err)
+	}
+	return nil
 }

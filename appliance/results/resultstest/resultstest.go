@@ -49,6 +49,9 @@ func (s Suite) Run(t *testing.T) {
 		{"IOHistory", testIOHistory},
 		{"CancelledContext", testCancelled},
 		{"Concurrent", testConcurrent},
+		{"Fence", testFence},
+		{"Appliances", testAppliances},
+		{"Rescans", testRescans},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := s.New(t)
@@ -587,5 +590,120 @@ func testConcurrent(t *testing.T, st results.Store) {
 		if v.LastJob != last {
 			t.Errorf("%s: last job %d, want %d", v.ID, v.LastJob, last)
 		}
+	}
+}
+
+// testFence: a save whose fence returns no row writes nothing and fails
+// with ErrFenced, one whose fence returns a row is stored; the query runs
+// in the save's transaction (here it only compares its argument).
+func testFence(t *testing.T, st results.Store) {
+	refused := scan(40, "vm-fenced", finding("/late", "R1"))
+	refused.Fence = &results.Fence{Query: `SELECT 1 WHERE 1 = ?`, Args: []any{0}}
+	if _, err := st.SaveScan(ctx(t), refused); !errors.Is(err, results.ErrFenced) {
+		t.Fatalf("SaveScan with a fence that holds no row: %v, want ErrFenced", err)
+	}
+	if _, err := st.Scan(ctx(t), 40); !errors.Is(err, results.ErrNotFound) {
+		t.Errorf("a fenced-off scan was stored (Scan: %v)", err)
+	}
+	if fs, err := st.Findings(ctx(t), results.FindingQuery{JobID: 40}); err != nil || len(fs) != 0 {
+		t.Errorf("a fenced-off scan left %d findings (%v)", len(fs), err)
+	}
+	if _, err := st.VM(ctx(t), "vm-fenced"); !errors.Is(err, results.ErrNotFound) {
+		t.Errorf("a fenced-off scan reached the inventory (VM: %v)", err)
+	}
+	ok := scan(40, "vm-fenced", finding("/late", "R1"))
+	ok.Fence = &results.Fence{Query: `SELECT 1 WHERE 1 = ?`, Args: []any{1}}
+	rows, err := st.SaveScan(ctx(t), ok)
+	must(t, err)
+	if len(rows) != 1 {
+		t.Errorf("fenced save that holds: %d findings stored, want 1", len(rows))
+	}
+	// A fence failing later (the run was taken over) leaves the stored
+	// result as it was.
+	refused.Findings = nil
+	refused.Status = results.StatusOf(0, refused.Incomplete)
+	if _, err := st.SaveScan(ctx(t), refused); !errors.Is(err, results.ErrFenced) {
+		t.Fatalf("second fenced-off save: %v, want ErrFenced", err)
+	}
+	if fs, err := st.Findings(ctx(t), results.FindingQuery{JobID: 40}); err != nil || len(fs) != 1 {
+		t.Errorf("a fenced-off save changed the stored result: %d findings (%v), want 1", len(fs), err)
+	}
+}
+
+// testAppliances: announcing registers and refreshes an appliance; another
+// instance under a name seen recently is refused, one seen long ago may
+// take the name.
+func testAppliances(t *testing.T, st results.Store) {
+	start := at.Add(-time.Hour)
+	a := results.Appliance{Name: "app-1", Instance: "i1", Version: "v1", SigName: "set", SigVersion: 4, RulesID: "r4", StartedAt: start}
+	before := time.Now().Add(-time.Minute)
+	must(t, st.Announce(ctx(t), a, time.Minute))
+	must(t, st.Announce(ctx(t), results.Appliance{Name: "app-0", Instance: "i0"}, time.Minute))
+	a.SigVersion = 5
+	must(t, st.Announce(ctx(t), a, time.Minute)) // the same instance again
+	got, err := st.Appliances(ctx(t))
+	must(t, err)
+	if len(got) != 2 || got[0].Name != "app-0" || got[1].Name != "app-1" {
+		t.Fatalf("Appliances: %+v, want app-0 and app-1 by name", got)
+	}
+	g := got[1]
+	if g.Instance != "i1" || g.Version != "v1" || g.SigName != "set" || g.SigVersion != 5 || g.RulesID != "r4" ||
+		!g.StartedAt.Equal(start) || g.StartedAt.Location() != time.UTC || g.SeenAt.Before(before) {
+		t.Errorf("app-1 as stored: %+v", g)
+	}
+	other := results.Appliance{Name: "app-1", Instance: "i2", SigVersion: 9}
+	if err := st.Announce(ctx(t), other, time.Minute); !errors.Is(err, results.ErrNameInUse) {
+		t.Fatalf("another instance under a name seen now: %v, want ErrNameInUse", err)
+	}
+	got, _ = st.Appliances(ctx(t))
+	if got[1].Instance != "i1" || got[1].SigVersion != 5 {
+		t.Errorf("a refused announce changed the row: %+v", got[1])
+	}
+	time.Sleep(20 * time.Millisecond)
+	must(t, st.Announce(ctx(t), other, 10*time.Millisecond)) // app-1 gone quiet: the name moves
+	got, _ = st.Appliances(ctx(t))
+	if got[1].Instance != "i2" || got[1].SigVersion != 9 {
+		t.Errorf("after the name moved: %+v", got[1])
+	}
+}
+
+// testRescans: one claim per version wins; the claimant may claim again
+// (its restart) until it is done; a stale claim moves; nothing moves
+// once done.
+func testRescans(t *testing.T, st results.Store) {
+	claim := func(v uint64, who string, stale time.Duration) bool {
+		t.Helper()
+		ok, err := st.ClaimRescan(ctx(t), "set", v, who, stale)
+		must(t, err)
+		return ok
+	}
+	if !claim(7, "app-1", time.Hour) {
+		t.Fatal("first claim refused")
+	}
+	if claim(7, "app-2", time.Hour) {
+		t.Error("a second appliance claimed a freshly claimed rescan")
+	}
+	if !claim(7, "app-1", time.Hour) {
+		t.Error("the claimant could not claim again before it was done")
+	}
+	if !claim(8, "app-2", time.Hour) {
+		t.Error("another version's claim refused")
+	}
+	if claim(7, "other-set-same-version", time.Hour) {
+		t.Error("a claim of the same set and version by a third appliance won")
+	}
+	time.Sleep(20 * time.Millisecond)
+	if !claim(7, "app-2", 10*time.Millisecond) {
+		t.Error("a stale claim did not move")
+	}
+	must(t, st.RescanDone(ctx(t), "set", 7, 12))
+	time.Sleep(20 * time.Millisecond)
+	for _, who := range []string{"app-1", "app-2"} {
+		if claim(7, who, 10*time.Millisecond) {
+			t.Errorf("%s claimed a rescan already done", who)
+		}
+	}
+	if ok, err := st.ClaimRescan(ctx(t), "other", 7, "app-1", time.Hour); err != nil || !ok {
+		t.Errorf("another set's version 7: %v %v", ok, err)
 	}
 }

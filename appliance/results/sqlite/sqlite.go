@@ -18,6 +18,10 @@
 //	verdict_cache  verdicts by content SHA-256, rule-set id and context hash.
 //	io_history     per datastore and interval: bytes and operations read,
 //	               the budget then, the scans running.
+//	fleet_appliances the appliances announced: instance, signature set,
+//	               start and last-seen times.
+//	fleet_rescans  one row per signature version whose rescan was
+//	               claimed: by whom, when, and when it was enqueued.
 //	results_schema the schema version (one row).
 //
 // Example: sqlite3 snapscan.db "SELECT vm, path, rule FROM scan_findings
@@ -51,7 +55,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 2
+const schemaVersion = 4
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version INTEGER NOT NULL);
@@ -149,6 +153,27 @@ CREATE TABLE io_history (
 	PRIMARY KEY (datastore, at)
 ) WITHOUT ROWID;
 CREATE INDEX io_history_at ON io_history(at);
+`, `
+CREATE TABLE fleet_appliances (
+	name        TEXT    PRIMARY KEY,
+	instance    TEXT    NOT NULL,
+	version     TEXT    NOT NULL,
+	sig_name    TEXT    NOT NULL,
+	sig_version INTEGER NOT NULL,
+	rules_id    TEXT    NOT NULL,
+	started_at  INTEGER NOT NULL,
+	seen_at     INTEGER NOT NULL
+);
+`, `
+CREATE TABLE fleet_rescans (
+	set_name   TEXT    NOT NULL,
+	version    INTEGER NOT NULL,
+	claimed_by TEXT    NOT NULL,
+	claimed_at INTEGER NOT NULL,
+	done_at    INTEGER NOT NULL DEFAULT 0,
+	jobs       INTEGER NOT NULL DEFAULT 0,
+	PRIMARY KEY (set_name, version)
+);
 `}
 
 // notRecorded is the incomplete reason of results stored before statuses
@@ -237,6 +262,9 @@ func (s *Store) SaveScan(ctx context.Context, r *results.Scan) ([]results.Findin
 	var rows []results.Finding
 	err := s.tx(ctx, func(c *sql.Conn) error {
 		rows = rows[:0]
+		if err := checkFence(ctx, c, r.Fence); err != nil {
+			return err
+		}
 		for _, q := range []string{`DELETE FROM scan_findings WHERE job_id = ?`, `DELETE FROM scan_volumes WHERE job_id = ?`} {
 			if _, err := c.ExecContext(ctx, q, r.JobID); err != nil {
 				return err
@@ -726,4 +754,98 @@ func (s *Store) PruneIOHistory(ctx context.Context, before time.Time) (int64, er
 		return 0, wrap("prune I/O history", err)
 	}
 	return n, nil
+}
+
+// checkFence runs a save's fence inside its transaction (results.Fence).
+func checkFence(ctx context.Context, c *sql.Conn, f *results.Fence) error {
+	if f == nil {
+		return nil
+	}
+	var one int
+	err := c.QueryRowContext(ctx, f.Query, f.Args...).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return results.ErrFenced
+	}
+	return err
+}
+
+// Announce implements results.Appliances.
+func (s *Store) Announce(ctx context.Context, a results.Appliance, staleAfter time.Duration) error {
+	now := time.Now().UnixNano()
+	var n int64
+	err := s.tx(ctx, func(c *sql.Conn) error {
+		res, err := c.ExecContext(ctx, `INSERT INTO fleet_appliances (name, instance, version, sig_name, sig_version, rules_id, started_at, seen_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET instance = excluded.instance, version = excluded.version,
+			sig_name = excluded.sig_name, sig_version = excluded.sig_version, rules_id = excluded.rules_id,
+			started_at = excluded.started_at, seen_at = excluded.seen_at
+			WHERE fleet_appliances.instance = excluded.instance OR fleet_appliances.seen_at < ?`,
+			a.Name, a.Instance, a.Version, a.SigName, int64(a.SigVersion), a.RulesID, nanos(a.StartedAt), now, now-staleAfter.Nanoseconds())
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return wrap("announce appliance "+a.Name, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: %s", results.ErrNameInUse, a.Name)
+	}
+	return nil
+}
+
+// Appliances implements results.Appliances.
+func (s *Store) Appliances(ctx context.Context) ([]results.Appliance, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, instance, version, sig_name, sig_version, rules_id, started_at, seen_at
+		FROM fleet_appliances ORDER BY name`)
+	if err != nil {
+		return nil, wrap("list appliances", err)
+	}
+	defer rows.Close()
+	var out []results.Appliance
+	for rows.Next() {
+		var a results.Appliance
+		var v, started, seen int64
+		if err := rows.Scan(&a.Name, &a.Instance, &a.Version, &a.SigName, &v, &a.RulesID, &started, &seen); err != nil {
+			return nil, wrap("list appliances", err)
+		}
+		a.SigVersion, a.StartedAt, a.SeenAt = uint64(v), fromNanos(started), fromNanos(seen)
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, wrap("list appliances", err)
+	}
+	return out, nil
+}
+
+// ClaimRescan implements results.Rescans.
+func (s *Store) ClaimRescan(ctx context.Context, set string, version uint64, appliance string, staleAfter time.Duration) (bool, error) {
+	now := time.Now().UnixNano()
+	var n int64
+	err := s.tx(ctx, func(c *sql.Conn) error {
+		res, err := c.ExecContext(ctx, `INSERT INTO fleet_rescans (set_name, version, claimed_by, claimed_at) VALUES (?, ?, ?, ?)
+			ON CONFLICT (set_name, version) DO UPDATE SET claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at
+			WHERE fleet_rescans.done_at = 0 AND (fleet_rescans.claimed_by = excluded.claimed_by OR fleet_rescans.claimed_at < ?)`,
+			set, int64(version), appliance, now, now-staleAfter.Nanoseconds())
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return false, wrap(fmt.Sprintf("claim the rescan for %s version %d", set, version), err)
+	}
+	return n == 1, nil
+}
+
+// RescanDone implements results.Rescans.
+func (s *Store) RescanDone(ctx context.Context, set string, version uint64, jobs int) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE fleet_rescans SET done_at = ?, jobs = ? WHERE set_name = ? AND version = ?`,
+		time.Now().UnixNano(), jobs, set, int64(version))
+	if err != nil {
+		return wrap(fmt.Sprintf("record the rescan for %s version %d", set, version), err)
+	}
+	return nil
 }
