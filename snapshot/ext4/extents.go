@@ -9,13 +9,13 @@ import (
 var _ vfs.Mapper = (*FS)(nil)
 
 // Layout digests what locating and reading inodes depends on: the
-// geometry, the feature bits the reader acts on and the checksum seed.
+// volume's size, the geometry, the feature bits the reader acts on and the checksum seed.
 // Free counts, times, the label and the needs-recovery bit (set while a
 // guest has the file system mounted) are left out: reading is the same
 // whatever they hold.
 func (f *FS) Layout() string {
-	return fmt.Sprintf("ext4 bs=%d blocks=%d first=%d bpg=%d ipg=%d inodes=%d isize=%d groups=%d desc=%d metabg=%d incompat=%#x ro=%#x compat=%#x backup=%v seed=%#x verify=%v",
-		f.blockSize, f.blocks, f.firstDataBlock, f.blocksPerGroup, f.inodesPerGroup, f.inodes, f.inodeSize, f.groups,
+	return fmt.Sprintf("ext4 size=%d bs=%d blocks=%d first=%d bpg=%d ipg=%d inodes=%d isize=%d groups=%d desc=%d metabg=%d incompat=%#x ro=%#x compat=%#x backup=%v seed=%#x verify=%v",
+		f.size, f.blockSize, f.blocks, f.firstDataBlock, f.blocksPerGroup, f.inodesPerGroup, f.inodes, f.inodeSize, f.groups,
 		f.descSize, f.firstMetaBG, f.incompat&^incompatRecover, f.roCompat, f.compat, f.backupBGs, f.csumSeed, f.verify)
 }
 

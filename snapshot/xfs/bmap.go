@@ -34,6 +34,9 @@ type extentList struct {
 	max  uint64 // extents the inode declares
 	ext  []extent
 	n    uint64 // records added, before merging
+	// onBlock, when set, is told of every btree block read (Extents
+	// lists them).
+	onBlock func(blk uint64)
 }
 
 func (l *extentList) add(rec []byte, recOff int64) error {
@@ -70,11 +73,15 @@ func (l *extentList) add(rec []byte, recOff int64) error {
 
 // extents returns the data-fork extents of an inode in extent or btree
 // format, merged where contiguous.
-func (f *FS) extents(ip *inode) ([]extent, error) {
+func (f *FS) extents(ip *inode) ([]extent, error) { return f.extentsOf(ip, nil) }
+
+// extentsOf is extents, telling onBlock (if set) of every btree block it
+// reads.
+func (f *FS) extentsOf(ip *inode, onBlock func(blk uint64)) ([]extent, error) {
 	if ip.flags&diflagRealtime != 0 {
 		return nil, fmt.Errorf("xfs: inode %d: data on the realtime device, which is not part of this volume: %w", ip.ino, ErrUnsupported)
 	}
-	l := &extentList{sb: f.sb, what: ip.what(), max: ip.nextents}
+	l := &extentList{sb: f.sb, what: ip.what(), max: ip.nextents, onBlock: onBlock}
 	switch ip.format {
 	case fmtExtents:
 		l.ext = make([]extent, 0, ip.nextents)
@@ -141,6 +148,9 @@ func (f *FS) bmbtBlock(ip *inode, fsb uint64, level int, l *extentList, bufs [][
 	blk, ok := f.sb.fsbToBlock(fsb, 1)
 	if !ok {
 		return corrupt(ip.what(), -1, "extent btree pointer to file-system block %d outside the file system", fsb)
+	}
+	if l.onBlock != nil {
+		l.onBlock(blk)
 	}
 	b := bufs[level]
 	off := int64(blk) << f.sb.blockLog
