@@ -22,6 +22,8 @@
 //	               start and last-seen times.
 //	fleet_rescans  one row per signature version whose rescan was
 //	               claimed: by whom, when, and when it was enqueued.
+//	vm_freezes     one row per freeze a connector made (VM, snapshot name):
+//	               its job, when taken and released, the stun times.
 //	results_schema the schema version (one row).
 //
 // Example: sqlite3 snapscan.db "SELECT vm, path, rule FROM scan_findings
@@ -55,7 +57,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 4
+const schemaVersion = 5
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version INTEGER NOT NULL);
@@ -174,6 +176,26 @@ CREATE TABLE fleet_rescans (
 	jobs       INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (set_name, version)
 );
+`, `
+CREATE TABLE vm_freezes (
+	vm           TEXT    NOT NULL,
+	id           TEXT    NOT NULL,
+	connector    TEXT    NOT NULL,
+	job_id       INTEGER NOT NULL,
+	taken        INTEGER NOT NULL,
+	freeze_stun  INTEGER NOT NULL,
+	quiesced     INTEGER NOT NULL,
+	released     INTEGER NOT NULL,
+	release_stun INTEGER NOT NULL,
+	release_took INTEGER NOT NULL,
+	held         INTEGER NOT NULL,
+	stale        INTEGER NOT NULL,
+	repaired     INTEGER NOT NULL,
+	error        TEXT    NOT NULL,
+	PRIMARY KEY (vm, id)
+);
+CREATE INDEX vm_freezes_taken ON vm_freezes(vm, taken);
+CREATE INDEX vm_freezes_job ON vm_freezes(job_id);
 `}
 
 // notRecorded is the incomplete reason of results stored before statuses
@@ -848,4 +870,72 @@ func (s *Store) RescanDone(ctx context.Context, set string, version uint64, jobs
 		return wrap(fmt.Sprintf("record the rescan for %s version %d", set, version), err)
 	}
 	return nil
+}
+
+const freezeColumns = `vm, id, connector, job_id, taken, freeze_stun, quiesced, released, release_stun, release_took, held, stale, repaired, error`
+
+func bit(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// PutFreeze implements results.Freezes.
+func (s *Store) PutFreeze(ctx context.Context, f results.Freeze) error {
+	if f.VM == "" || f.ID == "" {
+		return fmt.Errorf("%w: a freeze needs its VM and id", results.ErrInvalid)
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO vm_freezes (`+freezeColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (vm, id) DO UPDATE SET connector = excluded.connector, job_id = excluded.job_id, taken = excluded.taken,
+		freeze_stun = excluded.freeze_stun, quiesced = excluded.quiesced, released = excluded.released,
+		release_stun = excluded.release_stun, release_took = excluded.release_took, held = excluded.held,
+		stale = excluded.stale, repaired = excluded.repaired, error = excluded.error`,
+		f.VM, f.ID, f.Connector, f.JobID, nanos(f.Taken), int64(f.FreezeStun), bit(f.Quiesced), nanos(f.Released),
+		int64(f.ReleaseStun), int64(f.ReleaseTook), int64(f.Held), bit(f.Stale), bit(f.Repaired), f.Error)
+	if err != nil {
+		return wrap("put freeze", err)
+	}
+	return nil
+}
+
+// Freezes implements results.Freezes.
+func (s *Store) Freezes(ctx context.Context, q results.FreezeQuery) ([]results.Freeze, error) {
+	limit, err := results.CheckLimit(q.Limit)
+	if err != nil {
+		return nil, err
+	}
+	where, args := []string{"1 = 1"}, []any{}
+	if q.VM != "" {
+		where, args = append(where, "vm = ?"), append(args, q.VM)
+	}
+	if q.JobID != 0 {
+		where, args = append(where, "job_id = ?"), append(args, q.JobID)
+	}
+	if !q.Before.IsZero() {
+		where, args = append(where, "taken < ?"), append(args, nanos(q.Before))
+	}
+	args = append(args, limit)
+	rows, err := s.db.QueryContext(ctx, `SELECT `+freezeColumns+` FROM vm_freezes WHERE `+strings.Join(where, " AND ")+
+		` ORDER BY taken DESC, vm, id LIMIT ?`, args...)
+	if err != nil {
+		return nil, wrap("freezes", err)
+	}
+	defer rows.Close()
+	out := []results.Freeze{}
+	for rows.Next() {
+		var f results.Freeze
+		var taken, fstun, quiesced, released, rstun, rtook, held, stale, repaired int64
+		if err := rows.Scan(&f.VM, &f.ID, &f.Connector, &f.JobID, &taken, &fstun, &quiesced, &released, &rstun, &rtook, &held, &stale, &repaired, &f.Error); err != nil {
+			return nil, wrap("freezes", err)
+		}
+		f.Taken, f.FreezeStun, f.Quiesced, f.Released = fromNanos(taken), time.Duration(fstun), quiesced != 0, fromNanos(released)
+		f.ReleaseStun, f.ReleaseTook, f.Held = time.Duration(rstun), time.Duration(rtook), time.Duration(held)
+		f.Stale, f.Repaired = stale != 0, repaired != 0
+		out = append(out, f)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, wrap("freezes", err)
+	}
+	return out, nil
 }
