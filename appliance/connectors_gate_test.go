@@ -3,6 +3,7 @@ package appliance
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -138,6 +139,20 @@ func TestConnectorGroups(t *testing.T) {
 		var sv ScanView
 		if code, _ := ta.call("GET", fmt.Sprintf("/v1/scans/%d", f.JobID), testToken, nil, &sv); code != http.StatusOK || len(sv.Freezes) != 1 || sv.Freezes[0].ID != f.ID {
 			t.Errorf("scan %d: %d, freezes %+v", f.JobID, code, sv.Freezes)
+		}
+	}
+	// No series of /metrics names a VM: per-VM figures are the API's.
+	req, _ := http.NewRequest("GET", ta.base+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := ta.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, l := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(l, "#") && (strings.Contains(l, "DC0_C0_RP0") || strings.Contains(l, strings.TrimPrefix(vm0, "vc/")+`"`)) {
+			t.Errorf("a metric names a VM: %s", l)
 		}
 	}
 	if code, _ := ta.call("GET", "/v1/vms/nope/freezes", testToken, nil, nil); code != http.StatusNotFound {
