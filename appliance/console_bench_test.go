@@ -607,7 +607,9 @@ func (cb *consoleBench) pages(b *testing.B, cs *consoleSession) []consolePage {
 		})}}}},
 		{"findings-time", [][]consoleReq{{{path: "/v1/findings?since=" + url.QueryEscape(dayAgo.Add(-time.Hour).Format(time.RFC3339)) +
 			"&until=" + url.QueryEscape(dayAgo.Format(time.RFC3339)) + "&limit=100", check: findings("by time", 100, true,
-			func(f results.Finding) bool { return !f.FoundAt.Before(dayAgo.Add(-time.Hour)) && f.FoundAt.Before(dayAgo) })}}}},
+			func(f results.Finding) bool {
+				return !f.FoundAt.Before(dayAgo.Add(-time.Hour)) && f.FoundAt.Before(dayAgo)
+			})}}}},
 		{"findings-vm-rule-tag", [][]consoleReq{{{path: "/v1/findings?vm=vm-00042&rule=Bench_Rule_20&tag=backdoor&limit=100", check: findings("by VM, rule and tag", 1, false,
 			func(f results.Finding) bool { return f.VM == "vm-00042" && f.Rule == "Bench_Rule_20" })}}}},
 		{"findings-last-page", [][]consoleReq{{{path: "/v1/findings?after=99950&limit=100", check: findings("last page", 50, false, nil)}}}},
