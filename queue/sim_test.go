@@ -352,6 +352,17 @@ func runSimulation(t testing.TB, target time.Duration, sc simScale) simResult {
 			if g := reads[i].at.Sub(reads[i-1].at) - pace; g > 100*time.Millisecond {
 				idle += g
 				idles = append(idles, fmt.Sprintf("%v@%v", g.Round(time.Millisecond), reads[i-1].at.Sub(start).Round(10*time.Millisecond)))
+				if g > 2*time.Second && testing.Verbose() {
+					from, to := reads[i-1].at, reads[i].at
+					for _, fs := range finished {
+						j := fs[0]
+						if !slices.Contains(j.Datastores(), fmt.Sprint("ds", ds)) || j.FinishedAt.Before(from) || j.StartedAt.After(to) {
+							continue
+						}
+						t.Logf("ds%d gap %v..%v: job %d %s %v run %v..%v by %s", ds, from.Sub(start), to.Sub(start), j.ID, j.VM, j.Datastores(),
+							j.StartedAt.Sub(start), j.FinishedAt.Sub(start), j.Holder)
+					}
+				}
 			}
 		}
 		if len(reads) > 0 {
@@ -458,6 +469,12 @@ func BenchmarkSimulation(b *testing.B) {
 				b.ReportMetric(res.makespan.Seconds(), "makespan-s")
 				b.ReportMetric(res.bound.Seconds(), "bound-s")
 				b.ReportMetric(float64(res.cpuPerJob.Microseconds()), "cpu-µs/job")
+				if testing.Verbose() {
+					b.Logf("worst window: %s", res.worst)
+					for _, l := range res.perDS {
+						b.Log(l)
+					}
+				}
 			}
 		})
 	}

@@ -288,8 +288,9 @@ func (s *Store) Apply(ctx context.Context, ts []queue.Transition) ([]queue.Resul
 	var out []queue.Result
 	err := s.tx(ctx, func(tx pgx.Tx, seq int64) error {
 		out = make([]queue.Result, len(ts))
+		a := &applyTx{tx: tx, seq: seq, holders: map[string]holderState{}}
 		for i, t := range ts {
-			j, err := transition(ctx, tx, seq, t)
+			j, err := a.transition(ctx, t)
 			if err != nil && !errors.Is(err, queue.ErrConflict) && !errors.Is(err, queue.ErrNotFound) &&
 				!errors.Is(err, queue.ErrLeaseLost) && !errors.Is(err, queue.ErrNoSlot) {
 				return err
@@ -304,10 +305,40 @@ func (s *Store) Apply(ctx context.Context, ts []queue.Transition) ([]queue.Resul
 	return out, nil
 }
 
+// applyTx is one Apply's transaction. A pass's transitions are mostly of
+// one holder, so its lease is read once per transaction (the answer
+// cannot change within it: the transaction holds the clock's row lock,
+// which every writer takes, and now() is the transaction's start): each
+// statement is a round trip to the server, and on a loaded machine the
+// round trips are what a pass costs.
+type applyTx struct {
+	tx      pgx.Tx
+	seq     int64
+	holders map[string]holderState
+}
+
+type holderState struct{ found, ended, live bool }
+
+func (a *applyTx) holder(ctx context.Context, name string) (holderState, error) {
+	if h, ok := a.holders[name]; ok {
+		return h, nil
+	}
+	h := holderState{found: true}
+	err := a.tx.QueryRow(ctx, `SELECT ended, NOT ended AND expires_at > now() FROM queue_holders WHERE name = $1`, name).Scan(&h.ended, &h.live)
+	if errors.Is(err, pgx.ErrNoRows) {
+		h, err = holderState{}, nil
+	}
+	if err != nil {
+		return h, err
+	}
+	a.holders[name] = h
+	return h, nil
+}
+
 // fence checks a transition against the job's lease (see
 // queue.Transition), by the database server's clock.
-func fence(ctx context.Context, tx pgx.Tx, t queue.Transition) (queue.Job, error) {
-	j, err := getJob(ctx, tx, t.ID)
+func (a *applyTx) fence(ctx context.Context, t queue.Transition) (queue.Job, error) {
+	j, err := getJob(ctx, a.tx, t.ID)
 	if err != nil {
 		return queue.Job{}, err
 	}
@@ -320,29 +351,44 @@ func fence(ctx context.Context, tx pgx.Tx, t queue.Transition) (queue.Job, error
 				t.ID, j.Holder, j.Epoch, t.Holder, t.Epoch)
 		}
 		if !t.Lost {
-			var ended bool
-			err := tx.QueryRow(ctx, `SELECT ended FROM queue_holders WHERE name = $1`, t.Holder).Scan(&ended)
-			if errors.Is(err, pgx.ErrNoRows) || err == nil && ended {
-				return j, fmt.Errorf("%w: %s, reporting on job %d", queue.ErrLeaseLost, t.Holder, t.ID)
-			} else if err != nil {
+			h, err := a.holder(ctx, t.Holder)
+			if err != nil {
 				return j, err
+			}
+			if !h.found || h.ended {
+				return j, fmt.Errorf("%w: %s, reporting on job %d", queue.ErrLeaseLost, t.Holder, t.ID)
 			}
 		}
 	}
 	if t.To == queue.Running {
-		var live bool
-		err := tx.QueryRow(ctx, `SELECT NOT ended AND expires_at > now() FROM queue_holders WHERE name = $1`, t.Holder).Scan(&live)
-		if errors.Is(err, pgx.ErrNoRows) || err == nil && !live {
-			return j, fmt.Errorf("%w: %s cannot start job %d", queue.ErrLeaseLost, t.Holder, t.ID)
-		} else if err != nil {
+		h, err := a.holder(ctx, t.Holder)
+		if err != nil {
 			return j, err
 		}
-		for _, ds := range j.Datastores() {
+		if !h.live {
+			return j, fmt.Errorf("%w: %s cannot start job %d", queue.ErrLeaseLost, t.Holder, t.ID)
+		}
+		dss := j.Datastores()
+		rows, err := a.tx.Query(ctx, `SELECT datastore, count(*) FROM queue_slots WHERE datastore = ANY($1::text[]) GROUP BY datastore`, dss)
+		if err != nil {
+			return j, err
+		}
+		counts := map[string]int{}
+		for rows.Next() {
+			var ds string
 			var n int
-			if err := tx.QueryRow(ctx, `SELECT count(*) FROM queue_slots WHERE datastore = $1`, ds).Scan(&n); err != nil {
+			if err := rows.Scan(&ds, &n); err != nil {
+				rows.Close()
 				return j, err
 			}
-			if n >= max(t.Slots[ds], 1) {
+			counts[ds] = n
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return j, err
+		}
+		for _, ds := range dss {
+			if n := counts[ds]; n >= max(t.Slots[ds], 1) {
 				return j, fmt.Errorf("%w: %s runs %d scans, job %d", queue.ErrNoSlot, ds, n, t.ID)
 			}
 		}
@@ -350,11 +396,12 @@ func fence(ctx context.Context, tx pgx.Tx, t queue.Transition) (queue.Job, error
 	return j, nil
 }
 
-func transition(ctx context.Context, tx pgx.Tx, seq int64, t queue.Transition) (queue.Job, error) {
+func (a *applyTx) transition(ctx context.Context, t queue.Transition) (queue.Job, error) {
+	tx, seq := a.tx, a.seq
 	if t.To != queue.Running && t.To != queue.Queued && !t.To.Terminal() {
 		return queue.Job{}, fmt.Errorf("%w: transition to %q", queue.ErrInvalid, t.To)
 	}
-	j, err := fence(ctx, tx, t)
+	j, err := a.fence(ctx, t)
 	if err != nil {
 		return j, err
 	}
@@ -378,32 +425,35 @@ func transition(ctx context.Context, tx pgx.Tx, seq int64, t queue.Transition) (
 	if t.Lost {
 		lost = 1
 	}
+	// One statement per transition: the slots change in a CTE of the
+	// job's update, which returns the job as it is now.
+	slots := ""
+	if t.From == queue.Running {
+		slots = `WITH freed AS (DELETE FROM queue_slots WHERE job_id = $1) `
+	}
+	var row pgx.Row
 	switch {
 	case t.To == queue.Running:
-		_, err = tx.Exec(ctx, `UPDATE queue_jobs SET state = 'running', attempts = attempts + 1, started_at = $1,
-			holder = $2, epoch = epoch + 1, seq = $3 WHERE id = $4`, nanos(t.At), t.Holder, seq, t.ID)
-		if err == nil {
-			_, err = tx.Exec(ctx, `INSERT INTO queue_slots (datastore, job_id) SELECT unnest($1::text[]), $2`, j.Datastores(), t.ID)
-		}
+		row = tx.QueryRow(ctx, `WITH taken AS (INSERT INTO queue_slots (datastore, job_id) SELECT unnest($5::text[]), $1)
+			UPDATE queue_jobs SET state = 'running', attempts = attempts + 1, started_at = $2,
+			holder = $3, epoch = epoch + 1, seq = $4 WHERE id = $1 RETURNING `+jobColumns,
+			t.ID, nanos(t.At), t.Holder, seq, j.Datastores())
 	case t.To == queue.Queued:
 		uncount := 0
 		if t.Interrupted {
 			uncount = 1
 		}
-		_, err = tx.Exec(ctx, `UPDATE queue_jobs SET state = 'queued', retry_at = $1, error = $2,
-			attempts = greatest(attempts - $3, 0), crashes = crashes + $4, seq = $5 WHERE id = $6`,
-			nanos(t.RetryAt), t.Err, uncount, lost, seq, t.ID)
+		row = tx.QueryRow(ctx, slots+`UPDATE queue_jobs SET state = 'queued', retry_at = $2, error = $3,
+			attempts = greatest(attempts - $4, 0), crashes = crashes + $5, seq = $6 WHERE id = $1 RETURNING `+jobColumns,
+			t.ID, nanos(t.RetryAt), t.Err, uncount, lost, seq)
 	default:
-		_, err = tx.Exec(ctx, `UPDATE queue_jobs SET state = $1, finished_at = $2, error = $3, crashes = crashes + $4,
-			seq = $5 WHERE id = $6`, string(t.To), nanos(t.At), t.Err, lost, seq, t.ID)
+		row = tx.QueryRow(ctx, slots+`UPDATE queue_jobs SET state = $2, finished_at = $3, error = $4, crashes = crashes + $5,
+			seq = $6 WHERE id = $1 RETURNING `+jobColumns, t.ID, string(t.To), nanos(t.At), t.Err, lost, seq)
 	}
-	if err == nil && t.From == queue.Running {
-		_, err = tx.Exec(ctx, `DELETE FROM queue_slots WHERE job_id = $1`, t.ID)
-	}
-	if err != nil {
+	if j, err = scanJob(row); err != nil {
 		return queue.Job{}, fmt.Errorf("job %d %s -> %s: %w", t.ID, t.From, t.To, err)
 	}
-	return getJob(ctx, tx, t.ID)
+	return j, nil
 }
 
 // Cancel implements queue.Store.
