@@ -217,7 +217,7 @@ func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			"something, 5 when it found nothing but could not scan everything (incomplete),\n"+
 			"3 when it failed or was cancelled.", stderr)
 	newClient := clientFlags(f)
-	vm := f.String("vm", "", "VM `NAME`")
+	vm := f.String("vm", "", "VM `NAME`; alone, without --disk, a VM a connector lists: its disks come from the hypervisor")
 	var disks submitDisks
 	disks.register(f)
 	prio := f.String("priority", "on_demand", "`CLASS`: on_demand, scheduled or rescan")
@@ -228,12 +228,12 @@ func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if *vm == "" || len(disks.disks) == 0 || len(pos) != 0 {
-		return usageError("want --vm and at least one --disk DATASTORE:PATH")
+	if *vm == "" || len(pos) != 0 {
+		return usageError("want --vm, and --disk DATASTORE:PATH unless a connector lists the VM")
 	}
 	body := struct {
 		VM       string       `json:"vm"`
-		Disks    []submitDisk `json:"disks"`
+		Disks    []submitDisk `json:"disks,omitempty"`
 		Priority string       `json:"priority"`
 		Reason   string       `json:"reason,omitempty"`
 	}{VM: *vm, Disks: disks.disks, Priority: *prio, Reason: *reason}

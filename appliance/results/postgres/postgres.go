@@ -41,7 +41,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 4
+const schemaVersion = 5
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version integer NOT NULL);
@@ -152,6 +152,25 @@ CREATE TABLE IF NOT EXISTS fleet_rescans (
 	jobs       bigint NOT NULL DEFAULT 0,
 	PRIMARY KEY (set_name, version)
 );
+CREATE TABLE IF NOT EXISTS vm_freezes (
+	vm           text    NOT NULL,
+	id           text    NOT NULL,
+	connector    text    NOT NULL,
+	job_id       bigint  NOT NULL,
+	taken        bigint  NOT NULL,
+	freeze_stun  bigint  NOT NULL,
+	quiesced     bigint  NOT NULL,
+	released     bigint  NOT NULL,
+	release_stun bigint  NOT NULL,
+	release_took bigint  NOT NULL,
+	held         bigint  NOT NULL,
+	stale        bigint  NOT NULL,
+	repaired     bigint  NOT NULL,
+	error        text    NOT NULL,
+	PRIMARY KEY (vm, id)
+);
+CREATE INDEX IF NOT EXISTS vm_freezes_taken ON vm_freezes(vm, taken);
+CREATE INDEX IF NOT EXISTS vm_freezes_job ON vm_freezes(job_id);
 `
 
 // New creates the results tables in db if missing and returns the store.

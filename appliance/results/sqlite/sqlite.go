@@ -24,6 +24,8 @@
 //	               start and last-seen times.
 //	fleet_rescans  one row per signature version whose rescan was
 //	               claimed: by whom, when, and when it was enqueued.
+//	vm_freezes     one row per freeze a connector made (VM, snapshot name):
+//	               its job, when taken and released, the stun times.
 //	results_schema the schema version (one row).
 //
 // Example: sqlite3 snapscan.db "SELECT vm, path, rule FROM scan_findings
@@ -56,7 +58,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 4
+const schemaVersion = 5
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version INTEGER NOT NULL);
@@ -175,6 +177,26 @@ CREATE TABLE fleet_rescans (
 	jobs       INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (set_name, version)
 );
+`, `
+CREATE TABLE vm_freezes (
+	vm           TEXT    NOT NULL,
+	id           TEXT    NOT NULL,
+	connector    TEXT    NOT NULL,
+	job_id       INTEGER NOT NULL,
+	taken        INTEGER NOT NULL,
+	freeze_stun  INTEGER NOT NULL,
+	quiesced     INTEGER NOT NULL,
+	released     INTEGER NOT NULL,
+	release_stun INTEGER NOT NULL,
+	release_took INTEGER NOT NULL,
+	held         INTEGER NOT NULL,
+	stale        INTEGER NOT NULL,
+	repaired     INTEGER NOT NULL,
+	error        TEXT    NOT NULL,
+	PRIMARY KEY (vm, id)
+);
+CREATE INDEX vm_freezes_taken ON vm_freezes(vm, taken);
+CREATE INDEX vm_freezes_job ON vm_freezes(job_id);
 `}
 
 // New creates the results tables in db, or migrates them, and returns the

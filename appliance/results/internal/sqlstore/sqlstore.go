@@ -583,3 +583,71 @@ func (s *Store) Appliances(ctx context.Context) ([]results.Appliance, error) {
 	}
 	return out, nil
 }
+
+const freezeColumns = `vm, id, connector, job_id, taken, freeze_stun, quiesced, released, release_stun, release_took, held, stale, repaired, error`
+
+func bit(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// PutFreeze implements results.Freezes.
+func (s *Store) PutFreeze(ctx context.Context, f results.Freeze) error {
+	if f.VM == "" || f.ID == "" {
+		return fmt.Errorf("%w: a freeze needs its VM and id", results.ErrInvalid)
+	}
+	_, err := s.q.ExecContext(ctx, `INSERT INTO vm_freezes (`+freezeColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (vm, id) DO UPDATE SET connector = excluded.connector, job_id = excluded.job_id, taken = excluded.taken,
+		freeze_stun = excluded.freeze_stun, quiesced = excluded.quiesced, released = excluded.released,
+		release_stun = excluded.release_stun, release_took = excluded.release_took, held = excluded.held,
+		stale = excluded.stale, repaired = excluded.repaired, error = excluded.error`,
+		f.VM, f.ID, f.Connector, f.JobID, Nanos(f.Taken), int64(f.FreezeStun), bit(f.Quiesced), Nanos(f.Released),
+		int64(f.ReleaseStun), int64(f.ReleaseTook), int64(f.Held), bit(f.Stale), bit(f.Repaired), f.Error)
+	if err != nil {
+		return s.wrap("put freeze", err)
+	}
+	return nil
+}
+
+// Freezes implements results.Freezes.
+func (s *Store) Freezes(ctx context.Context, q results.FreezeQuery) ([]results.Freeze, error) {
+	limit, err := results.CheckLimit(q.Limit)
+	if err != nil {
+		return nil, err
+	}
+	where, args := []string{"1 = 1"}, []any{}
+	if q.VM != "" {
+		where, args = append(where, "vm = ?"), append(args, q.VM)
+	}
+	if q.JobID != 0 {
+		where, args = append(where, "job_id = ?"), append(args, q.JobID)
+	}
+	if !q.Before.IsZero() {
+		where, args = append(where, "taken < ?"), append(args, Nanos(q.Before))
+	}
+	args = append(args, limit)
+	rows, err := s.q.QueryContext(ctx, `SELECT `+freezeColumns+` FROM vm_freezes WHERE `+strings.Join(where, " AND ")+
+		` ORDER BY taken DESC, vm, id LIMIT ?`, args...)
+	if err != nil {
+		return nil, s.wrap("freezes", err)
+	}
+	defer rows.Close()
+	out := []results.Freeze{}
+	for rows.Next() {
+		var f results.Freeze
+		var taken, fstun, quiesced, released, rstun, rtook, held, stale, repaired int64
+		if err := rows.Scan(&f.VM, &f.ID, &f.Connector, &f.JobID, &taken, &fstun, &quiesced, &released, &rstun, &rtook, &held, &stale, &repaired, &f.Error); err != nil {
+			return nil, s.wrap("freezes", err)
+		}
+		f.Taken, f.FreezeStun, f.Quiesced, f.Released = FromNanos(taken), time.Duration(fstun), quiesced != 0, FromNanos(released)
+		f.ReleaseStun, f.ReleaseTook, f.Held = time.Duration(rstun), time.Duration(rtook), time.Duration(held)
+		f.Stale, f.Repaired = stale != 0, repaired != 0
+		out = append(out, f)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.wrap("freezes", err)
+	}
+	return out, nil
+}
