@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	"github.com/snapscan/snapscan/snapshot/image"
 )
@@ -114,8 +115,13 @@ type Volume struct {
 	// file system's own error.
 	Err error
 
-	r io.ReaderAt // the volume's bytes
+	r    io.ReaderAt  // the volume's bytes
+	read atomic.Int64 // bytes read through r
 }
+
+// BytesRead returns the bytes read from the volume so far (finding its
+// file system and serving its files), as the guest's disk holds them.
+func (v *Volume) BytesRead() int64 { return v.read.Load() }
 
 // ErrUnsupported is wrapped by Volume.Err for volumes that hold no file
 // system snapscan reads: swap, encrypted volumes, unknown content.
