@@ -93,6 +93,11 @@ type Results interface {
 
 	// Findings returns the findings q selects in ascending id order.
 	Findings(ctx context.Context, q FindingQuery) ([]Finding, error)
+
+	// CountFindings counts the findings q selects, all of them: q's
+	// After and Limit are ignored. It is what a report or a page shows as
+	// the total without reading every finding.
+	CountFindings(ctx context.Context, q FindingQuery) (int64, error)
 }
 
 // Verdicts is the scanner's verdict cache kept in the database: a file

@@ -279,6 +279,14 @@ func testFindingQueries(t *testing.T, st results.Store) {
 		if err != nil || len(got) != tc.want {
 			t.Errorf("%s: %d findings, %v; want %d", tc.name, len(got), err, tc.want)
 		}
+		// CountFindings counts what Findings selects, its page aside.
+		want := int64(tc.want)
+		if tc.q.After != 0 || tc.q.Limit != 0 {
+			want = 9
+		}
+		if n, err := st.CountFindings(ctx(t), tc.q); err != nil || n != want {
+			t.Errorf("%s: CountFindings = %d, %v; want %d", tc.name, n, err, want)
+		}
 	}
 	// Paging with After walks every finding once.
 	var paged []int64

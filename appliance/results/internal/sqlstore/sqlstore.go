@@ -249,13 +249,10 @@ func (s *Store) Scan(ctx context.Context, jobID int64) (*results.Scan, error) {
 	return r, nil
 }
 
-// Findings implements results.Results.
-func (s *Store) Findings(ctx context.Context, q results.FindingQuery) ([]results.Finding, error) {
-	limit, err := results.CheckLimit(q.Limit)
-	if err != nil {
-		return nil, err
-	}
-	var where []string
+// findingWhere is the condition and arguments that select what q
+// selects, its page (After, Limit) aside.
+func (s *Store) findingWhere(q results.FindingQuery) (string, []any) {
+	where := []string{"1 = 1"}
 	var args []any
 	add := func(cond string, v any) { where = append(where, cond); args = append(args, v) }
 	if q.JobID != 0 {
@@ -279,10 +276,29 @@ func (s *Store) Findings(ctx context.Context, q results.FindingQuery) ([]results
 	if !q.Until.IsZero() {
 		add("found_at < ?", q.Until.UnixNano())
 	}
-	add("id > ?", q.After)
-	args = append(args, limit)
+	return strings.Join(where, " AND "), args
+}
+
+// CountFindings implements results.Results.
+func (s *Store) CountFindings(ctx context.Context, q results.FindingQuery) (int64, error) {
+	where, args := s.findingWhere(q)
+	var n int64
+	if err := s.q.QueryRowContext(ctx, `SELECT count(*) FROM scan_findings WHERE `+where, args...).Scan(&n); err != nil {
+		return 0, s.wrap("count findings", err)
+	}
+	return n, nil
+}
+
+// Findings implements results.Results.
+func (s *Store) Findings(ctx context.Context, q results.FindingQuery) ([]results.Finding, error) {
+	limit, err := results.CheckLimit(q.Limit)
+	if err != nil {
+		return nil, err
+	}
+	where, args := s.findingWhere(q)
+	args = append(args, q.After, limit)
 	rows, err := s.q.QueryContext(ctx, `SELECT id, job_id, vm, datastore, disk, volume, path, size, sha256, namespace, rule, tags, meta, strings, sig_version, found_at
-		FROM scan_findings WHERE `+strings.Join(where, " AND ")+` ORDER BY id LIMIT ?`, args...)
+		FROM scan_findings WHERE `+where+` AND id > ? ORDER BY id LIMIT ?`, args...)
 	if err != nil {
 		return nil, s.wrap("findings", err)
 	}
