@@ -168,7 +168,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		}
 	}
 
-	if a.dbs, err = openDatabase(ctx, cfg); err != nil {
+	if a.dbs, err = openDatabase(ctx, cfg, log); err != nil {
 		return nil, err
 	}
 	a.db, a.results = a.dbs.db, a.dbs.results
@@ -244,18 +244,23 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 	// The name is claimed before the queue takes a lease under it: a
 	// second appliance under one name would end the first one's leases.
 	a.instance, a.startedAt = instanceID(cfg), time.Now().UTC()
-	if err := a.announce(ctx); err != nil {
+	// Both retried while the database is away (retryDB).
+	if err := retryDB(ctx, cfg, log, "announcing to the fleet", func() error { return a.announce(ctx) }); err != nil {
 		return nil, err
 	}
-	a.q, err = queue.New(ctx, a.dbs.queue, a.run, queue.Config{
-		Appliance:   cfg.Name,
-		MaxScans:    cfg.Queue.MaxScans,
-		MaxAttempts: cfg.Queue.MaxAttempts,
-		AgingStep:   cfg.Queue.AgingStep,
-		BackoffBase: cfg.Queue.BackoffBase,
-		BackoffMax:  cfg.Queue.BackoffMax,
-		Logger:      log,
-		OnFinish:    a.onFinish,
+	err = retryDB(ctx, cfg, log, "opening the queue", func() error {
+		var err error
+		a.q, err = queue.New(ctx, a.dbs.queue, a.run, queue.Config{
+			Appliance:   cfg.Name,
+			MaxScans:    cfg.Queue.MaxScans,
+			MaxAttempts: cfg.Queue.MaxAttempts,
+			AgingStep:   cfg.Queue.AgingStep,
+			BackoffBase: cfg.Queue.BackoffBase,
+			BackoffMax:  cfg.Queue.BackoffMax,
+			Logger:      log,
+			OnFinish:    a.onFinish,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -264,7 +269,8 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 	// the queue keeps them across restarts.
 	for i := range cfg.Datastores {
 		d := &cfg.Datastores[i]
-		if err := a.q.SetBudget(ctx, d.Name, d.budget()); err != nil {
+		err := retryDB(ctx, cfg, log, "setting a datastore's budget", func() error { return a.q.SetBudget(ctx, d.Name, d.budget()) })
+		if err != nil {
 			return nil, fmt.Errorf("datastore %s: %w", d.Name, err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -114,6 +115,13 @@ type SignaturesConfig struct {
 type DatastoreConfig struct {
 	Name string `yaml:"name"`
 	Path string `yaml:"path"`
+	// Connector, instead of Path, says the datastore is not mounted here
+	// and is read through that connector's hypervisor: vSphere's datastore
+	// HTTP /folder interface, with range reads. Name is then the
+	// hypervisor's name of the datastore. Only a connector's frozen disks
+	// are read from it (a submit by path is refused); the budget applies
+	// to every read, the chain's parents and extents included.
+	Connector string `yaml:"connector"`
 	// MaxScans is how many jobs may read it at once (default 1).
 	MaxScans int `yaml:"max_scans"`
 	// BytesPerSec and OpsPerSec cap reads (0: unlimited). Sizes accept
@@ -591,10 +599,16 @@ func (c *Config) Validate() error {
 			return bad(key+".name", "%q is listed twice", d.Name)
 		}
 		seen[d.Name] = true
-		if d.Path == "" {
-			return bad(key+".path", "required: the folder holding this datastore's disk images")
-		}
-		if st, err := os.Stat(d.Path); err != nil || !st.IsDir() {
+		if d.Connector != "" {
+			if d.Path != "" {
+				return bad(key+".path", "not with connector: a datastore is mounted here (path) or read through its connector, not both")
+			}
+			if !slices.ContainsFunc(c.Connectors, func(cc ConnectorConfig) bool { return cc.Name == d.Connector && cc.Type == "vsphere" }) {
+				return bad(key+".connector", "%q is not a configured vsphere connector (only vSphere datastores are read over the hypervisor's interface)", d.Connector)
+			}
+		} else if d.Path == "" {
+			return bad(key+".path", "required: the folder holding this datastore's disk images (or connector, for a vSphere datastore read over HTTP)")
+		} else if st, err := os.Stat(d.Path); err != nil || !st.IsDir() {
 			return bad(key+".path", "%q is not a readable folder", d.Path)
 		}
 		if d.MaxScans < 0 || d.MaxScans > 1024 {

@@ -400,3 +400,44 @@ func TestFleetRescanOnce(t *testing.T) {
 		return len(list.Appliances) == 2 && list.Appliances[0].SigVersion == 3 && list.Appliances[1].SigVersion == 3
 	})
 }
+
+// TestStartWhileDatabaseDown: an appliance started while its PostgreSQL
+// is down (restarting, failing over) waits for it and starts once it
+// answers; one whose connection string names a database that does not
+// exist fails at once, naming the database.
+func TestStartWhileDatabaseDown(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(2 * time.Second)
+		if err := srv.Start(); err != nil {
+			t.Error(err)
+		}
+	}()
+	t0 := time.Now()
+	app := startApp(t, appOpts{edit: onPostgres(t, "app-1", dsn)})
+	if d := time.Since(t0); d < 2*time.Second {
+		t.Errorf("the appliance started after %v, before the database did", d)
+	}
+	app.install(1)
+	id := app.submit("vm01")["vm01"]
+	if j := app.waitJobs(id)[0]; j.State != queue.Done {
+		t.Fatalf("job after a start on a database that came up late: %s (%s)", j.State, j.Error)
+	}
+
+	cfg := *app.cfg
+	bad := strings.Replace(dsn, "/postgres?", "/nosuchdb?", 1)
+	onPostgres(t, "app-2", bad)(&cfg)
+	cfg.Signatures.StateDir = filepath.Join(t.TempDir(), "sig")
+	t0 = time.Now()
+	_, err := New(context.Background(), &cfg, Options{Logger: testLogger(t)})
+	if err == nil || !strings.Contains(err.Error(), "nosuchdb") {
+		t.Fatalf("an appliance on a database that does not exist: %v", err)
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("a database that does not exist took %v to be refused", d)
+	}
+}
