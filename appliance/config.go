@@ -202,7 +202,24 @@ type ScannerConfig struct {
 	// NoCache scans every file with YARA and keeps no verdicts: for
 	// measuring cold scans; a site wants the cache.
 	NoCache bool `yaml:"no_cache"`
+	// Incremental (default true) makes a disk whose backing chain holds
+	// an image this appliance scanned before (a golden image under linked
+	// clones, the previous snapshot of a VM) read only what its own layers
+	// changed: files the upper layers leave untouched get the base's
+	// verdicts without being read (scanner/incremental). false reads
+	// every disk in full.
+	Incremental *bool `yaml:"incremental"`
+	// RecordsDir keeps what each scan saw, for the incremental scans of
+	// the disks above it (default: "records" beside signatures.state_dir,
+	// /var/lib/snapscan/records); records are
+	// per appliance, also in fleet mode. RecordsMax bounds the records
+	// kept (default 1000; the oldest go first).
+	RecordsDir string `yaml:"records_dir"`
+	RecordsMax int    `yaml:"records_max"`
 }
+
+// incremental reports whether incremental scans are on.
+func (c *ScannerConfig) incremental() bool { return c.Incremental == nil || *c.Incremental }
 
 // EventsConfig says where events (findings, failed and incomplete scans,
 // unreadable VMs, signature updates) go besides the database: package
@@ -451,6 +468,10 @@ func (c *Config) setDefaults() {
 	if c.Signatures.StateDir == "" {
 		c.Signatures.StateDir = DefaultStateDir
 	}
+	if c.Scanner.RecordsDir == "" {
+		// Beside the signatures' state: /var/lib/snapscan/records.
+		c.Scanner.RecordsDir = filepath.Join(filepath.Dir(c.Signatures.StateDir), "records")
+	}
 	if c.Signatures.RescanSpread == 0 {
 		c.Signatures.RescanSpread = DefaultRescanSpread
 	}
@@ -471,6 +492,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Scanner.CacheEntries == 0 {
 		c.Scanner.CacheEntries = 100000
+	}
+	if c.Scanner.RecordsMax == 0 {
+		c.Scanner.RecordsMax = 1000
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
@@ -505,6 +529,7 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.Database.Path)
 	abs(&c.Database.DSNFile)
 	abs(&c.Scanner.SpoolDir)
+	abs(&c.Scanner.RecordsDir)
 	if c.Events.Log != "stdout" && c.Events.Log != "none" {
 		abs(&c.Events.Log)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/snapscan/snapscan/connector"
 	"github.com/snapscan/snapscan/queue"
 	"github.com/snapscan/snapscan/scanner"
+	"github.com/snapscan/snapscan/scanner/incremental"
 	"github.com/snapscan/snapscan/signatures"
 	"github.com/snapscan/snapscan/snapshot"
 	"github.com/snapscan/snapscan/snapshot/image"
@@ -393,7 +394,13 @@ func (a *Appliance) scanOpened(ctx context.Context, sc *scanner.Scanner, job que
 		return nil, classify(ctx, ds.redactErr(err))
 	}
 	defer disk.Close()
-	t := scanner.DiskTarget(fmt.Sprintf("job-%d/%d", job.ID, i), disk)
+	name := fmt.Sprintf("job-%d/%d", job.ID, i)
+	t := scanner.DiskTarget(name, disk)
+	var plan *incremental.Plan
+	if a.records != nil {
+		plan = incremental.NewSession(a.records, sc.ReuseKey(), a.log.With("job", job.ID, "datastore", ds.Name, "path", d.Path)).Plan(ctx, disk)
+		t = plan.Target(name)
+	}
 	readable := 0
 	for _, v := range disk.Volumes {
 		if v.Err == nil {
@@ -420,6 +427,11 @@ func (a *Appliance) scanOpened(ctx context.Context, sc *scanner.Scanner, job que
 	a.progress.addTarget(t.Name, jp)
 	defer a.progress.removeTarget(t.Name)
 	rep, err := sc.Scan(ctx, t)
+	if plan != nil && rep != nil {
+		if ferr := plan.Finish(context.WithoutCancel(ctx), rep); ferr != nil {
+			a.log.Warn("appliance: recording the scan for incremental scans", "job", job.ID, "err", ferr)
+		}
+	}
 	out := &diskScan{disk: d, report: rep, redact: ds.redact}
 	if err != nil {
 		if ctx.Err() != nil {
