@@ -282,6 +282,9 @@ func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request, _ httpx
 		if !ok {
 			return badRequest("disks[%d].datastore: %q is not a configured datastore", i, d.Datastore)
 		}
+		if ds.Connector != "" {
+			return badRequest("disks[%d].datastore: %q is read through connector %s, not mounted here: submit the VM by name, without disks", i, d.Datastore, ds.Connector)
+		}
 		if err := a.checkEntry(ds, d.Path); err != nil {
 			return badRequest("disks[%d].path: %v", i, err)
 		}

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 
 	"github.com/snapscan/snapscan/snapshot"
 )
@@ -52,7 +54,11 @@ func runCat(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	buf := make([]byte, 1<<20)
 	// Neither side may take over the copy (os.File.ReadFrom would use 32 KiB reads).
 	if _, err := io.CopyBuffer(struct{ io.Writer }{stdout}, struct{ io.Reader }{file}, buf); err != nil {
-		return fmt.Errorf("%s %s %s: %w", pos[0], v.ID, pos[2], err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return err // a read error: the volume's label names disk, volume and path
+		}
+		return fmt.Errorf("%s %s %s: %w", pos[0], v.ID, pos[2], err) // writing stdout
 	}
 	return nil
 }
