@@ -601,7 +601,7 @@ func (cb *consoleBench) pages(b *testing.B, cs *consoleSession) []consolePage {
 		})
 	}
 	lastWeek := url.QueryEscape(time.Now().Add(-7 * 24 * time.Hour).UTC().Format(time.RFC3339))
-	dayAgo := time.Now().Add(-24 * time.Hour).UTC()
+	dayAgo := time.Now().Add(-24 * time.Hour).UTC().Truncate(time.Second) // as the query gives it
 	history := func(ds string) consoleReq {
 		return consoleReq{path: "/v1/datastores/" + ds + "/history?since=" + since}
 	}
