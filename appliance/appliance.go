@@ -23,6 +23,7 @@ import (
 	"github.com/snapscan/snapscan/appliance/results"
 	"github.com/snapscan/snapscan/queue"
 	"github.com/snapscan/snapscan/scanner"
+	"github.com/snapscan/snapscan/scanner/incremental"
 	"github.com/snapscan/snapscan/signatures"
 )
 
@@ -68,6 +69,7 @@ type Appliance struct {
 	dbs     *database // what db and results are opened from
 	results results.Store
 	cache   *verdictCache
+	records incremental.Store // nil: incremental scans off
 	q       *queue.Queue
 	recv    *signatures.Receiver[*scanner.Rules]
 	events  *events.Dispatcher
@@ -173,6 +175,13 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 	}
 	a.db, a.results = a.dbs.db, a.dbs.results
 	a.cache = newVerdictCache(a.results, cfg.Scanner.CacheEntries)
+	if cfg.Scanner.incremental() {
+		ds, derr := incremental.NewDirStore(cfg.Scanner.RecordsDir, cfg.Scanner.RecordsMax)
+		if derr != nil {
+			return nil, fmt.Errorf("%w: scanner.records_dir: %v", ErrConfig, derr)
+		}
+		a.records = ds
+	}
 	if cfg.Scanner.SpoolDir != "" {
 		if err := os.MkdirAll(cfg.Scanner.SpoolDir, 0o700); err != nil {
 			return nil, fmt.Errorf("%w: scanner.spool_dir: %v", ErrConfig, err)

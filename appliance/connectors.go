@@ -396,7 +396,7 @@ func (a *Appliance) vmDisks(h *hypervisor, c connector.Connector, vm connector.V
 	rv := results.VM{ID: jobVM(h, vm.ID), Name: vm.Name, Source: h.cfg.Name}
 	var disks []queue.Disk
 	for _, disk := range vm.Disks {
-		ds, _ := a.datastoreOf(c, disk)
+		ds, _ := a.datastoreOf(h, c, disk)
 		rv.Disks = append(rv.Disks, results.Disk{Datastore: ds, Path: disk.Top().Path, Format: disk.Top().Format})
 		disks = append(disks, queue.Disk{Path: connectorDisk + disk.Key, Datastore: ds})
 	}
@@ -463,8 +463,9 @@ func (a *Appliance) connectorRequest(name string) (queue.Request, error) {
 
 // datastoreOf names the configured datastore a connector's disk is read
 // through: the one named like the hypervisor's, or the one whose folder
-// holds the disk's top file as the appliance sees it.
-func (a *Appliance) datastoreOf(c connector.Connector, d connector.Disk) (string, string) {
+// holds the disk's top file as the appliance sees it, or else the one
+// read through connector h under the hypervisor's name (local is then "").
+func (a *Appliance) datastoreOf(h *hypervisor, c connector.Connector, d connector.Disk) (string, string) {
 	local := ""
 	if lp, ok := c.(connector.LocalPather); ok {
 		if p, err := lp.LocalPath(d.Top().Path); err == nil {
@@ -476,10 +477,17 @@ func (a *Appliance) datastoreOf(c connector.Connector, d connector.Disk) (string
 			return ds.Name, local
 		}
 	}
-	best := ""
+	best, bestPath := "", ""
 	for _, ds := range a.cfg.Datastores {
-		if local != "" && within(ds.Path, local) && len(ds.Path) > len(best) {
-			best = ds.Name
+		if ds.Path != "" && local != "" && within(ds.Path, local) && len(ds.Path) > len(bestPath) {
+			best, bestPath = ds.Name, ds.Path
+		}
+	}
+	if best == "" {
+		for _, ds := range a.cfg.Datastores {
+			if ds.Connector == h.cfg.Name && ds.Name == d.Datastore {
+				return ds.Name, ""
+			}
 		}
 	}
 	return best, local
@@ -552,7 +560,7 @@ func (a *Appliance) runFrozen(ctx context.Context, job queue.Job, wrap queue.Wra
 		fj := job
 		fj.Disks = nil
 		for _, fd := range f.Disks {
-			d, err := a.frozenDisk(c, f, fd)
+			d, err := a.frozenDisk(h, c, f, fd)
 			if err != nil {
 				return queue.Permanent(err)
 			}
@@ -592,9 +600,24 @@ func (a *Appliance) putFreeze(ctx context.Context, h *hypervisor, f results.Free
 
 // frozenDisk turns a frozen disk into a job disk on the configured
 // datastore that holds its files.
-func (a *Appliance) frozenDisk(c connector.Connector, f *connector.Freeze, fd connector.FrozenDisk) (queue.Disk, error) {
-	name, local := a.datastoreOf(c, connector.Disk{Datastore: fd.Disk.Datastore, Layers: fd.Layers})
+func (a *Appliance) frozenDisk(h *hypervisor, c connector.Connector, f *connector.Freeze, fd connector.FrozenDisk) (queue.Disk, error) {
+	name, local := a.datastoreOf(h, c, connector.Disk{Datastore: fd.Disk.Datastore, Layers: fd.Layers})
 	ds, ok := a.cfg.datastore(name)
+	if ok && ds.Connector != "" {
+		// Read through the hypervisor: the job disk keeps the datastore
+		// paths ("[ds] folder/file.vmdk"), which scanDisk opens through
+		// the connector's Files.
+		d := queue.Disk{Path: fd.Top().Path, Datastore: ds.Name, Format: fd.Top().Format}
+		for i, l := range fd.Layers {
+			if _, err := remotePath(ds, l.Path); err != nil {
+				return queue.Disk{}, fmt.Errorf("VM %q disk %s: layer %s: %w", f.VM.Name, fd.Disk.Key, l.Path, err)
+			}
+			if i > 0 {
+				d.Layers = append(d.Layers, l.Path)
+			}
+		}
+		return d, nil
+	}
 	if !ok || local == "" {
 		return queue.Disk{}, fmt.Errorf("VM %q disk %s: %s is on no configured datastore (mount it and add it to datastores)", f.VM.Name, fd.Disk.Key, fd.Top().Path)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -23,6 +24,13 @@ import (
 // vcApp starts an appliance with a vSphere connector "vc" over sim
 // selecting both cluster VMs, with the extra connector settings given.
 func vcApp(t *testing.T, sim *vspheretest.Sim, extra string) *testApp {
+	return vcAppOver(t, sim, true, extra, nil)
+}
+
+// vcAppOver is vcApp with the datastore mounted (its folder configured
+// as a datastore and in the connector's mounts) or read over vcsim's
+// HTTP /folder interface (a datastore with connector: vc).
+func vcAppOver(t *testing.T, sim *vspheretest.Sim, mounted bool, extra string, edit func(*Config)) *testApp {
 	t.Helper()
 	dir := t.TempDir()
 	user, pass := filepath.Join(dir, "vc.user"), filepath.Join(dir, "vc.pass")
@@ -30,6 +38,10 @@ func vcApp(t *testing.T, sim *vspheretest.Sim, extra string) *testApp {
 	os.WriteFile(pass, []byte(vspheretest.Password+"\n"), 0o600)
 	rule := filepath.Join(dir, "vsphere.yar")
 	os.WriteFile(rule, []byte(`rule planted_vsphere { strings: $a = "snapscan planted file on vSphere" condition: $a }`+"\n"), 0o644)
+	mounts := fmt.Sprintf("mounts: {%s: %q}", sim.DS, sim.Dir)
+	if !mounted {
+		mounts = "mounts: {}"
+	}
 	yaml := fmt.Sprintf(`
 queue: {max_scans: 4, backoff_base: 100ms, backoff_max: 200ms}
 connectors:
@@ -39,12 +51,19 @@ connectors:
     username_file: %q
     password_file: %q
     ca_file: %q
-    mounts: {%s: %q}
+    %s
     select: {names: ["DC0_C0_RP0_*"]}
     refresh: 1s
-%s`, sim.URL.String(), user, pass, sim.CAFile(t), sim.DS, sim.Dir, extra)
+%s`, sim.URL.String(), user, pass, sim.CAFile(t), mounts, extra)
 	ta := startApp(t, appOpts{yaml: yaml, edit: func(c *Config) {
-		c.Datastores = append(c.Datastores, DatastoreConfig{Name: sim.DS, Path: sim.Dir, MaxScans: 4})
+		ds := DatastoreConfig{Name: sim.DS, Path: sim.Dir, MaxScans: 4}
+		if !mounted {
+			ds.Path, ds.Connector = "", "vc"
+		}
+		c.Datastores = append(c.Datastores, ds)
+		if edit != nil {
+			edit(c)
+		}
 	}})
 	ta.installRules(1, rule)
 	return ta
@@ -270,4 +289,124 @@ func TestConnectorWindow(t *testing.T) {
 	if code, _ := ta.submitVM("not-on-vc"); code != http.StatusServiceUnavailable || !strings.Contains(ta.lastError, "bad") {
 		t.Errorf("a name only the refused connector might know: %d %q", code, ta.lastError)
 	}
+}
+
+// TestConnectorHTTPDatastore: with the datastore not mounted here and
+// configured as read through the connector, a VM is frozen and its
+// frozen delta chain (the delta over its parent VMDK) is read over vcsim's
+// HTTP /folder interface with range reads, through the datastore's budget
+// (its read counters move), and the planted file is found; a submit of a
+// path on that datastore is refused with the way to do it. Two other
+// connectors fail meanwhile (credentials refused, endpoint down) without
+// stopping it.
+func TestConnectorHTTPDatastore(t *testing.T) {
+	sim := vspheretest.New(t)
+	ids := vcIDs(t, sim)
+	// An administrator's snapshot: the freeze's frozen view is then the
+	// administrator's delta over the base disk, a chain of two files.
+	sim.Snapshot(t, "DC0_C0_RP0_VM0", "before-upgrade")
+	// Beside it, a connector whose password is refused and one whose
+	// endpoint does not answer: their refreshes fail, vc's VMs still scan.
+	dir := t.TempDir()
+	user, pass := filepath.Join(dir, "u"), filepath.Join(dir, "p")
+	os.WriteFile(user, []byte(vspheretest.User+"\n"), 0o600)
+	os.WriteFile(pass, []byte("wrong\n"), 0o600)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	ta := vcAppOver(t, sim, false, fmt.Sprintf(`  - {name: badauth, type: vsphere, url: %q, username_file: %q, password_file: %q, ca_file: %q, select: {all: true}, refresh: 1s}
+  - {name: down, type: vsphere, url: "https://%s/sdk", username_file: %q, password_file: %q, select: {all: true}, refresh: 1s, timeout: 1s}
+`, sim.URL.String(), user, pass, sim.CAFile(t), dead, user, pass), nil)
+	eventually(t, "the inventory", 30*time.Second, func() bool {
+		_, ok := ta.a.hypervisors[0].invVM(strings.TrimPrefix(ids["DC0_C0_RP0_VM0"], "vc/"))
+		return ok
+	})
+	code, sv := ta.submitVM("DC0_C0_RP0_VM0")
+	if code != http.StatusAccepted || len(sv.Disks) != 1 || sv.Disks[0].Datastore != sim.DS {
+		t.Fatalf("submit: %d %+v %s", code, sv, ta.lastError)
+	}
+	j := ta.waitJobs(sv.ID)[0]
+	if j.State != queue.Done {
+		t.Fatalf("scan over HTTP: %s %s", j.State, j.Error)
+	}
+	res, err := ta.a.results.Scan(context.Background(), sv.ID)
+	if err != nil || res.Status != results.StatusFindings || res.BytesRead <= 0 {
+		t.Fatalf("result %+v %v", res, err)
+	}
+	// The frozen chain: the snapshot's delta and its parent, by datastore path.
+	d := res.Disks[0]
+	if !strings.HasPrefix(d.Path, "["+sim.DS+"] ") || len(d.Layers) != 1 || !strings.HasPrefix(d.Layers[0], "["+sim.DS+"] ") {
+		t.Errorf("frozen disk %+v", d)
+	}
+	if n := ta.metric(`snapscan_datastore_read_bytes_total{datastore="` + sim.DS + `"}`); n < float64(res.BytesRead) {
+		t.Errorf("datastore budget saw %v bytes, the scan read %d", n, res.BytesRead)
+	}
+	eventually(t, "the freeze released", 10*time.Second, func() bool {
+		left := sim.Snapshots(t, "DC0_C0_RP0_VM0")
+		return len(left) == 1 && left[0] == "before-upgrade"
+	})
+	if code, _ := ta.submitVM("elsewhere"); code != http.StatusServiceUnavailable || !strings.Contains(ta.lastError, "badauth, down") {
+		t.Errorf("a name the failing connectors might know: %d %q", code, ta.lastError)
+	}
+	body := map[string]any{"vm": "x", "disks": []map[string]string{{"datastore": sim.DS, "path": "DC0_C0_RP0_VM0/disk.vmdk"}}}
+	if code, _ := ta.call("POST", "/v1/scans", testToken, body, nil); code != http.StatusBadRequest || !strings.Contains(ta.lastError, "submit the VM by name") {
+		t.Errorf("a path on a connector datastore: %d %q", code, ta.lastError)
+	}
+}
+
+// TestConnectorRestart: what the schedule decided survives a restart.
+// After both VMs were scanned as new, the appliance stops; meanwhile an
+// administrator snapshots one VM (its disk's chain changes). The
+// restarted appliance, on the same database, scans that VM for its
+// changed disks and does not scan the other again as new.
+func TestConnectorRestart(t *testing.T) {
+	sim := vspheretest.New(t)
+	ids := vcIDs(t, sim)
+	vm0, vm1 := ids["DC0_C0_RP0_VM0"], ids["DC0_C0_RP0_VM1"]
+	const sched = "    schedule: {new_vms: true, disk_changes: true}\n"
+	ta := vcApp(t, sim, sched)
+	ctx := context.Background()
+	scanned := func(ta *testApp, id string, after int64) bool {
+		v, err := ta.a.results.VM(ctx, id)
+		return err == nil && v.LastJob > after
+	}
+	eventually(t, "both VMs scanned as new", 60*time.Second, func() bool { return scanned(ta, vm0, 0) && scanned(ta, vm1, 0) })
+	eventually(t, "both released", 30*time.Second, func() bool {
+		return len(sim.Snapshots(t, "DC0_C0_RP0_VM0"))+len(sim.Snapshots(t, "DC0_C0_RP0_VM1")) == 0 && len(ta.a.q.Metrics().Running) == 0
+	})
+	last0, _ := ta.a.results.VM(ctx, vm0)
+	last1, _ := ta.a.results.VM(ctx, vm1)
+	db := ta.cfg.Database.Path
+	ta.stop()
+
+	sim.Snapshot(t, "DC0_C0_RP0_VM1", "while-down")
+	// The same database; another appliance name, since this test's
+	// restart comes with a new signature state (a new instance id), which
+	// the register would refuse under the old name for 30 s.
+	tb := vcAppOver(t, sim, true, sched, func(c *Config) { c.Database.Path, c.Name = db, "restarted" })
+	eventually(t, "the changed VM scanned again", 60*time.Second, func() bool { return scanned(tb, vm1, last1.LastJob) })
+	j, err := tb.a.q.Job(ctx, mustVM(t, tb, vm1).LastJob)
+	if err != nil || j.Reason != "disks changed" {
+		t.Errorf("the changed VM's job: %+v %v", j, err)
+	}
+	time.Sleep(2500 * time.Millisecond) // two more refreshes
+	jobs, err := tb.a.q.List(ctx, queue.ListOptions{VM: vm0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != 1 || jobs[0].ID != last0.LastJob {
+		t.Errorf("the unchanged VM was scheduled again after the restart: %+v", jobs)
+	}
+}
+
+func mustVM(t *testing.T, ta *testApp, id string) results.VM {
+	t.Helper()
+	v, err := ta.a.results.VM(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

@@ -2,6 +2,8 @@ package appliance
 
 import (
 	"bufio"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -440,10 +442,30 @@ func (cs *consoleSession) do(b *testing.B, path string) ([]byte, int, int) {
 	if e := resp.Header.Get("ETag"); e != "" {
 		cs.etags[path] = e
 	}
+	n, body, err := received(resp, body)
+	if err != nil {
+		b.Fatalf("GET %s: %v", path, err)
+	}
+	return body, n, resp.StatusCode
+}
+
+// received is the bytes an answer took on the wire (status line, headers,
+// body as sent) and its body decompressed.
+func received(resp *http.Response, body []byte) (int, []byte, error) {
 	var hdr countWriter
 	fmt.Fprintf(&hdr, "HTTP/1.1 %s\r\n", resp.Status)
 	resp.Header.Write(&hdr)
-	return body, int(hdr) + 2 + len(body), resp.StatusCode
+	n := int(hdr) + 2 + len(body)
+	if resp.Header.Get("Content-Encoding") == "gzip" {
+		zr, err := gzip.NewReader(bytes.NewReader(body))
+		if err != nil {
+			return n, nil, err
+		}
+		if body, err = io.ReadAll(zr); err != nil {
+			return n, nil, err
+		}
+	}
+	return n, body, nil
 }
 
 type countWriter int
@@ -518,10 +540,11 @@ func (cs *consoleSession) doShared(path string) ([]byte, int, int) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	var hdr countWriter
-	fmt.Fprintf(&hdr, "HTTP/1.1 %s\r\n", resp.Status)
-	resp.Header.Write(&hdr)
-	return body, int(hdr) + 2 + len(body), resp.StatusCode
+	n, body, err := received(resp, body)
+	if err != nil {
+		return []byte(err.Error()), n, 0
+	}
+	return body, n, resp.StatusCode
 }
 
 // consolePage is one page as app.js loads it: steps one after the other,

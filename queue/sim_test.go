@@ -230,6 +230,9 @@ func runSimulation(t testing.TB, target time.Duration, sc simScale) simResult {
 	var stores []queue.Store
 	for i := range sc.queues {
 		st := sc.open(t)
+		ts := &timedStore{Store: st}
+		timed = append(timed, ts)
+		st = ts
 		stores = append(stores, st)
 		q, err := queue.New(ctx, st, run, queue.Config{MaxScans: workers, MaxAttempts: 1, Appliance: fmt.Sprint("sim-", i),
 			OnFinish: func(j queue.Job) { mu.Lock(); finished[j.ID] = append(finished[j.ID], j); mu.Unlock() }})
@@ -399,6 +402,13 @@ func runSimulation(t testing.TB, target time.Duration, sc simScale) simResult {
 		}
 	}
 	res.worstRatio = worstRatio
+	for _, ts := range timed {
+		if !testing.Verbose() {
+			break
+		}
+		t.Logf("apply: %d calls, %d transitions, mean %v max %v; changes %d mean %v", ts.n, ts.ts, ts.total/time.Duration(max(ts.n, 1)), ts.max, ts.ch, ts.chT/time.Duration(max(ts.ch, 1)))
+	}
+	timed = nil
 	return res
 }
 

@@ -50,6 +50,14 @@ type Options struct {
 	// its extents and backing chain), for example to hold the reads to a
 	// datastore's I/O budget.
 	WrapReader func(path string, r io.ReaderAt) io.ReaderAt
+
+	// OpenFile, when set, opens the disk's files (the image named to
+	// Open, its extents, backing files and parents) in place of the local
+	// file system, for a datastore read over its hypervisor's HTTP
+	// interface. Related files are then resolved lexically against the
+	// file that names them, within its folder and AllowedDirs (see
+	// image.Options.OpenFile); Layers and the other rules apply as ever.
+	OpenFile func(path string) (image.File, error)
 }
 
 // ErrUnnamedLayer is wrapped when an image names a related file (backing
@@ -245,7 +253,7 @@ func newOpener(top string, opts *Options) (*opener, error) {
 func (o *opener) admit(referrer, name, path string) error {
 	switch {
 	case len(o.layers) > 0:
-		if o.listed[path] {
+		if o.listed[image.RealPath(path)] {
 			return nil
 		}
 		return fmt.Errorf("%w: Options.Layers does not list it", ErrUnnamedLayer)
@@ -259,6 +267,7 @@ func (o *opener) imageOptions(chain []string) *image.Options {
 	return &image.Options{
 		AllowedDirs: o.opts.AllowedDirs,
 		WrapReader:  o.opts.WrapReader,
+		OpenFile:    o.opts.OpenFile,
 		Admit:       o.admit,
 		OpenParent: func(path, name, format string) (image.Image, error) {
 			return o.open(path, name, format, len(chain), chain)

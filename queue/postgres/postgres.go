@@ -285,6 +285,9 @@ func (s *Store) Enqueue(ctx context.Context, reqs []queue.Request, now time.Time
 
 // Apply implements queue.Store.
 func (s *Store) Apply(ctx context.Context, ts []queue.Transition) ([]queue.Result, error) {
+	if pipelined(ts) {
+		return s.applyPipelined(ctx, ts)
+	}
 	var out []queue.Result
 	err := s.tx(ctx, func(tx pgx.Tx, seq int64) error {
 		out = make([]queue.Result, len(ts))
@@ -292,6 +295,136 @@ func (s *Store) Apply(ctx context.Context, ts []queue.Transition) ([]queue.Resul
 		for i, t := range ts {
 			j, err := a.transition(ctx, t)
 			if err != nil && !errors.Is(err, queue.ErrConflict) && !errors.Is(err, queue.ErrNotFound) &&
+				!errors.Is(err, queue.ErrLeaseLost) && !errors.Is(err, queue.ErrNoSlot) {
+				return err
+			}
+			out[i] = queue.Result{Job: j, Err: err}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: apply %d transitions: %w", len(ts), err)
+	}
+	return out, nil
+}
+
+// A pass of the scheduler is a batch of starts and ends (and expiries)
+// of its own runs: applyPipelined sends them as one pipeline, the clock's
+// bump and one conditional statement per transition, so a pass costs
+// three round trips to the server (begin, the pipeline, commit) however
+// many transitions it holds. Each statement carries the fence in its
+// WHERE clause (state, holder and epoch, a live lease, free slots on
+// every datastore of the job as stored) and changes nothing unless it
+// holds; the slots change in CTEs of the job's update. A transition whose
+// statement matched no row is then explained, in the same transaction, by
+// the step-by-step checks (fence), which name the reason. Lost runs and
+// merges (reaping, rare) take the step-by-step path.
+func pipelined(ts []queue.Transition) bool {
+	for _, t := range ts {
+		if t.Lost || t.MergeInto != 0 || t.To != queue.Running && t.To != queue.Queued && !t.To.Terminal() ||
+			t.To == queue.Running && t.From != queue.Queued {
+			return false
+		}
+	}
+	return len(ts) > 0
+}
+
+const (
+	curSeq = `(SELECT seq FROM queue_clock)`
+	// The job's distinct datastores, from its stored disks.
+	jobDatastores = `(SELECT DISTINCT x->>'datastore' AS ds FROM json_array_elements(%s.disks::json) x)`
+)
+
+var (
+	startSQL = `WITH u AS (
+	UPDATE queue_jobs SET state = 'running', attempts = attempts + 1, started_at = $2, holder = $3, epoch = epoch + 1, seq = ` + curSeq + `
+	WHERE id = $1 AND state = 'queued'
+		AND EXISTS (SELECT 1 FROM queue_holders WHERE name = $3 AND NOT ended AND expires_at > now())
+		AND NOT EXISTS (SELECT 1 FROM ` + fmt.Sprintf(jobDatastores, "queue_jobs") + ` d
+			WHERE (SELECT count(*) FROM queue_slots s WHERE s.datastore = d.ds) >= greatest(coalesce(($4::jsonb ->> d.ds)::int, 1), 1))
+	RETURNING ` + jobColumns + `
+), taken AS (
+	INSERT INTO queue_slots (datastore, job_id) SELECT d.ds, u.id FROM u, LATERAL ` + fmt.Sprintf(jobDatastores, "u") + ` d
+)
+SELECT ` + jobColumns + ` FROM u`
+	requeueSQL = `WITH u AS (
+	UPDATE queue_jobs SET state = 'queued', retry_at = $2, error = $3, attempts = greatest(attempts - $4, 0),
+		seq = ` + curSeq + ` WHERE id = $1` + endFence(5, 6) + `
+	RETURNING ` + jobColumns + `
+), freed AS (DELETE FROM queue_slots WHERE job_id IN (SELECT id FROM u))
+SELECT ` + jobColumns + ` FROM u`
+	finishSQL = `WITH u AS (
+	UPDATE queue_jobs SET state = $2, finished_at = $3, error = $4, seq = ` + curSeq + ` WHERE id = $1` + endFence(5, 6) + `
+	RETURNING ` + jobColumns + `
+), freed AS (DELETE FROM queue_slots WHERE job_id IN (SELECT id FROM u))
+SELECT ` + jobColumns + ` FROM u`
+	expireSQL = `UPDATE queue_jobs SET state = $2, finished_at = $3, error = $4, seq = ` + curSeq + `
+	WHERE id = $1 AND state = 'queued' RETURNING ` + jobColumns
+)
+
+// endFence is the condition of an end of a run (not a lost one): the
+// job's current run, under a lease that was not ended. holder and epoch
+// are the numbers of their parameters.
+func endFence(holder, epoch int) string {
+	return fmt.Sprintf(` AND state = 'running' AND holder = $%[1]d AND epoch = $%[2]d
+		AND EXISTS (SELECT 1 FROM queue_holders WHERE name = $%[1]d AND NOT ended)`, holder, epoch)
+}
+
+func (s *Store) applyPipelined(ctx context.Context, ts []queue.Transition) ([]queue.Result, error) {
+	var out []queue.Result
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		out = make([]queue.Result, len(ts))
+		b := &pgx.Batch{}
+		b.Queue(`UPDATE queue_clock SET seq = seq + 1`)
+		for _, t := range ts {
+			switch {
+			case t.To == queue.Running:
+				slots, err := json.Marshal(t.Slots)
+				if err != nil {
+					return err
+				}
+				b.Queue(startSQL, t.ID, nanos(t.At), t.Holder, string(slots))
+			case t.From == queue.Queued:
+				b.Queue(expireSQL, t.ID, string(t.To), nanos(t.At), t.Err)
+			case t.To == queue.Queued:
+				uncount := 0
+				if t.Interrupted {
+					uncount = 1
+				}
+				b.Queue(requeueSQL, t.ID, nanos(t.RetryAt), t.Err, uncount, t.Holder, t.Epoch)
+			default:
+				b.Queue(finishSQL, t.ID, string(t.To), nanos(t.At), t.Err, t.Holder, t.Epoch)
+			}
+		}
+		br := tx.SendBatch(ctx, b)
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return err
+		}
+		var missed []int
+		for i := range ts {
+			j, err := scanJob(br.QueryRow())
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				missed = append(missed, i)
+			case err != nil:
+				br.Close()
+				return fmt.Errorf("job %d %s -> %s: %w", ts[i].ID, ts[i].From, ts[i].To, err)
+			default:
+				out[i] = queue.Result{Job: j}
+			}
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+		// Explain the transitions that did not hold.
+		a := &applyTx{tx: tx, holders: map[string]holderState{}}
+		for _, i := range missed {
+			j, err := a.fence(ctx, ts[i])
+			if err == nil {
+				err = fmt.Errorf("%w: job %d changed meanwhile", queue.ErrConflict, ts[i].ID)
+			}
+			if !errors.Is(err, queue.ErrConflict) && !errors.Is(err, queue.ErrNotFound) &&
 				!errors.Is(err, queue.ErrLeaseLost) && !errors.Is(err, queue.ErrNoSlot) {
 				return err
 			}

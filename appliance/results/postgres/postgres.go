@@ -41,7 +41,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 5
+const schemaVersion = 6
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version integer NOT NULL);
@@ -96,10 +96,19 @@ CREATE TABLE IF NOT EXISTS scan_findings (
 	found_at    bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS scan_findings_job  ON scan_findings (job_id);
-CREATE INDEX IF NOT EXISTS scan_findings_vm   ON scan_findings (vm, found_at);
-CREATE INDEX IF NOT EXISTS scan_findings_rule ON scan_findings (rule, found_at);
 CREATE INDEX IF NOT EXISTS scan_findings_time ON scan_findings (found_at);
-CREATE INDEX IF NOT EXISTS scan_findings_datastore ON scan_findings (datastore, found_at);
+DROP INDEX IF EXISTS scan_findings_vm;
+DROP INDEX IF EXISTS scan_findings_rule;
+DROP INDEX IF EXISTS scan_findings_datastore;
+CREATE INDEX IF NOT EXISTS scan_findings_vm_id ON scan_findings (vm, id);
+CREATE INDEX IF NOT EXISTS scan_findings_rule_id ON scan_findings (rule, id);
+CREATE INDEX IF NOT EXISTS scan_findings_datastore_id ON scan_findings (datastore, id);
+CREATE TABLE IF NOT EXISTS scan_finding_tags (
+	tag        text   NOT NULL,
+	finding_id bigint NOT NULL,
+	PRIMARY KEY (tag, finding_id)
+);
+CREATE INDEX IF NOT EXISTS scan_finding_tags_finding ON scan_finding_tags (finding_id);
 CREATE TABLE IF NOT EXISTS scan_vms (
 	vm               text   PRIMARY KEY,
 	disks            text   NOT NULL,
@@ -200,7 +209,15 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 		case v > schemaVersion:
 			return fmt.Errorf("schema version %d is newer than this snapscan's %d", v, schemaVersion)
 		case v < schemaVersion:
-			// The schema above made what was missing.
+			// The schema above made what was missing; version 6's tag
+			// table is filled from the findings stored before it.
+			if v < 6 {
+				if _, err := c.ExecContext(ctx, `INSERT INTO scan_finding_tags (tag, finding_id)
+					SELECT DISTINCT t.v, f.id FROM scan_findings f, json_array_elements_text(f.tags::json) AS t(v)
+					ON CONFLICT DO NOTHING`); err != nil {
+					return err
+				}
+			}
 			_, err = c.ExecContext(ctx, `UPDATE results_schema SET version = ?`, schemaVersion)
 			return err
 		}
@@ -257,7 +274,6 @@ func (r rebind) PrepareContext(ctx context.Context, query string) (*sql.Stmt, er
 // dialect is PostgreSQL's spelling of what the shared queries need.
 var dialect = sqlstore.Dialect{
 	Name:     "postgres",
-	HasTag:   "EXISTS (SELECT 1 FROM json_array_elements_text(scan_findings.tags::json) AS t(v) WHERE t.v = ?)",
 	Position: "strpos",
 	LockJob:  "SELECT pg_advisory_xact_lock(7245004, hashtext(?::text))",
 }

@@ -58,7 +58,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 5
+const schemaVersion = 6
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version INTEGER NOT NULL);
@@ -106,8 +106,6 @@ CREATE TABLE IF NOT EXISTS scan_findings (
 	found_at    INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS scan_findings_job  ON scan_findings(job_id);
-CREATE INDEX IF NOT EXISTS scan_findings_vm   ON scan_findings(vm, found_at);
-CREATE INDEX IF NOT EXISTS scan_findings_rule ON scan_findings(rule, found_at);
 CREATE INDEX IF NOT EXISTS scan_findings_time ON scan_findings(found_at);
 CREATE TABLE IF NOT EXISTS scan_vms (
 	vm           TEXT    PRIMARY KEY,
@@ -197,6 +195,21 @@ CREATE TABLE vm_freezes (
 );
 CREATE INDEX vm_freezes_taken ON vm_freezes(vm, taken);
 CREATE INDEX vm_freezes_job ON vm_freezes(job_id);
+`, `
+DROP INDEX IF EXISTS scan_findings_vm;
+DROP INDEX IF EXISTS scan_findings_rule;
+DROP INDEX IF EXISTS scan_findings_datastore;
+CREATE INDEX scan_findings_vm_id ON scan_findings(vm, id);
+CREATE INDEX scan_findings_rule_id ON scan_findings(rule, id);
+CREATE INDEX scan_findings_datastore_id ON scan_findings(datastore, id);
+CREATE TABLE scan_finding_tags (
+	tag        TEXT    NOT NULL,
+	finding_id INTEGER NOT NULL,
+	PRIMARY KEY (tag, finding_id)
+) WITHOUT ROWID;
+CREATE INDEX scan_finding_tags_finding ON scan_finding_tags(finding_id);
+INSERT OR IGNORE INTO scan_finding_tags (tag, finding_id)
+	SELECT json_each.value, scan_findings.id FROM scan_findings, json_each(scan_findings.tags) WHERE json_each.type = 'text';
 `}
 
 // New creates the results tables in db, or migrates them, and returns the
@@ -241,7 +254,6 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 // dialect is SQLite's spelling of what the shared queries need.
 var dialect = sqlstore.Dialect{
 	Name:     "sqlite",
-	HasTag:   "EXISTS (SELECT 1 FROM json_each(scan_findings.tags) WHERE json_each.value = ?)",
 	Position: "instr",
 }
 

@@ -6,6 +6,7 @@
 package vspheretest
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
@@ -20,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	_ "github.com/vmware/govmomi/vapi/simulator"
@@ -447,6 +449,27 @@ func (s *Sim) Snapshots(t testing.TB, name string) []string {
 		out = append(out, sn.Name)
 	}
 	return out
+}
+
+// Snapshot takes a snapshot of the VM named vmName through the API, as
+// an administrator would, under a name of their own: the VM's disks then
+// run on a delta over the former top, and a later freeze's frozen view
+// is a chain (that delta over its parent).
+func (s *Sim) Snapshot(t testing.TB, vmName, snapName string) {
+	t.Helper()
+	ctx := context.Background()
+	vc, err := govmomi.NewClient(ctx, &url.URL{Scheme: s.URL.Scheme, Host: s.URL.Host, Path: "/sdk", User: url.UserPassword(User, Password)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vc.Logout(ctx)
+	task, err := object.NewVirtualMachine(vc.Client, s.VM(t, vmName).Self).CreateSnapshot(ctx, snapName, "", false, false)
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatalf("snapshot %s of %s: %v", snapName, vmName, err)
+	}
 }
 
 // SetBusy makes the VM's snapshots fail with TaskInProgress, as during a

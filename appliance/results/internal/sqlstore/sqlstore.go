@@ -36,9 +36,6 @@ type Querier interface {
 type Dialect struct {
 	// Name is the engine's name in errors: "sqlite", "postgres".
 	Name string
-	// HasTag is a condition true when the JSON array text in
-	// scan_findings.tags holds the tag bound to its one ?.
-	HasTag string
 	// Position is the function that gives the 1-based position of its
 	// second argument in its first, 0 when absent (instr, strpos).
 	Position string
@@ -113,7 +110,8 @@ func (s *Store) SaveScan(ctx context.Context, r *results.Scan) ([]results.Findin
 		if err := checkFence(ctx, c, r.Fence); err != nil {
 			return err
 		}
-		for _, q := range []string{`DELETE FROM scan_findings WHERE job_id = ?`, `DELETE FROM scan_volumes WHERE job_id = ?`} {
+		for _, q := range []string{`DELETE FROM scan_finding_tags WHERE finding_id IN (SELECT id FROM scan_findings WHERE job_id = ?)`,
+			`DELETE FROM scan_findings WHERE job_id = ?`, `DELETE FROM scan_volumes WHERE job_id = ?`} {
 			if _, err := c.ExecContext(ctx, q, r.JobID); err != nil {
 				return err
 			}
@@ -148,6 +146,11 @@ func (s *Store) SaveScan(ctx context.Context, r *results.Scan) ([]results.Findin
 				JSON(f.Tags), JSON(f.Meta), JSON(NonNil(f.Strings)), int64(f.SigVersion), Nanos(f.FoundAt)).Scan(&f.ID)
 			if err != nil {
 				return fmt.Errorf("finding %s: %w", f.Path, err)
+			}
+			for _, tag := range f.Tags {
+				if _, err := c.ExecContext(ctx, `INSERT INTO scan_finding_tags (tag, finding_id) VALUES (?, ?) ON CONFLICT DO NOTHING`, tag, f.ID); err != nil {
+					return fmt.Errorf("finding %s: tag %q: %w", f.Path, tag, err)
+				}
 			}
 			rows = append(rows, f)
 		}
@@ -267,8 +270,15 @@ func (s *Store) findingWhere(q results.FindingQuery) (string, []any) {
 	if q.Rule != "" {
 		add("rule = ?", q.Rule)
 	}
-	if q.Tag != "" {
-		add(s.d.HasTag, q.Tag)
+	switch {
+	case q.Tag == "":
+	case q.JobID != 0 || q.VM != "":
+		// A job's or a VM's findings are few: each is checked.
+		add("EXISTS (SELECT 1 FROM scan_finding_tags t WHERE t.tag = ? AND t.finding_id = scan_findings.id)", q.Tag)
+	default:
+		// The tag table's key (tag, finding_id) hands the ids in order:
+		// a rare tag is found without reading every finding.
+		add("id IN (SELECT finding_id FROM scan_finding_tags WHERE tag = ?)", q.Tag)
 	}
 	if !q.Since.IsZero() {
 		add("found_at >= ?", q.Since.UnixNano())
