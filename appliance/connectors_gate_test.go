@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -295,14 +296,30 @@ func TestConnectorWindow(t *testing.T) {
 // frozen delta chain (the delta over its parent VMDK) is read over vcsim's
 // HTTP /folder interface with range reads, through the datastore's budget
 // (its read counters move), and the planted file is found; a submit of a
-// path on that datastore is refused with the way to do it.
+// path on that datastore is refused with the way to do it. Two other
+// connectors fail meanwhile (credentials refused, endpoint down) without
+// stopping it.
 func TestConnectorHTTPDatastore(t *testing.T) {
 	sim := vspheretest.New(t)
 	ids := vcIDs(t, sim)
 	// An administrator's snapshot: the freeze's frozen view is then the
 	// administrator's delta over the base disk, a chain of two files.
 	sim.Snapshot(t, "DC0_C0_RP0_VM0", "before-upgrade")
-	ta := vcAppOver(t, sim, false, "", nil)
+	// Beside it, a connector whose password is refused and one whose
+	// endpoint does not answer: their refreshes fail, vc's VMs still scan.
+	dir := t.TempDir()
+	user, pass := filepath.Join(dir, "u"), filepath.Join(dir, "p")
+	os.WriteFile(user, []byte(vspheretest.User+"\n"), 0o600)
+	os.WriteFile(pass, []byte("wrong\n"), 0o600)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	ta := vcAppOver(t, sim, false, fmt.Sprintf(`  - {name: badauth, type: vsphere, url: %q, username_file: %q, password_file: %q, ca_file: %q, select: {all: true}, refresh: 1s}
+  - {name: down, type: vsphere, url: "https://%s/sdk", username_file: %q, password_file: %q, select: {all: true}, refresh: 1s, timeout: 1s}
+`, sim.URL.String(), user, pass, sim.CAFile(t), dead, user, pass), nil)
 	eventually(t, "the inventory", 30*time.Second, func() bool {
 		_, ok := ta.a.hypervisors[0].invVM(strings.TrimPrefix(ids["DC0_C0_RP0_VM0"], "vc/"))
 		return ok
@@ -331,6 +348,9 @@ func TestConnectorHTTPDatastore(t *testing.T) {
 		left := sim.Snapshots(t, "DC0_C0_RP0_VM0")
 		return len(left) == 1 && left[0] == "before-upgrade"
 	})
+	if code, _ := ta.submitVM("elsewhere"); code != http.StatusServiceUnavailable || !strings.Contains(ta.lastError, "badauth, down") {
+		t.Errorf("a name the failing connectors might know: %d %q", code, ta.lastError)
+	}
 	body := map[string]any{"vm": "x", "disks": []map[string]string{{"datastore": sim.DS, "path": "DC0_C0_RP0_VM0/disk.vmdk"}}}
 	if code, _ := ta.call("POST", "/v1/scans", testToken, body, nil); code != http.StatusBadRequest || !strings.Contains(ta.lastError, "submit the VM by name") {
 		t.Errorf("a path on a connector datastore: %d %q", code, ta.lastError)

@@ -2,6 +2,8 @@ package appliance
 
 import (
 	"bufio"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -440,10 +442,30 @@ func (cs *consoleSession) do(b *testing.B, path string) ([]byte, int, int) {
 	if e := resp.Header.Get("ETag"); e != "" {
 		cs.etags[path] = e
 	}
+	n, body, err := received(resp, body)
+	if err != nil {
+		b.Fatalf("GET %s: %v", path, err)
+	}
+	return body, n, resp.StatusCode
+}
+
+// received is the bytes an answer took on the wire (status line, headers,
+// body as sent) and its body decompressed.
+func received(resp *http.Response, body []byte) (int, []byte, error) {
 	var hdr countWriter
 	fmt.Fprintf(&hdr, "HTTP/1.1 %s\r\n", resp.Status)
 	resp.Header.Write(&hdr)
-	return body, int(hdr) + 2 + len(body), resp.StatusCode
+	n := int(hdr) + 2 + len(body)
+	if resp.Header.Get("Content-Encoding") == "gzip" {
+		zr, err := gzip.NewReader(bytes.NewReader(body))
+		if err != nil {
+			return n, nil, err
+		}
+		if body, err = io.ReadAll(zr); err != nil {
+			return n, nil, err
+		}
+	}
+	return n, body, nil
 }
 
 type countWriter int
@@ -518,10 +540,11 @@ func (cs *consoleSession) doShared(path string) ([]byte, int, int) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	var hdr countWriter
-	fmt.Fprintf(&hdr, "HTTP/1.1 %s\r\n", resp.Status)
-	resp.Header.Write(&hdr)
-	return body, int(hdr) + 2 + len(body), resp.StatusCode
+	n, body, err := received(resp, body)
+	if err != nil {
+		return []byte(err.Error()), n, 0
+	}
+	return body, n, resp.StatusCode
 }
 
 // consolePage is one page as app.js loads it: steps one after the other,
@@ -578,12 +601,13 @@ func (cb *consoleBench) pages(b *testing.B, cs *consoleSession) []consolePage {
 		})
 	}
 	lastWeek := url.QueryEscape(time.Now().Add(-7 * 24 * time.Hour).UTC().Format(time.RFC3339))
-	dayAgo := time.Now().Add(-24 * time.Hour).UTC()
+	dayAgo := time.Now().Add(-24 * time.Hour).UTC().Truncate(time.Second) // as the query gives it
 	history := func(ds string) consoleReq {
 		return consoleReq{path: "/v1/datastores/" + ds + "/history?since=" + since}
 	}
 	return []consolePage{
-		{"datastores", [][]consoleReq{{{path: "/v1/datastores"}, {path: "/v1/queue?limit=1000"}}, {history("ds-a"), history("ds-b")}}},
+		{"datastores", [][]consoleReq{{{path: "/v1/datastores"}}, {history("ds-a"), history("ds-b"),
+			{path: "/v1/queue?datastore=ds-a&limit=10"}, {path: "/v1/queue?datastore=ds-b&limit=10"}}}},
 		{"queue", [][]consoleReq{{{path: "/v1/queue?limit=200"}, {path: "/v1/scans?state=failed&limit=50"}}}},
 		{"vms", [][]consoleReq{{{path: "/v1/signatures"}}, {{path: "/v1/vms?limit=100", check: vms("first page", 100, true)}}}},
 		{"vms-search", [][]consoleReq{{{path: "/v1/signatures"}}, {{path: "/v1/vms?search=ApP-DB-0&limit=100", check: decodeAs(func(b *testing.B, a *vmsAnswer) {
@@ -651,7 +675,8 @@ var refreshers = []struct {
 	every time.Duration
 	paths []string
 }{
-	{"datastores", 5 * time.Second, []string{"/v1/datastores", "/v1/queue?limit=1000", "/v1/datastores/ds-a/history?since=SINCE", "/v1/datastores/ds-b/history?since=SINCE"}},
+	{"datastores", 5 * time.Second, []string{"/v1/datastores", "/v1/datastores/ds-a/history?since=SINCE", "/v1/datastores/ds-b/history?since=SINCE",
+		"/v1/queue?datastore=ds-a&limit=10", "/v1/queue?datastore=ds-b&limit=10"}},
 	{"queue", 2 * time.Second, []string{"/v1/queue?limit=200", "/v1/scans?state=failed&limit=50"}},
 	{"events", 5 * time.Second, []string{"/v1/events"}},
 	{"signatures", 10 * time.Second, []string{"/v1/signatures"}},

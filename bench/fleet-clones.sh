@@ -173,7 +173,7 @@ rchar=0
 : >yara.txt
 for d in base.qcow2 "${clones[@]}"; do
 	export_mount "$d" "y.$d" off
-	t=$(timed "y.$d.out" yara -w -r -N -p "$WORKERS" rules.yarc "y.$d")
+	t=$(timed "y.$d.out" yara -C -w -r -N -p "$WORKERS" rules.yarc "y.$d")
 	w_yara=$(echo "$w_yara $t" | awk '{printf "%.2f", $1+$2}')
 	rchar=$((rchar + $(awk '/^rchar/{print $2}' /proc/$qsd/io)))
 	sed "s|y\.$d/|$d /|" "y.$d.out" >>yara.txt

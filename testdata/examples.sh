@@ -84,3 +84,27 @@ truncate -s 16M "$tmp/example.xfs"
 # Under 300 MB mkfs.xfs wants to run under fstests (these variables).
 TEST_DIR=1 TEST_DEV=1 QA_CHECK_FS=1 mkfs.xfs -q -L example -p "$tmp/proto" "$tmp/example.xfs"
 gzip -9n <"$tmp/example.xfs" >snapshot/xfs/testdata/example.xfs.gz
+
+# scanner/incremental/testdata/base.qcow2, clone.qcow2: the snapshot example
+# disk and a linked clone of it whose overlay holds a new /etc/hostname
+# ("clone-vm"), written by debugfs -w (rm, write) through a
+# qemu-storage-daemon FUSE export of the overlay (needs root and fuse3).
+d=scanner/incremental/testdata
+cp snapshot/testdata/example.qcow2 "$d/base.qcow2"
+rm -f "$d/clone.qcow2"
+# 1 KiB clusters, the file system's block size: in so small a disk a 64 KiB
+# cluster would hold notes.txt beside the inodes debugfs rewrites.
+qemu-img create -q -f qcow2 -o cluster_size=1024 -b base.qcow2 -F qcow2 "$d/clone.qcow2"
+: >"$tmp/clone.exp"
+qemu-storage-daemon --blockdev driver=file,filename="$d/clone.qcow2",node-name=f \
+	--blockdev driver=qcow2,file=f,node-name=q \
+	--export type=fuse,id=e,node-name=q,mountpoint="$tmp/clone.exp",writable=on &
+qsd=$!
+for _ in $(seq 100); do [ "$(stat -c %s "$tmp/clone.exp")" -gt 0 ] && break; sleep 0.05; done
+printf 'clone-vm\n' >"$tmp/hostname"
+loop=$(losetup -f --show -o $((2048 * 512)) "$tmp/clone.exp")
+debugfs -w -R "rm etc/hostname" "$loop" >/dev/null 2>&1
+debugfs -w -R "write $tmp/hostname etc/hostname" "$loop" >/dev/null 2>&1
+losetup -d "$loop"
+kill "$qsd"
+wait "$qsd" || true

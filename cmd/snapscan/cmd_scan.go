@@ -149,6 +149,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	sc := scanner.New(rs, opts)
 	var sess *incremental.Session
+	var shared *image.ReadCache
 	order := make([]int, len(pos))
 	for i := range order {
 		order[i] = i
@@ -157,6 +158,12 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		// Two records per disk at most: its own and its parent's.
 		sess = incremental.NewSession(incremental.NewMemoryStore(2*len(pos)), sc.ReuseKey(), nil)
 		order = basesFirst(pos, diskOpts)
+		// The small reads of image files (the base's inode tables and
+		// directory blocks that every clone walks) are read from the
+		// datastore once per run. Only block-sized reads are kept, so that
+		// the base's own scan, whose larger reads are file content, does
+		// not push out its metadata before the clones come.
+		shared = image.NewReadCache(64<<20, 4<<10)
 	}
 
 	out := scanOutput{Targets: []targetReport{}, Findings: []scanner.Finding{}}
@@ -170,7 +177,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if ctx.Err() != nil {
 			break
 		}
-		tr := scanTarget(ctx, sc, sess, target, diskOpts())
+		tr := scanTarget(ctx, sc, sess, shared, target, diskOpts())
 		prog.clear()
 		if tr.Error != "" {
 			failed = true
@@ -292,12 +299,16 @@ type scanOutput struct {
 
 // scanTarget opens and scans one target; its errors are recorded in the
 // report, never returned, so that the other targets are still scanned.
-func scanTarget(ctx context.Context, sc *scanner.Scanner, sess *incremental.Session, target string, opts *snapshot.Options) targetReport {
+func scanTarget(ctx context.Context, sc *scanner.Scanner, sess *incremental.Session, shared *image.ReadCache, target string, opts *snapshot.Options) targetReport {
 	tr := targetReport{Target: target, Volumes: []scanner.VolumeReport{}}
 	var t scanner.Target
 	var plan *incremental.Plan
 	var reads image.ReadCounter
 	opts.WrapReader = reads.Wrap
+	if shared != nil {
+		// Counted below the cache: what the datastore served.
+		opts.WrapReader = func(path string, r io.ReaderAt) io.ReaderAt { return shared.Wrap(path, reads.Wrap(path, r)) }
+	}
 	fi, statErr := os.Stat(target)
 	switch {
 	case statErr == nil && fi.IsDir():

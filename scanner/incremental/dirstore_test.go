@@ -25,8 +25,8 @@ func TestStores(t *testing.T) {
 			rec := func(id string) *incremental.Record {
 				return &incremental.Record{Identity: id, Rules: "r1", Path: "/ds/base.qcow2", Time: at, Volumes: []*incremental.VolumeRecord{{
 					ID: "p1", FileSystem: "ext4", Offset: 1 << 20, Size: 1 << 30, Layout: "ext4 bs=4096",
-					Files: map[incremental.FileKey]scanner.Outcome{{Where: [32]byte{1}}: {Size: 7, Content: [32]byte{2},
-						Matches: []scanner.Match{{Rule: "r", Meta: []scanner.MetaEntry{{Key: "n", Value: int64(3)}, {Key: "s", Value: "x"}}}}}},
+					Files: map[incremental.FileKey]incremental.File{{Where: [32]byte{1}}: {Outcome: scanner.Outcome{Size: 7, Content: [32]byte{2},
+						Matches: []scanner.Match{{Rule: "r", Meta: []scanner.MetaEntry{{Key: "n", Value: int64(3)}, {Key: "s", Value: "x"}}}}}, Meta: [32]byte{9}}},
 				}}}
 			}
 			if r, err := st.Get(ctx, "a", "r1"); r != nil || err != nil {
@@ -43,7 +43,7 @@ func TestStores(t *testing.T) {
 				t.Fatalf("get: %+v %v", r, err)
 			}
 			o := r.Volumes[0].Files[incremental.FileKey{Where: [32]byte{1}}]
-			if o.Size != 7 || o.Matches[0].Meta[0].Value != int64(3) || o.Matches[0].Meta[1].Value != "x" {
+			if o.Size != 7 || o.Meta != [32]byte{9} || o.Matches[0].Meta[0].Value != int64(3) || o.Matches[0].Meta[1].Value != "x" {
 				t.Fatalf("outcome: %+v", o)
 			}
 			if r, _ := st.Get(ctx, "a", "r2"); r != nil {

@@ -31,9 +31,10 @@
 //     overlay that moves a partition or rewrites the superblock's layout
 //     makes the volume's files read again;
 //   - the base recorded a file with the same Extents (ranges and Key);
-//   - no byte of its ranges, translated to disk offsets, is held by a
-//     layer above the base; or, for a metadata range (an inode in a
-//     cluster the overlay rewrote), the disk's bytes equal the base's;
+//   - no byte of its data, translated to disk offsets, is held by a layer
+//     above the base, and its metadata (inode, block map, inline data) is
+//     untouched too or, where an upper layer rewrote the cluster holding
+//     it (for a neighbour's inode), digests to what the base recorded;
 //   - when the rules read the externals filename, filepath, extension or
 //     owner, those are the same as the recorded file's: a renamed file is
 //     scanned again under such rules, and reused under rules that ignore
@@ -84,7 +85,18 @@ type VolumeRecord struct {
 	Layout     string // vfs.Mapper.Layout
 	// Files holds the outcome of each file scanned, by where it lies and
 	// the context of its externals.
-	Files map[FileKey]scanner.Outcome
+	Files map[FileKey]File
+}
+
+// File is a recorded file: its outcome, and a digest of its metadata.
+type File struct {
+	scanner.Outcome
+	// Meta is the SHA-256 of the bytes of the file's metadata ranges
+	// (vfs.Extents.Meta, then its Inline data) when recorded, so that a
+	// later disk whose upper layer rewrote the cluster holding them (for a
+	// neighbour's inode) can tell they are unchanged without reading the
+	// base; zero when a range was too large to digest.
+	Meta [32]byte
 }
 
 // FileKey identifies a recorded file: Where is the digest of its

@@ -99,7 +99,7 @@ func (s *Session) Plan(ctx context.Context, d *snapshot.Disk) *Plan {
 			continue
 		}
 		vp.own = &VolumeRecord{ID: v.ID, FileSystem: v.FileSystem, Offset: v.Offset, Size: v.Size,
-			Layout: layout(vp.fs), Files: map[FileKey]scanner.Outcome{}}
+			Layout: layout(vp.fs), Files: map[FileKey]File{}}
 		p.own.Volumes = append(p.own.Volumes, vp.own)
 	}
 	for k := 1; k < len(p.links) && p.base == nil; k++ {
@@ -171,7 +171,7 @@ func (p *Plan) planParent(ctx context.Context) {
 			}
 			if _, fsys := mappable(pv); fsys != nil && layout(fsys) == vp.own.Layout {
 				vp.parent = &VolumeRecord{ID: v.ID, FileSystem: v.FileSystem, Offset: v.Offset, Size: v.Size,
-					Layout: vp.own.Layout, Files: map[FileKey]scanner.Outcome{}}
+					Layout: vp.own.Layout, Files: map[FileKey]File{}}
 				p.parent.Volumes = append(p.parent.Volumes, vp.parent)
 			}
 		}
@@ -260,14 +260,64 @@ func (p *Plan) Lookup(vol int, name string, context [32]byte) (scanner.Outcome, 
 		return scanner.Outcome{}, false
 	}
 	key := FileKey{Where: Fingerprint(x), Context: context}
-	o, ok := vp.base.Files[key]
-	if !ok || !p.untouched(x, vp.offset, p.upper, p.links[p.baseLink].img) {
+	f, ok := vp.base.Files[key]
+	if !ok || !p.unchanged(x, vp.offset, f.Meta) {
 		return scanner.Outcome{}, false
 	}
 	p.mu.Lock()
-	vp.own.Files[key] = o
+	vp.own.Files[key] = f
 	p.mu.Unlock()
-	return o, true
+	return f.Outcome, true
+}
+
+// unchanged reports whether the disk serves x, on a volume at offset off,
+// as the base did: no layer above the base holds its data, and its
+// metadata is untouched or, where an upper layer holds it, digests to
+// the recorded meta.
+func (p *Plan) unchanged(x vfs.Extents, off int64, meta [32]byte) bool {
+	touched := false
+	for _, r := range metaRanges(x) {
+		touched = touched || p.upper.overlaps(off+r.Off, r.Len)
+	}
+	for _, e := range x.Data {
+		if e.Kind == vfs.Allocated && p.upper.overlaps(off+e.Off, e.Len) {
+			return false
+		}
+	}
+	if !touched {
+		return true
+	}
+	sum, ok := p.metaSum(x, off)
+	return ok && meta != [32]byte{} && sum == meta
+}
+
+// metaRanges returns the metadata ranges of x and its inline data.
+func metaRanges(x vfs.Extents) []vfs.Range {
+	out := append([]vfs.Range(nil), x.Meta...)
+	for _, e := range x.Data {
+		if e.Kind == vfs.Inline {
+			out = append(out, e.Range())
+		}
+	}
+	return out
+}
+
+// metaSum digests the bytes of x's metadata ranges as the disk holds them.
+func (p *Plan) metaSum(x vfs.Extents, off int64) ([32]byte, bool) {
+	h := sha256.New()
+	for _, r := range metaRanges(x) {
+		if r.Len > maxCompare {
+			return [32]byte{}, false
+		}
+		b := make([]byte, r.Len)
+		if err := readFull(p.disk.Image(), b, off+r.Off); err != nil {
+			return [32]byte{}, false
+		}
+		h.Write(b)
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum, true
 }
 
 // Record implements scanner.Reuse.
@@ -281,12 +331,14 @@ func (p *Plan) Record(vol int, name string, o scanner.Outcome) {
 		return
 	}
 	key := FileKey{Where: Fingerprint(x), Context: o.Context}
+	f := File{Outcome: o}
+	f.Meta, _ = p.metaSum(x, vp.offset)
 	toParent := vp.parent != nil && p.untouched(x, vp.offset, p.parentUpper, p.links[1].img)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	vp.own.Files[key] = o
+	vp.own.Files[key] = f
 	if toParent {
-		vp.parent.Files[key] = o
+		vp.parent.Files[key] = f
 	}
 }
 
