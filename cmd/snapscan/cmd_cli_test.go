@@ -100,6 +100,12 @@ func TestLsOptions(t *testing.T) {
 	var paths []string
 	for _, f := range ls.Files {
 		paths = append(paths, f.Volume+" "+f.Path)
+		if f.Type == "dir" {
+			if f.SHA256 != "" || f.Mode[0] != 'd' {
+				t.Errorf("%s: a folder with sha256 %q mode %s", f.Path, f.SHA256, f.Mode)
+			}
+			continue
+		}
 		want, err := os.ReadFile(filepath.Join(fix, "tree", "root", f.Path))
 		if err != nil {
 			t.Fatal(err)

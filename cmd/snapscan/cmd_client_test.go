@@ -85,7 +85,7 @@ log: {level: warn}
 	})
 	base := "http://" + addr
 	flags := []string{"--url", base, "--token-file", p("api.token")}
-	env := []string{"SNAPSCAN_URL=" + base, "SNAPSCAN_TOKEN_FILE=" + p("api.token"), "SNAPSCAN_CLIENT_CONFIG=" + p("none.yaml")}
+	env := []string{"SNAPSCAN_URL=" + base, "SNAPSCAN_TOKEN_FILE=" + p("api.token"), "XDG_CONFIG_HOME=" + p("noconfig")}
 	os.WriteFile(p("client.yaml"), []byte("url: "+base+"\ntoken_file: api.token\n"), 0o600)
 	conf := []string{"SNAPSCAN_CLIENT_CONFIG=" + p("client.yaml")}
 	cli := func(args ...string) (int, string, string) { return runBin(t, append(args, flags...)...) }
@@ -151,7 +151,8 @@ log: {level: warn}
 		{nil, []string{"datastores", "--url", base, "--token-file", p("wrong.token")}, "401"},
 		{nil, []string{"pause", "nosuch", "--url", base, "--token-file", p("api.token")}, `no datastore "nosuch"`},
 		{env, []string{"status", "999999"}, "404"},
-		{[]string{"SNAPSCAN_TOKEN_FILE=", "SNAPSCAN_TOKEN=", "SNAPSCAN_CLIENT_CONFIG=" + p("none.yaml")}, []string{"scans"}, "no token"},
+		{[]string{"SNAPSCAN_TOKEN_FILE=", "SNAPSCAN_TOKEN=", "XDG_CONFIG_HOME=" + p("noconfig")}, []string{"scans"}, "no token"},
+		{[]string{"SNAPSCAN_CLIENT_CONFIG=" + p("none.yaml")}, []string{"scans"}, "none.yaml: no such file"},
 		{[]string{"SNAPSCAN_CLIENT_CONFIG=" + p("bad.yaml")}, []string{"scans"}, `field tokenfile not found`},
 		{nil, []string{"cancel", "x1", "--url", base}, `"x1" is not a number`},
 	} {

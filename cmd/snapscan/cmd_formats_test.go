@@ -123,8 +123,8 @@ func TestScanFormats(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := log.Runs[0]
-	if len(r.Tool.Driver.Rules) != 1 || r.Tool.Driver.Rules[0].ID != "evil" || r.Tool.Driver.Rules[0].ShortDescription.Text != "evil marker" ||
-		len(r.Results) != 1 || r.Results[0].Locations[0].PhysicalLocation.ArtifactLocation.URI != "=HYPERLINK(1).txt" {
+	if len(r.Tool.Driver.Rules) != 1 || r.Tool.Driver.Rules[0].ID != "r.yar/evil" || r.Tool.Driver.Rules[0].ShortDescription.Text != "evil marker" ||
+		len(r.Results) != 1 || r.Results[0].Locations[0].PhysicalLocation.ArtifactLocation.URI != "=HYPERLINK%281%29.txt" {
 		t.Errorf("sarif run: %+v", r)
 	}
 	if inv := r.Invocations[0]; inv.ExecutionSuccessful || len(inv.Notifications) != 2 ||
@@ -144,10 +144,15 @@ func TestScanFormats(t *testing.T) {
 		t.Fatalf("csv: exit %d, %v\n%s", code, err, out)
 	}
 	slices.SortFunc(rows[1:], func(a, b []string) int { return strings.Compare(a[2], b[2]) })
-	if rows[1][2] != "'/=HYPERLINK(1).txt" || rows[2][2] != "/bin/drop per.exe" {
+	if rows[1][2] != "/=HYPERLINK(1).txt" || rows[2][2] != "/bin/drop per.exe" {
 		t.Errorf("csv paths %q %q", rows[1][2], rows[2][2])
 	}
-	if rows[2][6] != "default" || rows[2][7] != "apt windows" || rows[2][8] != `[{"key":"description","value":"evil marker"},{"key":"severity","value":8},{"key":"confirmed","value":true}]` ||
+	for in, want := range map[string]string{"=HYPERLINK(1)": "'=HYPERLINK(1)", "+1": "'+1", "-2": "'-2", "@SUM(A1)": "'@SUM(A1)", "/=x": "/=x", "": ""} {
+		if got := csvCell(in); got != want {
+			t.Errorf("csvCell(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if rows[2][6] != "r.yar" || rows[2][7] != "apt windows" || rows[2][8] != `[{"key":"description","value":"evil marker"},{"key":"severity","value":8},{"key":"confirmed","value":true}]` ||
 		!strings.Contains(rows[2][9], `"identifier":"$a","offset":3,"data":"EVIL-MARKER"`) {
 		t.Errorf("csv row %q", rows[2])
 	}

@@ -258,13 +258,13 @@ type sarifReporter struct{ w io.Writer }
 
 func (sarifReporter) finding(scanner.Finding) error { return nil }
 
-// sarifRuleID names a rule uniquely: its name, prefixed with its namespace
-// when that is not YARA's default one.
+// sarifRuleID names a rule uniquely: namespace/rule (the namespace is
+// the rule file's name), or the rule alone in YARA's default namespace.
 func sarifRuleID(m scanner.Match) string {
 	if m.Namespace == "" || m.Namespace == "default" {
 		return m.Rule
 	}
-	return m.Namespace + "." + m.Rule
+	return m.Namespace + "/" + m.Rule
 }
 
 // sarifURI is a finding's file as a relative URI reference: the path in
