@@ -65,8 +65,10 @@ func (a *Appliance) Handler() http.Handler {
 			return h(w, r, q)
 		})
 	}
+	// Answers are gzipped for a client that takes it (a page of 100
+	// findings is 110 KB of JSON, 15 KB gzipped).
 	handle := func(pattern string, params []string, h queryHandler) {
-		mux.Handle(pattern, a.auth(a.tokens, strict(params, h)))
+		mux.Handle(pattern, a.auth(a.tokens, httpx.Compress(strict(params, h))))
 	}
 	mux.Handle("GET /healthz", strict(nil, func(w http.ResponseWriter, r *http.Request, _ httpx.Query) error {
 		writeJSON(w, http.StatusOK, map[string]any{"ok": true})
@@ -83,6 +85,7 @@ func (a *Appliance) Handler() http.Handler {
 	handle("GET /v1/datastores/{name}/history", []string{"since", "until", "step", "limit"}, a.handleHistory)
 	handle("GET /v1/vms", []string{"search", "scanned", "after", "limit"}, a.handleVMs)
 	handle("GET /v1/vms/{id}", nil, a.handleVM)
+	handle("GET /v1/vms/{id}/freezes", []string{"before", "limit"}, a.handleVMFreezes)
 	handle("POST /v1/datastores/{name}/pause", nil, a.handlePause(true))
 	handle("POST /v1/datastores/{name}/resume", nil, a.handlePause(false))
 	handle("GET /v1/signatures", nil, a.handleSignatures)
@@ -215,6 +218,9 @@ type ScanView struct {
 	Result   *results.Scan     `json:"result,omitempty"`
 	Volumes  []results.Volume  `json:"volumes,omitempty"`
 	Findings []results.Finding `json:"findings,omitempty"`
+	// Freezes are the hypervisor snapshots the job took of a connector's
+	// VM, with their stun times (one per run that froze it).
+	Freezes []results.Freeze `json:"freezes,omitempty"`
 }
 
 var priorities = map[string]queue.Class{"on_demand": queue.OnDemand, "scheduled": queue.Scheduled, "rescan": queue.Rescan}
@@ -239,13 +245,26 @@ func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request, _ httpx
 	if req.VM == "" || len(req.VM) > 256 || !utf8.ValidString(req.VM) || strings.ContainsFunc(req.VM, isControl) {
 		return badRequest("vm: required, at most 256 bytes of UTF-8 without control characters")
 	}
-	if len(req.Disks) == 0 || len(req.Disks) > queue.MaxDisks {
+	if len(req.Disks) > queue.MaxDisks {
 		return badRequest("disks: want 1 to %d disks", queue.MaxDisks)
 	}
 	if len(req.Reason) > 1024 {
 		return badRequest("reason: at most 1024 bytes")
 	}
 	qr := queue.Request{VM: req.VM, Class: queue.OnDemand, Reason: req.Reason}
+	var fromConnector bool
+	if len(req.Disks) == 0 {
+		// A VM a connector lists: its disks come from the hypervisor,
+		// frozen when the job runs (connectors.go).
+		cr, err := a.connectorRequest(req.VM)
+		if errors.Is(err, errNoConnectorVM) {
+			return badRequest("disks: want 1 to %d disks, or vm naming a VM a connector lists (%v)", queue.MaxDisks, err)
+		}
+		if err != nil {
+			return err
+		}
+		qr.VM, qr.Disks, fromConnector = cr.VM, cr.Disks, true
+	}
 	if req.Priority != "" {
 		c, ok := priorities[req.Priority]
 		if !ok {
@@ -264,6 +283,9 @@ func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request, _ httpx
 		ds, ok := a.cfg.datastore(d.Datastore)
 		if !ok {
 			return badRequest("disks[%d].datastore: %q is not a configured datastore", i, d.Datastore)
+		}
+		if ds.Connector != "" {
+			return badRequest("disks[%d].datastore: %q is read through connector %s, not mounted here: submit the VM by name, without disks", i, d.Datastore, ds.Connector)
 		}
 		if err := a.checkEntry(ds, d.Path); err != nil {
 			return badRequest("disks[%d].path: %v", i, err)
@@ -288,16 +310,19 @@ func (a *Appliance) handleSubmit(w http.ResponseWriter, r *http.Request, _ httpx
 	}
 	// The inventory knows the VM with the disks last submitted: what a
 	// new signature version rescans. A VM a connector registered keeps
-	// its source.
-	vm := results.VM{ID: req.VM, Source: "api"}
-	if old, err := a.results.VM(r.Context(), req.VM); err == nil {
-		vm.Name, vm.Source = old.Name, old.Source
-	}
-	for _, d := range qr.Disks {
-		vm.Disks = append(vm.Disks, resultDisk(d))
-	}
-	if err := a.results.PutVM(r.Context(), vm); err != nil {
-		return err
+	// its source (and, submitted by name, its disks as the connector
+	// listed them).
+	if !fromConnector {
+		vm := results.VM{ID: req.VM, Source: "api"}
+		if old, err := a.results.VM(r.Context(), req.VM); err == nil {
+			vm.Name, vm.Source = old.Name, old.Source
+		}
+		for _, d := range qr.Disks {
+			vm.Disks = append(vm.Disks, resultDisk(d))
+		}
+		if err := a.results.PutVM(r.Context(), vm); err != nil {
+			return err
+		}
 	}
 	job, err := a.q.Enqueue(r.Context(), qr)
 	if err != nil {
@@ -394,6 +419,11 @@ func (a *Appliance) handleGetScan(w http.ResponseWriter, r *http.Request, _ http
 		v.Volumes, res.Volumes = res.Volumes, nil
 		v.Result = res
 		if v.Findings, err = a.results.Findings(r.Context(), results.FindingQuery{JobID: id}); err != nil {
+			return err
+		}
+	}
+	if _, _, ok := a.connectorJob(j); ok {
+		if v.Freezes, err = a.results.Freezes(r.Context(), results.FreezeQuery{JobID: id}); err != nil {
 			return err
 		}
 	}
@@ -584,6 +614,39 @@ func (a *Appliance) handleVM(w http.ResponseWriter, r *http.Request, _ httpx.Que
 		return err
 	}
 	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+// handleVMFreezes lists a connector's VM's freezes, newest first, with
+// their stun times: the per-VM view the metrics leave out (their labels
+// name connectors, never VMs, so that /metrics stays bounded).
+func (a *Appliance) handleVMFreezes(w http.ResponseWriter, r *http.Request, qs httpx.Query) error {
+	id := r.PathValue("id")
+	if _, err := a.results.VM(r.Context(), id); errors.Is(err, results.ErrNotFound) {
+		return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no VM %q", id)}
+	} else if err != nil {
+		return err
+	}
+	limit, err := qs.Int("limit", 100, 1, results.MaxPage)
+	if err != nil {
+		return err
+	}
+	before, err := qs.Time("before")
+	if err != nil {
+		return err
+	}
+	fs, err := a.results.Freezes(r.Context(), results.FreezeQuery{VM: id, Before: before, Limit: int(limit)})
+	if err != nil {
+		return err
+	}
+	out := struct {
+		Freezes    []results.Freeze `json:"freezes"`
+		NextBefore *time.Time       `json:"next_before,omitempty"`
+	}{Freezes: fs}
+	if len(fs) == int(limit) {
+		out.NextBefore = timePtr(fs[len(fs)-1].Taken)
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/queue"
 	"github.com/snapscan/snapscan/scanner"
+	"github.com/snapscan/snapscan/scanner/incremental"
 	"github.com/snapscan/snapscan/signatures"
 )
 
@@ -69,6 +70,7 @@ type Appliance struct {
 	dbs     *database // what db and results are opened from
 	results results.Store
 	cache   *verdictCache
+	records incremental.Store // nil: incremental scans off
 	q       *queue.Queue
 	recv    *signatures.Receiver[*scanner.Rules]
 	events  *events.Dispatcher
@@ -169,11 +171,18 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 		}
 	}
 
-	if a.dbs, err = openDatabase(ctx, cfg); err != nil {
+	if a.dbs, err = openDatabase(ctx, cfg, log); err != nil {
 		return nil, err
 	}
 	a.db, a.results = a.dbs.db, a.dbs.results
 	a.cache = newVerdictCache(a.results, cfg.Scanner.CacheEntries)
+	if cfg.Scanner.incremental() {
+		ds, derr := incremental.NewDirStore(cfg.Scanner.RecordsDir, cfg.Scanner.RecordsMax)
+		if derr != nil {
+			return nil, fmt.Errorf("%w: scanner.records_dir: %v", ErrConfig, derr)
+		}
+		a.records = ds
+	}
 	if cfg.Scanner.SpoolDir != "" {
 		if err := os.MkdirAll(cfg.Scanner.SpoolDir, 0o700); err != nil {
 			return nil, fmt.Errorf("%w: scanner.spool_dir: %v", ErrConfig, err)
@@ -245,18 +254,23 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 	// The name is claimed before the queue takes a lease under it: a
 	// second appliance under one name would end the first one's leases.
 	a.instance, a.startedAt = instanceID(cfg), time.Now().UTC()
-	if err := a.announce(ctx); err != nil {
+	// Both retried while the database is away (retryDB).
+	if err := retryDB(ctx, cfg, log, "announcing to the fleet", func() error { return a.announce(ctx) }); err != nil {
 		return nil, err
 	}
-	a.q, err = queue.New(ctx, a.dbs.queue, a.run, queue.Config{
-		Appliance:   cfg.Name,
-		MaxScans:    cfg.Queue.MaxScans,
-		MaxAttempts: cfg.Queue.MaxAttempts,
-		AgingStep:   cfg.Queue.AgingStep,
-		BackoffBase: cfg.Queue.BackoffBase,
-		BackoffMax:  cfg.Queue.BackoffMax,
-		Logger:      log,
-		OnFinish:    a.onFinish,
+	err = retryDB(ctx, cfg, log, "opening the queue", func() error {
+		var err error
+		a.q, err = queue.New(ctx, a.dbs.queue, a.run, queue.Config{
+			Appliance:   cfg.Name,
+			MaxScans:    cfg.Queue.MaxScans,
+			MaxAttempts: cfg.Queue.MaxAttempts,
+			AgingStep:   cfg.Queue.AgingStep,
+			BackoffBase: cfg.Queue.BackoffBase,
+			BackoffMax:  cfg.Queue.BackoffMax,
+			Logger:      log,
+			OnFinish:    a.onFinish,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -265,7 +279,8 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 	// the queue keeps them across restarts.
 	for i := range cfg.Datastores {
 		d := &cfg.Datastores[i]
-		if err := a.q.SetBudget(ctx, d.Name, d.budget()); err != nil {
+		err := retryDB(ctx, cfg, log, "setting a datastore's budget", func() error { return a.q.SetBudget(ctx, d.Name, d.budget()) })
+		if err != nil {
 			return nil, fmt.Errorf("datastore %s: %w", d.Name, err)
 		}
 	}

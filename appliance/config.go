@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -121,6 +122,13 @@ type SignaturesConfig struct {
 type DatastoreConfig struct {
 	Name string `yaml:"name"`
 	Path string `yaml:"path"`
+	// Connector, instead of Path, says the datastore is not mounted here
+	// and is read through that connector's hypervisor: vSphere's datastore
+	// HTTP /folder interface, with range reads. Name is then the
+	// hypervisor's name of the datastore. Only a connector's frozen disks
+	// are read from it (a submit by path is refused); the budget applies
+	// to every read, the chain's parents and extents included.
+	Connector string `yaml:"connector"`
 	// MaxScans is how many jobs may read it at once (default 1).
 	MaxScans int `yaml:"max_scans"`
 	// BytesPerSec and OpsPerSec cap reads (0: unlimited). Sizes accept
@@ -201,7 +209,24 @@ type ScannerConfig struct {
 	// NoCache scans every file with YARA and keeps no verdicts: for
 	// measuring cold scans; a site wants the cache.
 	NoCache bool `yaml:"no_cache"`
+	// Incremental (default true) makes a disk whose backing chain holds
+	// an image this appliance scanned before (a golden image under linked
+	// clones, the previous snapshot of a VM) read only what its own layers
+	// changed: files the upper layers leave untouched get the base's
+	// verdicts without being read (scanner/incremental). false reads
+	// every disk in full.
+	Incremental *bool `yaml:"incremental"`
+	// RecordsDir keeps what each scan saw, for the incremental scans of
+	// the disks above it (default: "records" beside signatures.state_dir,
+	// /var/lib/snapscan/records); records are
+	// per appliance, also in fleet mode. RecordsMax bounds the records
+	// kept (default 1000; the oldest go first).
+	RecordsDir string `yaml:"records_dir"`
+	RecordsMax int    `yaml:"records_max"`
 }
+
+// incremental reports whether incremental scans are on.
+func (c *ScannerConfig) incremental() bool { return c.Incremental == nil || *c.Incremental }
 
 // EventsConfig says where events (findings, failed and incomplete scans,
 // unreadable VMs, signature updates) go besides the database: package
@@ -450,6 +475,10 @@ func (c *Config) setDefaults() {
 	if c.Signatures.StateDir == "" {
 		c.Signatures.StateDir = DefaultStateDir
 	}
+	if c.Scanner.RecordsDir == "" {
+		// Beside the signatures' state: /var/lib/snapscan/records.
+		c.Scanner.RecordsDir = filepath.Join(filepath.Dir(c.Signatures.StateDir), "records")
+	}
 	if c.Signatures.RescanSpread == 0 {
 		c.Signatures.RescanSpread = DefaultRescanSpread
 	}
@@ -470,6 +499,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Scanner.CacheEntries == 0 {
 		c.Scanner.CacheEntries = 100000
+	}
+	if c.Scanner.RecordsMax == 0 {
+		c.Scanner.RecordsMax = 1000
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
@@ -504,6 +536,7 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.Database.Path)
 	abs(&c.Database.DSNFile)
 	abs(&c.Scanner.SpoolDir)
+	abs(&c.Scanner.RecordsDir)
 	if c.Events.Log != "stdout" && c.Events.Log != "none" {
 		abs(&c.Events.Log)
 	}
@@ -610,10 +643,16 @@ func (c *Config) Validate() error {
 			return bad(key+".name", "%q is listed twice", d.Name)
 		}
 		seen[d.Name] = true
-		if d.Path == "" {
-			return bad(key+".path", "required: the folder holding this datastore's disk images")
-		}
-		if st, err := os.Stat(d.Path); err != nil || !st.IsDir() {
+		if d.Connector != "" {
+			if d.Path != "" {
+				return bad(key+".path", "not with connector: a datastore is mounted here (path) or read through its connector, not both")
+			}
+			if !slices.ContainsFunc(c.Connectors, func(cc ConnectorConfig) bool { return cc.Name == d.Connector && cc.Type == "vsphere" }) {
+				return bad(key+".connector", "%q is not a configured vsphere connector (only vSphere datastores are read over the hypervisor's interface)", d.Connector)
+			}
+		} else if d.Path == "" {
+			return bad(key+".path", "required: the folder holding this datastore's disk images (or connector, for a vSphere datastore read over HTTP)")
+		} else if st, err := os.Stat(d.Path); err != nil || !st.IsDir() {
 			return bad(key+".path", "%q is not a readable folder", d.Path)
 		}
 		if d.MaxScans < 0 || d.MaxScans > 1024 {

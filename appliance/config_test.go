@@ -159,3 +159,38 @@ func TestDatabaseConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestConnectorDatastoreConfig: a datastore is mounted here (path) or
+// read through a vSphere connector (connector), never both, and only
+// through a connector that is configured and speaks vSphere.
+func TestConnectorDatastoreConfig(t *testing.T) {
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "ds"), 0o755)
+	os.WriteFile(filepath.Join(dir, "u"), []byte("user\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "p"), []byte("pass\n"), 0o600)
+	base := "auth: {tokens: [abcdefghijklmnop0123]}\nsignatures: {trusted_keys: [k.pub]}\n" +
+		"connectors:\n  - {name: vc, type: vsphere, url: 'https://vc.example/sdk', username_file: u, password_file: p, select: {all: true}}\n" +
+		"  - {name: kvm, type: libvirt, select: {all: true}}\n"
+	for _, tc := range []struct{ name, datastores, wantErr string }{
+		{"over HTTP", "[{name: a, path: ds}, {name: nfs1, connector: vc}]", ""},
+		{"both", "[{name: nfs1, path: ds, connector: vc}]", "datastores[0].path: not with connector"},
+		{"unknown connector", "[{name: nfs1, connector: nope}]", `datastores[0].connector: "nope" is not a configured vsphere connector`},
+		{"not vSphere", "[{name: nfs1, connector: kvm}]", `datastores[0].connector: "kvm" is not a configured vsphere connector`},
+		{"neither", "[{name: nfs1}]", "datastores[0].path: required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, "c.yaml")
+			os.WriteFile(p, []byte(base+"datastores: "+tc.datastores+"\n"), 0o644)
+			_, err := Load(p)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("err = %v, want ErrConfig naming %q", err, tc.wantErr)
+			}
+		})
+	}
+}

@@ -2,7 +2,9 @@ package appliance
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -126,9 +128,12 @@ type hypervisor struct {
 		Warn(string, ...any)
 	}
 
-	mu  sync.Mutex
-	c   connector.Connector // nil until connected
-	inv *connector.Inventory
+	mu     sync.Mutex
+	c      connector.Connector // nil until connected
+	inv    *connector.Inventory
+	frozen map[string]bool // VM IDs a job of this appliance holds frozen
+	// listedFrozen: those frozen when the previous refresh listed.
+	listedFrozen map[string]bool
 }
 
 // connectorMetrics are the freezes' and releases' stun times.
@@ -254,9 +259,27 @@ func (a *Appliance) refresh(ctx context.Context, h *hypervisor) error {
 		}
 		a.connm.released.WithLabelValues(h.cfg.Name).Inc()
 		a.connm.stun.WithLabelValues(h.cfg.Name, "release").Observe(r.Stun.Seconds())
+		rec := results.Freeze{VM: jobVM(h, s.VM.ID), ID: s.ID, Connector: h.cfg.Name, Taken: s.Taken, Stale: true}
+		if old, err := a.results.Freezes(ctx, results.FreezeQuery{VM: rec.VM, Limit: results.MaxPage}); err == nil {
+			for _, o := range old {
+				if o.ID == s.ID {
+					rec = o // the crashed run recorded it: keep its job and freeze stun
+					rec.Stale = true
+				}
+			}
+		}
+		rec.Released = time.Now().UTC()
+		rec.ReleaseStun, rec.ReleaseTook, rec.Repaired = r.Stun, r.Duration, r.Repaired
+		rec.Held = rec.Released.Sub(rec.Taken)
+		a.putFreeze(ctx, h, rec)
 		h.log.Info("appliance: stale freeze released", "vm", s.VM.Name, "freeze", s.ID, "taken", s.Taken, "stun", r.Stun)
 	}
+	// Every VM frozen at some moment of the listing, for the next refresh.
+	listedFrozen := h.frozenNow()
 	d, err := inv.Refresh(ctx)
+	for id := range h.frozenNow() {
+		listedFrozen[id] = true
+	}
 	if err != nil {
 		h.drop(c)
 		return err
@@ -266,13 +289,21 @@ func (a *Appliance) refresh(ctx context.Context, h *hypervisor) error {
 			return err
 		}
 	}
+	// What is new or changed is decided against the stored inventory as
+	// well as the previous refresh in memory, so that a restart neither
+	// rescans every VM as new nor misses disks that changed while the
+	// appliance was down. VMs frozen now are left alone: their chains
+	// show the freeze's overlays until the release.
 	changed := map[string]bool{}
+	h.mu.Lock()
+	wasFrozen := h.listedFrozen
+	h.listedFrozen = listedFrozen
+	h.mu.Unlock()
 	for _, vm := range d.Changed {
-		changed[vm.ID] = true
-	}
-	isNew := map[string]bool{}
-	for _, vm := range d.New {
-		isNew[vm.ID] = true
+		// Against a listing taken while frozen, every VM looks changed.
+		if !wasFrozen[vm.ID] {
+			changed[vm.ID] = true
+		}
 	}
 	var daily connector.Window
 	hasWindow := false
@@ -283,19 +314,24 @@ func (a *Appliance) refresh(ctx context.Context, h *hypervisor) error {
 	now := time.Now()
 	for _, vm := range d.VMs {
 		id := jobVM(h, vm.ID)
-		rv := results.VM{ID: id, Name: vm.Name, Source: h.cfg.Name}
-		var disks []queue.Disk
-		for _, disk := range vm.Disks {
-			ds, _ := a.datastoreOf(c, disk)
-			rv.Disks = append(rv.Disks, results.Disk{Datastore: ds, Path: disk.Top().Path, Format: disk.Top().Format})
-			disks = append(disks, queue.Disk{Path: connectorDisk + disk.Key, Datastore: ds})
+		if listedFrozen[vm.ID] {
+			continue
+		}
+		rv, disks := a.vmDisks(h, c, vm)
+		stored, err := a.results.VM(ctx, id)
+		isNew := errors.Is(err, results.ErrNotFound)
+		if err != nil && !isNew {
+			return err
+		}
+		if !isNew && !sameDisks(stored.Disks, rv.Disks) {
+			changed[vm.ID] = true
 		}
 		if err := a.results.PutVM(ctx, rv); err != nil {
 			return err
 		}
 		reason := ""
 		switch {
-		case isNew[vm.ID] && h.cfg.Schedule.NewVMs:
+		case isNew && h.cfg.Schedule.NewVMs:
 			reason = "new VM"
 		case changed[vm.ID] && h.cfg.Schedule.DiskChanges:
 			reason = "disks changed"
@@ -324,10 +360,112 @@ func (a *Appliance) refresh(ctx context.Context, h *hypervisor) error {
 	return nil
 }
 
+// sameDisks compares a VM's disks as stored with those listed now.
+func sameDisks(a, b []results.Disk) bool {
+	return fmt.Sprint(a) == fmt.Sprint(b)
+}
+
+// frozenNow lists the VMs a job of this appliance holds frozen now;
+// setFrozen marks one so (or unmarks it).
+func (h *hypervisor) frozenNow() map[string]bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]bool{}
+	for id := range h.frozen {
+		out[id] = true
+	}
+	return out
+}
+
+func (h *hypervisor) setFrozen(id string, on bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.frozen == nil {
+		h.frozen = map[string]bool{}
+	}
+	if on {
+		h.frozen[id] = true
+	} else {
+		delete(h.frozen, id)
+	}
+}
+
+// vmDisks is a connector's VM as the inventory keeps it and the job
+// disks that freeze it when the job runs.
+func (a *Appliance) vmDisks(h *hypervisor, c connector.Connector, vm connector.VM) (results.VM, []queue.Disk) {
+	rv := results.VM{ID: jobVM(h, vm.ID), Name: vm.Name, Source: h.cfg.Name}
+	var disks []queue.Disk
+	for _, disk := range vm.Disks {
+		ds, _ := a.datastoreOf(h, c, disk)
+		rv.Disks = append(rv.Disks, results.Disk{Datastore: ds, Path: disk.Top().Path, Format: disk.Top().Format})
+		disks = append(disks, queue.Disk{Path: connectorDisk + disk.Key, Datastore: ds})
+	}
+	return rv, disks
+}
+
+// errNoConnectorVM is wrapped when a submit without disks names no VM of
+// a connector.
+var errNoConnectorVM = errors.New("no connector lists the VM")
+
+// connectorRequest is the request that scans a connector's VM named by a
+// submit without disks: by its inventory id ("vc/vm-42"), the
+// hypervisor's id, or its name. The VM's disks are those the connector
+// listed at its last refresh; the job freezes them when it runs.
+func (a *Appliance) connectorRequest(name string) (queue.Request, error) {
+	type hit struct {
+		h  *hypervisor
+		c  connector.Connector
+		vm connector.VM
+	}
+	var hits []hit
+	var unlisted []string
+	for _, h := range a.hypervisors {
+		h.mu.Lock()
+		c, inv := h.c, h.inv
+		h.mu.Unlock()
+		if inv == nil {
+			unlisted = append(unlisted, h.cfg.Name)
+			continue
+		}
+		key := name
+		if rest, ok := strings.CutPrefix(name, h.cfg.Name+"/"); ok {
+			key = rest
+		}
+		if vm, ok := inv.VM(key); ok {
+			hits = append(hits, hit{h, c, vm})
+		}
+	}
+	switch {
+	case len(hits) > 1:
+		var ids []string
+		for _, x := range hits {
+			ids = append(ids, jobVM(x.h, x.vm.ID))
+		}
+		return queue.Request{}, &apiError{Code: http.StatusConflict, Msg: fmt.Sprintf("vm %q names %d VMs (%s): submit one of these ids", name, len(hits), strings.Join(ids, ", "))}
+	case len(hits) == 0 && len(unlisted) > 0:
+		return queue.Request{}, &apiError{Code: http.StatusServiceUnavailable, Msg: fmt.Sprintf("vm %q: connector %s has not listed its VMs yet; try again shortly", name, strings.Join(unlisted, ", "))}
+	case len(hits) == 0:
+		return queue.Request{}, fmt.Errorf("%w %q", errNoConnectorVM, name)
+	}
+	x := hits[0]
+	_, disks := a.vmDisks(x.h, x.c, x.vm)
+	if len(disks) == 0 {
+		return queue.Request{}, badRequest("vm %q (%s) has no disks", x.vm.Name, jobVM(x.h, x.vm.ID))
+	}
+	for _, d := range disks {
+		if d.Datastore == "" {
+			return queue.Request{}, badRequest("vm %q (%s): disk %s is on no configured datastore (add its mount to datastores)",
+				x.vm.Name, jobVM(x.h, x.vm.ID), strings.TrimPrefix(d.Path, connectorDisk))
+		}
+	}
+	return queue.Request{VM: jobVM(x.h, x.vm.ID), Disks: disks}, nil
+}
+
 // datastoreOf names the configured datastore a connector's disk is read
 // through: the one named like the hypervisor's, or the one whose folder
-// holds the disk's top file as the appliance sees it.
-func (a *Appliance) datastoreOf(c connector.Connector, d connector.Disk) (string, string) {
+// holds the disk's top file as the appliance sees it, or else the one
+// read through connector h under the hypervisor's name (local is then "").
+func (a *Appliance) datastoreOf(h *hypervisor, c connector.Connector, d connector.Disk) (string, string) {
 	local := ""
 	if lp, ok := c.(connector.LocalPather); ok {
 		if p, err := lp.LocalPath(d.Top().Path); err == nil {
@@ -339,10 +477,17 @@ func (a *Appliance) datastoreOf(c connector.Connector, d connector.Disk) (string
 			return ds.Name, local
 		}
 	}
-	best := ""
+	best, bestPath := "", ""
 	for _, ds := range a.cfg.Datastores {
-		if local != "" && within(ds.Path, local) && len(ds.Path) > len(best) {
-			best = ds.Name
+		if ds.Path != "" && local != "" && within(ds.Path, local) && len(ds.Path) > len(bestPath) {
+			best, bestPath = ds.Name, ds.Path
+		}
+	}
+	if best == "" {
+		for _, ds := range a.cfg.Datastores {
+			if ds.Connector == h.cfg.Name && ds.Name == d.Datastore {
+				return ds.Name, ""
+			}
 		}
 	}
 	return best, local
@@ -388,18 +533,34 @@ func (a *Appliance) runFrozen(ctx context.Context, job queue.Job, wrap queue.Wra
 	if v, ok := h.invVM(vmID); ok {
 		vm = v
 	}
+	// The queue keeps the job, due when the gate may let it through,
+	// without counting the run: a VM may wait for its window for days,
+	// and the due time survives a restart (it is the job's retry time in
+	// the queue's store).
 	release, err := h.gate.TryAcquire(vm)
+	if errors.Is(err, connector.ErrOutsideWindow) {
+		next := h.gate.Opens()
+		return queue.Defer(fmt.Errorf("VM %q not frozen now: %w (next window opens %s)", vm.Name, err, next.Format(time.RFC3339)), next)
+	}
 	if err != nil {
-		return fmt.Errorf("VM %q not frozen now: %w", vm.Name, err)
+		return queue.Defer(fmt.Errorf("VM %q not frozen now: %w", vm.Name, err), time.Now().Add(groupBusyRetry))
 	}
 	defer release()
+	h.setFrozen(vmID, true)
+	defer h.setFrozen(vmID, false)
+	var rec *results.Freeze
 	rep, err := connector.Scan(ctx, c, vmID, opts, nil, func(ctx context.Context, f *connector.Freeze) error {
 		a.connm.stun.WithLabelValues(h.cfg.Name, "freeze").Observe(f.Stun.Seconds())
 		h.log.Info("appliance: VM frozen", "vm", f.VM.Name, "freeze", f.ID, "in_place", f.InPlace, "stun", f.Stun)
+		if !f.InPlace {
+			rec = &results.Freeze{VM: job.VM, ID: f.ID, Connector: h.cfg.Name, JobID: job.ID, Taken: f.Taken,
+				FreezeStun: f.Stun, Quiesced: f.Quiesced}
+			a.putFreeze(ctx, h, *rec)
+		}
 		fj := job
 		fj.Disks = nil
 		for _, fd := range f.Disks {
-			d, err := a.frozenDisk(c, f, fd)
+			d, err := a.frozenDisk(h, c, f, fd)
 			if err != nil {
 				return queue.Permanent(err)
 			}
@@ -410,15 +571,53 @@ func (a *Appliance) runFrozen(ctx context.Context, job queue.Job, wrap queue.Wra
 	if rep.Freeze != nil && !rep.Freeze.InPlace {
 		a.connm.stun.WithLabelValues(h.cfg.Name, "release").Observe(rep.Released.Stun.Seconds())
 		h.log.Info("appliance: VM released", "vm", rep.Freeze.VM.Name, "freeze", rep.Freeze.ID, "stun", rep.Released.Stun, "took", rep.Released.Duration)
+		if rec != nil {
+			rec.Released = time.Now().UTC()
+			rec.ReleaseStun, rec.ReleaseTook, rec.Repaired = rep.Released.Stun, rep.Released.Duration, rep.Released.Repaired
+			rec.Held = rec.Released.Sub(rec.Taken)
+			if rep.ReleaseErr != nil {
+				rec.Released, rec.Held, rec.Error = time.Time{}, 0, rep.ReleaseErr.Error()
+			}
+			a.putFreeze(ctx, h, *rec)
+		}
 	}
 	return classifyConnector(err)
 }
 
+// groupBusyRetry is how soon a job held back because another member of
+// its VM's group is frozen is tried again.
+var groupBusyRetry = 10 * time.Second
+
+// putFreeze records a freeze for the API; a failure to record it is
+// logged, never the scan's failure.
+func (a *Appliance) putFreeze(ctx context.Context, h *hypervisor, f results.Freeze) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
+	defer cancel()
+	if err := a.results.PutFreeze(sctx, f); err != nil {
+		h.log.Warn("appliance: freeze not recorded", "vm", f.VM, "freeze", f.ID, "err", err)
+	}
+}
+
 // frozenDisk turns a frozen disk into a job disk on the configured
 // datastore that holds its files.
-func (a *Appliance) frozenDisk(c connector.Connector, f *connector.Freeze, fd connector.FrozenDisk) (queue.Disk, error) {
-	name, local := a.datastoreOf(c, connector.Disk{Datastore: fd.Disk.Datastore, Layers: fd.Layers})
+func (a *Appliance) frozenDisk(h *hypervisor, c connector.Connector, f *connector.Freeze, fd connector.FrozenDisk) (queue.Disk, error) {
+	name, local := a.datastoreOf(h, c, connector.Disk{Datastore: fd.Disk.Datastore, Layers: fd.Layers})
 	ds, ok := a.cfg.datastore(name)
+	if ok && ds.Connector != "" {
+		// Read through the hypervisor: the job disk keeps the datastore
+		// paths ("[ds] folder/file.vmdk"), which scanDisk opens through
+		// the connector's Files.
+		d := queue.Disk{Path: fd.Top().Path, Datastore: ds.Name, Format: fd.Top().Format}
+		for i, l := range fd.Layers {
+			if _, err := remotePath(ds, l.Path); err != nil {
+				return queue.Disk{}, fmt.Errorf("VM %q disk %s: layer %s: %w", f.VM.Name, fd.Disk.Key, l.Path, err)
+			}
+			if i > 0 {
+				d.Layers = append(d.Layers, l.Path)
+			}
+		}
+		return d, nil
+	}
 	if !ok || local == "" {
 		return queue.Disk{}, fmt.Errorf("VM %q disk %s: %s is on no configured datastore (mount it and add it to datastores)", f.VM.Name, fd.Disk.Key, fd.Top().Path)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,7 +135,7 @@ const connectTimeout = 5 * time.Second
 
 // openDatabase opens the configured database once and makes the stores on
 // it. A failure closes what was opened.
-func openDatabase(ctx context.Context, cfg *Config) (_ *database, err error) {
+func openDatabase(ctx context.Context, cfg *Config, log *slog.Logger) (_ *database, err error) {
 	d := &database{}
 	defer func() {
 		if err != nil {
@@ -159,13 +160,18 @@ func openDatabase(ctx context.Context, cfg *Config) (_ *database, err error) {
 			return nil, fmt.Errorf("database: %w", err)
 		}
 		d.db = stdlib.OpenDBFromPool(d.pool)
-		if err := d.db.PingContext(ctx); err != nil {
-			return nil, fmt.Errorf("database: %w", err)
-		}
-		if d.results, err = resultspg.New(ctx, d.db); err != nil {
-			return nil, err
-		}
-		if d.queue, err = queuepg.New(ctx, d.pool); err != nil {
+		err = retryDB(ctx, cfg, log, "connecting to the database", func() error {
+			if err := d.db.PingContext(ctx); err != nil {
+				return fmt.Errorf("database: %w", err)
+			}
+			var err error
+			if d.results, err = resultspg.New(ctx, d.db); err != nil {
+				return err
+			}
+			d.queue, err = queuepg.New(ctx, d.pool)
+			return err
+		})
+		if err != nil {
 			return nil, err
 		}
 		d.fence = func(j queue.Job) *results.Fence {
@@ -208,6 +214,58 @@ func (d *database) close() error {
 		d.pool.Close()
 	}
 	return errors.Join(errs...)
+}
+
+// startWait is how long an appliance starting on PostgreSQL waits for the
+// database to answer (a server restarting, a failover under way, a
+// network not up yet) before it gives up: long enough for a restart or a
+// failover, short enough that a database that is really gone shows as a
+// failed start. Errors a retry cannot fix (a refused password, a missing
+// database, a name in use) end the start at once.
+const startWait = 90 * time.Second
+
+// retryDB runs f until it succeeds, fails for good, or startWait passed,
+// for driver postgres; for SQLite it runs f once.
+func retryDB(ctx context.Context, cfg *Config, log *slog.Logger, what string, f func() error) error {
+	if cfg.Database.Driver != DriverPostgres {
+		return f()
+	}
+	deadline := time.Now().Add(startWait)
+	wait := saveRetryMin
+	for {
+		err := f()
+		if err == nil || !transientDB(err) || ctx.Err() != nil {
+			return err
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return fmt.Errorf("%w (still failing after %s)", err, startWait)
+		}
+		log.Warn("appliance: "+what+" failed at start; retrying", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, saveRetryMax)
+	}
+}
+
+// transientDB reports whether a database error at start may pass: any
+// failure to reach or use the server but those of its answers that say
+// the configuration is wrong (authentication, a missing database, a
+// permission or statement error).
+func transientDB(err error) bool {
+	if errors.Is(err, ErrConfig) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && len(pe.Code) == 5 {
+		switch pe.Code[:2] {
+		case "28", "3D", "42":
+			return false
+		}
+	}
+	return true
 }
 
 // instanceID tells a restart of this appliance from another appliance

@@ -3,6 +3,7 @@ package appliance
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,6 +47,28 @@ func (d *DatastoreConfig) entry(rel string) (string, error) {
 		return "", fmt.Errorf("%q %w %s", rel, ErrNotImage, d.Name)
 	}
 	return real, nil
+}
+
+// remotePath maps the datastore path of a file of a datastore read
+// through its connector ("[ds] folder/file.vmdk") to the name snapshot
+// opens it under: "/ds/folder/file.vmdk". Under that name the whole
+// datastore is one folder, so that a chain's related files resolve
+// within it (AllowedDirs) and nowhere else.
+func remotePath(d *DatastoreConfig, p string) (string, error) {
+	rest, ok := strings.CutPrefix(p, "["+d.Name+"] ")
+	if !ok || !fs.ValidPath(rest) || rest == "." {
+		return "", fmt.Errorf("%q is not a path of datastore %s ([%s] folder/file)", p, d.Name, d.Name)
+	}
+	return "/" + d.Name + "/" + rest, nil
+}
+
+// datastorePath is remotePath's inverse.
+func datastorePath(d *DatastoreConfig, name string) (string, error) {
+	rest, ok := strings.CutPrefix(name, "/"+d.Name+"/")
+	if !ok || !fs.ValidPath(rest) {
+		return "", fmt.Errorf("%w: %q is outside datastore %s", ErrOutsideDatastore, name, d.Name)
+	}
+	return "[" + d.Name + "] " + rest, nil
 }
 
 // redact makes a message fit for API clients: the datastore's folder, as

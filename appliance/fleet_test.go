@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -192,17 +193,67 @@ func TestNameInUse(t *testing.T) {
 	app1.reopen() // the same appliance again
 }
 
-// TestDatabaseCut: the network to PostgreSQL is cut while a scan runs. The
+// TestDatabaseFaults: the database goes away while a scan runs — the
+// network to PostgreSQL is cut, the server is stopped and started again
+// (a restart held long enough for the scan to end meanwhile), or the
+// primary stops and its synchronous standby is promoted, the connection
+// string naming both hosts with target_session_attrs=read-write. The
 // appliance says it is not ready, its metrics show the database down, it
-// starts nothing new, and the running scan goes on; its result, which
-// could not be written, is retried until the network is back, then
-// stored: the job is done once, on its first attempt, and the next job
-// runs.
-func TestDatabaseCut(t *testing.T) {
-	srv := pgtest.Start(t)
-	dsn := srv.NewDatabase(t)
-	proxy := pgtest.NewProxy(t, srv.Port())
-	app := startApp(t, appOpts{edit: join(onPostgres(t, "app-1", proxy.DSN(srv, dsn)), func(c *Config) {
+// starts nothing new, and the running scan goes on within its lease; its
+// result, which could not be written, is retried until the database is
+// back, then stored: the job is done once, on its first attempt, and the
+// next job runs.
+func TestDatabaseFaults(t *testing.T) {
+	shared := pgtest.Start(t) // the cut and the restart; a failover needs a primary of its own
+	for _, fault := range []string{"network cut", "server restart", "failover"} {
+		t.Run(fault, func(t *testing.T) {
+			if raceEnabled && fault != "network cut" {
+				t.Skip("under -race, the network cut covers the same code; the suite's time is kept for the rest")
+			}
+			srv := shared
+			if fault == "failover" {
+				srv = pgtest.Start(t)
+			}
+			dsn := srv.NewDatabase(t)
+			var down, up func()
+			switch fault {
+			case "network cut":
+				proxy := pgtest.NewProxy(t, srv.Port())
+				dsn = proxy.DSN(srv, dsn)
+				down, up = proxy.Cut, proxy.Mend
+			case "server restart":
+				down = func() {
+					if err := srv.Stop(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				up = func() {
+					if err := srv.Start(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			case "failover":
+				standby := srv.StartStandby(t)
+				dsn = strings.Replace(dsn, fmt.Sprintf("127.0.0.1:%d", srv.Port()),
+					fmt.Sprintf("127.0.0.1:%d,127.0.0.1:%d", srv.Port(), standby.Port()), 1) + "&target_session_attrs=read-write"
+				down = func() {
+					if err := srv.Stop(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				up = func() {
+					if err := standby.Promote(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			testDatabaseFault(t, dsn, down, up)
+		})
+	}
+}
+
+func testDatabaseFault(t *testing.T, dsn string, down, up func()) {
+	app := startApp(t, appOpts{edit: join(onPostgres(t, "app-1", dsn), func(c *Config) {
 		for i := range c.Datastores {
 			c.Datastores[i].MaxScans, c.Datastores[i].BytesPerSec = 1, 1<<20
 		}
@@ -210,9 +261,9 @@ func TestDatabaseCut(t *testing.T) {
 	app.install(1)
 	ids := app.submit("vm03", "vm13")
 	app.waitRunning(ids["vm03"])
-	proxy.Cut()
-	t.Log("cut")
-	cutAt := time.Now()
+	down()
+	t.Log("database down")
+	downAt := time.Now()
 	eventually(t, "readyz to fail naming the database", 10*time.Second, func() bool {
 		code, _ := app.call("GET", "/readyz", "", nil, nil)
 		return code == http.StatusServiceUnavailable
@@ -223,27 +274,27 @@ func TestDatabaseCut(t *testing.T) {
 		resp.Body.Close()
 	}
 	if !slices.Contains(ready.Reasons, "database unavailable") {
-		t.Errorf("readyz reasons while cut: %q", ready.Reasons)
+		t.Errorf("readyz reasons while the database is down: %q", ready.Reasons)
 	}
 	if up := app.metric("snapscan_database_up"); up != 0 {
-		t.Errorf("snapscan_database_up = %v while the network is cut", up)
+		t.Errorf("snapscan_database_up = %v while the database is down", up)
 	}
 	eventually(t, "the scan to end and its save to be retried", 15*time.Second, func() bool {
 		return app.metric("snapscan_result_save_retries_total") > 0
 	})
-	if time.Since(cutAt) > 12*time.Second {
-		t.Fatalf("the scan ended %s after the cut: too late for its lease (15 s); make the disk smaller", time.Since(cutAt))
+	if time.Since(downAt) > 12*time.Second {
+		t.Fatalf("the scan ended %s after the database went down: too late for its lease (15 s); make the disk smaller", time.Since(downAt))
 	}
 	eventually(t, "the queue to see the database gone", 5*time.Second, func() bool {
 		return app.metric("snapscan_queue_store_ok") == 0
 	})
 	time.Sleep(500 * time.Millisecond)
 	if m := app.a.q.Metrics(); m.Started != 1 {
-		t.Errorf("while cut: %d jobs started, want 1 (nothing new)", m.Started)
+		t.Errorf("while the database is down: %d jobs started, want 1 (nothing new)", m.Started)
 	}
 	time.Sleep(time.Second)
-	proxy.Mend()
-	t.Logf("mended after %s", time.Since(cutAt).Round(time.Millisecond))
+	up()
+	t.Logf("database back after %s", time.Since(downAt).Round(time.Millisecond))
 	jobs := app.waitJobs(ids["vm03"], ids["vm13"])
 	for _, j := range jobs {
 		if j.State != queue.Done || j.Attempts != 1 || j.Crashes != 0 {
@@ -253,12 +304,15 @@ func TestDatabaseCut(t *testing.T) {
 			t.Errorf("job %d: no result: %v", j.ID, err)
 		}
 	}
-	eventually(t, "readyz again", 10*time.Second, func() bool {
+	eventually(t, "readyz again", 15*time.Second, func() bool {
 		code, _ := app.call("GET", "/readyz", "", nil, nil)
 		return code == http.StatusOK
 	})
 	if up := app.metric("snapscan_database_up"); up != 1 {
-		t.Errorf("snapscan_database_up = %v after the network came back", up)
+		t.Errorf("snapscan_database_up = %v after the database came back", up)
+	}
+	if n := app.metric("snapscan_results_fenced_total"); n != 0 {
+		t.Errorf("snapscan_results_fenced_total = %v: a result was refused", n)
 	}
 }
 
@@ -345,4 +399,45 @@ func TestFleetRescanOnce(t *testing.T) {
 		app2.call("GET", "/v1/appliances", testToken, nil, &list)
 		return len(list.Appliances) == 2 && list.Appliances[0].SigVersion == 3 && list.Appliances[1].SigVersion == 3
 	})
+}
+
+// TestStartWhileDatabaseDown: an appliance started while its PostgreSQL
+// is down (restarting, failing over) waits for it and starts once it
+// answers; one whose connection string names a database that does not
+// exist fails at once, naming the database.
+func TestStartWhileDatabaseDown(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(2 * time.Second)
+		if err := srv.Start(); err != nil {
+			t.Error(err)
+		}
+	}()
+	t0 := time.Now()
+	app := startApp(t, appOpts{edit: onPostgres(t, "app-1", dsn)})
+	if d := time.Since(t0); d < 2*time.Second {
+		t.Errorf("the appliance started after %v, before the database did", d)
+	}
+	app.install(1)
+	id := app.submit("vm01")["vm01"]
+	if j := app.waitJobs(id)[0]; j.State != queue.Done {
+		t.Fatalf("job after a start on a database that came up late: %s (%s)", j.State, j.Error)
+	}
+
+	cfg := *app.cfg
+	bad := strings.Replace(dsn, "/postgres?", "/nosuchdb?", 1)
+	onPostgres(t, "app-2", bad)(&cfg)
+	cfg.Signatures.StateDir = filepath.Join(t.TempDir(), "sig")
+	t0 = time.Now()
+	_, err := New(context.Background(), &cfg, Options{Logger: testLogger(t)})
+	if err == nil || !strings.Contains(err.Error(), "nosuchdb") {
+		t.Fatalf("an appliance on a database that does not exist: %v", err)
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("a database that does not exist took %v to be refused", d)
+	}
 }

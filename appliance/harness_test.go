@@ -31,7 +31,7 @@ const testToken = "test-api-token-0123456789"
 
 // testApp is a running appliance and what the tests need to drive it.
 type testApp struct {
-	t      *testing.T
+	t      testing.TB
 	a      *Appliance
 	dir    string
 	fx     string // the appliance.sh fixture
@@ -53,7 +53,7 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // applianceFixture returns the appliance.sh fixture: 20 VMs on ds-a and
 // ds-b with planted matches (see testdata/appliance.sh).
-func applianceFixture(t *testing.T) string {
+func applianceFixture(t testing.TB) string {
 	t.Helper()
 	testenv.NeedTools(t, "mkfs.ext4", "sgdisk", "qemu-img")
 	return testenv.Fixture(t, "appliance.sh")
@@ -70,7 +70,7 @@ type appOpts struct {
 // startApp writes a configuration over the appliance.sh fixture's two
 // datastores, opens the appliance and serves it on a loopback port until
 // the test ends.
-func startApp(t *testing.T, o appOpts) *testApp {
+func startApp(t testing.TB, o appOpts) *testApp {
 	t.Helper()
 	fx := applianceFixture(t)
 	dir := t.TempDir()
@@ -296,7 +296,7 @@ func (ta *testApp) waitJobs(ids ...int64) []queue.Job {
 	return jobs
 }
 
-func eventually(t *testing.T, what string, d time.Duration, ok func() bool) {
+func eventually(t testing.TB, what string, d time.Duration, ok func() bool) {
 	t.Helper()
 	end := time.Now().Add(d)
 	for !ok() {
@@ -308,7 +308,7 @@ func eventually(t *testing.T, what string, d time.Duration, ok func() bool) {
 }
 
 // testLogger keeps the appliance's log and shows it if the test fails.
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	var mu sync.Mutex
 	var buf bytes.Buffer
 	t.Cleanup(func() {

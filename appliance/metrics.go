@@ -23,12 +23,15 @@ type metrics struct {
 	findings   prometheus.Counter
 	readBytes  prometheus.Counter
 	readOps    prometheus.Counter
-	vmRead     *prometheus.CounterVec // by VM
-	files      prometheus.Counter
-	cached     prometheus.Counter
-	bytes      prometheus.Counter
-	jobs       *prometheus.CounterVec // by final state
-	requests   *prometheus.CounterVec // by code
+	// scanRead is what each stored scan read, as a distribution: per-VM
+	// figures are the API's (GET /v1/vms, last_bytes_read), never a
+	// label here, so that /metrics stays bounded whatever the fleet.
+	scanRead prometheus.Histogram
+	files    prometheus.Counter
+	cached   prometheus.Counter
+	bytes    prometheus.Counter
+	jobs     *prometheus.CounterVec // by final state
+	requests *prometheus.CounterVec // by code
 	// Result saves: retried (the database failed), fenced (refused: the
 	// run was no longer this appliance's).
 	saveRetries prometheus.Counter
@@ -46,8 +49,9 @@ func newMetrics(a *Appliance) *metrics {
 		Help: "What stored scans could not scan, by reason (the scanner's skip reasons, volume_error, spool_error, time_limit): files, volumes or scans."}, []string{"reason"})
 	m.readBytes = f("scan_read_bytes_total", "Bytes scans read from datastores (image metadata and backing files included).")
 	m.readOps = f("scan_read_ops_total", "Read operations scans issued to datastores.")
-	m.vmRead = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "vm_read_bytes_total",
-		Help: "Bytes the stored scans of a VM read from its datastores (one series per VM of the inventory)."}, []string{"vm"})
+	m.scanRead = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "snapscan", Name: "scan_read_bytes",
+		Help:    "Bytes each stored scan read from its datastores (per VM: GET /v1/vms, last_bytes_read).",
+		Buckets: prometheus.ExponentialBuckets(1<<20, 4, 10)})
 	m.findings = f("findings_total", "Findings stored (one per rule matching a file).")
 	m.files = f("files_scanned_total", "Files and archive members checked.")
 	m.cached = f("files_cached_total", "Files whose verdict came from the verdict cache.")
@@ -58,7 +62,7 @@ func newMetrics(a *Appliance) *metrics {
 		Help: "API requests by status code."}, []string{"code"})
 	m.saveRetries = f("result_save_retries_total", "Result saves that failed (the database unreachable or failing) and were retried.")
 	m.fenced = f("results_fenced_total", "Results refused because their run was no longer this appliance's (its lease ended and another run took the job).")
-	m.reg.MustRegister(m.saveRetries, m.fenced, m.scans, m.incomplete, m.readBytes, m.readOps, m.vmRead, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
+	m.reg.MustRegister(m.saveRetries, m.fenced, m.scans, m.incomplete, m.readBytes, m.readOps, m.scanRead, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -75,7 +79,7 @@ func (m *metrics) scanDone(r *results.Scan) {
 	m.bytes.Add(float64(r.Bytes))
 	m.readBytes.Add(float64(r.BytesRead))
 	m.readOps.Add(float64(r.ReadOps))
-	m.vmRead.WithLabelValues(r.VM).Add(float64(r.BytesRead))
+	m.scanRead.Observe(float64(r.BytesRead))
 }
 
 func (m *metrics) scanOutcome(err error) {

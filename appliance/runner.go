@@ -13,8 +13,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/snapscan/snapscan/connector"
 	"github.com/snapscan/snapscan/queue"
 	"github.com/snapscan/snapscan/scanner"
+	"github.com/snapscan/snapscan/scanner/incremental"
 	"github.com/snapscan/snapscan/signatures"
 	"github.com/snapscan/snapscan/snapshot"
 	"github.com/snapscan/snapscan/snapshot/image"
@@ -283,6 +285,9 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 	if !ok {
 		return nil, queue.Permanent(fmt.Errorf("disk %s: datastore %q is not configured", d.Path, d.Datastore))
 	}
+	if ds.Connector != "" {
+		return a.scanRemoteDisk(ctx, sc, job, i, d, ds, wrap, jp)
+	}
 	// Checked again: a link in the datastore may have changed since the
 	// submit.
 	path, err := ds.entry(d.Path)
@@ -314,6 +319,64 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 			opts.Layers = append(opts.Layers, lp)
 		}
 	}
+	return a.scanOpened(ctx, sc, job, i, d, ds, path, opts, jp)
+}
+
+// scanRemoteDisk opens a disk of a datastore read through its connector
+// (vSphere's HTTP /folder interface): every file of its chain is opened
+// through the connector's Files, under the names remotePath gives, within
+// the datastore, through the datastore's budget like any other read.
+func (a *Appliance) scanRemoteDisk(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, ds *DatastoreConfig, wrap queue.Wrap, jp *jobProgress) (*diskScan, error) {
+	var files connector.Files
+	for _, h := range a.hypervisors {
+		if h.cfg.Name == ds.Connector {
+			c, _, err := h.connect(ctx, a)
+			if err != nil {
+				return nil, classifyConnector(err)
+			}
+			files = c.Files()
+		}
+	}
+	if files == nil {
+		return nil, queue.Permanent(fmt.Errorf("disk %s: datastore %s: connector %q is not configured", d.Path, ds.Name, ds.Connector))
+	}
+	path, err := remotePath(ds, d.Path)
+	if err != nil {
+		return nil, queue.Permanent(fmt.Errorf("disk %w", err))
+	}
+	opts := &snapshot.Options{
+		Format:      d.Format,
+		AllowedDirs: []string{"/" + ds.Name},
+		WrapReader: func(_ string, r io.ReaderAt) io.ReaderAt {
+			return &jobReader{ctx: ctx, r: wrap(d.Datastore, r), n: &jp.read}
+		},
+		OpenFile: func(name string) (image.File, error) {
+			dp, err := datastorePath(ds, name)
+			if err != nil {
+				return image.File{}, err
+			}
+			f, err := files.Open(ctx, dp)
+			if err != nil {
+				return image.File{}, err
+			}
+			return image.File{R: f, Size: f.Size(), Closer: f}, nil
+		},
+	}
+	if len(d.Layers) > 0 {
+		opts.Layers = []string{path}
+		for _, l := range d.Layers {
+			lp, err := remotePath(ds, l)
+			if err != nil {
+				return nil, queue.Permanent(fmt.Errorf("disk %s: layer %w", d.Path, err))
+			}
+			opts.Layers = append(opts.Layers, lp)
+		}
+	}
+	return a.scanOpened(ctx, sc, job, i, d, ds, path, opts, jp)
+}
+
+// scanOpened opens the disk at path with opts and scans it.
+func (a *Appliance) scanOpened(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, ds *DatastoreConfig, path string, opts *snapshot.Options, jp *jobProgress) (*diskScan, error) {
 	disk, err := snapshot.Open(path, opts)
 	if err != nil {
 		a.unreadable.set(job.ID, d)
@@ -324,10 +387,20 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 			log = log.With("related", rel.Name, "resolves", rel.Resolved)
 		}
 		log.Warn("appliance: disk not opened")
+		var ce *connector.Error
+		if errors.As(err, &ce) && !ce.Permanent() && ctx.Err() == nil {
+			return nil, err // the hypervisor did not answer: transient
+		}
 		return nil, classify(ctx, ds.redactErr(err))
 	}
 	defer disk.Close()
-	t := scanner.DiskTarget(fmt.Sprintf("job-%d/%d", job.ID, i), disk)
+	name := fmt.Sprintf("job-%d/%d", job.ID, i)
+	t := scanner.DiskTarget(name, disk)
+	var plan *incremental.Plan
+	if a.records != nil {
+		plan = incremental.NewSession(a.records, sc.ReuseKey(), a.log.With("job", job.ID, "datastore", ds.Name, "path", d.Path)).Plan(ctx, disk)
+		t = plan.Target(name)
+	}
 	readable := 0
 	for _, v := range disk.Volumes {
 		if v.Err == nil {
@@ -354,6 +427,11 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 	a.progress.addTarget(t.Name, jp)
 	defer a.progress.removeTarget(t.Name)
 	rep, err := sc.Scan(ctx, t)
+	if plan != nil && rep != nil {
+		if ferr := plan.Finish(context.WithoutCancel(ctx), rep); ferr != nil {
+			a.log.Warn("appliance: recording the scan for incremental scans", "job", job.ID, "err", ferr)
+		}
+	}
 	out := &diskScan{disk: d, report: rep, redact: ds.redact}
 	if err != nil {
 		if ctx.Err() != nil {

@@ -15,8 +15,10 @@ var ReleaseTimeout = 5 * time.Minute
 type Report struct {
 	// Freeze is the freeze made (nil if none was).
 	Freeze *Freeze
-	// Released is what its release took.
-	Released Released
+	// Released is what its release took; ReleaseErr why the release
+	// failed (it is also joined into Scan's error).
+	Released   Released
+	ReleaseErr error
 	// Waited is the time spent waiting at the gate (windows, groups).
 	Waited time.Duration
 }
@@ -54,7 +56,7 @@ func Scan(ctx context.Context, c Connector, vmID string, opts Options, gate *Gat
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ReleaseTimeout)
 		defer cancel()
 		r, rerr := c.Release(rctx, f)
-		rep.Released = r
+		rep.Released, rep.ReleaseErr = r, rerr
 		if rerr != nil {
 			err = errors.Join(err, fmt.Errorf("release of freeze %s: %w", f.ID, rerr))
 		}

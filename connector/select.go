@@ -117,6 +117,20 @@ func (w Window) Contains(t time.Time) bool {
 	return d >= w.From || d < w.To
 }
 
+// Next returns t when t lies in the window, and otherwise the window's
+// next start after t (in t's location).
+func (w Window) Next(t time.Time) time.Time {
+	if w.Contains(t) {
+		return t
+	}
+	y, m, d := t.Date()
+	start := time.Date(y, m, d, 0, 0, 0, 0, t.Location()).Add(w.From)
+	if !start.After(t) {
+		start = time.Date(y, m, d+1, 0, 0, 0, 0, t.Location()).Add(w.From)
+	}
+	return start
+}
+
 // Gate decides when a VM may be frozen: inside one of the windows (any
 // time when there are none) and while no other member of any of its
 // groups is frozen. It is safe for concurrent use.
@@ -143,6 +157,23 @@ func NewGate(groups []Group, windows []Window, now func() time.Time) (*Gate, err
 		now = time.Now
 	}
 	return &Gate{groups: groups, windows: windows, now: now, held: map[string]string{}, change: make(chan struct{})}, nil
+}
+
+// Opens returns when a freeze may next start as far as the windows say:
+// now when inside one (or when there are none), else the earliest next
+// start of a window.
+func (g *Gate) Opens() time.Time {
+	now := g.now()
+	if len(g.windows) == 0 {
+		return now
+	}
+	var first time.Time
+	for _, w := range g.windows {
+		if n := w.Next(now); first.IsZero() || n.Before(first) {
+			first = n
+		}
+	}
+	return first
 }
 
 // ErrOutsideWindow is returned by TryAcquire outside every window.

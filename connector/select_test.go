@@ -98,4 +98,23 @@ func TestGate(t *testing.T) {
 	if _, err := g.Acquire(ctx, other, 10*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("waiting outside the window: %v", err)
 	}
+	// At noon the window next opens at 22:00 the same day; at 23:30 it
+	// is open; after 06:00 it opens again that evening.
+	if got, want := g.Opens(), time.Date(2026, 1, 2, 22, 0, 0, 0, time.Local); !got.Equal(want) {
+		t.Errorf("Opens at noon = %v, want %v", got, want)
+	}
+	now = time.Date(2026, 1, 2, 23, 30, 0, 0, time.Local)
+	if got := g.Opens(); !got.Equal(now) {
+		t.Errorf("Opens inside the window = %v", got)
+	}
+	morning, _ := connector.ParseWindow("01:00-05:00")
+	for _, tc := range []struct{ at, want time.Time }{
+		{time.Date(2026, 1, 2, 0, 30, 0, 0, time.UTC), time.Date(2026, 1, 2, 1, 0, 0, 0, time.UTC)},
+		{time.Date(2026, 1, 2, 5, 0, 0, 0, time.UTC), time.Date(2026, 1, 3, 1, 0, 0, 0, time.UTC)},
+		{time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC), time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC)},
+	} {
+		if got := morning.Next(tc.at); !got.Equal(tc.want) {
+			t.Errorf("Next(%v) = %v, want %v", tc.at, got, tc.want)
+		}
+	}
 }

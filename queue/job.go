@@ -305,6 +305,40 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &p)
 }
 
+// deferredError marks a run that did not do its work because it may not
+// now, for a reason that passes by itself at a known time.
+type deferredError struct {
+	err   error
+	until time.Time
+}
+
+func (e *deferredError) Error() string { return e.err.Error() }
+func (e *deferredError) Unwrap() error { return e.err }
+
+// Defer marks err as "not now": a runner returns it when the job may not
+// run yet for a reason that is not the job's fault and passes by itself
+// (a VM's freeze outside its freeze window, another member of its group
+// frozen). The job goes back to the queue, due at until, and the run does
+// not count against MaxAttempts, so a job may wait for its window for
+// days. The due time is kept in the store: it survives a restart.
+// Defer(nil, t) is nil.
+func Defer(err error, until time.Time) error {
+	if err == nil {
+		return nil
+	}
+	return &deferredError{err: err, until: until}
+}
+
+// IsDeferred reports whether err, or an error it wraps, was marked by
+// Defer, and until when.
+func IsDeferred(err error) (time.Time, bool) {
+	var d *deferredError
+	if errors.As(err, &d) {
+		return d.until, true
+	}
+	return time.Time{}, false
+}
+
 func joinNonEmpty(parts ...string) string {
 	var b []string
 	for _, p := range parts {

@@ -993,6 +993,9 @@ func (q *Queue) outcome(serveCtx context.Context, rj *runningJob, now time.Time)
 		t.To, t.Err = Failed, fmt.Sprintf("%v (deadline %s): %v", ErrDeadline, j.Deadline.Format(time.RFC3339), runErr)
 	case IsPermanent(runErr):
 		t.To, t.Err = Failed, runErr.Error()
+	case isDeferred(runErr):
+		until, _ := IsDeferred(runErr)
+		t.To, t.Err, t.RetryAt, t.Interrupted = Queued, runErr.Error(), until, true
 	case j.Attempts >= q.cfg.MaxAttempts:
 		t.To, t.Err = Failed, fmt.Sprintf("%v (%d): %v", ErrAttempts, j.Attempts, runErr)
 	default:
@@ -1008,6 +1011,8 @@ func (q *Queue) outcome(serveCtx context.Context, rj *runningJob, now time.Time)
 	}
 	return t
 }
+
+func isDeferred(err error) bool { _, ok := IsDeferred(err); return ok }
 
 func (q *Queue) backoff(attempts int) time.Duration {
 	d := q.cfg.BackoffBase

@@ -3,6 +3,7 @@ package queue
 import (
 	"cmp"
 	"container/heap"
+	"math"
 	"slices"
 	"time"
 
@@ -225,9 +226,14 @@ func (q *Queue) pick(now time.Time) *entry {
 		if c == nil || c == best {
 			continue
 		}
-		load, dist := 0, len(q.dsNames)
+		// A job's load is that of its least busy datastore: a job that
+		// would make an idle datastore busy goes first even if its
+		// other datastores are busy (the last jobs of a datastore that
+		// also need a busy one would otherwise start only when the busy
+		// one drains, leaving this one idle meanwhile).
+		load, dist := math.MaxInt, len(q.dsNames)
 		for _, d := range c.ds {
-			load = max(load, d.running+d.remote)
+			load = min(load, d.running+d.remote)
 			pos, _ := slices.BinarySearch(q.dsNames, d.name)
 			dist = min(dist, (pos-q.rr+len(q.dsNames))%len(q.dsNames))
 		}

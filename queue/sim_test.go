@@ -230,6 +230,9 @@ func runSimulation(t testing.TB, target time.Duration, sc simScale) simResult {
 	var stores []queue.Store
 	for i := range sc.queues {
 		st := sc.open(t)
+		ts := &timedStore{Store: st}
+		timed = append(timed, ts)
+		st = ts
 		stores = append(stores, st)
 		q, err := queue.New(ctx, st, run, queue.Config{MaxScans: workers, MaxAttempts: 1, Appliance: fmt.Sprint("sim-", i),
 			OnFinish: func(j queue.Job) { mu.Lock(); finished[j.ID] = append(finished[j.ID], j); mu.Unlock() }})
@@ -352,6 +355,17 @@ func runSimulation(t testing.TB, target time.Duration, sc simScale) simResult {
 			if g := reads[i].at.Sub(reads[i-1].at) - pace; g > 100*time.Millisecond {
 				idle += g
 				idles = append(idles, fmt.Sprintf("%v@%v", g.Round(time.Millisecond), reads[i-1].at.Sub(start).Round(10*time.Millisecond)))
+				if g > 2*time.Second && testing.Verbose() {
+					from, to := reads[i-1].at, reads[i].at
+					for _, fs := range finished {
+						j := fs[0]
+						if !slices.Contains(j.Datastores(), fmt.Sprint("ds", ds)) || j.FinishedAt.Before(from) || j.StartedAt.After(to) {
+							continue
+						}
+						t.Logf("ds%d gap %v..%v: job %d %s %v run %v..%v by %s", ds, from.Sub(start), to.Sub(start), j.ID, j.VM, j.Datastores(),
+							j.StartedAt.Sub(start), j.FinishedAt.Sub(start), j.Holder)
+					}
+				}
 			}
 		}
 		if len(reads) > 0 {
@@ -388,6 +402,13 @@ func runSimulation(t testing.TB, target time.Duration, sc simScale) simResult {
 		}
 	}
 	res.worstRatio = worstRatio
+	for _, ts := range timed {
+		if !testing.Verbose() {
+			break
+		}
+		t.Logf("apply: %d calls, %d transitions, mean %v max %v; changes %d mean %v", ts.n, ts.ts, ts.total/time.Duration(max(ts.n, 1)), ts.max, ts.ch, ts.chT/time.Duration(max(ts.ch, 1)))
+	}
+	timed = nil
 	return res
 }
 
@@ -458,6 +479,12 @@ func BenchmarkSimulation(b *testing.B) {
 				b.ReportMetric(res.makespan.Seconds(), "makespan-s")
 				b.ReportMetric(res.bound.Seconds(), "bound-s")
 				b.ReportMetric(float64(res.cpuPerJob.Microseconds()), "cpu-µs/job")
+				if testing.Verbose() {
+					b.Logf("worst window: %s", res.worst)
+					for _, l := range res.perDS {
+						b.Log(l)
+					}
+				}
 			}
 		})
 	}

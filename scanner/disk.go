@@ -18,7 +18,7 @@ func DiskTarget(name string, d *snapshot.Disk) Target {
 	}
 	t := Target{Name: name, Kind: kind, Volumes: make([]Volume, 0, len(d.Volumes))}
 	for _, v := range d.Volumes {
-		t.Volumes = append(t.Volumes, Volume{ID: v.ID, FileSystem: v.FileSystem, FS: v.FS, Err: v.Err})
+		t.Volumes = append(t.Volumes, Volume{ID: v.ID, FileSystem: v.FileSystem, FS: v.FS, Err: v.Err, BytesRead: v.BytesRead})
 	}
 	return t
 }

@@ -16,6 +16,10 @@ type Target struct {
 	// copied to the Report.
 	Kind    string
 	Volumes []Volume
+	// Reuse, when set, gives the outcome of files known to hold the same
+	// bytes as files of an earlier scan, so that they are not read, and is
+	// told the outcome of every file read (scanner/incremental).
+	Reuse Reuse
 }
 
 // Kinds of target: which way a target was read.
@@ -36,6 +40,9 @@ type Volume struct {
 	// makes the scan incomplete unless Err wraps snapshot.ErrNoFiles
 	// (swap, an LVM2 physical volume, a BIOS boot partition).
 	Err error
+	// BytesRead, when set, returns the bytes read so far from the
+	// volume's device (snapshot.Volume.BytesRead): VolumeReport.ReadBytes.
+	BytesRead func() int64
 }
 
 // Match is one rule that matched, with what it matched.
@@ -180,6 +187,16 @@ type VolumeReport struct {
 	Bytes int64 `json:"bytes"`
 	// Cached counts the files of Files whose verdict came from the cache.
 	Cached int64 `json:"cached"`
+	// Reused counts the files of Files whose outcome came from the record
+	// of a base layer (Target.Reuse) without their bytes being read.
+	Reused int64 `json:"reused"`
+	// ReadBytes is what was read from the volume's device, file-system
+	// metadata included, from its opening to the end of the scan; 0 where
+	// not counted (folders, files).
+	ReadBytes int64 `json:"read_bytes"`
+	// NoReuse says why no file of the volume could come from a base
+	// layer's record, where a base was used for the disk.
+	NoReuse string `json:"no_reuse,omitempty"`
 	// Skipped counts what was not scanned, by reason (Skip* constants).
 	Skipped map[string]int64 `json:"skipped"`
 	// Errors lists read errors, timeouts and archive problems per path;
@@ -237,6 +254,25 @@ type Report struct {
 	Excludes []ExcludeCount `json:"excludes"`
 	Started  time.Time      `json:"started"`
 	Duration time.Duration  `json:"duration_ns"`
+	// Incremental says which recorded base layer gave outcomes, or why
+	// none did; nil when the scan was not incremental.
+	Incremental *IncrementalReport `json:"incremental,omitempty"`
+}
+
+// IncrementalReport is the part of a Report about an incremental scan
+// (scanner/incremental fills it in).
+type IncrementalReport struct {
+	// Base is the layer of the disk's chain whose record gave outcomes
+	// (its path), "" when none did and every file was read.
+	Base string `json:"base,omitempty"`
+	// Identity is the base's identity (the digest of its chain).
+	Identity string `json:"identity,omitempty"`
+	// Warnings say why a base that was recorded could not be trusted
+	// (it changed since), or why the disk could not use one.
+	Warnings []string `json:"warnings,omitempty"`
+	// Recorded lists the identities recorded by this scan, for later
+	// scans of disks whose chain holds them.
+	Recorded []string `json:"recorded,omitempty"`
 }
 
 // ExcludeCount is how many paths an exclusion pattern matched.

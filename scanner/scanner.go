@@ -141,6 +141,16 @@ func New(rules *Rules, opts Options) *Scanner {
 	return &Scanner{rules: rules, opts: opts, budget: opts.Budget, keep: keep}
 }
 
+// ReuseKey is what outcomes recorded for Target.Reuse depend on besides
+// a file's bytes and externals: the rules (Rules.ID) and whether archives
+// are expanded. A Reuse whose Rules differs is not used.
+func (s *Scanner) ReuseKey() string {
+	if s.opts.NoArchives {
+		return s.rules.id + "+no-archives"
+	}
+	return s.rules.id
+}
+
 // maxSize is the largest file that can be scanned at all.
 func (s *Scanner) maxSize() int64 {
 	if s.opts.MaxFileSize > 0 {
@@ -166,6 +176,7 @@ type run struct {
 	target Target
 	rep    *Report
 	owners owners // the guest's user names, by uid
+	reuse  Reuse  // t.Reuse when recorded under these rules, else nil
 
 	mu       sync.Mutex // guards rep, progress and the hooks
 	progress Progress
@@ -196,6 +207,9 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 	}
 	r := &run{s: s, target: t, rep: rep, progress: Progress{Target: t.Name}, owners: readOwners(t),
 		excludeHits: make([]int64, len(s.opts.Exclude))}
+	if t.Reuse != nil && t.Reuse.Rules() == s.ReuseKey() {
+		r.reuse = t.Reuse
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	jobs := newJobQueue()
@@ -255,6 +269,9 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 	})
 	for i := range rep.Volumes {
 		slices.SortStableFunc(rep.Volumes[i].Errors, func(a, b FileError) int { return strings.Compare(a.Path, b.Path) })
+		if f := t.Volumes[i].BytesRead; f != nil {
+			rep.Volumes[i].ReadBytes = f()
+		}
 	}
 	rep.Excludes = make([]ExcludeCount, len(s.opts.Exclude))
 	for i, g := range s.opts.Exclude {
@@ -459,6 +476,9 @@ func (w *worker) scanFile(ctx context.Context, j job) {
 	r, opts := w.r, &w.r.s.opts
 	vpath := "/" + j.name
 	defer w.fileDone(j.size)
+	if r.reuse != nil && w.reused(j, vpath) {
+		return
+	}
 	f, err := w.r.target.Volumes[j.vol].FS.Open(j.name)
 	if err != nil {
 		r.skip(j.vol, vpath, SkipReadError, err, false)
@@ -520,6 +540,37 @@ func (w *worker) scanFile(ctx context.Context, j job) {
 	w.scanContent(ctx, j, vpath, path.Base(vpath), data, typ, 0, exp)
 }
 
+// reused gives a listed file the outcome Target.Reuse has for it, if it
+// has one, without reading the file.
+func (w *worker) reused(j job, vpath string) bool {
+	r := w.r
+	var ctxKey [32]byte
+	if r.s.rules.pathDependent {
+		name := path.Base(vpath)
+		ctxKey = contextKey(&externals{filename: name, filepath: vpath, extension: strings.ToLower(path.Ext(name)), owner: j.owner})
+	}
+	o, ok := r.reuse.Lookup(j.vol, j.name, ctxKey)
+	if !ok || o.Size != j.size {
+		return false
+	}
+	matches := r.s.filter(o.Matches)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	vr := &r.rep.Volumes[j.vol]
+	vr.Files++
+	vr.Bytes += o.Size
+	vr.Reused++
+	if len(matches) > 0 {
+		f := Finding{Target: r.target.Name, Volume: vr.ID, Path: vpath, Size: o.Size,
+			SHA256: hex.EncodeToString(o.SHA256[:]), Matches: matches}
+		r.rep.Findings = append(r.rep.Findings, f)
+		if r.s.opts.OnFinding != nil {
+			r.s.opts.OnFinding(f)
+		}
+	}
+	return true
+}
+
 // digest returns the cache key of content: its BLAKE3 keyed with
 // contentKey.
 func (w *worker) digest(data []byte) [32]byte {
@@ -576,11 +627,14 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 	var key CacheKey
 	var matches []Match
 	cached := false
-	if c := r.s.opts.Cache; c != nil {
+	record := r.reuse != nil && depth == 0 && exp == nil
+	if c := r.s.opts.Cache; c != nil || record {
 		key = CacheKey{Content: w.digest(data), Rules: r.s.rules.id}
 		if r.s.rules.pathDependent {
 			key.Context = contextKey(&ext)
 		}
+	}
+	if c := r.s.opts.Cache; c != nil {
 		if v, ok := c.Get(key); ok {
 			matches, cached = v.Matches, true
 		}
@@ -601,11 +655,14 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 			}
 		}
 	}
-	matches = r.s.filter(matches)
 	var sum [32]byte
 	if scanned && len(matches) > 0 {
 		sum = sha256.Sum256(data)
 	}
+	if scanned && record {
+		r.reuse.Record(j.vol, j.name, Outcome{Size: int64(len(data)), Content: key.Content, Context: key.Context, SHA256: sum, Matches: matches})
+	}
+	matches = r.s.filter(matches)
 	if scanned {
 		r.mu.Lock()
 		vr := &r.rep.Volumes[j.vol]

@@ -8,6 +8,7 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"github.com/snapscan/snapscan/snapshot/ext4"
 	"github.com/snapscan/snapscan/snapshot/fat"
@@ -113,7 +114,9 @@ func (d *Disk) findVolumes() {
 // probe finds what a volume holds and serves it. Errors name the disk and
 // the volume once; the file system's own error says the rest.
 func (d *Disk) probe(id string, r io.ReaderAt, off, size int64) *Volume {
-	v := &Volume{ID: id, Offset: off, Size: size, r: r}
+	v := &Volume{ID: id, Offset: off, Size: size}
+	r = &countingReader{r: r, n: &v.read}
+	v.r = r
 	where := d.Name + " " + id
 	kind, fsys, err := vfs.Detect(r, size, FileSystems)
 	switch {
@@ -198,4 +201,16 @@ func isLVMPV(r io.ReaderAt) bool {
 		}
 	}
 	return false
+}
+
+// countingReader counts the bytes read through it (Volume.BytesRead).
+type countingReader struct {
+	r io.ReaderAt
+	n *atomic.Int64
+}
+
+func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.n.Add(int64(n))
+	return n, err
 }

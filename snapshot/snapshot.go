@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	"github.com/snapscan/snapscan/snapshot/image"
 )
@@ -49,6 +50,14 @@ type Options struct {
 	// its extents and backing chain), for example to hold the reads to a
 	// datastore's I/O budget.
 	WrapReader func(path string, r io.ReaderAt) io.ReaderAt
+
+	// OpenFile, when set, opens the disk's files (the image named to
+	// Open, its extents, backing files and parents) in place of the local
+	// file system, for a datastore read over its hypervisor's HTTP
+	// interface. Related files are then resolved lexically against the
+	// file that names them, within its folder and AllowedDirs (see
+	// image.Options.OpenFile); Layers and the other rules apply as ever.
+	OpenFile func(path string) (image.File, error)
 }
 
 // ErrUnnamedLayer is wrapped when an image names a related file (backing
@@ -114,8 +123,13 @@ type Volume struct {
 	// file system's own error.
 	Err error
 
-	r io.ReaderAt // the volume's bytes
+	r    io.ReaderAt  // the volume's bytes
+	read atomic.Int64 // bytes read through r
 }
+
+// BytesRead returns the bytes read from the volume so far (finding its
+// file system and serving its files), as the guest's disk holds them.
+func (v *Volume) BytesRead() int64 { return v.read.Load() }
 
 // ErrUnsupported is wrapped by Volume.Err for volumes that hold no file
 // system snapscan reads: swap, encrypted volumes, unknown content.
@@ -239,7 +253,7 @@ func newOpener(top string, opts *Options) (*opener, error) {
 func (o *opener) admit(referrer, name, path string) error {
 	switch {
 	case len(o.layers) > 0:
-		if o.listed[path] {
+		if o.listed[image.RealPath(path)] {
 			return nil
 		}
 		return fmt.Errorf("%w: Options.Layers does not list it", ErrUnnamedLayer)
@@ -253,6 +267,7 @@ func (o *opener) imageOptions(chain []string) *image.Options {
 	return &image.Options{
 		AllowedDirs: o.opts.AllowedDirs,
 		WrapReader:  o.opts.WrapReader,
+		OpenFile:    o.opts.OpenFile,
 		Admit:       o.admit,
 		OpenParent: func(path, name, format string) (image.Image, error) {
 			return o.open(path, name, format, len(chain), chain)

@@ -11,6 +11,13 @@
 #   expect/        the expected tree, copied back from the mounted volume;
 #                  each named stream is a file "name:stream" beside its file
 #   small.img      a 2 MiB volume with a few files (seeds the fuzz corpus)
+#   suite.img      a 4 MiB volume of every kind of object, small enough for
+#                  the vfstest suite (which copies and walks it many times):
+#                  resident data (one value across a fixup boundary), runs,
+#                  a sparse file, LZNT1 units (compressed, stored whole and
+#                  sparse), streams, a hard link, Interix and reparse-point
+#                  links, an index allocation, a file whose names need an
+#                  attribute list
 #   links.txt      "path<TAB>target" of every symbolic link and junction, as
 #                  the package reports them (the reparse point's print name)
 #
@@ -132,5 +139,45 @@ mkdir "$mnt/dir"
 prng 6 3000 >"$mnt/dir/nonres.bin"
 ln "$mnt/dir/nonres.bin" "$mnt/hard.bin"
 ln -s r.txt "$mnt/link"
+umount "$mnt"
+
+suite="$OUT/suite.img"
+truncate -s 4M "$suite"
+mkntfs -F -f -q -L Suite -c 4096 "$suite" >/dev/null 2>&1
+ntfs-3g -o streams_interface=windows "$suite" "$mnt"
+cd "$mnt"
+printf 'tiny\n' >tiny.txt
+: >empty.txt
+prng 7 700 >resident-700.bin
+prng 8 150000 >runs.bin
+truncate -s $((1024 * 1024)) sparse.bin
+prng 9 9000 | dd of=sparse.bin bs=4096 seek=100 conv=notrunc status=none
+mkdir comp
+setfattr -n system.ntfs_attrib_be -v 0x00000810 comp
+for i in $(seq 1 3000); do echo "line $i of a compressible text file"; done >comp/text.txt
+{ head -c 100000 /dev/zero; prng 10 70000; for i in $(seq 1 2000); do echo "compressible $i"; done; printf 'tail'; } >comp/mixed.bin
+printf 'main\n' >ads.txt
+printf 'hidden stream\n' >'ads.txt:small'
+prng 11 20000 >'ads.txt:big'
+mkdir d1 d2
+printf 'linked content\n' >d1/hard.txt
+ln d1/hard.txt d2/hard-too.txt
+ln -s tiny.txt link-rel
+ln -s ../d1/hard.txt d2/link-up
+mkdir junction
+reparse junction $((0xA0000003)) '\??\C:\Users\Public' 'C:\Users\Public'
+: >winlink-rel
+reparse winlink-rel $((0xA000000C)) 'd1\hard.txt' 'd1\hard.txt' 1
+mkdir many
+for i in $(seq -w 1 80); do printf 'file %s\n' "$i" >"many/a-file-with-a-long-name-$i.txt"; done
+mkdir -p deep/a/b
+printf 'deep\n' >deep/a/b/leaf.txt
+# Hard links with long names, more than one MFT record holds: the file
+# gets an attribute list and extension records.
+mkdir al
+printf 'one file, many names\n' >al/f
+long=$(printf 'n%.0s' $(seq 1 200))
+for i in 1 2 3 4 5 6; do ln al/f "al/$i-$long"; done
+cd /
 umount "$mnt"
 rmdir "$mnt"

@@ -18,6 +18,10 @@
 #                   script fails if a directory is not in the form it was
 #                   sized for
 #   geometry-*.txt  xfs_db "sb 0" print of each image
+#   suite.img       16 MiB v5, populated through a loop mount: one object of
+#                   each kind (small and block directories, a hard link,
+#                   short and remote links, sparse, unwritten and btree-form
+#                   files), for the vfstest suite
 #
 # mkfs.xfs -p does not keep holes (it writes every byte of a source file), so
 # sparse and unwritten extents need the kernel: the v5 image is mounted with
@@ -154,6 +158,40 @@ mount -o loop v5-1k.img "$MNT"
 relink "$MNT"
 attrs "$MNT"
 umount "$MNT"; rmdir "$MNT"; trap - EXIT
+
+# suite.img: 16 MiB, one of each kind of object, written by the kernel,
+# small enough for the vfstest suite (which copies and walks it many times).
+# mkfs.xfs refuses volumes under 300 MB unless it runs under fstests (these
+# three variables set).
+rm -f suite.img; truncate -s 16M suite.img
+TEST_DIR=1 TEST_DEV=1 QA_CHECK_FS=1 mkfs.xfs -q -L suite suite.img
+MNT=$(mktemp -d "$OUT/mnt.XXXX")
+mount -o loop,allocsize=4096 suite.img "$MNT"
+trap 'umount "$MNT" 2>/dev/null || true; rmdir "$MNT" 2>/dev/null || true' EXIT
+(
+	cd "$MNT"
+	mkdir -p files dirs/sf dirs/block links utf8
+	printf 'hello, xfs\n' >files/hello.txt
+	gen 4097 101 >files/size_4097
+	gen 65539 102 >files/size_65539
+	: >files/empty
+	ln files/size_4097 dirs/hard
+	for i in $(seq 1 5); do echo "sf $i" >"dirs/sf/f$i"; done
+	for i in $(seq 1 50); do : >"dirs/block/entry_$i"; done
+	ln -s ../files/hello.txt links/short
+	ln -s "/$(printf 'segment%03d/' $(seq 1 40))end" links/long
+	echo grüße >utf8/grüße.txt
+	xfs_io -f -c "truncate 1m" -c "pwrite -S 0x61 0 4096" -c "pwrite -S 0x62 524288 8192" files/sparse >/dev/null
+	xfs_io -f -c "falloc 0 256k" -c "pwrite -S 0x41 64k 4k" files/unwritten >/dev/null
+	strided=()
+	for i in $(seq 0 59); do strided+=(-c "pwrite -S $((i + 1)) $((i * 8192)) 4096"); done
+	xfs_io -f "${strided[@]}" -c fsync files/strided >/dev/null
+	setfattr -n user.short -v hello files/hello.txt
+	setfattr -n user.short -v hello dirs/sf
+)
+umount "$MNT"; rmdir "$MNT"; trap - EXIT
+out=$(xfs_db -r -c "path /files/strided" -c "print core.format" suite.img)
+case $out in *btree*) ;; *) echo "suite.img: files/strided is not in btree form: $out" >&2; exit 1 ;; esac
 
 (cd "$SRC" && find . -mindepth 1 -printf '%y\t%m\t%U\t%G\t%s\t%l\t%P\n' | LC_ALL=C sort -t$'\t' -k7) >listing.tsv
 (cd "$SRC" && find . -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 sha256sum) >sha256.txt

@@ -164,7 +164,7 @@ func (c *Console) serveFile(w http.ResponseWriter, r *http.Request, name string,
 		return
 	}
 	body := a.body
-	if a.gz != nil && acceptsGzip(r) {
+	if a.gz != nil && httpx.AcceptsGzip(r) {
 		h.Set("Content-Encoding", "gzip")
 		body = a.gz
 	}
@@ -172,15 +172,6 @@ func (c *Console) serveFile(w http.ResponseWriter, r *http.Request, name string,
 	if r.Method != http.MethodHead {
 		w.Write(body)
 	}
-}
-
-func acceptsGzip(r *http.Request) bool {
-	for _, e := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
-		if name, q, _ := strings.Cut(strings.TrimSpace(e), ";"); strings.EqualFold(strings.TrimSpace(name), "gzip") {
-			return strings.TrimSpace(q) != "q=0"
-		}
-	}
-	return false
 }
 
 // live returns the request's session when it is live and its token is

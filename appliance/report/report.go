@@ -71,8 +71,11 @@ type Period struct {
 	Scanned []VMScan
 	// Failed are the scans that ended failed or cancelled in the period.
 	Failed []JobLine
-	// NotScanned are the VMs with no scan within the schedule.
-	NotScanned []results.VM
+	// NotScanned are the VMs with no scan within the schedule (the
+	// first ones, by id, when NotScannedTotal is larger: a report for a
+	// large fleet stays printable, the API lists them all).
+	NotScanned      []results.VM
+	NotScannedTotal int
 	// Findings found in the period (at most a page of them when
 	// FindingsTotal is larger).
 	Findings      []results.Finding
@@ -119,6 +122,9 @@ func (p *Period) Counts() StatusCounts {
 	}
 	return c
 }
+
+// NotScannedCount is how many VMs were not scanned within the schedule.
+func (p *Period) NotScannedCount() int { return max(p.NotScannedTotal, len(p.NotScanned)) }
 
 // Incomplete returns the period's scanned VMs whose scan left something
 // out.

@@ -67,6 +67,7 @@ type Store interface {
 	History
 	Appliances
 	Rescans
+	Freezes
 	// Close releases what the store holds (prepared statements, caches).
 	// It does not close the database handle, which belongs to whoever
 	// opened it. Nothing may be called after Close.
@@ -92,6 +93,11 @@ type Results interface {
 
 	// Findings returns the findings q selects in ascending id order.
 	Findings(ctx context.Context, q FindingQuery) ([]Finding, error)
+
+	// CountFindings counts the findings q selects, all of them: q's
+	// After and Limit are ignored. It is what a report or a page shows as
+	// the total without reading every finding.
+	CountFindings(ctx context.Context, q FindingQuery) (int64, error)
 }
 
 // Verdicts is the scanner's verdict cache kept in the database: a file
@@ -167,6 +173,62 @@ type Rescans interface {
 	// RescanDone records that the claimed rescan was enqueued, as jobs
 	// jobs.
 	RescanDone(ctx context.Context, set string, version uint64, jobs int) error
+}
+
+// Freezes records every freeze a hypervisor connector made for a scan
+// and its release, with the stun times the hypervisor's API showed: what
+// the API reports per VM and per scan (the metrics keep only histograms
+// per connector, never a label per VM).
+type Freezes interface {
+	// PutFreeze stores f under (f.VM, f.ID), replacing what was stored
+	// there: a freeze is stored when taken and again when released.
+	PutFreeze(ctx context.Context, f Freeze) error
+	// Freezes returns the freezes q selects, newest (by Taken) first.
+	Freezes(ctx context.Context, q FreezeQuery) ([]Freeze, error)
+}
+
+// Freeze is one freeze of a VM's disks (a hypervisor snapshot) and its
+// release. Durations are in nanoseconds in JSON, like IOSample's.
+type Freeze struct {
+	// VM is the inventory id of the VM ("connector/id"); ID the freeze's
+	// name in the hypervisor (the snapshot's name).
+	VM string `json:"vm"`
+	ID string `json:"id"`
+	// Connector is the connector's name; JobID the job that froze it (0
+	// for a stale freeze found at start).
+	Connector string `json:"connector"`
+	JobID     int64  `json:"job_id,omitempty"`
+	// Taken is when the freeze was made; FreezeStun how long making it
+	// held the guest still, as the hypervisor's API shows it.
+	Taken      time.Time     `json:"taken"`
+	FreezeStun time.Duration `json:"freeze_stun_ns"`
+	Quiesced   bool          `json:"quiesced,omitempty"`
+	// Released is when the release ended (zero while the freeze is
+	// held); ReleaseStun how long the release (pivot, snapshot removal)
+	// held the guest still; ReleaseTook the whole release.
+	Released    time.Time     `json:"released,omitzero"`
+	ReleaseStun time.Duration `json:"release_stun_ns"`
+	ReleaseTook time.Duration `json:"release_took_ns"`
+	// Held is from the freeze to the release's end: how long the VM ran
+	// on a snapshot because of snapscan.
+	Held time.Duration `json:"held_ns"`
+	// Stale is set for a freeze an earlier run left and this one
+	// released; Repaired when the release found it half undone.
+	Stale    bool `json:"stale,omitempty"`
+	Repaired bool `json:"repaired,omitempty"`
+	// Error is why the release failed, "" when it did not.
+	Error string `json:"error,omitempty"`
+}
+
+// FreezeQuery selects freezes; zero fields do not filter.
+type FreezeQuery struct {
+	VM    string
+	JobID int64
+	// Before keeps freezes taken before it (the last Taken of the
+	// previous page).
+	Before time.Time
+	// Limit is the most returned: 0 means MaxPage.
+	Limit int
 }
 
 // Appliance is one appliance of the fleet as it last announced itself.

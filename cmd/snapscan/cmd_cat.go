@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 
 	"github.com/snapscan/snapscan/snapshot"
 )
@@ -78,7 +80,11 @@ func copyFile(w io.Writer, r io.Reader, img, vol, p string) error {
 	buf := make([]byte, 1<<20)
 	// Neither side may take over the copy (os.File.ReadFrom would use 32 KiB reads).
 	if _, err := io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r}, buf); err != nil {
-		return fmt.Errorf("%s %s %s: %w", img, vol, p, err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return err // a read error: the volume's label names disk, volume and path
+		}
+		return fmt.Errorf("%s %s %s: %w", img, vol, p, err) // writing the output
 	}
 	return nil
 }

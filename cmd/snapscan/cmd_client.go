@@ -316,7 +316,7 @@ Examples:
   snapscan submit --vm db2 --disk nfs:db2/db2.vmdk --format vmdk --layer db2/db2-flat.vmdk --priority scheduled
 `, stderr)
 	newClient := clientFlags(f)
-	vm := f.String("vm", "", "VM `NAME`")
+	vm := f.String("vm", "", "VM `NAME`; alone, without --disk, a VM a connector lists: its disks come from the hypervisor")
 	var disks submitDisks
 	disks.register(f)
 	prio := f.String("priority", "on_demand", "`CLASS`: on_demand, scheduled or rescan")
@@ -327,12 +327,12 @@ Examples:
 	if err != nil {
 		return err
 	}
-	if *vm == "" || len(disks.disks) == 0 || len(pos) != 0 {
-		return usageError("want --vm and at least one --disk DATASTORE:PATH")
+	if *vm == "" || len(pos) != 0 {
+		return usageError("want --vm, and --disk DATASTORE:PATH unless a connector lists the VM")
 	}
 	body := struct {
 		VM       string       `json:"vm"`
-		Disks    []submitDisk `json:"disks"`
+		Disks    []submitDisk `json:"disks,omitempty"`
 		Priority string       `json:"priority"`
 		Reason   string       `json:"reason,omitempty"`
 	}{VM: *vm, Disks: disks.disks, Priority: *prio, Reason: *reason}

@@ -141,7 +141,9 @@ func runLs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				return ctx.Err()
 			}
 			if err != nil {
-				out.Errors = append(out.Errors, fmt.Sprintf("%s %s: %v", pos[0], v.ID, err))
+				// The volume's errors name the disk, the volume and the
+				// path already (its label): one prefix per layer.
+				out.Errors = append(out.Errors, err.Error())
 				return nil
 			}
 			if p == "." {
@@ -149,7 +151,7 @@ func runLs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			info, err := e.Info()
 			if err != nil {
-				out.Errors = append(out.Errors, fmt.Sprintf("%s %s: %v", pos[0], v.ID, err))
+				out.Errors = append(out.Errors, err.Error())
 				return nil
 			}
 			lf := lsFile{Volume: v.ID, Path: "/" + p, Type: fileType(info.Mode()), Size: info.Size(),

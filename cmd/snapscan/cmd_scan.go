@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/snapscan/snapscan/scanner"
+	"github.com/snapscan/snapscan/scanner/incremental"
 	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/image"
 )
 
 func init() {
@@ -44,6 +46,19 @@ in the summary; any of them but excluded and not_regular makes the scan
 incomplete, which is never reported as clean.
 
 A progress line is shown when stderr is a terminal.
+
+Incremental scans: a disk whose backing chain holds an image already scanned
+in this run (a golden image and its linked clones, successive snapshots of a
+VM) reads only what its own layers changed. Each file whose bytes and metadata
+no upper layer touches gets the base's verdict without being read; the rest
+is read and scanned. A base named among the TARGETs is scanned first; one that
+is not is recorded from the first of its clones scanned. A base is recognised
+by its identity (its files' headers, allocation tables, sizes and modification
+times), never its name; one that changed since it was recorded is not trusted
+(a warning, and a full scan). Verdicts are those of a full scan. The summary
+says per volume how many files came from the base and how many bytes were
+read, and per target what was read from each file of the chain.
+--no-incremental reads every disk in full.
 
 Examples:
   snapscan scan --rules rules/ vm42.qcow2
@@ -79,6 +94,7 @@ func runScanIn(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	noArchives := f.Bool("no-archives", false, "do not look inside archives")
 	noProgress := f.Bool("no-progress", false, "never show the progress line")
 	rulesCache := f.String("rules-cache", defaultRulesCache(), "keep compiled rule sets in `DIR`, by the digest of their sources, so that the\nnext start loads instead of compiling (\"off\": compile every time)")
+	noIncremental := f.Bool("no-incremental", false, "read every file of every disk, even where a base layer scanned in this run\nalready gave its verdict (see Incremental scans)")
 	noCache := f.Bool("no-cache", false, "scan every file even if identical content was already scanned in this run\n(saves hashing every file when targets share little content)")
 	pos, err := parse(f, args)
 	if err != nil {
@@ -164,28 +180,52 @@ func runScanIn(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		}
 	}
 	sc := scanner.New(rs, opts)
+	var sess *incremental.Session
+	order := make([]int, len(pos))
+	for i := range order {
+		order[i] = i
+	}
+	if !*noIncremental {
+		// Two records per disk at most: its own and its parent's.
+		sess = incremental.NewSession(incremental.NewMemoryStore(2*len(pos)), sc.ReuseKey(), nil)
+		order = basesFirst(pos, diskOpts)
+	}
 
 	out := scanOutput{SchemaVersion: schemaVersion, SnapscanVersion: readVersion().Version, Targets: []targetReport{}, Findings: []scanner.Finding{}}
 	start := time.Now()
 	failed := false
 	var results []scanner.Result
 	var reports []*scanner.Report
-	for _, target := range pos {
+	done := make([]*targetReport, len(pos))
+	for _, i := range order {
+		target := pos[i]
 		if ctx.Err() != nil {
 			break
 		}
-		tr := scanTarget(ctx, sc, target, diskOpts())
+		tr := scanTarget(ctx, sc, sess, target, diskOpts())
 		prog.clear()
 		if tr.Error != "" {
 			failed = true
 			fmt.Fprintf(stderr, "snapscan scan: %s\n", tr.Error)
+		}
+		if tr.Incremental != nil {
+			for _, w := range tr.Incremental.Warnings {
+				fmt.Fprintf(stderr, "snapscan scan: warning: %s: %s\n", target, w)
+			}
+		}
+		done[i] = &tr
+	}
+	// Report in the order given, whatever the order scanned.
+	for _, tr := range done {
+		if tr == nil {
+			continue
 		}
 		if tr.report != nil {
 			out.Findings = append(out.Findings, tr.report.Findings...)
 			results = append(results, tr.report.Result)
 			reports = append(reports, tr.report)
 		}
-		out.Targets = append(out.Targets, tr)
+		out.Targets = append(out.Targets, *tr)
 	}
 	prog.clear()
 	out.Result = scanner.MergeResults(results...)
@@ -235,7 +275,18 @@ type targetReport struct {
 	// Error is why the target could not be scanned at all.
 	Error    string `json:"error,omitempty"`
 	Findings int    `json:"findings"`
-	report   *scanner.Report
+	// Read is what was read from the files of a disk's chain.
+	Read *readReport `json:"read,omitempty"`
+	// Incremental says which base layer gave verdicts, or why none did.
+	Incremental *scanner.IncrementalReport `json:"incremental,omitempty"`
+	report      *scanner.Report
+}
+
+// readReport is what one disk cost its datastore: bytes read per file of
+// its chain, counted in the image layer.
+type readReport struct {
+	Bytes int64            `json:"bytes"`
+	Files []image.FileRead `json:"files"`
 }
 
 type scanStats struct {
@@ -245,6 +296,8 @@ type scanStats struct {
 	Files         int64            `json:"files"`
 	Bytes         int64            `json:"bytes"`
 	Cached        int64            `json:"cached"`
+	Reused        int64            `json:"reused"`
+	ReadBytes     int64            `json:"read_bytes"` // from the datastore: the files of the disks' chains
 	Skipped       map[string]int64 `json:"skipped"`
 	Errors        int64            `json:"errors"`
 	Findings      int              `json:"findings"`
@@ -266,9 +319,12 @@ type scanOutput struct {
 
 // scanTarget opens and scans one target; its errors are recorded in the
 // report, never returned, so that the other targets are still scanned.
-func scanTarget(ctx context.Context, sc *scanner.Scanner, target string, opts *snapshot.Options) targetReport {
+func scanTarget(ctx context.Context, sc *scanner.Scanner, sess *incremental.Session, target string, opts *snapshot.Options) targetReport {
 	tr := targetReport{Target: target, Volumes: []scanner.VolumeReport{}}
 	var t scanner.Target
+	var plan *incremental.Plan
+	var reads image.ReadCounter
+	opts.WrapReader = reads.Wrap
 	fi, statErr := os.Stat(target)
 	switch {
 	case statErr == nil && fi.IsDir():
@@ -297,10 +353,24 @@ func scanTarget(ctx context.Context, sc *scanner.Scanner, target string, opts *s
 		}
 		defer d.Close()
 		tr.Format = d.Format
-		t = scanner.DiskTarget(target, d)
+		if sess != nil {
+			plan = sess.Plan(ctx, d)
+			t = plan.Target(target)
+		} else {
+			t = scanner.DiskTarget(target, d)
+		}
 	}
 	tr.Kind = t.Kind
 	rep, err := sc.Scan(ctx, t)
+	if rep != nil && plan != nil {
+		if ferr := plan.Finish(ctx, rep); ferr != nil {
+			rep.Incremental.Warnings = append(rep.Incremental.Warnings, "recording the scan: "+ferr.Error())
+		}
+		tr.Incremental = rep.Incremental
+	}
+	if t.Kind == scanner.KindImage || t.Kind == scanner.KindBlockDevice {
+		tr.Read = &readReport{Bytes: reads.Total(), Files: reads.Files()}
+	}
 	if rep != nil {
 		tr.report = rep
 		tr.Volumes = rep.Volumes
@@ -347,11 +417,15 @@ func summarize(ts []targetReport, rs *scanner.Rules, d time.Duration) scanStats 
 			st.TargetsFailed++
 		}
 		st.Findings += t.Findings
+		if t.Read != nil {
+			st.ReadBytes += t.Read.Bytes
+		}
 		for _, v := range t.Volumes {
 			st.Volumes++
 			st.Files += v.Files
 			st.Bytes += v.Bytes
 			st.Cached += v.Cached
+			st.Reused += v.Reused
 			st.Errors += int64(len(v.Errors)) + v.ErrorsDropped
 			for k, n := range v.Skipped {
 				st.Skipped[k] += n
@@ -427,20 +501,45 @@ func printSummary(w io.Writer, o *scanOutput) {
 		if t.Error != "" {
 			fmt.Fprintf(w, "  error: %s\n", t.Error)
 		}
+		if t.Incremental != nil && t.Incremental.Base != "" {
+			fmt.Fprintf(w, "  base: %s\n", t.Incremental.Base)
+		}
+		if t.Incremental != nil {
+			for _, m := range t.Incremental.Warnings {
+				fmt.Fprintf(w, "  warning: %s\n", m)
+			}
+		}
+		if t.Read != nil {
+			var parts []string
+			for _, f := range t.Read.Files {
+				parts = append(parts, fmt.Sprintf("%s %s", filepath.Base(f.Path), humanBytes(f.Bytes)))
+			}
+			fmt.Fprintf(w, "  read %s from the datastore (%s)\n", humanBytes(t.Read.Bytes), strings.Join(parts, ", "))
+		}
 		for _, v := range t.Volumes {
 			if v.Err != "" {
 				fmt.Fprintf(w, "  %-14s %-9s not scanned: %s\n", v.ID, dash(v.FileSystem), v.Err)
 				continue
 			}
-			fmt.Fprintf(w, "  %-14s %-9s %d files, %s%s\n", v.ID, v.FileSystem, v.Files, humanBytes(v.Bytes), skipText(v.Skipped))
+			extra := ""
+			if v.Reused > 0 {
+				extra += fmt.Sprintf(", %d from base", v.Reused)
+			}
+			if v.ReadBytes > 0 {
+				extra += ", read " + humanBytes(v.ReadBytes)
+			}
+			if v.NoReuse != "" {
+				extra += " (none from base: " + v.NoReuse + ")"
+			}
+			fmt.Fprintf(w, "  %-14s %-9s %d files, %s%s%s\n", v.ID, v.FileSystem, v.Files, humanBytes(v.Bytes), extra, skipText(v.Skipped))
 			for _, e := range v.Errors {
 				fmt.Fprintf(w, "    %s: %s\n", e.Reason, e.Error())
 			}
 		}
 	}
 	s := o.Stats
-	fmt.Fprintf(w, "\n%d targets (%d failed), %d files, %s in %.1fs; %d cached; %d rules; %d findings\n",
-		s.Targets, s.TargetsFailed, s.Files, humanBytes(s.Bytes), s.Seconds, s.Cached, s.Rules, s.Findings)
+	fmt.Fprintf(w, "\n%d targets (%d failed), %d files, %s in %.1fs; %d cached; %d from base; %s read from disks; %d rules; %d findings\n",
+		s.Targets, s.TargetsFailed, s.Files, humanBytes(s.Bytes), s.Seconds, s.Cached, s.Reused, humanBytes(s.ReadBytes), s.Rules, s.Findings)
 	res := string(o.Result.Status)
 	if s.TargetsFailed > 0 {
 		res += fmt.Sprintf(", %d targets failed", s.TargetsFailed)
@@ -559,4 +658,37 @@ func (p *progress) clear() {
 		fmt.Fprint(p.w, "\r\x1b[K")
 		p.printed = false
 	}
+}
+
+// basesFirst orders the targets so that a disk that is a backing layer of
+// another target is scanned before it (the deepest base first), so that
+// its record serves the disks above it; the order is otherwise kept.
+// Targets that do not open are left where they are (their error comes
+// when they are scanned).
+func basesFirst(targets []string, diskOpts func() *snapshot.Options) []int {
+	depth := make(map[string]int, len(targets)) // real path -> deepest place in another's chain
+	real := make([]string, len(targets))
+	for i, t := range targets {
+		real[i] = image.RealPath(t)
+		if fi, err := os.Stat(t); err != nil || fi.IsDir() {
+			continue
+		}
+		d, err := snapshot.Open(t, diskOpts())
+		if err != nil {
+			continue
+		}
+		for k, l := range d.Chain {
+			if k > 0 {
+				p := image.RealPath(l.Path)
+				depth[p] = max(depth[p], k)
+			}
+		}
+		d.Close()
+	}
+	idx := make([]int, len(targets))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return depth[real[idx[a]]] > depth[real[idx[b]]] })
+	return idx
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -173,6 +174,27 @@ connectors:
 			t.Fatalf("left behind: libvirt snapshots %v, overlays %v, vSphere snapshots %v", snaps, overlays, vc)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	// "snapscan submit --vm NAME" alone: the connector's disks, frozen,
+	// scanned (exit 1: findings, as scan's exit codes say) and released.
+	tokFile := write("client.token", token+"\n")
+	for _, name := range []string{"kvm1", "DC0_C0_RP0_VM0"} {
+		var out, errOut bytes.Buffer
+		rc := run(ctx, []string{"submit", "--url", "http://" + addr, "--token-file", tokFile, "--vm", name, "--wait"}, &out, &errOut)
+		if rc == 0 || !strings.Contains(out.String()+errOut.String(), "findings") {
+			t.Errorf("submit --vm %s: exit %d\n%s%s", name, rc, out.String(), errOut.String())
+		}
+	}
+	var freezes struct {
+		Freezes []struct {
+			ReleaseStun int64 `json:"release_stun_ns"`
+			Held        int64 `json:"held_ns"`
+		} `json:"freezes"`
+	}
+	for _, v := range vms {
+		if call("GET", "/v1/vms/"+url.PathEscape(v.ID)+"/freezes", token, nil, &freezes) != 200 || len(freezes.Freezes) < 2 || freezes.Freezes[0].Held <= 0 {
+			t.Errorf("freezes of %s: %+v", v.ID, freezes)
+		}
 	}
 	for _, want := range []string{`"appliance: VM released"`, `"connector":"kvm"`, `"connector":"vc"`} {
 		if !strings.Contains(stderr.String(), want) {

@@ -285,11 +285,15 @@ func (s *Store) Enqueue(ctx context.Context, reqs []queue.Request, now time.Time
 
 // Apply implements queue.Store.
 func (s *Store) Apply(ctx context.Context, ts []queue.Transition) ([]queue.Result, error) {
+	if pipelined(ts) {
+		return s.applyPipelined(ctx, ts)
+	}
 	var out []queue.Result
 	err := s.tx(ctx, func(tx pgx.Tx, seq int64) error {
 		out = make([]queue.Result, len(ts))
+		a := &applyTx{tx: tx, seq: seq, holders: map[string]holderState{}}
 		for i, t := range ts {
-			j, err := transition(ctx, tx, seq, t)
+			j, err := a.transition(ctx, t)
 			if err != nil && !errors.Is(err, queue.ErrConflict) && !errors.Is(err, queue.ErrNotFound) &&
 				!errors.Is(err, queue.ErrLeaseLost) && !errors.Is(err, queue.ErrNoSlot) {
 				return err
@@ -304,10 +308,170 @@ func (s *Store) Apply(ctx context.Context, ts []queue.Transition) ([]queue.Resul
 	return out, nil
 }
 
+// A pass of the scheduler is a batch of starts and ends (and expiries)
+// of its own runs: applyPipelined sends them as one pipeline, the clock's
+// bump and one conditional statement per transition, so a pass costs
+// three round trips to the server (begin, the pipeline, commit) however
+// many transitions it holds. Each statement carries the fence in its
+// WHERE clause (state, holder and epoch, a live lease, free slots on
+// every datastore of the job as stored) and changes nothing unless it
+// holds; the slots change in CTEs of the job's update. A transition whose
+// statement matched no row is then explained, in the same transaction, by
+// the step-by-step checks (fence), which name the reason. Lost runs and
+// merges (reaping, rare) take the step-by-step path.
+func pipelined(ts []queue.Transition) bool {
+	for _, t := range ts {
+		if t.Lost || t.MergeInto != 0 || t.To != queue.Running && t.To != queue.Queued && !t.To.Terminal() ||
+			t.To == queue.Running && t.From != queue.Queued {
+			return false
+		}
+	}
+	return len(ts) > 0
+}
+
+const (
+	curSeq = `(SELECT seq FROM queue_clock)`
+	// The job's distinct datastores, from its stored disks.
+	jobDatastores = `(SELECT DISTINCT x->>'datastore' AS ds FROM json_array_elements(%s.disks::json) x)`
+)
+
+var (
+	startSQL = `WITH u AS (
+	UPDATE queue_jobs SET state = 'running', attempts = attempts + 1, started_at = $2, holder = $3, epoch = epoch + 1, seq = ` + curSeq + `
+	WHERE id = $1 AND state = 'queued'
+		AND EXISTS (SELECT 1 FROM queue_holders WHERE name = $3 AND NOT ended AND expires_at > now())
+		AND NOT EXISTS (SELECT 1 FROM ` + fmt.Sprintf(jobDatastores, "queue_jobs") + ` d
+			WHERE (SELECT count(*) FROM queue_slots s WHERE s.datastore = d.ds) >= greatest(coalesce(($4::jsonb ->> d.ds)::int, 1), 1))
+	RETURNING ` + jobColumns + `
+), taken AS (
+	INSERT INTO queue_slots (datastore, job_id) SELECT d.ds, u.id FROM u, LATERAL ` + fmt.Sprintf(jobDatastores, "u") + ` d
+)
+SELECT ` + jobColumns + ` FROM u`
+	requeueSQL = `WITH u AS (
+	UPDATE queue_jobs SET state = 'queued', retry_at = $2, error = $3, attempts = greatest(attempts - $4, 0),
+		seq = ` + curSeq + ` WHERE id = $1` + endFence(5, 6) + `
+	RETURNING ` + jobColumns + `
+), freed AS (DELETE FROM queue_slots WHERE job_id IN (SELECT id FROM u))
+SELECT ` + jobColumns + ` FROM u`
+	finishSQL = `WITH u AS (
+	UPDATE queue_jobs SET state = $2, finished_at = $3, error = $4, seq = ` + curSeq + ` WHERE id = $1` + endFence(5, 6) + `
+	RETURNING ` + jobColumns + `
+), freed AS (DELETE FROM queue_slots WHERE job_id IN (SELECT id FROM u))
+SELECT ` + jobColumns + ` FROM u`
+	expireSQL = `UPDATE queue_jobs SET state = $2, finished_at = $3, error = $4, seq = ` + curSeq + `
+	WHERE id = $1 AND state = 'queued' RETURNING ` + jobColumns
+)
+
+// endFence is the condition of an end of a run (not a lost one): the
+// job's current run, under a lease that was not ended. holder and epoch
+// are the numbers of their parameters.
+func endFence(holder, epoch int) string {
+	return fmt.Sprintf(` AND state = 'running' AND holder = $%[1]d AND epoch = $%[2]d
+		AND EXISTS (SELECT 1 FROM queue_holders WHERE name = $%[1]d AND NOT ended)`, holder, epoch)
+}
+
+func (s *Store) applyPipelined(ctx context.Context, ts []queue.Transition) ([]queue.Result, error) {
+	var out []queue.Result
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		out = make([]queue.Result, len(ts))
+		b := &pgx.Batch{}
+		b.Queue(`UPDATE queue_clock SET seq = seq + 1`)
+		for _, t := range ts {
+			switch {
+			case t.To == queue.Running:
+				slots, err := json.Marshal(t.Slots)
+				if err != nil {
+					return err
+				}
+				b.Queue(startSQL, t.ID, nanos(t.At), t.Holder, string(slots))
+			case t.From == queue.Queued:
+				b.Queue(expireSQL, t.ID, string(t.To), nanos(t.At), t.Err)
+			case t.To == queue.Queued:
+				uncount := 0
+				if t.Interrupted {
+					uncount = 1
+				}
+				b.Queue(requeueSQL, t.ID, nanos(t.RetryAt), t.Err, uncount, t.Holder, t.Epoch)
+			default:
+				b.Queue(finishSQL, t.ID, string(t.To), nanos(t.At), t.Err, t.Holder, t.Epoch)
+			}
+		}
+		br := tx.SendBatch(ctx, b)
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return err
+		}
+		var missed []int
+		for i := range ts {
+			j, err := scanJob(br.QueryRow())
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				missed = append(missed, i)
+			case err != nil:
+				br.Close()
+				return fmt.Errorf("job %d %s -> %s: %w", ts[i].ID, ts[i].From, ts[i].To, err)
+			default:
+				out[i] = queue.Result{Job: j}
+			}
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+		// Explain the transitions that did not hold.
+		a := &applyTx{tx: tx, holders: map[string]holderState{}}
+		for _, i := range missed {
+			j, err := a.fence(ctx, ts[i])
+			if err == nil {
+				err = fmt.Errorf("%w: job %d changed meanwhile", queue.ErrConflict, ts[i].ID)
+			}
+			if !errors.Is(err, queue.ErrConflict) && !errors.Is(err, queue.ErrNotFound) &&
+				!errors.Is(err, queue.ErrLeaseLost) && !errors.Is(err, queue.ErrNoSlot) {
+				return err
+			}
+			out[i] = queue.Result{Job: j, Err: err}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: apply %d transitions: %w", len(ts), err)
+	}
+	return out, nil
+}
+
+// applyTx is one Apply's transaction. A pass's transitions are mostly of
+// one holder, so its lease is read once per transaction (the answer
+// cannot change within it: the transaction holds the clock's row lock,
+// which every writer takes, and now() is the transaction's start): each
+// statement is a round trip to the server, and on a loaded machine the
+// round trips are what a pass costs.
+type applyTx struct {
+	tx      pgx.Tx
+	seq     int64
+	holders map[string]holderState
+}
+
+type holderState struct{ found, ended, live bool }
+
+func (a *applyTx) holder(ctx context.Context, name string) (holderState, error) {
+	if h, ok := a.holders[name]; ok {
+		return h, nil
+	}
+	h := holderState{found: true}
+	err := a.tx.QueryRow(ctx, `SELECT ended, NOT ended AND expires_at > now() FROM queue_holders WHERE name = $1`, name).Scan(&h.ended, &h.live)
+	if errors.Is(err, pgx.ErrNoRows) {
+		h, err = holderState{}, nil
+	}
+	if err != nil {
+		return h, err
+	}
+	a.holders[name] = h
+	return h, nil
+}
+
 // fence checks a transition against the job's lease (see
 // queue.Transition), by the database server's clock.
-func fence(ctx context.Context, tx pgx.Tx, t queue.Transition) (queue.Job, error) {
-	j, err := getJob(ctx, tx, t.ID)
+func (a *applyTx) fence(ctx context.Context, t queue.Transition) (queue.Job, error) {
+	j, err := getJob(ctx, a.tx, t.ID)
 	if err != nil {
 		return queue.Job{}, err
 	}
@@ -320,29 +484,44 @@ func fence(ctx context.Context, tx pgx.Tx, t queue.Transition) (queue.Job, error
 				t.ID, j.Holder, j.Epoch, t.Holder, t.Epoch)
 		}
 		if !t.Lost {
-			var ended bool
-			err := tx.QueryRow(ctx, `SELECT ended FROM queue_holders WHERE name = $1`, t.Holder).Scan(&ended)
-			if errors.Is(err, pgx.ErrNoRows) || err == nil && ended {
-				return j, fmt.Errorf("%w: %s, reporting on job %d", queue.ErrLeaseLost, t.Holder, t.ID)
-			} else if err != nil {
+			h, err := a.holder(ctx, t.Holder)
+			if err != nil {
 				return j, err
+			}
+			if !h.found || h.ended {
+				return j, fmt.Errorf("%w: %s, reporting on job %d", queue.ErrLeaseLost, t.Holder, t.ID)
 			}
 		}
 	}
 	if t.To == queue.Running {
-		var live bool
-		err := tx.QueryRow(ctx, `SELECT NOT ended AND expires_at > now() FROM queue_holders WHERE name = $1`, t.Holder).Scan(&live)
-		if errors.Is(err, pgx.ErrNoRows) || err == nil && !live {
-			return j, fmt.Errorf("%w: %s cannot start job %d", queue.ErrLeaseLost, t.Holder, t.ID)
-		} else if err != nil {
+		h, err := a.holder(ctx, t.Holder)
+		if err != nil {
 			return j, err
 		}
-		for _, ds := range j.Datastores() {
+		if !h.live {
+			return j, fmt.Errorf("%w: %s cannot start job %d", queue.ErrLeaseLost, t.Holder, t.ID)
+		}
+		dss := j.Datastores()
+		rows, err := a.tx.Query(ctx, `SELECT datastore, count(*) FROM queue_slots WHERE datastore = ANY($1::text[]) GROUP BY datastore`, dss)
+		if err != nil {
+			return j, err
+		}
+		counts := map[string]int{}
+		for rows.Next() {
+			var ds string
 			var n int
-			if err := tx.QueryRow(ctx, `SELECT count(*) FROM queue_slots WHERE datastore = $1`, ds).Scan(&n); err != nil {
+			if err := rows.Scan(&ds, &n); err != nil {
+				rows.Close()
 				return j, err
 			}
-			if n >= max(t.Slots[ds], 1) {
+			counts[ds] = n
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return j, err
+		}
+		for _, ds := range dss {
+			if n := counts[ds]; n >= max(t.Slots[ds], 1) {
 				return j, fmt.Errorf("%w: %s runs %d scans, job %d", queue.ErrNoSlot, ds, n, t.ID)
 			}
 		}
@@ -350,11 +529,12 @@ func fence(ctx context.Context, tx pgx.Tx, t queue.Transition) (queue.Job, error
 	return j, nil
 }
 
-func transition(ctx context.Context, tx pgx.Tx, seq int64, t queue.Transition) (queue.Job, error) {
+func (a *applyTx) transition(ctx context.Context, t queue.Transition) (queue.Job, error) {
+	tx, seq := a.tx, a.seq
 	if t.To != queue.Running && t.To != queue.Queued && !t.To.Terminal() {
 		return queue.Job{}, fmt.Errorf("%w: transition to %q", queue.ErrInvalid, t.To)
 	}
-	j, err := fence(ctx, tx, t)
+	j, err := a.fence(ctx, t)
 	if err != nil {
 		return j, err
 	}
@@ -378,32 +558,35 @@ func transition(ctx context.Context, tx pgx.Tx, seq int64, t queue.Transition) (
 	if t.Lost {
 		lost = 1
 	}
+	// One statement per transition: the slots change in a CTE of the
+	// job's update, which returns the job as it is now.
+	slots := ""
+	if t.From == queue.Running {
+		slots = `WITH freed AS (DELETE FROM queue_slots WHERE job_id = $1) `
+	}
+	var row pgx.Row
 	switch {
 	case t.To == queue.Running:
-		_, err = tx.Exec(ctx, `UPDATE queue_jobs SET state = 'running', attempts = attempts + 1, started_at = $1,
-			holder = $2, epoch = epoch + 1, seq = $3 WHERE id = $4`, nanos(t.At), t.Holder, seq, t.ID)
-		if err == nil {
-			_, err = tx.Exec(ctx, `INSERT INTO queue_slots (datastore, job_id) SELECT unnest($1::text[]), $2`, j.Datastores(), t.ID)
-		}
+		row = tx.QueryRow(ctx, `WITH taken AS (INSERT INTO queue_slots (datastore, job_id) SELECT unnest($5::text[]), $1)
+			UPDATE queue_jobs SET state = 'running', attempts = attempts + 1, started_at = $2,
+			holder = $3, epoch = epoch + 1, seq = $4 WHERE id = $1 RETURNING `+jobColumns,
+			t.ID, nanos(t.At), t.Holder, seq, j.Datastores())
 	case t.To == queue.Queued:
 		uncount := 0
 		if t.Interrupted {
 			uncount = 1
 		}
-		_, err = tx.Exec(ctx, `UPDATE queue_jobs SET state = 'queued', retry_at = $1, error = $2,
-			attempts = greatest(attempts - $3, 0), crashes = crashes + $4, seq = $5 WHERE id = $6`,
-			nanos(t.RetryAt), t.Err, uncount, lost, seq, t.ID)
+		row = tx.QueryRow(ctx, slots+`UPDATE queue_jobs SET state = 'queued', retry_at = $2, error = $3,
+			attempts = greatest(attempts - $4, 0), crashes = crashes + $5, seq = $6 WHERE id = $1 RETURNING `+jobColumns,
+			t.ID, nanos(t.RetryAt), t.Err, uncount, lost, seq)
 	default:
-		_, err = tx.Exec(ctx, `UPDATE queue_jobs SET state = $1, finished_at = $2, error = $3, crashes = crashes + $4,
-			seq = $5 WHERE id = $6`, string(t.To), nanos(t.At), t.Err, lost, seq, t.ID)
+		row = tx.QueryRow(ctx, slots+`UPDATE queue_jobs SET state = $2, finished_at = $3, error = $4, crashes = crashes + $5,
+			seq = $6 WHERE id = $1 RETURNING `+jobColumns, t.ID, string(t.To), nanos(t.At), t.Err, lost, seq)
 	}
-	if err == nil && t.From == queue.Running {
-		_, err = tx.Exec(ctx, `DELETE FROM queue_slots WHERE job_id = $1`, t.ID)
-	}
-	if err != nil {
+	if j, err = scanJob(row); err != nil {
 		return queue.Job{}, fmt.Errorf("job %d %s -> %s: %w", t.ID, t.From, t.To, err)
 	}
-	return getJob(ctx, tx, t.ID)
+	return j, nil
 }
 
 // Cancel implements queue.Store.

@@ -10,9 +10,9 @@ import (
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
-// Walk an ext4 image and print every regular file with its owner.
+// Open an ext4 image, then walk it and print each entry with its owner, the content of each file and the target of each link (never followed).
 func Example() {
-	img, err := os.Open("rootfs.ext4")
+	img, err := os.Open("testdata/example.ext4")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -21,23 +21,54 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	e, err := ext4.New(img, st.Size())
+	// The caller keeps the image open while it uses the file system.
+	v, err := ext4.New(img, st.Size())
 	if err != nil {
-		log.Fatal(err)
+		log.Fatal(err) // errors.Is(err, vfs.ErrWrongType): not ext4
 	}
-	fsys := vfs.New(e, "rootfs.ext4")
-	fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+	fsys := vfs.New(v, "example.ext4")
+	err = vfs.WalkDir(fsys, ".", 0, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			log.Print(err) // a damaged entry: report it and go on
+			fmt.Println(p, err) // a damaged entry: report it and go on
 			return nil
 		}
-		if d.Type().IsRegular() {
-			info, err := d.Info()
+		info, err := d.Info()
+		if err != nil {
+			fmt.Println(p, err)
+			return nil
+		}
+		owner := ""
+		if o, ok := info.Sys().(vfs.Owner); ok {
+			owner = " owner " + o.Owner()
+		}
+		switch info.Mode().Type() {
+		case 0:
+			b, err := fs.ReadFile(fsys, p)
 			if err != nil {
-				return nil
+				return err
 			}
-			fmt.Println(p, info.Size(), info.Sys().(vfs.Owner).Owner())
+			fmt.Printf("%s %v%s: %q\n", p, info.Mode(), owner, b)
+		case fs.ModeSymlink:
+			target, err := fs.ReadLink(fsys, p)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s %v%s -> %s\n", p, info.Mode(), owner, target)
+		default:
+			fmt.Printf("%s %v%s\n", p, info.Mode(), owner)
 		}
 		return nil
 	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// . drwxr-xr-x owner 0
+	// etc drwxr-xr-x owner 0
+	// etc/hostname -rw-r--r-- owner 0: "example-vm\n"
+	// home drwxr-xr-x owner 0
+	// home/alice drwxr-xr-x owner 1000
+	// home/alice/hosts Lrwxrwxrwx owner 1000 -> ../../etc/hostname
+	// home/alice/notes.txt -rw-r--r-- owner 1000: "hello from the guest\n"
+	// lost+found drwx------ owner 0
 }

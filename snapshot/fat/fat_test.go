@@ -212,23 +212,6 @@ func TestNames(t *testing.T) {
 	}
 }
 
-func ExampleNew() {
-	f, err := os.Open("disk.img")
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	st, _ := f.Stat()
-	v, err := New(f, st.Size())
-	if err != nil {
-		return
-	}
-	fsys := vfs.New(v, "disk.img (FAT)")
-	fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
-		return err
-	})
-}
-
 // filesUnder lists the files and folders below dir, slash-separated.
 func filesUnder(t *testing.T, dir string) []string {
 	t.Helper()

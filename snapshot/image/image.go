@@ -183,6 +183,16 @@ type Options struct {
 	// itself, extents, backing files), for example to hold reads to a
 	// datastore's I/O budget. path names the file.
 	WrapReader func(path string, r io.ReaderAt) io.ReaderAt
+
+	// OpenFile, when set, opens every file an image reads in place of the
+	// local file system: a datastore read over HTTP range requests, for
+	// example. Paths are then names in the opener's space, and related
+	// files are resolved lexically (Resolve): joined to the folder of the
+	// file that names them and cleaned, with no symbolic links followed,
+	// and still only within that folder (or below) and AllowedDirs. The
+	// returned File's R is wrapped by WrapReader; its Closer is closed
+	// with the image.
+	OpenFile func(path string) (File, error)
 }
 
 // File is an opened image file handed to a format's New.
@@ -216,6 +226,17 @@ func (f File) Layer(format, name, digest string) Layer {
 // New, its reads wrapped by opts.WrapReader. The caller owns the returned
 // File's Closer until New succeeds.
 func (opts *Options) Open(path string) (File, error) {
+	if opts != nil && opts.OpenFile != nil {
+		f, err := opts.OpenFile(path)
+		if err != nil {
+			return File{}, err
+		}
+		f.R, f.Name = opts.Wrap(path, f.R), path
+		if f.Closer == nil {
+			f.Closer = io.NopCloser(nil)
+		}
+		return f, nil
+	}
 	f, err := OpenFile(path)
 	if err != nil {
 		return File{}, err
@@ -255,6 +276,9 @@ func (opts *Options) Resolve(imagePath, name string) (string, error) {
 	if name == "" || strings.ContainsRune(name, 0) {
 		return refuse("", ErrUnsafePath)
 	}
+	if opts != nil && opts.OpenFile != nil {
+		return opts.resolveLexical(imagePath, name, refuse)
+	}
 	p := name
 	if !filepath.IsAbs(p) {
 		p = filepath.Join(filepath.Dir(imagePath), p)
@@ -283,6 +307,29 @@ func (opts *Options) Resolve(imagePath, name string) (string, error) {
 		}
 	}
 	return real, nil
+}
+
+// resolveLexical is Resolve for files opened through OpenFile: the name
+// is joined to the folder of imagePath and cleaned, and must lie in that
+// folder or in AllowedDirs as written (there are no links to follow).
+func (opts *Options) resolveLexical(imagePath, name string, refuse func(string, error) (string, error)) (string, error) {
+	p := filepath.Clean(name)
+	if !filepath.IsAbs(name) {
+		p = filepath.Join(filepath.Dir(imagePath), name)
+	}
+	dirs := []string{filepath.Dir(imagePath)}
+	for _, d := range opts.AllowedDirs {
+		dirs = append(dirs, filepath.Clean(d))
+	}
+	if !inAny(p, dirs) {
+		return refuse(p, ErrUnsafePath)
+	}
+	if opts.Admit != nil {
+		if err := opts.Admit(imagePath, name, p); err != nil {
+			return refuse(p, err)
+		}
+	}
+	return p, nil
 }
 
 // dirs returns the folders related files of imagePath may lie in, with

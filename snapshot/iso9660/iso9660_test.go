@@ -362,22 +362,6 @@ func corruptions(t testing.TB, good []byte) []vfstest.Corruption {
 	return out
 }
 
-func ExampleNew() {
-	f, err := os.Open("image.iso")
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	st, _ := f.Stat()
-	v, err := New(f, st.Size())
-	if err != nil {
-		return
-	}
-	fs.WalkDir(vfs.New(v, "image.iso"), ".", func(p string, d fs.DirEntry, err error) error {
-		return err
-	})
-}
-
 func TestMultiExtent(t *testing.T) {
 	// Two extents of a file, as a writer stores files over 4 GiB: blocks
 	// 1 and 3 of a 4-block image, the second one partly used.

@@ -43,6 +43,7 @@ import (
 	"io/fs"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf16"
 
@@ -85,13 +86,17 @@ const (
 
 // FS is an open NTFS volume. It is safe for concurrent use.
 type FS struct {
-	r     io.ReaderAt // the volume, bounded to its size
+	r     io.ReaderAt // the volume, bounded to its size; short reads fail
 	size  int64
 	ntfs  *parser.NTFSContext // metadata, through the paged cache
 	label string
 
 	cluster    int64 // bytes per cluster
 	recordSize int64 // bytes per MFT record
+
+	mftOnce sync.Once // the data runs of $MFT, for Locate
+	mftRuns []extent
+	mftErr  error
 }
 
 var (
@@ -104,14 +109,18 @@ var (
 // carry the "NTFS    " OEM id, the error wraps vfs.ErrWrongType.
 func New(r io.ReaderAt, size int64) (f *FS, err error) {
 	var boot [512]byte
+	n, err := r.ReadAt(boot[:min(size, int64(len(boot)))], 0)
+	if n < 11 || string(boot[3:11]) != "NTFS    " {
+		if n < 11 && n < int(size) {
+			return nil, fmt.Errorf("ntfs: reading boot sector: %w", unexpected(err))
+		}
+		return nil, fmt.Errorf("ntfs: boot sector has OEM id %q, not \"NTFS    \": %w", boot[3:min(11, max(3, n))], vfs.ErrWrongType)
+	}
 	if size < int64(len(boot)) {
-		return nil, fmt.Errorf("ntfs: volume of %d bytes is too small: %w", size, vfs.ErrWrongType)
+		return nil, fmt.Errorf("%w: boot sector cut at %d bytes", ErrCorrupt, size)
 	}
-	if _, err := r.ReadAt(boot[:], 0); err != nil {
-		return nil, fmt.Errorf("ntfs: reading boot sector: %w", err)
-	}
-	if string(boot[3:11]) != "NTFS    " {
-		return nil, fmt.Errorf("ntfs: boot sector has OEM id %q, not \"NTFS    \": %w", boot[3:11], vfs.ErrWrongType)
+	if n < len(boot) {
+		return nil, fmt.Errorf("ntfs: reading boot sector: %w", unexpected(err))
 	}
 	bps := binary.LittleEndian.Uint16(boot[11:])
 	if bps < 256 || bps > 4096 || bps&(bps-1) != 0 {
@@ -142,7 +151,13 @@ func New(r io.ReaderAt, size int64) (f *FS, err error) {
 		return nil, fmt.Errorf("%w: boot sector: MFT cluster %d outside the volume of %d bytes (at offset 48)", ErrCorrupt, mft, size)
 	}
 
-	bounded := io.NewSectionReader(r, 0, size)
+	// The boot sector counts the volume's sectors but the last, which
+	// holds its backup.
+	if sectors := binary.LittleEndian.Uint64(boot[40:]); sectors > uint64(size)/uint64(bps) {
+		return nil, fmt.Errorf("%w: boot sector: %d sectors of %d bytes (at offset 40) on a volume of %d bytes", ErrCorrupt, sectors, bps, size)
+	}
+
+	bounded := fullReader{r: io.NewSectionReader(r, 0, size), size: size}
 	f = &FS{r: bounded, size: size, cluster: cluster, recordSize: rec}
 	err = guard("opening the volume", 0, func() error {
 		paged, err := parser.NewPagedReader(bounded, pageSize, pageCount)
@@ -163,6 +178,31 @@ func New(r io.ReaderAt, size int64) (f *FS, err error) {
 	}
 	f.label = f.readLabel()
 	return f, nil
+}
+
+// fullReader turns a short read inside the volume into an error: the
+// image ends before the size it was opened with (a damaged image file
+// under the reader), and the missing bytes must not be taken for zeros.
+type fullReader struct {
+	r    io.ReaderAt
+	size int64
+}
+
+func (f fullReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := f.r.ReadAt(p, off)
+	if n < len(p) && off >= 0 && off+int64(n) < f.size && (err == nil || err == io.EOF) {
+		err = fmt.Errorf("volume ends at byte %d of %d: %w", off+int64(n), f.size, io.ErrUnexpectedEOF)
+	}
+	return n, err
+}
+
+// unexpected turns the io.EOF of a read that ended early into
+// io.ErrUnexpectedEOF.
+func unexpected(err error) error {
+	if err == nil || err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // guard runs fn and turns a panic inside go-ntfs into an error naming
@@ -557,7 +597,14 @@ func (f *FS) indexEntries(id uint64) ([]indexRef, error) {
 			return nil, fmt.Errorf("%w: MFT entry %d: index allocation: %v", ErrCorrupt, id, err)
 		}
 		for off := int64(0); off+blockSize <= size; off += blockSize {
-			h, err := parser.DecodeSTANDARD_INDEX_HEADER(f.ntfs, r, off, blockSize)
+			// Read the block first: a read error is an error, while a
+			// block that does not decode is unused (not in the index
+			// bitmap).
+			block := make([]byte, blockSize)
+			if n, err := r.ReadAt(block, off); n < len(block) {
+				return nil, fmt.Errorf("index block at offset %d: %w", off, unexpected(err))
+			}
+			h, err := parser.DecodeSTANDARD_INDEX_HEADER(f.ntfs, bytes.NewReader(block), 0, blockSize)
 			if err != nil {
 				continue // unused block (not in the index bitmap)
 			}

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"testing/fstest"
 
 	"github.com/snapscan/snapscan/internal/testenv"
 	"github.com/snapscan/snapscan/snapshot/vfs"
@@ -152,16 +151,6 @@ func TestVolume(t *testing.T) {
 	}
 }
 
-func TestFSTest(t *testing.T) {
-	out := fixture(t)
-	f, _ := openImage(t, filepath.Join(out, "ntfs.img"))
-	err := fstest.TestFS(vfs.New(f, "ntfs.img"), "tiny.txt", "ads.txt:small", "comp/text.txt",
-		"many/file-1999.txt", "d2/hard-too.txt", "deep/a/b/c/leaf.txt", "dirads:dstream", "sparse.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestReadAt reads streams at odd offsets and sizes, across runs, holes and
 // compression units, and past the end.
 func TestReadAt(t *testing.T) {
@@ -201,22 +190,6 @@ func TestReadAt(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestWrongType(t *testing.T) {
-	for _, c := range []struct {
-		name string
-		b    []byte
-	}{
-		{"empty", nil},
-		{"zeros", make([]byte, 1<<20)},
-		{"fat", append([]byte{0xeb, 0x3c, 0x90, 'M', 'S', 'D', 'O', 'S', '5', '.', '0'}, make([]byte, 4096)...)},
-	} {
-		_, err := New(bytes.NewReader(c.b), int64(len(c.b)))
-		if !errors.Is(err, vfs.ErrWrongType) {
-			t.Errorf("%s: New = %v, want ErrWrongType", c.name, err)
-		}
 	}
 }
 
@@ -262,70 +235,6 @@ func cmpErr(a, b error) error {
 		return a
 	}
 	return b
-}
-
-func TestCorrupt(t *testing.T) {
-	out := fixture(t)
-	orig, err := os.ReadFile(filepath.Join(out, "ntfs.img"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cluster := int64(binary.LittleEndian.Uint16(orig[11:])) * int64(orig[13])
-	mft := int64(binary.LittleEndian.Uint64(orig[48:])) * cluster
-	indx := int64(bytes.Index(orig[mft:], []byte("INDX(")))
-	if indx < 0 {
-		t.Fatal("no index block in the fixture")
-	}
-	indx += mft
-	const rec = 1024
-	set := func(off int64, v ...byte) func([]byte) []byte {
-		return func(b []byte) []byte { copy(b[off:], v); return b }
-	}
-	flip := func(from, to, step int64) func([]byte) []byte {
-		return func(b []byte) []byte {
-			for o := from; o < to && o < int64(len(b)); o += step {
-				b[o] ^= 0xA5
-			}
-			return b
-		}
-	}
-	for _, c := range []struct {
-		name    string
-		mutate  func([]byte) []byte
-		wantErr bool // New or the walk must fail
-	}{
-		{"truncated to 1 MiB", func(b []byte) []byte { return b[:1<<20] }, true},
-		{"truncated to 40 MiB", func(b []byte) []byte { return b[:40<<20] }, true},
-		{"truncated to 600 bytes", func(b []byte) []byte { return b[:600] }, true},
-		{"boot sector: sector size 0", set(11, 0, 0), true},
-		{"boot sector: cluster shift 0xff", set(13, 0xff), true},
-		{"boot sector: MFT past the end", set(48, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0), true},
-		{"boot sector: record size code 100", set(64, 100), true},
-		{"MFT record 0: fixup broken", set(mft+510, 0x12, 0x34), true},
-		{"MFT record 5 (root): fixup broken", set(mft+5*rec+510, 0x12, 0x34), true},
-		{"MFT record 5: attribute offset huge", set(mft+5*rec+20, 0xf0, 0x03), true},
-		{"MFT record 5: attribute length 1", set(mft+5*rec+0x38+4, 1, 0, 0, 0), false},
-		{"MFT records 24-40 flipped", flip(mft+24*rec, mft+40*rec, 7), false},
-		{"MFT records 0-100 flipped sparsely", flip(mft, mft+100*rec, 97), false},
-		{"index block flipped", flip(indx+64, indx+4096, 13), false},
-		{"index block: fixup count huge", set(indx+6, 0xff, 0xff), false},
-		{"index block: entry size 0", set(indx+0x18+0x40+8, 0, 0), false},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			b := c.mutate(bytes.Clone(orig))
-			f, err := New(bytes.NewReader(b), int64(len(b)))
-			if err == nil {
-				err = readAll(f, 1<<40)
-			}
-			t.Logf("error: %.300v", err)
-			if c.wantErr && err == nil {
-				t.Error("no error")
-			}
-			if err != nil && errors.Is(err, vfs.ErrWrongType) {
-				t.Errorf("corrupt NTFS reported as another type: %v", err)
-			}
-		})
-	}
 }
 
 // fuzzVolume lays fuzz input out as a volume: the first 512 bytes are the

@@ -60,10 +60,20 @@ func (f *FS) openAttr(e *parser.MFT_ENTRY, id uint64, typ uint64, name string, d
 	if len(parts) == 0 {
 		return nil, 0, fmt.Errorf("%w: MFT entry %d: no stream %s", ErrCorrupt, id, quoteStream(name))
 	}
+	r, err := f.newRunReader(parts, id, name, disk)
+	if err != nil {
+		return nil, 0, err
+	}
+	return r, r.size, nil
+}
+
+// newRunReader maps the non-resident extents parts (in any order) of one
+// stream.
+func (f *FS) newRunReader(parts []*parser.NTFS_ATTRIBUTE, id uint64, name string, disk io.ReaderAt) (*runReader, error) {
 	sort.SliceStable(parts, func(i, j int) bool { return parts[i].Runlist_vcn_start() < parts[j].Runlist_vcn_start() })
 	first := parts[0]
 	if first.Runlist_vcn_start() != 0 {
-		return nil, 0, fmt.Errorf("%w: MFT entry %d: stream %s has no extent at VCN 0", ErrCorrupt, id, quoteStream(name))
+		return nil, fmt.Errorf("%w: MFT entry %d: stream %s has no extent at VCN 0", ErrCorrupt, id, quoteStream(name))
 	}
 	r := &runReader{
 		disk:        disk,
@@ -76,7 +86,7 @@ func (f *FS) openAttr(e *parser.MFT_ENTRY, id uint64, typ uint64, name string, d
 	volClusters := f.size / f.cluster
 	maxVCN := int64(maxStreamSize) / f.cluster
 	if r.size < 0 || r.size > maxStreamSize {
-		return nil, 0, fmt.Errorf("%w: MFT entry %d: stream %s of %d bytes on a volume of %d", ErrCorrupt, id, quoteStream(name), r.size, f.size)
+		return nil, fmt.Errorf("%w: MFT entry %d: stream %s of %d bytes on a volume of %d", ErrCorrupt, id, quoteStream(name), r.size, f.size)
 	}
 	if r.initialized < 0 || r.initialized > r.size {
 		r.initialized = r.size
@@ -84,7 +94,7 @@ func (f *FS) openAttr(e *parser.MFT_ENTRY, id uint64, typ uint64, name string, d
 	if first.Flags() != nil && parser.IsCompressed(first.Flags()) {
 		shift := first.Compression_unit_size()
 		if shift == 0 || f.cluster<<shift > maxCompressionUnit {
-			return nil, 0, fmt.Errorf("%w: MFT entry %d: stream %s: compression unit of 2^%d clusters", ErrCorrupt, id, quoteStream(name), shift)
+			return nil, fmt.Errorf("%w: MFT entry %d: stream %s: compression unit of 2^%d clusters", ErrCorrupt, id, quoteStream(name), shift)
 		}
 		r.unit = 1 << shift
 	}
@@ -92,17 +102,17 @@ func (f *FS) openAttr(e *parser.MFT_ENTRY, id uint64, typ uint64, name string, d
 	for _, a := range parts {
 		start := int64(a.Runlist_vcn_start())
 		if start != next {
-			return nil, 0, fmt.Errorf("%w: MFT entry %d: stream %s: extent starts at VCN %d, expected %d", ErrCorrupt, id, quoteStream(name), start, next)
+			return nil, fmt.Errorf("%w: MFT entry %d: stream %s: extent starts at VCN %d, expected %d", ErrCorrupt, id, quoteStream(name), start, next)
 		}
 		for _, run := range a.RunList() {
 			if run.Length <= 0 || run.Length > maxVCN || next+run.Length > maxVCN {
-				return nil, 0, fmt.Errorf("%w: MFT entry %d: stream %s: run of %d clusters at VCN %d", ErrCorrupt, id, quoteStream(name), run.Length, next)
+				return nil, fmt.Errorf("%w: MFT entry %d: stream %s: run of %d clusters at VCN %d", ErrCorrupt, id, quoteStream(name), run.Length, next)
 			}
 			lcn := run.Offset
 			if run.RelativeUrnOffset == 0 {
 				lcn = -1 // no offset field: a hole
 			} else if lcn < 0 || lcn+run.Length > volClusters {
-				return nil, 0, fmt.Errorf("%w: MFT entry %d: stream %s: clusters %d+%d outside the volume of %d clusters",
+				return nil, fmt.Errorf("%w: MFT entry %d: stream %s: clusters %d+%d outside the volume of %d clusters",
 					ErrCorrupt, id, quoteStream(name), lcn, run.Length, volClusters)
 			}
 			r.extents = append(r.extents, extent{vcn: next, lcn: lcn, length: run.Length})
@@ -110,9 +120,9 @@ func (f *FS) openAttr(e *parser.MFT_ENTRY, id uint64, typ uint64, name string, d
 		}
 	}
 	if next*f.cluster < r.initialized {
-		return nil, 0, fmt.Errorf("%w: MFT entry %d: stream %s: data runs cover %d bytes of %d", ErrCorrupt, id, quoteStream(name), next*f.cluster, r.initialized)
+		return nil, fmt.Errorf("%w: MFT entry %d: stream %s: data runs cover %d bytes of %d", ErrCorrupt, id, quoteStream(name), next*f.cluster, r.initialized)
 	}
-	return r, r.size, nil
+	return r, nil
 }
 
 // find returns the index of the extent holding vcn, or -1.

@@ -183,19 +183,3 @@ func TestUnsupported(t *testing.T) {
 		}
 	}
 }
-
-func ExampleNew() {
-	f, err := os.Open("image.sqfs")
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	st, _ := f.Stat()
-	v, err := New(f, st.Size())
-	if err != nil {
-		return
-	}
-	fs.WalkDir(vfs.New(v, "image.sqfs"), ".", func(p string, d fs.DirEntry, err error) error {
-		return err
-	})
-}

@@ -30,6 +30,13 @@ const (
 	// (ext4 inline data, NTFS resident data, an XFS local-format fork).
 	// The record is in Extents.Meta too.
 	Inline
+	// Encoded: the content is decoded from Stored bytes of the volume at
+	// Off, not stored as it reads: an NTFS compression unit (LZNT1), a
+	// link target kept in UTF-16 (an NTFS reparse point or Interix link).
+	// A run of consecutive Encoded extents may be decoded together (the
+	// stored clusters of one compression unit lie in several runs); their
+	// Logical and Len split the decoded bytes among them.
+	Encoded
 )
 
 func (k ExtentKind) String() string {
@@ -42,6 +49,8 @@ func (k ExtentKind) String() string {
 		return "unwritten"
 	case Inline:
 		return "inline"
+	case Encoded:
+		return "encoded"
 	}
 	return fmt.Sprintf("ExtentKind(%d)", uint8(k))
 }
@@ -54,12 +63,19 @@ type Extent struct {
 	Off     int64 // on the volume; 0 for a Hole
 	Len     int64
 	Kind    ExtentKind
+	// Stored is, for an Encoded extent, how many bytes of the volume at
+	// Off it is decoded from; 0 for the other kinds, whose content lies
+	// in Len bytes at Off.
+	Stored int64
 }
 
 // Range returns where the extent lies on the volume (empty for a hole).
 func (e Extent) Range() Range {
-	if e.Kind == Hole {
+	switch e.Kind {
+	case Hole:
 		return Range{}
+	case Encoded:
+		return Range{Off: e.Off, Len: e.Stored}
 	}
 	return Range{Off: e.Off, Len: e.Len}
 }
@@ -90,13 +106,13 @@ type Extents struct {
 }
 
 // Ranges returns every byte of the volume the reader reads to serve the
-// object: Meta, then the Allocated and Inline extents of Data. They may
-// overlap.
+// object: Meta, then the Allocated, Inline and Encoded extents of Data.
+// They may overlap.
 func (x Extents) Ranges() []Range {
 	out := make([]Range, 0, len(x.Meta)+len(x.Data))
 	out = append(out, x.Meta...)
 	for _, e := range x.Data {
-		if e.Kind == Allocated || e.Kind == Inline {
+		if e.Kind == Allocated || e.Kind == Inline || e.Kind == Encoded {
 			out = append(out, e.Range())
 		}
 	}
@@ -105,12 +121,12 @@ func (x Extents) Ranges() []Range {
 
 // AddData appends e to Data, merging it into the last extent when it
 // continues it (same kind, contiguous in the object and on the volume).
-// Empty extents are dropped.
+// Empty extents are dropped; Encoded extents are never merged.
 func (x *Extents) AddData(e Extent) {
 	if e.Len <= 0 {
 		return
 	}
-	if n := len(x.Data); n > 0 {
+	if n := len(x.Data); n > 0 && e.Kind != Encoded {
 		l := &x.Data[n-1]
 		if l.Kind == e.Kind && l.Logical+l.Len == e.Logical && (e.Kind == Hole || l.Off+l.Len == e.Off) {
 			l.Len += e.Len

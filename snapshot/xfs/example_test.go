@@ -1,7 +1,10 @@
 package xfs_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"fmt"
+	"io"
 	"io/fs"
 	"log"
 	"os"
@@ -10,33 +13,70 @@ import (
 	"github.com/snapscan/snapscan/snapshot/xfs"
 )
 
-// Open an XFS partition image and list its files with their owners. The
-// caller keeps the image open while it uses the file system.
+// Open an XFS image, then walk it and print each entry with its owner, the content of each file and the target of each link.
 func ExampleNew() {
-	f, err := os.Open("rhel-root.img")
+	// The smallest XFS is 16 MiB, mostly zeros: the fixture is gzipped.
+	gz, err := os.Open("testdata/example.xfs.gz")
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer f.Close()
-	st, err := f.Stat()
+	defer gz.Close()
+	zr, err := gzip.NewReader(gz)
 	if err != nil {
 		log.Fatal(err)
 	}
-	x, err := xfs.New(f, st.Size())
+	b, err := io.ReadAll(zr)
 	if err != nil {
-		log.Fatal(err) // errors.Is(err, vfs.ErrWrongType) if it is not XFS
+		log.Fatal(err)
 	}
-	fsys := vfs.New(x, "rhel-root.img (xfs "+x.Label()+")")
-	fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+	// An image file opened with os.Open serves as well as the
+	// bytes.Reader: New reads through any io.ReaderAt.
+	v, err := xfs.New(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		log.Fatal(err) // errors.Is(err, vfs.ErrWrongType): not XFS
+	}
+	fsys := vfs.New(v, "example.xfs")
+	err = vfs.WalkDir(fsys, ".", 0, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			return err
+			fmt.Println(p, err) // a damaged entry: report it and go on
+			return nil
 		}
 		info, err := d.Info()
 		if err != nil {
-			return err
+			fmt.Println(p, err)
+			return nil
 		}
-		n := info.Sys().(*xfs.Node)
-		fmt.Println(p, info.Mode(), info.Size(), "inode", n.Ino(), "owner", n.Owner())
+		owner := ""
+		if o, ok := info.Sys().(vfs.Owner); ok {
+			owner = " owner " + o.Owner()
+		}
+		switch info.Mode().Type() {
+		case 0:
+			b, err := fs.ReadFile(fsys, p)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s %v%s: %q\n", p, info.Mode(), owner, b)
+		case fs.ModeSymlink:
+			target, err := fs.ReadLink(fsys, p)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s %v%s -> %s\n", p, info.Mode(), owner, target)
+		default:
+			fmt.Printf("%s %v%s\n", p, info.Mode(), owner)
+		}
 		return nil
 	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// . drwxr-xr-x owner 0
+	// etc drwxr-xr-x owner 0
+	// etc/hostname -rw-r--r-- owner 0: "example-vm\n"
+	// home drwxr-xr-x owner 0
+	// home/alice drwxr-x--- owner 1000
+	// home/alice/hosts Lrwxrwxrwx owner 1000 -> ../../etc/hostname
+	// home/alice/notes.txt -rw-r----- owner 1000: "hello from the guest\n"
 }

@@ -81,15 +81,20 @@ func (f *FS) Extents(n vfs.Node) (vfs.Extents, error) {
 		end = (min(ip.size, leafOffset) + db - 1) / db * db / bs
 	case fs.ModeSymlink:
 		// remoteSymlink reads up to 4 blocks of each extent until it has
-		// the target, whatever its size.
+		// the target, whatever its size; on v5 the blocks read from one
+		// extent start with a 56-byte header (in Meta with the blocks).
+		hdr := 56 * int64(sb.version/5)
 		got := int64(0)
 		for _, e := range ext {
 			if got >= ip.size {
 				break
 			}
 			nb := int64(min(e.len, 4))
-			x.AddData(vfs.Extent{Logical: int64(e.off) * bs, Off: int64(e.blk) * bs, Len: nb * bs})
-			got += nb*bs - 56*int64(sb.version/5) // v5 blocks start with a 56-byte header
+			if hdr > 0 {
+				x.AddMeta(vfs.Range{Off: int64(e.blk) * bs, Len: nb * bs})
+			}
+			x.AddData(vfs.Extent{Logical: got, Off: int64(e.blk)*bs + hdr, Len: nb*bs - hdr})
+			got += nb*bs - hdr
 		}
 		return x, nil
 	}

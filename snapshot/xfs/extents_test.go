@@ -221,6 +221,13 @@ func TestExtentsXfsdb(t *testing.T) {
 						gotTree = append(gotTree, b)
 					}
 				}
+				if o.info.Mode().Type() == fs.ModeSymlink {
+					// A v5 remote link's blocks are in Meta too, for
+					// their headers: they are not btree blocks.
+					gotTree = slices.DeleteFunc(gotTree, func(b int64) bool {
+						return slices.ContainsFunc(o.x.Data, func(e vfs.Extent) bool { return b >= e.Off/bs && b <= (e.Off+e.Len-1)/bs })
+					})
+				}
 				slices.Sort(gotTree)
 				if want.format == "btree" {
 					sawTree = true

@@ -140,6 +140,9 @@ func New(r io.ReaderAt, size int64) (*FS, error) {
 		return nil, fmt.Errorf("xfs: no XFSB magic at byte 0: %w", vfs.ErrWrongType)
 	}
 	if n < len(buf) && int64(n) < size {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF // the volume ends before its size
+		}
 		return nil, fmt.Errorf("xfs: reading superblock: %w", err)
 	}
 	sb, err := parseSuperblock(buf[:n], size)

@@ -52,6 +52,7 @@ func (s Suite) Run(t *testing.T) {
 		{"Fence", testFence},
 		{"Appliances", testAppliances},
 		{"Rescans", testRescans},
+		{"Freezes", testFreezes},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := s.New(t)
@@ -267,6 +268,9 @@ func testFindingQueries(t *testing.T, st results.Store) {
 		{"rule", results.FindingQuery{Rule: "R1"}, 6},
 		{"tag", results.FindingQuery{Tag: "apt"}, 3},
 		{"tag is not a substring", results.FindingQuery{Tag: "ap"}, 0},
+		{"vm and tag", results.FindingQuery{VM: "vm1", Tag: "apt"}, 2},
+		{"job and tag", results.FindingQuery{JobID: 2, Tag: "apt"}, 1},
+		{"rule and tag", results.FindingQuery{Rule: "R2", Tag: "apt"}, 0},
 		{"since", results.FindingQuery{Since: base.Add(time.Hour)}, 6},
 		{"until (exclusive)", results.FindingQuery{Until: base.Add(time.Hour)}, 3},
 		{"since and until", results.FindingQuery{Since: base.Add(30 * time.Minute), Until: base.Add(90 * time.Minute)}, 3},
@@ -277,6 +281,14 @@ func testFindingQueries(t *testing.T, st results.Store) {
 		got, err := st.Findings(ctx(t), tc.q)
 		if err != nil || len(got) != tc.want {
 			t.Errorf("%s: %d findings, %v; want %d", tc.name, len(got), err, tc.want)
+		}
+		// CountFindings counts what Findings selects, its page aside.
+		want := int64(tc.want)
+		if tc.q.After != 0 || tc.q.Limit != 0 {
+			want = 9
+		}
+		if n, err := st.CountFindings(ctx(t), tc.q); err != nil || n != want {
+			t.Errorf("%s: CountFindings = %d, %v; want %d", tc.name, n, err, want)
 		}
 	}
 	// Paging with After walks every finding once.
@@ -705,5 +717,58 @@ func testRescans(t *testing.T, st results.Store) {
 	}
 	if ok, err := st.ClaimRescan(ctx(t), "other", 7, "app-1", time.Hour); err != nil || !ok {
 		t.Errorf("another set's version 7: %v %v", ok, err)
+	}
+}
+
+// testFreezes: a freeze stored when taken and again when released reads
+// back as released; freezes list newest first, by VM, by job and in pages.
+func testFreezes(t *testing.T, st results.Store) {
+	taken := func(i int) time.Time { return at.Add(time.Duration(i) * time.Minute) }
+	for i := range 4 {
+		vm := "vc/vm-1"
+		if i%2 == 1 {
+			vm = "vc/vm-2"
+		}
+		must(t, st.PutFreeze(ctx(t), results.Freeze{VM: vm, ID: fmt.Sprintf("snapscan-%d", i), Connector: "vc", JobID: int64(10 + i),
+			Taken: taken(i), FreezeStun: time.Duration(i+1) * time.Millisecond, Quiesced: i == 0}))
+	}
+	// The release of the first.
+	rel := results.Freeze{VM: "vc/vm-1", ID: "snapscan-0", Connector: "vc", JobID: 10, Taken: taken(0), FreezeStun: time.Millisecond, Quiesced: true,
+		Released: taken(0).Add(90 * time.Second), ReleaseStun: 40 * time.Millisecond, ReleaseTook: 2 * time.Second, Held: 90 * time.Second, Repaired: true}
+	must(t, st.PutFreeze(ctx(t), rel))
+	must(t, st.PutFreeze(ctx(t), results.Freeze{VM: "vc/vm-3", ID: "snapscan-old", Connector: "vc", Taken: taken(-60), Stale: true, Error: "release failed"}))
+	if err := st.PutFreeze(ctx(t), results.Freeze{VM: "vc/vm-1"}); !errors.Is(err, results.ErrInvalid) {
+		t.Errorf("a freeze without its id: %v", err)
+	}
+	got, err := st.Freezes(ctx(t), results.FreezeQuery{VM: "vc/vm-1"})
+	must(t, err)
+	if len(got) != 2 || got[0].ID != "snapscan-2" || got[1].ID != "snapscan-0" {
+		t.Fatalf("vm-1's freezes: %+v", got)
+	}
+	want := rel
+	want.Taken, want.Released = rel.Taken.UTC(), rel.Released.UTC()
+	if !reflect.DeepEqual(got[1], want) || !got[1].Taken.Equal(rel.Taken) {
+		t.Errorf("released freeze:\n got %+v\nwant %+v", got[1], want)
+	}
+	if !got[0].Released.IsZero() || got[0].FreezeStun != 3*time.Millisecond {
+		t.Errorf("held freeze: %+v", got[0])
+	}
+	byJob, err := st.Freezes(ctx(t), results.FreezeQuery{JobID: 11})
+	must(t, err)
+	if len(byJob) != 1 || byJob[0].VM != "vc/vm-2" || byJob[0].ID != "snapscan-1" {
+		t.Errorf("job 11's freezes: %+v", byJob)
+	}
+	page, err := st.Freezes(ctx(t), results.FreezeQuery{Limit: 2})
+	must(t, err)
+	if len(page) != 2 || page[0].ID != "snapscan-3" || page[1].ID != "snapscan-2" {
+		t.Fatalf("first page: %+v", page)
+	}
+	rest, err := st.Freezes(ctx(t), results.FreezeQuery{Before: page[1].Taken})
+	must(t, err)
+	if len(rest) != 3 || rest[2].ID != "snapscan-old" || !rest[2].Stale || rest[2].Error != "release failed" {
+		t.Errorf("second page: %+v", rest)
+	}
+	if _, err := st.Freezes(ctx(t), results.FreezeQuery{Limit: results.MaxPage + 1}); !errors.Is(err, results.ErrInvalid) {
+		t.Errorf("limit above MaxPage: %v", err)
 	}
 }

@@ -1,8 +1,10 @@
 // Package sqlite implements results.Store on the appliance's embedded
 // SQLite database (modernc.org/sqlite, pure Go), beside the queue's tables
 // in the same file. It writes portable SQL where it can (INSERT ... ON
-// CONFLICT DO UPDATE rather than INSERT OR REPLACE), so a PostgreSQL
-// implementation reads much the same.
+// CONFLICT DO UPDATE rather than INSERT OR REPLACE): the queries that read
+// the same on PostgreSQL live once, in internal/sqlstore, shared with
+// appliance/results/postgres; this package keeps the schema, migrations,
+// transactions and the statements SQLite spells its own way.
 //
 // # Schema
 //
@@ -22,6 +24,8 @@
 //	               start and last-seen times.
 //	fleet_rescans  one row per signature version whose rescan was
 //	               claimed: by whom, when, and when it was enqueued.
+//	vm_freezes     one row per freeze a connector made (VM, snapshot name):
+//	               its job, when taken and released, the stun times.
 //	results_schema the schema version (one row).
 //
 // Example: sqlite3 snapscan.db "SELECT vm, path, rule FROM scan_findings
@@ -34,28 +38,27 @@
 package sqlite
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/snapscan/snapscan/appliance/results"
+	"github.com/snapscan/snapscan/appliance/results/internal/sqlstore"
 	"github.com/snapscan/snapscan/internal/sqlitedb"
 )
 
 // Store is results.Store on SQLite. Make it with New.
 type Store struct {
-	db *sql.DB
+	*sqlstore.Store // the queries both SQL stores share
+	db              *sql.DB
 }
 
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 4
+const schemaVersion = 6
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version INTEGER NOT NULL);
@@ -103,8 +106,6 @@ CREATE TABLE IF NOT EXISTS scan_findings (
 	found_at    INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS scan_findings_job  ON scan_findings(job_id);
-CREATE INDEX IF NOT EXISTS scan_findings_vm   ON scan_findings(vm, found_at);
-CREATE INDEX IF NOT EXISTS scan_findings_rule ON scan_findings(rule, found_at);
 CREATE INDEX IF NOT EXISTS scan_findings_time ON scan_findings(found_at);
 CREATE TABLE IF NOT EXISTS scan_vms (
 	vm           TEXT    PRIMARY KEY,
@@ -174,11 +175,42 @@ CREATE TABLE fleet_rescans (
 	jobs       INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (set_name, version)
 );
+`, `
+CREATE TABLE vm_freezes (
+	vm           TEXT    NOT NULL,
+	id           TEXT    NOT NULL,
+	connector    TEXT    NOT NULL,
+	job_id       INTEGER NOT NULL,
+	taken        INTEGER NOT NULL,
+	freeze_stun  INTEGER NOT NULL,
+	quiesced     INTEGER NOT NULL,
+	released     INTEGER NOT NULL,
+	release_stun INTEGER NOT NULL,
+	release_took INTEGER NOT NULL,
+	held         INTEGER NOT NULL,
+	stale        INTEGER NOT NULL,
+	repaired     INTEGER NOT NULL,
+	error        TEXT    NOT NULL,
+	PRIMARY KEY (vm, id)
+);
+CREATE INDEX vm_freezes_taken ON vm_freezes(vm, taken);
+CREATE INDEX vm_freezes_job ON vm_freezes(job_id);
+`, `
+DROP INDEX IF EXISTS scan_findings_vm;
+DROP INDEX IF EXISTS scan_findings_rule;
+DROP INDEX IF EXISTS scan_findings_datastore;
+CREATE INDEX scan_findings_vm_id ON scan_findings(vm, id);
+CREATE INDEX scan_findings_rule_id ON scan_findings(rule, id);
+CREATE INDEX scan_findings_datastore_id ON scan_findings(datastore, id);
+CREATE TABLE scan_finding_tags (
+	tag        TEXT    NOT NULL,
+	finding_id INTEGER NOT NULL,
+	PRIMARY KEY (tag, finding_id)
+) WITHOUT ROWID;
+CREATE INDEX scan_finding_tags_finding ON scan_finding_tags(finding_id);
+INSERT OR IGNORE INTO scan_finding_tags (tag, finding_id)
+	SELECT json_each.value, scan_findings.id FROM scan_findings, json_each(scan_findings.tags) WHERE json_each.type = 'text';
 `}
-
-// notRecorded is the incomplete reason of results stored before statuses
-// were: nobody can say now whether they read everything.
-const notRecorded = "not_recorded"
 
 // New creates the results tables in db, or migrates them, and returns the
 // store. db must be an SQLite database opened with a busy timeout (the
@@ -186,6 +218,9 @@ const notRecorded = "not_recorded"
 // it and closes it after the store's Close.
 func New(ctx context.Context, db *sql.DB) (*Store, error) {
 	s := &Store{db: db}
+	s.Store = sqlstore.New(dialect, db, func(ctx context.Context, f func(c sqlstore.Querier) error) error {
+		return s.tx(ctx, func(c *sql.Conn) error { return f(c) })
+	})
 	err := s.tx(ctx, func(c *sql.Conn) error {
 		if _, err := c.ExecContext(ctx, schema); err != nil {
 			return err
@@ -216,6 +251,16 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 	return s, nil
 }
 
+// dialect is SQLite's spelling of what the shared queries need.
+var dialect = sqlstore.Dialect{
+	Name:     "sqlite",
+	Position: "instr",
+}
+
+func wrap(what string, err error) error {
+	return fmt.Errorf("results: sqlite: %s: %w", what, err)
+}
+
 // Close implements results.Store; the database stays open.
 func (s *Store) Close() error { return nil }
 
@@ -223,319 +268,6 @@ func (s *Store) Close() error { return nil }
 // writers never both read and then fail to upgrade their lock.
 func (s *Store) tx(ctx context.Context, f func(c *sql.Conn) error) error {
 	return sqlitedb.Tx(ctx, s.db, f)
-}
-
-func nanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-func fromNanos(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
-// jsonText marshals v, which is always marshalable here (maps, slices and
-// structs of plain types).
-func jsonText(v any) string {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(fmt.Sprintf("results: sqlite: marshal %T: %v", v, err))
-	}
-	return string(b)
-}
-
-func wrap(what string, err error) error {
-	return fmt.Errorf("results: sqlite: %s: %w", what, err)
-}
-
-// SaveScan implements results.Results.
-func (s *Store) SaveScan(ctx context.Context, r *results.Scan) ([]results.Finding, error) {
-	if err := results.CheckScan(r); err != nil {
-		return nil, err
-	}
-	what := fmt.Sprintf("save job %d", r.JobID)
-	var rows []results.Finding
-	err := s.tx(ctx, func(c *sql.Conn) error {
-		rows = rows[:0]
-		if err := checkFence(ctx, c, r.Fence); err != nil {
-			return err
-		}
-		for _, q := range []string{`DELETE FROM scan_findings WHERE job_id = ?`, `DELETE FROM scan_volumes WHERE job_id = ?`} {
-			if _, err := c.ExecContext(ctx, q, r.JobID); err != nil {
-				return err
-			}
-		}
-		for _, v := range r.Volumes {
-			errs, dropped := v.Errors, v.ErrorsDropped
-			if len(errs) > results.MaxVolumeErrors {
-				dropped += int64(len(errs) - results.MaxVolumeErrors)
-				errs = errs[:results.MaxVolumeErrors]
-			}
-			_, err := c.ExecContext(ctx, `INSERT INTO scan_volumes (job_id, disk, volume, file_system, error, files, bytes, cached, skipped, errors, errors_dropped)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-				ON CONFLICT (job_id, disk, volume) DO UPDATE SET file_system = excluded.file_system, error = excluded.error,
-					files = excluded.files, bytes = excluded.bytes, cached = excluded.cached, skipped = excluded.skipped,
-					errors = excluded.errors, errors_dropped = excluded.errors_dropped`,
-				r.JobID, v.Disk, v.Volume, v.FileSystem, v.Error, v.Files, v.Bytes, v.Cached,
-				jsonText(nonNilMap(v.Skipped)), jsonText(nonNil(errs)), dropped)
-			if err != nil {
-				return fmt.Errorf("volume %s/%s: %w", v.Disk, v.Volume, err)
-			}
-		}
-		for _, f := range r.Findings {
-			f.JobID, f.VM, f.SigVersion = r.JobID, r.VM, r.SigVersion
-			f.Tags, f.Meta = nonNil(f.Tags), nonNil(f.Meta)
-			if f.FoundAt.IsZero() {
-				f.FoundAt = r.FinishedAt
-			}
-			f.FoundAt = f.FoundAt.UTC()
-			err := c.QueryRowContext(ctx, `INSERT INTO scan_findings (job_id, vm, datastore, disk, volume, path, size, sha256, namespace, rule, tags, meta, strings, sig_version, found_at)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
-				f.JobID, f.VM, f.Datastore, f.Disk, f.Volume, f.Path, f.Size, f.SHA256, f.Namespace, f.Rule,
-				jsonText(f.Tags), jsonText(f.Meta), jsonText(nonNil(f.Strings)), int64(f.SigVersion), nanos(f.FoundAt)).Scan(&f.ID)
-			if err != nil {
-				return fmt.Errorf("finding %s: %w", f.Path, err)
-			}
-			rows = append(rows, f)
-		}
-		_, err := c.ExecContext(ctx, `INSERT INTO scan_results (job_id, vm, status, incomplete, sig_name, sig_version, rules_id, started_at, finished_at,
-				files, bytes, cached, findings, bytes_read, read_ops, disks)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (job_id) DO UPDATE SET vm = excluded.vm, status = excluded.status, incomplete = excluded.incomplete,
-				sig_name = excluded.sig_name, sig_version = excluded.sig_version, rules_id = excluded.rules_id,
-				started_at = excluded.started_at, finished_at = excluded.finished_at, files = excluded.files,
-				bytes = excluded.bytes, cached = excluded.cached, findings = excluded.findings,
-				bytes_read = excluded.bytes_read, read_ops = excluded.read_ops, disks = excluded.disks`,
-			r.JobID, r.VM, string(r.Status), jsonText(nonNilMap(r.Incomplete)), r.SigName, int64(r.SigVersion), r.RulesID,
-			nanos(r.StartedAt), nanos(r.FinishedAt), r.Files, r.Bytes, r.Cached, len(rows), r.BytesRead, r.ReadOps, jsonText(nonNil(r.Disks)))
-		if err != nil {
-			return err
-		}
-		// The VM's last scan: a re-save of an older job (a re-run after a
-		// crash, when a later job already finished) must not move it back.
-		now := time.Now().UnixNano()
-		_, err = c.ExecContext(ctx, `INSERT INTO scan_vms (vm, name, source, disks, updated_at, last_job, last_scanned, last_status, last_findings, last_sig_version, last_bytes_read)
-			VALUES (?, ?, 'scan', ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (vm) DO UPDATE SET last_job = excluded.last_job, last_scanned = excluded.last_scanned,
-				last_status = excluded.last_status, last_findings = excluded.last_findings,
-				last_sig_version = excluded.last_sig_version, last_bytes_read = excluded.last_bytes_read
-			WHERE scan_vms.last_job <= excluded.last_job`,
-			r.VM, r.VM, jsonText(nonNil(r.Disks)), now, r.JobID, nanos(r.FinishedAt), string(r.Status), len(rows), int64(r.SigVersion), r.BytesRead)
-		return err
-	})
-	if err != nil {
-		return nil, wrap(what, err)
-	}
-	return rows, nil
-}
-
-func nonNil[T any](s []T) []T {
-	if s == nil {
-		return []T{}
-	}
-	return s
-}
-
-func nonNilMap(m map[string]int64) map[string]int64 {
-	if m == nil {
-		return map[string]int64{}
-	}
-	return m
-}
-
-// Scan implements results.Results.
-func (s *Store) Scan(ctx context.Context, jobID int64) (*results.Scan, error) {
-	r := &results.Scan{JobID: jobID}
-	var status, incomplete, disks string
-	var v, st, fin int64
-	err := s.db.QueryRowContext(ctx, `SELECT vm, status, incomplete, sig_name, sig_version, rules_id, started_at, finished_at,
-			files, bytes, cached, findings, bytes_read, read_ops, disks
-		FROM scan_results WHERE job_id = ?`, jobID).Scan(&r.VM, &status, &incomplete, &r.SigName, &v, &r.RulesID, &st, &fin,
-		&r.Files, &r.Bytes, &r.Cached, &r.FindingCount, &r.BytesRead, &r.ReadOps, &disks)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("%w: job %d has no stored result", results.ErrNotFound, jobID)
-	}
-	if err != nil {
-		return nil, wrap(fmt.Sprintf("job %d", jobID), err)
-	}
-	r.SigVersion, r.StartedAt, r.FinishedAt = uint64(v), fromNanos(st), fromNanos(fin)
-	r.Status = results.Status(status)
-	if err := json.Unmarshal([]byte(incomplete), &r.Incomplete); err != nil {
-		return nil, wrap(fmt.Sprintf("job %d: incomplete", jobID), err)
-	}
-	if err := json.Unmarshal([]byte(disks), &r.Disks); err != nil {
-		return nil, wrap(fmt.Sprintf("job %d: disks", jobID), err)
-	}
-	if r.Status == "" { // stored before statuses were
-		r.Incomplete[notRecorded] = 1
-		r.Status = results.StatusOf(int(r.FindingCount), r.Incomplete)
-	}
-	rows, err := s.db.QueryContext(ctx, `SELECT disk, volume, file_system, error, files, bytes, cached, skipped, errors, errors_dropped
-		FROM scan_volumes WHERE job_id = ? ORDER BY disk, volume`, jobID)
-	if err != nil {
-		return nil, wrap(fmt.Sprintf("job %d volumes", jobID), err)
-	}
-	defer rows.Close()
-	r.Volumes = []results.Volume{}
-	for rows.Next() {
-		var vol results.Volume
-		var skipped, errs string
-		if err := rows.Scan(&vol.Disk, &vol.Volume, &vol.FileSystem, &vol.Error, &vol.Files, &vol.Bytes, &vol.Cached, &skipped, &errs, &vol.ErrorsDropped); err != nil {
-			return nil, wrap(fmt.Sprintf("job %d volumes", jobID), err)
-		}
-		if err := errors.Join(json.Unmarshal([]byte(skipped), &vol.Skipped), json.Unmarshal([]byte(errs), &vol.Errors)); err != nil {
-			return nil, wrap(fmt.Sprintf("job %d volume %s", jobID, vol.Volume), err)
-		}
-		r.Volumes = append(r.Volumes, vol)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, wrap(fmt.Sprintf("job %d volumes", jobID), err)
-	}
-	return r, nil
-}
-
-// Findings implements results.Results.
-func (s *Store) Findings(ctx context.Context, q results.FindingQuery) ([]results.Finding, error) {
-	limit, err := results.CheckLimit(q.Limit)
-	if err != nil {
-		return nil, err
-	}
-	var where []string
-	var args []any
-	add := func(cond string, v any) { where = append(where, cond); args = append(args, v) }
-	if q.JobID != 0 {
-		add("job_id = ?", q.JobID)
-	}
-	if q.VM != "" {
-		add("vm = ?", q.VM)
-	}
-	if q.Datastore != "" {
-		add("datastore = ?", q.Datastore)
-	}
-	if q.Rule != "" {
-		add("rule = ?", q.Rule)
-	}
-	if q.Tag != "" {
-		add("EXISTS (SELECT 1 FROM json_each(scan_findings.tags) WHERE json_each.value = ?)", q.Tag)
-	}
-	if !q.Since.IsZero() {
-		add("found_at >= ?", q.Since.UnixNano())
-	}
-	if !q.Until.IsZero() {
-		add("found_at < ?", q.Until.UnixNano())
-	}
-	add("id > ?", q.After)
-	args = append(args, limit)
-	rows, err := s.db.QueryContext(ctx, `SELECT id, job_id, vm, datastore, disk, volume, path, size, sha256, namespace, rule, tags, meta, strings, sig_version, found_at
-		FROM scan_findings WHERE `+strings.Join(where, " AND ")+` ORDER BY id LIMIT ?`, args...)
-	if err != nil {
-		return nil, wrap("findings", err)
-	}
-	defer rows.Close()
-	out := []results.Finding{}
-	for rows.Next() {
-		var f results.Finding
-		var tags, meta, strs string
-		var v, at int64
-		if err := rows.Scan(&f.ID, &f.JobID, &f.VM, &f.Datastore, &f.Disk, &f.Volume, &f.Path, &f.Size, &f.SHA256, &f.Namespace, &f.Rule,
-			&tags, &meta, &strs, &v, &at); err != nil {
-			return nil, wrap("findings", err)
-		}
-		f.SigVersion, f.FoundAt = uint64(v), fromNanos(at)
-		if f.Meta, err = decodeMeta([]byte(meta)); err != nil {
-			return nil, wrap(fmt.Sprintf("finding %d meta", f.ID), err)
-		}
-		if err := errors.Join(json.Unmarshal([]byte(tags), &f.Tags), json.Unmarshal([]byte(strs), &f.Strings)); err != nil {
-			return nil, wrap(fmt.Sprintf("finding %d", f.ID), err)
-		}
-		if len(f.Strings) == 0 {
-			f.Strings = nil
-		}
-		out = append(out, f)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, wrap("findings", err)
-	}
-	return out, nil
-}
-
-// decodeMeta restores meta values as the scanner makes them: string,
-// int64 or bool (plain JSON decoding would turn ints into float64).
-func decodeMeta(b []byte) ([]results.Meta, error) {
-	var raw []struct {
-		Key   string          `json:"key"`
-		Value json.RawMessage `json:"value"`
-	}
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return nil, err
-	}
-	out := make([]results.Meta, len(raw))
-	for i, r := range raw {
-		d := json.NewDecoder(bytes.NewReader(r.Value))
-		d.UseNumber()
-		var v any
-		if err := d.Decode(&v); err != nil {
-			return nil, fmt.Errorf("meta %s: %w", r.Key, err)
-		}
-		if n, ok := v.(json.Number); ok {
-			iv, err := n.Int64()
-			if err != nil {
-				return nil, fmt.Errorf("meta %s: %w", r.Key, err)
-			}
-			v = iv
-		}
-		out[i] = results.Meta{Key: r.Key, Value: v}
-	}
-	return out, nil
-}
-
-// decodeMatches is decodeMeta for a verdict's matches.
-func decodeMatches(b []byte) ([]results.Match, error) {
-	var raw []struct {
-		Rule      string                `json:"rule"`
-		Namespace string                `json:"namespace"`
-		Tags      []string              `json:"tags"`
-		Meta      json.RawMessage       `json:"meta"`
-		Strings   []results.StringMatch `json:"strings"`
-	}
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return nil, err
-	}
-	var out []results.Match
-	for _, r := range raw {
-		meta := []results.Meta{}
-		if len(r.Meta) > 0 && string(r.Meta) != "null" {
-			var err error
-			if meta, err = decodeMeta(r.Meta); err != nil {
-				return nil, fmt.Errorf("rule %s: %w", r.Rule, err)
-			}
-		}
-		out = append(out, results.Match{Rule: r.Rule, Namespace: r.Namespace, Tags: nonNil(r.Tags), Meta: meta, Strings: r.Strings})
-	}
-	return out, nil
-}
-
-// Verdict implements results.Verdicts.
-func (s *Store) Verdict(ctx context.Context, k results.VerdictKey) (results.Verdict, error) {
-	var matches string
-	err := s.db.QueryRowContext(ctx, `SELECT matches FROM verdict_cache WHERE content = ? AND rules = ? AND context = ?`,
-		k.Content[:], k.Rules, k.Context[:]).Scan(&matches)
-	if errors.Is(err, sql.ErrNoRows) {
-		return results.Verdict{}, results.ErrNotFound
-	}
-	if err != nil {
-		return results.Verdict{}, wrap("verdict", err)
-	}
-	m, err := decodeMatches([]byte(matches))
-	if err != nil {
-		return results.Verdict{}, wrap("verdict", err)
-	}
-	return results.Verdict{Matches: m}, nil
 }
 
 // PutVerdicts implements results.Verdicts.
@@ -552,7 +284,7 @@ func (s *Store) PutVerdicts(ctx context.Context, vs []results.VerdictEntry) erro
 		defer stmt.Close()
 		now := time.Now().UnixNano()
 		for _, e := range vs {
-			if _, err := stmt.ExecContext(ctx, e.Key.Content[:], e.Key.Rules, e.Key.Context[:], jsonText(nonNil(e.Verdict.Matches)), now); err != nil {
+			if _, err := stmt.ExecContext(ctx, e.Key.Content[:], e.Key.Rules, e.Key.Context[:], sqlstore.JSON(sqlstore.NonNil(e.Verdict.Matches)), now); err != nil {
 				return err
 			}
 		}
@@ -560,109 +292,6 @@ func (s *Store) PutVerdicts(ctx context.Context, vs []results.VerdictEntry) erro
 	})
 	if err != nil {
 		return wrap("verdict cache", err)
-	}
-	return nil
-}
-
-const vmColumns = `vm, name, source, disks, updated_at, last_job, last_scanned, last_status, last_findings, last_sig_version, last_bytes_read`
-
-func scanVM(row interface{ Scan(...any) error }) (results.VM, error) {
-	var v results.VM
-	var disks, status string
-	var upd, last int64
-	var sig int64
-	if err := row.Scan(&v.ID, &v.Name, &v.Source, &disks, &upd, &v.LastJob, &last, &status, &v.LastFindings, &sig, &v.LastBytesRead); err != nil {
-		return v, err
-	}
-	v.UpdatedAt, v.LastScanned, v.LastStatus, v.LastSigVersion = fromNanos(upd), fromNanos(last), results.Status(status), uint64(sig)
-	if v.LastJob != 0 && v.LastStatus == "" { // scanned before statuses were
-		v.LastStatus = results.StatusOf(int(v.LastFindings), map[string]int64{notRecorded: 1})
-	}
-	if err := json.Unmarshal([]byte(disks), &v.Disks); err != nil {
-		return v, fmt.Errorf("vm %s disks: %w", v.ID, err)
-	}
-	return v, nil
-}
-
-// PutVM implements results.Inventory.
-func (s *Store) PutVM(ctx context.Context, v results.VM) error {
-	if v.ID == "" {
-		return fmt.Errorf("%w: VM without an id", results.ErrInvalid)
-	}
-	if v.Name == "" {
-		v.Name = v.ID
-	}
-	if v.UpdatedAt.IsZero() {
-		v.UpdatedAt = time.Now()
-	}
-	err := s.tx(ctx, func(c *sql.Conn) error {
-		_, err := c.ExecContext(ctx, `INSERT INTO scan_vms (vm, name, source, disks, updated_at, last_job, last_scanned)
-			VALUES (?, ?, ?, ?, ?, 0, 0)
-			ON CONFLICT (vm) DO UPDATE SET name = excluded.name, source = excluded.source, disks = excluded.disks, updated_at = excluded.updated_at`,
-			v.ID, v.Name, v.Source, jsonText(nonNil(v.Disks)), nanos(v.UpdatedAt))
-		return err
-	})
-	if err != nil {
-		return wrap("vm "+v.ID, err)
-	}
-	return nil
-}
-
-// VM implements results.Inventory.
-func (s *Store) VM(ctx context.Context, id string) (results.VM, error) {
-	v, err := scanVM(s.db.QueryRowContext(ctx, `SELECT `+vmColumns+` FROM scan_vms WHERE vm = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return v, fmt.Errorf("%w: no VM %q", results.ErrNotFound, id)
-	}
-	if err != nil {
-		return v, wrap("vm "+id, err)
-	}
-	return v, nil
-}
-
-// VMs implements results.Inventory.
-func (s *Store) VMs(ctx context.Context, q results.VMQuery) ([]results.VM, error) {
-	limit, err := results.CheckLimit(q.Limit)
-	if err != nil {
-		return nil, err
-	}
-	where, args := []string{"vm > ?"}, []any{q.After}
-	if q.Search != "" {
-		// instr on lower(): no LIKE, so % and _ in the search are plain.
-		where = append(where, "(instr(lower(vm), lower(?)) > 0 OR instr(lower(name), lower(?)) > 0)")
-		args = append(args, q.Search, q.Search)
-	}
-	if q.Scanned {
-		where = append(where, "last_job > 0")
-	}
-	args = append(args, limit)
-	rows, err := s.db.QueryContext(ctx, `SELECT `+vmColumns+` FROM scan_vms WHERE `+strings.Join(where, " AND ")+` ORDER BY vm LIMIT ?`, args...)
-	if err != nil {
-		return nil, wrap("vms", err)
-	}
-	defer rows.Close()
-	out := []results.VM{}
-	for rows.Next() {
-		v, err := scanVM(rows)
-		if err != nil {
-			return nil, wrap("vms", err)
-		}
-		out = append(out, v)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, wrap("vms", err)
-	}
-	return out, nil
-}
-
-// RemoveVM implements results.Inventory.
-func (s *Store) RemoveVM(ctx context.Context, id string) error {
-	err := s.tx(ctx, func(c *sql.Conn) error {
-		_, err := c.ExecContext(ctx, `DELETE FROM scan_vms WHERE vm = ?`, id)
-		return err
-	})
-	if err != nil {
-		return wrap("remove vm "+id, err)
 	}
 	return nil
 }
@@ -687,7 +316,7 @@ func (s *Store) AddIOSamples(ctx context.Context, ss []results.IOSample) error {
 		}
 		defer stmt.Close()
 		for _, x := range ss {
-			if _, err := stmt.ExecContext(ctx, x.Datastore, nanos(x.At), int64(x.Interval), x.BytesRead, x.ReadOps,
+			if _, err := stmt.ExecContext(ctx, x.Datastore, sqlstore.Nanos(x.At), int64(x.Interval), x.BytesRead, x.ReadOps,
 				x.BudgetBytesPerSec, x.BudgetOpsPerSec, x.Running); err != nil {
 				return err
 			}
@@ -700,75 +329,6 @@ func (s *Store) AddIOSamples(ctx context.Context, ss []results.IOSample) error {
 	return nil
 }
 
-// IOHistory implements results.History.
-func (s *Store) IOHistory(ctx context.Context, q results.IOQuery) ([]results.IOSample, error) {
-	limit, err := results.CheckLimit(q.Limit)
-	if err != nil {
-		return nil, err
-	}
-	where, args := []string{"1 = 1"}, []any{}
-	if q.Datastore != "" {
-		where, args = append(where, "datastore = ?"), append(args, q.Datastore)
-	}
-	if !q.Since.IsZero() {
-		where, args = append(where, "at >= ?"), append(args, q.Since.UnixNano())
-	}
-	if !q.Until.IsZero() {
-		where, args = append(where, "at < ?"), append(args, q.Until.UnixNano())
-	}
-	args = append(args, limit)
-	rows, err := s.db.QueryContext(ctx, `SELECT datastore, at, interval_ns, bytes, ops, budget_bytes, budget_ops, running
-		FROM io_history WHERE `+strings.Join(where, " AND ")+` ORDER BY at, datastore LIMIT ?`, args...)
-	if err != nil {
-		return nil, wrap("I/O history", err)
-	}
-	defer rows.Close()
-	out := []results.IOSample{}
-	for rows.Next() {
-		var x results.IOSample
-		var at, iv int64
-		if err := rows.Scan(&x.Datastore, &at, &iv, &x.BytesRead, &x.ReadOps, &x.BudgetBytesPerSec, &x.BudgetOpsPerSec, &x.Running); err != nil {
-			return nil, wrap("I/O history", err)
-		}
-		x.At, x.Interval = fromNanos(at), time.Duration(iv)
-		out = append(out, x)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, wrap("I/O history", err)
-	}
-	return out, nil
-}
-
-// PruneIOHistory implements results.History.
-func (s *Store) PruneIOHistory(ctx context.Context, before time.Time) (int64, error) {
-	var n int64
-	err := s.tx(ctx, func(c *sql.Conn) error {
-		res, err := c.ExecContext(ctx, `DELETE FROM io_history WHERE at < ?`, nanos(before))
-		if err != nil {
-			return err
-		}
-		n, err = res.RowsAffected()
-		return err
-	})
-	if err != nil {
-		return 0, wrap("prune I/O history", err)
-	}
-	return n, nil
-}
-
-// checkFence runs a save's fence inside its transaction (results.Fence).
-func checkFence(ctx context.Context, c *sql.Conn, f *results.Fence) error {
-	if f == nil {
-		return nil
-	}
-	var one int
-	err := c.QueryRowContext(ctx, f.Query, f.Args...).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return results.ErrFenced
-	}
-	return err
-}
-
 // Announce implements results.Appliances.
 func (s *Store) Announce(ctx context.Context, a results.Appliance, staleAfter time.Duration) error {
 	now := time.Now().UnixNano()
@@ -779,7 +339,7 @@ func (s *Store) Announce(ctx context.Context, a results.Appliance, staleAfter ti
 			sig_name = excluded.sig_name, sig_version = excluded.sig_version, rules_id = excluded.rules_id,
 			started_at = excluded.started_at, seen_at = excluded.seen_at
 			WHERE fleet_appliances.instance = excluded.instance OR fleet_appliances.seen_at < ?`,
-			a.Name, a.Instance, a.Version, a.SigName, int64(a.SigVersion), a.RulesID, nanos(a.StartedAt), now, now-staleAfter.Nanoseconds())
+			a.Name, a.Instance, a.Version, a.SigName, int64(a.SigVersion), a.RulesID, sqlstore.Nanos(a.StartedAt), now, now-staleAfter.Nanoseconds())
 		if err != nil {
 			return err
 		}
@@ -793,30 +353,6 @@ func (s *Store) Announce(ctx context.Context, a results.Appliance, staleAfter ti
 		return fmt.Errorf("%w: %s", results.ErrNameInUse, a.Name)
 	}
 	return nil
-}
-
-// Appliances implements results.Appliances.
-func (s *Store) Appliances(ctx context.Context) ([]results.Appliance, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT name, instance, version, sig_name, sig_version, rules_id, started_at, seen_at
-		FROM fleet_appliances ORDER BY name`)
-	if err != nil {
-		return nil, wrap("list appliances", err)
-	}
-	defer rows.Close()
-	var out []results.Appliance
-	for rows.Next() {
-		var a results.Appliance
-		var v, started, seen int64
-		if err := rows.Scan(&a.Name, &a.Instance, &a.Version, &a.SigName, &v, &a.RulesID, &started, &seen); err != nil {
-			return nil, wrap("list appliances", err)
-		}
-		a.SigVersion, a.StartedAt, a.SeenAt = uint64(v), fromNanos(started), fromNanos(seen)
-		out = append(out, a)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, wrap("list appliances", err)
-	}
-	return out, nil
 }
 
 // ClaimRescan implements results.Rescans.

@@ -80,8 +80,19 @@ func TestMigrateV1(t *testing.T) {
 	if err != nil || len(f) != 1 || f[0].Meta[0].Value != int64(3) || f[0].Datastore != "" {
 		t.Errorf("migrated finding: %+v, %v", f, err)
 	}
+	// Version 6's tag table holds the tags of findings stored before it.
+	if f, err := s.Findings(t.Context(), results.FindingQuery{Tag: "t"}); err != nil || len(f) != 1 {
+		t.Errorf("migrated finding by its tag: %+v, %v", f, err)
+	}
+	if n, err := s.CountFindings(t.Context(), results.FindingQuery{Tag: "t"}); err != nil || n != 1 {
+		t.Errorf("migrated findings counted by tag: %d, %v; want 1", n, err)
+	}
 	// Opening again is a no-op.
 	if _, err := sqlite.New(t.Context(), db); err != nil {
 		t.Errorf("second New: %v", err)
+	}
+	var idx int
+	if err := db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('scan_findings_vm', 'scan_findings_rule')`).Scan(&idx); err != nil || idx != 0 {
+		t.Errorf("the (vm, found_at) and (rule, found_at) indexes are back after a second open: %d, %v", idx, err)
 	}
 }

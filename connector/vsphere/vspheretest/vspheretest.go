@@ -6,6 +6,7 @@
 package vspheretest
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
@@ -20,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	_ "github.com/vmware/govmomi/vapi/simulator"
@@ -67,6 +69,23 @@ type Sim struct {
 	busy  map[string]bool               // VM ids whose snapshots fail as during a migration
 	epoch map[string]int                // per VM+disk: consolidations so far
 	log   map[string][]connector.Extent // per VM+disk+epoch: areas consolidated
+	held  []Held                        // every snapshot made, in order
+}
+
+// Held is one snapshot as the simulated hypervisor saw it: from the
+// moment CreateSnapshot made it to the moment RemoveSnapshot consolidated
+// it (zero while it exists).
+type Held struct {
+	VM               string // the VM's name
+	Snapshot         string // the snapshot's name
+	Created, Removed time.Time
+}
+
+// Held returns every snapshot made so far, in creation order.
+func (s *Sim) Held() []Held {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Held(nil), s.held...)
 }
 
 // The credentials vcsim accepts.
@@ -238,6 +257,7 @@ func (vm *deltaVM) CreateSnapshotTask(ctx *simulator.Context, req *types.CreateS
 		cfg.Hardware.Device = devices
 		vm.Config = &cfg
 		ctx.Map.Put(&deltaSnapshot{VirtualMachineSnapshot: snap, vm: vm})
+		s.held = append(s.held, Held{VM: vm.Name, Snapshot: req.Name, Created: tree.CreateTime})
 		return snap.Self, nil
 	})
 	return &methods.CreateSnapshot_TaskBody{Res: &types.CreateSnapshot_TaskResponse{Returnval: task.Run(ctx)}}
@@ -295,6 +315,7 @@ func (snap *deltaSnapshot) RemoveSnapshotTask(ctx *simulator.Context, req *types
 		if vm.Snapshot == nil || findTree(vm.Snapshot.RootSnapshotList, snap.Self) == nil {
 			return nil, &types.ManagedObjectNotFound{Obj: snap.Self}
 		}
+		tree := *findTree(vm.Snapshot.RootSnapshotList, snap.Self)
 		var devices []types.BaseVirtualDevice
 		for _, dev := range vm.Config.Hardware.Device {
 			vd, ok := dev.(*types.VirtualDisk)
@@ -340,6 +361,11 @@ func (snap *deltaSnapshot) RemoveSnapshotTask(ctx *simulator.Context, req *types
 			vm.Snapshot = nil
 		}
 		ctx.Map.Remove(ctx, snap.Self)
+		for i := range s.held {
+			if h := &s.held[i]; h.VM == vm.Name && h.Removed.IsZero() && h.Created.Equal(tree.CreateTime) {
+				h.Removed = time.Now()
+			}
+		}
 		return nil, nil
 	})
 	return &methods.RemoveSnapshot_TaskBody{Res: &types.RemoveSnapshot_TaskResponse{Returnval: task.Run(ctx)}}
@@ -423,6 +449,27 @@ func (s *Sim) Snapshots(t testing.TB, name string) []string {
 		out = append(out, sn.Name)
 	}
 	return out
+}
+
+// Snapshot takes a snapshot of the VM named vmName through the API, as
+// an administrator would, under a name of their own: the VM's disks then
+// run on a delta over the former top, and a later freeze's frozen view
+// is a chain (that delta over its parent).
+func (s *Sim) Snapshot(t testing.TB, vmName, snapName string) {
+	t.Helper()
+	ctx := context.Background()
+	vc, err := govmomi.NewClient(ctx, &url.URL{Scheme: s.URL.Scheme, Host: s.URL.Host, Path: "/sdk", User: url.UserPassword(User, Password)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vc.Logout(ctx)
+	task, err := object.NewVirtualMachine(vc.Client, s.VM(t, vmName).Self).CreateSnapshot(ctx, snapName, "", false, false)
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatalf("snapshot %s of %s: %v", snapName, vmName, err)
+	}
 }
 
 // SetBusy makes the VM's snapshots fail with TaskInProgress, as during a

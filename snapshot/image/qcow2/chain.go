@@ -43,7 +43,7 @@ func checkChain(h *header, name string, opts *image.Options) error {
 		if h.backingFormat != "" && h.backingFormat != "qcow2" {
 			return nil // a raw (or other) base ends the qcow2 part of the chain
 		}
-		next, err := peekHeader(p)
+		next, err := peekHeader(opts, p)
 		if errors.Is(err, image.ErrWrongType) && h.backingFormat == "" {
 			return nil // probed as raw, like qemu
 		}
@@ -55,16 +55,15 @@ func checkChain(h *header, name string, opts *image.Options) error {
 	return nil
 }
 
-// peekHeader reads the qcow2 header of the file at path.
-func peekHeader(path string) (*header, error) {
-	f, err := image.OpenFile(path)
+// peekHeader reads the qcow2 header of the file at path (opened as
+// opts opens files).
+func peekHeader(opts *image.Options, path string) (*header, error) {
+	f, err := opts.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	size, err := image.SizeOf(f)
-	if err != nil {
-		return nil, err
+	if f.Closer != nil {
+		defer f.Closer.Close()
 	}
-	return readHeader(f, size)
+	return readHeader(f.R, f.Size)
 }

@@ -295,7 +295,7 @@ func (img *Image) openParent(hint string, parentCID uint32, name string, opts *i
 		if first == "" {
 			first = p
 		}
-		next, err := parentHint(p)
+		next, err := parentHint(opts, p)
 		if err != nil {
 			return fmt.Errorf("parent %q: %w", hint, err)
 		}
@@ -321,18 +321,16 @@ func (img *Image) openParent(hint string, parentCID uint32, name string, opts *i
 }
 
 // parentHint returns the parent a VMDK file names, "" for none or for a
-// file that is not VMDK.
-func parentHint(path string) (string, error) {
-	f, err := image.OpenFile(path)
+// file that is not VMDK (opened as opts opens files).
+func parentHint(opts *image.Options, path string) (string, error) {
+	f, err := opts.Open(path)
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
-	size, err := image.SizeOf(f)
-	if err != nil {
-		return "", err
+	if f.Closer != nil {
+		defer f.Closer.Close()
 	}
-	d, _, err := readDescriptor(f, size)
+	d, _, err := readDescriptor(f.R, f.Size)
 	if errors.Is(err, image.ErrWrongType) || d == nil || d.parentCID == noParentCID {
 		return "", nil
 	}

@@ -98,6 +98,10 @@ type Corruption struct {
 	// Damage edits a copy of the image in place, or returns a new one
 	// (shorter, for a cut).
 	Damage func(t testing.TB, img []byte) []byte
+	// Open, in place of Image and Damage, returns the damaged image as a
+	// reader and its size: for fixtures too large to copy, read through
+	// a reader that patches a few bytes.
+	Open func(t testing.TB) (io.ReaderAt, int64)
 	// Want is a substring of the error that opening or walking the
 	// damaged image must give; Is is the error it must wrap
 	// (Suite.ErrCorrupt if nil). An empty Want allows no error at all:
@@ -403,12 +407,18 @@ func (s *Suite) testBitFlips(t *testing.T) {
 func (s *Suite) testCorrupt(t *testing.T) {
 	for _, c := range s.Corruptions {
 		t.Run(c.Name, func(t *testing.T) {
-			get := s.Image
-			if c.Image != nil {
-				get = c.Image
+			var res result
+			if c.Open != nil {
+				r, size := c.Open(t)
+				res = s.exercise(t, r, size)
+			} else {
+				get := s.Image
+				if c.Image != nil {
+					get = c.Image
+				}
+				b := c.Damage(t, bytes.Clone(get(t)))
+				res = s.exercise(t, bytes.NewReader(b), int64(len(b)))
 			}
-			b := c.Damage(t, bytes.Clone(get(t)))
-			res := s.exercise(t, bytes.NewReader(b), int64(len(b)))
 			if len(res.panics) > 0 {
 				t.Fatalf("the reader panicked: %v", res.panics[0])
 			}

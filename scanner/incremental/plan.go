@@ -1,0 +1,461 @@
+package incremental
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/snapscan/snapscan/scanner"
+	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/image"
+	"github.com/snapscan/snapscan/snapshot/vfs"
+)
+
+// maxCompare bounds the metadata ranges compared byte for byte with the
+// base where an upper layer holds them (an inode whose cluster the
+// overlay rewrote for a neighbour): larger ranges count as changed.
+const maxCompare = 64 << 10
+
+// link is one image of a disk's chain: the top, its parent, theirs.
+type link struct {
+	img   image.Image
+	first int    // index in the top's Layers of the image's first file
+	path  string // its first file, image.RealPath
+	id    string // Identity(img)
+}
+
+// chain lists top and its parents.
+func chain(top image.Image) []link {
+	n := len(top.Layers())
+	var out []link
+	for img := top; img != nil; {
+		ls := img.Layers()
+		l := link{img: img, first: n - len(ls), id: Identity(img)}
+		if len(ls) > 0 {
+			l.path = image.RealPath(ls[0].Path)
+		}
+		out = append(out, l)
+		p, ok := img.(image.Parented)
+		if !ok {
+			break
+		}
+		img = p.Parent()
+	}
+	return out
+}
+
+// Plan is the incremental scan of one disk: which base record it uses,
+// what it records. It implements scanner.Reuse. Make one with
+// Session.Plan, scan Plan.Target, then call Finish.
+type Plan struct {
+	s     *Session
+	disk  *snapshot.Disk
+	links []link
+
+	base     *Record // the record used, nil for a full scan
+	baseLink int     // its index in links
+	upper    spans   // disk ranges held by layers above the base
+
+	parentUpper spans // disk ranges held by the top's own files
+
+	own, parent *Record
+	vols        []volPlan
+	warnings    []string
+
+	mu sync.Mutex // guards the Files maps of own and parent
+}
+
+// volPlan is the plan for one volume, in the order of Disk.Volumes (and
+// of DiskTarget's Target.Volumes).
+type volPlan struct {
+	fs      *vfs.FS
+	offset  int64
+	base    *VolumeRecord // to take outcomes from, nil when none
+	noReuse string
+	own     *VolumeRecord // to record into, nil when not recorded
+	parent  *VolumeRecord // to record the parent's files into, or nil
+}
+
+// Plan looks up a base record for d's chain and prepares the records the
+// scan makes. It never fails: what goes wrong (a store that cannot be
+// read, a base that changed, a format with no allocation map) becomes a
+// warning and a full scan.
+func (s *Session) Plan(ctx context.Context, d *snapshot.Disk) *Plan {
+	p := &Plan{s: s, disk: d, links: chain(d.Image()), vols: make([]volPlan, len(d.Volumes))}
+	top := p.links[0]
+	p.own = &Record{Identity: top.id, Rules: s.rules, Path: top.path, Time: time.Now()}
+	for i, v := range d.Volumes {
+		vp := &p.vols[i]
+		vp.offset = v.Offset
+		vp.noReuse, vp.fs = mappable(v)
+		if vp.fs == nil {
+			continue
+		}
+		vp.own = &VolumeRecord{ID: v.ID, FileSystem: v.FileSystem, Offset: v.Offset, Size: v.Size,
+			Layout: layout(vp.fs), Files: map[FileKey]File{}}
+		p.own.Volumes = append(p.own.Volumes, vp.own)
+	}
+	for k := 1; k < len(p.links) && p.base == nil; k++ {
+		l := p.links[k]
+		rec, err := s.store.Get(ctx, l.id, s.rules)
+		if err != nil {
+			p.warn("base %s: reading its record: %v: full scan", l.path, err)
+			break
+		}
+		if rec == nil {
+			if id, at, err := s.store.Recorded(ctx, l.path, s.rules); err == nil && id != "" && id != l.id {
+				p.warn("base %s changed since it was recorded at %s (its size, modification time or allocation tables differ): its record is not trusted: full scan",
+					l.path, at.UTC().Format(time.RFC3339))
+			}
+			continue
+		}
+		upper, err := held(d.Image(), l.first)
+		if err != nil {
+			p.warn("base %s: which ranges the upper layers hold is not known: %v: full scan", l.path, err)
+			break
+		}
+		p.base, p.baseLink, p.upper = rec, k, upper
+	}
+	if p.base != nil {
+		for i, v := range d.Volumes {
+			vp := &p.vols[i]
+			if vp.own == nil {
+				continue
+			}
+			bv := p.base.volume(v.ID)
+			switch {
+			case bv == nil:
+				vp.noReuse = "the base has no such volume"
+			case bv.FileSystem != v.FileSystem || bv.Offset != v.Offset || bv.Size != v.Size:
+				vp.noReuse = fmt.Sprintf("the base's volume differs (%s at %d, %d bytes; here %s at %d, %d bytes)",
+					bv.FileSystem, bv.Offset, bv.Size, v.FileSystem, v.Offset, v.Size)
+			case bv.Layout != vp.own.Layout:
+				vp.noReuse = "the file system's layout differs from the base's (superblock rewritten)"
+			default:
+				vp.base = bv
+			}
+		}
+	} else if len(p.links) > 1 {
+		p.planParent(ctx)
+	}
+	return p
+}
+
+// planParent prepares recording the top's parent from the files the top's
+// own layers leave untouched.
+func (p *Plan) planParent(ctx context.Context) {
+	par := p.links[1]
+	upper, err := held(p.disk.Image(), par.first)
+	if err != nil {
+		return
+	}
+	pd := snapshot.NewFromImage(noClose{par.img}, par.path)
+	defer pd.Close()
+	p.parent = &Record{Identity: par.id, Rules: p.s.rules, Path: par.path, Time: time.Now()}
+	p.parentUpper = upper
+	for i, v := range p.disk.Volumes {
+		vp := &p.vols[i]
+		if vp.own == nil {
+			continue
+		}
+		for _, pv := range pd.Volumes {
+			if pv.ID != v.ID || pv.FileSystem != v.FileSystem || pv.Offset != v.Offset || pv.Size != v.Size {
+				continue
+			}
+			if _, fsys := mappable(pv); fsys != nil && layout(fsys) == vp.own.Layout {
+				vp.parent = &VolumeRecord{ID: v.ID, FileSystem: v.FileSystem, Offset: v.Offset, Size: v.Size,
+					Layout: vp.own.Layout, Files: map[FileKey]File{}}
+				p.parent.Volumes = append(p.parent.Volumes, vp.parent)
+			}
+		}
+	}
+	_ = ctx
+}
+
+// noClose keeps NewFromImage from closing an image that its child owns.
+type noClose struct{ image.Image }
+
+func (noClose) Close() error { return nil }
+
+// mappable returns the volume's vfs.FS when its files can be mapped to
+// disk ranges, else why not.
+func mappable(v *snapshot.Volume) (string, *vfs.FS) {
+	if v.Err != nil || v.FS == nil {
+		return "the volume is not read", nil
+	}
+	if v.Offset < 0 {
+		return "a logical volume: where its extents lie on the disk is not mapped", nil
+	}
+	f, ok := v.FS.(*vfs.FS)
+	if !ok {
+		return fmt.Sprintf("%s: not a vfs file system", v.FileSystem), nil
+	}
+	if _, ok := f.FileSystem().(vfs.Mapper); !ok {
+		return fmt.Sprintf("%s cannot say where its files lie", v.FileSystem), nil
+	}
+	return "", f
+}
+
+func layout(f *vfs.FS) string { return f.FileSystem().(vfs.Mapper).Layout() }
+
+// held returns the disk ranges that the top's files before index first
+// of its Layers hold (data or zeros).
+func held(top image.Image, first int) (spans, error) {
+	m, err := top.Map(0, top.Size())
+	if err != nil {
+		return nil, err
+	}
+	var out spans
+	for _, e := range m {
+		if e.Layer >= 0 && e.Layer < first {
+			out.add(e.Start, e.Length)
+		}
+	}
+	return out, nil
+}
+
+// spans are sorted, disjoint ranges [off, end).
+type spans [][2]int64
+
+func (s *spans) add(off, n int64) {
+	if k := len(*s); k > 0 && (*s)[k-1][1] >= off {
+		(*s)[k-1][1] = max((*s)[k-1][1], off+n)
+		return
+	}
+	*s = append(*s, [2]int64{off, off + n})
+}
+
+// overlaps reports whether any span meets [off, off+n).
+func (s spans) overlaps(off, n int64) bool {
+	i := sort.Search(len(s), func(i int) bool { return s[i][1] > off })
+	return i < len(s) && s[i][0] < off+n
+}
+
+// Target returns the scanner.Target of the disk, named name, with the
+// plan as its Reuse.
+func (p *Plan) Target(name string) scanner.Target {
+	t := scanner.DiskTarget(name, p.disk)
+	t.Reuse = p
+	return t
+}
+
+// Rules implements scanner.Reuse.
+func (p *Plan) Rules() string { return p.s.rules }
+
+// Lookup implements scanner.Reuse.
+func (p *Plan) Lookup(vol int, name string, context [32]byte) (scanner.Outcome, bool) {
+	if vol < 0 || vol >= len(p.vols) || p.vols[vol].base == nil {
+		return scanner.Outcome{}, false
+	}
+	vp := &p.vols[vol]
+	x, err := vp.fs.Extents(name)
+	if err != nil {
+		return scanner.Outcome{}, false
+	}
+	key := FileKey{Where: Fingerprint(x), Context: context}
+	f, ok := vp.base.Files[key]
+	if !ok || !p.unchanged(x, vp.offset, f.Meta) {
+		return scanner.Outcome{}, false
+	}
+	p.mu.Lock()
+	vp.own.Files[key] = f
+	p.mu.Unlock()
+	return f.Outcome, true
+}
+
+// unchanged reports whether the disk serves x, on a volume at offset off,
+// as the base did: no layer above the base holds its data, and its
+// metadata is untouched or, where an upper layer holds it, digests to
+// the recorded meta.
+func (p *Plan) unchanged(x vfs.Extents, off int64, meta [32]byte) bool {
+	touched := false
+	for _, r := range metaRanges(x) {
+		touched = touched || p.upper.overlaps(off+r.Off, r.Len)
+	}
+	for _, e := range x.Data {
+		if e.Kind == vfs.Allocated && p.upper.overlaps(off+e.Off, e.Len) {
+			return false
+		}
+	}
+	if !touched {
+		return true
+	}
+	sum, ok := p.metaSum(x, off)
+	return ok && meta != [32]byte{} && sum == meta
+}
+
+// metaRanges returns the metadata ranges of x and its inline data.
+func metaRanges(x vfs.Extents) []vfs.Range {
+	out := append([]vfs.Range(nil), x.Meta...)
+	for _, e := range x.Data {
+		if e.Kind == vfs.Inline {
+			out = append(out, e.Range())
+		}
+	}
+	return out
+}
+
+// metaSum digests the bytes of x's metadata ranges as the disk holds them.
+func (p *Plan) metaSum(x vfs.Extents, off int64) ([32]byte, bool) {
+	h := sha256.New()
+	for _, r := range metaRanges(x) {
+		if r.Len > maxCompare {
+			return [32]byte{}, false
+		}
+		b := make([]byte, r.Len)
+		if err := readFull(p.disk.Image(), b, off+r.Off); err != nil {
+			return [32]byte{}, false
+		}
+		h.Write(b)
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum, true
+}
+
+// Record implements scanner.Reuse.
+func (p *Plan) Record(vol int, name string, o scanner.Outcome) {
+	if vol < 0 || vol >= len(p.vols) || p.vols[vol].own == nil {
+		return
+	}
+	vp := &p.vols[vol]
+	x, err := vp.fs.Extents(name)
+	if err != nil {
+		return
+	}
+	key := FileKey{Where: Fingerprint(x), Context: o.Context}
+	f := File{Outcome: o}
+	f.Meta, _ = p.metaSum(x, vp.offset)
+	toParent := vp.parent != nil && p.untouched(x, vp.offset, p.parentUpper, p.links[1].img)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	vp.own.Files[key] = f
+	if toParent {
+		vp.parent.Files[key] = f
+	}
+}
+
+// untouched reports whether every byte the reader reads for x, on a volume
+// at offset off of the disk, is the same in lower as on the disk: held
+// by no layer of upper, or, for metadata, equal.
+func (p *Plan) untouched(x vfs.Extents, off int64, upper spans, lower image.Image) bool {
+	for _, r := range x.Meta {
+		if !p.same(r, off, upper, lower) {
+			return false
+		}
+	}
+	for _, e := range x.Data {
+		switch e.Kind {
+		case vfs.Inline:
+			if !p.same(e.Range(), off, upper, lower) {
+				return false
+			}
+		case vfs.Allocated:
+			if upper.overlaps(off+e.Off, e.Len) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// same reports whether the volume range r reads the same on the disk as
+// in lower: untouched by upper, or a small range with equal bytes.
+func (p *Plan) same(r vfs.Range, off int64, upper spans, lower image.Image) bool {
+	at := off + r.Off
+	if !upper.overlaps(at, r.Len) {
+		return true
+	}
+	if r.Len > maxCompare {
+		return false
+	}
+	a, b := make([]byte, r.Len), make([]byte, r.Len)
+	if err := readFull(p.disk.Image(), a, at); err != nil {
+		return false
+	}
+	if err := readFull(lower, b, at); err != nil {
+		return false
+	}
+	return bytes.Equal(a, b)
+}
+
+func readFull(r io.ReaderAt, b []byte, off int64) error {
+	n, err := r.ReadAt(b, off)
+	if n == len(b) {
+		return nil
+	}
+	return errors.Join(err, io.ErrUnexpectedEOF)
+}
+
+// Fingerprint digests where an object lies (vfs.Extents: Data, Meta and
+// Key): two objects with the same Fingerprint on volumes with the same
+// Layout, whose ranges hold the same bytes, are served alike.
+func Fingerprint(x vfs.Extents) [32]byte {
+	h := sha256.New()
+	var b [25]byte
+	binary.LittleEndian.PutUint64(b[:8], uint64(len(x.Key)))
+	h.Write(b[:8])
+	h.Write([]byte(x.Key))
+	for _, e := range x.Data {
+		binary.LittleEndian.PutUint64(b[0:], uint64(e.Logical))
+		binary.LittleEndian.PutUint64(b[8:], uint64(e.Off))
+		binary.LittleEndian.PutUint64(b[16:], uint64(e.Len))
+		b[24] = byte(e.Kind) + 1
+		h.Write(b[:])
+	}
+	b[24] = 0xff // Meta follows
+	h.Write(b[24:])
+	for _, r := range x.Meta {
+		binary.LittleEndian.PutUint64(b[0:], uint64(r.Off))
+		binary.LittleEndian.PutUint64(b[8:], uint64(r.Len))
+		h.Write(b[:16])
+	}
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// Finish records what the scan saw and writes the plan into rep: which
+// base was used (rep.Incremental) and, per volume, why none of its files
+// could come from it. It returns the first error of the store.
+func (p *Plan) Finish(ctx context.Context, rep *scanner.Report) error {
+	inc := &scanner.IncrementalReport{Warnings: p.warnings}
+	if p.base != nil {
+		inc.Base, inc.Identity = p.links[p.baseLink].path, p.base.Identity
+		for i := range rep.Volumes {
+			if i < len(p.vols) && p.vols[i].base == nil && p.vols[i].noReuse != "" && rep.Volumes[i].Err == "" {
+				rep.Volumes[i].NoReuse = p.vols[i].noReuse
+			}
+		}
+	}
+	var errs []error
+	for _, r := range []*Record{p.own, p.parent} {
+		if r == nil || len(r.Volumes) == 0 {
+			continue
+		}
+		if err := p.s.store.Put(ctx, r); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		inc.Recorded = append(inc.Recorded, r.Identity)
+	}
+	rep.Incremental = inc
+	return errors.Join(errs...)
+}
+
+// Warnings returns why the disk could not use a recorded base, or why one
+// was not trusted.
+func (p *Plan) Warnings() []string { return p.warnings }
+
+func (p *Plan) warn(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	p.warnings = append(p.warnings, msg)
+	p.s.log.Warn("incremental: "+msg, "disk", p.disk.Name)
+}
