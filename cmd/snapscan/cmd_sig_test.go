@@ -267,13 +267,13 @@ func TestSigServePushBuild(t *testing.T) {
 		code  int
 		want  string
 	}{
-		{"a version the server issued", "v1.bundle", append([]string{"--version", "1"}, server...), 1, "the server refused the version: sigserver: version already issued or reserved: demo version 1"},
+		{"a version the server issued", "v1.bundle", append([]string{"--version", "1"}, server...), 2, "the server refused the version: sigserver: version already issued or reserved: demo version 1"},
 		{"a free version", "v5.bundle", append([]string{"--version", "5"}, server...), 0, "demo version 5"},
-		{"the same again", "v5b.bundle", append([]string{"--version", "5"}, server...), 1, "the next free is 6"},
+		{"the same again", "v5b.bundle", append([]string{"--version", "5"}, server...), 2, "the next free is 6"},
 		{"the next free", "v6.bundle", server, 0, "demo version 6"},
-		{"another set", "x.bundle", append([]string{"--name", "prod"}, server...), 1, `this server signs "demo", not "prod"`},
+		{"another set", "x.bundle", append([]string{"--name", "prod"}, server...), 2, `this server signs "demo", not "prod"`},
 		{"no token", "x.bundle", []string{"--server", base, "--token-file", ""}, 2, "needs the server's API token"},
-		{"a wrong token", "x.bundle", []string{"--server", base, "--token-file", p("push.token")}, 1, "unauthorized: wrong token"},
+		{"a wrong token", "x.bundle", []string{"--server", base, "--token-file", p("push.token")}, 2, "unauthorized: wrong token"},
 		{"neither version nor server", "x.bundle", nil, 2, "want --key, --name, --version (or --server)"},
 	}
 	for _, tt := range tests {
