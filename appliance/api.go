@@ -90,7 +90,7 @@ func (a *Appliance) Handler() http.Handler {
 	handle("POST /v1/datastores/{name}/resume", nil, a.handlePause(false))
 	handle("GET /v1/signatures", nil, a.handleSignatures)
 	handle("GET /v1/appliances", nil, a.handleAppliances)
-	handle("GET /v1/queue", []string{"limit"}, a.handleQueue)
+	handle("GET /v1/queue", []string{"limit", "datastore"}, a.handleQueue)
 	handle("GET /v1/events", nil, a.handleEvents)
 	handle("GET /v1/reports/scans/{id}", nil, a.handleScanReport)
 	handle("GET /v1/reports/period", []string{"since", "until", "schedule_hours"}, a.handlePeriodReport)

@@ -43,9 +43,19 @@ func (a *Appliance) handleQueue(w http.ResponseWriter, r *http.Request, q httpx.
 	if err != nil {
 		return err
 	}
+	// datastore keeps the scans with a disk on it: what a datastore's
+	// card shows, without reading the whole queue each refresh (a
+	// signature update's rescan queues every VM at once).
+	ds := q.Get("datastore")
+	if _, ok := a.cfg.datastore(ds); ds != "" && !ok {
+		return &apiError{Code: http.StatusNotFound, Msg: fmt.Sprintf("no datastore %q", ds)}
+	}
 	out := QueueView{Running: []ScanView{}, Waiting: []WaitingView{}}
 	_, out.MaxScans = a.q.Slots()
 	for _, rj := range a.q.Metrics().Running {
+		if ds != "" && !slices.Contains(rj.Datastores, ds) {
+			continue
+		}
 		j, err := a.q.Job(r.Context(), rj.ID)
 		if err != nil {
 			continue // ended meanwhile
@@ -53,6 +63,11 @@ func (a *Appliance) handleQueue(w http.ResponseWriter, r *http.Request, q httpx.
 		out.Running = append(out.Running, a.view(j))
 	}
 	waiting := a.q.Waiting()
+	if ds != "" {
+		waiting = slices.DeleteFunc(waiting, func(w queue.WaitingJob) bool {
+			return !slices.ContainsFunc(w.Job.Disks, func(d queue.Disk) bool { return d.Datastore == ds })
+		})
+	}
 	out.WaitingTotal = len(waiting)
 	for _, wj := range waiting[:min(len(waiting), int(limit))] {
 		out.Waiting = append(out.Waiting, WaitingView{Position: wj.Position, Reason: wj.Reason, Detail: wj.Detail,

@@ -601,12 +601,13 @@ func (cb *consoleBench) pages(b *testing.B, cs *consoleSession) []consolePage {
 		})
 	}
 	lastWeek := url.QueryEscape(time.Now().Add(-7 * 24 * time.Hour).UTC().Format(time.RFC3339))
-	dayAgo := time.Now().Add(-24 * time.Hour).UTC()
+	dayAgo := time.Now().Add(-24 * time.Hour).UTC().Truncate(time.Second) // as the query gives it
 	history := func(ds string) consoleReq {
 		return consoleReq{path: "/v1/datastores/" + ds + "/history?since=" + since}
 	}
 	return []consolePage{
-		{"datastores", [][]consoleReq{{{path: "/v1/datastores"}, {path: "/v1/queue?limit=1000"}}, {history("ds-a"), history("ds-b")}}},
+		{"datastores", [][]consoleReq{{{path: "/v1/datastores"}}, {history("ds-a"), history("ds-b"),
+			{path: "/v1/queue?datastore=ds-a&limit=10"}, {path: "/v1/queue?datastore=ds-b&limit=10"}}}},
 		{"queue", [][]consoleReq{{{path: "/v1/queue?limit=200"}, {path: "/v1/scans?state=failed&limit=50"}}}},
 		{"vms", [][]consoleReq{{{path: "/v1/signatures"}}, {{path: "/v1/vms?limit=100", check: vms("first page", 100, true)}}}},
 		{"vms-search", [][]consoleReq{{{path: "/v1/signatures"}}, {{path: "/v1/vms?search=ApP-DB-0&limit=100", check: decodeAs(func(b *testing.B, a *vmsAnswer) {
@@ -674,7 +675,8 @@ var refreshers = []struct {
 	every time.Duration
 	paths []string
 }{
-	{"datastores", 5 * time.Second, []string{"/v1/datastores", "/v1/queue?limit=1000", "/v1/datastores/ds-a/history?since=SINCE", "/v1/datastores/ds-b/history?since=SINCE"}},
+	{"datastores", 5 * time.Second, []string{"/v1/datastores", "/v1/datastores/ds-a/history?since=SINCE", "/v1/datastores/ds-b/history?since=SINCE",
+		"/v1/queue?datastore=ds-a&limit=10", "/v1/queue?datastore=ds-b&limit=10"}},
 	{"queue", 2 * time.Second, []string{"/v1/queue?limit=200", "/v1/scans?state=failed&limit=50"}},
 	{"events", 5 * time.Second, []string{"/v1/events"}},
 	{"signatures", 10 * time.Second, []string{"/v1/signatures"}},

@@ -349,10 +349,46 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 	b.clean("findings (filter)")
 
+	// A VM's findings, by its link on the VMs page.
+	vm := eval[string](b, `document.querySelector('#findings tr.finding td:nth-child(2)').textContent`)
+	b.run("vms (one)", chromedp.Navigate(app.base+"/console/vms?search="+vm), chromedp.WaitVisible(chromedp.CSS(`#vms tr[data-vm="`+vm+`"]`)))
+	b.run("findings link", chromedp.Click(chromedp.CSS(`#vms tr[data-vm="`+vm+`"] td:last-child a[href^="/console/findings"]`)))
+	b.until("the VM's findings", `location.search === '?vm=`+vm+`' && document.querySelectorAll('#findings tr.finding').length > 0`)
+	for _, got := range eval[[]string](b, `[...document.querySelectorAll('#findings tr.finding td:nth-child(2)')].map(td => td.textContent)`) {
+		if got != vm {
+			t.Errorf("findings of %s show one of %s", vm, got)
+		}
+	}
+	// By tag (PlantedB is tagged e2e, PlantedA is not), from the form.
+	b.run("findings (tag)", chromedp.Navigate(app.base+"/console/findings"), chromedp.WaitVisible(chromedp.CSS(`#findings tr.finding`)),
+		chromedp.SendKeys(chromedp.CSS("#f-tag"), "e2e"), chromedp.Click(chromedp.CSS(`#finding-filters button[type="submit"]`)))
+	b.until("the tagged findings", `location.search === '?tag=e2e' && document.querySelectorAll('#findings tr.finding').length > 0`)
+	for _, r := range eval[[]string](b, `[...document.querySelectorAll('#findings tr.finding')].map(tr => tr.children[4].textContent + ' ' + tr.children[5].textContent)`) {
+		if !strings.Contains(r, "SnapscanE2E_PlantedB") || !strings.HasSuffix(r, "e2e") {
+			t.Errorf("filter tag=e2e shows %q", r)
+		}
+	}
+	// By time: none found from an hour ahead, some from an hour back.
+	for _, tc := range []struct {
+		since time.Time
+		some  bool
+	}{{time.Now().Add(time.Hour), false}, {time.Now().Add(-time.Hour), true}} {
+		q := "?since=" + tc.since.UTC().Format("2006-01-02T15:04:05Z")
+		b.run("findings (since)", chromedp.Navigate(app.base+"/console/findings"+q), chromedp.WaitVisible(chromedp.CSS(`#findings table`)))
+		if n := eval[int](b, `document.querySelectorAll('#findings tr.finding').length`); (n > 0) != tc.some {
+			t.Errorf("findings since %s: %d shown, want some: %v", tc.since.Format(time.RFC3339), n, tc.some)
+		}
+		if f := eval[string](b, `document.querySelector('#f-since').value`); f == "" {
+			t.Errorf("the since filter is not shown in its field")
+		}
+	}
+	b.clean("findings (VM, tag, time)")
+
 	// Signatures and events.
 	b.run("signatures", chromedp.Navigate(app.base+"/console/signatures"), chromedp.WaitVisible(chromedp.CSS(`#active`)))
-	if s := eval[string](b, `document.querySelector('#active').textContent`); !strings.Contains(s, "v1") || !strings.Contains(s, "test") {
-		t.Errorf("signatures page: %s", s)
+	active := eval[map[string]string](b, `Object.fromEntries([...document.querySelectorAll('#active dt')].map(dt => [dt.textContent, dt.nextElementSibling.textContent]))`)
+	if active["set"] != "test" || active["version"] != "v1" || active["rules"] != "2" || !strings.Contains(active["installed"], " ago)") {
+		t.Errorf("signatures page: active set %v, want test v1 with 2 rules and when installed", active)
 	}
 	b.clean("signatures")
 	b.screenshot("signatures")

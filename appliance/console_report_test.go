@@ -116,3 +116,39 @@ func TestPeriodReport(t *testing.T) {
 		t.Fatal("job 900001 exists in the queue: the test's premise is wrong")
 	}
 }
+
+// TestQueueByDatastore: GET /v1/queue?datastore= keeps the scans with a
+// disk on that datastore, counts them in waiting_total and limits the
+// list; an unknown datastore is a 404 that names it.
+func TestQueueByDatastore(t *testing.T) {
+	ta := startApp(t, appOpts{}) // no signature set: every scan waits
+	disks := ta.disks()
+	var vms []string
+	on := map[string]int{}
+	for vm, d := range disks {
+		vms = append(vms, vm)
+		on[d.Datastore]++
+	}
+	ta.submit(vms...)
+	for _, ds := range []string{"ds-a", "ds-b"} {
+		var q QueueView
+		if code, err := ta.call("GET", "/v1/queue?datastore="+ds+"&limit=2", testToken, nil, &q); code != http.StatusOK {
+			t.Fatalf("queue of %s: %d %v %s", ds, code, err, ta.lastError)
+		}
+		if q.WaitingTotal != on[ds] || len(q.Waiting) != min(2, on[ds]) || len(q.Running) != 0 {
+			t.Errorf("queue of %s: %d waiting (%d listed), %d running; want %d (2 listed), none running", ds, q.WaitingTotal, len(q.Waiting), len(q.Running), on[ds])
+		}
+		for _, w := range q.Waiting {
+			if w.Scan.Disks[0].Datastore != ds {
+				t.Errorf("queue of %s lists %s on %s", ds, w.Scan.VM, w.Scan.Disks[0].Datastore)
+			}
+		}
+	}
+	var all QueueView
+	if code, _ := ta.call("GET", "/v1/queue?limit=1000", testToken, nil, &all); code != http.StatusOK || all.WaitingTotal != len(vms) {
+		t.Errorf("whole queue: %d, %d waiting; want %d", code, all.WaitingTotal, len(vms))
+	}
+	if code, _ := ta.call("GET", "/v1/queue?datastore=nope", testToken, nil, nil); code != http.StatusNotFound || !strings.Contains(ta.lastError, `"nope"`) {
+		t.Errorf("queue of an unknown datastore: %d %q, want 404 naming it", code, ta.lastError)
+	}
+}

@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/snapscan/snapscan/appliance/events"
+	"github.com/snapscan/snapscan/signatures"
 )
 
 // hookServer is a real webhook receiver on loopback that records what it
@@ -345,6 +347,45 @@ func TestSIEMEvents(t *testing.T) {
 	if field(unreadable, "dhost") != "broken" || field(unreadable, "cs6") != "corrupt.qcow2" || field(unreadable, "cs5") != "ds-a" ||
 		!strings.Contains(field(unreadable, "reason"), "corrupt.qcow2") {
 		t.Errorf("unreadable VM event: %s", unreadable)
+	}
+	// A signature update refused: version 1 again, signed by the trusted
+	// key but with other rules (a replay under the active version).
+	rule := filepath.Join(t.TempDir(), "other.yar")
+	if err := os.WriteFile(rule, []byte("rule other { condition: false }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	files, err := signatures.LoadRuleFiles(rule)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replay, _, err := signatures.Build(signatures.BuildOptions{Name: "test", Version: 1}, files, app.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", app.base+"/v1/signatures", bytes.NewReader(replay))
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := app.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode < 400 {
+		t.Fatalf("replayed version pushed: %s, want it refused", resp.Status)
+	}
+	var refused string
+	for refused == "" {
+		select {
+		case f := <-frames:
+			if h := strings.SplitN(f, " ", 8); len(h) == 8 && h[5] == "signature_refused" {
+				refused = h[7]
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("no signature_refused event within 30 s of a refused push")
+		}
+	}
+	if !strings.Contains(refused, "|signature_refused|Signature update refused|") || field(refused, "dvchost") != "appl-e2e" ||
+		field(refused, "flexString2") != "test" || field(refused, "cn1") != "1" || field(refused, "reason") == "" {
+		t.Errorf("signature refused event: %s", refused)
 	}
 	st := app.sink("tcp://" + ln.Addr().String())
 	if st.Dropped != 0 || st.Failed != 0 || !st.Connected {

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Builds the ext4 images of snapshot/vfs's BenchmarkWalkDeep and
-# BenchmarkWalkWide (issue 10.3: a walk must cost time linear in the
-# entries it lists, whatever the tree's shape). Run by
-# internal/testenv.Fixture with $OUT set.
+# Builds the images of snapshot/vfs's BenchmarkWalkDeep and
+# BenchmarkWalkWide, and of bench/walk-defects.sh (issue 10.3: a walk must
+# cost time linear in the entries it lists, whatever the tree's shape). Run
+# by internal/testenv.Fixture, or by bench/walk-defects.sh, with $OUT set.
 #
-#   deep-1000.img, deep-10000.img   a chain of 1,000 / 10,000 directories
+#   deep-N.img (N = 1000, 2000, 4000, 10000)
+#                                   ext4: a chain of N directories
 #                                   "d/d/d/..." with leaf.txt at the bottom
-#   wide-100k.img, wide-1m.img      100 / 1,000 folders d000.. of 1,000 empty
-#                                   files f000..f999 each (100,000 and
+#   wide-100k.img, wide-1m.img      ext4: 100 / 1,000 folders d000.. of 1,000
+#                                   empty files f000..f999 each (100,000 and
 #                                   1,000,000 entries besides the folders)
+#   xfs-deep-10000.img, xfs-wide-1m.img
+#                                   the same trees in XFS (v5), by mkfs.xfs -p
 #
 # mke2fs 1.47 -d aborts (realloc: invalid next size) on trees deeper than
 # about 1,000 levels, so the chains are made by debugfs, one "mkdir d; cd d"
@@ -27,8 +30,7 @@ deep() { # deep IMG LEVELS
 	rm "$1.cmds" "$1.log"
 	e2fsck -fn "$1" >/dev/null
 }
-deep deep-1000.img 1000
-deep deep-10000.img 10000
+for n in 1000 2000 4000 10000; do deep deep-$n.img $n; done
 
 tmp=$(mktemp -d "$([ -d /dev/shm ] && echo /dev/shm || echo "$OUT")/walk-trees.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
@@ -41,3 +43,19 @@ wide() { # wide IMG FOLDERS
 }
 wide wide-100k.img 100
 wide wide-1m.img 1000
+
+# XFS: mkfs.xfs -p takes a protofile (a directory is "name d--755 0 0", its
+# entries, then "$"), so neither tree needs a mount.
+xfsimg() { # IMG SIZE PROTO-GENERATOR...
+	local img=$1 size=$2
+	shift 2
+	rm -f "$img"
+	"$@" >"$img.proto"
+	truncate -s "$size" "$img"
+	mkfs.xfs -q -f -p "$img.proto" "$img"
+	rm "$img.proto"
+}
+xfsimg xfs-deep-10000.img 512M perl -e 'print "/dev/null\n0 0\nd--755 0 0\n", "d d--755 0 0\n" x 10000,
+	"leaf.txt ---644 0 0 /dev/null\n", "\$\n" x 10001'
+xfsimg xfs-wide-1m.img 2G perl -e 'print "/dev/null\n0 0\nd--755 0 0\n"; for my $d (0 .. 999) {
+	printf "d%03d d--755 0 0\n", $d; printf "f%03d ---644 0 0 /dev/null\n", $_ for 0 .. 999; print "\$\n" } print "\$\n"'

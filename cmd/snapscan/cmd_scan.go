@@ -181,6 +181,7 @@ func runScanIn(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	}
 	sc := scanner.New(rs, opts)
 	var sess *incremental.Session
+	var shared *image.ReadCache
 	order := make([]int, len(pos))
 	for i := range order {
 		order[i] = i
@@ -189,6 +190,12 @@ func runScanIn(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		// Two records per disk at most: its own and its parent's.
 		sess = incremental.NewSession(incremental.NewMemoryStore(2*len(pos)), sc.ReuseKey(), nil)
 		order = basesFirst(pos, diskOpts)
+		// The small reads of image files (the base's inode tables and
+		// directory blocks that every clone walks) are read from the
+		// datastore once per run. Only block-sized reads are kept, so that
+		// the base's own scan, whose larger reads are file content, does
+		// not push out its metadata before the clones come.
+		shared = image.NewReadCache(64<<20, 4<<10)
 	}
 
 	out := scanOutput{SchemaVersion: schemaVersion, SnapscanVersion: readVersion().Version, Targets: []targetReport{}, Findings: []scanner.Finding{}}
@@ -202,7 +209,7 @@ func runScanIn(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		if ctx.Err() != nil {
 			break
 		}
-		tr := scanTarget(ctx, sc, sess, target, diskOpts())
+		tr := scanTarget(ctx, sc, sess, shared, target, diskOpts())
 		prog.clear()
 		if tr.Error != "" {
 			failed = true
@@ -319,12 +326,16 @@ type scanOutput struct {
 
 // scanTarget opens and scans one target; its errors are recorded in the
 // report, never returned, so that the other targets are still scanned.
-func scanTarget(ctx context.Context, sc *scanner.Scanner, sess *incremental.Session, target string, opts *snapshot.Options) targetReport {
+func scanTarget(ctx context.Context, sc *scanner.Scanner, sess *incremental.Session, shared *image.ReadCache, target string, opts *snapshot.Options) targetReport {
 	tr := targetReport{Target: target, Volumes: []scanner.VolumeReport{}}
 	var t scanner.Target
 	var plan *incremental.Plan
 	var reads image.ReadCounter
 	opts.WrapReader = reads.Wrap
+	if shared != nil {
+		// Counted below the cache: what the datastore served.
+		opts.WrapReader = func(path string, r io.ReaderAt) io.ReaderAt { return shared.Wrap(path, reads.Wrap(path, r)) }
+	}
 	fi, statErr := os.Stat(target)
 	switch {
 	case statErr == nil && fi.IsDir():

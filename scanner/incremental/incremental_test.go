@@ -280,3 +280,32 @@ func TestBaseChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestExactNTFS: the same on NTFS (testdata/incremental-ntfs.sh): a
+// resident file rewritten (its MFT record changes) and a non-resident file
+// edited in place are read again, a new file is scanned, and untouched
+// files, resident or not, come from the base; verdicts equal a full
+// scan's.
+func TestExactNTFS(t *testing.T) {
+	testenv.NeedTools(t, "qemu-img", "qemu-storage-daemon", "sgdisk", "mkntfs", "ntfs-3g", "losetup")
+	testenv.NeedRoot(t)
+	dir := testenv.Fixture(t, "incremental-ntfs.sh")
+	sc := scanner.New(rules(t, "content.yar"), scanner.Options{Workers: 2})
+	sess := incremental.NewSession(incremental.NewMemoryStore(4), sc.ReuseKey(), nil)
+	scanInc(t, sc, sess, filepath.Join(dir, "base.qcow2"))
+	path := filepath.Join(dir, "clone.qcow2")
+	inc := scanInc(t, sc, sess, path)
+	if got, want := verdicts(inc.rep), verdicts(scanFull(t, sc, path)); got != want {
+		t.Fatalf("incremental verdicts:\n%s\nfull scan:\n%s", got, want)
+	}
+	for _, c := range []string{"/docs/change-me.txt", "/docs/big.txt", "/docs/new.txt"} {
+		if slices.Contains(inc.hits, c) {
+			t.Errorf("%s was reused, but the overlay changed it", c)
+		}
+	}
+	n, files := reused(inc.rep), inc.rep.Files()
+	t.Logf("%d of %d files reused", n, files)
+	if !slices.Contains(inc.hits, "/bin/ls") || n < files/2 {
+		t.Errorf("%d of %d files reused (hits %v)", n, files, inc.hits)
+	}
+}

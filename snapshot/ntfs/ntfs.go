@@ -29,6 +29,9 @@
 // read. Sizes taken from the volume are checked against the volume size
 // before anything loops or allocates on them.
 //
+// FS is a vfs.Mapper (see Extents): it says which MFT records, index
+// blocks and clusters each object is read from, for incremental scans.
+//
 // Owners are not reported: the owner SID lives in $Secure's $SDS stream,
 // reached through the security id of each file, which is not cheap enough to
 // read for every file of a listing.

@@ -19,7 +19,7 @@ import (
 // bench/walk-trees.sh.
 func walkTrees(b *testing.B) string {
 	b.Helper()
-	testenv.NeedTools(b, "mkfs.ext4", "debugfs", "e2fsck", "perl")
+	testenv.NeedTools(b, "mkfs.ext4", "debugfs", "e2fsck", "perl", "mkfs.xfs")
 	return testenv.Fixture(b, "../bench/walk-trees.sh")
 }
 

@@ -190,7 +190,7 @@ async function pageDatastores(main) {
 	const built = {};
 	refresh(async () => {
 		const since = new Date(Date.now() - ranges[range] * 1000).toISOString();
-		const [dsResp, queue] = await Promise.all([api('GET', '/v1/datastores'), api('GET', '/v1/queue?limit=1000')]);
+		const dsResp = await api('GET', '/v1/datastores');
 		// Every card first, so that each chart is sized to its card.
 		for (const d of dsResp.datastores) {
 			if (!built[d.name]) {
@@ -198,9 +198,14 @@ async function pageDatastores(main) {
 				cards.append(built[d.name].card);
 			}
 		}
-		const hists = await Promise.all(dsResp.datastores.map(d =>
-			api('GET', '/v1/datastores/' + encodeURIComponent(d.name) + '/history' + query({ since }))));
-		dsResp.datastores.forEach((d, i) => fillDatastoreCard(built[d.name], d, hists[i].samples, queue));
+		// Each card's history and its own part of the queue (the first
+		// ten waiting: a rescan may queue every VM at once).
+		const [hists, queues] = await Promise.all([
+			Promise.all(dsResp.datastores.map(d =>
+				api('GET', '/v1/datastores/' + encodeURIComponent(d.name) + '/history' + query({ since })))),
+			Promise.all(dsResp.datastores.map(d => api('GET', '/v1/queue' + query({ datastore: d.name, limit: 10 })))),
+		]);
+		dsResp.datastores.forEach((d, i) => fillDatastoreCard(built[d.name], d, hists[i].samples, queues[i]));
 	}, 5000);
 }
 
@@ -246,18 +251,16 @@ function fillDatastoreCard(c, d, samples, queue) {
 		c.opsChart.setData(opsData);
 	}
 	c.bytesBox.dataset.points = String(bytesData[0].length);
-	const on = j => (j.scan || j).disks.some(x => x.datastore === d.name);
-	const running = queue.running.filter(on);
-	const waiting = queue.waiting.filter(on);
+	const running = queue.running, waiting = queue.waiting;
 	c.jobs.replaceChildren(
 		el('h3', {}, 'Running'),
 		table(['VM', 'scan', 'started', '#read'], running.map(j => el('tr', {},
 			el('td', {}, j.vm), el('td', {}, link('/console/queue', '#' + j.id)), el('td', {}, ago(j.started_at)),
 			el('td', { class: 'num' }, j.progress ? bytes(j.progress.bytes_read) : ''))), 'No scan reads this datastore now.'),
 		el('h3', {}, 'Waiting'),
-		table(['#position', 'VM', 'why'], waiting.slice(0, 10).map(w => el('tr', {},
+		table(['#position', 'VM', 'why'], waiting.map(w => el('tr', {},
 			el('td', { class: 'num' }, w.position), el('td', {}, w.scan.vm), el('td', {}, reasonText(w)))), 'Nothing waits for this datastore.'),
-		el('p', { class: 'muted' }, waiting.length > 10 ? `and ${waiting.length - 10} more (Queue page)` : ''));
+		el('p', { class: 'muted' }, queue.waiting_total > waiting.length ? `and ${queue.waiting_total - waiting.length} more (Queue page)` : ''));
 }
 
 const reasonNames = {
