@@ -40,8 +40,10 @@ import (
 // What each datastore receives is read from the appliances' own
 // snapscan_datastore_read_bytes_total, scraped every fleetScrape from
 // every live process and summed over them: a 1-second window is the bytes
-// counted between scrapes that lie within one second of each other, so
-// the windows are measured at the scrape's resolution, and the reads a
+// counted between scrapes that lie within one second of each other (from
+// the sending of the first to the answer of the last, so that all of them
+// were read within that second), so the windows are measured at the
+// scrape's resolution, never above what the datastore got, and the reads a
 // killed process made after its last scrape are not seen (at most one
 // scrape interval's worth per kill).
 
@@ -273,7 +275,8 @@ log: {level: warn}
 
 	// The scraper: every live process's per-datastore read counters.
 	type sample struct {
-		at    time.Time
+		sent  time.Time // the request for the counters
+		at    time.Time // their answer
 		proc  string
 		gen   int
 		bytes map[string]float64
@@ -301,9 +304,10 @@ log: {level: warn}
 			}
 			mu.Unlock()
 			for p, gen := range live {
+				sent := time.Now()
 				m, err := scrapeDatastoreBytes(p)
 				if err == nil {
-					samples = append(samples, sample{time.Now(), p.name, gen, m})
+					samples = append(samples, sample{sent, time.Now(), p.name, gen, m})
 				}
 			}
 		}
@@ -492,7 +496,9 @@ log: {level: warn}
 		if p, ok := prev[key]; ok {
 			for ds, b := range s.bytes {
 				if d := b - p.bytes[ds]; d > 0 {
-					steps[ds] = append(steps[ds], step{p.at, s.at, d})
+					// Read after the first scrape was sent and
+					// before the second one answered.
+					steps[ds] = append(steps[ds], step{p.sent, s.at, d})
 				}
 			}
 		}
@@ -753,6 +759,15 @@ func BenchmarkFleet(b *testing.B) {
 		{name: "appliances-1", appliances: 1, vms: 200, budget: fast, maxScans: 2},
 		{name: "appliances-2", appliances: 2, vms: 200, budget: fast, maxScans: 2},
 		{name: "appliances-3", appliances: 3, vms: 200, budget: fast, maxScans: 2},
+	}
+	// SNAPSCAN_FLEET_RUNS=name,name runs only those (bench/fleet.sh's
+	// arguments).
+	if only := os.Getenv("SNAPSCAN_FLEET_RUNS"); only != "" {
+		names := strings.Split(only, ",")
+		scenarios = slices.DeleteFunc(scenarios, func(sc fleetScenario) bool { return !slices.Contains(names, sc.name) })
+		if len(scenarios) == 0 {
+			b.Fatalf("SNAPSCAN_FLEET_RUNS=%s names no run", only)
+		}
 	}
 	var out []fleetResult
 	for b.Loop() {

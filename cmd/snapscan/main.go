@@ -33,7 +33,8 @@ var commands []command
 
 func register(c command) { commands = append(commands, c) }
 
-// exitError carries an exit code other than 1 (or 1 without a message).
+// exitError carries an exit code (exitcodes.go) other than exitFailed, or
+// one without a message.
 type exitError struct {
 	code int
 	err  error
@@ -101,8 +102,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			return ee.code
 		default:
+			// An error is a failure (exit 1 means findings).
 			fmt.Fprintf(stderr, "snapscan %s: %v\n", c.name, err)
-			return 1
+			return exitFailed
 		}
 	}
 	fmt.Fprintf(stderr, "snapscan: unknown command %q\n\n", args[0])
@@ -118,6 +120,7 @@ func newFlags(name, usageLine, help string, stderr io.Writer) *flag.FlagSet {
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: snapscan %s\n\n%s\n", usageLine, help)
 		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\n%s", exitStatusHelp)
 	}
 	return fs
 }
