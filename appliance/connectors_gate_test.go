@@ -220,6 +220,16 @@ func TestConnectorGroups(t *testing.T) {
 	if badJob.State != queue.Failed || badJob.Attempts != 1 || !strings.Contains(badJob.Error, "independent") || !strings.Contains(badJob.Error, "DC0_C0_RP0_VM1") {
 		t.Errorf("independent disk: %s after %d attempts: %s", badJob.State, badJob.Attempts, badJob.Error)
 	}
+	// The VM that could not be frozen is told as vm_unreadable (issue
+	// 14.4), not as a failed scan.
+	eventually(t, "a vm_unreadable event for the VM that could not be frozen", 10*time.Second, func() bool {
+		for _, line := range strings.Split(ta.events.String(), "\n") {
+			if strings.Contains(line, `"vm_unreadable"`) && strings.Contains(line, vm1) && strings.Contains(line, "independent") {
+				return true
+			}
+		}
+		return false
+	})
 	eventually(t, "the migrating VM's job retried", 30*time.Second, func() bool {
 		j, _ := ta.a.q.Job(ctx, busy.ID)
 		return j.Attempts >= 2 && j.State == queue.Queued
