@@ -45,7 +45,15 @@ reason (too_large, excluded, not_regular, read_error, timeout, limit_hit, ...)
 in the summary; any of them but excluded and not_regular makes the scan
 incomplete, which is never reported as clean.
 
-A progress line is shown when stderr is a terminal.
+A progress line is shown when stderr is a terminal (never with --quiet).
+
+The report (--format): text, json (one document), jsonl (one object a line:
+each finding as it is made, then each target, then a summary), sarif (SARIF
+2.1.0, for code-scanning tools) or csv (a row per rule and file). Every format
+carries the matched rules' tags and meta; every JSON document starts with
+"schema_version". --output FILE writes the report there, replaced whole when
+the scan ends. TARGETs may also come from --targets-from FILE (one a line, '-'
+for stdin), exclusion patterns from --exclude-from FILE.
 
 Incremental scans: a disk whose backing chain holds an image already scanned
 in this run (a golden image and its linked clones, successive snapshots of a
@@ -64,6 +72,8 @@ Examples:
   snapscan scan --rules rules/ vm42.qcow2
   snapscan scan --rules a.yar --rules b.yar --exclude '*.vhdx' --json /dev/sdb /srv/share
   snapscan scan --rules signature-base/ --tags APT --skip-tags test --show-strings ./download.exe
+  find /srv/images -name '*.qcow2' | snapscan scan --rules rules/ --targets-from - --format sarif --output scan.sarif
+  snapscan scan --rules rules/ --exclude-from excludes.txt --format jsonl --quiet /mnt/share
 `
 
 func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -3,11 +3,18 @@
 //
 // Usage:
 //
-//	snapscan ls [--json] IMAGE            list an image's volumes and files
-//	snapscan cat IMAGE VOLUME PATH        write one file of an image to stdout
-//	snapscan version                      print versions
+//	snapscan scan --rules PATH [flags] TARGET...  scan images, devices, folders, files
+//	snapscan ls [--volume ID] [--hash] IMAGE [PATH]  an image's chain, volumes and files
+//	snapscan cat [-o FILE] IMAGE VOLUME PATH      one file of an image
+//	snapscan serve --config FILE                  the appliance
+//	snapscan submit|status|scans|cancel|findings|datastores|pause|resume|signatures
+//	                                              talk to a running appliance
+//	snapscan sig keygen|build|verify|push|serve   signature bundles
+//	snapscan completion bash|zsh                  shell completion
+//	snapscan version                              versions
 //
-// Run "snapscan COMMAND --help" for a command's flags.
+// Run "snapscan COMMAND --help" for a command's flags and examples. The exit
+// statuses are the same for every command (exitcodes.go).
 package main
 
 import (
@@ -58,7 +65,7 @@ func usage(w io.Writer) {
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, "\nRun 'snapscan COMMAND --help' for a command's flags.\n")
+	fmt.Fprintf(w, "\nRun 'snapscan COMMAND --help' for a command's flags and examples.\n\n%s", exitStatusHelp)
 }
 
 func main() {
