@@ -159,6 +159,18 @@ func TestConnectorGroups(t *testing.T) {
 		if code, _ := ta.call("GET", fmt.Sprintf("/v1/scans/%d", f.JobID), testToken, nil, &sv); code != http.StatusOK || len(sv.Freezes) != 1 || sv.Freezes[0].ID != f.ID {
 			t.Errorf("scan %d: %d, freezes %+v", f.JobID, code, sv.Freezes)
 		}
+		// And in the scan's printable report, which the console links.
+		req, _ := http.NewRequest("GET", fmt.Sprintf("%s/v1/reports/scans/%d", ta.base, f.JobID), nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := ta.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(page), "Hypervisor snapshots") || !strings.Contains(string(page), f.ID) {
+			t.Errorf("the report of scan %d shows no freeze %s:\n%s", f.JobID, f.ID, page)
+		}
 	}
 	// No series of /metrics names a VM: per-VM figures are the API's.
 	req, _ := http.NewRequest("GET", ta.base+"/metrics", nil)
