@@ -288,14 +288,16 @@ func (d *submitDisks) register(f *flag.FlagSet) {
 		d.disks = append(d.disks, submitDisk{Datastore: ds, Path: p})
 		return nil
 	})
-	f.Func("format", "image `FORMAT` of the --disk before it, as the hypervisor knows it (raw, qcow2,\n"+
-		"vmdk, vhd, vhdx); without it the format is probed and no unlisted backing file is opened", func(v string) error {
-		last, err := d.last("format")
+	setFormat := func(v string) error {
+		last, err := d.last("disk-format")
 		if err == nil {
 			last.Format = v
 		}
 		return err
-	})
+	}
+	f.Func("disk-format", "image `FORMAT` of the --disk before it, as the hypervisor knows it (raw, qcow2,\n"+
+		"vmdk, vhd, vhdx); without it the format is probed and no unlisted backing file is opened", setFormat)
+	f.Func("format", "the same as --disk-format (`FORMAT`; kept for scripts written before it)", setFormat)
 	f.Func("layer", "`PATH` on the same datastore of a file in the chain (extent, backing file) of\n"+
 		"the --disk before it (repeatable, in chain order)", func(v string) error {
 		last, err := d.last("layer")
@@ -307,13 +309,13 @@ func (d *submitDisks) register(f *flag.FlagSet) {
 }
 
 func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("submit", "submit --vm NAME --disk DATASTORE:PATH [--format F] [--layer PATH...] [--disk ...] [--priority P] [--wait] [--json]",
+	f := newFlags("submit", "submit --vm NAME --disk DATASTORE:PATH [--disk-format F] [--layer PATH...] [--disk ...] [--priority P] [--wait] [--json]",
 		"Submits a scan of a VM's disks (paths relative to their datastore's folder) and prints\n"+
 			"the scan id. With --wait, waits for the end and exits as scan does: 0 clean,\n"+
 			"1 findings, 2 failed or cancelled, 3 incomplete.\n"+clientHelp+`
 Examples:
   snapscan submit --vm web1 --disk san1:web1/disk0.qcow2 --wait
-  snapscan submit --vm db2 --disk nfs:db2/db2.vmdk --format vmdk --layer db2/db2-flat.vmdk --priority scheduled
+  snapscan submit --vm db2 --disk nfs:db2/db2.vmdk --disk-format vmdk --layer db2/db2-flat.vmdk --priority scheduled
 `, stderr)
 	newClient := clientFlags(f)
 	vm := f.String("vm", "", "VM `NAME`; alone, without --disk, a VM a connector lists: its disks come from the hypervisor")

@@ -108,7 +108,7 @@ log: {level: warn}
 	if code, out, _ := cli("datastores"); code != 0 || !regexp.MustCompile(`(?m)^ds\s+paused\s+0\s+0\s+1\s`).MatchString(out) {
 		t.Errorf("datastores: exit %d\n%s", code, out)
 	}
-	code, out, stderr := cli("submit", "--vm", "vm1", "--disk", "ds:vm1.qcow2")
+	code, out, stderr := cli("submit", "--vm", "vm1", "--disk", "ds:vm1.qcow2", "--disk-format", "qcow2")
 	m := regexp.MustCompile(`^scan (\d+) queued \(vm vm1\)\n$`).FindStringSubmatch(out)
 	if code != 0 || m == nil {
 		t.Fatalf("submit: exit %d %q %s", code, out, stderr)

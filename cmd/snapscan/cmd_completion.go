@@ -76,7 +76,7 @@ func flagValues(cmd, flag string) []string {
 		return scanFormats
 	case flag == "format" && cmd == "ls":
 		return []string{"text", "json"}
-	case flag == "disk-format" || (flag == "format" && cmd == "submit"):
+	case flag == "disk-format" || (flag == "format" && cmd == "submit"): // submit --format: the old name
 		return snapshot.Formats()
 	case flag == "priority":
 		return []string{"on_demand", "scheduled", "rescan"}
