@@ -242,6 +242,9 @@ func (a *Appliance) handleScanReport(w http.ResponseWriter, r *http.Request, _ h
 		}
 		rep.FindingsTotal = int(res.FindingCount)
 	}
+	if rep.Freezes, err = a.results.Freezes(r.Context(), results.FreezeQuery{JobID: id}); err != nil {
+		return err
+	}
 	return writeHTML(w, func(out io.Writer) error { return report.WriteScan(out, rep) })
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/snapscan/snapscan/appliance/console"
 	"github.com/snapscan/snapscan/appliance/events"
 	"github.com/snapscan/snapscan/appliance/results"
+	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/queue"
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/scanner/incremental"
@@ -338,6 +339,12 @@ func (a *Appliance) Serve(ctx context.Context) (err error) {
 		if ln, err = net.Listen("tcp", a.cfg.Server.Listen); err != nil {
 			return fmt.Errorf("appliance: server.listen: %w", err)
 		}
+	}
+	if a.cfg.Server.TLS.Cert == "" && !a.cfg.Server.AllowPlainHTTP && !httpx.IsLoopback(ln.Addr()) {
+		// Validate checked the configured name; this is the address
+		// really listened on (a name can resolve otherwise by now).
+		ln.Close()
+		return fmt.Errorf("appliance: server.listen: %s is reachable from other machines: %w", ln.Addr(), errPlainHTTP)
 	}
 	srv := &http.Server{
 		Handler:           a.Handler(),

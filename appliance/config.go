@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/snapscan/snapscan/appliance/events"
+	"github.com/snapscan/snapscan/internal/httpx"
 	"github.com/snapscan/snapscan/queue"
 	"github.com/snapscan/snapscan/scanner"
 )
@@ -56,6 +58,11 @@ type ServerConfig struct {
 	Listen string `yaml:"listen"`
 	// TLS, when Cert and Key are set, makes the API speak HTTPS.
 	TLS TLSConfig `yaml:"tls"`
+	// AllowPlainHTTP lets the API speak plain HTTP on a listener other
+	// machines can reach (behind a TLS-terminating proxy, on a network
+	// that is private by other means). Without it, plain HTTP is for
+	// loopback only: tokens and findings would cross the network in clear.
+	AllowPlainHTTP bool `yaml:"allow_plain_http"`
 	// ReadTimeout bounds reading a request, headers and body (default 30 s);
 	// WriteTimeout bounds writing the answer (default 60 s); IdleTimeout
 	// keep-alive connections (default 120 s).
@@ -539,6 +546,10 @@ func (c *Config) resolvePaths(dir string) {
 	}
 }
 
+// errPlainHTTP is why a plain-HTTP listener other machines can reach is
+// refused.
+var errPlainHTTP = errors.New("plain HTTP outside loopback: set server.tls.cert and server.tls.key, or server.allow_plain_http: true behind a TLS proxy")
+
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // Validate checks every setting and names the first wrong one by its
@@ -555,6 +566,14 @@ func (c *Config) Validate() error {
 	}
 	if (c.Server.TLS.Cert == "") != (c.Server.TLS.Key == "") {
 		return bad("server.tls", "set both cert and key, or neither")
+	}
+	if c.Server.TLS.Cert == "" && !c.Server.AllowPlainHTTP {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		local, err := httpx.LoopbackAddr(ctx, c.Server.Listen)
+		cancel()
+		if err != nil || !local {
+			return bad("server.listen", "%q is reachable from other machines (or its name does not resolve): %v", c.Server.Listen, errPlainHTTP)
+		}
 	}
 	if c.Server.TLS.ClientCA != "" && c.Server.TLS.Cert == "" {
 		return bad("server.tls.client_ca", "mutual TLS needs server.tls.cert and server.tls.key")

@@ -520,6 +520,7 @@ func (a *Appliance) connectorJob(job queue.Job) (*hypervisor, string, bool) {
 func (a *Appliance) runFrozen(ctx context.Context, job queue.Job, wrap queue.Wrap, h *hypervisor, vmID string) error {
 	c, _, err := h.connect(ctx, a)
 	if err != nil {
+		a.unreadable.set(job.ID, job.Disks[0])
 		return classifyConnector(err)
 	}
 	opts := connector.Options{}
@@ -568,6 +569,11 @@ func (a *Appliance) runFrozen(ctx context.Context, job queue.Job, wrap queue.Wra
 		}
 		return a.run(ctx, fj, wrap)
 	})
+	if rep.Freeze == nil && err != nil && ctx.Err() == nil {
+		// The VM could not be frozen: a job that ends failed for it tells
+		// vm_unreadable, as one whose disk could not be opened does.
+		a.unreadable.set(job.ID, job.Disks[0])
+	}
 	if rep.Freeze != nil && !rep.Freeze.InPlace {
 		a.connm.stun.WithLabelValues(h.cfg.Name, "release").Observe(rep.Released.Stun.Seconds())
 		h.log.Info("appliance: VM released", "vm", rep.Freeze.VM.Name, "freeze", rep.Freeze.ID, "stun", rep.Released.Stun, "took", rep.Released.Duration)

@@ -159,6 +159,18 @@ func TestConnectorGroups(t *testing.T) {
 		if code, _ := ta.call("GET", fmt.Sprintf("/v1/scans/%d", f.JobID), testToken, nil, &sv); code != http.StatusOK || len(sv.Freezes) != 1 || sv.Freezes[0].ID != f.ID {
 			t.Errorf("scan %d: %d, freezes %+v", f.JobID, code, sv.Freezes)
 		}
+		// And in the scan's printable report, which the console links.
+		req, _ := http.NewRequest("GET", fmt.Sprintf("%s/v1/reports/scans/%d", ta.base, f.JobID), nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := ta.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(page), "Hypervisor snapshots") || !strings.Contains(string(page), f.ID) {
+			t.Errorf("the report of scan %d shows no freeze %s:\n%s", f.JobID, f.ID, page)
+		}
 	}
 	// No series of /metrics names a VM: per-VM figures are the API's.
 	req, _ := http.NewRequest("GET", ta.base+"/metrics", nil)
@@ -220,6 +232,16 @@ func TestConnectorGroups(t *testing.T) {
 	if badJob.State != queue.Failed || badJob.Attempts != 1 || !strings.Contains(badJob.Error, "independent") || !strings.Contains(badJob.Error, "DC0_C0_RP0_VM1") {
 		t.Errorf("independent disk: %s after %d attempts: %s", badJob.State, badJob.Attempts, badJob.Error)
 	}
+	// The VM that could not be frozen is told as vm_unreadable (issue
+	// 14.4), not as a failed scan.
+	eventually(t, "a vm_unreadable event for the VM that could not be frozen", 10*time.Second, func() bool {
+		for _, line := range strings.Split(ta.events.String(), "\n") {
+			if strings.Contains(line, `"vm_unreadable"`) && strings.Contains(line, vm1) && strings.Contains(line, "independent") {
+				return true
+			}
+		}
+		return false
+	})
 	eventually(t, "the migrating VM's job retried", 30*time.Second, func() bool {
 		j, _ := ta.a.q.Job(ctx, busy.ID)
 		return j.Attempts >= 2 && j.State == queue.Queued

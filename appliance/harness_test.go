@@ -47,6 +47,27 @@ type testApp struct {
 	// lastError is the error message of the last call's answer, if it
 	// was not a success.
 	lastError string
+	// events is the appliance's event log (JSON lines).
+	events *eventLog
+}
+
+// eventLog is an event log stream tests read while the appliance writes.
+type eventLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *eventLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String is what was written so far.
+func (l *eventLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
@@ -115,7 +136,8 @@ database:
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	a, err := New(ctx, cfg, Options{Listener: ln, Logger: testLogger(t)})
+	evlog := &eventLog{}
+	a, err := New(ctx, cfg, Options{Listener: ln, Logger: testLogger(t), EventLog: evlog})
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)
@@ -123,7 +145,7 @@ database:
 	if o.prepare != nil {
 		o.prepare(a)
 	}
-	ta := &testApp{t: t, a: a, dir: dir, fx: fx, key: priv, cfg: cfg, ln: ln, base: "http://" + ln.Addr().String(), client: &http.Client{Timeout: 30 * time.Second}}
+	ta := &testApp{t: t, a: a, dir: dir, fx: fx, key: priv, cfg: cfg, ln: ln, base: "http://" + ln.Addr().String(), client: &http.Client{Timeout: 30 * time.Second}, events: evlog}
 	if o.client != nil {
 		ta.base, ta.client = "https://"+ln.Addr().String(), o.client
 	}

@@ -163,7 +163,7 @@ timed() { # OUT CMD...: runs CMD, its stdout to OUT; prints wall seconds
 	echo "$t0 $t1" | awk '{printf "%.2f", $2-$1}'
 }
 cat base.qcow2 "${clones[@]}" >/dev/null # page cache warm for every mode
-args=(scan --json --no-progress --workers "$WORKERS" --rules rules.yarc --rules-cache off --format qcow2)
+args=(scan --json --no-progress --workers "$WORKERS" --rules rules.yarc --rules-cache off --disk-format qcow2)
 w_inc=$(timed inc.json "$S" "${args[@]}" base.qcow2 "${clones[@]}")
 w_full=$(timed full.json "$S" "${args[@]}" --no-incremental base.qcow2 "${clones[@]}")
 # Each clone scanned after the base is an added clone: its reads are in

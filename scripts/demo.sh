@@ -17,5 +17,5 @@ set +e
 bin/snapscan scan --rules testdata/rules/demo.yar "$out/sample.qcow2"
 code=$?
 set -e
-echo "(exit status $code: 0 clean, 1 findings, 2 a target could not be scanned)"
+echo "(exit status $code: 0 clean, 1 findings, 2 nothing could be scanned, 3 incomplete)"
 [ "$code" -eq 1 ] # the planted files must be found

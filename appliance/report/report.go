@@ -33,6 +33,7 @@ var tmpl = template.Must(template.New("").Funcs(template.FuncMap{
 	"meta":    meta,
 	"join":    strings.Join,
 	"short":   func(s string) string { return s[:min(len(s), 16)] },
+	"ms":      func(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) },
 }).ParseFS(files, "templates/*.html"))
 
 // Scan is the data of a per-scan report.
@@ -54,6 +55,9 @@ type Scan struct {
 	// Findings holds only the first ones.
 	Findings      []results.Finding
 	FindingsTotal int
+	// Freezes are the hypervisor snapshots the scan took of a connector's
+	// VM, with the guest's stun at the freeze and at the release.
+	Freezes []results.Freeze
 }
 
 // Period is the data of a per-period report.

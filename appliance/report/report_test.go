@@ -23,7 +23,9 @@ func TestScanReport(t *testing.T) {
 		Findings: []results.Finding{{ID: 1, VM: "web01", Datastore: "ds-a", Disk: "web01.qcow2", Volume: "p2", Path: evil,
 			SHA256: strings.Repeat("ab", 32), Namespace: "shells.yar", Rule: "Webshell", Tags: []string{"webshell"},
 			Meta: []results.Meta{{Key: "score", Value: int64(80)}}, FoundAt: t0}},
-		FindingsTotal: 1}
+		FindingsTotal: 1,
+		Freezes: []results.Freeze{{VM: "vc/vm-42", ID: "snapshot-7", Connector: "vc", JobID: 7, Taken: t0, FreezeStun: 23456 * time.Microsecond,
+			Released: t0.Add(2 * time.Minute), ReleaseStun: 41 * time.Millisecond, Held: 2 * time.Minute}}}
 	var b bytes.Buffer
 	if err := WriteScan(&b, s); err != nil {
 		t.Fatal(err)
@@ -31,7 +33,8 @@ func TestScanReport(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{"Scan 7 of VM web01", "Findings: 1 rule matches.", "Not everything was scanned: too_large 2.",
 		"site version 3", "1m30s", "7.0 MiB in 300 reads", "/big.iso", "larger than 512 MiB", "shells.yar:Webshell", "score=80",
-		"&lt;script&gt;alert(1)&lt;/script&gt;", `href="/console/static/report.css"`} {
+		"&lt;script&gt;alert(1)&lt;/script&gt;", `href="/console/static/report.css"`,
+		"Hypervisor snapshots", "snapshot-7", "23.5 ms", "41.0 ms", "2m0s"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("scan report lacks %q", want)
 		}

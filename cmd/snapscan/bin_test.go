@@ -6,13 +6,22 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
 
 // TestMain points the user cache folder (compiled rules) at a temporary
-// folder, for the commands run in-process and for the binary alike.
+// folder, for the commands run in-process and for the binary alike. The
+// go command's build cache stays where it was (it lives under the user
+// cache folder by default): the tests that build the binary would
+// otherwise rebuild everything, cgo included, from an empty cache.
 func TestMain(m *testing.M) {
+	if os.Getenv("GOCACHE") == "" {
+		if out, err := exec.Command("go", "env", "GOCACHE").Output(); err == nil {
+			os.Setenv("GOCACHE", strings.TrimSpace(string(out)))
+		}
+	}
 	dir, err := os.MkdirTemp("", "snapscan-cache-")
 	if err == nil {
 		os.Setenv("XDG_CACHE_HOME", dir)

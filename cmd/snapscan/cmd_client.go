@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,27 +10,44 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
-)
 
-// Exit codes of submit --wait and status ID, for scripts.
-const (
-	exitScanFailed     = 3 // the scan failed or was cancelled
-	exitScanFindings   = 4 // the scan completed and found something
-	exitScanIncomplete = 5 // nothing found, but not everything was scanned
+	"gopkg.in/yaml.v3"
 )
 
 func init() {
 	register(command{name: "submit", summary: "ask a running appliance to scan a VM's disks", run: runSubmit})
-	register(command{name: "status", summary: "show a scan, or list scans, of a running appliance", run: runStatus})
+	register(command{name: "status", summary: "show a scan of a running appliance (or list scans)", run: runStatus})
+	register(command{name: "scans", summary: "list the scans of a running appliance", run: runScans})
+	register(command{name: "cancel", summary: "cancel queued or running scans of an appliance", run: runCancel})
 	register(command{name: "findings", summary: "list findings of a running appliance", run: runFindings})
+	register(command{name: "datastores", summary: "list an appliance's datastores: budgets, load, paused", run: runDatastores})
+	register(command{name: "pause", summary: "pause scanning on datastores of an appliance", run: runPause(true)})
+	register(command{name: "resume", summary: "resume scanning on paused datastores", run: runPause(false)})
+	register(command{name: "signatures", summary: "show an appliance's signature set and its central server", run: runSignatures})
 }
+
+// clientHelp ends the help of every command that talks to an appliance.
+const clientHelp = `
+The appliance and its token are found, first to last: the flags, the environment
+(SNAPSCAN_URL, SNAPSCAN_TOKEN_FILE, SNAPSCAN_CA; SNAPSCAN_TOKEN holds a token
+itself), then the client configuration file (--client-config, or
+$SNAPSCAN_CLIENT_CONFIG, or ~/.config/snapscan/client.yaml when it exists):
+  url: https://scanner1.example.net:8480
+  token_file: ~/.config/snapscan/token
+  ca: /etc/snapscan/tls/ca.pem
+The default URL is http://127.0.0.1:8480. --json prints the API's JSON
+(appliance/openapi.yaml) unchanged.
+`
 
 // client talks to an appliance's API.
 type client struct {
@@ -38,35 +56,113 @@ type client struct {
 	hc    *http.Client
 }
 
-func clientFlags(f *flag.FlagSet) func() (*client, error) {
-	u := f.String("url", envOr("SNAPSCAN_URL", "http://127.0.0.1:8480"), "appliance `URL` (env SNAPSCAN_URL)")
-	tok := f.String("token", "", "API bearer `TOKEN` (default env SNAPSCAN_TOKEN; prefer --token-file)")
-	tokFile := f.String("token-file", "", "`FILE` holding the API token")
-	ca := f.String("ca", "", "PEM `FILE` of CAs to trust for the appliance's HTTPS")
-	return func() (*client, error) {
-		c := &client{base: strings.TrimRight(*u, "/"), token: *tok}
-		if c.token == "" && *tokFile != "" {
-			b, err := os.ReadFile(*tokFile)
-			if err != nil {
-				return nil, err
-			}
-			c.token = strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])
+// clientConfig is the client configuration file: where the appliance is,
+// where its token is kept (never the token itself), which CAs to trust.
+type clientConfig struct {
+	URL       string `yaml:"url"`
+	TokenFile string `yaml:"token_file"`
+	CA        string `yaml:"ca"`
+}
+
+func loadClientConfig(path string, explicit bool) (clientConfig, error) {
+	var c clientConfig
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return c, nil
+	}
+	if err != nil {
+		return c, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, fmt.Errorf("%s: %w", path, err)
+	}
+	home, _ := os.UserHomeDir()
+	for _, p := range []*string{&c.TokenFile, &c.CA} {
+		if strings.HasPrefix(*p, "~/") && home != "" {
+			*p = filepath.Join(home, (*p)[2:])
+		} else if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(filepath.Dir(path), *p)
 		}
-		if c.token == "" {
+	}
+	return c, nil
+}
+
+func defaultClientConfig() string {
+	d, err := os.UserConfigDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(d, "snapscan", "client.yaml")
+}
+
+// clientFlags adds --url, --token-file, --token, --ca and --client-config
+// to f; the function it returns, called after parsing, resolves them
+// (flags, then environment, then the configuration file) into a client.
+func clientFlags(f *flag.FlagSet) func() (*client, error) {
+	u := f.String("url", "", "appliance `URL` (env SNAPSCAN_URL; default http://127.0.0.1:8480)")
+	tokFile := f.String("token-file", "", "`FILE` holding the API token (env SNAPSCAN_TOKEN_FILE)")
+	tok := f.String("token", "", "API bearer `TOKEN` (env SNAPSCAN_TOKEN; prefer --token-file: a flag shows in ps)")
+	ca := f.String("ca", "", "PEM `FILE` of CAs to trust for the appliance's HTTPS (env SNAPSCAN_CA)")
+	cfgPath := f.String("client-config", "", "client configuration `FILE` (env SNAPSCAN_CLIENT_CONFIG; default\n~/.config/snapscan/client.yaml)")
+	return func() (*client, error) {
+		path, explicit := *cfgPath, true
+		if path == "" {
+			path = os.Getenv("SNAPSCAN_CLIENT_CONFIG")
+		}
+		if path == "" {
+			path, explicit = defaultClientConfig(), false
+		}
+		var cfg clientConfig
+		if path != "" {
+			var err error
+			if cfg, err = loadClientConfig(path, explicit); err != nil {
+				return nil, usageError("client configuration: %v", err)
+			}
+		}
+		first := func(vals ...string) string {
+			for _, v := range vals {
+				if v != "" {
+					return v
+				}
+			}
+			return ""
+		}
+		base := first(*u, os.Getenv("SNAPSCAN_URL"), cfg.URL, "http://127.0.0.1:8480")
+		if pu, err := url.Parse(base); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			return nil, usageError("appliance URL %q: want http(s)://HOST:PORT", base)
+		}
+		c := &client{base: strings.TrimRight(base, "/"), token: *tok}
+		tf := first(*tokFile, os.Getenv("SNAPSCAN_TOKEN_FILE"))
+		if c.token == "" && tf == "" {
 			c.token = os.Getenv("SNAPSCAN_TOKEN")
 		}
+		if c.token == "" && tf == "" {
+			tf = cfg.TokenFile
+		}
+		if c.token == "" && tf != "" {
+			b, err := os.ReadFile(tf)
+			if err != nil {
+				return nil, usageError("token file: %v", err)
+			}
+			c.token = strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])
+			if c.token == "" {
+				return nil, usageError("token file %s is empty", tf)
+			}
+		}
 		if c.token == "" {
-			return nil, usageError("no token: pass --token-file or set SNAPSCAN_TOKEN")
+			return nil, usageError("no token: pass --token-file, set SNAPSCAN_TOKEN_FILE, or name token_file in %s", dash(path))
 		}
 		tr := http.DefaultTransport.(*http.Transport).Clone()
-		if *ca != "" {
-			pem, err := os.ReadFile(*ca)
+		if caFile := first(*ca, os.Getenv("SNAPSCAN_CA"), cfg.CA); caFile != "" {
+			pem, err := os.ReadFile(caFile)
 			if err != nil {
-				return nil, err
+				return nil, usageError("--ca: %v", err)
 			}
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("%s: no PEM certificates", *ca)
+				return nil, usageError("--ca: %s: no PEM certificates", caFile)
 			}
 			tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		}
@@ -192,14 +288,16 @@ func (d *submitDisks) register(f *flag.FlagSet) {
 		d.disks = append(d.disks, submitDisk{Datastore: ds, Path: p})
 		return nil
 	})
-	f.Func("format", "image `FORMAT` of the --disk before it, as the hypervisor knows it (raw, qcow2,\n"+
-		"vmdk, vhd, vhdx); without it the format is probed and no unlisted backing file is opened", func(v string) error {
-		last, err := d.last("format")
+	setFormat := func(v string) error {
+		last, err := d.last("disk-format")
 		if err == nil {
 			last.Format = v
 		}
 		return err
-	})
+	}
+	f.Func("disk-format", "image `FORMAT` of the --disk before it, as the hypervisor knows it (raw, qcow2,\n"+
+		"vmdk, vhd, vhdx); without it the format is probed and no unlisted backing file is opened", setFormat)
+	f.Func("format", "the same as --disk-format (`FORMAT`; kept for scripts written before it)", setFormat)
 	f.Func("layer", "`PATH` on the same datastore of a file in the chain (extent, backing file) of\n"+
 		"the --disk before it (repeatable, in chain order)", func(v string) error {
 		last, err := d.last("layer")
@@ -211,11 +309,14 @@ func (d *submitDisks) register(f *flag.FlagSet) {
 }
 
 func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("submit", "submit --vm NAME --disk DATASTORE:PATH [--format F] [--layer PATH...] [--disk ...] [--priority P] [--wait] [--json]",
+	f := newFlags("submit", "submit --vm NAME --disk DATASTORE:PATH [--disk-format F] [--layer PATH...] [--disk ...] [--priority P] [--wait] [--json]",
 		"Submits a scan of a VM's disks (paths relative to their datastore's folder) and prints\n"+
-			"the scan id. With --wait, waits for the end: exit 0 when clean, 4 when it found\n"+
-			"something, 5 when it found nothing but could not scan everything (incomplete),\n"+
-			"3 when it failed or was cancelled.", stderr)
+			"the scan id. With --wait, waits for the end and exits as scan does: 0 clean,\n"+
+			"1 findings, 2 failed or cancelled, 3 incomplete.\n"+clientHelp+`
+Examples:
+  snapscan submit --vm web1 --disk san1:web1/disk0.qcow2 --wait
+  snapscan submit --vm db2 --disk nfs:db2/db2.vmdk --disk-format vmdk --layer db2/db2-flat.vmdk --priority scheduled
+`, stderr)
 	newClient := clientFlags(f)
 	vm := f.String("vm", "", "VM `NAME`; alone, without --disk, a VM a connector lists: its disks come from the hypervisor")
 	var disks submitDisks
@@ -318,25 +419,30 @@ func showScan(w io.Writer, raw json.RawMessage, sv scanView, asJSON bool) error 
 	}
 	switch {
 	case sv.State == "failed" || sv.State == "cancelled":
-		return &exitError{code: exitScanFailed}
+		return &exitError{code: exitFailed}
 	case sv.State != "done":
 		return nil
 	case sv.Result == nil:
 		return errors.New("the appliance answered a done scan without its result")
 	case sv.Result.Status == "findings":
-		return &exitError{code: exitScanFindings}
+		return &exitError{code: exitFindings}
 	case sv.Result.Status == "clean":
 		return nil
 	}
 	// incomplete, or a status this client does not know: never clean.
-	return &exitError{code: exitScanIncomplete}
+	return &exitError{code: exitIncomplete}
 }
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("status", "status [--state STATE] [--vm VM] [--json] [ID]",
-		"With ID, shows one scan: exit 0 when queued, running or clean, 4 when it found\n"+
-			"something, 5 when incomplete, 3 when it failed or was cancelled. Without, lists\n"+
-			"recent scans.", stderr)
+		"With ID, shows one scan and exits as scan does: 0 queued, running or clean,\n"+
+			"1 findings, 2 failed or cancelled, 3 incomplete. Without, lists recent scans\n"+
+			"as 'snapscan scans' does.\n"+clientHelp+`
+Examples:
+  snapscan status 42
+  snapscan status --json 42 | jq .result
+  snapscan status --state running
+`, stderr)
 	newClient := clientFlags(f)
 	state := f.String("state", "", "list only scans in `STATE` (queued, running, done, failed, cancelled)")
 	vm := f.String("vm", "", "list only the scans of `VM`")
@@ -364,17 +470,22 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		return showScan(stdout, raw, sv, *asJSON)
 	}
-	q := url.Values{"limit": {fmt.Sprint(*limit)}}
-	if *state != "" {
-		q.Set("state", *state)
+	return listScans(ctx, c, *state, *vm, *limit, *asJSON, stdout)
+}
+
+func listScans(ctx context.Context, c *client, state, vm string, limit int, asJSON bool, stdout io.Writer) error {
+	q := url.Values{"limit": {fmt.Sprint(limit)}}
+	if state != "" {
+		q.Set("state", state)
 	}
-	if *vm != "" {
-		q.Set("vm", *vm)
+	if vm != "" {
+		q.Set("vm", vm)
 	}
+	var raw json.RawMessage
 	if err := c.do(ctx, http.MethodGet, "/v1/scans?"+q.Encode(), nil, &raw); err != nil {
 		return err
 	}
-	if *asJSON {
+	if asJSON {
 		return printJSON(stdout, raw)
 	}
 	var list struct {
@@ -384,16 +495,304 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tVM\tSTATE\tPRIORITY\tATTEMPTS\tERROR")
+	fmt.Fprintln(tw, "ID\tVM\tSTATE\tRESULT\tPRIORITY\tATTEMPTS\tERROR")
 	for _, s := range list.Scans {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\n", s.ID, s.VM, s.State, s.Priority, s.Attempts, s.Error)
+		res := "-"
+		if s.Result != nil {
+			res = s.Result.Status
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, s.VM, s.State, res, s.Priority, s.Attempts, s.Error)
 	}
 	return tw.Flush()
 }
 
+func runScans(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("scans", "scans [--state STATE] [--vm VM] [--limit N] [--json]",
+		"Lists the appliance's scans, newest first: id, VM, state, result, priority,\nattempts and the last error.\n"+clientHelp+`
+Examples:
+  snapscan scans
+  snapscan scans --state failed --vm web1
+`, stderr)
+	newClient := clientFlags(f)
+	state := f.String("state", "", "only scans in `STATE` (queued, running, done, failed, cancelled)")
+	vm := f.String("vm", "", "only the scans of `VM`")
+	limit := f.Int("limit", 100, "at most `N` scans")
+	asJSON := f.Bool("json", false, "print the API's JSON")
+	pos, err := parse(f, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usageError("no arguments expected (a scan's details: snapscan status ID)")
+	}
+	c, err := newClient()
+	if err != nil {
+		return err
+	}
+	return listScans(ctx, c, *state, *vm, *limit, *asJSON, stdout)
+}
+
+func runCancel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("cancel", "cancel [--json] ID...",
+		"Cancels scans: a queued one is dropped, a running one is stopped (its partial\n"+
+			"result is not kept as a verdict). Exit 2 when one could not be cancelled (no such\n"+
+			"scan, already finished); the others are cancelled all the same.\n"+clientHelp+`
+Examples:
+  snapscan cancel 42
+  snapscan cancel $(snapscan scans --state queued --json | jq -r '.scans[].id')
+`, stderr)
+	newClient := clientFlags(f)
+	asJSON := f.Bool("json", false, "print the API's JSON of each cancelled scan, one a line")
+	pos, err := parse(f, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return usageError("want at least one scan ID")
+	}
+	for _, id := range pos {
+		if _, err := strconv.ParseInt(id, 10, 64); err != nil {
+			return usageError("scan ID %q is not a number", id)
+		}
+	}
+	c, err := newClient()
+	if err != nil {
+		return err
+	}
+	failed := 0
+	for _, id := range pos {
+		var raw json.RawMessage
+		if err := c.do(ctx, http.MethodPost, "/v1/scans/"+id+"/cancel", nil, &raw); err != nil {
+			fmt.Fprintf(stderr, "snapscan cancel: %v\n", err)
+			failed++
+			continue
+		}
+		if *asJSON {
+			stdout.Write(append(compactJSON(raw), '\n'))
+			continue
+		}
+		var sv scanView
+		json.Unmarshal(raw, &sv)
+		fmt.Fprintf(stdout, "scan %d (vm %s): %s\n", sv.ID, sv.VM, sv.State)
+	}
+	if failed > 0 {
+		return &exitError{code: exitFailed, err: fmt.Errorf("%d of %d scans not cancelled", failed, len(pos))}
+	}
+	return nil
+}
+
+func compactJSON(raw json.RawMessage) []byte {
+	var b bytes.Buffer
+	if json.Compact(&b, raw) != nil {
+		return raw
+	}
+	return b.Bytes()
+}
+
+// datastoreView is the API's datastore object, as the client prints it.
+type datastoreView struct {
+	Name    string `json:"name"`
+	Path    string `json:"path"`
+	Paused  bool   `json:"paused"`
+	Running int    `json:"running"`
+	Queued  int    `json:"queued"`
+	Budget  struct {
+		MaxScans    int     `json:"max_scans"`
+		BytesPerSec float64 `json:"bytes_per_sec"`
+		OpsPerSec   float64 `json:"ops_per_sec"`
+	} `json:"budget"`
+	Delivered struct {
+		BytesPerSec float64 `json:"bytes_per_sec"`
+		OpsPerSec   float64 `json:"ops_per_sec"`
+	} `json:"delivered"`
+	BytesRead int64 `json:"bytes_read"`
+}
+
+func rate(v float64, unit string) string {
+	if v <= 0 {
+		return "-"
+	}
+	if unit == "B" {
+		return humanBytes(int64(v)) + "/s"
+	}
+	return fmt.Sprintf("%.0f/s", v)
+}
+
+func runDatastores(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("datastores", "datastores [--json]",
+		"Lists the appliance's datastores: path, paused or not, scans running and queued,\n"+
+			"the budget (scans at once, bytes and read operations per second) and what is\n"+
+			"delivered now.\n"+clientHelp+`
+Examples:
+  snapscan datastores
+  snapscan datastores --json | jq '.datastores[] | select(.paused)'
+`, stderr)
+	newClient := clientFlags(f)
+	asJSON := f.Bool("json", false, "print the API's JSON")
+	pos, err := parse(f, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usageError("no arguments expected")
+	}
+	c, err := newClient()
+	if err != nil {
+		return err
+	}
+	var raw json.RawMessage
+	if err := c.do(ctx, http.MethodGet, "/v1/datastores", nil, &raw); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, raw)
+	}
+	var list struct {
+		Datastores []datastoreView `json:"datastores"`
+	}
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATE\tRUNNING\tQUEUED\tMAX_SCANS\tBUDGET\tDELIVERED\tREAD\tPATH")
+	for _, d := range list.Datastores {
+		st := "active"
+		if d.Paused {
+			st = "paused"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s %s\t%s %s\t%s\t%s\n", d.Name, st, d.Running, d.Queued, d.Budget.MaxScans,
+			rate(d.Budget.BytesPerSec, "B"), rate(d.Budget.OpsPerSec, "ops"), rate(d.Delivered.BytesPerSec, "B"), rate(d.Delivered.OpsPerSec, "ops"),
+			humanBytes(d.BytesRead), d.Path)
+	}
+	return tw.Flush()
+}
+
+func runPause(pause bool) func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	name, verb, what := "pause", "pause", "Pauses scanning on each DATASTORE: no new scan starts there (running ones finish)\nuntil 'snapscan resume'. The pause is kept across restarts of the appliance."
+	if !pause {
+		name, verb, what = "resume", "resume", "Resumes scanning on each paused DATASTORE."
+	}
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		f := newFlags(name, name+" [--json] DATASTORE...", what+"\n"+clientHelp+`
+Examples:
+  snapscan `+name+` san1
+  snapscan `+name+` san1 nfs-backup
+`, stderr)
+		newClient := clientFlags(f)
+		asJSON := f.Bool("json", false, "print the API's JSON of each datastore, one a line")
+		pos, err := parse(f, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) == 0 {
+			return usageError("want at least one DATASTORE")
+		}
+		c, err := newClient()
+		if err != nil {
+			return err
+		}
+		failed := 0
+		for _, ds := range pos {
+			var raw json.RawMessage
+			if err := c.do(ctx, http.MethodPost, "/v1/datastores/"+url.PathEscape(ds)+"/"+verb, nil, &raw); err != nil {
+				fmt.Fprintf(stderr, "snapscan %s: %v\n", name, err)
+				failed++
+				continue
+			}
+			if *asJSON {
+				stdout.Write(append(compactJSON(raw), '\n'))
+				continue
+			}
+			var d datastoreView
+			json.Unmarshal(raw, &d)
+			st := "active"
+			if d.Paused {
+				st = "paused"
+			}
+			fmt.Fprintf(stdout, "datastore %s: %s (%d running, %d queued)\n", d.Name, st, d.Running, d.Queued)
+		}
+		if failed > 0 {
+			return &exitError{code: exitFailed, err: fmt.Errorf("%d of %d datastores not changed", failed, len(pos))}
+		}
+		return nil
+	}
+}
+
+func runSignatures(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("signatures", "signatures [--json]",
+		"Shows the signature set the appliance scans with (name, version, rules, signing\n"+
+			"key, when installed) and what its last pull learned from the central signature\n"+
+			"server (the server's newest version, and why it is not the one active here).\n"+clientHelp+`
+Examples:
+  snapscan signatures
+  snapscan signatures --json | jq .active.version
+`, stderr)
+	newClient := clientFlags(f)
+	asJSON := f.Bool("json", false, "print the API's JSON")
+	pos, err := parse(f, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usageError("no arguments expected")
+	}
+	c, err := newClient()
+	if err != nil {
+		return err
+	}
+	var raw json.RawMessage
+	if err := c.do(ctx, http.MethodGet, "/v1/signatures", nil, &raw); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, raw)
+	}
+	var sv struct {
+		Active *struct {
+			Name      string    `json:"name"`
+			Version   uint64    `json:"version"`
+			Created   time.Time `json:"created"`
+			RuleCount int       `json:"rule_count"`
+			Files     int       `json:"files"`
+			KeyID     string    `json:"key_id"`
+			Installed time.Time `json:"installed"`
+		} `json:"active"`
+		Server map[string]any `json:"server"`
+	}
+	if err := json.Unmarshal(raw, &sv); err != nil {
+		return err
+	}
+	if a := sv.Active; a != nil {
+		fmt.Fprintf(stdout, "active: %s version %d: %d rules in %d files, key %s, created %s, installed %s\n",
+			a.Name, a.Version, a.RuleCount, a.Files, a.KeyID, a.Created.UTC().Format(time.RFC3339), a.Installed.UTC().Format(time.RFC3339))
+	} else {
+		fmt.Fprintln(stdout, "active: none (nothing is scanned until a signature set is installed)")
+	}
+	if len(sv.Server) > 0 {
+		keys := make([]string, 0, len(sv.Server))
+		for k := range sv.Server {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		parts := make([]string, 0, len(keys))
+		for _, k := range keys {
+			if v := sv.Server[k]; v != nil && v != "" {
+				parts = append(parts, fmt.Sprintf("%s=%v", k, v))
+			}
+		}
+		fmt.Fprintf(stdout, "server: %s\n", strings.Join(parts, " "))
+	}
+	return nil
+}
+
 func runFindings(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("findings", "findings [--vm NAME] [--datastore DS] [--rule RULE] [--tag TAG] [--scan ID] [--since TIME] [--until TIME] [--json]",
-		"Lists findings, oldest first, filtered by VM, datastore, rule, tag, scan and time (RFC 3339).", stderr)
+		"Lists findings, oldest first, filtered by VM, datastore, rule, tag, scan and time\n"+
+			"(RFC 3339). Exit 1 when it listed at least one finding, 0 when none, as scan does.\n"+clientHelp+`
+Examples:
+  snapscan findings --since 2026-11-01T00:00:00Z --tag ransomware
+  snapscan findings --vm web1 --json | jq -r '.[].path'
+`, stderr)
 	newClient := clientFlags(f)
 	vm := f.String("vm", "", "only VM `NAME`")
 	rule := f.String("rule", "", "only `RULE`")
@@ -447,7 +846,10 @@ func runFindings(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if err != nil {
 			return err
 		}
-		return printJSON(stdout, b)
+		if err := printJSON(stdout, b); err != nil {
+			return err
+		}
+		return findingsExit(len(all))
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FOUND\tSCAN\tVM\tRULE\tLOCATION\tSHA256")
@@ -458,5 +860,17 @@ func runFindings(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s:%s%s\t%s\n", fv.Found, fv.Scan, fv.VM, fv.Rule, fv.Disk, fv.Volume, fv.Path, fv.SHA256)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return findingsExit(len(all))
+}
+
+// findingsExit is the exit status of a findings listing: 1 when it
+// listed some (as scan), 0 when none.
+func findingsExit(n int) error {
+	if n > 0 {
+		return &exitError{code: exitFindings}
+	}
+	return nil
 }

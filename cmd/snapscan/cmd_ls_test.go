@@ -24,7 +24,7 @@ func TestLsChain(t *testing.T) {
 	for _, args := range [][]string{
 		{"ls", "--json", "--allow-unnamed-layers", top},
 		{"ls", "--json", "--layer", top, "--layer", base, top},
-		{"ls", "--json", "--format", "qcow2", top},
+		{"ls", "--json", "--disk-format", "qcow2", top},
 	} {
 		code, out, stderr := runArgs(args...)
 		if code != 0 {
@@ -42,7 +42,7 @@ func TestLsChain(t *testing.T) {
 			t.Errorf("%v: format %q chain %+v", args, ls.Format, ls.Chain)
 		}
 	}
-	code, out, _ := runArgs("ls", "--format", "raw", top)
+	code, out, _ := runArgs("ls", "--disk-format", "raw", top)
 	if code != 0 || !strings.Contains(out, "format: raw") || !strings.Contains(out, "0      raw") {
 		t.Errorf("declared raw: exit %d\n%s", code, out)
 	}

@@ -21,7 +21,7 @@ func TestScanIncremental(t *testing.T) {
 	clone, base := filepath.Join(dir, "files.qcow2"), filepath.Join(dir, "base.qcow2")
 	scan := func(extra ...string) scanOutput {
 		t.Helper()
-		args := append([]string{"scan", "--json", "--rules", rules, "--format", "qcow2", "--rules-cache", "off"}, extra...)
+		args := append([]string{"scan", "--json", "--rules", rules, "--disk-format", "qcow2", "--rules-cache", "off"}, extra...)
 		code, stdout, stderr := runArgs(append(args, clone, base)...)
 		if code != exitFindings {
 			t.Fatalf("exit %d, stderr %s", code, stderr)

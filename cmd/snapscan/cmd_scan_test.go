@@ -153,7 +153,7 @@ func TestLsCommand(t *testing.T) {
 		t.Errorf("header: %+v", ls)
 	}
 	for _, v := range ls.Volumes {
-		for _, k := range []string{"id", "filesystem", "offset", "size", "label", "error"} {
+		for _, k := range []string{"id", "file_system", "offset", "size", "label", "error"} {
 			if _, ok := v[k]; !ok {
 				t.Errorf("volume lacks %q: %v", k, v)
 			}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 
 	"github.com/snapscan/snapscan/appliance"
@@ -22,12 +23,21 @@ func init() {
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("serve", "serve [--config FILE] [--check]",
+	f := newFlags("serve", "serve [--config FILE] [--check | --print-unit]",
 		"Runs the appliance: the HTTP API (appliance/openapi.yaml), the scan queue, the\n"+
 			"scanner and the signature receiver, until SIGTERM or SIGINT; running scans then\n"+
-			"get server.shutdown_grace to finish. deploy/appliance.yaml documents the file.", stderr)
+			"get server.shutdown_grace to finish. deploy/appliance.yaml documents the file.\n"+
+			"A listener that other machines can reach must use TLS (server.tls) unless\n"+
+			"server.allow_plain_http is true. --print-unit writes the systemd unit for this\n"+
+			"configuration (deploy/install.sh installs it).\n"+`
+Examples:
+  snapscan serve --config /etc/snapscan/appliance.yaml --check
+  snapscan serve --config /etc/snapscan/appliance.yaml
+  snapscan serve --config /etc/snapscan/appliance.yaml --print-unit > /etc/systemd/system/snapscan.service
+`, stderr)
 	path := f.String("config", envOr("SNAPSCAN_CONFIG", defaultConfig), "configuration `FILE`")
 	check := f.Bool("check", false, "check the configuration and exit")
+	printUnit := f.Bool("print-unit", false, "check the configuration, then print the systemd unit that runs this binary with it\n(datastores reachable under the unit's sandboxing) and exit")
 	pos, err := parse(f, args)
 	if err != nil {
 		return err
@@ -42,6 +52,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *check {
 		fmt.Fprintf(stdout, "%s: ok\n", *path)
 		return nil
+	}
+	if *printUnit {
+		abs, err := filepath.Abs(*path)
+		if err != nil {
+			return err
+		}
+		bin, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		_, err = io.WriteString(stdout, systemdUnit(cfg, abs, bin))
+		return err
 	}
 	lvl := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}[cfg.Log.Level]
 	hopts := &slog.HandlerOptions{Level: lvl}

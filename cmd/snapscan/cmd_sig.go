@@ -48,6 +48,12 @@ Subcommands:
                                           run the central signature server
 
 Run 'snapscan sig SUBCOMMAND --help' for its flags and examples.
+
+Examples:
+  snapscan sig keygen --out /etc/snapscan/sig
+  snapscan sig build --key sig.key --name corp --server https://sig.corp:8443 --out corp.bundle rules/
+  snapscan sig push --url https://app1:8480 --token-file push.token corp.bundle
+
 `
 
 func runSig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -67,7 +73,7 @@ func runSig(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	case "serve":
 		return runSigServe(ctx, args[1:], stderr)
 	case "-h", "--help", "help":
-		fmt.Fprint(stdout, sigUsage)
+		fmt.Fprint(stdout, sigUsage+exitStatusHelp)
 		return nil
 	}
 	fmt.Fprint(stderr, sigUsage)

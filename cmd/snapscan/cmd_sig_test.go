@@ -41,15 +41,15 @@ func TestSigCommands(t *testing.T) {
 		err  string // in stderr
 	}{
 		{"keygen", []string{"sig", "keygen", "--out", p("k")}, 0, "key id", ""},
-		{"keygen refuses to overwrite", []string{"sig", "keygen", "--out", p("k")}, 1, "", "exists"},
+		{"keygen refuses to overwrite", []string{"sig", "keygen", "--out", p("k")}, 2, "", "exists"},
 		{"other key", []string{"sig", "keygen", "--out", p("other")}, 0, "key id", ""},
 		{"build", []string{"sig", "build", "--key", p("k.key"), "--name", "demo", "--version", "3", "--out", p("demo.bundle"), rules}, 0, "demo version 3, 2 files, 2 rules", ""},
-		{"build refuses what does not compile", []string{"sig", "build", "--key", p("k.key"), "--name", "demo", "--version", "4", "--out", p("bad.bundle"), broken}, 1, "", "broken.yar:3: error"},
+		{"build refuses what does not compile", []string{"sig", "build", "--key", p("k.key"), "--name", "demo", "--version", "4", "--out", p("bad.bundle"), broken}, 2, "", "broken.yar:3: error"},
 		{"build without version", []string{"sig", "build", "--key", p("k.key"), "--name", "demo", "--out", p("x.bundle"), rules}, 2, "", "want --key"},
 		{"verify", []string{"sig", "verify", "--pub", p("k.pub"), p("demo.bundle")}, 0, `"version": 3`, ""},
 		{"verify with two keys", []string{"sig", "verify", "--pub", p("other.pub"), "--pub", p("k.pub"), p("demo.bundle")}, 0, "valid: demo version 3", ""},
-		{"verify with an untrusted key", []string{"sig", "verify", "--pub", p("other.pub"), p("demo.bundle")}, 1, "", "invalid (untrusted_key)"},
-		{"verify a truncated bundle", []string{"sig", "verify", "--pub", p("k.pub"), p("cut.bundle")}, 1, "", "invalid (malformed)"},
+		{"verify with an untrusted key", []string{"sig", "verify", "--pub", p("other.pub"), p("demo.bundle")}, 2, "", "invalid (untrusted_key)"},
+		{"verify a truncated bundle", []string{"sig", "verify", "--pub", p("k.pub"), p("cut.bundle")}, 2, "", "invalid (malformed)"},
 		{"unknown subcommand", []string{"sig", "frobnicate"}, 2, "", "unknown subcommand"},
 	}
 	for _, tt := range tests {
@@ -267,13 +267,13 @@ func TestSigServePushBuild(t *testing.T) {
 		code  int
 		want  string
 	}{
-		{"a version the server issued", "v1.bundle", append([]string{"--version", "1"}, server...), 1, "the server refused the version: sigserver: version already issued or reserved: demo version 1"},
+		{"a version the server issued", "v1.bundle", append([]string{"--version", "1"}, server...), 2, "the server refused the version: sigserver: version already issued or reserved: demo version 1"},
 		{"a free version", "v5.bundle", append([]string{"--version", "5"}, server...), 0, "demo version 5"},
-		{"the same again", "v5b.bundle", append([]string{"--version", "5"}, server...), 1, "the next free is 6"},
+		{"the same again", "v5b.bundle", append([]string{"--version", "5"}, server...), 2, "the next free is 6"},
 		{"the next free", "v6.bundle", server, 0, "demo version 6"},
-		{"another set", "x.bundle", append([]string{"--name", "prod"}, server...), 1, `this server signs "demo", not "prod"`},
+		{"another set", "x.bundle", append([]string{"--name", "prod"}, server...), 2, `this server signs "demo", not "prod"`},
 		{"no token", "x.bundle", []string{"--server", base, "--token-file", ""}, 2, "needs the server's API token"},
-		{"a wrong token", "x.bundle", []string{"--server", base, "--token-file", p("push.token")}, 1, "unauthorized: wrong token"},
+		{"a wrong token", "x.bundle", []string{"--server", base, "--token-file", p("push.token")}, 2, "unauthorized: wrong token"},
 		{"neither version nor server", "x.bundle", nil, 2, "want --key, --name, --version (or --server)"},
 	}
 	for _, tt := range tests {
@@ -304,7 +304,7 @@ func TestSigServePushBuild(t *testing.T) {
 
 	push := func(extra ...string) (int, string, string) { return sig(append([]string{"push"}, extra...)...) }
 	code, stdout, stderr := push("--url", urlA, "--url", urlB+"/v1/signatures", "--token-file", p("push.token"), p("v5.bundle"))
-	if code != 1 || !strings.Contains(stdout, urlA+"/v1/signatures: installed: runs demo version 5, 1 rules") ||
+	if code != 2 || !strings.Contains(stdout, urlA+"/v1/signatures: installed: runs demo version 5, 1 rules") ||
 		!strings.Contains(stdout, urlB+"/v1/signatures: rejected (untrusted_key): signatures: bundle signed by an untrusted key") ||
 		!strings.Contains(stdout, "runs no set") || !strings.Contains(stderr, "1 of 2 appliances do not run") {
 		t.Errorf("push to app-a and app-b: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
@@ -335,13 +335,13 @@ func TestSigServePushBuild(t *testing.T) {
 		want string
 	}{
 		{"the same bundle again", []string{"--url", urlA, "--token-file", p("push.token"), p("v6.bundle")}, 0, "already active: runs demo version 6"},
-		{"an older version", []string{"--url", urlA, "--token-file", p("push.token"), p("v5.bundle")}, 1, "rejected (rollback)"},
-		{"a wrong token", []string{"--url", urlA, "--token-file", p("api.tokens"), p("v6.bundle")}, 1, "failed: push to " + urlA + "/v1/signatures: 401 Unauthorized: unauthorized: wrong token"},
-		{"nobody listening", []string{"--url", "http://" + freeAddr(t, "127.0.0.1"), "--token-file", p("push.token"), p("v6.bundle")}, 1, "connection refused"},
+		{"an older version", []string{"--url", urlA, "--token-file", p("push.token"), p("v5.bundle")}, 2, "rejected (rollback)"},
+		{"a wrong token", []string{"--url", urlA, "--token-file", p("api.tokens"), p("v6.bundle")}, 2, "failed: push to " + urlA + "/v1/signatures: 401 Unauthorized: unauthorized: wrong token"},
+		{"nobody listening", []string{"--url", "http://" + freeAddr(t, "127.0.0.1"), "--token-file", p("push.token"), p("v6.bundle")}, 2, "connection refused"},
 		{"no target", []string{"--token-file", p("push.token"), p("v6.bundle")}, 2, "want --url URL"},
 		{"no token", []string{"--url", urlA, p("v6.bundle")}, 2, "--url needs a token"},
 		{"not a URL", []string{"--url", "app-a:8480", "--token-file", p("push.token"), p("v6.bundle")}, 2, "is not an http(s) URL"},
-		{"a misspelt targets file", []string{"--targets", p("bad.json"), p("v6.bundle")}, 1, `unknown field "tokn"`},
+		{"a misspelt targets file", []string{"--targets", p("bad.json"), p("v6.bundle")}, 2, `unknown field "tokn"`},
 		{"no bundle", []string{"--url", urlA, "--token-file", p("push.token")}, 2, "want one BUNDLE"},
 	}
 	os.WriteFile(p("bad.json"), []byte(`[{"id": "app-a", "url": "http://x", "tokn": "t"}]`), 0o600)

@@ -3,11 +3,18 @@
 //
 // Usage:
 //
-//	snapscan ls [--json] IMAGE            list an image's volumes and files
-//	snapscan cat IMAGE VOLUME PATH        write one file of an image to stdout
-//	snapscan version                      print versions
+//	snapscan scan --rules PATH [flags] TARGET...  scan images, devices, folders, files
+//	snapscan ls [--volume ID] [--hash] IMAGE [PATH]  an image's chain, volumes and files
+//	snapscan cat [-o FILE] IMAGE VOLUME PATH      one file of an image
+//	snapscan serve --config FILE                  the appliance
+//	snapscan submit|status|scans|cancel|findings|datastores|pause|resume|signatures
+//	                                              talk to a running appliance
+//	snapscan sig keygen|build|verify|push|serve   signature bundles
+//	snapscan completion bash|zsh                  shell completion
+//	snapscan version                              versions
 //
-// Run "snapscan COMMAND --help" for a command's flags.
+// Run "snapscan COMMAND --help" for a command's flags and examples. The exit
+// statuses are the same for every command (exitcodes.go).
 package main
 
 import (
@@ -33,7 +40,8 @@ var commands []command
 
 func register(c command) { commands = append(commands, c) }
 
-// exitError carries an exit code other than 1 (or 1 without a message).
+// exitError carries an exit code (exitcodes.go) other than exitFailed, or
+// one without a message.
 type exitError struct {
 	code int
 	err  error
@@ -57,7 +65,7 @@ func usage(w io.Writer) {
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, "\nRun 'snapscan COMMAND --help' for a command's flags.\n")
+	fmt.Fprintf(w, "\nRun 'snapscan COMMAND --help' for a command's flags and examples.\n\n%s", exitStatusHelp)
 }
 
 func main() {
@@ -101,8 +109,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			return ee.code
 		default:
+			// An error is a failure (exit 1 means findings).
 			fmt.Fprintf(stderr, "snapscan %s: %v\n", c.name, err)
-			return 1
+			return exitFailed
 		}
 	}
 	fmt.Fprintf(stderr, "snapscan: unknown command %q\n\n", args[0])
@@ -118,6 +127,7 @@ func newFlags(name, usageLine, help string, stderr io.Writer) *flag.FlagSet {
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: snapscan %s\n\n%s\n", usageLine, help)
 		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\n%s", exitStatusHelp)
 	}
 	return fs
 }
