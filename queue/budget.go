@@ -85,6 +85,11 @@ type datastore struct {
 	// for a few syncs after that, so back-to-back jobs do not wait for
 	// a grant each. Guarded by Queue.mu.
 	idleAt time.Time
+	// askedAt is when a quick sync last asked for a share of it;
+	// recorded is what the store wrote for this queue then. Guarded by
+	// Queue.mu.
+	askedAt  time.Time
+	recorded Share
 
 	bytes *rate.Limiter
 	ops   *rate.Limiter
@@ -108,6 +113,25 @@ func (d *datastore) configure(cfg DatastoreConfig) {
 func (d *datastore) setShare(s Share) {
 	d.share = s
 	d.apply()
+}
+
+// shareOff reports whether this queue's share of the datastore's rates is
+// off by more than 1% from its part of the budget by the scans it knows of
+// (its own and the other appliances' it mirrors), or the store records
+// more for it than its limiter allows. Queue.mu must be held.
+func (d *datastore) shareOff() bool {
+	if d.recorded.BytesPerSec > d.share.BytesPerSec*1.01 || d.recorded.OpsPerSec > d.share.OpsPerSec*1.01 {
+		return true
+	}
+	if d.running == 0 {
+		return false
+	}
+	f := float64(d.running) / float64(d.running+d.remote)
+	off := func(budget, share float64) bool {
+		want := budget * f
+		return budget > 0 && (share < want*0.99 || share > want*1.01)
+	}
+	return off(d.cfg.Budget.BytesPerSec, d.share.BytesPerSec) || off(d.cfg.Budget.OpsPerSec, d.share.OpsPerSec)
 }
 
 // needsShare reports whether reads wait for a share to be granted.

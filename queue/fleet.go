@@ -139,6 +139,7 @@ func (q *Queue) loseLease(why string) {
 	}
 	for _, d := range q.ds {
 		d.setShare(Share{})
+		d.recorded = Share{}
 		d.held = false // the store ends the old holder's shares with its lease
 	}
 	q.holder, q.leaseUntil, q.dbOK = newHolder(q.cfg.Appliance), time.Time{}, false
@@ -326,9 +327,13 @@ const shareGrace = 3
 
 // syncShares takes this queue's shares of the budgets of the datastores
 // it reads (see ShareRequest). A full sync renews every share (the fair
-// split follows the fleet's scans); a quick one asks only where reads wait
-// for a share, and gives back the share of a datastore this queue no
-// longer reads when another appliance scans it.
+// split follows the fleet's scans); a quick one asks where reads wait for
+// a share, where the share is off the fair split of the scans this queue
+// knows of or the store still records more than the limiter allows (the
+// second step of lowering a share; at most every tenth of a sync), and
+// gives back the share of a datastore this queue no longer reads when
+// another appliance scans it. So a share moves between appliances within
+// a few quick looks, not one or two whole syncs.
 //
 // A share is kept for shareGrace syncs after the queue's last scan on the
 // datastore ended, if no other appliance scans it, so back-to-back jobs do
@@ -350,9 +355,10 @@ func (q *Queue) syncShares(ctx context.Context, full bool) {
 				continue // idle a moment only, and nobody else wants it
 			}
 			d.setShare(Share{})
-		} else if !full && !d.needsShare() {
+		} else if !full && !d.needsShare() && !(d.shareOff() && time.Since(d.askedAt) >= q.cfg.SyncInterval/10) {
 			continue
 		}
+		d.askedAt = time.Now()
 		reqs = append(reqs, ShareRequest{Datastore: name, Budget: d.cfg.Budget, Scans: d.running, Keep: d.share})
 		ds = append(ds, d)
 	}
@@ -374,6 +380,8 @@ func (q *Queue) syncShares(ctx context.Context, full bool) {
 	}
 	for i, d := range ds {
 		d.setShare(targets[i])
+		d.recorded = Share{BytesPerSec: max(targets[i].BytesPerSec, reqs[i].Keep.BytesPerSec),
+			OpsPerSec: max(targets[i].OpsPerSec, reqs[i].Keep.OpsPerSec)}
 		// What the store wrote: max(target, keep).
 		d.held = reqs[i].Keep != (Share{}) || targets[i] != (Share{})
 	}
