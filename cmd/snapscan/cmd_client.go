@@ -608,6 +608,33 @@ type datastoreView struct {
 	BytesRead int64 `json:"bytes_read"`
 }
 
+// clientNoArgs parses the flags of a client command that takes no
+// arguments and makes its client.
+func clientNoArgs(f *flag.FlagSet, args []string, newClient func() (*client, error)) (*client, error) {
+	pos, err := parse(f, args)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) != 0 {
+		return nil, usageError("no arguments expected")
+	}
+	return newClient()
+}
+
+// getDocument GETs one of the API's documents. With asJSON it prints the
+// document as it came and returns nil; otherwise it returns it for the
+// text form.
+func getDocument(ctx context.Context, c *client, path string, asJSON bool, stdout io.Writer) (json.RawMessage, error) {
+	var raw json.RawMessage
+	if err := c.do(ctx, http.MethodGet, path, nil, &raw); err != nil {
+		return nil, err
+	}
+	if asJSON {
+		return nil, printJSON(stdout, raw)
+	}
+	return raw, nil
+}
+
 func rate(v float64, unit string) string {
 	if v <= 0 {
 		return "-"
@@ -629,23 +656,13 @@ Examples:
 `, stderr)
 	newClient := clientFlags(f)
 	asJSON := f.Bool("json", false, "print the API's JSON")
-	pos, err := parse(f, args)
+	c, err := clientNoArgs(f, args, newClient)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 0 {
-		return usageError("no arguments expected")
-	}
-	c, err := newClient()
-	if err != nil {
+	raw, err := getDocument(ctx, c, "/v1/datastores", *asJSON, stdout)
+	if err != nil || raw == nil {
 		return err
-	}
-	var raw json.RawMessage
-	if err := c.do(ctx, http.MethodGet, "/v1/datastores", nil, &raw); err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(stdout, raw)
 	}
 	var list struct {
 		Datastores []datastoreView `json:"datastores"`
@@ -729,23 +746,13 @@ Examples:
 `, stderr)
 	newClient := clientFlags(f)
 	asJSON := f.Bool("json", false, "print the API's JSON")
-	pos, err := parse(f, args)
+	c, err := clientNoArgs(f, args, newClient)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 0 {
-		return usageError("no arguments expected")
-	}
-	c, err := newClient()
-	if err != nil {
+	raw, err := getDocument(ctx, c, "/v1/signatures", *asJSON, stdout)
+	if err != nil || raw == nil {
 		return err
-	}
-	var raw json.RawMessage
-	if err := c.do(ctx, http.MethodGet, "/v1/signatures", nil, &raw); err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(stdout, raw)
 	}
 	var sv struct {
 		Active *struct {
@@ -803,14 +810,7 @@ Examples:
 	until := f.String("until", "", "found before `TIME`")
 	limit := f.Int("limit", 10000, "at most `N` findings")
 	asJSON := f.Bool("json", false, "print JSON (an array of findings)")
-	pos, err := parse(f, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 0 {
-		return usageError("no arguments expected")
-	}
-	c, err := newClient()
+	c, err := clientNoArgs(f, args, newClient)
 	if err != nil {
 		return err
 	}
