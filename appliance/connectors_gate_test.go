@@ -55,7 +55,7 @@ connectors:
     select: {names: ["DC0_C0_RP0_*"]}
     refresh: 1s
 %s`, sim.URL.String(), user, pass, sim.CAFile(t), mounts, extra)
-	ta := startApp(t, appOpts{yaml: yaml, edit: func(c *Config) {
+	ta := startApp(t, appOpts{yaml: yaml, events: true, edit: func(c *Config) {
 		ds := DatastoreConfig{Name: sim.DS, Path: sim.Dir, MaxScans: 4}
 		if !mounted {
 			ds.Path, ds.Connector = "", "vc"

@@ -361,7 +361,7 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 	// By tag (PlantedB is tagged e2e, PlantedA is not), from the form.
 	b.run("findings (tag)", chromedp.Navigate(app.base+"/console/findings"), chromedp.WaitVisible(chromedp.CSS(`#findings tr.finding`)),
-		chromedp.SendKeys(chromedp.CSS("#f-tag"), "e2e"), chromedp.Click(chromedp.CSS(`#finding-filters button[type="submit"]`)))
+		chromedp.SetValue(chromedp.CSS("#f-tag"), "e2e"), chromedp.Click(chromedp.CSS(`#finding-filters button[type="submit"]`)))
 	b.until("the tagged findings", `location.search === '?tag=e2e' && document.querySelectorAll('#findings tr.finding').length > 0`)
 	for _, r := range eval[[]string](b, `[...document.querySelectorAll('#findings tr.finding')].map(tr => tr.children[4].textContent + ' ' + tr.children[5].textContent)`) {
 		if !strings.Contains(r, "SnapscanE2E_PlantedB") || !strings.HasSuffix(r, "e2e") {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -418,12 +419,13 @@ log:
 	}
 	t.Logf("%d files checked, %d from the verdict cache", files, cached)
 
-	// Findings equal the plants, each once, through the CLI client.
+	// Findings equal the plants, each once, through the CLI client, which
+	// exits 1 when it listed findings, as scan does.
 	cmd := exec.Command(bin, "findings", "--url", c.base, "--json")
 	cmd.Env = append(os.Environ(), "SNAPSCAN_TOKEN="+apiToken)
 	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("snapscan findings: %v", err)
+	if ee := (*exec.ExitError)(nil); !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("snapscan findings: %v (want exit status 1: findings listed)", err)
 	}
 	var rows []struct{ VM, Rule, Path string }
 	if err := json.Unmarshal(out, &rows); err != nil {

@@ -47,7 +47,7 @@ type testApp struct {
 	// lastError is the error message of the last call's answer, if it
 	// was not a success.
 	lastError string
-	// events is the appliance's event log (JSON lines).
+	// events is the appliance's event log (JSON lines), with appOpts.events.
 	events *eventLog
 }
 
@@ -86,6 +86,7 @@ type appOpts struct {
 	edit    func(*Config)    // applied to the parsed configuration
 	prepare func(*Appliance) // runs after New, before Serve
 	client  *http.Client     // set for HTTPS: the API client
+	events  bool             // keep the event log (JSON lines) in testApp.events
 }
 
 // startApp writes a configuration over the appliance.sh fixture's two
@@ -136,8 +137,13 @@ database:
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	evlog := &eventLog{}
-	a, err := New(ctx, cfg, Options{Listener: ln, Logger: testLogger(t), EventLog: evlog})
+	opts := Options{Listener: ln, Logger: testLogger(t)}
+	var evlog *eventLog
+	if o.events {
+		evlog = &eventLog{}
+		opts.EventLog = evlog
+	}
+	a, err := New(ctx, cfg, opts)
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)
