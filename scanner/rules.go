@@ -99,6 +99,11 @@ type Rules struct {
 // inputs give the same ID on every machine; verdicts are cached under it.
 func (r *Rules) ID() string { return r.id }
 
+// PathDependent reports whether a verdict of these rules may depend on
+// the file's name, path or owner and not only on its bytes (see
+// CacheKey): then only a file at the same path shares a cached verdict.
+func (r *Rules) PathDependent() bool { return r.pathDependent }
+
 // Count returns the number of rules, private and global ones included.
 func (r *Rules) Count() int { return r.count }
 

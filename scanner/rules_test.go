@@ -216,3 +216,28 @@ func TestCompileCached(t *testing.T) {
 		t.Error("rules with include were cached")
 	}
 }
+
+// TestPathDependent: rules that read a path-like external say so (snapscan
+// scan then keeps no verdict cache for one target alone); rules that read
+// only the bytes, or only filetype, do not.
+func TestPathDependent(t *testing.T) {
+	for _, tc := range []struct {
+		src  string
+		want bool
+	}{
+		{`rule a { strings: $a = "x" condition: $a }`, false},
+		{`rule a { condition: filetype == "ELF" }`, false},
+		{`rule a { condition: filename == "a.exe" }`, true},
+		{`rule a { condition: filepath contains "/tmp/" }`, true},
+		{`rule a { condition: extension == ".php" }`, true},
+		{`rule a { condition: owner == "root" }`, true},
+	} {
+		r, err := scanner.CompileSources([]scanner.Source{{Name: "t.yar", Data: []byte(tc.src)}})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.src, err)
+		}
+		if got := r.PathDependent(); got != tc.want {
+			t.Errorf("%s: PathDependent %v, want %v", tc.src, got, tc.want)
+		}
+	}
+}

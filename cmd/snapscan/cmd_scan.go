@@ -177,7 +177,13 @@ func runScanIn(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		SpoolDir: *spoolDir, SpoolBudget: spoolLimit,
 		Tags: splitList(tags), SkipTags: splitList(skipTags),
 	}
-	if !*noCache {
+	// One target alone, under rules that read the file's path: a cached
+	// verdict could only be taken by a file of the same bytes at the same
+	// path with the same owner, on another volume of that one disk. The
+	// cache would cost a BLAKE3 of every file (3% of a cold scan's CPU,
+	// bench/scan-image.sh) to save next to nothing; without it such a
+	// file is scanned again, with the same verdict.
+	if !*noCache && (len(pos) > 1 || !rs.PathDependent()) {
 		// One run's verdicts, by content hash: byte-identical files (clones,
 		// copies, the same packages in several images) are scanned once.
 		opts.Cache = scanner.NewMemoryCache(1 << 20)
@@ -196,7 +202,12 @@ func runScanIn(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	for i := range order {
 		order[i] = i
 	}
-	if !*noIncremental {
+	// Incremental scans need two targets: one target alone has no base
+	// scanned before it and no clone after it to use its record, and
+	// recording it (a digest and an extent map of every file) and
+	// sharing its reads (128 MiB of cache) would cost the cold scan for
+	// nothing.
+	if !*noIncremental && len(pos) > 1 {
 		// Two records per disk at most: its own and its parent's.
 		sess = incremental.NewSession(incremental.NewMemoryStore(2*len(pos)), sc.ReuseKey(), nil)
 		order = basesFirst(pos, diskOpts)
