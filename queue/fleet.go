@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"time"
 )
 
@@ -379,6 +380,11 @@ func (q *Queue) syncShares(ctx context.Context, full bool) {
 		return // the lease ended meanwhile: the limiters stay shut
 	}
 	for i, d := range ds {
+		if q.log.Enabled(ctx, slog.LevelDebug) {
+			q.log.Debug("queue: rate share", "holder", holder, "datastore", d.name, "full", full,
+				"scans", reqs[i].Scans, "remote", d.remote, "running", d.running,
+				"keep", reqs[i].Keep.BytesPerSec, "target", targets[i].BytesPerSec)
+		}
 		d.setShare(targets[i])
 		d.recorded = Share{BytesPerSec: max(targets[i].BytesPerSec, reqs[i].Keep.BytesPerSec),
 			OpsPerSec: max(targets[i].OpsPerSec, reqs[i].Keep.OpsPerSec)}
