@@ -323,7 +323,7 @@ func (p *Plan) metaSum(x vfs.Extents, off int64) ([32]byte, bool) {
 		if err := readFull(p.disk.Image(), b, off+r.Off); err != nil {
 			return [32]byte{}, false
 		}
-		h.Write(b)
+		h.Write(mask(b, r.Off, x.Volatile))
 	}
 	var sum [32]byte
 	h.Sum(sum[:0])
@@ -357,14 +357,14 @@ func (p *Plan) Record(vol int, name string, o scanner.Outcome) {
 // by no layer of upper, or, for metadata, equal.
 func (p *Plan) untouched(x vfs.Extents, off int64, upper spans, lower image.Image) bool {
 	for _, r := range x.Meta {
-		if !p.same(r, off, upper, lower) {
+		if !p.same(r, off, upper, lower, x.Volatile) {
 			return false
 		}
 	}
 	for _, e := range x.Data {
 		switch e.Kind {
 		case vfs.Inline:
-			if !p.same(e.Range(), off, upper, lower) {
+			if !p.same(e.Range(), off, upper, lower, x.Volatile) {
 				return false
 			}
 		case vfs.Allocated:
@@ -377,8 +377,9 @@ func (p *Plan) untouched(x vfs.Extents, off int64, upper spans, lower image.Imag
 }
 
 // same reports whether the volume range r reads the same on the disk as
-// in lower: untouched by upper, or a small range with equal bytes.
-func (p *Plan) same(r vfs.Range, off int64, upper spans, lower image.Image) bool {
+// in lower: untouched by upper, or a small range with equal bytes but for
+// those in volatile.
+func (p *Plan) same(r vfs.Range, off int64, upper spans, lower image.Image, volatile []vfs.Range) bool {
 	at := off + r.Off
 	if !upper.overlaps(at, r.Len) {
 		return true
@@ -393,7 +394,20 @@ func (p *Plan) same(r vfs.Range, off int64, upper spans, lower image.Image) bool
 	if err := readFull(lower, b, at); err != nil {
 		return false
 	}
-	return bytes.Equal(a, b)
+	return bytes.Equal(mask(a, r.Off, volatile), mask(b, r.Off, volatile))
+}
+
+// mask zeroes the bytes of b, which holds the volume's bytes from off,
+// that lie in volatile (vfs.Extents.Volatile: an access time, a record's
+// checksum), so that comparing two readings of a record skips them.
+func mask(b []byte, off int64, volatile []vfs.Range) []byte {
+	for _, v := range volatile {
+		s, e := max(v.Off, off), min(v.End(), off+int64(len(b)))
+		if s < e {
+			clear(b[s-off : e-off])
+		}
+	}
+	return b
 }
 
 func readFull(r io.ReaderAt, b []byte, off int64) error {
@@ -404,9 +418,10 @@ func readFull(r io.ReaderAt, b []byte, off int64) error {
 	return errors.Join(err, io.ErrUnexpectedEOF)
 }
 
-// Fingerprint digests where an object lies (vfs.Extents: Data, Meta and
-// Key): two objects with the same Fingerprint on volumes with the same
-// Layout, whose ranges hold the same bytes, are served alike.
+// Fingerprint digests where an object lies (vfs.Extents: Data, Meta,
+// Volatile and Key): two objects with the same Fingerprint on volumes
+// with the same Layout, whose ranges hold the same bytes (but for
+// Volatile), are served alike.
 func Fingerprint(x vfs.Extents) [32]byte {
 	h := sha256.New()
 	var b [25]byte
@@ -426,6 +441,15 @@ func Fingerprint(x vfs.Extents) [32]byte {
 		binary.LittleEndian.PutUint64(b[0:], uint64(r.Off))
 		binary.LittleEndian.PutUint64(b[8:], uint64(r.Len))
 		h.Write(b[:16])
+	}
+	if len(x.Volatile) > 0 { // (absent, the digest is what it was before Volatile)
+		b[24] = 0xfe
+		h.Write(b[24:])
+		for _, r := range x.Volatile {
+			binary.LittleEndian.PutUint64(b[0:], uint64(r.Off))
+			binary.LittleEndian.PutUint64(b[8:], uint64(r.Len))
+			h.Write(b[:16])
+		}
 	}
 	var out [32]byte
 	h.Sum(out[:0])
