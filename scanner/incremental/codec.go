@@ -50,6 +50,8 @@ func EncodeRecord(r *Record) ([]byte, error) {
 	e.str(r.Path)
 	e.int(r.Time.UnixNano())
 	e.bool(r.Time.IsZero())
+	e.str(r.Checkpoint)
+	e.int(r.DiskSize)
 	e.uint(uint64(len(r.Volumes)))
 	for _, v := range r.Volumes {
 		e.str(v.ID)
@@ -199,6 +201,7 @@ func DecodeRecord(b []byte) (r *Record, err error) {
 	if !zero {
 		r.Time = time.Unix(0, nanos).UTC()
 	}
+	r.Checkpoint, r.DiskSize = d.str(), d.int()
 	// Every count is checked against what is left: a volume takes at
 	// least 7 bytes, a file 100, a match 6, a meta entry 3, a string 4.
 	r.Volumes = make([]*VolumeRecord, d.count(7))
