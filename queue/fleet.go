@@ -185,7 +185,7 @@ func (q *Queue) fastSync(ctx context.Context) {
 	if !ok {
 		return
 	}
-	octx, cancel := context.WithTimeout(ctx, q.cfg.LeaseTTL/2)
+	octx, cancel := q.syncCtx(ctx)
 	defer cancel()
 	if err := q.syncStore(octx, false); err != nil {
 		// The full sync says so: a quick look fails forty times a
@@ -197,8 +197,23 @@ func (q *Queue) fastSync(ctx context.Context) {
 	q.signal()
 }
 
+// syncCtx bounds one sync's calls to the store: LeaseTTL/2, and never
+// past the end of the lease by this queue's clock, so a call that hangs
+// (a network cut) does not keep the queue from stopping its runs when the
+// lease ends, before another appliance may reap and restart them.
+func (q *Queue) syncCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	q.mu.Lock()
+	until := q.leaseUntil
+	q.mu.Unlock()
+	d := time.Now().Add(q.cfg.LeaseTTL / 2)
+	if !until.IsZero() && until.Before(d) {
+		d = until
+	}
+	return context.WithDeadline(ctx, d)
+}
+
 func (q *Queue) syncOnce(ctx context.Context) {
-	octx, cancel := context.WithTimeout(ctx, q.cfg.LeaseTTL/2)
+	octx, cancel := q.syncCtx(ctx)
 	defer cancel()
 	q.mu.Lock()
 	holder := q.holder
