@@ -60,12 +60,13 @@ type Plan struct {
 	links []link
 
 	base     *Record // the record used, nil for a full scan
-	baseLink int     // its index in links
-	upper    spans   // disk ranges held by layers above the base
+	baseName string  // what the report calls it: the layer's path, or the VM disk's checkpoint
+	upper    spans   // disk ranges held by layers above the base (or changed since it)
 
 	parentUpper spans // disk ranges held by the top's own files
 
 	own, parent *Record
+	changed     *changedPlan // set by PlanChanged
 	vols        []volPlan
 	warnings    []string
 
@@ -121,31 +122,40 @@ func (s *Session) Plan(ctx context.Context, d *snapshot.Disk) *Plan {
 			p.warn("base %s: which ranges the upper layers hold is not known: %v: full scan", l.path, err)
 			break
 		}
-		p.base, p.baseLink, p.upper = rec, k, upper
+		p.base, p.baseName, p.upper = rec, l.path, upper
 	}
 	if p.base != nil {
-		for i, v := range d.Volumes {
-			vp := &p.vols[i]
-			if vp.own == nil {
-				continue
-			}
-			bv := p.base.volume(v.ID)
-			switch {
-			case bv == nil:
-				vp.noReuse = "the base has no such volume"
-			case bv.FileSystem != v.FileSystem || bv.Offset != v.Offset || bv.Size != v.Size:
-				vp.noReuse = fmt.Sprintf("the base's volume differs (%s at %d, %d bytes; here %s at %d, %d bytes)",
-					bv.FileSystem, bv.Offset, bv.Size, v.FileSystem, v.Offset, v.Size)
-			case bv.Layout != vp.own.Layout:
-				vp.noReuse = "the file system's layout differs from the base's (superblock rewritten)"
-			default:
-				vp.base = bv
-			}
-		}
+		p.matchVolumes()
 	} else if len(p.links) > 1 {
 		p.planParent(ctx)
 	}
 	return p
+}
+
+// matchVolumes takes from p.base the record of each volume that is the
+// base's volume (same id, file system, place, size and layout), and says
+// why for the others.
+func (p *Plan) matchVolumes() {
+	for i, v := range p.disk.Volumes {
+		vp := &p.vols[i]
+		vp.base, vp.noReuse = nil, ""
+		if vp.own == nil {
+			vp.noReuse, _ = mappable(v)
+			continue
+		}
+		bv := p.base.volume(v.ID)
+		switch {
+		case bv == nil:
+			vp.noReuse = "the base has no such volume"
+		case bv.FileSystem != v.FileSystem || bv.Offset != v.Offset || bv.Size != v.Size:
+			vp.noReuse = fmt.Sprintf("the base's volume differs (%s at %d, %d bytes; here %s at %d, %d bytes)",
+				bv.FileSystem, bv.Offset, bv.Size, v.FileSystem, v.Offset, v.Size)
+		case bv.Layout != vp.own.Layout:
+			vp.noReuse = "the file system's layout differs from the base's (superblock rewritten)"
+		default:
+			vp.base = bv
+		}
+	}
 }
 
 // planParent prepares recording the top's parent from the files the top's
@@ -452,7 +462,7 @@ func Fingerprint(x vfs.Extents) [32]byte {
 func (p *Plan) Finish(ctx context.Context, rep *scanner.Report) error {
 	inc := &scanner.IncrementalReport{Warnings: p.warnings}
 	if p.base != nil {
-		inc.Base, inc.Identity = p.links[p.baseLink].path, p.base.Identity
+		inc.Base, inc.Identity = p.baseName, p.base.Identity
 		for i := range rep.Volumes {
 			if i < len(p.vols) && p.vols[i].base == nil && p.vols[i].noReuse != "" && rep.Volumes[i].Err == "" {
 				rep.Volumes[i].NoReuse = p.vols[i].noReuse
@@ -470,6 +480,7 @@ func (p *Plan) Finish(ctx context.Context, rep *scanner.Report) error {
 		}
 		inc.Recorded = append(inc.Recorded, r.Identity)
 	}
+	p.finishChanged(inc)
 	rep.Incremental = inc
 	return errors.Join(errs...)
 }
