@@ -447,11 +447,17 @@ func (a *Appliance) scanOpened(ctx context.Context, sc *scanner.Scanner, job que
 		if ferr := plan.Finish(context.WithoutCancel(ctx), rep); ferr != nil {
 			a.log.Warn("appliance: recording the scan for incremental scans", "job", job.ID, "err", ferr)
 		}
+		var reused int64
+		for _, v := range rep.Volumes {
+			reused += v.Reused
+		}
+		a.m.reused.Add(float64(reused))
 		if inc := rep.Incremental; inc != nil && inc.Tracked != nil {
-			var reused int64
-			for _, v := range rep.Volumes {
-				reused += v.Reused
+			outcome := "full"
+			if inc.Tracked.Since != "" {
+				outcome = "changes"
 			}
+			a.m.tracked.WithLabelValues(outcome).Inc()
 			a.log.Info("appliance: VM disk scanned with changed-block tracking", "job", job.ID, "vm_disk", inc.Tracked.Disk,
 				"checkpoint", inc.Tracked.Checkpoint, "since", inc.Tracked.Since, "changed_bytes", inc.Tracked.ChangedBytes,
 				"files", rep.Files(), "reused", reused, "warnings", len(inc.Warnings))
