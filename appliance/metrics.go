@@ -35,8 +35,8 @@ type metrics struct {
 	// read; tracked the disks planned with changed-block tracking, by
 	// outcome: changes (the changed areas were used), full (a tracked disk
 	// read in full: the first scan, or the changes not known).
-	reused  prometheus.Counter
-	tracked *prometheus.CounterVec
+	reused   prometheus.Counter
+	tracked  *prometheus.CounterVec
 	jobs     *prometheus.CounterVec // by final state
 	requests *prometheus.CounterVec // by code
 	// Result saves: retried (the database failed), fenced (refused: the
