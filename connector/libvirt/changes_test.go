@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/snapscan/snapscan/connector"
@@ -38,9 +40,30 @@ func (s *hitSpy) Lookup(vol int, name string, c [32]byte) (scanner.Outcome, bool
 
 // frozenScan scans a frozen disk, through a plan when changes is not
 // nil, and returns the report and the files reused.
-func frozenScan(t *testing.T, sc *scanner.Scanner, sess *incremental.Session, fd connector.FrozenDisk, changes *incremental.Changes) (*scanner.Report, []string) {
+func frozenScan(t testing.TB, sc *scanner.Scanner, sess *incremental.Session, fd connector.FrozenDisk, changes *incremental.Changes) (*scanner.Report, []string) {
+	rep, hits, _ := countedScan(t, sc, sess, fd, changes)
+	return rep, hits
+}
+
+// countingReader counts the bytes read from an image file.
+type countingReader struct {
+	r io.ReaderAt
+	n *atomic.Int64
+}
+
+func (c countingReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// countedScan is frozenScan that also returns the bytes read from the
+// disk's files (image metadata included).
+func countedScan(t testing.TB, sc *scanner.Scanner, sess *incremental.Session, fd connector.FrozenDisk, changes *incremental.Changes) (*scanner.Report, []string, int64) {
 	t.Helper()
-	d, err := snapshot.Open(fd.Top().Path, &snapshot.Options{Format: fd.Top().Format, Layers: fd.Paths()})
+	var read atomic.Int64
+	d, err := snapshot.Open(fd.Top().Path, &snapshot.Options{Format: fd.Top().Format, Layers: fd.Paths(),
+		WrapReader: func(_ string, r io.ReaderAt) io.ReaderAt { return countingReader{r, &read} }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +74,7 @@ func frozenScan(t *testing.T, sc *scanner.Scanner, sess *incremental.Session, fd
 		if err != nil {
 			t.Fatal(err)
 		}
-		return rep, nil
+		return rep, nil, read.Load()
 	}
 	p := sess.PlanChanged(ctx, d, *changes)
 	tg := p.Target("tracked")
@@ -65,7 +88,7 @@ func frozenScan(t *testing.T, sc *scanner.Scanner, sess *incremental.Session, fd
 		t.Fatal(err)
 	}
 	slices.Sort(sp.hits)
-	return rep, sp.hits
+	return rep, sp.hits, read.Load()
 }
 
 // verdictsOf lists a report's findings and per-volume counts, for
