@@ -48,6 +48,7 @@ func (s Suite) Run(t *testing.T) {
 		{"GetPut", s.testGetPut},
 		{"Overwrite", s.testOverwrite},
 		{"Recorded", s.testRecorded},
+		{"Tracked", s.testTracked},
 		{"Trim", s.testTrim},
 		{"Large", s.testLarge},
 		{"Concurrent", s.testConcurrent},
@@ -208,6 +209,39 @@ func (s Suite) testRecorded(t *testing.T) {
 	// top is someone's base).
 	if r := mustGet(t, st, "id-old", "rules-1"); r == nil {
 		t.Error("the record of the path's previous identity is gone")
+	}
+}
+
+// The records of a VM disk scanned through changed-block tracking
+// (Session.PlanChanged) keep their checkpoint and disk size, and the last
+// one is found by the VM disk's TrackedPath: Session.Checkpoint says
+// which checkpoint the next scan counts changes from.
+func (s Suite) testTracked(t *testing.T) {
+	st := s.New(t, 10)
+	ctx := context.Background()
+	disk := "lab/4f1c9a/vda"
+	var recs []*incremental.Record
+	for i, cp := range []string{"snapscan-20261201T100000Z-1", "52 de c0 d9 98 a8 5b 2c-4a 8a 8a 7f 0a 8b 2e 3a/12"} {
+		r := Sample(fmt.Sprintf("cbt-%d", i), "rules-1", 20)
+		r.Path, r.Checkpoint, r.DiskSize, r.Time = incremental.TrackedPath(disk), cp, 64<<30+int64(i), at.Add(time.Duration(i)*time.Hour)
+		mustPut(t, st, r)
+		recs = append(recs, r)
+	}
+	st = s.reopen(t, st)
+	for _, want := range recs {
+		if d := same(mustGet(t, st, want.Identity, "rules-1"), want); d != "" {
+			t.Errorf("tracked record %s: %s", want.Identity, d)
+		}
+	}
+	if id, _, err := st.Recorded(ctx, incremental.TrackedPath(disk), "rules-1"); id != "cbt-1" || err != nil {
+		t.Errorf("recorded for the VM disk: %q %v, want cbt-1", id, err)
+	}
+	cp, err := incremental.NewSession(st, "rules-1", nil).Checkpoint(ctx, disk)
+	if err != nil || cp != recs[1].Checkpoint {
+		t.Errorf("Session.Checkpoint = %q, %v; want %q", cp, err, recs[1].Checkpoint)
+	}
+	if cp, err := incremental.NewSession(st, "rules-1", nil).Checkpoint(ctx, "lab/4f1c9a/vdb"); cp != "" || err != nil {
+		t.Errorf("another disk's checkpoint: %q %v", cp, err)
 	}
 }
 
