@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"time"
 )
 
@@ -184,7 +185,7 @@ func (q *Queue) fastSync(ctx context.Context) {
 	if !ok {
 		return
 	}
-	octx, cancel := context.WithTimeout(ctx, q.cfg.LeaseTTL/2)
+	octx, cancel := q.syncCtx(ctx)
 	defer cancel()
 	if err := q.syncStore(octx, false); err != nil {
 		// The full sync says so: a quick look fails forty times a
@@ -196,8 +197,23 @@ func (q *Queue) fastSync(ctx context.Context) {
 	q.signal()
 }
 
+// syncCtx bounds one sync's calls to the store: LeaseTTL/2, and never
+// past the end of the lease by this queue's clock, so a call that hangs
+// (a network cut) does not keep the queue from stopping its runs when the
+// lease ends, before another appliance may reap and restart them.
+func (q *Queue) syncCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	q.mu.Lock()
+	until := q.leaseUntil
+	q.mu.Unlock()
+	d := time.Now().Add(q.cfg.LeaseTTL / 2)
+	if !until.IsZero() && until.Before(d) {
+		d = until
+	}
+	return context.WithDeadline(ctx, d)
+}
+
 func (q *Queue) syncOnce(ctx context.Context) {
-	octx, cancel := context.WithTimeout(ctx, q.cfg.LeaseTTL/2)
+	octx, cancel := q.syncCtx(ctx)
 	defer cancel()
 	q.mu.Lock()
 	holder := q.holder
@@ -379,6 +395,11 @@ func (q *Queue) syncShares(ctx context.Context, full bool) {
 		return // the lease ended meanwhile: the limiters stay shut
 	}
 	for i, d := range ds {
+		if q.log.Enabled(ctx, slog.LevelDebug) {
+			q.log.Debug("queue: rate share", "holder", holder, "datastore", d.name, "full", full,
+				"scans", reqs[i].Scans, "remote", d.remote, "running", d.running,
+				"keep", reqs[i].Keep.BytesPerSec, "target", targets[i].BytesPerSec)
+		}
 		d.setShare(targets[i])
 		d.recorded = Share{BytesPerSec: max(targets[i].BytesPerSec, reqs[i].Keep.BytesPerSec),
 			OpsPerSec: max(targets[i].OpsPerSec, reqs[i].Keep.OpsPerSec)}

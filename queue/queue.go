@@ -891,6 +891,7 @@ func (q *Queue) take(ds []*datastore, vm string, n int) {
 		if d.running += n; d.running == 0 {
 			d.idleAt = time.Now()
 		}
+		q.log.Debug("queue: scan slot", "datastore", d.name, "vm", vm, "n", n, "running", d.running, "remote", d.remote)
 	}
 	q.active += n
 	if q.runningVM[vm] += n; q.runningVM[vm] <= 0 {
