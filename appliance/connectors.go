@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,8 @@ import (
 	"github.com/snapscan/snapscan/connector"
 	"github.com/snapscan/snapscan/connector/connectors"
 	"github.com/snapscan/snapscan/queue"
+	"github.com/snapscan/snapscan/scanner/incremental"
+	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
 // ConnectorConfig is one hypervisor the appliance finds VMs on, freezes
@@ -56,6 +59,13 @@ type ConnectorConfig struct {
 	StaleAfter time.Duration `yaml:"stale_after"`
 	// Quiesce asks the guest to flush first where an agent answers.
 	Quiesce bool `yaml:"quiesce"`
+	// TrackChanges freezes with changed-block tracking (vSphere CBT,
+	// libvirt checkpoints on qcow2 v3 disks) and, with incremental scans
+	// on, reads of a VM disk scanned before only the files the blocks
+	// written since touch: the others keep their outcome
+	// (incremental.Session.PlanChanged). Where the hypervisor cannot say
+	// what changed, the disk is read in full and the log says why.
+	TrackChanges bool `yaml:"track_changes"`
 }
 
 // ScheduleConfig says when a connector's VMs are scanned by themselves.
@@ -523,7 +533,7 @@ func (a *Appliance) runFrozen(ctx context.Context, job queue.Job, wrap queue.Wra
 		a.unreadable.set(job.ID, job.Disks[0])
 		return classifyConnector(err)
 	}
-	opts := connector.Options{}
+	opts := connector.Options{TrackChanges: h.cfg.TrackChanges}
 	if h.cfg.Quiesce {
 		opts.Quiesce = connector.QuiesceIfAvailable
 	}
@@ -560,14 +570,16 @@ func (a *Appliance) runFrozen(ctx context.Context, job queue.Job, wrap queue.Wra
 		}
 		fj := job
 		fj.Disks = nil
+		var tracks []*diskTrack
 		for _, fd := range f.Disks {
 			d, err := a.frozenDisk(h, c, f, fd)
 			if err != nil {
 				return queue.Permanent(err)
 			}
 			fj.Disks = append(fj.Disks, d)
+			tracks = append(tracks, trackOf(h, c, f, fd))
 		}
-		return a.run(ctx, fj, wrap)
+		return a.scanJob(ctx, fj, wrap, tracks)
 	})
 	if rep.Freeze == nil && err != nil && ctx.Err() == nil {
 		// The VM could not be frozen: a job that ends failed for it tells
@@ -664,4 +676,51 @@ func classifyConnector(err error) error {
 		return queue.Permanent(err)
 	}
 	return err
+}
+
+// diskTrack is what a frozen VM disk's changed-block tracking gives its
+// scan: the VM disk's name for the incremental records, this freeze's
+// checkpoint, and how to ask the connector what changed since an earlier
+// one.
+type diskTrack struct {
+	disk, at string
+	changes  func(ctx context.Context, since string) ([]connector.Extent, error)
+}
+
+// trackOf returns the tracking of a frozen disk, nil where it has none.
+// The VM disk is named by the connector, the VM's stable id and the
+// disk's key: what the hypervisor's checkpoints belong to.
+func trackOf(h *hypervisor, c connector.Connector, f *connector.Freeze, fd connector.FrozenDisk) *diskTrack {
+	if !h.cfg.TrackChanges || fd.Checkpoint == "" {
+		return nil
+	}
+	return &diskTrack{disk: h.cfg.Name + "/" + f.VM.ID + "/" + fd.Disk.Key, at: fd.Checkpoint,
+		changes: func(ctx context.Context, since string) ([]connector.Extent, error) {
+			return c.Changes(ctx, f, fd.Disk.Key, since)
+		}}
+}
+
+// plan asks the connector what changed on the disk since the checkpoint
+// of its last record in sess's store, for sess.PlanChanged. A store that
+// cannot be read, or a connector that cannot say, makes a full scan.
+func (t *diskTrack) plan(ctx context.Context, sess *incremental.Session, log *slog.Logger) incremental.Changes {
+	c := incremental.Changes{Disk: t.disk, At: t.at}
+	since, err := sess.Checkpoint(ctx, t.disk)
+	if err != nil {
+		log.Warn("appliance: the VM disk's last checkpoint is not known: full scan", "vm_disk", t.disk, "err", err)
+		return c
+	}
+	if since == "" || since == t.at {
+		return c
+	}
+	c.Since = since
+	ext, err := t.changes(ctx, since)
+	if err != nil {
+		c.Err = err
+		return c
+	}
+	for _, e := range ext {
+		c.Extents = append(c.Extents, vfs.Range{Off: e.Offset, Len: e.Length})
+	}
+	return c
 }

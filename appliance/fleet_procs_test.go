@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -173,6 +174,10 @@ func (r *fleetRig) run(sc fleetScenario) fleetResult {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
+	// SNAPSCAN_FLEET_KEEP=folder keeps each appliance's log there (and
+	// SNAPSCAN_FLEET_LOG=debug makes it trace the queue's scan slots and
+	// rate shares); bench/fleet.sh's KEEP and LOG.
+	keep, level := os.Getenv("SNAPSCAN_FLEET_KEEP"), cmp.Or(os.Getenv("SNAPSCAN_FLEET_LOG"), "warn")
 	srv := pgtest.StartOptions(t, pgtest.Options{})
 	defer func() { _ = srv.Stop() }() // not only when t ends: a benchmark runs several
 	dsn := srv.NewDatabase(t)
@@ -229,9 +234,9 @@ datastores:
 %sdatabase: {driver: postgres, dsn_file: %q}
 queue: {max_scans: %d, max_attempts: 20}
 events: {log: none}
-log: {level: warn}
+log: {level: %s}
 `, name, port, filepath.Join(r.dir, "api.tokens"), filepath.Join(adir, "sig"), r.pub, dsYAML.String(), dsnFile,
-			sc.maxScans*fleetDatastores)
+			sc.maxScans*fleetDatastores, level)
 		if err := os.WriteFile(p.cfg, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -243,6 +248,14 @@ log: {level: warn}
 		defer mu.Unlock()
 		for _, p := range procs {
 			p.kill()
+			if keep != "" {
+				d := filepath.Join(keep, sc.name)
+				if err := os.MkdirAll(d, 0o755); err != nil {
+					t.Error(err)
+					continue
+				}
+				copyFile(t, p.log, filepath.Join(d, p.name+".log"))
+			}
 		}
 	}()
 	for _, p := range procs {
@@ -503,6 +516,22 @@ log: {level: warn}
 			}
 		}
 		prev[key] = s
+	}
+	if keep != "" {
+		// The summed reads per datastore, as scraped: from, to (seconds
+		// since the first enqueue), datastore, bytes.
+		var tsv strings.Builder
+		for ds, st := range steps {
+			for _, x := range st {
+				fmt.Fprintf(&tsv, "%.3f\t%.3f\t%s\t%.0f\n", x.from.Sub(start).Seconds(), x.to.Sub(start).Seconds(), ds, x.bytes)
+			}
+		}
+		if err := os.MkdirAll(filepath.Join(keep, sc.name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(keep, sc.name, "reads.tsv"), []byte(tsv.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var seen float64
 	for ds, st := range steps {

@@ -30,6 +30,14 @@ type metrics struct {
 	files    prometheus.Counter
 	cached   prometheus.Counter
 	bytes    prometheus.Counter
+	// reused counts the files whose outcome came from an incremental
+	// record (a base layer, or the VM disk's previous checkpoint), not
+	// read; tracked the disks planned with changed-block tracking, by
+	// outcome: changes (the changed areas were used), first (no earlier
+	// record of the VM disk), unknown (the changes since it were not
+	// known: read in full, the log says why).
+	reused   prometheus.Counter
+	tracked  *prometheus.CounterVec
 	jobs     *prometheus.CounterVec // by final state
 	requests *prometheus.CounterVec // by code
 	// Result saves: retried (the database failed), fenced (refused: the
@@ -56,13 +64,16 @@ func newMetrics(a *Appliance) *metrics {
 	m.files = f("files_scanned_total", "Files and archive members checked.")
 	m.cached = f("files_cached_total", "Files whose verdict came from the verdict cache.")
 	m.bytes = f("bytes_scanned_total", "Bytes of file content checked.")
+	m.reused = f("files_reused_total", "Files whose outcome came from an incremental scan's record (a base layer, or the VM disk's previous checkpoint) without being read.")
+	m.tracked = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "tracked_disks_total",
+		Help: "VM disks scanned with changed-block tracking, by outcome: changes (only what changed since the last checkpoint was read), first (no earlier record of the disk), unknown (the changes since its last checkpoint were not known: read in full, the log says why)."}, []string{"outcome"})
 	m.jobs = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "jobs_finished_total",
 		Help: "Jobs that reached a final state, by state."}, []string{"state"})
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "http_requests_total",
 		Help: "API requests by status code."}, []string{"code"})
 	m.saveRetries = f("result_save_retries_total", "Result saves that failed (the database unreachable or failing) and were retried.")
 	m.fenced = f("results_fenced_total", "Results refused because their run was no longer this appliance's (its lease ended and another run took the job).")
-	m.reg.MustRegister(m.saveRetries, m.fenced, m.scans, m.incomplete, m.readBytes, m.readOps, m.scanRead, m.findings, m.files, m.cached, m.bytes, m.jobs, m.requests, m,
+	m.reg.MustRegister(m.saveRetries, m.fenced, m.scans, m.incomplete, m.readBytes, m.readOps, m.scanRead, m.findings, m.files, m.cached, m.bytes, m.reused, m.tracked, m.jobs, m.requests, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

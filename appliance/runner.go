@@ -197,9 +197,15 @@ var errTimeLimit = errors.New("appliance: job time limit reached")
 func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) error {
 	if h, vmID, ok := a.connectorJob(job); ok {
 		// A scheduled VM of a connector: freeze it, scan the frozen
-		// disks (this function again), release it whatever happened.
+		// disks (scanJob), release it whatever happened.
 		return a.runFrozen(ctx, job, wrap, h, vmID)
 	}
+	return a.scanJob(ctx, job, wrap, nil)
+}
+
+// scanJob scans the disks of a job; tracks, when not nil, holds the
+// changed-block tracking of each disk (nil for a disk with none).
+func (a *Appliance) scanJob(ctx context.Context, job queue.Job, wrap queue.Wrap, tracks []*diskTrack) error {
 	act := a.recv.Current()
 	if act == nil {
 		return errors.New("appliance: no signature set active") // transient
@@ -220,7 +226,11 @@ func (a *Appliance) run(ctx context.Context, job queue.Job, wrap queue.Wrap) err
 	var disks []diskScan
 	timedOut := false
 	for i, d := range job.Disks {
-		ds, err := a.scanDisk(ctx, sc, job, i, d, wrap, jp)
+		var tr *diskTrack
+		if i < len(tracks) {
+			tr = tracks[i]
+		}
+		ds, err := a.scanDisk(ctx, sc, job, i, d, tr, wrap, jp)
 		// The queue's context is asked first, and directly: its end
 		// reaches the reads (which fail) an instant before it reaches
 		// ctx, and a scan whose reads failed that way must not be stored
@@ -280,13 +290,13 @@ const saveTimeout = time.Minute
 // ended during the scan. Its errors name the datastore and paths within
 // it, never the datastore's folder: they reach API clients (the full error
 // is logged).
-func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, wrap queue.Wrap, jp *jobProgress) (*diskScan, error) {
+func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, tr *diskTrack, wrap queue.Wrap, jp *jobProgress) (*diskScan, error) {
 	ds, ok := a.cfg.datastore(d.Datastore)
 	if !ok {
 		return nil, queue.Permanent(fmt.Errorf("disk %s: datastore %q is not configured", d.Path, d.Datastore))
 	}
 	if ds.Connector != "" {
-		return a.scanRemoteDisk(ctx, sc, job, i, d, ds, wrap, jp)
+		return a.scanRemoteDisk(ctx, sc, job, i, d, ds, tr, wrap, jp)
 	}
 	// Checked again: a link in the datastore may have changed since the
 	// submit.
@@ -319,14 +329,14 @@ func (a *Appliance) scanDisk(ctx context.Context, sc *scanner.Scanner, job queue
 			opts.Layers = append(opts.Layers, lp)
 		}
 	}
-	return a.scanOpened(ctx, sc, job, i, d, ds, path, opts, jp)
+	return a.scanOpened(ctx, sc, job, i, d, ds, path, opts, tr, jp)
 }
 
 // scanRemoteDisk opens a disk of a datastore read through its connector
 // (vSphere's HTTP /folder interface): every file of its chain is opened
 // through the connector's Files, under the names remotePath gives, within
 // the datastore, through the datastore's budget like any other read.
-func (a *Appliance) scanRemoteDisk(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, ds *DatastoreConfig, wrap queue.Wrap, jp *jobProgress) (*diskScan, error) {
+func (a *Appliance) scanRemoteDisk(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, ds *DatastoreConfig, tr *diskTrack, wrap queue.Wrap, jp *jobProgress) (*diskScan, error) {
 	var files connector.Files
 	for _, h := range a.hypervisors {
 		if h.cfg.Name == ds.Connector {
@@ -372,11 +382,11 @@ func (a *Appliance) scanRemoteDisk(ctx context.Context, sc *scanner.Scanner, job
 			opts.Layers = append(opts.Layers, lp)
 		}
 	}
-	return a.scanOpened(ctx, sc, job, i, d, ds, path, opts, jp)
+	return a.scanOpened(ctx, sc, job, i, d, ds, path, opts, tr, jp)
 }
 
 // scanOpened opens the disk at path with opts and scans it.
-func (a *Appliance) scanOpened(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, ds *DatastoreConfig, path string, opts *snapshot.Options, jp *jobProgress) (*diskScan, error) {
+func (a *Appliance) scanOpened(ctx context.Context, sc *scanner.Scanner, job queue.Job, i int, d queue.Disk, ds *DatastoreConfig, path string, opts *snapshot.Options, tr *diskTrack, jp *jobProgress) (*diskScan, error) {
 	disk, err := snapshot.Open(path, opts)
 	if err != nil {
 		a.unreadable.set(job.ID, d)
@@ -398,7 +408,13 @@ func (a *Appliance) scanOpened(ctx context.Context, sc *scanner.Scanner, job que
 	t := scanner.DiskTarget(name, disk)
 	var plan *incremental.Plan
 	if a.records != nil {
-		plan = incremental.NewSession(a.records, sc.ReuseKey(), a.log.With("job", job.ID, "datastore", ds.Name, "path", d.Path)).Plan(ctx, disk)
+		log := a.log.With("job", job.ID, "datastore", ds.Name, "path", d.Path)
+		sess := incremental.NewSession(a.records, sc.ReuseKey(), log)
+		if tr != nil {
+			plan = sess.PlanChanged(ctx, disk, tr.plan(ctx, sess, log))
+		} else {
+			plan = sess.Plan(ctx, disk)
+		}
 		t = plan.Target(name)
 	}
 	readable := 0
@@ -430,6 +446,24 @@ func (a *Appliance) scanOpened(ctx context.Context, sc *scanner.Scanner, job que
 	if plan != nil && rep != nil {
 		if ferr := plan.Finish(context.WithoutCancel(ctx), rep); ferr != nil {
 			a.log.Warn("appliance: recording the scan for incremental scans", "job", job.ID, "err", ferr)
+		}
+		var reused int64
+		for _, v := range rep.Volumes {
+			reused += v.Reused
+		}
+		a.m.reused.Add(float64(reused))
+		if inc := rep.Incremental; inc != nil && inc.Tracked != nil {
+			outcome := "first"
+			switch {
+			case inc.Tracked.Since != "":
+				outcome = "changes"
+			case len(inc.Warnings) > 0:
+				outcome = "unknown"
+			}
+			a.m.tracked.WithLabelValues(outcome).Inc()
+			a.log.Info("appliance: VM disk scanned with changed-block tracking", "job", job.ID, "vm_disk", inc.Tracked.Disk,
+				"checkpoint", inc.Tracked.Checkpoint, "since", inc.Tracked.Since, "changed_bytes", inc.Tracked.ChangedBytes,
+				"files", rep.Files(), "reused", reused, "warnings", len(inc.Warnings))
 		}
 	}
 	out := &diskScan{disk: d, report: rep, redact: ds.redact}

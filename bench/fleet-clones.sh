@@ -1,12 +1,27 @@
 #!/usr/bin/env bash
 # A fleet of linked clones (issue 16, Measure): one golden image and N
-# qcow2 overlays, each holding what a guest-like writer changed, scanned in
-# one invocation three ways:
+# overlays, each holding what a guest-like writer changed, in qcow2, VMDK
+# delta or VHDX differencing form, scanned in one invocation three ways:
 #
-#   incremental     snapscan scan base.qcow2 clone-1.qcow2 ... (the default)
+#   incremental     snapscan scan base.F clone-1.F ... (the default)
 #   full            the same with --no-incremental (the verdict cache on)
 #   yara            yara -r over a read-only loop mount of each disk (base
 #                   and clones, each exported by qemu-storage-daemon)
+#
+# The forms of one clone hold the same guest bytes:
+#   qcow2  clone-I.qcow2 over base.qcow2, edited through a FUSE export (below)
+#   vmdk   clone-I.vmdk, monolithicSparse delta over base.vmdk (qemu-img
+#          convert -O vmdk of the golden raw disk): qemu-img convert -B
+#          base.vmdk of clone-I.qcow2, which writes only the grains the
+#          qcow2 overlay holds; checked with qemu-img compare
+#   vhdx   clone-I.vhdx, differencing child (2 MiB blocks) over base.vhdx
+#          (qemu-img convert -O vhdx): no tool here writes one, so
+#          bench/vhdx-child.py does, holding exactly the 512-byte sectors
+#          where the clone differs from the base within the qcow2 overlay's
+#          ranges; checked with libvhdi (python3-libvhdi), which must read it
+#          over base.vhdx as qemu-img reads clone-I.qcow2
+# yara runs once per invocation, over the qcow2 exports (qemu cannot read a
+# VHDX differencing disk): its matches and wall time stand for each form.
 #
 # The golden image is an ext4 file system (mkfs.ext4 -d, in a GPT
 # partition) of real binaries and libraries: /usr/bin, /usr/sbin,
@@ -31,13 +46,24 @@
 # filepath, extension, owner, filetype: yara -r cannot set them per file),
 # plus a marker rule, compiled once with yarac and given to both tools.
 #
-# Usage: bench/fleet-clones.sh [N=10]    (needs root, fuse3, qemu-utils)
-# Environment: WORK (scratch folder, default /tmp/snapscan-fleet; the
-# golden image is kept there between runs), RULES (a signature-base yara
-# folder), WORKERS (2).
+# Usage: [FORMAT=qcow2|vmdk|vhdx|all] [N=10] bench/fleet-clones.sh [N]
+#        (needs root, fuse3, qemu-utils, python3-libvhdi for vhdx)
+# FORMAT all scans the three forms of the same N clones in one invocation
+# (one yara run), reporting each. Environment: WORK (scratch folder,
+# default /tmp/snapscan-fleet; the golden image and the clones are kept
+# there between runs), RULES (a signature-base yara folder), WORKERS (2),
+# BUILD_ONLY (set: build the fleet and stop), YARA (off: skip the yara
+# runs and their figures and checks, for long fleets).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-N=${1:-10}
+N=${1:-${N:-10}}
+FORMAT=${FORMAT:-qcow2}
+case $FORMAT in
+qcow2 | vmdk | vhdx) formats=("$FORMAT") ;;
+all) formats=(qcow2 vmdk vhdx) ;;
+*) echo "FORMAT must be qcow2, vmdk, vhdx or all, not $FORMAT" >&2 && exit 2 ;;
+esac
+PY=/usr/bin/python3 # Debian's python, where python3-libvhdi installs
 WORK=${WORK:-/tmp/snapscan-fleet}
 RULES=${RULES:-$here/../shared/rules/signature-base/yara}
 WORKERS=${WORKERS:-2}
@@ -71,10 +97,13 @@ if [ ! -f golden.done ]; then
 	dd if=fs.img of=disk.raw bs=1M seek=1 conv=notrunc,sparse status=none
 	rm -f fs.img
 	qemu-img convert -f raw -O qcow2 disk.raw base.qcow2
-	rm -f disk.raw
 	rm -rf tree
 	touch golden.done
 fi
+# The golden disk in the other forms (from its raw bytes, kept for vhdx).
+[ -f disk.raw ] || qemu-img convert -f qcow2 -O raw base.qcow2 disk.raw
+[ -f base.vmdk ] || qemu-img convert -f raw -O vmdk -o subformat=monolithicSparse disk.raw base.vmdk
+[ -f base.vhdx ] || qemu-img convert -f raw -O vhdx -o subformat=dynamic disk.raw base.vhdx
 
 # The rules, once: signature-base without path externals, and a marker.
 if [ ! -f rules.yarc ]; then
@@ -146,14 +175,41 @@ for i in $(seq 1 "$N"); do
 	unmount "$m"
 	mv "$c.tmp" "$c"
 done
-clones=()
-for i in $(seq 1 "$N"); do clones+=("clone-$i.qcow2"); done
-overlays=$(stat -c %s "${clones[@]}" | awk '{s+=$1} END{print s}')
+
+# The other forms of each clone, checked against its qcow2 form.
+for i in $(seq 1 "$N"); do
+	c=clone-$i
+	if [[ " ${formats[*]} " == *" vmdk "* && ! -f $c.vmdk ]]; then
+		qemu-img convert -f qcow2 -O vmdk -o subformat=monolithicSparse -B base.vmdk -F vmdk "$c.qcow2" "$c.vmdk.tmp"
+		qemu-img compare -q -f qcow2 -F vmdk "$c.qcow2" "$c.vmdk.tmp"
+		mv "$c.vmdk.tmp" "$c.vmdk"
+	fi
+	if [[ " ${formats[*]} " == *" vhdx "* && ! -f $c.vhdx ]]; then
+		qemu-img map -f qcow2 --output=json "$c.qcow2" >"$c.map.json"
+		qemu-img convert -f qcow2 -O raw "$c.qcow2" "$c.raw"
+		$PY "$here/bench/vhdx-child.py" "$c.vhdx.tmp" base.vhdx base.vhdx disk.raw "$c.raw" "$c.map.json" >"$c.vhdx.held"
+		$PY - "$c.vhdx.tmp" "$c.raw" <<'PY'
+import sys, pyvhdi
+p = pyvhdi.file(); p.open('base.vhdx')
+c = pyvhdi.file(); c.open(sys.argv[1]); c.set_parent(p)
+raw = open(sys.argv[2], 'rb')
+size = c.get_media_size()
+raw.seek(0, 2)
+assert size == raw.tell(), (size, raw.tell())
+raw.seek(0)
+for off in range(0, size, 8 << 20):
+    n = min(8 << 20, size - off)
+    assert c.read_buffer_at_offset(n, off) == raw.read(n), f'libvhdi reads {sys.argv[1]} differently at {off}'
+PY
+		rm -f "$c.raw" "$c.map.json"
+		mv "$c.vhdx.tmp" "$c.vhdx"
+	fi
+done
+[ -n "${BUILD_ONLY:-}" ] && echo "fleet built in $WORK: base + $N clones (${formats[*]})" && exit 0
 
 (cd "$here" && go build -o "$WORK/snapscan" ./cmd/snapscan)
 S=$WORK/snapscan
 
-# Base's used bytes: what its guest file system holds, as snapscan counts it.
 timed() { # OUT CMD...: runs CMD, its stdout to OUT; prints wall seconds
 	local out=$1 t0 t1
 	shift
@@ -162,81 +218,106 @@ timed() { # OUT CMD...: runs CMD, its stdout to OUT; prints wall seconds
 	t1=$(date +%s.%N)
 	echo "$t0 $t1" | awk '{printf "%.2f", $2-$1}'
 }
-cat base.qcow2 "${clones[@]}" >/dev/null # page cache warm for every mode
-args=(scan --json --no-progress --workers "$WORKERS" --rules rules.yarc --rules-cache off --disk-format qcow2)
-w_inc=$(timed inc.json "$S" "${args[@]}" base.qcow2 "${clones[@]}")
-w_full=$(timed full.json "$S" "${args[@]}" --no-incremental base.qcow2 "${clones[@]}")
-# Each clone scanned after the base is an added clone: its reads are in
-# its target's read.bytes.
+# yara over each disk's qcow2 export (the same guest bytes in every form).
+qclones=()
+for i in $(seq 1 "$N"); do qclones+=("clone-$i.qcow2"); done
 w_yara=0
 rchar=0
 : >yara.txt
-for d in base.qcow2 "${clones[@]}"; do
+[ "${YARA:-on}" = off ] && qclones=() && echo "yara: not run (YARA=off): no yara figures, incremental and full compared only"
+[ "${YARA:-on}" = off ] || for d in base.qcow2 "${qclones[@]}"; do
+	cat "$d" >/dev/null
 	export_mount "$d" "y.$d" off
 	t=$(timed "y.$d.out" yara -C -w -r -N -p "$WORKERS" rules.yarc "y.$d")
 	w_yara=$(echo "$w_yara $t" | awk '{printf "%.2f", $1+$2}')
 	rchar=$((rchar + $(awk '/^rchar/{print $2}' /proc/$qsd/io)))
-	sed "s|y\.$d/|$d /|" "y.$d.out" >>yara.txt
+	sed "s|y\.$d/|${d%.qcow2} /|" "y.$d.out" >>yara.txt
 	unmount "y.$d"
 done
+# Each form: incremental, then full. Each clone scanned after the base is
+# an added clone: its reads are in its target's read.bytes.
+runs=()
+for f in "${formats[@]}"; do
+	disks=(base.$f)
+	for i in $(seq 1 "$N"); do disks+=("clone-$i.$f"); done
+	cat "${disks[@]}" >/dev/null # page cache warm for every mode
+	args=(scan --json --no-progress --workers "$WORKERS" --rules rules.yarc --rules-cache off --disk-format "$f")
+	w_inc=$(timed "inc-$f.json" "$S" "${args[@]}" "${disks[@]}")
+	w_full=$(timed "full-$f.json" "$S" "${args[@]}" --no-incremental "${disks[@]}")
+	runs+=("$f:$w_inc:$w_full")
+	echo "$f: incremental ${w_inc}s, full ${w_full}s (load $(cut -d' ' -f1-3 /proc/loadavg))"
+done
+[ "${YARA:-on}" = off ] || echo "yara: ${w_yara}s over $((N + 1)) mounts (load $(cut -d' ' -f1-3 /proc/loadavg))"
 
-python3 - "$w_inc" "$w_full" "$w_yara" "$rchar" "$overlays" "$N" <<'PY'
+python3 - "$w_yara" "$rchar" "$N" "${runs[@]}" <<'PY'
 import json, sys, os
-w_inc, w_full, w_yara = map(float, sys.argv[1:4])
-rchar, overlays, n = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+w_yara, rchar, n = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+has_yara = w_yara > 0
 def load(p):
     with open(p) as f:
         return json.load(f)
-inc, full = load("inc.json"), load("full.json")
+def stem(t):
+    return t.rsplit(".", 1)[0]
 ok = True
 def check(cond, msg):
     global ok
     if not cond:
         ok = False
         print("FAIL:", msg)
-for name, o in (("incremental", inc), ("full", full)):
-    for t in o["targets"]:
-        check(not t.get("error") and t["result"]["status"] in ("clean", "findings"), f"{name} {t['target']}: {t.get('error')} {t.get('result')}")
-def finds(o):
-    return sorted((f["target"], f["path"], m["rule"]) for f in o["findings"] for m in f["matches"])
-check(finds(inc) == finds(full), "incremental and full findings differ")
-empty = set()
-for o in (full,):
-    pass
-snap = set((t, p, r) for t, p, r in finds(full) if "!" not in p)
 yara = set()
 for line in open("yara.txt"):
     parts = line.rstrip("\n").split(" ", 2)
     if len(parts) == 3:
         rule, disk, path = parts
         yara.add((disk, path, rule))
-# snapscan matches empty files yara cannot map; drop those from its side.
-only_snap = sorted(x for x in snap - yara)
-only_yara = sorted(yara - snap)
-check(not only_yara and not only_snap, f"yara and snapscan differ: only yara {only_yara[:5]}, only snapscan {only_snap[:5]}")
-base_used = next(t for t in full["targets"] if t["target"] == "base.qcow2")["volumes"]
-base_used = sum(v["bytes"] for v in base_used)
-r_inc, r_full = inc["stats"]["read_bytes"], full["stats"]["read_bytes"]
-goal = 1.5 * (base_used + overlays)
-print(f"fleet: base + {n} qcow2 clones; base holds {base_used/1e6:.1f} MB of files; overlays {overlays/1e6:.1f} MB in all")
-print(f"findings: {len(finds(inc))} (disk, path, rule) in each mode; yara agrees on {len(yara)}")
-print(f"{'mode':12} {'wall s':>8} {'read MB':>9} {'vs yara':>8}")
-for mode, w, r in (("incremental", w_inc, r_inc), ("full", w_full, r_full), ("yara", w_yara, rchar)):
-    print(f"{mode:12} {w:8.2f} {r/1e6:9.1f} {w/w_yara:8.3f}")
-reused = inc["stats"]["reused"]
-print(f"incremental: {reused} of {inc['stats']['files']} files from the base")
-check(r_inc <= goal, f"incremental read {r_inc/1e6:.1f} MB > 1.5 x (base used + overlays) = {goal/1e6:.1f} MB")
-print(f"goal bytes read <= 1.5 x (base used + overlays) = {goal/1e6:.1f} MB: {r_inc/1e6:.1f} MB ({r_inc/(base_used+overlays):.2f}x)")
-print(f"goal wall <= 0.15 x yara: {w_inc/w_yara:.3f}")
-per = []
-for t in inc["targets"]:
-    if t["target"] == "base.qcow2":
-        continue
-    size = os.path.getsize(t["target"])
-    per.append((t["read"]["bytes"] / size, t["target"], t["read"]["bytes"], size))
-per.sort()
-print("per clone: read / overlay size: min %.2f median %.2f max %.2f (goal <= 2)" % (per[0][0], per[len(per)//2][0], per[-1][0]))
-for x in per[-3:]:
-    print(f"  {x[1]}: read {x[2]/1e6:.2f} MB, overlay {x[3]/1e6:.2f} MB")
+for run in sys.argv[4:]:
+    fmt, w_inc, w_full = run.split(":")
+    w_inc, w_full = float(w_inc), float(w_full)
+    inc, full = load(f"inc-{fmt}.json"), load(f"full-{fmt}.json")
+    for name, o in (("incremental", inc), ("full", full)):
+        for t in o["targets"]:
+            check(not t.get("error") and t["result"]["status"] in ("clean", "findings"), f"{fmt} {name} {t['target']}: {t.get('error')} {t.get('result')}")
+    def finds(o):
+        return sorted((stem(f["target"]), f["path"], m["rule"]) for f in o["findings"] for m in f["matches"])
+    check(finds(inc) == finds(full), f"{fmt}: incremental and full findings differ")
+    snap = set((t, p, r) for t, p, r in finds(full) if "!" not in p)
+    only_snap = sorted(snap - yara)
+    only_yara = sorted(yara - snap)
+    check(not has_yara or (not only_yara and not only_snap), f"{fmt}: yara and snapscan differ: only yara {only_yara[:5]}, only snapscan {only_snap[:5]}")
+    base = next(t for t in full["targets"] if stem(t["target"]) == "base")
+    base_used = sum(v["bytes"] for v in base["volumes"])
+    clones = [t["target"] for t in inc["targets"] if stem(t["target"]) != "base"]
+    overlays = sum(os.path.getsize(c) for c in clones)
+    r_inc, r_full = inc["stats"]["read_bytes"], full["stats"]["read_bytes"]
+    goal = 1.5 * (base_used + overlays)
+    print(f"== {fmt}: base + {n} clones; base holds {base_used/1e6:.1f} MB of files; overlays {overlays/1e6:.1f} MB in all")
+    print(f"findings: {len(finds(inc))} (disk, path, rule) in each mode" + (f"; yara agrees on {len(yara)}" if has_yara else ""))
+    print(f"{'mode':12} {'wall s':>8} {'read MB':>9} {'vs yara':>8}")
+    for mode, w, r in (("incremental", w_inc, r_inc), ("full", w_full, r_full), ("yara", w_yara, rchar)):
+        if has_yara:
+            print(f"{mode:12} {w:8.2f} {r/1e6:9.1f} {w/w_yara:8.3f}")
+        elif mode != "yara":
+            print(f"{mode:12} {w:8.2f} {r/1e6:9.1f}  (vs full {w/w_full:.3f})")
+    print(f"incremental: {inc['stats']['reused']} of {inc['stats']['files']} files from the base")
+    check(r_inc <= goal, f"{fmt}: incremental read {r_inc/1e6:.1f} MB > 1.5 x (base used + overlays) = {goal/1e6:.1f} MB")
+    print(f"goal bytes read <= 1.5 x (base used + overlays) = {goal/1e6:.1f} MB: {r_inc/1e6:.1f} MB ({r_inc/(base_used+overlays):.2f}x)")
+    if has_yara:
+        print(f"goal wall <= 0.15 x yara: {w_inc/w_yara:.3f}")
+    per = []
+    for t in inc["targets"]:
+        if stem(t["target"]) == "base":
+            continue
+        size = os.path.getsize(t["target"])
+        held = size
+        if os.path.exists(t["target"] + ".held"):
+            held = int(open(t["target"] + ".held").read())
+        per.append((t["read"]["bytes"] / size, t["target"], t["read"]["bytes"], size, held))
+    per.sort()
+    print("per clone: read / overlay size: min %.2f median %.2f max %.2f (goal <= 2)" % (per[0][0], per[len(per)//2][0], per[-1][0]))
+    if fmt == "vhdx":
+        hp = sorted(x[2] / x[4] for x in per)
+        print("per clone: read / bytes the child holds (present sectors): min %.2f median %.2f max %.2f" % (hp[0], hp[len(hp)//2], hp[-1]))
+    for x in per[-3:]:
+        print(f"  {x[1]}: read {x[2]/1e6:.2f} MB, overlay {x[3]/1e6:.2f} MB" + (f" (holds {x[4]/1e6:.2f} MB)" if x[4] != x[3] else ""))
 sys.exit(0 if ok else 1)
 PY

@@ -198,18 +198,21 @@ func (d *datastore) take(ctx context.Context, n int) error {
 	}()
 	for {
 		now := time.Now()
-		wait := deficit(d.ops, now, 1)
-		if bw := deficit(d.bytes, now, n); bw > wait {
-			wait = bw
+		// A share lowered while the read waited can leave it larger than
+		// the bucket: the reader splits it again. (Taking the larger of
+		// the two waits once hid this -1 behind the ops bucket's 0, and
+		// the read waited, a millisecond at a time, until the share grew
+		// back: with three appliances on a datastore it seldom did.)
+		ow, bw := deficit(d.ops, now, 1), deficit(d.bytes, now, n)
+		if ow < 0 || bw < 0 {
+			return fmt.Errorf("queue: datastore %s: read of %d: %w", d.name, n, errBurst)
 		}
+		wait := max(ow, bw)
 		if wait == 0 && d.ops.AllowN(now, 1) {
 			if d.bytes.AllowN(now, n) {
 				return nil
 			}
 			wait = time.Millisecond // reconfigured meanwhile: look again
-		}
-		if wait < 0 {
-			return fmt.Errorf("queue: datastore %s: read of %d: %w", d.name, n, errBurst)
 		}
 		if dl, ok := ctx.Deadline(); ok && now.Add(wait).After(dl) {
 			return fmt.Errorf("queue: datastore %s: budget cannot deliver the read before the job deadline: %w",

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"time"
 )
 
@@ -100,9 +101,11 @@ func (q *Queue) mirrorRemote(j Job) {
 	q.remoteVM[j.VM]++
 }
 
-// absorb brings the mirror up to date with jobs read from Changes. It
-// runs under q.mu, as every write of this queue does, so what it reads is
-// never older than what this queue wrote.
+// absorb brings the mirror up to date with jobs read from Changes. q.mu
+// must be held. What it is given is never older than a write of this
+// queue the mirror shows (syncStore reads again under q.mu when one
+// reached the mirror during the read); a job whose write is in flight
+// (running here, or starting) is left to the pass that writes it.
 func (q *Queue) absorb(jobs []Job) {
 	for _, j := range jobs {
 		if rj := q.running[j.ID]; rj != nil {
@@ -111,6 +114,18 @@ func (q *Queue) absorb(jobs []Job) {
 			if j.CancelRequested && j.Epoch == rj.job.Epoch && !rj.cancelRequested {
 				rj.cancelRequested = true
 				rj.cancel()
+			}
+			continue
+		}
+		if st := q.starting[j.ID]; st != nil {
+			// Its start is being written: the pass's result decides
+			// the mirror. A cancel asked of the new run is kept for
+			// its launch; what another writer did, for a start that
+			// fails.
+			if j.State == Running && j.Holder == q.holder {
+				st.cancel = st.cancel || j.CancelRequested
+			} else {
+				st.other = &j
 			}
 			continue
 		}
@@ -184,7 +199,7 @@ func (q *Queue) fastSync(ctx context.Context) {
 	if !ok {
 		return
 	}
-	octx, cancel := context.WithTimeout(ctx, q.cfg.LeaseTTL/2)
+	octx, cancel := q.syncCtx(ctx)
 	defer cancel()
 	if err := q.syncStore(octx, false); err != nil {
 		// The full sync says so: a quick look fails forty times a
@@ -196,8 +211,23 @@ func (q *Queue) fastSync(ctx context.Context) {
 	q.signal()
 }
 
+// syncCtx bounds one sync's calls to the store: LeaseTTL/2, and never
+// past the end of the lease by this queue's clock, so a call that hangs
+// (a network cut) does not keep the queue from stopping its runs when the
+// lease ends, before another appliance may reap and restart them.
+func (q *Queue) syncCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	q.mu.Lock()
+	until := q.leaseUntil
+	q.mu.Unlock()
+	d := time.Now().Add(q.cfg.LeaseTTL / 2)
+	if !until.IsZero() && until.Before(d) {
+		d = until
+	}
+	return context.WithDeadline(ctx, d)
+}
+
 func (q *Queue) syncOnce(ctx context.Context) {
-	octx, cancel := context.WithTimeout(ctx, q.cfg.LeaseTTL/2)
+	octx, cancel := q.syncCtx(ctx)
 	defer cancel()
 	q.mu.Lock()
 	holder := q.holder
@@ -252,20 +282,38 @@ func (q *Queue) syncStore(ctx context.Context, settings bool) error {
 		}
 	}
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	for name, c := range saved {
 		if d := q.datastore(name); d.cfg != c {
 			d.configure(c)
 		}
 	}
+	q.mu.Unlock()
+	// The changes are read without q.mu, so a pass or an enqueue need
+	// not wait for the round trip. What is read is absorbed only if no
+	// write of this queue reached the mirror meanwhile: else the page
+	// could predate a write the mirror already shows, and it is read
+	// again under q.mu (a write in flight then is one whose result the
+	// mirror takes later, over what absorb did; see absorb).
 	const page = 1000
 	for {
-		jobs, next, err := q.store.Changes(ctx, q.clock, page)
+		q.mu.Lock()
+		gen, cursor := q.wgen, q.clock
+		q.mu.Unlock()
+		jobs, next, err := q.store.Changes(ctx, cursor, page)
 		if err != nil {
 			return err
 		}
+		q.mu.Lock()
+		if q.wgen != gen {
+			jobs, next, err = q.store.Changes(ctx, q.clock, page)
+			if err != nil {
+				q.mu.Unlock()
+				return err
+			}
+		}
 		q.absorb(jobs)
 		q.clock = next
+		q.mu.Unlock()
 		if len(jobs) < page {
 			return nil
 		}
@@ -284,12 +332,14 @@ func (q *Queue) reap(ctx context.Context) error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.waitApplied()
 	now := q.cfg.Now()
 	ts := make([]Transition, len(lost))
 	for i, j := range lost {
 		ts[i] = q.lostOutcome(j, q.queuedVM[j.VM], now)
 	}
 	results, err := q.store.Apply(ctx, ts)
+	q.wgen++
 	if err != nil {
 		return err
 	}
@@ -379,6 +429,11 @@ func (q *Queue) syncShares(ctx context.Context, full bool) {
 		return // the lease ended meanwhile: the limiters stay shut
 	}
 	for i, d := range ds {
+		if q.log.Enabled(ctx, slog.LevelDebug) {
+			q.log.Debug("queue: rate share", "holder", holder, "datastore", d.name, "full", full,
+				"scans", reqs[i].Scans, "remote", d.remote, "running", d.running,
+				"keep", reqs[i].Keep.BytesPerSec, "target", targets[i].BytesPerSec)
+		}
 		d.setShare(targets[i])
 		d.recorded = Share{BytesPerSec: max(targets[i].BytesPerSec, reqs[i].Keep.BytesPerSec),
 			OpsPerSec: max(targets[i].OpsPerSec, reqs[i].Keep.OpsPerSec)}

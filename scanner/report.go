@@ -273,6 +273,25 @@ type IncrementalReport struct {
 	// Recorded lists the identities recorded by this scan, for later
 	// scans of disks whose chain holds them.
 	Recorded []string `json:"recorded,omitempty"`
+	// Tracked is set for a VM disk planned with the hypervisor's
+	// changed-block tracking (incremental.Session.PlanChanged).
+	Tracked *TrackedReport `json:"tracked,omitempty"`
+}
+
+// TrackedReport is what changed-block tracking gave a disk's scan.
+type TrackedReport struct {
+	// Disk names the VM disk (connector, VM id, disk key).
+	Disk string `json:"disk"`
+	// Checkpoint is this scan's point in the disk's tracking, under which
+	// it is recorded for the next scan.
+	Checkpoint string `json:"checkpoint"`
+	// Since is the earlier checkpoint whose record gave outcomes, "" when
+	// none did (the first scan, or the changes were not known: Warnings
+	// say why).
+	Since string `json:"since,omitempty"`
+	// ChangedBytes is how many bytes of the disk the hypervisor reported
+	// written since then: the files they touch are read, the others reused.
+	ChangedBytes int64 `json:"changed_bytes"`
 }
 
 // ExcludeCount is how many paths an exclusion pattern matched.

@@ -11,6 +11,8 @@
 #                     counts the kernel writes back late), with planted files
 #                     under /planted
 #   $OUT/planted.txt  the planted files' paths and SHA-256, for the tests
+# (testdata/guest/init says which commands the guest obeys; this script is
+# the fixture's key, so a change there is marked here: init has "run".)
 set -euo pipefail
 kernel=$1
 ver=${kernel##*/vmlinuz-}

@@ -17,6 +17,11 @@
 #   sb.qcow2        overlay: the superblock rewritten (tune2fs -O ^dir_index
 #                   and a new label).
 #   quiet.qcow2     overlay: one new file only.
+#   atime.qcow2     overlay: files only read, on a strictatime mount (their
+#                   inodes' i_atime and checksums rewritten:
+#                   dir1/file003.txt, dir2/file010.txt, bin/ls, bin/cat),
+#                   and dir1/file005.txt, whose inode lies in the same
+#                   inode-table block as file003's, edited in place.
 #   rename.qcow2    overlay: pathrule.txt renamed to dir1/renamed-evil.txt
 #                   by debugfs -w (ln, unlink), which leaves the inode as it
 #                   was (a kernel rename updates its ctime).
@@ -83,7 +88,7 @@ mounted() {
 	mnt=$(mktemp -d)
 	local loop rc=0
 	loop=$(losetup -f --show -o $((2048 * 512)) --sizelimit $((48 * MiB)) "$exp")
-	mount -o noatime "$loop" "$mnt"
+	mount -o "${atimemount:-noatime}" "$loop" "$mnt"
 	"$1" || rc=$?
 	umount "$mnt"
 	losetup -d "$loop"
@@ -114,6 +119,12 @@ sb() {
 }
 quiet_changes() { echo "SNAPSCAN-EVIL-A quiet" >"$mnt/dir1/quiet.txt"; }
 quiet() { mounted quiet_changes; }
+atime_changes() {
+	sleep 1.1 # a second later than the edits of the base: a new i_atime
+	cat "$mnt/dir1/file003.txt" "$mnt/dir2/file010.txt" "$mnt/bin/ls" "$mnt/bin/cat" >/dev/null
+	printf 'SNAPSCAN-EVIL-A' | dd of="$mnt/dir1/file005.txt" bs=1 seek=10 conv=notrunc status=none
+}
+atime() { atimemount=strictatime mounted atime_changes; }
 rename() {
 	local loop
 	loop=$(losetup -f --show -o $((2048 * 512)) --sizelimit $((48 * MiB)) "$exp")
@@ -126,7 +137,8 @@ edit files files
 edit ptable ptable
 edit sb sb
 edit quiet quiet
+edit atime atime
 edit rename rename
 rm -rf tree
-for c in files ptable sb quiet rename; do touch -d '2026-01-02 00:00:00 UTC' $c.qcow2; done
+for c in files ptable sb quiet atime rename; do touch -d '2026-01-02 00:00:00 UTC' $c.qcow2; done
 qemu-img map --output=json files.qcow2 >files.map.json

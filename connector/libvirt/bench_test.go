@@ -2,14 +2,21 @@ package libvirt_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/snapscan/snapscan/connector"
 	"github.com/snapscan/snapscan/connector/libvirt/libvirttest"
+	"github.com/snapscan/snapscan/scanner"
+	"github.com/snapscan/snapscan/scanner/incremental"
 	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
 // BenchmarkFreezeScanRelease freezes the running TCG guest, reads its
@@ -114,4 +121,86 @@ func readAll(path string) error {
 		_, err = fs.ReadFile(v.FS, p)
 		return err
 	})
+}
+
+// BenchmarkChangesIncremental measures issue 16.4 on the running TCG
+// guest: it holds 16 MiB of files (32 of 512 KiB) besides its own; each
+// iteration scans the disk at a checkpoint, has the guest rewrite 64 KiB
+// in two of the files and add a 1 MiB file (its writer adds its own small
+// files meanwhile), freezes again and scans the frozen view twice: planned
+// with Changes since the checkpoint, and in full. The verdicts must be
+// equal. Reported (bytes read from the disk's files, image metadata
+// included):
+//
+//	changed-KiB          what Changes reported written since the checkpoint
+//	inc-read-KiB         the second scan, planned with the changes
+//	full-read-KiB        the same frozen view read in full
+//	inc/changed, inc/full  their ratios
+//
+// bench/cbt.sh runs it.
+func BenchmarkChangesIncremental(b *testing.B) {
+	e := setup(b)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c := dial(b, e)
+	ctx := context.Background()
+	vm := vmByName(b, c, "guest1")
+	rulesFile := filepath.Join(b.TempDir(), "cbt.yar")
+	os.WriteFile(rulesFile, []byte(`rule eicar { strings: $a = "EICAR-STANDARD-ANTIVIRUS-TEST-FILE" condition: $a }`+"\n"), 0o644)
+	rules, err := scanner.Compile(rulesFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sc := scanner.New(rules, scanner.Options{Workers: 2})
+	disk := "bench/" + vm.ID + "/vda"
+	e.g.Run(b, "mkdir -p /mnt/bench && for i in $(seq 10 41); do dd if=/dev/urandom of=/mnt/bench/f$i bs=512k count=1; done")
+	b.Cleanup(func() { e.g.Run(b, "rm -rf /mnt/bench") })
+	var changed, incRead, fullRead int64
+	for i := 0; i < b.N; i++ {
+		store := incremental.NewMemoryStore(4)
+		sess := func() *incremental.Session { return incremental.NewSession(store, sc.ReuseKey(), nil) }
+		f1, err := c.Freeze(ctx, vm.ID, connector.Options{TrackChanges: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		countedScan(b, sc, sess(), f1.Disks[0], &incremental.Changes{Disk: disk, At: f1.Disks[0].Checkpoint})
+		if _, err := c.Release(ctx, f1); err != nil {
+			b.Fatal(err)
+		}
+		e.g.Run(b, fmt.Sprintf("dd if=/dev/urandom of=/mnt/bench/f12 bs=64k count=1 seek=3 conv=notrunc && dd if=/dev/urandom of=/mnt/bench/f30 bs=64k count=1 seek=5 conv=notrunc && dd if=/dev/urandom of=/mnt/bench/new%d bs=1M count=1", i))
+		f2, err := c.Freeze(ctx, vm.ID, connector.Options{TrackChanges: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ext, err := c.Changes(ctx, f2, "vda", f1.Disks[0].Checkpoint)
+		if err != nil {
+			c.Release(ctx, f2)
+			b.Fatal(err)
+		}
+		ch := incremental.Changes{Disk: disk, At: f2.Disks[0].Checkpoint, Since: f1.Disks[0].Checkpoint}
+		for _, x := range ext {
+			ch.Extents = append(ch.Extents, vfs.Range{Off: x.Offset, Len: x.Length})
+			changed += x.Length
+		}
+		inc, hits, ni := countedScan(b, sc, sess(), f2.Disks[0], &ch)
+		full, _, nf := countedScan(b, sc, nil, f2.Disks[0], nil)
+		if _, err := c.Release(ctx, f2); err != nil {
+			b.Fatal(err)
+		}
+		if verdictsOf(inc) != verdictsOf(full) {
+			b.Fatalf("verdicts differ:\n%s\nfull:\n%s", verdictsOf(inc), verdictsOf(full))
+		}
+		if slices.Contains(hits, "/bench/f12") || slices.Contains(hits, "/bench/f30") || !slices.Contains(hits, "/bench/f20") {
+			b.Fatalf("reused %v", hits)
+		}
+		incRead += ni
+		fullRead += nf
+		e.g.Run(b, fmt.Sprintf("rm /mnt/bench/new%d", i))
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(changed)/n/1024, "changed-KiB")
+	b.ReportMetric(float64(incRead)/n/1024, "inc-read-KiB")
+	b.ReportMetric(float64(fullRead)/n/1024, "full-read-KiB")
+	b.ReportMetric(float64(incRead)/float64(changed), "inc/changed")
+	b.ReportMetric(float64(incRead)/float64(fullRead), "inc/full")
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -21,9 +22,9 @@ import (
 
 // DirStore is a Store kept in a folder, so that records outlive the
 // process (the appliance keeps the records of the disks it scanned there):
-// one file per record (gob), named by the digest of its identity and
-// rules, and one small file per recorded path saying under which identity
-// it was last recorded. Writes are atomic (a temporary file renamed). At
+// one file per record (EncodeRecord), named by the digest of its identity
+// and rules, and one small file per recorded path saying under which
+// identity it was last recorded. Writes are atomic (a temporary file renamed). At
 // most maxRecords records are kept, the least recently written dropped;
 // the last few read are held in memory. It is safe for concurrent use
 // within one process.
@@ -55,22 +56,29 @@ func (s *DirStore) Get(_ context.Context, identity, rules string) (*Record, erro
 	if r, ok := s.mem.Get(name); ok {
 		return r, nil
 	}
-	b, err := os.ReadFile(filepath.Join(s.dir, "records", name))
+	path := filepath.Join(s.dir, "records", name)
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("incremental: %w", err)
+		return nil, fmt.Errorf("incremental: the record of %s: %w", identity, err)
 	}
-	var r Record
-	if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&r); err != nil {
-		return nil, fmt.Errorf("incremental: record %s: %w", name, err)
+	defer f.Close()
+	// A file past the bound is not read in: it is not a record.
+	b, err := io.ReadAll(io.LimitReader(f, MaxEncoded+1))
+	if err != nil {
+		return nil, fmt.Errorf("incremental: the record of %s: %w", identity, err)
+	}
+	r, err := DecodeRecord(b)
+	if err != nil {
+		return nil, fmt.Errorf("the record of %s under rules %s in %s: %w", identity, rules, path, err)
 	}
 	if r.Identity != identity || r.Rules != rules {
 		return nil, nil
 	}
-	s.mem.Put(name, &r)
-	return &r, nil
+	s.mem.Put(name, r)
+	return r, nil
 }
 
 // pathEntry is what the paths folder holds for a recorded path.
@@ -97,19 +105,19 @@ func (s *DirStore) Recorded(_ context.Context, path, rules string) (string, time
 
 // Put implements Store.
 func (s *DirStore) Put(_ context.Context, r *Record) error {
-	var buf bytes.Buffer
-	if err := gob.NewEncoder(&buf).Encode(r); err != nil {
-		return fmt.Errorf("incremental: encoding a record: %w", err)
+	b, err := EncodeRecord(r)
+	if err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	name := nameOf(r.Identity, r.Rules)
-	if err := writeFile(filepath.Join(s.dir, "records", name), buf.Bytes()); err != nil {
+	if err := writeFile(filepath.Join(s.dir, "records", name), b); err != nil {
 		return err
 	}
 	s.mem.Put(name, r)
 	if r.Path != "" {
-		buf.Reset()
+		var buf bytes.Buffer
 		if err := gob.NewEncoder(&buf).Encode(pathEntry{Identity: r.Identity, Time: r.Time}); err == nil {
 			if err := writeFile(filepath.Join(s.dir, "paths", nameOf(r.Path, r.Rules)), buf.Bytes()); err != nil {
 				return err

@@ -46,6 +46,22 @@
 // timeouts) are always read. Logical volumes (LVM2) and file systems that
 // are not Mappers are always read in full; the report says so per volume
 // (VolumeReport.NoReuse).
+//
+// # Changed-block tracking
+//
+// A VM disk that is one full file (a flat or sparse VMDK, a qcow2 the VM
+// writes to) has no base layer: its top changes with every write. Where
+// the hypervisor tracks the blocks written (vSphere CBT, libvirt
+// checkpoints), Session.PlanChanged takes their word instead of the
+// layers': the scan is recorded under the VM disk's name (as the
+// connector vouches for it: connector, VM id, disk key) and the
+// checkpoint its freeze was taken at, and the next scan asks the
+// connector for the areas written since that checkpoint
+// (Session.Checkpoint says which) and reuses the outcome of every file
+// whose data and metadata lie outside them, by the rules above with the
+// changed areas as the upper layers. Where the connector cannot say (no
+// tracking, a checkpoint that is gone, a disk whose size changed), the
+// disk is scanned as Plan would, and the report and the log say why.
 package incremental
 
 import (
@@ -72,8 +88,14 @@ type Record struct {
 	// Path is the chain's top file when recorded (image.RealPath).
 	Path string
 	// Time is when the record was made.
-	Time    time.Time
-	Volumes []*VolumeRecord
+	Time time.Time
+	// Checkpoint and DiskSize are set on the record of a VM disk scanned
+	// through changed-block tracking (Session.PlanChanged): the
+	// checkpoint the scan was taken at and the disk's size then. Path is
+	// then TrackedPath of the VM disk.
+	Checkpoint string
+	DiskSize   int64
+	Volumes    []*VolumeRecord
 }
 
 // VolumeRecord is the part of a Record about one volume.
@@ -216,6 +238,7 @@ type Session struct {
 	store Store
 	rules string
 	log   *slog.Logger
+	sessionCache
 }
 
 // NewSession returns a Session recording to and reusing from store,

@@ -1,6 +1,7 @@
 package incremental_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/snapscan/snapscan/scanner"
 	"github.com/snapscan/snapscan/scanner/incremental"
 	"github.com/snapscan/snapscan/snapshot"
+	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
 // fixture builds (once per machine) the base disk and its clones, made by
@@ -308,4 +310,94 @@ func TestExactNTFS(t *testing.T) {
 	if !slices.Contains(inc.hits, "/bin/ls") || n < files/2 {
 		t.Errorf("%d of %d files reused (hits %v)", n, files, inc.hits)
 	}
+}
+
+// TestAtime is issue 16's atime case: files a guest merely read, on a
+// strictatime mount, have their inodes rewritten (i_atime and checksum
+// only) and are still taken from the base; a file whose inode lies in the
+// same inode-table block and whose content changed is read again; the
+// verdicts equal a full scan's.
+func TestAtime(t *testing.T) {
+	dir := fixture(t)
+	base, clone := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "atime.qcow2")
+	// Read by the guest; file003's inode shares its inode-table block with
+	// file005's, and its data a qcow2 cluster with file005's: it is read
+	// again for that, and is left out of reused.
+	read := []string{"/bin/cat", "/bin/ls", "/dir1/file003.txt", "/dir2/file010.txt"}
+	reusedFiles := []string{"/bin/cat", "/bin/ls", "/dir2/file010.txt"}
+	const edited = "/dir1/file005.txt"
+
+	// What the fixture must hold for the test to mean anything: each read
+	// file's inode differs from the base's in its volatile bytes and in
+	// nothing else, and the edited file's inode shares file003's block.
+	bd, err := snapshot.Open(base, &snapshot.Options{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bd.Close()
+	cd, err := snapshot.Open(clone, &snapshot.Options{Format: "qcow2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cd.Close()
+	cv, err := cd.Volume("p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inode := func(name string) (vfs.Extents, []byte, []byte) {
+		t.Helper()
+		x, err := vfs.FileExtents(cv.FS, name[1:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := x.Meta[0]
+		a, b := make([]byte, r.Len), make([]byte, r.Len)
+		if _, err := bd.Image().ReadAt(a, cv.Offset+r.Off); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cd.Image().ReadAt(b, cv.Offset+r.Off); err != nil {
+			t.Fatal(err)
+		}
+		return x, a, b
+	}
+	for _, name := range read {
+		x, a, b := inode(name)
+		r := x.Meta[0]
+		differ := false
+		for i := range a {
+			if a[i] == b[i] {
+				continue
+			}
+			differ = true
+			at := r.Off + int64(i)
+			if !slices.ContainsFunc(x.Volatile, func(v vfs.Range) bool { return v.Off <= at && at < v.End() }) {
+				t.Fatalf("%s: inode byte %#x changed and is not volatile (%+v)", name, i, x.Volatile)
+			}
+		}
+		if !differ {
+			t.Fatalf("%s: the fixture left its inode as in the base: no atime update", name)
+		}
+	}
+	x3, _, _ := inode("/dir1/file003.txt")
+	x5, a5, b5 := inode(edited)
+	if bs := int64(1024); /* the fixture's ext4 has 1 KiB blocks */ x3.Meta[0].Off/bs != x5.Meta[0].Off/bs || bytes.Equal(a5, b5) {
+		t.Fatalf("fixture: %s's inode (at %d) is not rewritten in file003's inode block (at %d)", edited, x5.Meta[0].Off, x3.Meta[0].Off)
+	}
+
+	sc := scanner.New(rules(t, "content.yar"), scanner.Options{Workers: 2})
+	sess := incremental.NewSession(incremental.NewMemoryStore(16), sc.ReuseKey(), nil)
+	scanInc(t, sc, sess, base)
+	inc := scanInc(t, sc, sess, clone)
+	if got, want := verdicts(inc.rep), verdicts(scanFull(t, sc, clone)); got != want {
+		t.Fatalf("incremental verdicts:\n%s\nfull scan:\n%s", got, want)
+	}
+	for _, name := range reusedFiles {
+		if !slices.Contains(inc.hits, name) {
+			t.Errorf("%s, only read by the guest, was read again", name)
+		}
+	}
+	if slices.Contains(inc.hits, edited) {
+		t.Errorf("%s, edited in place, was taken from the base", edited)
+	}
+	t.Logf("%d of %d files reused; volume p1 read %d bytes", reused(inc.rep), inc.rep.Files(), inc.rep.Volumes[0].ReadBytes)
 }

@@ -60,12 +60,13 @@ type Plan struct {
 	links []link
 
 	base     *Record // the record used, nil for a full scan
-	baseLink int     // its index in links
-	upper    spans   // disk ranges held by layers above the base
+	baseName string  // what the report calls it: the layer's path, or the VM disk's checkpoint
+	upper    spans   // disk ranges held by layers above the base (or changed since it)
 
 	parentUpper spans // disk ranges held by the top's own files
 
 	own, parent *Record
+	changed     *changedPlan // set by PlanChanged
 	vols        []volPlan
 	warnings    []string
 
@@ -121,31 +122,40 @@ func (s *Session) Plan(ctx context.Context, d *snapshot.Disk) *Plan {
 			p.warn("base %s: which ranges the upper layers hold is not known: %v: full scan", l.path, err)
 			break
 		}
-		p.base, p.baseLink, p.upper = rec, k, upper
+		p.base, p.baseName, p.upper = rec, l.path, upper
 	}
 	if p.base != nil {
-		for i, v := range d.Volumes {
-			vp := &p.vols[i]
-			if vp.own == nil {
-				continue
-			}
-			bv := p.base.volume(v.ID)
-			switch {
-			case bv == nil:
-				vp.noReuse = "the base has no such volume"
-			case bv.FileSystem != v.FileSystem || bv.Offset != v.Offset || bv.Size != v.Size:
-				vp.noReuse = fmt.Sprintf("the base's volume differs (%s at %d, %d bytes; here %s at %d, %d bytes)",
-					bv.FileSystem, bv.Offset, bv.Size, v.FileSystem, v.Offset, v.Size)
-			case bv.Layout != vp.own.Layout:
-				vp.noReuse = "the file system's layout differs from the base's (superblock rewritten)"
-			default:
-				vp.base = bv
-			}
-		}
+		p.matchVolumes()
 	} else if len(p.links) > 1 {
 		p.planParent(ctx)
 	}
 	return p
+}
+
+// matchVolumes takes from p.base the record of each volume that is the
+// base's volume (same id, file system, place, size and layout), and says
+// why for the others.
+func (p *Plan) matchVolumes() {
+	for i, v := range p.disk.Volumes {
+		vp := &p.vols[i]
+		vp.base, vp.noReuse = nil, ""
+		if vp.own == nil {
+			vp.noReuse, _ = mappable(v)
+			continue
+		}
+		bv := p.base.volume(v.ID)
+		switch {
+		case bv == nil:
+			vp.noReuse = "the base has no such volume"
+		case bv.FileSystem != v.FileSystem || bv.Offset != v.Offset || bv.Size != v.Size:
+			vp.noReuse = fmt.Sprintf("the base's volume differs (%s at %d, %d bytes; here %s at %d, %d bytes)",
+				bv.FileSystem, bv.Offset, bv.Size, v.FileSystem, v.Offset, v.Size)
+		case bv.Layout != vp.own.Layout:
+			vp.noReuse = "the file system's layout differs from the base's (superblock rewritten)"
+		default:
+			vp.base = bv
+		}
+	}
 }
 
 // planParent prepares recording the top's parent from the files the top's
@@ -313,7 +323,7 @@ func (p *Plan) metaSum(x vfs.Extents, off int64) ([32]byte, bool) {
 		if err := readFull(p.disk.Image(), b, off+r.Off); err != nil {
 			return [32]byte{}, false
 		}
-		h.Write(b)
+		h.Write(mask(b, r.Off, x.Volatile))
 	}
 	var sum [32]byte
 	h.Sum(sum[:0])
@@ -347,14 +357,14 @@ func (p *Plan) Record(vol int, name string, o scanner.Outcome) {
 // by no layer of upper, or, for metadata, equal.
 func (p *Plan) untouched(x vfs.Extents, off int64, upper spans, lower image.Image) bool {
 	for _, r := range x.Meta {
-		if !p.same(r, off, upper, lower) {
+		if !p.same(r, off, upper, lower, x.Volatile) {
 			return false
 		}
 	}
 	for _, e := range x.Data {
 		switch e.Kind {
 		case vfs.Inline:
-			if !p.same(e.Range(), off, upper, lower) {
+			if !p.same(e.Range(), off, upper, lower, x.Volatile) {
 				return false
 			}
 		case vfs.Allocated:
@@ -367,8 +377,9 @@ func (p *Plan) untouched(x vfs.Extents, off int64, upper spans, lower image.Imag
 }
 
 // same reports whether the volume range r reads the same on the disk as
-// in lower: untouched by upper, or a small range with equal bytes.
-func (p *Plan) same(r vfs.Range, off int64, upper spans, lower image.Image) bool {
+// in lower: untouched by upper, or a small range with equal bytes but for
+// those in volatile.
+func (p *Plan) same(r vfs.Range, off int64, upper spans, lower image.Image, volatile []vfs.Range) bool {
 	at := off + r.Off
 	if !upper.overlaps(at, r.Len) {
 		return true
@@ -383,7 +394,20 @@ func (p *Plan) same(r vfs.Range, off int64, upper spans, lower image.Image) bool
 	if err := readFull(lower, b, at); err != nil {
 		return false
 	}
-	return bytes.Equal(a, b)
+	return bytes.Equal(mask(a, r.Off, volatile), mask(b, r.Off, volatile))
+}
+
+// mask zeroes the bytes of b, which holds the volume's bytes from off,
+// that lie in volatile (vfs.Extents.Volatile: an access time, a record's
+// checksum), so that comparing two readings of a record skips them.
+func mask(b []byte, off int64, volatile []vfs.Range) []byte {
+	for _, v := range volatile {
+		s, e := max(v.Off, off), min(v.End(), off+int64(len(b)))
+		if s < e {
+			clear(b[s-off : e-off])
+		}
+	}
+	return b
 }
 
 func readFull(r io.ReaderAt, b []byte, off int64) error {
@@ -394,9 +418,10 @@ func readFull(r io.ReaderAt, b []byte, off int64) error {
 	return errors.Join(err, io.ErrUnexpectedEOF)
 }
 
-// Fingerprint digests where an object lies (vfs.Extents: Data, Meta and
-// Key): two objects with the same Fingerprint on volumes with the same
-// Layout, whose ranges hold the same bytes, are served alike.
+// Fingerprint digests where an object lies (vfs.Extents: Data, Meta,
+// Volatile and Key): two objects with the same Fingerprint on volumes
+// with the same Layout, whose ranges hold the same bytes (but for
+// Volatile), are served alike.
 func Fingerprint(x vfs.Extents) [32]byte {
 	h := sha256.New()
 	var b [25]byte
@@ -417,6 +442,15 @@ func Fingerprint(x vfs.Extents) [32]byte {
 		binary.LittleEndian.PutUint64(b[8:], uint64(r.Len))
 		h.Write(b[:16])
 	}
+	if len(x.Volatile) > 0 { // (absent, the digest is what it was before Volatile)
+		b[24] = 0xfe
+		h.Write(b[24:])
+		for _, r := range x.Volatile {
+			binary.LittleEndian.PutUint64(b[0:], uint64(r.Off))
+			binary.LittleEndian.PutUint64(b[8:], uint64(r.Len))
+			h.Write(b[:16])
+		}
+	}
 	var out [32]byte
 	h.Sum(out[:0])
 	return out
@@ -428,7 +462,7 @@ func Fingerprint(x vfs.Extents) [32]byte {
 func (p *Plan) Finish(ctx context.Context, rep *scanner.Report) error {
 	inc := &scanner.IncrementalReport{Warnings: p.warnings}
 	if p.base != nil {
-		inc.Base, inc.Identity = p.links[p.baseLink].path, p.base.Identity
+		inc.Base, inc.Identity = p.baseName, p.base.Identity
 		for i := range rep.Volumes {
 			if i < len(p.vols) && p.vols[i].base == nil && p.vols[i].noReuse != "" && rep.Volumes[i].Err == "" {
 				rep.Volumes[i].NoReuse = p.vols[i].noReuse
@@ -446,6 +480,7 @@ func (p *Plan) Finish(ctx context.Context, rep *scanner.Report) error {
 		}
 		inc.Recorded = append(inc.Recorded, r.Identity)
 	}
+	p.finishChanged(inc)
 	rep.Incremental = inc
 	return errors.Join(errs...)
 }

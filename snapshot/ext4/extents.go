@@ -69,7 +69,7 @@ func (f *FS) Extents(n vfs.Node) (vfs.Extents, error) {
 	if err != nil {
 		return vfs.Extents{}, fmt.Errorf("inode %d: %w", ino, err)
 	}
-	x := vfs.Extents{Meta: []vfs.Range{rec}, Key: loc}
+	x := vfs.Extents{Meta: []vfs.Range{rec}, Key: loc, Volatile: f.volatile(rec, nd)}
 	if nd.is(sIFDIR) {
 		x.Key += fmt.Sprintf(" parent=%d root=%v bad=%q", nd.parent, nd.isRoot, nd.badDir)
 	}
@@ -98,6 +98,25 @@ func (f *FS) Extents(n vfs.Node) (vfs.Extents, error) {
 		return vfs.Extents{}, fmt.Errorf("inode %d: %w", ino, err)
 	}
 	return x, nil
+}
+
+// volatile returns the fields of the inode at rec that a read of the file
+// (without noatime) rewrites and the reader does not serve: i_atime and
+// i_atime_extra, and, where the reader verifies inode checksums, the
+// checksum that changes with them. Where they lie depends on i_extra_isize,
+// which is not among them.
+func (f *FS) volatile(rec vfs.Range, nd *node) []vfs.Range {
+	out := []vfs.Range{{Off: rec.Off + 0x08, Len: 4}} // i_atime
+	if f.checksums() {
+		out = append(out, vfs.Range{Off: rec.Off + 0x7C, Len: 2}) // l_i_checksum_lo
+		if nd.extraIsize >= 4 {
+			out = append(out, vfs.Range{Off: rec.Off + 0x82, Len: 2}) // i_checksum_hi
+		}
+	}
+	if nd.extraIsize >= 0x8C+4-0x80 {
+		out = append(out, vfs.Range{Off: rec.Off + 0x8C, Len: 4}) // i_atime_extra
+	}
+	return out
 }
 
 // mapAll adds every block the reader of the file may read to x: tree or

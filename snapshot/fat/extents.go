@@ -52,6 +52,9 @@ func (f *FS) Extents(v vfs.Node) (vfs.Extents, error) {
 		for off := first; off <= last; off += 32 {
 			x.AddMeta(vfs.Range{Off: volumeOff(n.dirRuns, off), Len: 32})
 		}
+		// The short entry's last access date (DIR_LstAccDate), which a
+		// read rewrites and the reader does not serve.
+		x.Volatile = []vfs.Range{{Off: volumeOff(n.dirRuns, last) + 0x12, Len: 2}}
 	}
 	var runs []run
 	switch {

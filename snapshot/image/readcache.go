@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/snapscan/snapscan/internal/lru"
 )
@@ -14,8 +15,10 @@ import (
 // image each walk the golden image's inode tables and directories, which
 // are then read from the datastore once. Reads up to maxRead bytes are
 // kept, maxBytes in all, the least recently used dropped; a file is known
-// by its path, size and modification time when wrapped, so a file
-// rewritten since is not served from the cache. Use Wrap as an
+// by its absolute path (symbolic links resolved), size and modification
+// time when wrapped, so that a disk named relatively and the same file
+// reached as a clone's backing file share the cache, and a file rewritten
+// since is not served from it. Use Wrap as an
 // Options.WrapReader, outside any counting wrapper so that what is counted
 // is what the datastore served. It is safe for concurrent use.
 type ReadCache struct {
@@ -40,6 +43,15 @@ func (c *ReadCache) Wrap(path string, r io.ReaderAt) io.ReaderAt {
 	fi, err := os.Stat(path)
 	if err != nil || !fi.Mode().IsRegular() {
 		return r // block devices change under a running guest: never cached
+	}
+	// The measured fleet scanned base.qcow2 and then its clones, which
+	// name it /abs/base.qcow2: under two keys, the first clone read the
+	// base's metadata again (2.06x its overlay instead of 1.3x).
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+		if real, err := filepath.EvalSymlinks(abs); err == nil {
+			path = real
+		}
 	}
 	return &cachedReader{c: c, r: r, file: fmt.Sprintf("%s\x00%d\x00%d", path, fi.Size(), fi.ModTime().UnixNano())}
 }

@@ -50,3 +50,34 @@ func TestReadCache(t *testing.T) {
 		t.Fatalf("after a rewrite: %d bytes read, %q", n, b[:10])
 	}
 }
+
+// TestReadCacheSamePath: a file wrapped under a relative name and under
+// its absolute path through a symbolic link (a disk named on the command
+// line, and the same file as a clone's backing file) is one file to the
+// cache.
+func TestReadCacheSamePath(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "base.img")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("x"), 8192), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(path, filepath.Join(dir, "link.img")); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	c := image.NewReadCache(1<<20, 4096)
+	for i, name := range []string{"base.img", filepath.Join(dir, "link.img")} {
+		f, err := os.Open(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n image.ReadCounter
+		if _, err := c.Wrap(name, n.Wrap(name, f)).ReadAt(make([]byte, 512), 1024); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if want := []int64{512, 0}[i]; n.Total() != want {
+			t.Errorf("%s: %d bytes read from the file, want %d", name, n.Total(), want)
+		}
+	}
+}

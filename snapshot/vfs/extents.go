@@ -97,6 +97,15 @@ type Extents struct {
 	// chain, a non-resident attribute list). The names of an object that
 	// has a record of its own lie in its directories' Data.
 	Meta []Range
+	// Volatile lists bytes inside Meta that serving the object does not
+	// depend on, which a guest rewrites without changing what it serves:
+	// an access time the reader does not serve, and the checksums and log
+	// sequence numbers over the record that change with it, where the
+	// reader verifies the checksum on every read (a record that fails it
+	// is Broken, and a Broken node has no Extents). A tool comparing two
+	// readings of the object may skip them; where they lie depends only on
+	// bytes outside them.
+	Volatile []Range
 	// Key is everything else serving the object depends on: what
 	// Mapper.Locate returns for it, followed by what the node took from
 	// the directory listing that found it (ext4: the parent its ".."
@@ -164,7 +173,7 @@ func (x *Extents) AddMeta(r Range) {
 // Mode, Size, ModTime, Sys and Broken error; a directory's entries, their
 // names, Ino and types; a file's bytes; a link's target — when the
 // object's Extents are equal and the bytes of its Ranges are equal on both
-// volumes. Nothing the reader reads for the object may be missing from
+// volumes, but for those in Volatile. Nothing the reader reads for the object may be missing from
 // Ranges, and anything else it depends on must be in Layout or Key. An
 // object read from a listing that is served alike (its directory's
 // Extents and bytes equal) is served alike when, besides, Locate of its

@@ -54,7 +54,7 @@ func (f *FS) Extents(n vfs.Node) (vfs.Extents, error) {
 	}
 	sb := f.sb
 	off, _ := sb.inodeOffset(ip.ino) // checked by Locate
-	x := vfs.Extents{Meta: []vfs.Range{{Off: off, Len: int64(sb.inodeSize)}}, Key: loc}
+	x := vfs.Extents{Meta: []vfs.Range{{Off: off, Len: int64(sb.inodeSize)}}, Key: loc, Volatile: volatile(off, ip.version)}
 	t := ip.mode.Type()
 	if t != 0 && t != fs.ModeDir && t != fs.ModeSymlink {
 		return x, nil
@@ -122,4 +122,20 @@ func (f *FS) Extents(n vfs.Node) (vfs.Extents, error) {
 		x.AddData(vfs.Extent{Logical: next * bs, Len: (end - next) * bs, Kind: vfs.Hole})
 	}
 	return x, nil
+}
+
+// volatile returns the fields of the inode core at off that a read of the
+// file (without noatime) rewrites and the reader does not serve: di_atime;
+// in version 3 inodes the CRC the reader checks (parseInode), the change
+// counter and the log sequence number of the last write; in versions 1
+// and 2 the flush counter (in version 3 those bytes may hold the 64-bit
+// extent count, which is served).
+func volatile(off int64, version uint8) []vfs.Range {
+	out := []vfs.Range{{Off: off + 0x20, Len: 8}} // di_atime
+	if version == 3 {
+		return append(out, vfs.Range{Off: off + 0x64, Len: 4}, // di_crc
+			vfs.Range{Off: off + 0x68, Len: 8}, // di_changecount
+			vfs.Range{Off: off + 0x70, Len: 8}) // di_lsn
+	}
+	return append(out, vfs.Range{Off: off + 0x1E, Len: 2}) // di_flushiter
 }

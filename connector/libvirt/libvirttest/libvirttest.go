@@ -364,6 +364,26 @@ func (g *Guest) Stop(t testing.TB, l *golibvirt.Libvirt) {
 	}
 }
 
+// Run runs a shell command line in the guest (busybox sh, as root; its
+// disk's ext4 is mounted at /mnt), then syncs the guest's file systems,
+// and waits until it is done.
+func (g *Guest) Run(t testing.TB, cmd string) {
+	t.Helper()
+	if strings.ContainsAny(cmd, "\n\r") {
+		t.Fatalf("guest command %q: one line only", cmd)
+	}
+	c, err := net.Dial("unix", g.Ctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	id := strconv.FormatInt(time.Now().UnixNano(), 36)
+	if _, err := c.Write([]byte("run " + id + " " + cmd + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	g.WaitConsole(t, "RAN "+id, 60*time.Second)
+}
+
 // Log is what the guest reported on its console.
 type Log struct {
 	// Gaps is the largest timer gap of each 250 ms window, in order.
