@@ -176,12 +176,16 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Appliance, err erro
 	}
 	a.db, a.results = a.dbs.db, a.dbs.results
 	a.cache = newVerdictCache(a.results, cfg.Scanner.CacheEntries)
-	if cfg.Scanner.incremental() {
+	switch {
+	case !cfg.Scanner.incremental():
+	case cfg.Scanner.RecordsDir != "":
 		ds, derr := incremental.NewDirStore(cfg.Scanner.RecordsDir, cfg.Scanner.RecordsMax)
 		if derr != nil {
 			return nil, fmt.Errorf("%w: scanner.records_dir: %v", ErrConfig, derr)
 		}
 		a.records = ds
+	default:
+		a.records = dbRecords{db: a.results, keep: cfg.Scanner.RecordsMax}
 	}
 	if cfg.Scanner.SpoolDir != "" {
 		if err := os.MkdirAll(cfg.Scanner.SpoolDir, 0o700); err != nil {

@@ -216,11 +216,15 @@ type ScannerConfig struct {
 	// verdicts without being read (scanner/incremental). false reads
 	// every disk in full.
 	Incremental *bool `yaml:"incremental"`
-	// RecordsDir keeps what each scan saw, for the incremental scans of
-	// the disks above it (default: "records" beside signatures.state_dir,
-	// /var/lib/snapscan/records); records are
-	// per appliance, also in fleet mode. RecordsMax bounds the records
-	// kept (default 1000; the oldest go first).
+	// RecordsDir, when set, keeps what each scan saw (the records of
+	// incremental scans) in that folder, for this appliance alone. By
+	// default (unset) the records are kept in the results database: on
+	// SQLite beside the appliance's results, on PostgreSQL shared by the
+	// fleet, so that a golden image one appliance scanned spares every
+	// appliance's clones, and the records outlive an appliance's disk.
+	// RecordsMax bounds the records kept per rule set (default 1000; the
+	// oldest written go first); in the database only the records of the
+	// results.MaxRecordRuleSets rule sets written to last are kept.
 	RecordsDir string `yaml:"records_dir"`
 	RecordsMax int    `yaml:"records_max"`
 }
@@ -474,10 +478,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.Signatures.StateDir == "" {
 		c.Signatures.StateDir = DefaultStateDir
-	}
-	if c.Scanner.RecordsDir == "" {
-		// Beside the signatures' state: /var/lib/snapscan/records.
-		c.Scanner.RecordsDir = filepath.Join(filepath.Dir(c.Signatures.StateDir), "records")
 	}
 	if c.Signatures.RescanSpread == 0 {
 		c.Signatures.RescanSpread = DefaultRescanSpread

@@ -36,7 +36,7 @@ func record(job queue.Job, act activeSet, disks []diskScan, timedOut bool) *resu
 			r.Bytes += v.Bytes
 			r.Cached += v.Cached
 			rv := results.Volume{Disk: d.disk.Path, Volume: v.ID, FileSystem: v.FileSystem, Error: d.redact(v.Err),
-				Files: v.Files, Bytes: v.Bytes, Cached: v.Cached, Skipped: maps.Clone(v.Skipped), ErrorsDropped: v.ErrorsDropped,
+				Files: v.Files, Bytes: v.Bytes, Cached: v.Cached, Reused: v.Reused, Skipped: maps.Clone(v.Skipped), ErrorsDropped: v.ErrorsDropped,
 				Errors: make([]results.FileError, 0, min(len(v.Errors), results.MaxVolumeErrors))}
 			if rv.Skipped == nil {
 				rv.Skipped = map[string]int64{}

@@ -115,6 +115,18 @@ func (q *Queue) absorb(jobs []Job) {
 			}
 			continue
 		}
+		if st := q.starting[j.ID]; st != nil {
+			// Its start is being written: the pass's result decides
+			// the mirror. A cancel asked of the new run is kept for
+			// its launch; what another writer did, for a start that
+			// fails.
+			if j.State == Running && j.Holder == q.holder {
+				st.cancel = st.cancel || j.CancelRequested
+			} else {
+				st.other = &j
+			}
+			continue
+		}
 		switch {
 		case j.State == Queued:
 			q.mirror(j)
@@ -268,20 +280,38 @@ func (q *Queue) syncStore(ctx context.Context, settings bool) error {
 		}
 	}
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	for name, c := range saved {
 		if d := q.datastore(name); d.cfg != c {
 			d.configure(c)
 		}
 	}
+	q.mu.Unlock()
+	// The changes are read without q.mu, so a pass or an enqueue need
+	// not wait for the round trip. What is read is absorbed only if no
+	// write of this queue reached the mirror meanwhile: else the page
+	// could predate a write the mirror already shows, and it is read
+	// again under q.mu (a write in flight then is one whose result the
+	// mirror takes later, over what absorb did; see absorb).
 	const page = 1000
 	for {
-		jobs, next, err := q.store.Changes(ctx, q.clock, page)
+		q.mu.Lock()
+		gen, cursor := q.wgen, q.clock
+		q.mu.Unlock()
+		jobs, next, err := q.store.Changes(ctx, cursor, page)
 		if err != nil {
 			return err
 		}
+		q.mu.Lock()
+		if q.wgen != gen {
+			jobs, next, err = q.store.Changes(ctx, q.clock, page)
+			if err != nil {
+				q.mu.Unlock()
+				return err
+			}
+		}
 		q.absorb(jobs)
 		q.clock = next
+		q.mu.Unlock()
 		if len(jobs) < page {
 			return nil
 		}
@@ -300,12 +330,14 @@ func (q *Queue) reap(ctx context.Context) error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.waitApplied()
 	now := q.cfg.Now()
 	ts := make([]Transition, len(lost))
 	for i, j := range lost {
 		ts[i] = q.lostOutcome(j, q.queuedVM[j.VM], now)
 	}
 	results, err := q.store.Apply(ctx, ts)
+	q.wgen++
 	if err != nil {
 		return err
 	}

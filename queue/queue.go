@@ -257,10 +257,23 @@ type Queue struct {
 	wake  chan struct{}
 	wg    sync.WaitGroup
 
-	// mu guards the in-memory mirror below and is held across every store
-	// write that changes the set of queued jobs, so the mirror never
-	// disagrees with what the store committed.
-	mu        sync.Mutex
+	// mu guards the in-memory mirror below. The scheduler's writes (a
+	// pass's Apply) run without it: the pass decides under mu, reserves
+	// what it starts in memory (slots and VM taken, the job in starting),
+	// writes, and commits or rolls back under mu again. The other writes
+	// (Enqueue, Cancel, SetDatastore, reaping) hold mu across the store's
+	// write and wait for the pass's write in flight first (applied), so
+	// each sees the mirror as the store left it. See pass.
+	mu       sync.Mutex
+	applying bool       // a pass's Apply is in flight
+	applied  *sync.Cond // on mu: broadcast when applying turns false
+	// starting holds the jobs whose start is in the pass's write in
+	// flight, with what the fleet's changes said of them meanwhile.
+	starting map[int64]*startState
+	// wgen counts this queue's job writes that reached the mirror, so a
+	// read of the fleet's changes made without mu knows whether it may
+	// be older than the mirror (see syncStore).
+	wgen      uint64
 	serving   bool
 	draining  bool          // Drain was called: start nothing more
 	drained   chan struct{} // closed when draining and nothing runs
@@ -302,6 +315,13 @@ type runningJob struct {
 	pastDeadline bool
 }
 
+// startState is what the fleet's changes said of a job while its start
+// was being written (see absorb).
+type startState struct {
+	cancel bool // a cancel was asked of the new run: cancel it at launch
+	other  *Job // the job as another writer left it, if the start fails
+}
+
 type counters struct{ started, done, failed, cancelled, retried, leasesLost uint64 }
 
 // New recovers the store (runs a crash left running are ended as lost: see
@@ -323,7 +343,9 @@ func New(ctx context.Context, store Store, run Runner, cfg Config) (*Queue, erro
 		running:   map[int64]*runningJob{},
 		runningVM: map[string]int{},
 		ds:        map[string]*datastore{},
+		starting:  map[int64]*startState{},
 	}
+	q.applied = sync.NewCond(&q.mu)
 	q.fleet.init()
 	q.sched.init()
 	for i := range q.wait {
@@ -421,6 +443,15 @@ func (q *Queue) mirror(j Job) {
 	q.index(e, q.cfg.Now())
 }
 
+// waitApplied waits until no pass's write is in flight, so a write made
+// under q.mu next is ordered after it, as the mirror is. q.mu must be
+// held; it is released while waiting.
+func (q *Queue) waitApplied() {
+	for q.applying {
+		q.applied.Wait()
+	}
+}
+
 func (q *Queue) signal() {
 	select {
 	case q.wake <- struct{}{}:
@@ -458,7 +489,9 @@ func (q *Queue) EnqueueBatch(ctx context.Context, reqs []Request) ([]Job, error)
 		return nil, nil
 	}
 	q.mu.Lock()
+	q.waitApplied()
 	jobs, err := q.store.Enqueue(ctx, reqs, q.cfg.Now())
+	q.wgen++
 	if err == nil {
 		for _, j := range jobs {
 			q.mirror(j)
@@ -515,7 +548,9 @@ func (q *Queue) EnqueueRescan(ctx context.Context, vms []VM, version string, spr
 // returns an error wrapping ErrFinished.
 func (q *Queue) Cancel(ctx context.Context, id int64) error {
 	q.mu.Lock()
+	q.waitApplied()
 	st, err := q.store.Cancel(ctx, id, q.cfg.Now())
+	q.wgen++
 	var done *Job
 	if err == nil {
 		switch st {
@@ -632,6 +667,7 @@ func (q *Queue) configure(ctx context.Context, name string, f func(*DatastoreCon
 		return fmt.Errorf("%w: datastore name empty or too long", ErrInvalid)
 	}
 	q.mu.Lock()
+	q.waitApplied()
 	d := q.datastore(name)
 	c := d.cfg
 	f(&c)
@@ -740,6 +776,16 @@ type change struct {
 // down. It returns when it next has to look again for a reason other than
 // a wake-up (a job becoming due or reaching its deadline), or the zero
 // time.
+//
+// It decides under q.mu, then writes without it, so the store's round
+// trips and commit do not stall the runners reporting their ends, the
+// fleet's sync or the API. What it decided is reserved meanwhile: the
+// ends are taken out of q.ended, each start holds its slots and its VM
+// (q.take) and is in q.starting, out of its datastores' queues. Once the
+// write returns, under q.mu again, each change is committed to the mirror
+// or rolled back. Only one pass runs at a time (Serve's goroutine), and
+// the other writers wait for its write (waitApplied), so no write of this
+// queue overtakes another: the store's order is the mirror's.
 func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 	q.mu.Lock()
 	now := q.cfg.Now()
@@ -750,7 +796,6 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 		}
 	}
 	var changes []change
-	kept := q.ended[:0]
 	for _, rj := range q.ended {
 		if rj.leaseLost {
 			// The lease ended under the run: it is no longer this
@@ -759,10 +804,9 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 			delete(q.running, rj.job.ID)
 			continue
 		}
-		kept = append(kept, rj)
 		changes = append(changes, change{t: q.outcome(serveCtx, rj, now), rj: rj})
 	}
-	q.ended = kept
+	q.ended = nil
 	q.checkDrained()
 	expired, at := q.advance(now)
 	if !at.IsZero() {
@@ -780,6 +824,7 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 		}
 		q.unDue(e)
 		q.take(e.ds, e.VM, 1)
+		q.starting[e.ID] = &startState{}
 		slots := make(map[string]int, len(e.ds))
 		for _, d := range e.ds {
 			slots[d.name] = d.cfg.Budget.maxScans()
@@ -795,24 +840,36 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 	for i, c := range changes {
 		ts[i] = c.t
 	}
+	q.applying = true
+	q.mu.Unlock()
 	results, err := q.store.Apply(wctx, ts)
+	q.mu.Lock()
+	q.wgen++
+	q.applying = false
+	q.applied.Broadcast()
 	if err != nil {
+		var ends []*runningJob
 		for _, c := range changes {
 			switch {
+			case c.rj != nil:
+				ends = append(ends, c.rj)
 			case c.start:
+				delete(q.starting, c.e.ID)
 				q.take(c.e.ds, c.e.VM, -1)
 				q.makeDue(c.e)
-			case c.e != nil: // an expiry: look again next time
+			default: // an expiry: look again next time
 				heap.Push(&q.sched.deadlines, c.e)
 			}
 		}
+		// The ends go back in front of those that came meanwhile.
+		q.ended = append(ends, q.ended...)
+		q.checkDrained()
 		q.mu.Unlock()
 		if wctx.Err() == nil {
 			q.log.Warn("queue: store write failed, retrying", "changes", len(changes), "err", err)
 		}
 		return now.Add(retryStoreAfter)
 	}
-	q.ended = nil
 	var finished []Job
 	for i, c := range changes {
 		r := results[i]
@@ -851,6 +908,8 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 				finished = append(finished, r.Job)
 			}
 		case c.start:
+			st := q.starting[c.e.ID]
+			delete(q.starting, c.e.ID)
 			if r.Err != nil {
 				q.take(c.e.ds, c.e.VM, -1)
 				switch {
@@ -863,14 +922,29 @@ func (q *Queue) pass(serveCtx, wctx context.Context, startNew bool) time.Time {
 					q.syncSoon()
 				default:
 					// Another appliance started it, or it changed: the
-					// store knows better, and the next sync says what.
+					// store knows better, and the next sync says what
+					// (or the sync already did, while the start was
+					// written).
 					q.forget(c.e.ID)
+					if st.other != nil {
+						q.absorb([]Job{*st.other})
+					}
 					q.syncSoon()
 				}
 				continue
 			}
 			q.forget(c.e.ID)
-			q.launch(serveCtx, c.e, r.Job, now)
+			if q.holder != c.t.Holder {
+				// The lease ended while the start was written: the
+				// run is the old lease's, which the fleet reaps.
+				q.take(c.e.ds, c.e.VM, -1)
+				continue
+			}
+			rj := q.launch(serveCtx, c.e, r.Job, now)
+			if st.cancel {
+				rj.cancelRequested = true
+				rj.cancel()
+			}
 		default: // expiry
 			q.forget(c.e.ID)
 			if r.Err == nil {
@@ -915,7 +989,7 @@ func (q *Queue) paused(e *entry) bool {
 
 // launch starts the runner of a job whose start is committed; its slots
 // are already taken. q.mu must be held.
-func (q *Queue) launch(serveCtx context.Context, e *entry, j Job, now time.Time) {
+func (q *Queue) launch(serveCtx context.Context, e *entry, j Job, now time.Time) *runningJob {
 	rj := &runningJob{job: j, ds: e.ds}
 	q.running[j.ID] = rj
 	q.stats.started++
@@ -939,6 +1013,7 @@ func (q *Queue) launch(serveCtx context.Context, e *entry, j Job, now time.Time)
 	}
 	q.wg.Add(1)
 	go q.runJob(jctx, rj)
+	return rj
 }
 
 func (q *Queue) runJob(jctx context.Context, rj *runningJob) {

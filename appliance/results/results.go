@@ -68,6 +68,7 @@ type Store interface {
 	Appliances
 	Rescans
 	Freezes
+	Records
 	// Close releases what the store holds (prepared statements, caches).
 	// It does not close the database handle, which belongs to whoever
 	// opened it. Nothing may be called after Close.
@@ -185,6 +186,65 @@ type Freezes interface {
 	PutFreeze(ctx context.Context, f Freeze) error
 	// Freezes returns the freezes q selects, newest (by Taken) first.
 	Freezes(ctx context.Context, q FreezeQuery) ([]Freeze, error)
+}
+
+// Records keeps the records of incremental scans (scanner/incremental):
+// what a scan of a disk saw, under the identity of its image chain and
+// the scanner's reuse key, so that a later disk above it (a linked clone
+// of a golden image, the next snapshot of a VM) reads only its own bytes.
+// In a fleet the records are shared: a golden image one appliance scanned
+// spares every appliance's clones. The store keeps each record as opaque
+// bytes (the appliance encodes them, compressed); it bounds their size
+// and number. A lost record only costs a full scan.
+type Records interface {
+	// IncrementalRecord returns the bytes stored under identity and
+	// rules, or an error wrapping ErrNotFound.
+	IncrementalRecord(ctx context.Context, identity, rules string) ([]byte, error)
+	// IncrementalRecordedAs returns the identity and time of the last
+	// record stored for path under rules (the record itself may be gone
+	// since), or an error wrapping ErrNotFound.
+	IncrementalRecordedAs(ctx context.Context, path, rules string) (identity string, at time.Time, err error)
+	// PutIncrementalRecord stores r, replacing the record of the same
+	// identity and rules, and (when r.Path is set) makes it the last
+	// recorded for its path. In the same transaction it drops the
+	// records of r.Rules beyond the keep written last, and every record
+	// of the rule sets but the MaxRecordRuleSets written to last (a rule
+	// set the fleet no longer runs). A record over MaxRecordBytes, or
+	// keep below 1, is refused with ErrInvalid, writing nothing.
+	PutIncrementalRecord(ctx context.Context, r IncrementalRecord, keep int) error
+}
+
+// Bounds of the Records a store keeps.
+const (
+	// MaxRecordBytes bounds one record's bytes (about 400,000 files).
+	MaxRecordBytes = 64 << 20
+	// MaxRecordRuleSets is how many rule sets' records are kept: the
+	// current one, and those of appliances still on an earlier signature
+	// version during a roll-out.
+	MaxRecordRuleSets = 4
+)
+
+// IncrementalRecord is one record of Records: Data is the encoded record;
+// the other fields are what it is found by.
+type IncrementalRecord struct {
+	Identity string
+	Rules    string
+	Path     string
+	Time     time.Time
+	Data     []byte
+}
+
+// CheckRecord validates a record to put and its bound.
+func CheckRecord(r *IncrementalRecord, keep int) error {
+	switch {
+	case r.Identity == "" || r.Rules == "":
+		return fmt.Errorf("%w: an incremental record needs its identity and rules", ErrInvalid)
+	case len(r.Data) > MaxRecordBytes:
+		return fmt.Errorf("%w: the incremental record of %s is %d bytes, over the %d-byte bound", ErrInvalid, r.Identity, len(r.Data), MaxRecordBytes)
+	case keep < 1:
+		return fmt.Errorf("%w: keep %d incremental records (at least 1)", ErrInvalid, keep)
+	}
+	return nil
 }
 
 // Freeze is one freeze of a VM's disks (a hypervisor snapshot) and its
@@ -356,6 +416,10 @@ type Volume struct {
 	Files  int64  `json:"files"`
 	Bytes  int64  `json:"bytes"`
 	Cached int64  `json:"cached"`
+	// Reused counts the files of Files whose outcome came from the record
+	// of a base layer (an incremental scan) without their bytes being
+	// read.
+	Reused int64 `json:"reused"`
 	// Skipped counts the files not scanned, by the scanner's reason.
 	Skipped map[string]int64 `json:"skipped"`
 	// Errors lists some of the files that could not be scanned, at most

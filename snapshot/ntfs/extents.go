@@ -312,6 +312,7 @@ func (f *FS) extents(n *node) (vfs.Extents, error) {
 	if err != nil {
 		return vfs.Extents{}, err
 	}
+	x.Volatile = volatile(attrs, n.id)
 	switch n.mode.Type() {
 	case fs.ModeDir:
 		_, rr, ok, err := f.stream(attrs, n.id, attrIndexAllocation, "$I30")
@@ -520,4 +521,34 @@ func (f *FS) childrenMeta(x *vfs.Extents, id uint64) error {
 		}
 	}
 	return nil
+}
+
+// volatile returns what a read of the object (without noatime) rewrites in
+// its own record and the reader does not serve: the access time in
+// $STANDARD_INFORMATION (the reader serves its modification time and
+// attributes), the record's $LogFile sequence number, and its update
+// sequence number with the copies of it that end each 512-byte stride on
+// the volume (the fixups put the bytes of the update sequence array, which
+// is compared, in their place).
+func volatile(attrs []located, id uint64) []vfs.Range {
+	var out []vfs.Range
+	var rec *record
+	for _, l := range attrs {
+		if l.rec.id != id {
+			continue
+		}
+		rec = l.rec
+		if l.a.Type().Value == attrStandardInformation && l.a.IsResident() && l.a.Content_size() >= 0x20 {
+			out = append(out, rec.volume(l.a.Offset+int64(l.a.Content_offset())+0x18, 8)...)
+		}
+	}
+	if rec == nil {
+		return out
+	}
+	out = append(out, rec.onVolume(vfs.Range{Off: 0x08, Len: 8})...)
+	out = append(out, rec.onVolume(vfs.Range{Off: rec.usaOff, Len: 2})...)
+	for k := int64(1); k < rec.usaN; k++ {
+		out = append(out, rec.onVolume(vfs.Range{Off: k*fixupStride - 2, Len: 2})...)
+	}
+	return out
 }

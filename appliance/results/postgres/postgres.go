@@ -13,7 +13,9 @@
 // Writers on several appliances: SaveScan takes a per-job advisory lock,
 // so two saves of one job (a re-run after a lease moved) never interleave;
 // batches of verdicts and I/O samples are written in key order, so two
-// batches never deadlock.
+// batches never deadlock; puts of incremental records (shared by the
+// fleet: a golden image one appliance scanned spares the others' clones)
+// take one advisory lock, so two trims never deadlock.
 package postgres
 
 import (
@@ -41,7 +43,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 6
+const schemaVersion = 7
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version integer NOT NULL);
@@ -75,8 +77,27 @@ CREATE TABLE IF NOT EXISTS scan_volumes (
 	skipped        text   NOT NULL,
 	errors         text   NOT NULL,
 	errors_dropped bigint NOT NULL,
+	reused         bigint NOT NULL DEFAULT 0,
 	PRIMARY KEY (job_id, disk, volume)
 );
+CREATE TABLE IF NOT EXISTS incremental_records (
+	identity    text   NOT NULL,
+	rules       text   NOT NULL,
+	path        text   NOT NULL,
+	recorded_at bigint NOT NULL,
+	stored_at   bigint NOT NULL,
+	data        bytea  NOT NULL,
+	PRIMARY KEY (identity, rules)
+);
+CREATE INDEX IF NOT EXISTS incremental_records_rules ON incremental_records(rules, stored_at);
+CREATE TABLE IF NOT EXISTS incremental_paths (
+	path        text   NOT NULL,
+	rules       text   NOT NULL,
+	identity    text   NOT NULL,
+	recorded_at bigint NOT NULL,
+	PRIMARY KEY (path, rules)
+);
+CREATE INDEX IF NOT EXISTS incremental_paths_rules ON incremental_paths(rules);
 CREATE TABLE IF NOT EXISTS scan_findings (
 	id          bigserial PRIMARY KEY,
 	job_id      bigint NOT NULL,
@@ -218,6 +239,11 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 					return err
 				}
 			}
+			if v < 7 { // (only here: an ALTER locks the table, even when it has nothing to do)
+				if _, err := c.ExecContext(ctx, `ALTER TABLE scan_volumes ADD COLUMN IF NOT EXISTS reused bigint NOT NULL DEFAULT 0`); err != nil {
+					return err
+				}
+			}
 			_, err = c.ExecContext(ctx, `UPDATE results_schema SET version = ?`, schemaVersion)
 			return err
 		}
@@ -276,6 +302,9 @@ var dialect = sqlstore.Dialect{
 	Name:     "postgres",
 	Position: "strpos",
 	LockJob:  "SELECT pg_advisory_xact_lock(7245004, hashtext(?::text))",
+	// One put of an incremental record at a time in the fleet: two
+	// trims deleting each other's old rows would otherwise deadlock.
+	LockRecords: "SELECT pg_advisory_xact_lock(7245005)",
 }
 
 func wrap(what string, err error) error {

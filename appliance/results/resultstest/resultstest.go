@@ -53,6 +53,9 @@ func (s Suite) Run(t *testing.T) {
 		{"Appliances", testAppliances},
 		{"Rescans", testRescans},
 		{"Freezes", testFreezes},
+		{"Records", testRecords},
+		{"RecordsTrim", testRecordsTrim},
+		{"RecordsConcurrent", testRecordsConcurrent},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := s.New(t)
@@ -79,7 +82,7 @@ func scan(id int64, vm string, findings ...results.Finding) *results.Scan {
 		Files: 12, Bytes: 3400, Cached: 5, BytesRead: 1 << 20, ReadOps: 77,
 		Disks: []results.Disk{{Datastore: "ds-a", Path: vm + ".qcow2", Format: "qcow2", Layers: []string{"base.qcow2"}}},
 		Volumes: []results.Volume{
-			{Disk: vm + ".qcow2", Volume: "p1", FileSystem: "ext4", Files: 10, Bytes: 3000, Cached: 5,
+			{Disk: vm + ".qcow2", Volume: "p1", FileSystem: "ext4", Files: 10, Bytes: 3000, Cached: 5, Reused: 3,
 				Skipped: map[string]int64{"too_large": 2}, Errors: []results.FileError{{Path: "/big", Reason: "too_large", Error: ""}}},
 			{Disk: vm + ".qcow2", Volume: "p2", FileSystem: "luks", Error: "encrypted", Skipped: map[string]int64{}, Errors: []results.FileError{}},
 		},
@@ -770,5 +773,160 @@ func testFreezes(t *testing.T, st results.Store) {
 	}
 	if _, err := st.Freezes(ctx(t), results.FreezeQuery{Limit: results.MaxPage + 1}); !errors.Is(err, results.ErrInvalid) {
 		t.Errorf("limit above MaxPage: %v", err)
+	}
+}
+
+func record(identity, rules, path string, n int) results.IncrementalRecord {
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(i*7 + len(identity))
+	}
+	return results.IncrementalRecord{Identity: identity, Rules: rules, Path: path, Time: at, Data: data}
+}
+
+// testRecords: a record's bytes come back as put, only under its identity
+// and rules; a second put replaces them; the path tells the identity last
+// recorded for it; the size bound and keep are checked, writing nothing.
+func testRecords(t *testing.T, st results.Store) {
+	if _, err := st.IncrementalRecord(ctx(t), "id-a", "r1"); !errors.Is(err, results.ErrNotFound) {
+		t.Fatalf("empty store: %v, want ErrNotFound", err)
+	}
+	if _, _, err := st.IncrementalRecordedAs(ctx(t), "/ds/base.qcow2", "r1"); !errors.Is(err, results.ErrNotFound) {
+		t.Fatalf("empty store, path: %v, want ErrNotFound", err)
+	}
+	a := record("id-a", "r1", "/ds/base.qcow2", 300000)
+	must(t, st.PutIncrementalRecord(ctx(t), a, 10))
+	must(t, st.PutIncrementalRecord(ctx(t), record("id-a", "r2", "/ds/base.qcow2", 10), 10))
+	b, err := st.IncrementalRecord(ctx(t), "id-a", "r1")
+	if err != nil || !slices.Equal(b, a.Data) {
+		t.Fatalf("get: %d bytes, %v; want the %d put", len(b), err, len(a.Data))
+	}
+	if _, err := st.IncrementalRecord(ctx(t), "id-b", "r1"); !errors.Is(err, results.ErrNotFound) {
+		t.Errorf("another identity: %v", err)
+	}
+	a2 := record("id-a", "r1", "/ds/base.qcow2", 17)
+	a2.Time = at.Add(time.Hour)
+	must(t, st.PutIncrementalRecord(ctx(t), a2, 10))
+	if b, err := st.IncrementalRecord(ctx(t), "id-a", "r1"); err != nil || !slices.Equal(b, a2.Data) {
+		t.Errorf("after an overwrite: %d bytes, %v", len(b), err)
+	}
+	changed := record("id-changed", "r1", "/ds/base.qcow2", 5)
+	changed.Time = at.Add(2 * time.Hour)
+	must(t, st.PutIncrementalRecord(ctx(t), changed, 10))
+	if id, when, err := st.IncrementalRecordedAs(ctx(t), "/ds/base.qcow2", "r1"); id != "id-changed" || !when.Equal(changed.Time) || err != nil {
+		t.Errorf("recorded as: %q %v %v, want id-changed at %v", id, when, err, changed.Time)
+	}
+	if id, _, err := st.IncrementalRecordedAs(ctx(t), "/ds/base.qcow2", "r2"); id != "id-a" || err != nil {
+		t.Errorf("recorded as under r2: %q %v", id, err)
+	}
+	for name, tc := range map[string]struct {
+		r    results.IncrementalRecord
+		keep int
+	}{
+		"over the bound": {record("id-big", "r1", "/ds/big.qcow2", results.MaxRecordBytes+1), 10},
+		"keep 0":         {record("id-k", "r1", "/ds/k.qcow2", 1), 0},
+		"no identity":    {record("", "r1", "/ds/n.qcow2", 1), 10},
+	} {
+		if err := st.PutIncrementalRecord(ctx(t), tc.r, tc.keep); !errors.Is(err, results.ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+		if _, _, err := st.IncrementalRecordedAs(ctx(t), tc.r.Path, "r1"); !errors.Is(err, results.ErrNotFound) {
+			t.Errorf("%s: its path was recorded: %v", name, err)
+		}
+	}
+	c, cancel := context.WithCancel(ctx(t))
+	cancel()
+	if err := st.PutIncrementalRecord(c, record("id-c", "r1", "/ds/c.qcow2", 1), 10); !errors.Is(err, context.Canceled) {
+		t.Errorf("put with a cancelled context: %v", err)
+	}
+	if _, err := st.IncrementalRecord(ctx(t), "id-c", "r1"); !errors.Is(err, results.ErrNotFound) {
+		t.Errorf("a put with a cancelled context was stored: %v", err)
+	}
+}
+
+// testRecordsTrim: at most keep records of a rule set stay, the oldest
+// written going first, without touching other rule sets; only the
+// MaxRecordRuleSets rule sets written to last keep records (and paths).
+func testRecordsTrim(t *testing.T, st results.Store) {
+	put := func(id, rules string) {
+		time.Sleep(2 * time.Millisecond) // distinct write times
+		must(t, st.PutIncrementalRecord(ctx(t), record(id, rules, "/ds/"+id, 3), 3))
+	}
+	has := func(id, rules string) bool {
+		_, err := st.IncrementalRecord(ctx(t), id, rules)
+		if err != nil && !errors.Is(err, results.ErrNotFound) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	put("other", "r0")
+	for i := range 5 {
+		put(fmt.Sprintf("id-%d", i), "r1")
+	}
+	for i := range 5 {
+		if kept := i >= 2; has(fmt.Sprintf("id-%d", i), "r1") != kept {
+			t.Errorf("record %d of 5 under keep 3: kept %v", i, !kept)
+		}
+	}
+	if !has("other", "r0") {
+		t.Error("another rule set's record was trimmed")
+	}
+	// r0 is now the rule set written to least recently: MaxRecordRuleSets
+	// newer ones push it out.
+	for i := range results.MaxRecordRuleSets - 1 {
+		put("x", fmt.Sprintf("rs-%d", i))
+	}
+	if has("other", "r0") {
+		t.Errorf("%d newer rule sets than r0 and r0's record is kept", results.MaxRecordRuleSets)
+	}
+	if _, _, err := st.IncrementalRecordedAs(ctx(t), "/ds/other", "r0"); !errors.Is(err, results.ErrNotFound) {
+		t.Errorf("the path of a dropped rule set: %v", err)
+	}
+	if !has("id-4", "r1") || !has("x", fmt.Sprintf("rs-%d", results.MaxRecordRuleSets-2)) {
+		t.Error("a record of the rule sets written to last is gone")
+	}
+}
+
+// testRecordsConcurrent: puts of records and trims from several
+// goroutines (appliances) at once all land, none deadlocks.
+func testRecordsConcurrent(t *testing.T, st results.Store) {
+	const workers, each = 4, 6
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*each)
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				r := record(fmt.Sprintf("id-%d-%d", w, i), fmt.Sprintf("r%d", i%2), fmt.Sprintf("/ds/%d", i), 1000+w)
+				if err := st.PutIncrementalRecord(ctx(t), r, 2); err != nil {
+					errs <- err
+					return
+				}
+				if b, err := st.IncrementalRecord(ctx(t), "id-0-0", "r0"); err != nil && !errors.Is(err, results.ErrNotFound) {
+					errs <- err
+					return
+				} else if err == nil && len(b) != 1000 {
+					errs <- fmt.Errorf("record id-0-0: %d bytes, want 1000", len(b))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for _, rules := range []string{"r0", "r1"} {
+		n := 0
+		for w := range workers {
+			for i := range each {
+				if _, err := st.IncrementalRecord(ctx(t), fmt.Sprintf("id-%d-%d", w, i), rules); err == nil {
+					n++
+				}
+			}
+		}
+		if n != 2 {
+			t.Errorf("rule set %s: %d records kept, want keep's 2", rules, n)
+		}
 	}
 }

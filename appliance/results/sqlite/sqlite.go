@@ -26,6 +26,11 @@
 //	               claimed: by whom, when, and when it was enqueued.
 //	vm_freezes     one row per freeze a connector made (VM, snapshot name):
 //	               its job, when taken and released, the stun times.
+//	incremental_records the records of incremental scans, by chain
+//	               identity and reuse key: the encoded record (zstd) and
+//	               when it was stored (the trim's order).
+//	incremental_paths the identity each chain top (path) was last
+//	               recorded under, per reuse key.
 //	results_schema the schema version (one row).
 //
 // Example: sqlite3 snapscan.db "SELECT vm, path, rule FROM scan_findings
@@ -58,7 +63,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 6
+const schemaVersion = 7
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version INTEGER NOT NULL);
@@ -210,6 +215,26 @@ CREATE TABLE scan_finding_tags (
 CREATE INDEX scan_finding_tags_finding ON scan_finding_tags(finding_id);
 INSERT OR IGNORE INTO scan_finding_tags (tag, finding_id)
 	SELECT json_each.value, scan_findings.id FROM scan_findings, json_each(scan_findings.tags) WHERE json_each.type = 'text';
+`, `
+ALTER TABLE scan_volumes ADD COLUMN reused INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE incremental_records (
+	identity    TEXT    NOT NULL,
+	rules       TEXT    NOT NULL,
+	path        TEXT    NOT NULL,
+	recorded_at INTEGER NOT NULL,
+	stored_at   INTEGER NOT NULL,
+	data        BLOB    NOT NULL,
+	PRIMARY KEY (identity, rules)
+);
+CREATE INDEX incremental_records_rules ON incremental_records(rules, stored_at);
+CREATE TABLE incremental_paths (
+	path        TEXT    NOT NULL,
+	rules       TEXT    NOT NULL,
+	identity    TEXT    NOT NULL,
+	recorded_at INTEGER NOT NULL,
+	PRIMARY KEY (path, rules)
+) WITHOUT ROWID;
+CREATE INDEX incremental_paths_rules ON incremental_paths(rules);
 `}
 
 // New creates the results tables in db, or migrates them, and returns the

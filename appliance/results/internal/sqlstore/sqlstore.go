@@ -42,6 +42,9 @@ type Dialect struct {
 	// LockJob, when set, is run first in a save's transaction with the
 	// job id as text, so that two saves of one job never interleave.
 	LockJob string
+	// LockRecords, when set, is run first in a PutIncrementalRecord's
+	// transaction, so that two puts' trims never deadlock.
+	LockRecords string
 }
 
 // Store is the shared part of a results.Store: the stores embed it.
@@ -122,12 +125,12 @@ func (s *Store) SaveScan(ctx context.Context, r *results.Scan) ([]results.Findin
 				dropped += int64(len(errs) - results.MaxVolumeErrors)
 				errs = errs[:results.MaxVolumeErrors]
 			}
-			_, err := c.ExecContext(ctx, `INSERT INTO scan_volumes (job_id, disk, volume, file_system, error, files, bytes, cached, skipped, errors, errors_dropped)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			_, err := c.ExecContext(ctx, `INSERT INTO scan_volumes (job_id, disk, volume, file_system, error, files, bytes, cached, reused, skipped, errors, errors_dropped)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 				ON CONFLICT (job_id, disk, volume) DO UPDATE SET file_system = excluded.file_system, error = excluded.error,
-					files = excluded.files, bytes = excluded.bytes, cached = excluded.cached, skipped = excluded.skipped,
+					files = excluded.files, bytes = excluded.bytes, cached = excluded.cached, reused = excluded.reused, skipped = excluded.skipped,
 					errors = excluded.errors, errors_dropped = excluded.errors_dropped`,
-				r.JobID, v.Disk, v.Volume, v.FileSystem, v.Error, v.Files, v.Bytes, v.Cached,
+				r.JobID, v.Disk, v.Volume, v.FileSystem, v.Error, v.Files, v.Bytes, v.Cached, v.Reused,
 				JSON(NonNilMap(v.Skipped)), JSON(NonNil(errs)), dropped)
 			if err != nil {
 				return fmt.Errorf("volume %s/%s: %w", v.Disk, v.Volume, err)
@@ -228,7 +231,7 @@ func (s *Store) Scan(ctx context.Context, jobID int64) (*results.Scan, error) {
 		r.Incomplete[NotRecorded] = 1
 		r.Status = results.StatusOf(int(r.FindingCount), r.Incomplete)
 	}
-	rows, err := s.q.QueryContext(ctx, `SELECT disk, volume, file_system, error, files, bytes, cached, skipped, errors, errors_dropped
+	rows, err := s.q.QueryContext(ctx, `SELECT disk, volume, file_system, error, files, bytes, cached, reused, skipped, errors, errors_dropped
 		FROM scan_volumes WHERE job_id = ? ORDER BY disk, volume`, jobID)
 	if err != nil {
 		return nil, s.wrap(fmt.Sprintf("job %d volumes", jobID), err)
@@ -238,7 +241,7 @@ func (s *Store) Scan(ctx context.Context, jobID int64) (*results.Scan, error) {
 	for rows.Next() {
 		var vol results.Volume
 		var skipped, errs string
-		if err := rows.Scan(&vol.Disk, &vol.Volume, &vol.FileSystem, &vol.Error, &vol.Files, &vol.Bytes, &vol.Cached, &skipped, &errs, &vol.ErrorsDropped); err != nil {
+		if err := rows.Scan(&vol.Disk, &vol.Volume, &vol.FileSystem, &vol.Error, &vol.Files, &vol.Bytes, &vol.Cached, &vol.Reused, &skipped, &errs, &vol.ErrorsDropped); err != nil {
 			return nil, s.wrap(fmt.Sprintf("job %d volumes", jobID), err)
 		}
 		if err := errors.Join(json.Unmarshal([]byte(skipped), &vol.Skipped), json.Unmarshal([]byte(errs), &vol.Errors)); err != nil {
@@ -676,4 +679,81 @@ func (s *Store) Freezes(ctx context.Context, q results.FreezeQuery) ([]results.F
 		return nil, s.wrap("freezes", err)
 	}
 	return out, nil
+}
+
+// IncrementalRecord implements results.Records.
+func (s *Store) IncrementalRecord(ctx context.Context, identity, rules string) ([]byte, error) {
+	var b []byte
+	err := s.q.QueryRowContext(ctx, `SELECT data FROM incremental_records WHERE identity = ? AND rules = ?`, identity, rules).Scan(&b)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%w: no incremental record of %s", results.ErrNotFound, identity)
+	}
+	if err != nil {
+		return nil, s.wrap("incremental record of "+identity, err)
+	}
+	return b, nil
+}
+
+// IncrementalRecordedAs implements results.Records.
+func (s *Store) IncrementalRecordedAs(ctx context.Context, path, rules string) (string, time.Time, error) {
+	var id string
+	var at int64
+	err := s.q.QueryRowContext(ctx, `SELECT identity, recorded_at FROM incremental_paths WHERE path = ? AND rules = ?`, path, rules).Scan(&id, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", time.Time{}, fmt.Errorf("%w: no incremental record of %s", results.ErrNotFound, path)
+	}
+	if err != nil {
+		return "", time.Time{}, s.wrap("incremental record of "+path, err)
+	}
+	return id, FromNanos(at), nil
+}
+
+// PutIncrementalRecord implements results.Records.
+func (s *Store) PutIncrementalRecord(ctx context.Context, r results.IncrementalRecord, keep int) error {
+	if err := results.CheckRecord(&r, keep); err != nil {
+		return err
+	}
+	err := s.tx(ctx, func(c Querier) error {
+		if s.d.LockRecords != "" {
+			if _, err := c.ExecContext(ctx, s.d.LockRecords); err != nil {
+				return err
+			}
+		}
+		// stored_at orders the trim: the writer's clock, which in a fleet
+		// may be a little off another's; a record dropped early only
+		// costs a full scan.
+		_, err := c.ExecContext(ctx, `INSERT INTO incremental_records (identity, rules, path, recorded_at, stored_at, data) VALUES (?, ?, ?, ?, ?, ?)
+			ON CONFLICT (identity, rules) DO UPDATE SET path = excluded.path, recorded_at = excluded.recorded_at,
+				stored_at = excluded.stored_at, data = excluded.data`,
+			r.Identity, r.Rules, r.Path, Nanos(r.Time), time.Now().UnixNano(), r.Data)
+		if err != nil {
+			return err
+		}
+		if r.Path != "" {
+			if _, err := c.ExecContext(ctx, `INSERT INTO incremental_paths (path, rules, identity, recorded_at) VALUES (?, ?, ?, ?)
+				ON CONFLICT (path, rules) DO UPDATE SET identity = excluded.identity, recorded_at = excluded.recorded_at`,
+				r.Path, r.Rules, r.Identity, Nanos(r.Time)); err != nil {
+				return err
+			}
+		}
+		for _, q := range []struct {
+			sql  string
+			args []any
+		}{
+			{`DELETE FROM incremental_records WHERE rules = ? AND identity NOT IN
+				(SELECT identity FROM incremental_records WHERE rules = ? ORDER BY stored_at DESC, identity DESC LIMIT ?)`, []any{r.Rules, r.Rules, keep}},
+			{`DELETE FROM incremental_records WHERE rules NOT IN
+				(SELECT rules FROM incremental_records GROUP BY rules ORDER BY max(stored_at) DESC, rules DESC LIMIT ?)`, []any{results.MaxRecordRuleSets}},
+			{`DELETE FROM incremental_paths WHERE rules NOT IN (SELECT rules FROM incremental_records)`, nil},
+		} {
+			if _, err := c.ExecContext(ctx, q.sql, q.args...); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return s.wrap("put incremental record of "+r.Identity, err)
+	}
+	return nil
 }
