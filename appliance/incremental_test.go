@@ -121,3 +121,33 @@ func TestFleetIncremental(t *testing.T) {
 		t.Errorf("findings differ:\nB, incremental %v\nfull scan      %v", clone.findings, ref.findings)
 	}
 }
+
+// TestIncrementalDamagedRecord: a record damaged in the database is not
+// trusted: the clone above it is scanned in full (nothing reused, the
+// same findings), the scan records the golden image afresh, and the next
+// clone reuses that record.
+func TestIncrementalDamagedRecord(t *testing.T) {
+	fx, rules := incrementalFixture(t)
+	app := startApp(t, appOpts{edit: func(c *Config) {
+		c.Datastores = append(c.Datastores, DatastoreConfig{Name: "ds-inc", Path: fx})
+	}})
+	app.installRules(1, rules)
+	app.scanDisk(t, "golden", "base.qcow2")
+	good := app.scanDisk(t, "vm1", "files.qcow2")
+	if good.reused == 0 {
+		t.Fatalf("the clone reused nothing from an intact record: %+v", good)
+	}
+	res, err := app.a.db.ExecContext(context.Background(), `UPDATE incremental_records SET data = substr(data, 1, length(data) / 2)`)
+	if n, _ := res.RowsAffected(); err != nil || n != 2 {
+		t.Fatalf("damaging the records: %d rows, %v", n, err)
+	}
+	damaged := app.scanDisk(t, "vm1", "files.qcow2")
+	if damaged.reused != 0 || damaged.files != good.files || !slices.Equal(damaged.findings, good.findings) {
+		t.Errorf("over a damaged record: %d of %d files reused, findings %v; want a full scan finding %v", damaged.reused, damaged.files, damaged.findings, good.findings)
+	}
+	healed := app.scanDisk(t, "vm2", "quiet.qcow2")
+	if healed.reused == 0 {
+		t.Errorf("the golden image's record was not made again: the next clone reused nothing (%d files)", healed.files)
+	}
+	t.Logf("clone: %d files reused from an intact record, %d over a damaged one; next clone %d of %d", good.reused, damaged.reused, healed.reused, healed.files)
+}

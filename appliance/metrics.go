@@ -33,8 +33,9 @@ type metrics struct {
 	// reused counts the files whose outcome came from an incremental
 	// record (a base layer, or the VM disk's previous checkpoint), not
 	// read; tracked the disks planned with changed-block tracking, by
-	// outcome: changes (the changed areas were used), full (a tracked disk
-	// read in full: the first scan, or the changes not known).
+	// outcome: changes (the changed areas were used), first (no earlier
+	// record of the VM disk), unknown (the changes since it were not
+	// known: read in full, the log says why).
 	reused   prometheus.Counter
 	tracked  *prometheus.CounterVec
 	jobs     *prometheus.CounterVec // by final state
@@ -65,7 +66,7 @@ func newMetrics(a *Appliance) *metrics {
 	m.bytes = f("bytes_scanned_total", "Bytes of file content checked.")
 	m.reused = f("files_reused_total", "Files whose outcome came from an incremental scan's record (a base layer, or the VM disk's previous checkpoint) without being read.")
 	m.tracked = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "tracked_disks_total",
-		Help: "VM disks scanned with changed-block tracking, by outcome: changes (only what changed since the last checkpoint was read), full (first scan, or the changes not known: the log says why)."}, []string{"outcome"})
+		Help: "VM disks scanned with changed-block tracking, by outcome: changes (only what changed since the last checkpoint was read), first (no earlier record of the disk), unknown (the changes since its last checkpoint were not known: read in full, the log says why)."}, []string{"outcome"})
 	m.jobs = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "jobs_finished_total",
 		Help: "Jobs that reached a final state, by state."}, []string{"state"})
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "snapscan", Name: "http_requests_total",

@@ -453,9 +453,12 @@ func (a *Appliance) scanOpened(ctx context.Context, sc *scanner.Scanner, job que
 		}
 		a.m.reused.Add(float64(reused))
 		if inc := rep.Incremental; inc != nil && inc.Tracked != nil {
-			outcome := "full"
-			if inc.Tracked.Since != "" {
+			outcome := "first"
+			switch {
+			case inc.Tracked.Since != "":
 				outcome = "changes"
+			case len(inc.Warnings) > 0:
+				outcome = "unknown"
 			}
 			a.m.tracked.WithLabelValues(outcome).Inc()
 			a.log.Info("appliance: VM disk scanned with changed-block tracking", "job", job.ID, "vm_disk", inc.Tracked.Disk,

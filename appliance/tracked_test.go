@@ -17,6 +17,7 @@ import (
 	"github.com/snapscan/snapscan/connector/vsphere"
 	"github.com/snapscan/snapscan/connector/vsphere/vspheretest"
 	"github.com/snapscan/snapscan/scanner"
+	"github.com/snapscan/snapscan/scanner/incremental"
 	"github.com/snapscan/snapscan/snapshot"
 	"github.com/snapscan/snapscan/snapshot/vfs"
 )
@@ -28,7 +29,9 @@ import (
 // QueryChangedDiskAreas since the first scan's changeId (the extended
 // vcsim answers from the blocks consolidated) and reads only the files
 // the changed areas touch: its findings are a full scan's of the same
-// disk (random.bin is found), the two untouched files are reused.
+// disk (random.bin is found), the two untouched files are reused. When
+// the last record names a changeId the hypervisor no longer knows (CBT
+// reset), the next scan is full, counted as outcome "unknown".
 func TestConnectorTracked(t *testing.T) {
 	sim := vspheretest.New(t)
 	ctx := context.Background()
@@ -165,11 +168,40 @@ connectors:
 	}
 	reused := ta.metric("snapscan_files_reused_total")
 	t.Logf("first scan read %d bytes, the second (CBT) %d; %v files reused", first.read, second.read, reused)
-	if reused != 2 || ta.metric(`snapscan_tracked_disks_total{outcome="changes"}`) != 1 || ta.metric(`snapscan_tracked_disks_total{outcome="full"}`) != 1 {
-		t.Errorf("files reused %v (want hello.txt and eicar.com), tracked disks %v with changes, %v full", reused,
-			ta.metric(`snapscan_tracked_disks_total{outcome="changes"}`), ta.metric(`snapscan_tracked_disks_total{outcome="full"}`))
+	if reused != 2 || ta.metric(`snapscan_tracked_disks_total{outcome="changes"}`) != 1 || ta.metric(`snapscan_tracked_disks_total{outcome="first"}`) != 1 {
+		t.Errorf("files reused %v (want hello.txt and eicar.com), tracked disks %v with changes, %v first", reused,
+			ta.metric(`snapscan_tracked_disks_total{outcome="changes"}`), ta.metric(`snapscan_tracked_disks_total{outcome="first"}`))
 	}
 	if second.read >= first.read {
 		t.Errorf("the second scan read %d bytes, the first %d", second.read, first.read)
+	}
+
+	// The VM disk's last record names a changeId the hypervisor does not
+	// know (CBT was reset): the next scan is full, counted as unknown,
+	// and its findings are still a full scan's.
+	key := ta.a.scanner(ta.a.recv.Current()).ReuseKey()
+	vms, err := direct.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vmDisk string
+	for _, vm := range vms {
+		if vm.ID == vmID {
+			vmDisk = "vc/" + vmID + "/" + vm.Disks[0].Key
+		}
+	}
+	if cp, err := incremental.NewSession(ta.a.records, key, nil).Checkpoint(ctx, vmDisk); err != nil || cp != "sim-2" {
+		t.Fatalf("the VM disk %s was last recorded at %q (%v), want sim-2", vmDisk, cp, err)
+	}
+	if err := ta.a.records.Put(ctx, &incremental.Record{Identity: "reset", Rules: key, Path: incremental.TrackedPath(vmDisk),
+		Time: time.Now(), Checkpoint: "52 de c0 d9-reset/1", DiskSize: 32 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	third := scan()
+	if !slices.Equal(third.findings, want) {
+		t.Errorf("after a CBT reset, findings %v, want %v", third.findings, want)
+	}
+	if n := ta.metric(`snapscan_tracked_disks_total{outcome="unknown"}`); n != 1 || ta.metric("snapscan_files_reused_total") != reused {
+		t.Errorf("after a CBT reset: %v disks counted unknown, %v files reused in all (was %v)", n, ta.metric("snapscan_files_reused_total"), reused)
 	}
 }

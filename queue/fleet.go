@@ -101,9 +101,11 @@ func (q *Queue) mirrorRemote(j Job) {
 	q.remoteVM[j.VM]++
 }
 
-// absorb brings the mirror up to date with jobs read from Changes. It
-// runs under q.mu, as every write of this queue does, so what it reads is
-// never older than what this queue wrote.
+// absorb brings the mirror up to date with jobs read from Changes. q.mu
+// must be held. What it is given is never older than a write of this
+// queue the mirror shows (syncStore reads again under q.mu when one
+// reached the mirror during the read); a job whose write is in flight
+// (running here, or starting) is left to the pass that writes it.
 func (q *Queue) absorb(jobs []Job) {
 	for _, j := range jobs {
 		if rj := q.running[j.ID]; rj != nil {

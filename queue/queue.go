@@ -53,6 +53,22 @@
 // datastore never idles the others, and priority decides who gets each
 // datastore's slots and the workers among equally loaded datastores.
 //
+// # Writes and the lock
+//
+// The queue's mutex guards its in-memory mirror of the store, never a
+// round trip of the scheduler: a pass decides under it, reserves what it
+// starts in memory (the slots, the VM, the job marked starting), writes
+// its batch of starts and ends without it, and commits or rolls back the
+// reservations under it again. The runners reporting their ends, the
+// fleet's sync (which reads Changes without the mutex too), the rate
+// shares and the API do not wait for the store meanwhile. The other
+// writes (Enqueue, Cancel, SetDatastore, reaping) wait for the pass's
+// write in flight and hold the mutex across theirs, so every write of a
+// queue is ordered in the store as in its mirror: a Cancel acknowledged
+// is never overtaken by a retry, a requeue never races an Enqueue of its
+// VM, and a cancel another appliance asks of a run being started reaches
+// it at launch.
+//
 // # Listing and shutdown
 //
 // List reads stored jobs by state, VM, id range and enqueue time, newest

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/snapscan/snapscan/queue"
@@ -202,6 +203,13 @@ type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
+// execer is a querier that also writes: a transaction, or a connection in
+// one.
+type execer interface {
+	querier
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
 func getJob(ctx context.Context, q querier, id int64) (queue.Job, error) {
 	j, err := scanJob(q.QueryRow(ctx, "SELECT "+jobColumns+" FROM queue_jobs WHERE id = $1", id))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -228,7 +236,7 @@ func queryJobs(ctx context.Context, q querier, sql string, args ...any) ([]queue
 }
 
 // saveMerged writes back the fields Job.Merge and Job.Absorb change.
-func saveMerged(ctx context.Context, tx pgx.Tx, seq int64, j *queue.Job) error {
+func saveMerged(ctx context.Context, tx execer, seq int64, j *queue.Job) error {
 	disks, err := json.Marshal(j.Disks)
 	if err != nil {
 		return err
@@ -311,7 +319,8 @@ func (s *Store) Apply(ctx context.Context, ts []queue.Transition) ([]queue.Resul
 // A pass of the scheduler is a batch of starts and ends (and expiries)
 // of its own runs: applyPipelined sends them as one pipeline, the clock's
 // bump and one conditional statement per transition, so a pass costs
-// three round trips to the server (begin, the pipeline, commit) however
+// two round trips to the server (the pipeline, opened by BEGIN, and the
+// commit) however
 // many transitions it holds. Each statement carries the fence in its
 // WHERE clause (state, holder and epoch, a live lease, free slots on
 // every datastore of the job as stored) and changes nothing unless it
@@ -371,70 +380,98 @@ func endFence(holder, epoch int) string {
 }
 
 func (s *Store) applyPipelined(ctx context.Context, ts []queue.Transition) ([]queue.Result, error) {
-	var out []queue.Result
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		out = make([]queue.Result, len(ts))
-		b := &pgx.Batch{}
-		b.Queue(`UPDATE queue_clock SET seq = seq + 1`)
-		for _, t := range ts {
-			switch {
-			case t.To == queue.Running:
-				slots, err := json.Marshal(t.Slots)
-				if err != nil {
-					return err
-				}
-				b.Queue(startSQL, t.ID, nanos(t.At), t.Holder, string(slots))
-			case t.From == queue.Queued:
-				b.Queue(expireSQL, t.ID, string(t.To), nanos(t.At), t.Err)
-			case t.To == queue.Queued:
-				uncount := 0
-				if t.Interrupted {
-					uncount = 1
-				}
-				b.Queue(requeueSQL, t.ID, nanos(t.RetryAt), t.Err, uncount, t.Holder, t.Epoch)
-			default:
-				b.Queue(finishSQL, t.ID, string(t.To), nanos(t.At), t.Err, t.Holder, t.Epoch)
-			}
-		}
-		br := tx.SendBatch(ctx, b)
-		if _, err := br.Exec(); err != nil {
-			br.Close()
-			return err
-		}
-		var missed []int
-		for i := range ts {
-			j, err := scanJob(br.QueryRow())
-			switch {
-			case errors.Is(err, pgx.ErrNoRows):
-				missed = append(missed, i)
-			case err != nil:
-				br.Close()
-				return fmt.Errorf("job %d %s -> %s: %w", ts[i].ID, ts[i].From, ts[i].To, err)
-			default:
-				out[i] = queue.Result{Job: j}
-			}
-		}
-		if err := br.Close(); err != nil {
-			return err
-		}
-		// Explain the transitions that did not hold.
-		a := &applyTx{tx: tx, holders: map[string]holderState{}}
-		for _, i := range missed {
-			j, err := a.fence(ctx, ts[i])
-			if err == nil {
-				err = fmt.Errorf("%w: job %d changed meanwhile", queue.ErrConflict, ts[i].ID)
-			}
-			if !errors.Is(err, queue.ErrConflict) && !errors.Is(err, queue.ErrNotFound) &&
-				!errors.Is(err, queue.ErrLeaseLost) && !errors.Is(err, queue.ErrNoSlot) {
-				return err
-			}
-			out[i] = queue.Result{Job: j, Err: err}
-		}
-		return nil
-	})
+	out, err := s.applyPipelinedConn(ctx, ts)
 	if err != nil {
 		return nil, fmt.Errorf("queue: apply %d transitions: %w", len(ts), err)
 	}
+	return out, nil
+}
+
+// applyPipelinedConn opens the transaction in the pipeline itself (BEGIN
+// is its first statement), so a pass costs two round trips: the
+// pipeline, and the commit (after the explanations, if any).
+func (s *Store) applyPipelinedConn(ctx context.Context, ts []queue.Transition) (out []queue.Result, err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Release()
+	inTx := false
+	defer func() {
+		if err != nil && inTx {
+			// A connection left in a transaction is not handed out again.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if _, rerr := conn.Exec(rctx, "ROLLBACK"); rerr != nil {
+				_ = conn.Conn().Close(rctx)
+			}
+		}
+	}()
+	out = make([]queue.Result, len(ts))
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`UPDATE queue_clock SET seq = seq + 1`)
+	for _, t := range ts {
+		switch {
+		case t.To == queue.Running:
+			slots, err := json.Marshal(t.Slots)
+			if err != nil {
+				return nil, err
+			}
+			b.Queue(startSQL, t.ID, nanos(t.At), t.Holder, string(slots))
+		case t.From == queue.Queued:
+			b.Queue(expireSQL, t.ID, string(t.To), nanos(t.At), t.Err)
+		case t.To == queue.Queued:
+			uncount := 0
+			if t.Interrupted {
+				uncount = 1
+			}
+			b.Queue(requeueSQL, t.ID, nanos(t.RetryAt), t.Err, uncount, t.Holder, t.Epoch)
+		default:
+			b.Queue(finishSQL, t.ID, string(t.To), nanos(t.At), t.Err, t.Holder, t.Epoch)
+		}
+	}
+	inTx = true
+	br := conn.SendBatch(ctx, b)
+	for range 2 {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return nil, err
+		}
+	}
+	var missed []int
+	for i := range ts {
+		j, err := scanJob(br.QueryRow())
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			missed = append(missed, i)
+		case err != nil:
+			br.Close()
+			return nil, fmt.Errorf("job %d %s -> %s: %w", ts[i].ID, ts[i].From, ts[i].To, err)
+		default:
+			out[i] = queue.Result{Job: j}
+		}
+	}
+	if err := br.Close(); err != nil {
+		return nil, err
+	}
+	// Explain the transitions that did not hold.
+	a := &applyTx{tx: conn, holders: map[string]holderState{}}
+	for _, i := range missed {
+		j, err := a.fence(ctx, ts[i])
+		if err == nil {
+			err = fmt.Errorf("%w: job %d changed meanwhile", queue.ErrConflict, ts[i].ID)
+		}
+		if !errors.Is(err, queue.ErrConflict) && !errors.Is(err, queue.ErrNotFound) &&
+			!errors.Is(err, queue.ErrLeaseLost) && !errors.Is(err, queue.ErrNoSlot) {
+			return nil, err
+		}
+		out[i] = queue.Result{Job: j, Err: err}
+	}
+	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		return nil, err
+	}
+	inTx = false
 	return out, nil
 }
 
@@ -445,7 +482,7 @@ func (s *Store) applyPipelined(ctx context.Context, ts []queue.Transition) ([]qu
 // statement is a round trip to the server, and on a loaded machine the
 // round trips are what a pass costs.
 type applyTx struct {
-	tx      pgx.Tx
+	tx      execer
 	seq     int64
 	holders map[string]holderState
 }
