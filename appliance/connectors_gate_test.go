@@ -18,6 +18,7 @@ import (
 	"github.com/snapscan/snapscan/connector/vsphere"
 	"github.com/snapscan/snapscan/connector/vsphere/vspheretest"
 	"github.com/snapscan/snapscan/queue"
+	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -215,11 +216,13 @@ func TestConnectorGroups(t *testing.T) {
 	// Faults: VM1's disk made independent (no snapshot can freeze it) is
 	// a permanent error on VM1's job; VM0 migrating is retried until the
 	// migration ends; VM0's scan completes meanwhile.
-	for _, dev := range sim.VM(t, "DC0_C0_RP0_VM1").Config.Hardware.Device {
-		if vd, ok := dev.(*types.VirtualDisk); ok {
-			vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo).DiskMode = string(types.VirtualDiskModeIndependent_persistent)
+	sim.Edit(t, "DC0_C0_RP0_VM1", func(vm *simulator.VirtualMachine) {
+		for _, dev := range vm.Config.Hardware.Device {
+			if vd, ok := dev.(*types.VirtualDisk); ok {
+				vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo).DiskMode = string(types.VirtualDiskModeIndependent_persistent)
+			}
 		}
-	}
+	})
 	eventually(t, "the inventory to see the independent disk", 10*time.Second, func() bool {
 		h := ta.a.hypervisors[0]
 		v, ok := h.invVM(strings.TrimPrefix(vm1, "vc/"))

@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,6 +62,12 @@ type fleetScenario struct {
 	restartIn  time.Duration
 	pgRestarts int           // restart PostgreSQL this many times...
 	pgEvery    time.Duration // ...this often
+	// cpu: CPU-bound instead of budget-bound: no byte budget, each
+	// appliance pinned to one CPU (taskset, GOMAXPROCS=1, one scanner
+	// worker), every file scanned (no verdict cache, no incremental
+	// scans) with the CPU-heavy rules of fleetCPURules beside the planted
+	// ones.
+	cpu bool
 }
 
 // fleetResult is what a run measured.
@@ -85,6 +93,7 @@ type fleetRig struct {
 	bin, dir string
 	fx       string
 	bundle   []byte
+	cpuRules []byte // bundle of the cpu runs: the planted rules and fleetCPURules
 	pub      string
 	expected map[string][]string // fixture VM -> "rule path" of its planted matches
 	disks    map[string][2]string
@@ -115,7 +124,12 @@ func newFleetRig(t testing.TB) *fleetRig {
 	if err := os.WriteFile(r.pub, pb, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r.bundle = fleetBundle(t, fx, priv)
+	r.bundle = fleetBundle(t, fx, priv, "")
+	cpuYar := filepath.Join(dir, "cpu.yar")
+	if err := os.WriteFile(cpuYar, []byte(fleetCPURules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.cpuRules = fleetBundle(t, fx, priv, cpuYar)
 	if err := os.WriteFile(filepath.Join(dir, "api.tokens"), []byte(testToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -138,8 +152,25 @@ func newFleetRig(t testing.TB) *fleetRig {
 	return r
 }
 
-func fleetBundle(t testing.TB, fx string, key ed25519.PrivateKey) []byte {
-	files, err := signatures.LoadRuleFiles(filepath.Join(fx, "rules", "planted.yar"))
+// fleetCPURules cost CPU on every file and match nothing: a search for
+// a 12-byte sequence no image holds, at every offset, 16 times over (a
+// nested loop; the outer index only makes each pass a separate one).
+const fleetCPURules = `rule fleet_cpu_burn {
+  condition:
+    for any k in (0..15) : (
+      for any i in (0..filesize) : (
+        uint32(i) == 0x5a17c3e9 + k and uint32(i + 4) == 0x0bd1f00d and uint32(i + 8) == 0x13579bdf
+      )
+    )
+}
+`
+
+func fleetBundle(t testing.TB, fx string, key ed25519.PrivateKey, extra string) []byte {
+	paths := []string{filepath.Join(fx, "rules", "planted.yar")}
+	if extra != "" {
+		paths = append(paths, extra)
+	}
+	files, err := signatures.LoadRuleFiles(paths...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +193,8 @@ type fleetProc struct {
 	name, cfg, url, log string
 	cmd                 *exec.Cmd
 	exited              chan struct{}
-	gen                 int // starts so far: a counter restarts at 0 with the process
+	gen                 int    // starts so far: a counter restarts at 0 with the process
+	cpu                 string // the CPU it is pinned to (taskset -c), or ""
 }
 
 // run is one scenario on a fresh database and fresh datastore folders.
@@ -212,6 +244,10 @@ func (r *fleetRig) run(sc fleetScenario) fleetResult {
 
 	// The appliances.
 	var dsYAML strings.Builder
+	scannerYAML, bundle := "", r.bundle
+	if sc.cpu {
+		scannerYAML, bundle = "scanner: {workers: 1, no_cache: true, incremental: false}\n", r.cpuRules
+	}
 	for k := range fleetDatastores {
 		fmt.Fprintf(&dsYAML, "  - {name: ds-%d, path: %q, max_scans: %d, bytes_per_sec: %d}\n",
 			k+1, filepath.Join(dir, fmt.Sprintf("ds-%d", k+1)), sc.maxScans, int64(sc.budget))
@@ -235,8 +271,11 @@ datastores:
 queue: {max_scans: %d, max_attempts: 20}
 events: {log: none}
 log: {level: %s}
-`, name, port, filepath.Join(r.dir, "api.tokens"), filepath.Join(adir, "sig"), r.pub, dsYAML.String(), dsnFile,
-			sc.maxScans*fleetDatastores, level)
+%s`, name, port, filepath.Join(r.dir, "api.tokens"), filepath.Join(adir, "sig"), r.pub, dsYAML.String(), dsnFile,
+			sc.maxScans*fleetDatastores, level, scannerYAML)
+		if sc.cpu {
+			p.cpu = fmt.Sprint(i % runtime.NumCPU())
+		}
 		if err := os.WriteFile(p.cfg, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -263,7 +302,7 @@ log: {level: %s}
 	}
 	for _, p := range procs {
 		r.waitUp(p)
-		if code, err := fleetCall(p, "POST", "/v1/signatures", r.bundle); code != http.StatusOK && code != http.StatusCreated {
+		if code, err := fleetCall(p, "POST", "/v1/signatures", bundle); code != http.StatusOK && code != http.StatusCreated {
 			t.Fatalf("%s: install signatures: %d %v", p.name, code, err)
 		}
 	}
@@ -498,6 +537,10 @@ log: {level: %s}
 
 	// The budgets: summed reads per datastore in 1-second windows.
 	burst := max(sc.budget*0.1, 4096)
+	budget := sc.budget
+	if budget == 0 {
+		budget = math.Inf(1) // no budget: no window can exceed it, and no bound
+	}
 	type step struct {
 		from, to time.Time
 		bytes    float64
@@ -546,10 +589,10 @@ log: {level: %s}
 					break
 				}
 			}
-			if r := (sum - burst) / sc.budget; r > res.worst {
+			if r := (sum - burst) / budget; r > res.worst {
 				res.worst, res.worstAt = r, fmt.Sprintf("%s at %v", ds, st[i].from.Sub(start).Round(100*time.Millisecond))
 			}
-			res.worstRaw = max(res.worstRaw, sum/sc.budget)
+			res.worstRaw = max(res.worstRaw, sum/budget)
 		}
 		for _, s := range st {
 			seen += s.bytes
@@ -560,7 +603,9 @@ log: {level: %s}
 		boundBytes = max(boundBytes, b)
 		res.readMiB += float64(b) / (1 << 20)
 	}
-	res.bound = time.Duration(float64(boundBytes) / sc.budget * float64(time.Second))
+	if sc.budget > 0 {
+		res.bound = time.Duration(float64(boundBytes) / sc.budget * float64(time.Second))
+	}
 	res.makespan = time.Duration(last - first)
 	for _, p := range procs {
 		if n, err := scrapeMetric(p, "snapscan_result_save_retries_total"); err == nil {
@@ -608,6 +653,19 @@ func (r *fleetRig) start(p *fleetProc) {
 	cmd := exec.Command(r.bin, "serve", "--config", p.cfg)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+filepath.Join(filepath.Dir(p.cfg), "cache"))
+	if p.cpu != "" {
+		// taskset sets the affinity and execs the appliance (same pid):
+		// its Go code and its cgo calls into libyara run on that CPU.
+		cmd = exec.Command("taskset", "-c", p.cpu, r.bin, "serve", "--config", p.cfg)
+		cmd.Stdout, cmd.Stderr = lf, lf
+		cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+filepath.Join(filepath.Dir(p.cfg), "cache"), "GOMAXPROCS=1")
+		// A session of its own: with the kernel's autogroup scheduling
+		// (sched_autogroup_enabled), CPU is shared fairly between
+		// sessions, so appliances in the benchmark's session would split
+		// one session's share of a busy machine however many CPUs they
+		// run on. Separate machines would not.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		r.t.Fatal(err)
 	}
@@ -782,12 +840,17 @@ func BenchmarkFleet(b *testing.B) {
 	// About 290 KiB read per VM scan: 40 VMs per datastore at 56 KiB/s
 	// last past the ten kills (210 s); at 256 KiB/s about 50 s.
 	const slow, fast = 56 << 10, 256 << 10
+	const cpuVMs = 60
 	scenarios := []fleetScenario{
 		{name: "kill-10", appliances: 3, vms: 200, budget: slow, maxScans: 2, kills: 10, killEvery: 20 * time.Second, restartIn: 10 * time.Second},
 		{name: "pg-restart-2", appliances: 3, vms: 200, budget: fast, maxScans: 2, pgRestarts: 2, pgEvery: 15 * time.Second},
 		{name: "appliances-1", appliances: 1, vms: 200, budget: fast, maxScans: 2},
 		{name: "appliances-2", appliances: 2, vms: 200, budget: fast, maxScans: 2},
 		{name: "appliances-3", appliances: 3, vms: 200, budget: fast, maxScans: 2},
+		// CPU-bound: the ratio is the makespan's to cpu-1's.
+		{name: "cpu-1", appliances: 1, vms: cpuVMs, maxScans: 2, cpu: true},
+		{name: "cpu-2", appliances: 2, vms: cpuVMs, maxScans: 2, cpu: true},
+		{name: "cpu-3", appliances: 3, vms: cpuVMs, maxScans: 2, cpu: true},
 	}
 	// SNAPSCAN_FLEET_RUNS=name,name runs only those (bench/fleet.sh's
 	// arguments).
@@ -811,8 +874,27 @@ func BenchmarkFleet(b *testing.B) {
 	var tb strings.Builder
 	fmt.Fprintf(&tb, "\n%-13s %4s %4s %9s %10s %9s %8s %7s %10s %6s %5s %5s %7s  %s\n", "run", "apps", "VMs", "budget", "makespan", "bound", "ratio",
 		"worst", "worst-raw", "kills", "pg", "lost", "retried", "load")
+	var cpu1 time.Duration
+	for i, sc := range scenarios {
+		if sc.name == "cpu-1" {
+			cpu1 = out[i].makespan
+		}
+	}
 	for i, sc := range scenarios {
 		x := out[i]
+		if sc.cpu {
+			// No budget, no bound: the makespan against cpu-1's.
+			ratio, ref := math.NaN(), "cpu-1 not run"
+			if cpu1 > 0 {
+				ratio, ref = x.makespan.Seconds()/cpu1.Seconds(), "of cpu-1"
+			}
+			fmt.Fprintf(&tb, "%-13s %4d %4d %9s %9.1fs %9s %7.3f× %7s %10s %6d %5d %5d %7d  %s (%s; 1 CPU each)\n", sc.name, sc.appliances, sc.vms,
+				"none", x.makespan.Seconds(), "-", ratio, "-", "-", x.kills, x.pgRestarts, x.lost, x.retried, x.load, ref)
+			if cpu1 > 0 {
+				b.ReportMetric(ratio, sc.name+"-makespan/cpu-1")
+			}
+			continue
+		}
 		fmt.Fprintf(&tb, "%-13s %4d %4d %6.0fKiB %9.1fs %8.1fs %7.3f× %6.3f× %9.3f× %6d %5d %5d %7d  %s\n", sc.name, sc.appliances, sc.vms,
 			sc.budget/1024, x.makespan.Seconds(), x.bound.Seconds(), x.makespan.Seconds()/x.bound.Seconds(), x.worst, x.worstRaw,
 			x.kills, x.pgRestarts, x.lost, x.retried, x.load)

@@ -10,6 +10,14 @@
 #                 10 s later, 10 times (56 KiB/s: the reads outlast them)
 #   pg-restart-2  restart the PostgreSQL server every 15 s, twice
 #   appliances-N  no faults, with 1, 2 and 3 appliances
+#   cpu-N         CPU-bound, with 1, 2 and 3 appliances: 60 VMs, no byte
+#                 budget, each appliance pinned to one CPU (taskset -c,
+#                 CPUs taken in turn; GOMAXPROCS=1; scanner workers 1) in
+#                 a session of its own (the kernel's autogroup scheduler
+#                 shares CPU between sessions), every file scanned (no
+#                 verdict cache, no incremental scans) with a CPU-heavy
+#                 rule that matches nothing beside the planted ones; the
+#                 ratio is the makespan's to cpu-1's
 #
 # and prints a table: makespan (first enqueue to last job done) against
 # the budget's lower bound (bytes the stored scans read from the busiest
@@ -28,9 +36,14 @@
 # its image, every fault planned happened before the jobs ended, and no
 # window exceeds 1.05× the budget after one burst.
 #
-# Takes about 15 minutes. Usage: bench/fleet.sh [RUN...] (runs named from
-# the list above; default all)
+# Takes about 20 minutes. Usage: bench/fleet.sh [RUN...] (runs named from
+# the list above; default all). KEEP=folder keeps each run's appliance
+# logs and its summed reads per datastore (reads.tsv: from, to, datastore,
+# bytes) there; LOG=debug makes the appliances trace every scan slot taken
+# or given back and every rate share granted ("queue: scan slot", "queue:
+# rate share"): how the 3-appliance makespan was diagnosed.
 set -euo pipefail
+export SNAPSCAN_FLEET_KEEP="${KEEP:+$(realpath -m "$KEEP")}" SNAPSCAN_FLEET_LOG="${LOG:-}"
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH:/usr/sbin:/sbin
 uptime

@@ -31,6 +31,15 @@ func TestInstallScript(t *testing.T) {
 	if code, _, stderr := runBin(t, "sig", "keygen", "--out", filepath.Join(dir, "k")); code != 0 {
 		t.Fatal(stderr)
 	}
+	// A datastore of block devices: a folder under /dev that this machine
+	// has (/dev/mapper only exists once device-mapper was used).
+	devDS := "/dev"
+	for _, p := range []string{"/dev/mapper", "/dev/disk/by-id", "/dev/disk"} {
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			devDS = p
+			break
+		}
+	}
 	cfg := filepath.Join(dir, "appliance.yaml")
 	os.WriteFile(cfg, []byte(`name: test-01
 server:
@@ -43,7 +52,7 @@ signatures:
   receiver_token_file: /etc/snapscan/receiver.token
 datastores:
   - {name: images, path: "`+ds+`"}
-  - {name: luns, path: /dev/mapper}
+  - {name: luns, path: `+devDS+`}
 database: {path: /var/lib/snapscan/snapscan.db}
 events: {log: /var/log/snapscan/events.jsonl}
 `), 0o644)
@@ -90,7 +99,7 @@ events: {log: /var/log/snapscan/events.jsonl}
 	unitPath := filepath.Join(root, "etc", "systemd", "system", "snapscan.service")
 	unit, _ := os.ReadFile(unitPath)
 	for _, want := range []string{
-		"\nReadOnlyPaths=/dev/mapper \"" + ds + "\"\n", "\nPrivateDevices=no\nDevicePolicy=closed\nDeviceAllow=block-* r\nSupplementaryGroups=disk\n",
+		"\nReadOnlyPaths=" + devDS + " \"" + ds + "\"\n", "\nPrivateDevices=no\nDevicePolicy=closed\nDeviceAllow=block-* r\nSupplementaryGroups=disk\n",
 		"\nExecStart=" + root + "/usr/local/bin/snapscan serve --config " + root + "/etc/snapscan/appliance.yaml\n", "\nUser=snapscan\n",
 	} {
 		if !strings.Contains(string(unit), want) {
@@ -116,7 +125,7 @@ events: {log: /var/log/snapscan/events.jsonl}
 	// Again, with the datastore under /dev gone: the unit follows, the
 	// secrets stay as they were.
 	c, _ := os.ReadFile(filepath.Join(root, "etc", "snapscan", "appliance.yaml"))
-	os.WriteFile(filepath.Join(root, "etc", "snapscan", "appliance.yaml"), []byte(strings.Replace(string(c), "  - {name: luns, path: /dev/mapper}\n", "", 1)), 0o640)
+	os.WriteFile(filepath.Join(root, "etc", "snapscan", "appliance.yaml"), []byte(strings.Replace(string(c), "  - {name: luns, path: "+devDS+"}\n", "", 1)), 0o640)
 	out = install()
 	unit, _ = os.ReadFile(unitPath)
 	if tok2, _ := os.ReadFile(filepath.Join(root, "etc", "snapscan", "api.tokens")); string(tok2) != string(tok) || strings.Contains(out, "created") {

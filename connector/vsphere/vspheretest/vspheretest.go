@@ -172,6 +172,16 @@ func (s *Sim) VM(t testing.TB, name string) *simulator.VirtualMachine {
 	return nil
 }
 
+// Edit runs f on the simulated VM named name under the simulator's lock
+// on it, as vcsim's own methods change objects: a test that changes a VM
+// while a connector reads its properties does not race with vcsim's
+// property collector.
+func (s *Sim) Edit(t testing.TB, name string, f func(vm *simulator.VirtualMachine)) {
+	t.Helper()
+	vm := s.VM(t, name)
+	s.Model.Map().WithLock(simulator.NewContext(), vm.Reference(), func() { f(vm) })
+}
+
 // Top returns the file the VM's first disk writes now.
 func (s *Sim) Top(t testing.TB, name string) string {
 	vm := s.VM(t, name)
