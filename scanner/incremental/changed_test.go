@@ -54,25 +54,7 @@ func flatten(t *testing.T, path, out string) string {
 // scanChanged scans the image at path through sess.PlanChanged.
 func scanChanged(t *testing.T, sc *scanner.Scanner, sess *incremental.Session, path string, c incremental.Changes) scanned {
 	t.Helper()
-	d, err := snapshot.Open(path, &snapshot.Options{Format: "qcow2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	ctx := context.Background()
-	p := sess.PlanChanged(ctx, d, c)
-	tg := p.Target(filepath.Base(path))
-	sp := &spy{Reuse: tg.Reuse}
-	tg.Reuse = sp
-	rep, err := sc.Scan(ctx, tg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Finish(ctx, rep); err != nil {
-		t.Fatal(err)
-	}
-	slices.Sort(sp.hits)
-	return scanned{rep: rep, hits: sp.hits}
+	return scanPlanned(t, sc, path, func(ctx context.Context, d *snapshot.Disk) *incremental.Plan { return sess.PlanChanged(ctx, d, c) })
 }
 
 // TestChanged is issue 16.4 on real images: a VM disk that is one file

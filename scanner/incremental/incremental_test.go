@@ -78,13 +78,20 @@ func scanFull(t *testing.T, sc *scanner.Scanner, path string) *scanner.Report {
 // scanInc scans the image at path through a Plan of sess.
 func scanInc(t *testing.T, sc *scanner.Scanner, sess *incremental.Session, path string) scanned {
 	t.Helper()
+	return scanPlanned(t, sc, path, sess.Plan)
+}
+
+// scanPlanned scans the image at path through the Plan that plan makes
+// of it, and finishes the plan.
+func scanPlanned(t *testing.T, sc *scanner.Scanner, path string, plan func(context.Context, *snapshot.Disk) *incremental.Plan) scanned {
+	t.Helper()
 	d, err := snapshot.Open(path, &snapshot.Options{Format: "qcow2"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
 	ctx := context.Background()
-	p := sess.Plan(ctx, d)
+	p := plan(ctx, d)
 	tg := p.Target(filepath.Base(path))
 	sp := &spy{Reuse: tg.Reuse}
 	tg.Reuse = sp
