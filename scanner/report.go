@@ -187,6 +187,10 @@ type VolumeReport struct {
 	Bytes int64 `json:"bytes"`
 	// Cached counts the files of Files whose verdict came from the cache.
 	Cached int64 `json:"cached"`
+	// PathScanned counts the files of Files scanned by the path-reading
+	// rule sources alone, the rest of their verdict coming from the cache
+	// (identical bytes scanned at another path; see Rules.PathSplit).
+	PathScanned int64 `json:"path_scanned,omitempty"`
 	// Reused counts the files of Files whose outcome came from the record
 	// of a base layer (Target.Reuse) without their bytes being read.
 	Reused int64 `json:"reused"`

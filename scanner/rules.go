@@ -92,6 +92,83 @@ type Rules struct {
 	// defined holds the external variables the compiled rules declare;
 	// a compiled rules file may declare fewer than Externals.
 	defined []string
+	// paths is set when only some sources read the path-like externals
+	// (see pathRules).
+	paths *pathRules
+}
+
+// pathRules splits a path-dependent rule set by source. YARA rules see
+// only their own namespace (a reference to a rule of another namespace
+// does not compile, a global rule binds only its own), and every source
+// is its own namespace, so a verdict is the union of what the sources
+// that read filename, filepath, extension or owner give (which depends
+// on where the file is) and what the others give (which depends on its
+// bytes alone). The second part is cached by content only: a file whose
+// bytes were scanned at another path is scanned again by the path
+// sources alone (signature-base: 50 of 741 files, half the cost of the
+// whole set on large binaries), never by the whole set.
+type pathRules struct {
+	y *yara.Rules // the path-reading sources, compiled alone
+	// ns holds their namespaces; order gives every namespace's place in
+	// the whole set, so that merged matches come in libyara's order.
+	ns    map[string]bool
+	order map[string]int
+	// contentID is CacheKey.Rules of the content-only verdicts.
+	contentID string
+}
+
+// splitPaths compiles the path-reading sources of srcs apart, for r (the
+// whole set compiled): nothing when all or none of them read the
+// path-like externals, or when one includes another file (the included
+// text is outside what is checked). A failure to compile them costs the
+// split only.
+func (r *Rules) splitPaths(dir string, srcs []Source, files []string) {
+	if !r.pathDependent || slices.ContainsFunc(srcs, func(s Source) bool { return includeRef.Match(s.Data) }) {
+		return
+	}
+	var psrcs []Source
+	var pfiles []string
+	pr := &pathRules{ns: map[string]bool{}, order: map[string]int{}, contentID: r.id + "/content-only"}
+	for i, s := range srcs {
+		pr.order[s.Name] = i
+		if externalRef.Match(s.Data) {
+			psrcs = append(psrcs, s)
+			pr.ns[s.Name] = true
+			if files != nil {
+				pfiles = append(pfiles, files[i])
+			}
+		}
+	}
+	if len(psrcs) == 0 || len(psrcs) == len(srcs) {
+		return
+	}
+	p, err := compileCached(dir, psrcs, pfiles)
+	if err != nil {
+		return
+	}
+	pr.y = p.y
+	r.paths = pr
+}
+
+// contentOnly returns the matches of the sources that do not read the
+// path-like externals.
+func (p *pathRules) contentOnly(matches []Match) []Match {
+	out := []Match{}
+	for _, m := range matches {
+		if !p.ns[m.Namespace] {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// merge returns the matches of the content-only sources and of the
+// path-reading ones in the order a scan by the whole set reports them.
+func (p *pathRules) merge(content, paths []Match) []Match {
+	out := make([]Match, 0, len(content)+len(paths))
+	out = append(append(out, content...), paths...)
+	slices.SortStableFunc(out, func(a, b Match) int { return cmp.Compare(p.order[a.Namespace], p.order[b.Namespace]) })
+	return out
 }
 
 // ID identifies the compiled rule set: the SHA-256, in hex, of the engine
@@ -103,6 +180,17 @@ func (r *Rules) ID() string { return r.id }
 // the file's name, path or owner and not only on its bytes (see
 // CacheKey): then only a file at the same path shares a cached verdict.
 func (r *Rules) PathDependent() bool { return r.pathDependent }
+
+// PathSplit reports how many of the sources read the path-like externals
+// and were compiled apart (0 when the set is not split): a file whose
+// bytes were already scanned at another path is then scanned by those
+// sources alone, its other matches taken from the first scan's verdict.
+func (r *Rules) PathSplit() int {
+	if r.paths == nil {
+		return 0
+	}
+	return len(r.paths.ns)
+}
 
 // Count returns the number of rules, private and global ones included.
 func (r *Rules) Count() int { return r.count }
@@ -220,12 +308,18 @@ var includeRef = regexp.MustCompile(`(?m)^\s*include\s*"`)
 // it there.
 func compileCached(dir string, srcs []Source, files []string) (*Rules, error) {
 	if dir == "" || slices.ContainsFunc(srcs, func(s Source) bool { return includeRef.Match(s.Data) }) {
-		return compile(srcs, files)
+		r, err := compile(srcs, files)
+		if err == nil {
+			r.splitPaths("", srcs, files)
+		}
+		return r, err
 	}
 	id, pathDependent := sourcesID(srcs)
 	p := filepath.Join(dir, id+".yarc")
 	if y, err := yara.LoadRules(p); err == nil {
-		return &Rules{y: y, id: id, count: len(y.GetRules()), pathDependent: pathDependent, defined: Externals}, nil
+		r := &Rules{y: y, id: id, count: len(y.GetRules()), pathDependent: pathDependent, defined: Externals}
+		r.splitPaths(dir, srcs, files)
+		return r, nil
 	}
 	r, err := compile(srcs, files)
 	if err != nil {
@@ -244,6 +338,7 @@ func compileCached(dir string, srcs []Source, files []string) (*Rules, error) {
 			os.Remove(tmp)
 		}
 	}
+	r.splitPaths(dir, srcs, files)
 	return r, nil
 }
 

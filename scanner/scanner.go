@@ -90,8 +90,13 @@ type Options struct {
 	Archives ArchiveLimits
 	// NoArchives disables looking inside archives.
 	NoArchives bool
-	// Cache, when set, keeps verdicts across files and scans.
-	Cache Cache
+	// Cache, when set, keeps verdicts across files and scans. When nil, a
+	// Scan keeps its own for its duration, so that identical files in one
+	// scan are scanned once; only files whose size another listed file
+	// shares are hashed for it. NoCache turns both off: every file is
+	// scanned.
+	Cache   Cache
+	NoCache bool
 	// OnFinding is called for each finding as it is made; OnProgress after
 	// each listed file is done (the cost per call is a mutex and a struct
 	// copy). Calls of both are serialized, made from the scan's
@@ -182,7 +187,22 @@ type run struct {
 	progress Progress
 
 	excludeHits []int64 // per Options.Exclude pattern; the lister's own
+
+	// cache is Options.Cache, or when that is nil the scan's own (local):
+	// then only a file whose size another listed file shares can hit it,
+	// and the others are not hashed. sizes counts the listed files by size
+	// (guarded by mu) up to maxSizes distinct sizes; past that every file
+	// is hashed.
+	cache Cache
+	local bool
+	sizes map[int64]int32
 }
+
+// maxSizes bounds run.sizes (about 40 bytes an entry).
+const maxSizes = 1 << 20
+
+// localCacheEntries bounds a scan's own verdict cache.
+const localCacheEntries = 1 << 16
 
 // Scan scans every volume of t and returns its report. Unreadable files,
 // timeouts and archive limits are recorded in the report; the scan goes
@@ -209,6 +229,9 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 		excludeHits: make([]int64, len(s.opts.Exclude))}
 	if t.Reuse != nil && t.Reuse.Rules() == s.ReuseKey() {
 		r.reuse = t.Reuse
+	}
+	if r.cache = s.opts.Cache; r.cache == nil && !s.opts.NoCache {
+		r.cache, r.local, r.sizes = NewMemoryCache(localCacheEntries), true, map[int64]int32{}
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -254,6 +277,7 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 					continue
 				}
 				w.scanFile(gctx, j)
+				jobs.done(j)
 			}
 		})
 	}
@@ -350,6 +374,9 @@ func (r *run) list(ctx context.Context, vol int, fsys fs.FS, jobs *jobQueue) err
 		r.mu.Lock()
 		r.progress.TotalFiles++
 		r.progress.TotalBytes += info.Size()
+		if n, ok := r.sizes[info.Size()]; r.sizes != nil && (ok || len(r.sizes) < maxSizes) {
+			r.sizes[info.Size()] = n + 1
+		}
 		r.mu.Unlock()
 		return jobs.push(ctx, job{vol: vol, name: name, size: info.Size(), owner: owner})
 	})
@@ -389,11 +416,12 @@ func (r *run) report() {
 type worker struct {
 	r     *run
 	ys    *yara.Scanner
+	pys   *yara.Scanner // Rules.paths' scanner, made on first use
 	arena *arena
 	hdr   [SniffLen]byte
 	cb    collector
 	h     *blake3.Hasher // content digests, made on first use
-	tmo   time.Duration  // timeout currently set on ys
+	tmo   time.Duration  // timeout currently set on ys and pys
 	keep  int64          // budget held for the arena's resident pages
 }
 
@@ -420,6 +448,9 @@ func (r *run) newWorker() (*worker, error) {
 
 func (w *worker) close() {
 	w.ys.Destroy()
+	if w.pys != nil {
+		w.pys.Destroy()
+	}
 	w.arena.free()
 	w.dropKeep()
 }
@@ -593,6 +624,16 @@ var contentKey = func() (k [32]byte) {
 	return k
 }()
 
+// mayRepeat reports whether a listed file of this size may share its
+// bytes with another file of the scan: another listed file has its size,
+// or the listing has not ended (or stopped counting).
+func (r *run) mayRepeat(size int64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, ok := r.sizes[size]
+	return !r.progress.Listed || n > 1 || (!ok && len(r.sizes) >= maxSizes)
+}
+
 // fileDone advances progress for one listed file.
 func (w *worker) fileDone(size int64) {
 	r := w.r
@@ -621,28 +662,51 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 		filetype:  typ,
 		owner:     j.owner,
 	}
-	// The cache key takes a digest of every file (BLAKE3, about twice as
+	// The cache key takes a digest of the file (BLAKE3, about twice as
 	// fast as SHA-256 here); the SHA-256 that findings report is computed
-	// for findings only.
+	// for findings only. A scan's own cache can only be hit by a file whose
+	// size another file shares: the others are not hashed.
 	var key CacheKey
 	var matches []Match
 	cached := false
 	record := r.reuse != nil && depth == 0 && exp == nil
-	if c := r.s.opts.Cache; c != nil || record {
+	c := r.cache
+	if s := r.s; s.opts.NoCache {
+		c = nil
+	} else if c != nil && r.local && depth == 0 && !r.mayRepeat(j.size) {
+		c = nil
+	}
+	if c != nil || record {
 		key = CacheKey{Content: w.digest(data), Rules: r.s.rules.id}
 		if r.s.rules.pathDependent {
 			key.Context = contextKey(&ext)
 		}
 	}
-	if c := r.s.opts.Cache; c != nil {
+	// Under rules split by Rules.paths, the content-only part of a verdict
+	// made at another path spares all but the path-reading sources.
+	split := r.s.rules.paths
+	var content []Match
+	haveContent := false
+	if c != nil {
 		if v, ok := c.Get(key); ok {
 			matches, cached = v.Matches, true
+		} else if split != nil {
+			if v, ok := c.Get(CacheKey{Content: key.Content, Rules: split.contentID}); ok {
+				content, haveContent = v.Matches, true
+			}
 		}
 	}
 	scanned := cached
 	if !cached {
 		var err error
-		matches, err = w.yaraScan(ctx, &ext, data)
+		if haveContent {
+			matches, err = w.yaraScan(ctx, &ext, data, true)
+			if err == nil {
+				matches = split.merge(content, matches)
+			}
+		} else {
+			matches, err = w.yaraScan(ctx, &ext, data, false)
+		}
 		switch {
 		case isTimeout(err):
 			r.skip(j.vol, vpath, SkipTimeout, fmt.Errorf("yara: no verdict within %v", w.tmo), false)
@@ -650,8 +714,11 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 			r.skip(j.vol, vpath, SkipScanError, fmt.Errorf("yara: %w", err), false)
 		default:
 			scanned = true
-			if c := r.s.opts.Cache; c != nil {
+			if c != nil {
 				c.Put(key, Verdict{Matches: matches})
+				if split != nil && !haveContent {
+					c.Put(CacheKey{Content: key.Content, Rules: split.contentID}, Verdict{Matches: split.contentOnly(matches)})
+				}
 			}
 		}
 	}
@@ -670,6 +737,9 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 		vr.Bytes += int64(len(data))
 		if cached {
 			vr.Cached++
+		}
+		if haveContent {
+			vr.PathScanned++
 		}
 		if len(matches) > 0 {
 			f := Finding{
@@ -709,15 +779,30 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 		})
 }
 
-// yaraScan runs the rules over data with the file's externals.
-func (w *worker) yaraScan(ctx context.Context, ext *externals, data []byte) ([]Match, error) {
+// yaraScan runs the rules over data with the file's externals: all of
+// them, or with paths only the path-reading sources of Rules.paths.
+func (w *worker) yaraScan(ctx context.Context, ext *externals, data []byte, paths bool) ([]Match, error) {
 	rules := w.r.s.rules
+	ys := w.ys
+	if paths {
+		if w.pys == nil {
+			ps, err := yara.NewScanner(rules.paths.y)
+			if err != nil {
+				return nil, fmt.Errorf("scanner for the path-reading rules: %w", err)
+			}
+			ps.SetFlags(scanFlagNoTryCatch)
+			ps.SetCallback(&w.cb)
+			ps.SetTimeout(w.tmo)
+			w.pys = ps
+		}
+		ys = w.pys
+	}
 	for _, kv := range [...][2]string{
 		{"filename", ext.filename}, {"filepath", ext.filepath}, {"extension", ext.extension},
 		{"filetype", ext.filetype}, {"owner", ext.owner},
 	} {
 		if slices.Contains(rules.defined, kv[0]) {
-			if err := w.ys.DefineVariable(kv[0], kv[1]); err != nil {
+			if err := ys.DefineVariable(kv[0], kv[1]); err != nil {
 				return nil, fmt.Errorf("define %s: %w", kv[0], err)
 			}
 		}
@@ -729,10 +814,13 @@ func (w *worker) yaraScan(ctx context.Context, ext *externals, data []byte) ([]M
 	tmo = max(time.Second, tmo.Round(time.Second))
 	if tmo != w.tmo {
 		w.ys.SetTimeout(tmo)
+		if w.pys != nil {
+			w.pys.SetTimeout(tmo)
+		}
 		w.tmo = tmo
 	}
 	w.cb.matches = nil
-	err := w.ys.ScanMem(data)
+	err := ys.ScanMem(data)
 	m := w.cb.matches
 	w.cb.matches = nil
 	if err != nil {

@@ -177,13 +177,11 @@ func runScanIn(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		SpoolDir: *spoolDir, SpoolBudget: spoolLimit,
 		Tags: splitList(tags), SkipTags: splitList(skipTags),
 	}
-	// One target alone, under rules that read the file's path: a cached
-	// verdict could only be taken by a file of the same bytes at the same
-	// path with the same owner, on another volume of that one disk. The
-	// cache would cost a BLAKE3 of every file (3% of a cold scan's CPU,
-	// bench/scan-image.sh) to save next to nothing; without it such a
-	// file is scanned again, with the same verdict.
-	if !*noCache && (len(pos) > 1 || !rs.PathDependent()) {
+	// One target alone keeps its verdicts in the scan's own cache, which
+	// hashes only files whose size another file shares (a BLAKE3 of every
+	// file is 3% of a cold scan's CPU, bench/scan-image.sh).
+	opts.NoCache = *noCache
+	if !*noCache && len(pos) > 1 {
 		// One run's verdicts, by content hash: byte-identical files (clones,
 		// copies, the same packages in several images) are scanned once.
 		opts.Cache = scanner.NewMemoryCache(1 << 20)
