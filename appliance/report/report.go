@@ -203,7 +203,7 @@ func planLine(p results.Plan) string {
 		case p.Tracked != nil:
 			return "full: the first scan with changed-block tracking (recorded at checkpoint " + p.Tracked.Checkpoint + ")"
 		}
-		return "full: no earlier scan of a layer of this disk was recorded"
+		return "full: no recorded base layer under this disk"
 	}
 	if len(p.Warnings) > 0 {
 		line += " (" + warnings(p) + ")"

@@ -49,7 +49,7 @@ func TestScanReport(t *testing.T) {
 		"full: base data-base.qcow2 changed since it was recorded at 2026-02-28T10:00:00Z: full scan; and 2 more",
 		"changed-block tracking since 52 a/7: 3.0 MiB changed, 40 files reused",
 		"full: the first scan with changed-block tracking (recorded at checkpoint 52 b/1)",
-		"<td>ds-b: single.raw</td><td class=\"plan full\">full: no earlier scan of a layer of this disk was recorded</td>"} {
+		"<td>ds-b: single.raw</td><td class=\"plan full\">full: no recorded base layer under this disk</td>"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("scan report lacks %q", want)
 		}
