@@ -25,7 +25,7 @@ type diskScan struct {
 // volumes, findings, and the status with its incomplete reasons.
 func record(job queue.Job, act activeSet, disks []diskScan, timedOut bool) *results.Scan {
 	r := &results.Scan{JobID: job.ID, VM: job.VM, SigName: act.name, SigVersion: act.version, RulesID: act.rulesID,
-		Incomplete: map[string]int64{}}
+		Incomplete: map[string]int64{}, Plans: []results.Plan{}}
 	var reports []scanner.Result
 	for _, d := range job.Disks {
 		r.Disks = append(r.Disks, resultDisk(d))
@@ -50,6 +50,7 @@ func record(job queue.Job, act activeSet, disks []diskScan, timedOut bool) *resu
 			}
 			r.Volumes = append(r.Volumes, rv)
 		}
+		r.Plans = append(r.Plans, plan(d))
 		reports = append(reports, d.report.Result)
 		for _, f := range d.report.Findings {
 			for _, m := range f.Matches {
@@ -68,6 +69,41 @@ func record(job queue.Job, act activeSet, disks []diskScan, timedOut bool) *resu
 	}
 	r.Status = results.StatusOf(len(r.Findings), r.Incomplete)
 	return r
+}
+
+// PlanOff is the warning of a disk's plan when the appliance makes none:
+// incremental scans are off (scanner.incremental: false).
+const PlanOff = "incremental scans are off on this appliance (scanner.incremental: false): full scan"
+
+// plan is how d's scan was planned, from its report (scanner/incremental
+// wrote rep.Incremental), with paths and messages redacted as the
+// volumes' errors are.
+func plan(d diskScan) results.Plan {
+	p := results.Plan{Datastore: d.disk.Datastore, Disk: d.disk.Path, Mode: results.PlanFull}
+	for _, v := range d.report.Volumes {
+		p.Reused += v.Reused
+	}
+	inc := d.report.Incremental
+	if inc == nil {
+		p.Warnings = []string{PlanOff}
+		return p
+	}
+	for _, w := range inc.Warnings {
+		p.Warnings = append(p.Warnings, d.redact(w))
+	}
+	if t := inc.Tracked; t != nil {
+		p.Tracked = &results.TrackedPlan{VMDisk: t.Disk, Checkpoint: t.Checkpoint, Since: t.Since, ChangedBytes: t.ChangedBytes}
+	}
+	switch {
+	case inc.Tracked != nil && inc.Tracked.Since != "":
+		p.Mode = results.PlanTracked
+	case inc.Base != "":
+		p.Mode = results.PlanBase
+	}
+	if p.Mode != results.PlanFull {
+		p.Base, p.Identity = d.redact(inc.Base), inc.Identity
+	}
+	return p
 }
 
 func resultDisk(d queue.Disk) results.Disk {

@@ -34,6 +34,8 @@ var tmpl = template.Must(template.New("").Funcs(template.FuncMap{
 	"join":    strings.Join,
 	"short":   func(s string) string { return s[:min(len(s), 16)] },
 	"ms":      func(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) },
+	"plan":    planLine,
+	"planned": func(ps []results.Plan) bool { return ps != nil },
 }).ParseFS(files, "templates/*.html"))
 
 // Scan is the data of a per-scan report.
@@ -183,4 +185,36 @@ func meta(ms []results.Meta) string {
 		parts[i] = fmt.Sprintf("%s=%v", m.Key, m.Value)
 	}
 	return strings.Join(parts, "; ")
+}
+
+// planLine says how a disk's scan was planned, in a line: what it took
+// from an earlier scan, or why it read the whole disk.
+func planLine(p results.Plan) string {
+	var line string
+	switch p.Mode {
+	case results.PlanBase:
+		line = fmt.Sprintf("incremental from base %s: %d files reused", p.Base, p.Reused)
+	case results.PlanTracked:
+		line = fmt.Sprintf("changed-block tracking since %s: %s changed, %d files reused", p.Tracked.Since, sizeOf(p.Tracked.ChangedBytes), p.Reused)
+	default:
+		switch {
+		case len(p.Warnings) > 0:
+			return "full: " + warnings(p)
+		case p.Tracked != nil:
+			return "full: the first scan with changed-block tracking (recorded at checkpoint " + p.Tracked.Checkpoint + ")"
+		}
+		return "full: no recorded base layer under this disk"
+	}
+	if len(p.Warnings) > 0 {
+		line += " (" + warnings(p) + ")"
+	}
+	return line
+}
+
+func warnings(p results.Plan) string {
+	s := strings.Join(p.Warnings, "; ")
+	if p.WarningsDropped > 0 {
+		s += fmt.Sprintf("; and %d more", p.WarningsDropped)
+	}
+	return s
 }

@@ -19,7 +19,17 @@ func TestScanReport(t *testing.T) {
 			SigName: "site", SigVersion: 3, StartedAt: t0, FinishedAt: t0.Add(90 * time.Second), Files: 1200, Bytes: 5 << 20,
 			FindingCount: 1, BytesRead: 7 << 20, ReadOps: 300,
 			Volumes: []results.Volume{{Disk: "web01.qcow2", Volume: "p2", FileSystem: "ext4", Files: 1200, Skipped: map[string]int64{"too_large": 2},
-				Errors: []results.FileError{{Path: "/big.iso", Reason: "too_large", Error: "larger than 512 MiB"}}}}},
+				Errors: []results.FileError{{Path: "/big.iso", Reason: "too_large", Error: "larger than 512 MiB"}}}},
+			Plans: []results.Plan{
+				{Datastore: "ds-a", Disk: "web01.qcow2", Mode: results.PlanBase, Base: "golden/<b>.qcow2", Identity: "id-1", Reused: 1100},
+				{Datastore: "ds-a", Disk: "data.qcow2", Mode: results.PlanFull,
+					Warnings: []string{"base data-base.qcow2 changed since it was recorded at 2026-02-28T10:00:00Z: full scan"}, WarningsDropped: 2},
+				{Datastore: "vc", Disk: "[ds1] web01/web01.vmdk", Mode: results.PlanTracked, Base: "VM disk vc/vm-42/2000 at checkpoint 52 a/7", Reused: 40,
+					Tracked: &results.TrackedPlan{VMDisk: "vc/vm-42/2000", Checkpoint: "52 a/9", Since: "52 a/7", ChangedBytes: 3 << 20}},
+				{Datastore: "vc", Disk: "[ds1] web01/web01_1.vmdk", Mode: results.PlanFull,
+					Tracked: &results.TrackedPlan{VMDisk: "vc/vm-42/2001", Checkpoint: "52 b/1"}},
+				{Datastore: "ds-b", Disk: "single.raw", Mode: results.PlanFull},
+			}},
 		Findings: []results.Finding{{ID: 1, VM: "web01", Datastore: "ds-a", Disk: "web01.qcow2", Volume: "p2", Path: evil,
 			SHA256: strings.Repeat("ab", 32), Namespace: "shells.yar", Rule: "Webshell", Tags: []string{"webshell"},
 			Meta: []results.Meta{{Key: "score", Value: int64(80)}}, FoundAt: t0}},
@@ -34,13 +44,27 @@ func TestScanReport(t *testing.T) {
 	for _, want := range []string{"Scan 7 of VM web01", "Findings: 1 rule matches.", "Not everything was scanned: too_large 2.",
 		"site version 3", "1m30s", "7.0 MiB in 300 reads", "/big.iso", "larger than 512 MiB", "shells.yar:Webshell", "score=80",
 		"&lt;script&gt;alert(1)&lt;/script&gt;", `href="/console/static/report.css"`,
-		"Hypervisor snapshots", "snapshot-7", "23.5 ms", "41.0 ms", "2m0s"} {
+		"Hypervisor snapshots", "snapshot-7", "23.5 ms", "41.0 ms", "2m0s",
+		"<td>ds-a: web01.qcow2</td><td class=\"plan base\">incremental from base golden/&lt;b&gt;.qcow2: 1100 files reused</td>",
+		"full: base data-base.qcow2 changed since it was recorded at 2026-02-28T10:00:00Z: full scan; and 2 more",
+		"changed-block tracking since 52 a/7: 3.0 MiB changed, 40 files reused",
+		"full: the first scan with changed-block tracking (recorded at checkpoint 52 b/1)",
+		"<td>ds-b: single.raw</td><td class=\"plan full\">full: no recorded base layer under this disk</td>"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("scan report lacks %q", want)
 		}
 	}
 	if strings.Contains(out, "<script>") {
 		t.Error("a path's markup reached the report unescaped")
+	}
+	// A result stored before plans were says so, not "full".
+	s.Result.Plans = nil
+	b.Reset()
+	if err := WriteScan(&b, s); err != nil {
+		t.Fatal(err)
+	}
+	if out := b.String(); !strings.Contains(out, "No plan recorded") || strings.Contains(out, "full:") {
+		t.Errorf("a result without plans is not said to have none recorded:\n%s", out)
 	}
 	// A scan that stored no result says why.
 	b.Reset()

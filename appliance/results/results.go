@@ -38,6 +38,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // Errors the package's implementations return; match them with errors.Is.
@@ -400,6 +401,12 @@ type Scan struct {
 	Disks []Disk `json:"disks"`
 	// Volumes, one per volume of each disk.
 	Volumes []Volume `json:"volumes"`
+	// Plans say how each disk scanned was planned: in full, or from a
+	// recorded base layer or the hypervisor's changed-block tracking,
+	// and why not, as SaveScan was given them (bounded: BoundPlan). Nil
+	// when it was given none, and for results stored before plans were:
+	// no plan recorded, which is not the same as a full scan.
+	Plans []Plan `json:"plans"`
 	// Findings are given to SaveScan; Scan leaves them nil.
 	Findings []Finding `json:"-"`
 	// Fence, given to SaveScan, makes the save conditional (see Fence).
@@ -432,6 +439,93 @@ type Volume struct {
 // is for memory, this one for rows. SaveScan keeps the first ones and adds
 // the rest to ErrorsDropped.
 const MaxVolumeErrors = 100
+
+// PlanMode is how a disk's scan was planned.
+type PlanMode string
+
+// The modes of a Plan.
+const (
+	// PlanFull: every file was read; Plan.Warnings say why no record
+	// was used, when one could have been.
+	PlanFull PlanMode = "full"
+	// PlanBase: the files a recorded base layer (Plan.Base) holds
+	// unchanged took their outcome from its record without being read.
+	PlanBase PlanMode = "base"
+	// PlanTracked: the hypervisor's changed-block tracking said which
+	// bytes changed since an earlier scan's checkpoint
+	// (Plan.Tracked.Since); only the files they touch were read.
+	PlanTracked PlanMode = "tracked"
+)
+
+// Plan is how the scan of one disk was planned (scanner/incremental):
+// what an operator reads to know why a scan read a whole disk.
+type Plan struct {
+	// Datastore and Disk name the disk as the job did (Disk is its
+	// path, as in Volume.Disk).
+	Datastore string   `json:"datastore"`
+	Disk      string   `json:"disk"`
+	Mode      PlanMode `json:"mode"`
+	// Base is what gave outcomes: the base layer's path (relative to
+	// the datastore), or the VM disk at its checkpoint; Identity is the
+	// identity it was recorded under. Both "" for a full scan.
+	Base     string `json:"base,omitempty"`
+	Identity string `json:"identity,omitempty"`
+	// Reused counts the files whose outcome came from Base without
+	// their bytes being read (the disk's volumes' Reused, summed).
+	Reused int64 `json:"reused"`
+	// Tracked is set for a VM disk planned with changed-block tracking,
+	// even when the changes were not known (then Since is "" and
+	// Warnings say why).
+	Tracked *TrackedPlan `json:"tracked,omitempty"`
+	// Warnings say why a recorded base was not trusted or could not be
+	// used, at most MaxPlanWarnings of at most MaxPlanWarningBytes each;
+	// WarningsDropped counts the rest.
+	Warnings        []string `json:"warnings,omitempty"`
+	WarningsDropped int64    `json:"warnings_dropped,omitempty"`
+}
+
+// TrackedPlan is what changed-block tracking gave a disk's scan.
+type TrackedPlan struct {
+	// VMDisk names the VM disk (connector, VM id, disk key).
+	VMDisk string `json:"vm_disk"`
+	// Checkpoint is this scan's point in the disk's tracking; Since the
+	// earlier checkpoint whose record gave outcomes ("" when none did).
+	Checkpoint string `json:"checkpoint"`
+	Since      string `json:"since,omitempty"`
+	// ChangedBytes is how many bytes the hypervisor reported written
+	// since Since.
+	ChangedBytes int64 `json:"changed_bytes"`
+}
+
+// Bounds of a Plan as stored, like MaxVolumeErrors: SaveScan keeps the
+// first MaxPlanWarnings warnings, each cut to MaxPlanWarningBytes, and
+// adds the rest to WarningsDropped.
+const (
+	MaxPlanWarnings     = 20
+	MaxPlanWarningBytes = 1024
+)
+
+// BoundPlan returns p as a store keeps it: within MaxPlanWarnings and
+// MaxPlanWarningBytes. p is not modified.
+func BoundPlan(p Plan) Plan {
+	ws := p.Warnings
+	if len(ws) > MaxPlanWarnings {
+		p.WarningsDropped += int64(len(ws) - MaxPlanWarnings)
+		ws = ws[:MaxPlanWarnings]
+	}
+	p.Warnings = nil
+	for _, w := range ws {
+		if len(w) > MaxPlanWarningBytes {
+			cut := MaxPlanWarningBytes - len("…")
+			for cut > 0 && !utf8.RuneStart(w[cut]) {
+				cut--
+			}
+			w = w[:cut] + "…"
+		}
+		p.Warnings = append(p.Warnings, w)
+	}
+	return p
+}
 
 // FileError is one file that could not be (fully) scanned.
 type FileError struct {

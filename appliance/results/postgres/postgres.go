@@ -43,7 +43,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 7
+const schemaVersion = 8
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version integer NOT NULL);
@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS scan_results (
 	incomplete  text    NOT NULL DEFAULT '{}',
 	bytes_read  bigint  NOT NULL DEFAULT 0,
 	read_ops    bigint  NOT NULL DEFAULT 0,
-	disks       text    NOT NULL DEFAULT '[]'
+	disks       text    NOT NULL DEFAULT '[]',
+	plans       text    NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS scan_volumes (
 	job_id         bigint NOT NULL,
@@ -241,6 +242,11 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 			}
 			if v < 7 { // (only here: an ALTER locks the table, even when it has nothing to do)
 				if _, err := c.ExecContext(ctx, `ALTER TABLE scan_volumes ADD COLUMN IF NOT EXISTS reused bigint NOT NULL DEFAULT 0`); err != nil {
+					return err
+				}
+			}
+			if v < 8 {
+				if _, err := c.ExecContext(ctx, `ALTER TABLE scan_results ADD COLUMN IF NOT EXISTS plans text NOT NULL DEFAULT ''`); err != nil {
 					return err
 				}
 			}

@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"reflect"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -75,5 +76,48 @@ func TestMigrateV6(t *testing.T) {
 	}
 	if err := st.PutIncrementalRecord(ctx, results.IncrementalRecord{Identity: "id", Rules: "r", Path: "/p", Data: []byte{1}}, 5); err != nil {
 		t.Fatalf("a record after the migration: %v", err)
+	}
+}
+
+// TestMigrateV7: a fleet database at schema version 7 (before the plans
+// of each disk's scan) gains them when an appliance of this version
+// starts; the results stored before read back with no plan recorded.
+func TestMigrateV7(t *testing.T) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pgtest.Start(t).NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	db := stdlib.OpenDBFromPool(pool)
+	t.Cleanup(func() { db.Close() })
+	st, err := postgres.New(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Back to version 7's tables, with a result stored then.
+	for _, q := range []string{`ALTER TABLE scan_results DROP COLUMN plans`, `UPDATE results_schema SET version = 7`,
+		`INSERT INTO scan_results (job_id, vm, sig_name, sig_version, rules_id, started_at, finished_at, files, bytes, cached, findings, status)
+			VALUES (1, 'vm1', 'set', 1, 'r', 1, 2, 3, 4, 0, 0, 'clean')`} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if st, err = postgres.New(ctx, db); err != nil {
+		t.Fatalf("migrating from version 7: %v", err)
+	}
+	if s, err := st.Scan(ctx, 1); err != nil || s.Files != 3 || s.Status != results.StatusClean || s.Plans != nil {
+		t.Fatalf("the result stored at version 7: %+v %v; want its files and status, no plan recorded", s, err)
+	}
+	plan := results.Plan{Datastore: "ds", Disk: "d", Mode: results.PlanBase, Base: "base.qcow2", Identity: "id", Reused: 2}
+	if _, err := st.SaveScan(ctx, &results.Scan{JobID: 2, VM: "vm2", Status: results.StatusClean, Plans: []results.Plan{plan}}); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := st.Scan(ctx, 2); err != nil || len(s.Plans) != 1 || !reflect.DeepEqual(s.Plans[0], plan) {
+		t.Fatalf("plans after the migration: %+v %v", s, err)
+	}
+	var v int
+	if err := db.QueryRowContext(ctx, `SELECT version FROM results_schema`).Scan(&v); err != nil || v != 8 {
+		t.Errorf("schema version %d after the migration (%v), want 8", v, err)
 	}
 }

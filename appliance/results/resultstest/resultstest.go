@@ -16,9 +16,11 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/snapscan/snapscan/appliance/results"
 )
@@ -40,6 +42,7 @@ func (s Suite) Run(t *testing.T) {
 		{"SaveScanIdempotent", testSaveScanIdempotent},
 		{"SaveScanInvalid", testSaveScanInvalid},
 		{"VolumeErrorsBounded", testVolumeErrorsBounded},
+		{"Plans", testPlans},
 		{"FindingQueries", testFindingQueries},
 		{"Limits", testLimits},
 		{"Inventory", testInventory},
@@ -85,6 +88,13 @@ func scan(id int64, vm string, findings ...results.Finding) *results.Scan {
 			{Disk: vm + ".qcow2", Volume: "p1", FileSystem: "ext4", Files: 10, Bytes: 3000, Cached: 5, Reused: 3,
 				Skipped: map[string]int64{"too_large": 2}, Errors: []results.FileError{{Path: "/big", Reason: "too_large", Error: ""}}},
 			{Disk: vm + ".qcow2", Volume: "p2", FileSystem: "luks", Error: "encrypted", Skipped: map[string]int64{}, Errors: []results.FileError{}},
+		},
+		Plans: []results.Plan{
+			{Datastore: "ds-a", Disk: vm + ".qcow2", Mode: results.PlanBase, Base: "base.qcow2", Identity: "chain-1", Reused: 3},
+			{Datastore: "ds-a", Disk: vm + "-data.qcow2", Mode: results.PlanFull,
+				Warnings: []string{"base data-base.qcow2 changed since it was recorded: full scan"}, WarningsDropped: 1},
+			{Datastore: "vc", Disk: "[ds1] vm/vm.vmdk", Mode: results.PlanTracked, Base: "VM disk vc/vm-1/2000 at checkpoint 52 a", Identity: "chain-2", Reused: 9,
+				Tracked: &results.TrackedPlan{VMDisk: "vc/vm-1/2000", Checkpoint: "52 b", Since: "52 a", ChangedBytes: 1 << 20}},
 		},
 		Findings: findings,
 	}
@@ -237,6 +247,58 @@ func testVolumeErrorsBounded(t *testing.T, st results.Store) {
 	gv := got.Volumes[0]
 	if len(gv.Errors) != results.MaxVolumeErrors || gv.ErrorsDropped != 57 || gv.Errors[0].Path != "/f000" || gv.Errors[0].Error != "EIO" {
 		t.Errorf("stored %d errors (first %+v), %d dropped; want %d, /f000, 57", len(gv.Errors), gv.Errors[0], gv.ErrorsDropped, results.MaxVolumeErrors)
+	}
+}
+
+// testPlans: a scan's plans are bounded as stored (their warnings'
+// number and length), and a scan saved without plans reads back without
+// them (no plan recorded), not as a full scan.
+func testPlans(t *testing.T, st results.Store) {
+	s := scan(3, "vm1")
+	long := strings.Repeat("é", results.MaxPlanWarningBytes) // 2 bytes a rune: cut inside one
+	p := &s.Plans[1]
+	p.Warnings, p.WarningsDropped = []string{long}, 2
+	for i := range results.MaxPlanWarnings + 4 {
+		p.Warnings = append(p.Warnings, fmt.Sprintf("warning %d", i))
+	}
+	_, err := st.SaveScan(ctx(t), s)
+	must(t, err)
+	got, err := st.Scan(ctx(t), 3)
+	must(t, err)
+	if len(got.Plans) != 3 {
+		t.Fatalf("stored %d plans, want 3: %+v", len(got.Plans), got.Plans)
+	}
+	gp := got.Plans[1]
+	if len(gp.Warnings) != results.MaxPlanWarnings || gp.WarningsDropped != 7 || gp.Warnings[1] != "warning 0" {
+		t.Errorf("stored %d warnings (second %q), %d dropped; want %d, %q, 7", len(gp.Warnings), gp.Warnings[1], gp.WarningsDropped,
+			results.MaxPlanWarnings, "warning 0")
+	}
+	if w := gp.Warnings[0]; len(w) > results.MaxPlanWarningBytes || !utf8.ValidString(w) || !strings.HasSuffix(w, "…") || !strings.HasPrefix(w, "éé") {
+		t.Errorf("a %d-byte warning is stored as %d bytes (valid UTF-8 %v, ends %q); want at most %d, cut at a rune with …",
+			len(long), len(w), utf8.ValidString(w), w[max(0, len(w)-6):], results.MaxPlanWarningBytes)
+	}
+	if len(s.Plans[1].Warnings) != results.MaxPlanWarnings+5 {
+		t.Errorf("SaveScan changed the plans it was given")
+	}
+
+	// Without plans: none recorded; with an empty list: none made.
+	s = scan(4, "vm1")
+	s.Plans = nil
+	_, err = st.SaveScan(ctx(t), s)
+	must(t, err)
+	got, err = st.Scan(ctx(t), 4)
+	must(t, err)
+	if got.Plans != nil {
+		t.Errorf("a scan saved without plans reads back with %#v, want nil (no plan recorded)", got.Plans)
+	}
+	s = scan(5, "vm1")
+	s.Plans = []results.Plan{}
+	_, err = st.SaveScan(ctx(t), s)
+	must(t, err)
+	got, err = st.Scan(ctx(t), 5)
+	must(t, err)
+	if got.Plans == nil || len(got.Plans) != 0 {
+		t.Errorf("a scan saved with no plans reads back with %#v, want an empty list", got.Plans)
 	}
 }
 

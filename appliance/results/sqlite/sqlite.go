@@ -13,7 +13,9 @@
 //
 //	scan_results   one row per job with a stored result: status, incomplete
 //	               reasons ({"reason": count}), the signature set, totals,
-//	               bytes read, the disks as the job named them.
+//	               bytes read, the disks as the job named them, how each
+//	               disk's scan was planned (plans: JSON, '' for results
+//	               stored before version 8).
 //	scan_volumes   one row per volume of each disk of a stored result.
 //	scan_findings  one row per rule that matched a file.
 //	scan_vms       the inventory: one row per VM, with its last scan.
@@ -63,7 +65,7 @@ type Store struct {
 var _ results.Store = (*Store)(nil)
 
 // schemaVersion is the version New leaves the database at.
-const schemaVersion = 7
+const schemaVersion = 8
 
 const schema = `
 CREATE TABLE IF NOT EXISTS results_schema (version INTEGER NOT NULL);
@@ -235,6 +237,8 @@ CREATE TABLE incremental_paths (
 	PRIMARY KEY (path, rules)
 ) WITHOUT ROWID;
 CREATE INDEX incremental_paths_rules ON incremental_paths(rules);
+`, `
+ALTER TABLE scan_results ADD COLUMN plans TEXT NOT NULL DEFAULT '';
 `}
 
 // New creates the results tables in db, or migrates them, and returns the

@@ -69,6 +69,9 @@ func TestMigrateV1(t *testing.T) {
 	if r.Status != results.StatusIncomplete || r.Incomplete["not_recorded"] != 1 {
 		t.Errorf("a result stored before statuses reads as %s %v, want incomplete (not_recorded)", r.Status, r.Incomplete)
 	}
+	if r.Plans != nil {
+		t.Errorf("a result stored before plans reads back with %+v, want none recorded", r.Plans)
+	}
 	v, err := s.VM(t.Context(), "vm1")
 	if err != nil {
 		t.Fatal(err)

@@ -158,15 +158,16 @@ func (s *Store) SaveScan(ctx context.Context, r *results.Scan) ([]results.Findin
 			rows = append(rows, f)
 		}
 		_, err := c.ExecContext(ctx, `INSERT INTO scan_results (job_id, vm, status, incomplete, sig_name, sig_version, rules_id, started_at, finished_at,
-				files, bytes, cached, findings, bytes_read, read_ops, disks)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+				files, bytes, cached, findings, bytes_read, read_ops, disks, plans)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (job_id) DO UPDATE SET vm = excluded.vm, status = excluded.status, incomplete = excluded.incomplete,
 				sig_name = excluded.sig_name, sig_version = excluded.sig_version, rules_id = excluded.rules_id,
 				started_at = excluded.started_at, finished_at = excluded.finished_at, files = excluded.files,
 				bytes = excluded.bytes, cached = excluded.cached, findings = excluded.findings,
-				bytes_read = excluded.bytes_read, read_ops = excluded.read_ops, disks = excluded.disks`,
+				bytes_read = excluded.bytes_read, read_ops = excluded.read_ops, disks = excluded.disks, plans = excluded.plans`,
 			r.JobID, r.VM, string(r.Status), JSON(NonNilMap(r.Incomplete)), r.SigName, int64(r.SigVersion), r.RulesID,
-			Nanos(r.StartedAt), Nanos(r.FinishedAt), r.Files, r.Bytes, r.Cached, len(rows), r.BytesRead, r.ReadOps, JSON(NonNil(r.Disks)))
+			Nanos(r.StartedAt), Nanos(r.FinishedAt), r.Files, r.Bytes, r.Cached, len(rows), r.BytesRead, r.ReadOps, JSON(NonNil(r.Disks)),
+			plansJSON(r.Plans))
 		if err != nil {
 			return err
 		}
@@ -188,6 +189,20 @@ func (s *Store) SaveScan(ctx context.Context, r *results.Scan) ([]results.Findin
 	return rows, nil
 }
 
+// plansJSON is a scan's plans as stored: bounded (results.BoundPlan);
+// "" for nil (no plan recorded), as for the results stored before plans
+// were (the column's default), "[]" for none.
+func plansJSON(ps []results.Plan) string {
+	if ps == nil {
+		return ""
+	}
+	out := make([]results.Plan, len(ps))
+	for i, p := range ps {
+		out[i] = results.BoundPlan(p)
+	}
+	return JSON(out)
+}
+
 // NonNil is s, or an empty slice for nil (JSON [] rather than null).
 func NonNil[T any](s []T) []T {
 	if s == nil {
@@ -207,12 +222,12 @@ func NonNilMap(m map[string]int64) map[string]int64 {
 // Scan implements results.Results.
 func (s *Store) Scan(ctx context.Context, jobID int64) (*results.Scan, error) {
 	r := &results.Scan{JobID: jobID}
-	var status, incomplete, disks string
+	var status, incomplete, disks, plans string
 	var v, st, fin int64
 	err := s.q.QueryRowContext(ctx, `SELECT vm, status, incomplete, sig_name, sig_version, rules_id, started_at, finished_at,
-			files, bytes, cached, findings, bytes_read, read_ops, disks
+			files, bytes, cached, findings, bytes_read, read_ops, disks, plans
 		FROM scan_results WHERE job_id = ?`, jobID).Scan(&r.VM, &status, &incomplete, &r.SigName, &v, &r.RulesID, &st, &fin,
-		&r.Files, &r.Bytes, &r.Cached, &r.FindingCount, &r.BytesRead, &r.ReadOps, &disks)
+		&r.Files, &r.Bytes, &r.Cached, &r.FindingCount, &r.BytesRead, &r.ReadOps, &disks, &plans)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: job %d has no stored result", results.ErrNotFound, jobID)
 	}
@@ -226,6 +241,11 @@ func (s *Store) Scan(ctx context.Context, jobID int64) (*results.Scan, error) {
 	}
 	if err := json.Unmarshal([]byte(disks), &r.Disks); err != nil {
 		return nil, s.wrap(fmt.Sprintf("job %d: disks", jobID), err)
+	}
+	if plans != "" { // "": stored before plans were, none recorded
+		if err := json.Unmarshal([]byte(plans), &r.Plans); err != nil {
+			return nil, s.wrap(fmt.Sprintf("job %d: plans", jobID), err)
+		}
 	}
 	if r.Status == "" { // stored before statuses were
 		r.Incomplete[NotRecorded] = 1
