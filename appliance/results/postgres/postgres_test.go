@@ -91,8 +91,7 @@ func TestMigrateV7(t *testing.T) {
 	t.Cleanup(pool.Close)
 	db := stdlib.OpenDBFromPool(pool)
 	t.Cleanup(func() { db.Close() })
-	st, err := postgres.New(ctx, db)
-	if err != nil {
+	if _, err := postgres.New(ctx, db); err != nil {
 		t.Fatal(err)
 	}
 	// Back to version 7's tables, with a result stored then.
@@ -103,7 +102,8 @@ func TestMigrateV7(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	if st, err = postgres.New(ctx, db); err != nil {
+	st, err := postgres.New(ctx, db)
+	if err != nil {
 		t.Fatalf("migrating from version 7: %v", err)
 	}
 	if s, err := st.Scan(ctx, 1); err != nil || s.Files != 3 || s.Status != results.StatusClean || s.Plans != nil {
