@@ -26,9 +26,9 @@ func incrementalFixture(t *testing.T) (dir, rules string) {
 	return testenv.Fixture(t, "incremental.sh"), filepath.Join(testenv.RepoRoot(), "scanner", "incremental", "testdata", "content.yar")
 }
 
-// scanDisk submits one disk of datastore ds-inc as VM vm and waits for
-// its result.
-func (ta *testApp) scanDisk(t *testing.T, vm, path string) incOutcome {
+// scanView submits one disk of datastore ds-inc as VM vm, waits for its
+// result and returns the API's view of the scan.
+func (ta *testApp) scanView(t *testing.T, vm, path string) ScanView {
 	t.Helper()
 	code, s, msg := ta.submitDisks(vm, map[string]any{"datastore": "ds-inc", "path": path, "format": "qcow2"})
 	if code != http.StatusAccepted {
@@ -39,6 +39,13 @@ func (ta *testApp) scanDisk(t *testing.T, vm, path string) incOutcome {
 	if code, err := ta.call("GET", fmt.Sprintf("/v1/scans/%d", s.ID), testToken, nil, &v); code != http.StatusOK || v.Result == nil {
 		t.Fatalf("scan %s: %d %v %+v", path, code, err, v)
 	}
+	return v
+}
+
+// scanDisk scans one disk of ds-inc (scanView) and sums up its result.
+func (ta *testApp) scanDisk(t *testing.T, vm, path string) incOutcome {
+	t.Helper()
+	v := ta.scanView(t, vm, path)
 	o := incOutcome{read: v.Result.BytesRead, files: v.Result.Files}
 	for _, vol := range v.Volumes {
 		o.reused += vol.Reused

@@ -21,19 +21,11 @@ import (
 // stored, with the job id.
 func (ta *testApp) planOf(t *testing.T, vm, path string) (results.Plan, int64) {
 	t.Helper()
-	code, s, msg := ta.submitDisks(vm, map[string]any{"datastore": "ds-inc", "path": path, "format": "qcow2"})
-	if code != http.StatusAccepted {
-		t.Fatalf("submit %s: %d %s", path, code, msg)
-	}
-	ta.waitJobs(s.ID)
-	var v ScanView
-	if code, err := ta.call("GET", fmt.Sprintf("/v1/scans/%d", s.ID), testToken, nil, &v); code != http.StatusOK || v.Result == nil {
-		t.Fatalf("scan %s: %d %v %+v", path, code, err, v)
-	}
+	v := ta.scanView(t, vm, path)
 	if len(v.Result.Plans) != 1 {
 		t.Fatalf("scan %s: the API gives %d plans, want 1 (one disk): %+v", path, len(v.Result.Plans), v.Result.Plans)
 	}
-	stored, err := ta.a.results.Scan(context.Background(), s.ID)
+	stored, err := ta.a.results.Scan(context.Background(), v.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +40,7 @@ func (ta *testApp) planOf(t *testing.T, vm, path string) (results.Plan, int64) {
 	if p.Datastore != "ds-inc" || p.Disk != path || p.Reused != reused {
 		t.Errorf("scan %s: plan of disk %s/%s with %d files reused; want ds-inc/%s, the volumes' %d", path, p.Datastore, p.Disk, p.Reused, path, reused)
 	}
-	return p, s.ID
+	return p, v.ID
 }
 
 // scanReport returns the printable report of job id.

@@ -188,7 +188,8 @@ type run struct {
 
 	excludeHits []int64 // per Options.Exclude pattern; the lister's own
 
-	// cache is Options.Cache, or when that is nil the scan's own (local):
+	// cache is Options.Cache, or when that is nil the scan's own (local),
+	// nil under Options.NoCache:
 	// then only a file whose size another listed file shares can hit it,
 	// and the others are not hashed. sizes counts the listed files by size
 	// (guarded by mu) up to maxSizes distinct sizes; past that every file
@@ -230,8 +231,10 @@ func (s *Scanner) Scan(ctx context.Context, t Target) (*Report, error) {
 	if t.Reuse != nil && t.Reuse.Rules() == s.ReuseKey() {
 		r.reuse = t.Reuse
 	}
-	if r.cache = s.opts.Cache; r.cache == nil && !s.opts.NoCache {
-		r.cache, r.local, r.sizes = NewMemoryCache(localCacheEntries), true, map[int64]int32{}
+	if !s.opts.NoCache {
+		if r.cache = s.opts.Cache; r.cache == nil {
+			r.cache, r.local, r.sizes = NewMemoryCache(localCacheEntries), true, map[int64]int32{}
+		}
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -671,9 +674,7 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 	cached := false
 	record := r.reuse != nil && depth == 0 && exp == nil
 	c := r.cache
-	if s := r.s; s.opts.NoCache {
-		c = nil
-	} else if c != nil && r.local && depth == 0 && !r.mayRepeat(j.size) {
+	if c != nil && r.local && depth == 0 && !r.mayRepeat(j.size) {
 		c = nil
 	}
 	if c != nil || record {

@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"database/sql"
 	"reflect"
 	"testing"
 
@@ -33,10 +34,10 @@ func TestConformance(t *testing.T) {
 	}}.Run(t)
 }
 
-// TestMigrateV6: a fleet database at schema version 6 (before the
-// incremental records and the volumes' reused count) gains both when an
-// appliance of this version starts, keeping what it held.
-func TestMigrateV6(t *testing.T) {
+// currentDB returns a new database of a real server with this version's
+// tables, for a test to take them back to an older schema.
+func currentDB(t *testing.T) *sql.DB {
+	t.Helper()
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, pgtest.Start(t).NewDatabase(t))
 	if err != nil {
@@ -48,6 +49,15 @@ func TestMigrateV6(t *testing.T) {
 	if _, err := postgres.New(ctx, db); err != nil {
 		t.Fatal(err)
 	}
+	return db
+}
+
+// TestMigrateV6: a fleet database at schema version 6 (before the
+// incremental records and the volumes' reused count) gains both when an
+// appliance of this version starts, keeping what it held.
+func TestMigrateV6(t *testing.T) {
+	ctx := context.Background()
+	db := currentDB(t)
 	old := &results.Scan{JobID: 1, VM: "vm1", Status: results.StatusClean, Volumes: []results.Volume{{Disk: "d", Volume: "p1", Files: 3}}}
 	st, _ := postgres.New(ctx, db)
 	if _, err := st.SaveScan(ctx, old); err != nil {
@@ -60,7 +70,7 @@ func TestMigrateV6(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	st, err = postgres.New(ctx, db)
+	st, err := postgres.New(ctx, db)
 	if err != nil {
 		t.Fatalf("migrating from version 6: %v", err)
 	}
@@ -84,16 +94,7 @@ func TestMigrateV6(t *testing.T) {
 // starts; the results stored before read back with no plan recorded.
 func TestMigrateV7(t *testing.T) {
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.Start(t).NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	db := stdlib.OpenDBFromPool(pool)
-	t.Cleanup(func() { db.Close() })
-	if _, err := postgres.New(ctx, db); err != nil {
-		t.Fatal(err)
-	}
+	db := currentDB(t)
 	// Back to version 7's tables, with a result stored then.
 	for _, q := range []string{`ALTER TABLE scan_results DROP COLUMN plans`, `UPDATE results_schema SET version = 7`,
 		`INSERT INTO scan_results (job_id, vm, sig_name, sig_version, rules_id, started_at, finished_at, files, bytes, cached, findings, status)
