@@ -579,7 +579,9 @@ func (a *Appliance) runFrozen(ctx context.Context, job queue.Job, wrap queue.Wra
 			fj.Disks = append(fj.Disks, d)
 			tracks = append(tracks, trackOf(h, c, f, fd))
 		}
-		return a.scanJob(ctx, fj, wrap, tracks)
+		err := a.scanJob(ctx, fj, wrap, tracks)
+		a.keepRecorded(ctx, h, f, tracks)
+		return err
 	})
 	if rep.Freeze == nil && err != nil && ctx.Err() == nil {
 		// The VM could not be frozen: a job that ends failed for it tells
@@ -698,6 +700,35 @@ func trackOf(h *hypervisor, c connector.Connector, f *connector.Freeze, fd conne
 		changes: func(ctx context.Context, since string) ([]connector.Extent, error) {
 			return c.Changes(ctx, f, fd.Disk.Key, since)
 		}}
+}
+
+// keepRecorded sets, before the release, FrozenDisk.Keep of each tracked
+// disk of f to the checkpoint its last record is at when that is not this
+// freeze's: the scan failed or was cut short before it was recorded, and
+// the next one counts the changes from the recorded checkpoint, which the
+// release must not drop. A store that cannot be read keeps nothing (the
+// next scan of the disk is then a full one, and says why).
+func (a *Appliance) keepRecorded(ctx context.Context, h *hypervisor, f *connector.Freeze, tracks []*diskTrack) {
+	act := a.recv.Current()
+	if a.records == nil || act == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
+	defer cancel()
+	sess := incremental.NewSession(a.records, a.scanner(act).ReuseKey(), a.log)
+	for i, t := range tracks {
+		if t == nil || i >= len(f.Disks) {
+			continue
+		}
+		cp, err := sess.Checkpoint(ctx, t.disk)
+		switch {
+		case err != nil:
+			h.log.Warn("appliance: the VM disk's recorded checkpoint is not known: the release keeps only this freeze's", "vm_disk", t.disk, "err", err)
+		case cp != "" && cp != t.at:
+			f.Disks[i].Keep = append(f.Disks[i].Keep, cp)
+			h.log.Info("appliance: the scan was not recorded: the release keeps the recorded checkpoint", "vm_disk", t.disk, "checkpoint", cp, "freeze_checkpoint", t.at)
+		}
+	}
 }
 
 // plan asks the connector what changed on the disk since the checkpoint

@@ -174,6 +174,14 @@ type FrozenDisk struct {
 	// Checkpoint names this freeze's point in the disk's changed-block
 	// tracking, for a later Changes; "" where the disk tracks none.
 	Checkpoint string `json:"checkpoint,omitempty"`
+	// Keep names earlier checkpoints of the disk that the caller still
+	// needs, set before Release: the one its last recorded scan was made
+	// at, when this freeze's scan was not recorded (it failed, or was cut
+	// short). A connector whose hypervisor drops checkpoints it no longer
+	// needs (libvirt: Release prunes snapscan's older ones) keeps these as
+	// well as Checkpoint; one whose checkpoints outlive a release
+	// (vSphere's change ids) has nothing to do.
+	Keep []string `json:"keep,omitempty"`
 }
 
 // Paths lists the frozen layers' paths, top first: what

@@ -54,16 +54,16 @@ func (c *Connector) dropCheckpoint(d golibvirt.Domain, id string) {
 	}
 }
 
-// pruneCheckpoints deletes snapscan's checkpoints of d other than keep
+// pruneCheckpoints deletes snapscan's checkpoints of d but those in keep
 // (deleting a checkpoint merges its bitmap into its parent's: nothing is
 // lost for the checkpoints that stay).
-func (c *Connector) pruneCheckpoints(d golibvirt.Domain, keep string) {
+func (c *Connector) pruneCheckpoints(d golibvirt.Domain, keep map[string]bool) {
 	cps, _, err := c.l.DomainListAllCheckpoints(d, 1, 0)
 	if err != nil {
 		return
 	}
 	for _, cp := range cps {
-		if cp.Name == keep || !strings.HasPrefix(cp.Name, connector.NamePrefix) {
+		if keep[cp.Name] || !strings.HasPrefix(cp.Name, connector.NamePrefix) {
 			continue
 		}
 		if err := c.l.DomainCheckpointDelete(cp, 0); err != nil {

@@ -244,7 +244,7 @@ rule cbt_mark { strings: $a = "SNAPSCAN-CBT-MARK" condition: $a }
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Release(ctx, f3)
+	defer c.Release(ctx, f3) // (idempotent: keepCheckpoints releases it)
 	_, gone := c.Changes(ctx, f3, "vda", cp1)
 	if !errors.Is(gone, connector.ErrNoTracking) {
 		t.Fatalf("changes since a pruned checkpoint: %v", gone)
@@ -257,6 +257,53 @@ rule cbt_mark { strings: $a = "SNAPSCAN-CBT-MARK" condition: $a }
 	p := sess().PlanChanged(ctx, d, incremental.Changes{Disk: disk, At: f3.Disks[0].Checkpoint, Since: cp1, Err: gone})
 	if w := p.Warnings(); len(w) != 1 || !strings.Contains(w[0], "gone") || !strings.Contains(w[0], "full scan") {
 		t.Errorf("warnings of a plan from a pruned checkpoint: %q", w)
+	}
+	keepCheckpoints(t, c, vm, f3)
+}
+
+// keepCheckpoints checks what Release keeps of a VM's checkpoints: those
+// FrozenDisk.Keep names (a scan that was not recorded leaves the recorded
+// one in use), and all of them when the freeze has no disks (a stale one,
+// released after a crash, cannot tell which are still needed). f3 is a
+// freeze of the VM; it is released.
+func keepCheckpoints(t *testing.T, c connector.Connector, vm connector.VM, f3 *connector.Freeze) {
+	ctx := context.Background()
+	cp3 := f3.Disks[0].Checkpoint
+	if _, err := c.Release(ctx, f3); err != nil {
+		t.Fatal(err)
+	}
+	freeze := func() *connector.Freeze {
+		t.Helper()
+		f, err := c.Freeze(ctx, vm.ID, connector.Options{TrackChanges: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	// The scan at cp4 is not recorded: the release keeps cp3.
+	f4 := freeze()
+	cp4 := f4.Disks[0].Checkpoint
+	f4.Disks[0].Keep = []string{cp3}
+	if _, err := c.Release(ctx, f4); err != nil {
+		t.Fatal(err)
+	}
+	f5 := freeze()
+	for _, since := range []string{cp3, cp4} {
+		if _, err := c.Changes(ctx, f5, "vda", since); err != nil {
+			c.Release(ctx, f5)
+			t.Fatalf("changes since %s after a release that kept it: %v", since, err)
+		}
+	}
+	// Released as a stale freeze (no disks known): nothing is pruned.
+	if _, err := c.ReleaseStale(ctx, connector.StaleFreeze{VM: vm, ID: f5.ID, Taken: f5.Taken}); err != nil {
+		t.Fatal(err)
+	}
+	f6 := freeze()
+	defer c.Release(ctx, f6)
+	for _, since := range []string{cp3, cp4, f5.Disks[0].Checkpoint} {
+		if _, err := c.Changes(ctx, f6, "vda", since); err != nil {
+			t.Errorf("changes since %s after a stale release: %v", since, err)
+		}
 	}
 }
 

@@ -173,8 +173,10 @@ func checkOverlays(id string, x *libvirtxml.Domain, frozen []connector.FrozenDis
 
 // Release deletes the freeze's snapshot: libvirt commits each overlay
 // into the image below it, pivots a running VM's disks to that image and
-// removes the overlay. Snapscan's older checkpoints of the VM are dropped;
-// the freeze's own is kept for the next Changes.
+// removes the overlay. Snapscan's older checkpoints of the VM are dropped,
+// but for the freeze's own (for the next Changes) and those its disks'
+// FrozenDisk.Keep name; a freeze without disks (ReleaseStale's) drops
+// none.
 func (c *Connector) Release(ctx context.Context, f *connector.Freeze) (connector.Released, error) {
 	if f == nil || f.InPlace || f.ID == "" {
 		return connector.Released{}, nil
@@ -199,13 +201,18 @@ func (c *Connector) Release(ctx context.Context, f *connector.Freeze) (connector
 	if err != nil {
 		return r, err
 	}
-	var keep string
-	for _, fd := range f.Disks {
-		if fd.Checkpoint != "" {
-			keep = fd.Checkpoint
+	// A freeze without its disks (a stale one, found after a crash) says
+	// nothing of which checkpoints are still needed: none is dropped.
+	if len(f.Disks) > 0 {
+		keep := map[string]bool{}
+		for _, fd := range f.Disks {
+			keep[fd.Checkpoint] = true
+			for _, k := range fd.Keep {
+				keep[k] = true
+			}
 		}
+		c.pruneCheckpoints(d, keep)
 	}
-	c.pruneCheckpoints(d, keep)
 	return r, nil
 }
 
