@@ -116,11 +116,14 @@ func (b *browser) poll(what, expr string) {
 	})
 }
 
-// until waits (10 s at most) for an expression to be truthy across a
-// navigation the page started itself.
+// until waits (30 s at most: under -race, with other packages' tests
+// beside it on two cores, a navigation and the API call it makes took
+// longer than 10 s) for an expression to be truthy across a navigation the
+// page started itself. A failure says where the page was and what it
+// showed.
 func (b *browser) until(what, expr string) {
 	b.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(b.ctx, time.Second)
 		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
@@ -129,7 +132,10 @@ func (b *browser) until(what, expr string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			b.t.Fatalf("%s: %s still false (%v)", what, expr, err)
+			ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+			where, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + "\n" + document.body.innerText.slice(0, 2000)`))
+			cancel()
+			b.t.Fatalf("%s: %s still false (%v); the page:\n%s", what, expr, err, where)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
