@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 4's benchmark on a disk image: `snapscan scan` over an ext4 image
 # made (mkfs.ext4 -d) from the same tree that `yara -r -p 2` scans in a
-# folder, same compiled rules (signature-base), same 2 workers, page cache
+# folder, same rules (signature-base: yara compiled by yarac, snapscan the
+# sources, its compiled-rules cache warm), same 2 workers, page cache
 # warm, run alternately: yara, snapscan (verdict cache on, the default),
 # snapscan --no-cache. The tree holds a few planted files that
 # signature-base finds, so that every round checks the answer: each run's
@@ -13,8 +14,9 @@
 #
 #   bench/scan-image.sh
 #
-# Environment: RULES (rule sources: a folder or file), RUNS (3), WORKERS (2), WORK (/tmp/snapscan-bench), as
-# bench/scan-vs-yara.sh, which makes the tree and the compiled rules;
+# Environment: RULES (the rule sources, a folder or a file), RUNS (3),
+# WORKERS (2), WORK (/tmp/snapscan-bench), as bench/scan-vs-yara.sh, which
+# makes the tree and the compiled rules;
 # SNAPSCAN (a snapscan binary to time instead of building this tree's),
 # BEFORE (another snapscan binary, e.g. a build of an older commit: timed
 # and checked too, as snapscan-before, in every round, so that before and
