@@ -191,6 +191,10 @@ type VolumeReport struct {
 	// rule sources alone, the rest of their verdict coming from the cache
 	// (identical bytes scanned at another path; see Rules.PathSplit).
 	PathScanned int64 `json:"path_scanned,omitempty"`
+	// Pruned counts the files of Files that YARA scanned with only the
+	// rules their size and header leave able to match (see
+	// Options.NoPrefilter).
+	Pruned int64 `json:"pruned,omitempty"`
 	// Reused counts the files of Files whose outcome came from the record
 	// of a base layer (Target.Reuse) without their bytes being read.
 	Reused int64 `json:"reused"`

@@ -95,6 +95,9 @@ type Rules struct {
 	// paths is set when only some sources read the path-like externals
 	// (see pathRules).
 	paths *pathRules
+	// classes holds the pruned sets for classes of files (see classes);
+	// nil for a compiled rules file.
+	classes *classes
 }
 
 // pathRules splits a path-dependent rule set by source. YARA rules see
@@ -115,6 +118,7 @@ type pathRules struct {
 	order map[string]int
 	// contentID is CacheKey.Rules of the content-only verdicts.
 	contentID string
+	classes   *classes
 }
 
 // splitPaths compiles the path-reading sources of srcs apart, for r (the
@@ -142,7 +146,7 @@ func (r *Rules) splitPaths(dir string, srcs []Source, files []string) {
 	if len(psrcs) == 0 || len(psrcs) == len(srcs) {
 		return
 	}
-	p, err := compileCached(dir, psrcs, pfiles)
+	p, err := compileSet(dir, psrcs, pfiles)
 	if err != nil {
 		return
 	}
@@ -305,21 +309,40 @@ func CompileSourcesCached(dir string, sources []Source) (*Rules, error) {
 var includeRef = regexp.MustCompile(`(?m)^\s*include\s*"`)
 
 // compileCached loads srcs' compiled set from dir, or compiles and stores
-// it there.
+// it there, then sets up its path split and its classes.
 func compileCached(dir string, srcs []Source, files []string) (*Rules, error) {
-	if dir == "" || slices.ContainsFunc(srcs, func(s Source) bool { return includeRef.Match(s.Data) }) {
-		r, err := compile(srcs, files)
-		if err == nil {
-			r.splitPaths("", srcs, files)
+	r, err := compileSet(dir, srcs, files)
+	if err != nil {
+		return nil, err
+	}
+	if slices.ContainsFunc(srcs, func(s Source) bool { return includeRef.Match(s.Data) }) {
+		dir = "" // the compiled set was not kept: neither are its parts
+	}
+	r.splitPaths(dir, srcs, files)
+	r.classes = newClasses(r.y, dir, srcs)
+	if r.paths != nil {
+		var psrcs []Source
+		for _, s := range srcs {
+			if r.paths.ns[s.Name] {
+				psrcs = append(psrcs, s)
+			}
 		}
-		return r, err
+		r.paths.classes = newClasses(r.paths.y, dir, psrcs)
+	}
+	return r, nil
+}
+
+// compileSet loads srcs' compiled set from dir, or compiles and stores it
+// there; sources that use include are compiled every time, since the
+// included files are not part of the ID.
+func compileSet(dir string, srcs []Source, files []string) (*Rules, error) {
+	if dir == "" || slices.ContainsFunc(srcs, func(s Source) bool { return includeRef.Match(s.Data) }) {
+		return compile(srcs, files)
 	}
 	id, pathDependent := sourcesID(srcs)
 	p := filepath.Join(dir, id+".yarc")
 	if y, err := yara.LoadRules(p); err == nil {
-		r := &Rules{y: y, id: id, count: len(y.GetRules()), pathDependent: pathDependent, defined: Externals}
-		r.splitPaths(dir, srcs, files)
-		return r, nil
+		return &Rules{y: y, id: id, count: len(y.GetRules()), pathDependent: pathDependent, defined: Externals}, nil
 	}
 	r, err := compile(srcs, files)
 	if err != nil {
@@ -338,7 +361,6 @@ func compileCached(dir string, srcs []Source, files []string) (*Rules, error) {
 			os.Remove(tmp)
 		}
 	}
-	r.splitPaths(dir, srcs, files)
 	return r, nil
 }
 

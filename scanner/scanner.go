@@ -103,6 +103,11 @@ type Options struct {
 	// goroutines while it waits: they must return quickly.
 	OnFinding  func(Finding)
 	OnProgress func(Progress)
+	// NoPrefilter runs every rule over every file. By default a file is
+	// scanned only by the rules whose conditions its size and header
+	// tests do not already make false (see package gate): the verdicts
+	// are the same, the time less.
+	NoPrefilter bool
 	// Logger receives debug messages about unreadable files; nil discards.
 	Logger *slog.Logger
 }
@@ -417,9 +422,11 @@ func (r *run) report() {
 
 // worker scans files one at a time with its own YARA scanner and arena.
 type worker struct {
-	r     *run
-	ys    *yara.Scanner
-	pys   *yara.Scanner // Rules.paths' scanner, made on first use
+	r  *run
+	ys *yara.Scanner
+	// more holds the scanners of the other sets the worker has used
+	// (Rules.paths, pruned sets), made on first use.
+	more  map[*yara.Rules]*yara.Scanner
 	arena *arena
 	hdr   [SniffLen]byte
 	cb    collector
@@ -451,8 +458,8 @@ func (r *run) newWorker() (*worker, error) {
 
 func (w *worker) close() {
 	w.ys.Destroy()
-	if w.pys != nil {
-		w.pys.Destroy()
+	for _, ys := range w.more {
+		ys.Destroy()
 	}
 	w.arena.free()
 	w.dropKeep()
@@ -697,16 +704,16 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 			}
 		}
 	}
-	scanned := cached
+	scanned, pruned := cached, false
 	if !cached {
 		var err error
 		if haveContent {
-			matches, err = w.yaraScan(ctx, &ext, data, true)
+			matches, pruned, err = w.yaraScan(ctx, &ext, data, true)
 			if err == nil {
 				matches = split.merge(content, matches)
 			}
 		} else {
-			matches, err = w.yaraScan(ctx, &ext, data, false)
+			matches, pruned, err = w.yaraScan(ctx, &ext, data, false)
 		}
 		switch {
 		case isTimeout(err):
@@ -741,6 +748,9 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 		}
 		if haveContent {
 			vr.PathScanned++
+		}
+		if pruned {
+			vr.Pruned++
 		}
 		if len(matches) > 0 {
 			f := Finding{
@@ -781,32 +791,18 @@ func (w *worker) scanContent(ctx context.Context, j job, vpath, name string, dat
 }
 
 // yaraScan runs the rules over data with the file's externals: all of
-// them, or with paths only the path-reading sources of Rules.paths.
-func (w *worker) yaraScan(ctx context.Context, ext *externals, data []byte, paths bool) ([]Match, error) {
+// them, or with paths only the path-reading sources of Rules.paths; in
+// either case only those that can match a file of data's class, unless
+// Options.NoPrefilter (see classes): then pruned is true.
+func (w *worker) yaraScan(ctx context.Context, ext *externals, data []byte, paths bool) (matches []Match, pruned bool, err error) {
 	rules := w.r.s.rules
-	ys := w.ys
+	y, cl := rules.y, rules.classes
 	if paths {
-		if w.pys == nil {
-			ps, err := yara.NewScanner(rules.paths.y)
-			if err != nil {
-				return nil, fmt.Errorf("scanner for the path-reading rules: %w", err)
-			}
-			ps.SetFlags(scanFlagNoTryCatch)
-			ps.SetCallback(&w.cb)
-			ps.SetTimeout(w.tmo)
-			w.pys = ps
-		}
-		ys = w.pys
+		y, cl = rules.paths.y, rules.paths.classes
 	}
-	for _, kv := range [...][2]string{
-		{"filename", ext.filename}, {"filepath", ext.filepath}, {"extension", ext.extension},
-		{"filetype", ext.filetype}, {"owner", ext.owner},
-	} {
-		if slices.Contains(rules.defined, kv[0]) {
-			if err := ys.DefineVariable(kv[0], kv[1]); err != nil {
-				return nil, fmt.Errorf("define %s: %w", kv[0], err)
-			}
-		}
+	base := y
+	if cl != nil && !w.r.s.opts.NoPrefilter {
+		y = cl.forFile(data, w.r.s.opts.Logger)
 	}
 	tmo := w.r.s.opts.Timeout
 	if dl, ok := ctx.Deadline(); ok {
@@ -815,19 +811,45 @@ func (w *worker) yaraScan(ctx context.Context, ext *externals, data []byte, path
 	tmo = max(time.Second, tmo.Round(time.Second))
 	if tmo != w.tmo {
 		w.ys.SetTimeout(tmo)
-		if w.pys != nil {
-			w.pys.SetTimeout(tmo)
+		for _, ys := range w.more {
+			ys.SetTimeout(tmo)
 		}
 		w.tmo = tmo
 	}
+	ys := w.ys
+	if y != rules.y {
+		if ys = w.more[y]; ys == nil {
+			var err error
+			if ys, err = yara.NewScanner(y); err != nil {
+				return nil, false, fmt.Errorf("yara scanner: %w", err)
+			}
+			ys.SetFlags(scanFlagNoTryCatch)
+			ys.SetCallback(&w.cb)
+			ys.SetTimeout(w.tmo)
+			if w.more == nil {
+				w.more = map[*yara.Rules]*yara.Scanner{}
+			}
+			w.more[y] = ys
+		}
+	}
+	for _, kv := range [...][2]string{
+		{"filename", ext.filename}, {"filepath", ext.filepath}, {"extension", ext.extension},
+		{"filetype", ext.filetype}, {"owner", ext.owner},
+	} {
+		if slices.Contains(rules.defined, kv[0]) {
+			if err := ys.DefineVariable(kv[0], kv[1]); err != nil {
+				return nil, false, fmt.Errorf("define %s: %w", kv[0], err)
+			}
+		}
+	}
 	w.cb.matches = nil
-	err := ys.ScanMem(data)
+	err = ys.ScanMem(data)
 	m := w.cb.matches
 	w.cb.matches = nil
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return m, nil
+	return m, y != base, nil
 }
 
 // filter applies Options.Tags and SkipTags; it allocates only when it

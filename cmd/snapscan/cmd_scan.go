@@ -105,6 +105,7 @@ func runScanIn(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	noProgress := f.Bool("no-progress", false, "never show the progress line")
 	rulesCache := f.String("rules-cache", defaultRulesCache(), "keep compiled rule sets in `DIR`, by the digest of their sources, so that the\nnext start loads instead of compiling (\"off\": compile every time)")
 	noIncremental := f.Bool("no-incremental", false, "read every file of every disk, even where a base layer scanned in this run\nalready gave its verdict (see Incremental scans)")
+	noPrefilter := f.Bool("no-prefilter", false, "run every rule over every file (by default rules that a file's size and header\nalready rule out, such as PE-only rules on an ELF file, are not run over it:\nthe verdicts are the same)")
 	noCache := f.Bool("no-cache", false, "scan every file even if identical content was already scanned in this run\n(saves hashing every file when targets share little content)")
 	pos, err := parse(f, args)
 	if err != nil {
@@ -181,6 +182,7 @@ func runScanIn(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	// hashes only files whose size another file shares (a BLAKE3 of every
 	// file is 3% of a cold scan's CPU, bench/scan-image.sh).
 	opts.NoCache = *noCache
+	opts.NoPrefilter = *noPrefilter
 	if !*noCache && len(pos) > 1 {
 		// One run's verdicts, by content hash: byte-identical files (clones,
 		// copies, the same packages in several images) are scanned once.
