@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/snapscan/snapscan/snapshot/lvm"
+	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
 // assembleLVM reads the LVM2 physical volumes found among the disk's
@@ -15,6 +16,7 @@ import (
 // a missing PV) are listed with the reason.
 func (d *Disk) assembleLVM() {
 	var pvs []*lvm.PV
+	at := map[*lvm.PV]int64{} // where each PV starts on the disk
 	for _, v := range d.Volumes {
 		if v.FileSystem != "lvm2" || v.r == nil {
 			continue
@@ -25,6 +27,7 @@ func (d *Disk) assembleLVM() {
 			continue
 		}
 		pvs = append(pvs, pv)
+		at[pv] = v.Offset
 	}
 	if len(pvs) == 0 {
 		return
@@ -49,6 +52,21 @@ func (d *Disk) assembleLVM() {
 				continue
 			}
 			v := d.probe(id, io.NewSectionReader(r, 0, lv.Size), -1, lv.Size)
+			v.place = func(off, n int64) ([]vfs.Range, error) {
+				places, err := lv.Map(off, n)
+				if err != nil {
+					return nil, err
+				}
+				out := make([]vfs.Range, len(places))
+				for i, pl := range places {
+					start, ok := at[pl.PV]
+					if !ok || start < 0 {
+						return nil, fmt.Errorf("lvm: LV %s/%s: a physical volume that is not a partition of the disk", lv.VG, lv.Name)
+					}
+					out[i] = vfs.Range{Off: start + pl.Off, Len: pl.Len}
+				}
+				return out, nil
+			}
 			d.Volumes = append(d.Volumes, v)
 		}
 		if len(vg.Missing) > 0 {

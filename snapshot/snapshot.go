@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/snapscan/snapscan/snapshot/image"
+	"github.com/snapscan/snapscan/snapshot/vfs"
 )
 
 // Options controls how a disk is opened. The zero value is ready to use:
@@ -125,6 +127,44 @@ type Volume struct {
 
 	r    io.ReaderAt  // the volume's bytes
 	read atomic.Int64 // bytes read through r
+	// place maps a logical volume's ranges to the disk (nil for others).
+	place func(off, n int64) ([]vfs.Range, error)
+}
+
+// DiskRanges returns where the volume's bytes [off, off+n) lie on the
+// disk, in the volume's order: one range for a partition or a whole-disk
+// file system, one per segment, stripe chunk and physical volume crossed
+// for a logical volume. The range must lie inside the volume.
+func (v *Volume) DiskRanges(off, n int64) ([]vfs.Range, error) {
+	if off < 0 || n < 0 || off > v.Size || n > v.Size-off {
+		return nil, fmt.Errorf("snapshot: volume %s: range %d+%d outside its %d bytes", v.ID, off, n, v.Size)
+	}
+	if v.place != nil {
+		return v.place(off, n)
+	}
+	if v.Offset < 0 {
+		return nil, fmt.Errorf("snapshot: volume %s: where it lies on the disk is not known", v.ID)
+	}
+	return []vfs.Range{{Off: v.Offset + off, Len: n}}, nil
+}
+
+// Placement identifies where the whole volume lies on the disk: equal for
+// two volumes whose bytes lie at the same disk offsets, in the same order
+// ("at OFFSET+SIZE" for a partition; for a logical volume, a digest of
+// every range it maps to).
+func (v *Volume) Placement() (string, error) {
+	rs, err := v.DiskRanges(0, v.Size)
+	if err != nil {
+		return "", err
+	}
+	if v.place == nil {
+		return fmt.Sprintf("at %d+%d", rs[0].Off, rs[0].Len), nil
+	}
+	h := sha256.New()
+	for _, r := range rs {
+		fmt.Fprintf(h, "%d+%d\n", r.Off, r.Len)
+	}
+	return fmt.Sprintf("%d ranges %x", len(rs), h.Sum(nil)), nil
 }
 
 // BytesRead returns the bytes read from the volume so far (finding its

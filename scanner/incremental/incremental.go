@@ -26,7 +26,7 @@
 // bytes and its metadata lie on the volume (inode or record, block map,
 // data extents, inline data) and a Key for the rest of what reading it
 // depends on. The file is taken from the base when all of these hold:
-//   - the volume is the base's volume: same id, file system, offset on
+//   - the volume is the base's volume: same id, file system, place on
 //     the disk and size, and the same Layout (geometry and features): an
 //     overlay that moves a partition or rewrites the superblock's layout
 //     makes the volume's files read again;
@@ -43,8 +43,11 @@
 // By the vfs.Mapper contract the file's content is then byte for byte the
 // recorded file's, so the verdict equals a full scan's. Files not
 // recorded (archives, which are expanded, and files with errors or
-// timeouts) are always read. Logical volumes (LVM2) and file systems that
-// are not Mappers are always read in full; the report says so per volume
+// timeouts) are always read. A logical volume (LVM2) is mapped to the
+// disk through its segments (snapshot.Volume.DiskRanges), and its
+// Placement is part of its Layout: an overlay that moves its extents
+// makes its files read again. File systems that are not Mappers are
+// always read in full; the report says so per volume
 // (VolumeReport.NoReuse).
 //
 // # Changed-block tracking

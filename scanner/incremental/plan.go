@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,7 +78,7 @@ type Plan struct {
 // of DiskTarget's Target.Volumes).
 type volPlan struct {
 	fs      *vfs.FS
-	offset  int64
+	vol     *snapshot.Volume
 	base    *VolumeRecord // to take outcomes from, nil when none
 	noReuse string
 	own     *VolumeRecord // to record into, nil when not recorded
@@ -94,13 +95,13 @@ func (s *Session) Plan(ctx context.Context, d *snapshot.Disk) *Plan {
 	p.own = &Record{Identity: top.id, Rules: s.rules, Path: top.path, Time: time.Now()}
 	for i, v := range d.Volumes {
 		vp := &p.vols[i]
-		vp.offset = v.Offset
+		vp.vol = v
 		vp.noReuse, vp.fs = mappable(v)
 		if vp.fs == nil {
 			continue
 		}
 		vp.own = &VolumeRecord{ID: v.ID, FileSystem: v.FileSystem, Offset: v.Offset, Size: v.Size,
-			Layout: layout(vp.fs), Files: map[FileKey]File{}}
+			Layout: layout(v, vp.fs), Files: map[FileKey]File{}}
 		p.own.Volumes = append(p.own.Volumes, vp.own)
 	}
 	for k := 1; k < len(p.links) && p.base == nil; k++ {
@@ -150,6 +151,8 @@ func (p *Plan) matchVolumes() {
 		case bv.FileSystem != v.FileSystem || bv.Offset != v.Offset || bv.Size != v.Size:
 			vp.noReuse = fmt.Sprintf("the base's volume differs (%s at %d, %d bytes; here %s at %d, %d bytes)",
 				bv.FileSystem, bv.Offset, bv.Size, v.FileSystem, v.Offset, v.Size)
+		case bv.Layout != vp.own.Layout && fsLayout(bv.Layout) == fsLayout(vp.own.Layout):
+			vp.noReuse = "the logical volume lies elsewhere on the disk than in the base (LVM2 metadata rewritten)"
 		case bv.Layout != vp.own.Layout:
 			vp.noReuse = "the file system's layout differs from the base's (superblock rewritten)"
 		default:
@@ -179,7 +182,7 @@ func (p *Plan) planParent(ctx context.Context) {
 			if pv.ID != v.ID || pv.FileSystem != v.FileSystem || pv.Offset != v.Offset || pv.Size != v.Size {
 				continue
 			}
-			if _, fsys := mappable(pv); fsys != nil && layout(fsys) == vp.own.Layout {
+			if _, fsys := mappable(pv); fsys != nil && layout(pv, fsys) == vp.own.Layout {
 				vp.parent = &VolumeRecord{ID: v.ID, FileSystem: v.FileSystem, Offset: v.Offset, Size: v.Size,
 					Layout: vp.own.Layout, Files: map[FileKey]File{}}
 				p.parent.Volumes = append(p.parent.Volumes, vp.parent)
@@ -200,8 +203,8 @@ func mappable(v *snapshot.Volume) (string, *vfs.FS) {
 	if v.Err != nil || v.FS == nil {
 		return "the volume is not read", nil
 	}
-	if v.Offset < 0 {
-		return "a logical volume: where its extents lie on the disk is not mapped", nil
+	if _, err := v.Placement(); err != nil {
+		return fmt.Sprintf("where the volume lies on the disk is not known: %v", err), nil
 	}
 	f, ok := v.FS.(*vfs.FS)
 	if !ok {
@@ -213,7 +216,62 @@ func mappable(v *snapshot.Volume) (string, *vfs.FS) {
 	return "", f
 }
 
-func layout(f *vfs.FS) string { return f.FileSystem().(vfs.Mapper).Layout() }
+// layout is a VolumeRecord's Layout: the file system's (vfs.Mapper), and
+// for a logical volume where on the disk its extents lie (so that an
+// overlay that rewrites the LVM2 metadata to move them makes its files
+// read again).
+func layout(v *snapshot.Volume, f *vfs.FS) string {
+	l := f.FileSystem().(vfs.Mapper).Layout()
+	if v.Offset >= 0 {
+		return l // a partition: VolumeRecord.Offset says where
+	}
+	pl, _ := v.Placement() // mappable checked it
+	return l + lvmSep + pl
+}
+
+// lvmSep separates a logical volume's placement from its file system's
+// layout in VolumeRecord.Layout.
+const lvmSep = "\x00lvm "
+
+// fsLayout returns the file system's part of a VolumeRecord.Layout.
+func fsLayout(l string) string {
+	fsl, _, _ := strings.Cut(l, lvmSep)
+	return fsl
+}
+
+// touches reports whether a disk byte of the volume's range [off, off+n)
+// lies in s; a range that cannot be placed counts as touched.
+func touches(s spans, v *snapshot.Volume, off, n int64) bool {
+	if v.Offset >= 0 {
+		return s.overlaps(v.Offset+off, n)
+	}
+	rs, err := v.DiskRanges(off, n)
+	if err != nil {
+		return true
+	}
+	for _, r := range rs {
+		if s.overlaps(r.Off, r.Len) {
+			return true
+		}
+	}
+	return false
+}
+
+// readVol fills b with the volume's bytes from off as img (the disk, or a
+// layer of its chain) holds them.
+func readVol(img io.ReaderAt, v *snapshot.Volume, b []byte, off int64) error {
+	rs, err := v.DiskRanges(off, int64(len(b)))
+	if err != nil {
+		return err
+	}
+	for _, r := range rs {
+		if err := readFull(img, b[:r.Len], r.Off); err != nil {
+			return err
+		}
+		b = b[r.Len:]
+	}
+	return nil
+}
 
 // held returns the disk ranges that the top's files before index first
 // of its Layers hold (data or zeros).
@@ -271,7 +329,7 @@ func (p *Plan) Lookup(vol int, name string, context [32]byte) (scanner.Outcome, 
 	}
 	key := FileKey{Where: Fingerprint(x), Context: context}
 	f, ok := vp.base.Files[key]
-	if !ok || !p.unchanged(x, vp.offset, f.Meta) {
+	if !ok || !p.unchanged(x, vp.vol, f.Meta) {
 		return scanner.Outcome{}, false
 	}
 	p.mu.Lock()
@@ -280,24 +338,24 @@ func (p *Plan) Lookup(vol int, name string, context [32]byte) (scanner.Outcome, 
 	return f.Outcome, true
 }
 
-// unchanged reports whether the disk serves x, on a volume at offset off,
-// as the base did: no layer above the base holds its data, and its
-// metadata is untouched or, where an upper layer holds it, digests to
-// the recorded meta.
-func (p *Plan) unchanged(x vfs.Extents, off int64, meta [32]byte) bool {
+// unchanged reports whether the disk serves x, on volume v, as the base
+// did: no layer above the base holds its data, and its metadata is
+// untouched or, where an upper layer holds it, digests to the recorded
+// meta.
+func (p *Plan) unchanged(x vfs.Extents, v *snapshot.Volume, meta [32]byte) bool {
 	touched := false
 	for _, r := range metaRanges(x) {
-		touched = touched || p.upper.overlaps(off+r.Off, r.Len)
+		touched = touched || touches(p.upper, v, r.Off, r.Len)
 	}
 	for _, e := range x.Data {
-		if e.Kind == vfs.Allocated && p.upper.overlaps(off+e.Off, e.Len) {
+		if e.Kind == vfs.Allocated && touches(p.upper, v, e.Off, e.Len) {
 			return false
 		}
 	}
 	if !touched {
 		return true
 	}
-	sum, ok := p.metaSum(x, off)
+	sum, ok := p.metaSum(x, v)
 	return ok && meta != [32]byte{} && sum == meta
 }
 
@@ -313,14 +371,14 @@ func metaRanges(x vfs.Extents) []vfs.Range {
 }
 
 // metaSum digests the bytes of x's metadata ranges as the disk holds them.
-func (p *Plan) metaSum(x vfs.Extents, off int64) ([32]byte, bool) {
+func (p *Plan) metaSum(x vfs.Extents, v *snapshot.Volume) ([32]byte, bool) {
 	h := sha256.New()
 	for _, r := range metaRanges(x) {
 		if r.Len > maxCompare {
 			return [32]byte{}, false
 		}
 		b := make([]byte, r.Len)
-		if err := readFull(p.disk.Image(), b, off+r.Off); err != nil {
+		if err := readVol(p.disk.Image(), v, b, r.Off); err != nil {
 			return [32]byte{}, false
 		}
 		h.Write(mask(b, r.Off, x.Volatile))
@@ -342,8 +400,8 @@ func (p *Plan) Record(vol int, name string, o scanner.Outcome) {
 	}
 	key := FileKey{Where: Fingerprint(x), Context: o.Context}
 	f := File{Outcome: o}
-	f.Meta, _ = p.metaSum(x, vp.offset)
-	toParent := vp.parent != nil && p.untouched(x, vp.offset, p.parentUpper, p.links[1].img)
+	f.Meta, _ = p.metaSum(x, vp.vol)
+	toParent := vp.parent != nil && p.untouched(x, vp.vol, p.parentUpper, p.links[1].img)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	vp.own.Files[key] = f
@@ -352,23 +410,23 @@ func (p *Plan) Record(vol int, name string, o scanner.Outcome) {
 	}
 }
 
-// untouched reports whether every byte the reader reads for x, on a volume
-// at offset off of the disk, is the same in lower as on the disk: held
-// by no layer of upper, or, for metadata, equal.
-func (p *Plan) untouched(x vfs.Extents, off int64, upper spans, lower image.Image) bool {
+// untouched reports whether every byte the reader reads for x, on volume
+// v, is the same in lower as on the disk: held by no layer of upper, or,
+// for metadata, equal.
+func (p *Plan) untouched(x vfs.Extents, v *snapshot.Volume, upper spans, lower image.Image) bool {
 	for _, r := range x.Meta {
-		if !p.same(r, off, upper, lower, x.Volatile) {
+		if !p.same(r, v, upper, lower, x.Volatile) {
 			return false
 		}
 	}
 	for _, e := range x.Data {
 		switch e.Kind {
 		case vfs.Inline:
-			if !p.same(e.Range(), off, upper, lower, x.Volatile) {
+			if !p.same(e.Range(), v, upper, lower, x.Volatile) {
 				return false
 			}
 		case vfs.Allocated:
-			if upper.overlaps(off+e.Off, e.Len) {
+			if touches(upper, v, e.Off, e.Len) {
 				return false
 			}
 		}
@@ -379,19 +437,18 @@ func (p *Plan) untouched(x vfs.Extents, off int64, upper spans, lower image.Imag
 // same reports whether the volume range r reads the same on the disk as
 // in lower: untouched by upper, or a small range with equal bytes but for
 // those in volatile.
-func (p *Plan) same(r vfs.Range, off int64, upper spans, lower image.Image, volatile []vfs.Range) bool {
-	at := off + r.Off
-	if !upper.overlaps(at, r.Len) {
+func (p *Plan) same(r vfs.Range, v *snapshot.Volume, upper spans, lower image.Image, volatile []vfs.Range) bool {
+	if !touches(upper, v, r.Off, r.Len) {
 		return true
 	}
 	if r.Len > maxCompare {
 		return false
 	}
 	a, b := make([]byte, r.Len), make([]byte, r.Len)
-	if err := readFull(p.disk.Image(), a, at); err != nil {
+	if err := readVol(p.disk.Image(), v, a, r.Off); err != nil {
 		return false
 	}
-	if err := readFull(lower, b, at); err != nil {
+	if err := readVol(lower, v, b, r.Off); err != nil {
 		return false
 	}
 	return bytes.Equal(mask(a, r.Off, volatile), mask(b, r.Off, volatile))

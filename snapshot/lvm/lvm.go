@@ -511,40 +511,12 @@ func (r *lvReader) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("lvm: LV %s/%s: negative offset %d", lv.VG, lv.Name, off)
 	}
-	es := lv.vg.ExtentSize
 	n := 0
 	for n < len(p) && off < lv.Size {
-		// The segment holding off.
-		ext := off / es
-		i := sort.Search(len(lv.Segments), func(i int) bool {
-			s := lv.Segments[i]
-			return s.StartExtent+s.ExtentCount > ext
-		})
-		sg := lv.Segments[i]
-		segOff := off - sg.StartExtent*es
-		segEnd := sg.ExtentCount * es
-		stripes := int64(len(sg.Stripes))
-		var st Stripe
-		var pvOff, avail int64
-		if stripes == 1 {
-			st = sg.Stripes[0]
-			pvOff = st.StartExtent*es + segOff
-			avail = segEnd - segOff
-		} else {
-			chunk := segOff / sg.StripeSize
-			st = sg.Stripes[chunk%stripes]
-			row := chunk / stripes
-			within := segOff % sg.StripeSize
-			pvOff = st.StartExtent*es + row*sg.StripeSize + within
-			avail = sg.StripeSize - within
-		}
-		m := lv.pvs[st.PV]
+		m, st, pvOff, avail := lv.locate(off)
 		want := p[n:]
 		if int64(len(want)) > avail {
 			want = want[:avail]
-		}
-		if rest := lv.Size - off; int64(len(want)) > rest {
-			want = want[:rest]
 		}
 		got, err := m.pv.r.ReadAt(want, m.peStart+pvOff)
 		n += got
@@ -560,4 +532,65 @@ func (r *lvReader) ReadAt(p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// locate returns where byte off (0 <= off < Size) of the LV lies: its PV,
+// the stripe, the offset from the PV's first extent, and how many bytes
+// from there on stay contiguous (to the end of the segment or stripe
+// chunk, and of the LV).
+func (lv *LV) locate(off int64) (m *pvMap, st Stripe, pvOff, avail int64) {
+	es := lv.vg.ExtentSize
+	ext := off / es
+	i := sort.Search(len(lv.Segments), func(i int) bool {
+		s := lv.Segments[i]
+		return s.StartExtent+s.ExtentCount > ext
+	})
+	sg := lv.Segments[i]
+	segOff := off - sg.StartExtent*es
+	segEnd := sg.ExtentCount * es
+	if stripes := int64(len(sg.Stripes)); stripes == 1 {
+		st = sg.Stripes[0]
+		pvOff = st.StartExtent*es + segOff
+		avail = segEnd - segOff
+	} else {
+		chunk := segOff / sg.StripeSize
+		st = sg.Stripes[chunk%stripes]
+		row := chunk / stripes
+		within := segOff % sg.StripeSize
+		pvOff = st.StartExtent*es + row*sg.StripeSize + within
+		avail = sg.StripeSize - within
+	}
+	return lv.pvs[st.PV], st, pvOff, min(avail, lv.Size-off)
+}
+
+// Place is where a run of an LV's bytes lies: Len bytes from byte Off of
+// the physical volume PV (from the start of the device ReadPV was given).
+type Place struct {
+	PV       *PV
+	Off, Len int64
+}
+
+// Map returns where the LV's bytes [off, off+n) lie, in the LV's order,
+// runs that continue one another on one PV merged. The range must lie
+// inside the LV; an LV Open cannot read cannot be mapped either.
+func (lv *LV) Map(off, n int64) ([]Place, error) {
+	if lv.Reason != "" {
+		return nil, fmt.Errorf("lvm: LV %s/%s: %s", lv.VG, lv.Name, lv.Reason)
+	}
+	if off < 0 || n < 0 || off > lv.Size || n > lv.Size-off {
+		return nil, fmt.Errorf("lvm: LV %s/%s: range %d+%d outside its %d bytes", lv.VG, lv.Name, off, n, lv.Size)
+	}
+	var out []Place
+	for end := off + n; off < end; {
+		m, _, pvOff, avail := lv.locate(off)
+		run := min(avail, end-off)
+		at := m.peStart + pvOff
+		if k := len(out) - 1; k >= 0 && out[k].PV == m.pv && out[k].Off+out[k].Len == at {
+			out[k].Len += run
+		} else {
+			out = append(out, Place{PV: m.pv, Off: at, Len: run})
+		}
+		off += run
+	}
+	return out, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -51,7 +52,7 @@ func listing(vgs []*VG) string {
 
 func TestAssemble(t *testing.T) {
 	out := fixture(t)
-	pvs, _ := readPVs(t, out, "pv0.img", "pv1.img")
+	pvs, raw := readPVs(t, out, "pv0.img", "pv1.img")
 	if pvs[0].UUID != "Pv0aaaaaaaaaaaaaaaaaaaaaaaaaaaa0" || len(pvs[0].DataAreas) != 1 || len(pvs[0].MetadataAreas) != 1 {
 		t.Errorf("pv0: UUID %q, data areas %v, metadata areas %v", pvs[0].UUID, pvs[0].DataAreas, pvs[0].MetadataAreas)
 	}
@@ -108,6 +109,25 @@ func TestAssemble(t *testing.T) {
 				if !bytes.Equal(buf[:n], exp[c.off:c.off+int64(n)]) {
 					t.Errorf("ReadAt(%d at %d): wrong bytes", c.n, c.off)
 				}
+				// Map says where the same bytes lie on the PVs.
+				places, err := lv.Map(c.off, wantN)
+				if err != nil {
+					t.Fatalf("Map(%d+%d): %v", c.off, wantN, err)
+				}
+				var fromPVs []byte
+				for _, pl := range places {
+					i := slices.Index(pvs, pl.PV)
+					if i < 0 || pl.Len <= 0 || pl.Off+pl.Len > int64(len(raw[i])) {
+						t.Fatalf("Map(%d+%d): place %+v", c.off, wantN, pl)
+					}
+					fromPVs = append(fromPVs, raw[i][pl.Off:pl.Off+pl.Len]...)
+				}
+				if !bytes.Equal(fromPVs, exp[c.off:c.off+wantN]) {
+					t.Errorf("Map(%d+%d) = %v: the bytes there are not the LV's", c.off, wantN, places)
+				}
+			}
+			if _, err := lv.Map(lv.Size-1, 2); err == nil {
+				t.Error("Map past the end: no error")
 			}
 		})
 	}
