@@ -74,6 +74,19 @@ func TestLayouts(t *testing.T) {
 						continue
 					}
 					compareTree(t, w.id, v.FS, filepath.Join(dir, w.tree))
+					// Where the volume lies: ranges of the disk that add
+					// up to the volume.
+					rs, err := v.DiskRanges(0, v.Size)
+					var total int64
+					for _, r := range rs {
+						if r.Off < 0 || r.Len <= 0 || r.Off+r.Len > d.Image().Size() {
+							t.Errorf("%s: disk range %+v outside the disk", w.id, r)
+						}
+						total += r.Len
+					}
+					if err != nil || total != v.Size || (v.Offset >= 0 && (len(rs) != 1 || rs[0].Off != v.Offset)) {
+						t.Errorf("%s at %d: DiskRanges = %v (%d bytes of %d), %v", w.id, v.Offset, rs, total, v.Size, err)
+					}
 				}
 			})
 		}
