@@ -46,3 +46,29 @@ fs_squashfs() { mksquashfs "$2" "$1" -quiet -noappend -all-root >/dev/null; }
 # put IMG DISK START_SECTOR: write a file-system image into a disk.
 put() { dd if="$1" of="$2" bs=512 seek="$3" conv=notrunc,sparse status=none; rm -f "$1"; }
 
+# overlay_edit BASE NAME FUNC: make NAME.qcow2, an empty qcow2 overlay of
+# BASE, and run FUNC with it exported read-write as a file at $exp
+# (qemu-storage-daemon's FUSE export): what FUNC writes there, the overlay
+# holds, and nothing else. FUNC mounts what it needs.
+overlay_edit() {
+	local base=$1 name=$2 fn=$3
+	qemu-img create -q -f qcow2 -b "$base" -F qcow2 "$name.qcow2"
+	exp=$PWD/$name.exp
+	: >"$exp"
+	qemu-storage-daemon --blockdev driver=file,filename="$name.qcow2",node-name=f \
+		--blockdev driver=qcow2,file=f,node-name=q \
+		--export type=fuse,id=e,node-name=q,mountpoint="$exp",writable=on &
+	local qsd=$!
+	for _ in $(seq 100); do
+		[ "$(stat -c %s "$exp")" -gt 0 ] && break
+		sleep 0.05
+	done
+	local rc=0
+	"$fn" || rc=$?
+	sync
+	umount "$exp" 2>/dev/null || true
+	kill "$qsd"
+	wait "$qsd" || true
+	rm -f "$exp"
+	return $rc
+}

@@ -27,8 +27,10 @@
 # qemu-storage-daemon, qemu-img, sgdisk, mkfs.ext4, python3.
 set -euo pipefail
 : "${OUT:?OUT must name the output folder}"
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+# shellcheck source=testdata/fslib.sh
+. "$here/fslib.sh"
 cd "$OUT"
-MiB=$((1024 * 1024))
 p1=$((2048 * 512)) # the partition's offset on the disk
 pestart=$MiB       # the PV's data area, from the partition's start
 export LVM_SUPPRESS_FD_WARNINGS=1
@@ -132,29 +134,8 @@ rm -f disk.raw
 touch -d '2026-01-01 00:00:00 UTC' base.qcow2
 
 # edit NAME FUNC: make NAME.qcow2 over base.qcow2 and run FUNC with the
-# overlay exported as a file at $exp.
-edit() {
-	local name=$1 fn=$2
-	qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$name.qcow2"
-	exp=$OUT/$name.exp
-	: >"$exp"
-	qemu-storage-daemon --blockdev driver=file,filename="$name.qcow2",node-name=f \
-		--blockdev driver=qcow2,file=f,node-name=q \
-		--export type=fuse,id=e,node-name=q,mountpoint="$exp",writable=on &
-	local qsd=$!
-	for _ in $(seq 100); do
-		[ "$(stat -c %s "$exp")" -gt 0 ] && break
-		sleep 0.05
-	done
-	local rc=0
-	"$fn" || rc=$?
-	sync
-	umount "$exp" 2>/dev/null || true
-	kill "$qsd"
-	wait "$qsd" || true
-	rm -f "$exp"
-	return $rc
-}
+# overlay exported as a file at $exp (FUNC mounts what it needs).
+edit() { overlay_edit base.qcow2 "$@"; }
 
 # guest FUNC: run FUNC in a loop mount of a copy of the LV at $mnt, then
 # write the blocks it changed into the export where the LV places them.

@@ -28,8 +28,10 @@
 # Needs root (loop mounts), fuse3, qemu-storage-daemon, sgdisk, mkfs.ext4.
 set -euo pipefail
 : "${OUT:?OUT must name the output folder}"
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+# shellcheck source=testdata/fslib.sh
+. "$here/fslib.sh"
 cd "$OUT"
-MiB=$((1024 * 1024))
 
 rm -rf tree && mkdir -p tree/dir1 tree/dir2 tree/bin
 for i in $(seq -w 1 120); do
@@ -60,28 +62,7 @@ touch -d '2026-01-01 00:00:00 UTC' base.qcow2
 
 # edit NAME FUNC: make NAME.qcow2 over base.qcow2 and run FUNC with the
 # overlay exported as a file at $exp (FUNC mounts what it needs).
-edit() {
-	local name=$1 fn=$2
-	qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$name.qcow2"
-	exp=$OUT/$name.exp
-	: >"$exp"
-	qemu-storage-daemon --blockdev driver=file,filename="$name.qcow2",node-name=f \
-		--blockdev driver=qcow2,file=f,node-name=q \
-		--export type=fuse,id=e,node-name=q,mountpoint="$exp",writable=on &
-	local qsd=$!
-	for _ in $(seq 100); do
-		[ "$(stat -c %s "$exp")" -gt 0 ] && break
-		sleep 0.05
-	done
-	local rc=0
-	"$fn" || rc=$?
-	sync
-	umount "$exp" 2>/dev/null || true
-	kill "$qsd"
-	wait "$qsd" || true
-	rm -f "$exp"
-	return $rc
-}
+edit() { overlay_edit base.qcow2 "$@"; }
 
 # mounted FUNC: run FUNC with p1 of $exp mounted at $mnt.
 mounted() {
