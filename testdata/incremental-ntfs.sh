@@ -8,8 +8,10 @@
 # Needs root, fuse3, ntfs-3g, qemu-storage-daemon, sgdisk.
 set -euo pipefail
 : "${OUT:?OUT must name the output folder}"
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+# shellcheck source=testdata/fslib.sh
+. "$here/fslib.sh"
 cd "$OUT"
-MiB=$((1024 * 1024))
 rm -rf tree && mkdir -p tree/docs tree/bin
 for i in $(seq 1 40); do echo "resident note $i" >tree/docs/note$i.txt; done
 echo "SNAPSCAN-EVIL-A resident" >tree/docs/evil.txt
@@ -30,29 +32,21 @@ qemu-img convert -q -f raw -O qcow2 disk.raw base.qcow2
 rm -f disk.raw
 touch -d '2026-01-01 00:00:00 UTC' base.qcow2
 
-qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 clone.qcow2
-exp=$OUT/clone.exp
-: >"$exp"
-qemu-storage-daemon --blockdev driver=file,filename=clone.qcow2,node-name=f \
-	--blockdev driver=qcow2,file=f,node-name=q \
-	--export type=fuse,id=e,node-name=q,mountpoint="$exp",writable=on &
-qsd=$!
-for _ in $(seq 100); do [ "$(stat -c %s "$exp")" -gt 0 ] && break; sleep 0.05; done
-loop=$(losetup -f --show -o $((2048 * 512)) --sizelimit $((30 * MiB)) "$exp")
-rc=0
-(
-	ntfs-3g -o noatime "$loop" "$mnt"
-	trap 'umount "$mnt"' EXIT
-	echo "SNAPSCAN-EVIL-A now" >"$mnt/docs/change-me.txt"
-	printf 'SNAPSCAN-EVIL-TAIL' | dd of="$mnt/docs/big.txt" bs=1 seek=100000 conv=notrunc status=none
-	echo "SNAPSCAN-EVIL-A new" >"$mnt/docs/new.txt"
-) || rc=$?
-sync
-losetup -d "$loop"
-kill "$qsd"
-wait "$qsd" || true
-rm -f "$exp"
+changes() {
+	local loop rc=0
+	loop=$(losetup -f --show -o $((2048 * 512)) --sizelimit $((30 * MiB)) "$exp")
+	(
+		ntfs-3g -o noatime "$loop" "$mnt"
+		trap 'umount "$mnt"' EXIT
+		echo "SNAPSCAN-EVIL-A now" >"$mnt/docs/change-me.txt"
+		printf 'SNAPSCAN-EVIL-TAIL' | dd of="$mnt/docs/big.txt" bs=1 seek=100000 conv=notrunc status=none
+		echo "SNAPSCAN-EVIL-A new" >"$mnt/docs/new.txt"
+	) || rc=$?
+	sync
+	losetup -d "$loop"
+	return $rc
+}
+overlay_edit base.qcow2 clone changes
 rmdir "$mnt"
 rm -rf tree
 touch -d '2026-01-02 00:00:00 UTC' clone.qcow2
-exit $rc
