@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/snapscan/snapscan/snapshot/image"
@@ -129,6 +130,10 @@ type Volume struct {
 	read atomic.Int64 // bytes read through r
 	// place maps a logical volume's ranges to the disk (nil for others).
 	place func(off, n int64) ([]vfs.Range, error)
+	// placement caches Placement (a striped LV maps to many ranges).
+	placeOnce sync.Once
+	placement string
+	placeErr  error
 }
 
 // DiskRanges returns where the volume's bytes [off, off+n) lie on the
@@ -153,18 +158,22 @@ func (v *Volume) DiskRanges(off, n int64) ([]vfs.Range, error) {
 // ("at OFFSET+SIZE" for a partition; for a logical volume, a digest of
 // every range it maps to).
 func (v *Volume) Placement() (string, error) {
-	rs, err := v.DiskRanges(0, v.Size)
-	if err != nil {
-		return "", err
-	}
-	if v.place == nil {
-		return fmt.Sprintf("at %d+%d", rs[0].Off, rs[0].Len), nil
-	}
-	h := sha256.New()
-	for _, r := range rs {
-		fmt.Fprintf(h, "%d+%d\n", r.Off, r.Len)
-	}
-	return fmt.Sprintf("%d ranges %x", len(rs), h.Sum(nil)), nil
+	v.placeOnce.Do(func() {
+		rs, err := v.DiskRanges(0, v.Size)
+		switch {
+		case err != nil:
+			v.placeErr = err
+		case v.place == nil:
+			v.placement = fmt.Sprintf("at %d+%d", rs[0].Off, rs[0].Len)
+		default:
+			h := sha256.New()
+			for _, r := range rs {
+				fmt.Fprintf(h, "%d+%d\n", r.Off, r.Len)
+			}
+			v.placement = fmt.Sprintf("%d ranges %x", len(rs), h.Sum(nil))
+		}
+	})
+	return v.placement, v.placeErr
 }
 
 // BytesRead returns the bytes read from the volume so far (finding its
