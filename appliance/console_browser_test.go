@@ -106,14 +106,13 @@ func eval[T any](b *browser, expr string, opts ...chromedp.EvaluateOption) T {
 	return v
 }
 
-// poll waits (10 s at most) for a JavaScript expression to be truthy.
+// poll waits, as until does (30 s at most, the page shown on failure),
+// for a JavaScript expression to be truthy. 10 s was too short under
+// -race beside other packages on two cores: the events page, which
+// refreshes every 5 s, had not yet shown the dead collector's drops.
 func (b *browser) poll(what, expr string) {
 	b.t.Helper()
-	b.run(what, func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
-		_, err := chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(50*time.Millisecond),
-			chromedp.WithPollingTimeout(10*time.Second))(ctx, t)
-		return chromedp.Void{}, err
-	})
+	b.until(what, "!!("+expr+")")
 }
 
 // until waits (30 s at most: under -race, with other packages' tests
