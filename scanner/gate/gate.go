@@ -284,44 +284,42 @@ func (s *Set) Prune(c Class) Pruned {
 
 func (s *Set) eval(n *node, c Class, lo, hi int64) tri {
 	switch n.op {
-	case opAnd:
-		v := isTrue
-		for _, k := range n.kids {
-			switch s.eval(k, c, lo, hi) {
-			case isFalse:
-				return isFalse
-			case unknown:
-				v = unknown
-			}
+	case opAnd, opOr:
+		// A false operand decides an and, a true one an or.
+		decides, v := isFalse, isTrue
+		if n.op == opOr {
+			decides, v = isTrue, isFalse
 		}
-		return v
-	case opOr:
-		v := isFalse
 		for _, k := range n.kids {
-			switch s.eval(k, c, lo, hi) {
-			case isTrue:
-				return isTrue
+			switch x := s.eval(k, c, lo, hi); x {
+			case decides:
+				return x
 			case unknown:
 				v = unknown
 			}
 		}
 		return v
 	case opNot:
-		switch s.eval(n.kids[0], c, lo, hi) {
-		case isTrue:
-			return isFalse
-		case isFalse:
-			return isTrue
-		}
-		return unknown
+		return negate(s.eval(n.kids[0], c, lo, hi))
 	case opSize:
 		return sizeTest(n.cmp, n.n, lo, hi)
 	case opPred:
 		v := tri(c.tests[n.pred])
-		if n.neg && v != unknown {
-			v = isFalse + isTrue - v
+		if n.neg {
+			return negate(v)
 		}
 		return v
+	}
+	return unknown
+}
+
+// negate is three-valued not.
+func negate(v tri) tri {
+	switch v {
+	case isTrue:
+		return isFalse
+	case isFalse:
+		return isTrue
 	}
 	return unknown
 }
@@ -329,6 +327,16 @@ func (s *Set) eval(n *node, c Class, lo, hi int64) tri {
 // sizeTest decides filesize cmp n for every size in [lo, hi], or says
 // unknown.
 func sizeTest(cmp string, n, lo, hi int64) tri {
+	if cmp == "==" || cmp == "!=" {
+		switch {
+		case n >= lo && n <= hi:
+			return unknown
+		case cmp == "==":
+			return isFalse
+		}
+		return isTrue
+	}
+	// The other comparisons are monotonic in size: both ends decide.
 	f := func(size int64) bool {
 		switch cmp {
 		case "<":
@@ -337,23 +345,9 @@ func sizeTest(cmp string, n, lo, hi int64) tri {
 			return size <= n
 		case ">":
 			return size > n
-		case ">=":
-			return size >= n
-		case "==":
-			return size == n
 		}
-		return size != n
+		return size >= n
 	}
-	if cmp == "==" || cmp == "!=" {
-		if n >= lo && n <= hi {
-			return unknown
-		}
-		if cmp == "==" {
-			return isFalse
-		}
-		return isTrue
-	}
-	// The other comparisons are monotonic in size: both ends decide.
 	a, b := f(lo), f(hi)
 	switch {
 	case a != b:
